@@ -1,0 +1,566 @@
+//! The command line: clap definitions and one function per command. This is the only layer that
+//! uses `anyhow`; everything below returns typed errors.
+
+mod output;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value as Json};
+
+use crate::{
+    config::{Config, DEFAULT_STORE},
+    engine::{Engine, RunRequest},
+    runtime::ops::{self, Op},
+    secrets::Masker,
+    store::{runs, Db},
+};
+
+/// Exit code for usage and validation errors.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code for a run that failed.
+pub const EXIT_FAILED: i32 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runbook",
+    version,
+    about = "Runbooks as playbooks: Alertmanager webhooks and cron run YAML playbooks against an embedded streaming runtime."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Config file [default: ./runbook.yaml when present].
+    #[arg(long, global = true, env = "RUNBOOK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Folder of playbooks [default: ./runbooks].
+    #[arg(long, global = true, env = "RUNBOOK_RUNBOOKS", value_name = "DIR")]
+    pub runbooks: Option<PathBuf>,
+    /// Store URL: sqlite://FILE or postgres://USER@HOST/DB [default: sqlite://runbook.db].
+    #[arg(long, global = true, env = "RUNBOOK_STORE", value_name = "URL")]
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a playbook now and print each step as it happens.
+    Run {
+        name: String,
+        /// A parameter override, `key=value` (repeatable).
+        #[arg(long = "param", short = 'p', value_name = "K=V")]
+        params: Vec<String>,
+        /// Print what would run (rendered SQL with bound values, requests, argv) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Check playbooks and print every problem as path:line:col: message.
+    Validate {
+        /// A playbook file or folder [default: the runbooks folder].
+        path: Option<PathBuf>,
+    },
+    /// List playbooks with their triggers.
+    List {
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Print the JSON Schema of the playbook format (for editors' YAML language servers).
+    Schema,
+    /// Next fire times of scheduled playbooks.
+    Schedule {
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+    },
+    /// Recorded runs.
+    Runs {
+        #[command(subcommand)]
+        command: Option<RunsCommand>,
+    },
+    /// The streaming queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// The dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Recent runs, newest first.
+    List {
+        #[arg(long)]
+        playbook: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// One run with every step attempt.
+    Show {
+        id: i64,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Approve (or with --reject, reject) a run waiting at an `approve` step.
+    Approve {
+        id: i64,
+        #[arg(long)]
+        reject: bool,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long, default_value = "cli")]
+        actor: String,
+    },
+    /// Ask a running run to stop before its next step.
+    Cancel { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Depth per priority and status, oldest pending, DLQ by error type, unsent outbox, locks, settings.
+    Stats {
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Commands in the DLQ.
+    List {
+        #[arg(long)]
+        entity: Option<String>,
+        #[arg(long = "error-type")]
+        error_type: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Send DLQ commands back to the queue (all, or by entity and/or error type).
+    Retry {
+        #[arg(long)]
+        entity: Option<String>,
+        #[arg(long = "error-type")]
+        error_type: Option<String>,
+    },
+    /// Delete DLQ commands older than a duration.
+    Cleanup {
+        #[arg(long = "older-than", default_value = "7d")]
+        older_than: crate::duration::Dur,
+    },
+}
+
+/// Resolved locations and config.
+pub struct Setup {
+    pub config: Arc<Config>,
+    pub runbooks: PathBuf,
+    pub store_url: String,
+    pub masker: Masker,
+}
+
+impl Setup {
+    pub fn load(g: &Global) -> Result<Setup> {
+        let config_path = g.config.clone().or_else(|| {
+            Path::new("runbook.yaml")
+                .exists()
+                .then(|| PathBuf::from("runbook.yaml"))
+        });
+        let config = match &config_path {
+            Some(p) => Config::load(p).map_err(|d| anyhow::anyhow!("{d}"))?,
+            None => Config::default(),
+        };
+        let base = config_path
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let runbooks = g
+            .runbooks
+            .clone()
+            .or_else(|| {
+                config.runbooks.as_ref().map(|r| {
+                    if r.is_relative() {
+                        base.join(r)
+                    } else {
+                        r.clone()
+                    }
+                })
+            })
+            .unwrap_or_else(|| PathBuf::from("runbooks"));
+        let store_url = g
+            .store
+            .clone()
+            .or_else(|| config.store.clone())
+            .unwrap_or_else(|| DEFAULT_STORE.to_owned());
+        let masker = Masker::new(config.streaming.sensitive_fields.clone());
+        if let Some(pw) = store_url
+            .split_once("://")
+            .and_then(|(_, r)| r.split_once('@'))
+            .and_then(|(c, _)| c.split_once(':'))
+        {
+            masker.add(pw.1);
+        }
+        Ok(Setup {
+            config: Arc::new(config),
+            runbooks,
+            store_url,
+            masker,
+        })
+    }
+
+    pub async fn store(&self) -> Result<Db> {
+        let db = Db::connect(&self.store_url, false, 8)
+            .await
+            .map_err(|e| anyhow::anyhow!(self.masker.mask_str(&e.to_string())))?;
+        db.migrate()
+            .await
+            .map_err(|e| anyhow::anyhow!(self.masker.mask_str(&e.to_string())))?;
+        Ok(db)
+    }
+}
+
+/// Runs the command; returns the process exit code.
+pub async fn main(cli: Cli) -> Result<i32> {
+    let setup = Setup::load(&cli.global)?;
+    match cli.command {
+        Command::Validate { path } => Ok(validate(&setup, path.as_deref())),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::schema::playbook_schema())?
+            );
+            Ok(0)
+        }
+        Command::List { output } => list(&setup, output),
+        Command::Schedule { count } => schedule(&setup, count),
+        Command::Run {
+            name,
+            params,
+            dry_run,
+            output,
+        } => run(&setup, name, params, dry_run, output).await,
+        Command::Runs { command } => {
+            runs_cmd(
+                &setup,
+                command.unwrap_or(RunsCommand::List {
+                    playbook: None,
+                    limit: 20,
+                    output: Format::Human,
+                }),
+            )
+            .await
+        }
+        Command::Queue {
+            command: QueueCommand::Stats { output },
+        } => {
+            let db = setup.store().await?;
+            let stats = ops::queue_stats(&db, &setup.config.streaming).await?;
+            output::queue_stats(&stats, output);
+            Ok(0)
+        }
+        Command::Dlq { command } => dlq(&setup, command).await,
+    }
+}
+
+fn load_catalog(
+    setup: &Setup,
+) -> std::result::Result<crate::playbook::Catalog, Vec<crate::diagnostics::Diagnostic>> {
+    let (catalog, diags) = Engine::load_playbooks(&setup.runbooks, &setup.config);
+    if diags.is_empty() {
+        Ok(catalog)
+    } else {
+        Err(diags)
+    }
+}
+
+fn validate(setup: &Setup, path: Option<&Path>) -> i32 {
+    let path = path.unwrap_or(&setup.runbooks);
+    let files = crate::playbook::playbook_files(path)
+        .map(|f| f.len())
+        .unwrap_or(0);
+    let (catalog, diags) = crate::playbook::load(path, &Engine::compile_env(&setup.config));
+    for d in &diags {
+        println!("{d}");
+    }
+    if diags.is_empty() {
+        if files == 0 {
+            eprintln!("no playbooks found in {}", path.display());
+            return EXIT_USAGE;
+        }
+        println!(
+            "{} playbook{} OK",
+            catalog.playbooks.len(),
+            if catalog.playbooks.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        );
+        0
+    } else {
+        eprintln!(
+            "{} problem{} found",
+            diags.len(),
+            if diags.len() == 1 { "" } else { "s" }
+        );
+        EXIT_USAGE
+    }
+}
+
+fn list(setup: &Setup, format: Format) -> Result<i32> {
+    let catalog = match load_catalog(setup) {
+        Ok(c) => c,
+        Err(diags) => return Ok(print_diags(&diags)),
+    };
+    output::list(&catalog, format);
+    Ok(0)
+}
+
+fn print_diags(diags: &[crate::diagnostics::Diagnostic]) -> i32 {
+    for d in diags {
+        eprintln!("{d}");
+    }
+    eprintln!("playbooks have errors; fix them or run `runbook validate`");
+    EXIT_USAGE
+}
+
+fn schedule(setup: &Setup, count: usize) -> Result<i32> {
+    let catalog = match load_catalog(setup) {
+        Ok(c) => c,
+        Err(diags) => return Ok(print_diags(&diags)),
+    };
+    let mut any = false;
+    for pb in catalog.playbooks.values() {
+        if let Some(s) = &pb.triggers.schedule {
+            any = true;
+            let next: Vec<String> = s
+                .cron
+                .upcoming(chrono::Utc)
+                .take(count)
+                .map(|t| t.to_rfc3339())
+                .collect();
+            println!("{:<24} {:<20} {}", pb.name, s.expr, next.join("  "));
+        }
+    }
+    if !any {
+        println!("no scheduled playbooks");
+    }
+    Ok(0)
+}
+
+fn parse_params(params: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for p in params {
+        let Some((k, v)) = p.split_once('=') else {
+            bail!("--param `{p}` must be key=value");
+        };
+        out.insert(k.trim().to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+async fn run(
+    setup: &Setup,
+    name: String,
+    params: Vec<String>,
+    dry_run: bool,
+    format: Format,
+) -> Result<i32> {
+    let params = match parse_params(&params) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let catalog = match load_catalog(setup) {
+        Ok(c) => c,
+        Err(diags) => return Ok(print_diags(&diags)),
+    };
+    if catalog.get(&name).is_none() {
+        let known: Vec<&str> = catalog.playbooks.keys().map(String::as_str).collect();
+        eprintln!(
+            "error: unknown playbook `{name}` (known: {})",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        );
+        return Ok(EXIT_USAGE);
+    }
+    // Parameters are checked before anything (even the store) is touched.
+    if let Err(errors) =
+        crate::playbook::resolve_params(&catalog.get(&name).expect("checked above").params, &params)
+    {
+        for e in errors {
+            eprintln!("error: {e}");
+        }
+        return Ok(EXIT_USAGE);
+    }
+    let store = setup.store().await?;
+    let engine = Engine::new(store, setup.config.clone(), setup.masker.clone(), catalog);
+    let observer = Arc::new(output::Printer::new(format));
+    let req = RunRequest {
+        playbook: name,
+        params,
+        trigger: json!({ "kind": "cli" }),
+        dry_run,
+        ..Default::default()
+    };
+    match engine.run(req, observer.clone()).await {
+        Ok(outcome) => {
+            observer.outcome(&outcome);
+            Ok(
+                if outcome.status == "succeeded" || outcome.status == "planned" {
+                    0
+                } else {
+                    EXIT_FAILED
+                },
+            )
+        }
+        Err(e) if e.is_usage() => {
+            eprintln!("error: {e}");
+            Ok(EXIT_USAGE)
+        }
+        Err(e) => Err(e).context("the run could not start"),
+    }
+}
+
+async fn runs_cmd(setup: &Setup, cmd: RunsCommand) -> Result<i32> {
+    let db = setup.store().await?;
+    match cmd {
+        RunsCommand::List {
+            playbook,
+            limit,
+            output,
+        } => {
+            let rows = runs::list_runs(&db, playbook.as_deref(), limit).await?;
+            output::runs_list(&rows, output);
+        }
+        RunsCommand::Show { id, output } => match runs::get_run(&db, id).await? {
+            Some(run) => output::run_show(&run, output),
+            None => {
+                eprintln!("error: no run {id}");
+                return Ok(EXIT_USAGE);
+            }
+        },
+        RunsCommand::Approve {
+            id,
+            reject,
+            comment,
+            actor,
+        } => {
+            let rows = db
+                .sql(
+                    "SELECT status, waiting_step FROM runbook_runs WHERE id = $1",
+                    vec![json!(id)],
+                )
+                .await?
+                .rows;
+            let Some(run) = rows.first() else {
+                eprintln!("error: no run {id}");
+                return Ok(EXIT_USAGE);
+            };
+            let (Some("waiting_approval"), Some(step)) =
+                (run["status"].as_str(), run["waiting_step"].as_str())
+            else {
+                eprintln!(
+                    "error: run {id} is {}, not waiting for approval",
+                    run["status"].as_str().unwrap_or("?")
+                );
+                return Ok(EXIT_USAGE);
+            };
+            let step = step.to_owned();
+            let decision = if reject { "rejected" } else { "approved" };
+            db.sql(
+                "INSERT INTO runbook_approvals (run_id, step_id, decision, actor, comment) VALUES ($1, $2, $3, $4, $5)",
+                vec![json!(id), json!(step), json!(decision), json!(actor), json!(comment)],
+            )
+            .await?;
+            runs::audit(
+                &db,
+                &actor,
+                &format!("run_{decision}"),
+                json!({ "run_id": id, "step": step }),
+                1,
+            )
+            .await?;
+            println!("run {id} {decision}");
+        }
+        RunsCommand::Cancel { id } => {
+            let r = db
+                .sql(
+                    "UPDATE runbook_runs SET status = 'cancel_requested' WHERE id = $1 AND status IN ('running', 'waiting_approval', 'queued')",
+                    vec![json!(id)],
+                )
+                .await?;
+            if r.rows_affected == 0 {
+                eprintln!("error: run {id} is not running");
+                return Ok(EXIT_USAGE);
+            }
+            runs::audit(&db, "cli", "run_cancel", json!({ "run_id": id }), 1).await?;
+            println!("run {id}: cancel requested; it stops before its next step");
+        }
+    }
+    Ok(0)
+}
+
+async fn dlq(setup: &Setup, cmd: DlqCommand) -> Result<i32> {
+    let db = setup.store().await?;
+    let (op, format) = match cmd {
+        DlqCommand::List {
+            entity,
+            error_type,
+            limit,
+            output,
+        } => (
+            Op::DlqList {
+                entity,
+                error_type,
+                limit: Some(limit),
+                offset: None,
+            },
+            output,
+        ),
+        DlqCommand::Retry { entity, error_type } => {
+            (Op::DlqRetry { entity, error_type }, Format::Human)
+        }
+        DlqCommand::Cleanup { older_than } => (Op::DlqCleanup { older_than }, Format::Human),
+    };
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let out = ops::run(&db, &setup.config.streaming, &op, &actor).await?;
+    let out: Json = setup.masker.mask_json(&out);
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+        Format::Human => output::dlq(&op, &out),
+    }
+    Ok(0)
+}

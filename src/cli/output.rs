@@ -1,0 +1,320 @@
+//! What the CLI prints: for a person by default, JSON with `--output json`.
+
+use std::io::Write;
+
+use serde_json::{json, Value as Json};
+
+use super::Format;
+use crate::{
+    engine::{Observer, RunOutcome, StepEvent},
+    playbook::Catalog,
+    runtime::ops::Op,
+};
+
+/// Prints step events as they happen: a line per step for a person, a JSON object per line for a machine.
+pub struct Printer {
+    format: Format,
+}
+
+impl Printer {
+    pub fn new(format: Format) -> Self {
+        Printer { format }
+    }
+
+    pub fn outcome(&self, o: &RunOutcome) {
+        match self.format {
+            Format::Json => println!("{}", json!({ "event": "run", "run": o })),
+            Format::Human => {
+                let mark = match o.status.as_str() {
+                    "succeeded" => "✔",
+                    "planned" => "○",
+                    _ => "✘",
+                };
+                let mut line = format!(
+                    "{mark} {} {} in {} ms (run {})",
+                    o.playbook, o.status, o.duration_ms, o.run_id
+                );
+                if let (Some(step), Some(err)) = (&o.failed_step, &o.error) {
+                    line.push_str(&format!(": step `{step}`: {err}"));
+                } else if let Some(err) = &o.error {
+                    line.push_str(&format!(": {err}"));
+                }
+                println!("{line}");
+            }
+        }
+    }
+}
+
+impl Observer for Printer {
+    fn step_event(&self, e: &StepEvent) {
+        let mut out = std::io::stdout().lock();
+        if self.format == Format::Json {
+            let _ = writeln!(out, "{}", json!({ "event": "step", "step": e }));
+            return;
+        }
+        let indent = "  ".repeat(e.depth as usize + 1);
+        let dur = e
+            .duration_ms
+            .map(|d| format!(" {d} ms"))
+            .unwrap_or_default();
+        let _ = match e.status.as_str() {
+            "started" => writeln!(out, "{indent}▸ {} ({})", e.step, e.kind),
+            "succeeded" => writeln!(
+                out,
+                "{indent}✔ {}{dur}  {}",
+                e.step,
+                e.summary.as_deref().unwrap_or("")
+            ),
+            "planned" => Ok(()),
+            "skipped" => writeln!(
+                out,
+                "{indent}↷ {} skipped ({})",
+                e.step,
+                e.summary.as_deref().unwrap_or("")
+            ),
+            "plan" => {
+                let input = e.input.clone().unwrap_or(Json::Null);
+                let text = plan_text(&input);
+                writeln!(out, "{indent}  would run: {text}")
+            }
+            _ => writeln!(
+                out,
+                "{indent}✘ {}{dur}  {}",
+                e.step,
+                e.error.as_deref().unwrap_or("")
+            ),
+        };
+    }
+}
+
+/// A rendered input as one readable line: SQL with its bound values, a request, an argv.
+fn plan_text(input: &Json) -> String {
+    if let Some(sql) = input.get("sql").and_then(Json::as_str) {
+        let params = input.get("params").cloned().unwrap_or(json!([]));
+        let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+        return format!(
+            "[{}] {sql}  -- bound: {params}",
+            input["datasource"].as_str().unwrap_or("store")
+        );
+    }
+    if let (Some(m), Some(u)) = (
+        input.get("method").and_then(Json::as_str),
+        input.get("url").and_then(Json::as_str),
+    ) {
+        let body = input
+            .get("json")
+            .map(|j| format!(" {j}"))
+            .unwrap_or_default();
+        return format!("{m} {u}{body}");
+    }
+    if let Some(argv) = input.get("argv") {
+        return format!("argv {argv}");
+    }
+    input.to_string()
+}
+
+pub fn list(catalog: &Catalog, format: Format) {
+    let items: Vec<Json> = catalog
+        .playbooks
+        .values()
+        .map(|p| {
+            let alerts: Vec<String> = p
+                .triggers
+                .alerts
+                .iter()
+                .map(|m| {
+                    m.matchers
+                        .iter()
+                        .map(matcher_text)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect();
+            json!({
+                "name": p.name,
+                "description": p.description,
+                "alerts": alerts,
+                "schedule": p.triggers.schedule.as_ref().map(|s| s.expr.clone()),
+                "params": p.params.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&items).unwrap_or_default()
+        );
+        return;
+    }
+    for item in items {
+        let mut triggers: Vec<String> = item["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(|a| format!("alert {{{a}}}")))
+            .collect();
+        if let Some(s) = item["schedule"].as_str() {
+            triggers.push(format!("cron \"{s}\""));
+        }
+        if triggers.is_empty() {
+            triggers.push("manual".into());
+        }
+        println!(
+            "{:<22} {}",
+            item["name"].as_str().unwrap_or(""),
+            triggers.join("; ")
+        );
+        if let Some(d) = item["description"].as_str().filter(|d| !d.is_empty()) {
+            println!("{:<22} {}", "", d);
+        }
+    }
+}
+
+fn matcher_text(m: &crate::playbook::LabelMatcher) -> String {
+    use crate::playbook::LabelMatcher as M;
+    match m {
+        M::Eq(n, v) => format!("{n}=\"{v}\""),
+        M::Ne(n, v) => format!("{n}!=\"{v}\""),
+        M::Re(n, r) => format!("{n}=~\"{}\"", strip_anchor(r.as_str())),
+        M::NotRe(n, r) => format!("{n}!~\"{}\"", strip_anchor(r.as_str())),
+    }
+}
+
+fn strip_anchor(r: &str) -> &str {
+    r.strip_prefix("^(?:")
+        .and_then(|r| r.strip_suffix(")$"))
+        .unwrap_or(r)
+}
+
+pub fn runs_list(rows: &[Json], format: Format) {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(rows).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{:>6}  {:<22} {:<17} {:<10} {:<25} {}",
+        "ID", "PLAYBOOK", "STATUS", "TRIGGER", "STARTED", "ERROR"
+    );
+    for r in rows {
+        println!(
+            "{:>6}  {:<22} {:<17} {:<10} {:<25} {}",
+            r["id"].to_string(),
+            r["playbook"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            r["trigger"]["kind"].as_str().unwrap_or(""),
+            r["started_at"].as_str().unwrap_or(""),
+            r["error"].as_str().unwrap_or("")
+        );
+    }
+}
+
+pub fn run_show(run: &Json, format: Format) {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(run).unwrap_or_default());
+        return;
+    }
+    println!(
+        "run {}  {}  {}",
+        run["id"],
+        run["playbook"].as_str().unwrap_or(""),
+        run["status"].as_str().unwrap_or("")
+    );
+    println!("trigger  {}", run["trigger"]);
+    println!("params   {}", run["params"]);
+    println!(
+        "started  {}  finished {}",
+        run["started_at"].as_str().unwrap_or("-"),
+        run["finished_at"].as_str().unwrap_or("-")
+    );
+    if let Some(e) = run["error"].as_str() {
+        println!(
+            "error    {} (step {})",
+            e,
+            run["failed_step"].as_str().unwrap_or("-")
+        );
+    }
+    for s in run["steps"].as_array().into_iter().flatten() {
+        let item = s["item"]
+            .as_i64()
+            .map(|i| format!("[{i}]"))
+            .unwrap_or_default();
+        println!(
+            "  {}{} #{} {} {} ms",
+            s["step_id"].as_str().unwrap_or(""),
+            item,
+            s["attempt"],
+            s["status"].as_str().unwrap_or(""),
+            s["duration_ms"]
+        );
+        println!("      input  {}", s["input"]);
+        if let Some(e) = s["error"].as_str() {
+            println!("      error  {e}");
+        } else {
+            let mut out = s["output"].to_string();
+            if out.len() > 300 {
+                let mut end = 300;
+                while !out.is_char_boundary(end) {
+                    end -= 1;
+                }
+                out.truncate(end);
+                out.push('…');
+            }
+            println!("      output {out}");
+        }
+    }
+}
+
+pub fn queue_stats(s: &Json, format: Format) {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
+        return;
+    }
+    println!(
+        "pending {}  processing {}  oldest pending {}",
+        s["pending"],
+        s["processing"],
+        s["oldest_pending"].as_str().unwrap_or("-")
+    );
+    for d in s["depth"].as_array().into_iter().flatten() {
+        println!(
+            "  priority {:>3}  {:<11} {}",
+            d["priority"],
+            d["status"].as_str().unwrap_or(""),
+            d["count"]
+        );
+    }
+    println!("dlq {}", s["dlq"]["total"]);
+    for d in s["dlq"]["by_error_type"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<28} {}",
+            d["error_type"].as_str().unwrap_or(""),
+            d["count"]
+        );
+    }
+    println!("outbox unsent {}", s["outbox_unsent"]);
+    println!(
+        "locks held {}  expired {}",
+        s["locks"]["held"], s["locks"]["expired"]
+    );
+    println!("settings {}", s["settings"]);
+}
+
+pub fn dlq(op: &Op, out: &Json) {
+    match op {
+        Op::DlqList { .. } => {
+            println!("{} in the DLQ", out["totalElements"]);
+            for c in out["content"].as_array().into_iter().flatten() {
+                println!(
+                    "{:>8}  {}/{}  {}  {}: {}",
+                    c["id"],
+                    c["entity"].as_str().unwrap_or(""),
+                    c["entity_id"].as_str().unwrap_or(""),
+                    c["command_type"].as_str().unwrap_or(""),
+                    c["error_type"].as_str().unwrap_or(""),
+                    c["error_message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        _ => println!("{out}"),
+    }
+}

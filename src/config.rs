@@ -1,0 +1,406 @@
+//! `runbook.yaml`: where the store is, which outside systems playbooks may reach, who may call the
+//! API, and the streaming runtime's settings. Secrets are read from the environment or files named
+//! here and registered with the [`Masker`] as they are read.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::{diagnostics::Diagnostic, duration::Dur, secrets::Masker};
+
+pub const DEFAULT_STORE: &str = "sqlite://runbook.db";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub store: Option<String>,
+    #[serde(default)]
+    pub runbooks: Option<PathBuf>,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub streaming: StreamingConfig,
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
+    #[serde(default)]
+    pub prometheus: Option<Endpoint>,
+    #[serde(default)]
+    pub alertmanager: Option<Endpoint>,
+    #[serde(default)]
+    pub datasources: BTreeMap<String, DatasourceConfig>,
+    #[serde(default)]
+    pub notify: BTreeMap<String, ChannelConfig>,
+    #[serde(default)]
+    pub shell: ShellConfig,
+    /// Environment variables templates may read as `env.NAME`.
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub max_body: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            max_body: None,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    #[serde(default)]
+    pub receiver: Option<Secret>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub role: String,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenConfig {
+    pub fn secret(&self) -> Secret {
+        Secret {
+            token: self.token.clone(),
+            token_env: self.token_env.clone(),
+            token_file: self.token_file.clone(),
+        }
+    }
+}
+
+/// A secret given literally (`token:`), by environment variable (`token_env:`) or by file (`token_file:`).
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Secret {
+    /// Reads the secret and registers it for masking.
+    pub fn resolve(&self, masker: &Masker) -> Result<String, String> {
+        let value = if let Some(v) = &self.token {
+            tracing::warn!(
+                "A literal token is configured; use token_env or token_file outside local trials."
+            );
+            v.clone()
+        } else if let Some(var) = &self.token_env {
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+        } else if let Some(file) = &self.token_file {
+            std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+                .trim()
+                .to_owned()
+        } else {
+            return Err("no token, token_env or token_file given".into());
+        };
+        masker.add(&value);
+        Ok(value)
+    }
+}
+
+/// A URL given literally or by environment variable.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct UrlRef {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub url_env: Option<String>,
+}
+
+impl UrlRef {
+    /// Reads the URL; a URL from the environment is a secret (it may carry credentials).
+    pub fn resolve(&self, masker: &Masker) -> Result<String, String> {
+        match (&self.url, &self.url_env) {
+            (Some(u), _) => {
+                if let Some(pw) = url_password(u) {
+                    masker.add(&pw);
+                }
+                Ok(u.clone())
+            }
+            (None, Some(var)) => {
+                let u = std::env::var(var)
+                    .map_err(|_| format!("environment variable {var} is not set"))?;
+                masker.add(&u);
+                if let Some(pw) = url_password(&u) {
+                    masker.add(&pw);
+                }
+                Ok(u)
+            }
+            (None, None) => Err("neither url nor url_env is given".into()),
+        }
+    }
+}
+
+fn url_password(url: &str) -> Option<String> {
+    let rest = &url[url.find("://")? + 3..];
+    let creds = &rest[..rest.find('@')?];
+    creds.split_once(':').map(|(_, pw)| pw.to_owned())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasourceConfig {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub url_env: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl DatasourceConfig {
+    pub fn url_ref(&self) -> UrlRef {
+        UrlRef {
+            url: self.url.clone(),
+            url_env: self.url_env.clone(),
+        }
+    }
+}
+
+impl WebhookChannel {
+    pub fn url_ref(&self) -> UrlRef {
+        UrlRef {
+            url: self.url.clone(),
+            url_env: self.url_env.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub secret_properties: BTreeMap<String, EnvOrFile>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct EnvOrFile {
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl EnvOrFile {
+    pub fn resolve(&self, masker: &Masker) -> Result<String, String> {
+        Secret {
+            token: None,
+            token_env: self.env.clone(),
+            token_file: self.file.clone(),
+        }
+        .resolve(masker)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    #[serde(default)]
+    pub webhook: Option<WebhookChannel>,
+    #[serde(default)]
+    pub pagerduty: Option<PagerDutyChannel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookChannel {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub url_env: Option<String>,
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"text": ...}`, as Slack and Mattermost incoming webhooks take it.
+    Slack,
+    /// `{"text", "playbook", "run_id", "step"}`.
+    #[default]
+    Generic,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutyChannel {
+    pub routing_key_env: String,
+    /// Events API v2 endpoint (default https://events.pagerduty.com/v2/enqueue).
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub severity: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellConfig {
+    /// Program names (argv[0]) a shell step may run.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// The streaming runtime's settings, with the seed's metamodel names.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct StreamingConfig {
+    #[serde(default = "d_concurrency", rename = "workerConcurrency")]
+    pub worker_concurrency: u32,
+    #[serde(default = "d_batch", rename = "workerBatchSize")]
+    pub worker_batch_size: u32,
+    #[serde(default = "d_retries", rename = "maxRetries")]
+    pub max_retries: u32,
+    #[serde(default = "d_backoff", rename = "maxBackoffMs")]
+    pub max_backoff_ms: u64,
+    #[serde(default = "d_ttl", rename = "lockTtl")]
+    pub lock_ttl: Dur,
+    #[serde(default)]
+    pub sensitive_fields: Vec<String>,
+    #[serde(default)]
+    pub handlers: BTreeMap<String, serde_yaml::Value>,
+}
+
+fn d_concurrency() -> u32 {
+    3
+}
+fn d_batch() -> u32 {
+    100
+}
+fn d_retries() -> u32 {
+    5
+}
+fn d_backoff() -> u64 {
+    60_000
+}
+fn d_ttl() -> Dur {
+    Dur::from_secs(300)
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("defaults")
+    }
+}
+
+impl Config {
+    /// Reads a config file; problems come back as `path:line:col: message`.
+    pub fn load(path: &Path) -> Result<Config, Diagnostic> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Diagnostic::new(path, (0, 0), format!("cannot read config: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, Diagnostic> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| {
+            let pos = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            let msg = e.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+            Diagnostic::new(path, pos, msg)
+        })
+    }
+
+    /// The environment variables templates may read, with their current values.
+    pub fn template_env(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.env
+            .iter()
+            .filter_map(|name| {
+                std::env::var(name)
+                    .ok()
+                    .map(|v| (name.clone(), serde_json::Value::String(v)))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_defaults() {
+        let c = Config::parse(Path::new("runbook.yaml"), "").unwrap();
+        assert_eq!(c.streaming.worker_concurrency, 3);
+        assert_eq!(c.streaming.lock_ttl, Dur::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_keys_are_located() {
+        let d = Config::parse(
+            Path::new("runbook.yaml"),
+            "store: sqlite://x.db\nstreamin: {}\n",
+        )
+        .unwrap_err();
+        assert_eq!((d.line, d.col), (2, 1));
+        assert!(
+            d.message.contains("unknown field `streamin`"),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn url_passwords_are_masked() {
+        let m = Masker::default();
+        let u = UrlRef {
+            url: Some("postgres://u:hunter22@h/db".into()),
+            url_env: None,
+        };
+        u.resolve(&m).unwrap();
+        assert_eq!(
+            m.mask_str("postgres://u:hunter22@h/db"),
+            "postgres://u:****@h/db"
+        );
+    }
+}

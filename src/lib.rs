@@ -1,0 +1,41 @@
+//! `runbook` turns an operations runbook into playbooks that run themselves.
+//!
+//! ```text
+//! runbooks/*.yaml ─▶ playbook (raw ▸ compile: pure, every error with file:line:col)
+//!                          │
+//! cli (run, validate, …) ──┼─▶ engine ─ render (template) ▸ when ▸ execute (steps) ▸ record (store)
+//!                          │            │
+//!                          │            └─ steps: sql · promql · http · kafka · runtime · shell
+//!                          │                      tcp_check · wait · assert · approve · notify · playbook
+//!                          ▼
+//!                        store (SQLite or PostgreSQL): command_queue, outbox_final, work_state,
+//!                        runtime_settings, runbook_runs, runbook_step_attempts, runbook_audit
+//! ```
+//!
+//! Modules:
+//! - [`cli`]: clap commands; the only place `anyhow` is used.
+//! - [`config`]: `runbook.yaml`, secrets by env or file.
+//! - [`playbook`]: the YAML mirror ([`playbook::raw`]), the pure compile phase, alert matchers.
+//! - [`template`]: minijinja in text, SQL (bound values) and URL (encoded values) flavours.
+//! - [`engine`]: shared state and the run loop (retries, timeouts, `for_each`, `until`, `on_failure`).
+//! - [`steps`]: one file per step kind, rendered then executed.
+//! - [`runtime`]: the streaming runtime's settings and operator actions.
+//! - [`store`]: database pools, migrations, rows as JSON, run records and the audit log.
+//! - [`kafka`]: Kafka client configuration.
+//! - [`secrets`]: masking of secrets and sensitive fields.
+//! - [`schema`]: the JSON Schema of the playbook format.
+//! - [`duration`], [`diagnostics`]: small shared types.
+
+pub mod cli;
+pub mod config;
+pub mod diagnostics;
+pub mod duration;
+pub mod engine;
+pub mod kafka;
+pub mod playbook;
+pub mod runtime;
+pub mod schema;
+pub mod secrets;
+pub mod steps;
+pub mod store;
+pub mod template;

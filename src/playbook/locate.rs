@@ -1,0 +1,133 @@
+//! Where each value of a YAML file stands, so that checks made after deserializing can still
+//! point at `file:line:col`.
+//!
+//! serde_yaml reports locations only for its own errors; the compiled playbook no longer knows
+//! where anything came from. This walks the file once with yaml-rust2's event parser and records
+//! the position of every key and sequence item under a dotted path such as `steps[2].when`.
+
+use std::collections::HashMap;
+
+use yaml_rust2::{
+    parser::{Event, MarkedEventReceiver, Parser},
+    scanner::Marker,
+};
+
+/// Positions (1-based line and column) by path.
+#[derive(Debug, Default)]
+pub struct Locations {
+    by_path: HashMap<String, (usize, usize)>,
+}
+
+impl Locations {
+    /// Indexes `text`; a file the parser rejects yields an empty index (serde_yaml reports that error).
+    pub fn index(text: &str) -> Self {
+        let mut walker = Walker::default();
+        let _ = Parser::new_from_str(text).load(&mut walker, false);
+        Locations {
+            by_path: walker.by_path,
+        }
+    }
+
+    /// The position of `path`, or of its nearest recorded ancestor, or the top of the file.
+    pub fn at(&self, path: &str) -> (usize, usize) {
+        let mut p = path;
+        loop {
+            if let Some(pos) = self.by_path.get(p) {
+                return *pos;
+            }
+            match p.rfind(['.', '[']) {
+                Some(i) => p = &p[..i],
+                None => return (1, 1),
+            }
+        }
+    }
+}
+
+enum Frame {
+    Map { path: String, key: Option<String> },
+    Seq { path: String, next: usize },
+}
+
+#[derive(Default)]
+struct Walker {
+    stack: Vec<Frame>,
+    by_path: HashMap<String, (usize, usize)>,
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+impl Walker {
+    /// Called for every node start; returns the node's path, or `None` when the node is a map key.
+    fn node_path(&mut self, mark: Marker, scalar: Option<&str>) -> Option<String> {
+        let pos = (mark.line(), mark.col() + 1);
+        match self.stack.last_mut() {
+            None => Some(String::new()),
+            Some(Frame::Seq { path, next }) => {
+                let p = format!("{path}[{next}]");
+                *next += 1;
+                self.by_path.entry(p.clone()).or_insert(pos);
+                Some(p)
+            }
+            Some(Frame::Map { path, key }) => match key.take() {
+                None => {
+                    let k = scalar.unwrap_or("?").to_owned();
+                    self.by_path.entry(join(path, &k)).or_insert(pos);
+                    *key = Some(k);
+                    None
+                }
+                Some(k) => {
+                    let p = join(path, &k);
+                    // Values are entered only once per key; reset so the next scalar is a key.
+                    Some(p)
+                }
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Walker {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        match ev {
+            Event::Scalar(value, ..) => {
+                self.node_path(mark, Some(&value));
+            }
+            Event::Alias(_) => {
+                self.node_path(mark, None);
+            }
+            Event::MappingStart(..) => {
+                let path = self.node_path(mark, None).unwrap_or_default();
+                self.stack.push(Frame::Map { path, key: None });
+            }
+            Event::SequenceStart(..) => {
+                let path = self.node_path(mark, None).unwrap_or_default();
+                self.stack.push(Frame::Seq { path, next: 0 });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_keys_and_items() {
+        let text = "name: x\nsteps:\n  - id: a\n    sql: SELECT 1\n  - id: b\n    when: \"true\"\n";
+        let loc = Locations::index(text);
+        assert_eq!(loc.at("name"), (1, 1));
+        assert_eq!(loc.at("steps[1].when"), (6, 5));
+        assert_eq!(loc.at("steps[0]"), (3, 5));
+        // Unknown deeper paths fall back to the nearest ancestor.
+        assert_eq!(loc.at("steps[1].when.deeper"), (6, 5));
+    }
+}

@@ -1,0 +1,90 @@
+//! `approve`: pause the run until an operator approves or rejects it (`runbook runs approve ID`,
+//! `POST /api/runs/{id}/approve`), or the timeout passes, which rejects.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{StepCx, StepError, StepOutput};
+use crate::{duration::Dur, playbook::raw::RawApprove};
+
+pub const DEFAULT_TIMEOUT: Dur = Dur::from_secs(3600);
+
+#[derive(Debug)]
+pub struct ApproveStep {
+    pub text: String,
+    pub timeout: Dur,
+}
+
+impl ApproveStep {
+    pub fn compile(r: RawApprove) -> Self {
+        ApproveStep {
+            text: r.text,
+            timeout: r.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        }
+    }
+
+    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+        Ok(Input {
+            text: cx
+                .engine
+                .templates
+                .render(&self.text, cx.ctx)
+                .map_err(StepError::template)?,
+            timeout: self.timeout,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Input {
+    pub text: String,
+    pub timeout: Dur,
+}
+
+pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+    let db = &cx.engine.store;
+    let run_id = cx.run.id;
+    db.sql(
+        "UPDATE runbook_runs SET status = 'waiting_approval', waiting_step = $2 WHERE id = $1",
+        vec![json!(run_id), json!(cx.step_id)],
+    )
+    .await
+    .map_err(|e| StepError::fatal(e.to_string()))?;
+    tracing::info!(run_id, step = cx.step_id, text = %i.text, "Waiting for approval.");
+    let deadline = Instant::now() + i.timeout.as_std();
+    let decision = loop {
+        let rows = db
+            .sql(
+                "SELECT decision, actor, comment FROM runbook_approvals WHERE run_id = $1 AND step_id = $2 ORDER BY id DESC LIMIT 1",
+                vec![json!(run_id), json!(cx.step_id)],
+            )
+            .await
+            .map_err(|e| StepError::fatal(e.to_string()))?
+            .rows;
+        if let Some(row) = rows.into_iter().next() {
+            break Some(row);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let _ = db.sql("UPDATE runbook_runs SET status = 'running', waiting_step = NULL WHERE id = $1 AND status = 'waiting_approval'", vec![json!(run_id)]).await;
+    match decision {
+        Some(row) if row["decision"] == "approved" => Ok(StepOutput::value(row)),
+        Some(row) => Err(StepError::fatal(format!(
+            "rejected by {}{}",
+            row["actor"].as_str().unwrap_or("?"),
+            row["comment"]
+                .as_str()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default()
+        ))),
+        None => Err(StepError::fatal(format!(
+            "no approval within {}",
+            i.timeout
+        ))),
+    }
+}

@@ -1,0 +1,54 @@
+//! `assert`: fail the step unless an expression holds.
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{StepCx, StepError, StepOutput};
+
+#[derive(Debug)]
+pub struct AssertStep {
+    pub that: String,
+    pub message: Option<String>,
+}
+
+impl AssertStep {
+    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+        let t = &cx.engine.templates;
+        let holds = t
+            .eval_bool(&self.that, cx.ctx)
+            .map_err(StepError::template)?;
+        let message = self
+            .message
+            .as_ref()
+            .map(|m| t.render(m, cx.ctx))
+            .transpose()
+            .map_err(StepError::template)?;
+        Ok(Input {
+            that: self.that.clone(),
+            holds,
+            message,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Input {
+    pub that: String,
+    pub holds: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+pub fn execute(i: Input) -> Result<StepOutput, StepError> {
+    if i.holds {
+        Ok(StepOutput::value(match i.message {
+            Some(m) => json!({ "holds": true, "message": m }),
+            None => json!({ "holds": true }),
+        }))
+    } else {
+        Err(StepError::fatal(
+            i.message
+                .unwrap_or_else(|| format!("assertion failed: {}", i.that)),
+        ))
+    }
+}

@@ -1,0 +1,69 @@
+//! `playbook`: run another playbook as a child run and wait for it.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{json, Value as Json};
+
+use super::{StepCx, StepError, StepOutput};
+
+#[derive(Debug)]
+pub struct CallStep {
+    pub name: String,
+    pub params: BTreeMap<String, serde_yaml::Value>,
+}
+
+impl CallStep {
+    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+        let params = self
+            .params
+            .iter()
+            .map(|(k, v)| {
+                let j = cx
+                    .engine
+                    .templates
+                    .render_tree(v, cx.ctx)
+                    .map_err(StepError::template)?;
+                let text = match j {
+                    Json::String(s) => s,
+                    other => other.to_string(),
+                };
+                Ok((k.clone(), text))
+            })
+            .collect::<Result<BTreeMap<_, _>, StepError>>()?;
+        Ok(Input {
+            playbook: self.name.clone(),
+            params,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Input {
+    pub playbook: String,
+    pub params: BTreeMap<String, String>,
+}
+
+pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+    if cx.run.depth >= 8 {
+        return Err(StepError::fatal(
+            "playbooks call each other more than 8 deep; is there a cycle?",
+        ));
+    }
+    let outcome = cx
+        .engine
+        .run_child(&i.playbook, i.params, cx.run)
+        .await
+        .map_err(|e| StepError::fatal(format!("{e:#}")))?;
+    let out = json!({ "run_id": outcome.run_id, "status": outcome.status, "steps": outcome.steps });
+    if outcome.status != "succeeded" {
+        return Err(StepError::fatal(format!(
+            "playbook `{}` (run {}) {}: {}",
+            i.playbook,
+            outcome.run_id,
+            outcome.status,
+            outcome.error.unwrap_or_default()
+        )));
+    }
+    Ok(StepOutput::value(out))
+}

@@ -1,0 +1,239 @@
+//! `http`: one request with reqwest; JSON answers are captured as `output` (and `rows` when a list).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{json, Value as Json};
+
+use super::{Flavour, StepCx, StepError, StepOutput};
+use crate::{playbook::raw::RawHttp, template::Templates};
+
+/// Bytes of a non-JSON answer kept.
+const MAX_TEXT: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub struct HttpStep {
+    pub method: reqwest::Method,
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    pub query: BTreeMap<String, String>,
+    pub json: Option<serde_yaml::Value>,
+    pub body: Option<String>,
+    pub expect: Vec<u16>,
+}
+
+impl HttpStep {
+    pub fn compile(r: RawHttp) -> Result<Self, (String, String)> {
+        let method_text = r.method.unwrap_or_else(|| {
+            if r.json.is_some() || r.body.is_some() {
+                "POST".into()
+            } else {
+                "GET".into()
+            }
+        });
+        let method = reqwest::Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
+            .map_err(|_| {
+                (
+                    ".http.method".to_string(),
+                    format!("unknown HTTP method `{method_text}`"),
+                )
+            })?;
+        if r.json.is_some() && r.body.is_some() {
+            return Err((
+                ".http.body".into(),
+                "give either `json` or `body`, not both".into(),
+            ));
+        }
+        for (k, _) in &r.headers {
+            if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                return Err((
+                    format!(".http.headers.{k}"),
+                    format!("`{k}` is not a valid header name"),
+                ));
+            }
+        }
+        Ok(HttpStep {
+            method,
+            url: r.url,
+            headers: r.headers,
+            query: r.query,
+            json: r.json,
+            body: r.body,
+            expect: r.expect.map(|e| e.to_vec()).unwrap_or_default(),
+        })
+    }
+
+    pub fn templates(&self) -> Vec<(String, &str, Flavour)> {
+        let mut v = vec![("http.url".to_string(), self.url.as_str(), Flavour::Url)];
+        v.extend(
+            self.headers
+                .iter()
+                .map(|(k, h)| (format!("http.headers.{k}"), h.as_str(), Flavour::Text)),
+        );
+        v.extend(
+            self.query
+                .iter()
+                .map(|(k, q)| (format!("http.query.{k}"), q.as_str(), Flavour::Text)),
+        );
+        if let Some(b) = &self.body {
+            v.push(("http.body".into(), b.as_str(), Flavour::Text));
+        }
+        if let Some(j) = &self.json {
+            let mut strings = Vec::new();
+            Templates::tree_strings(j, "http.json".into(), &mut strings);
+            v.extend(strings.into_iter().map(|(p, s)| (p, s, Flavour::Value)));
+        }
+        v
+    }
+
+    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+        let t = &cx.engine.templates;
+        let url = t
+            .render_url(&self.url, cx.ctx)
+            .map_err(StepError::template)?;
+        let headers = self
+            .headers
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), t.render(v, cx.ctx).map_err(StepError::template)?)))
+            .collect::<Result<BTreeMap<_, _>, StepError>>()?;
+        let query = self
+            .query
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), t.render(v, cx.ctx).map_err(StepError::template)?)))
+            .collect::<Result<BTreeMap<_, _>, StepError>>()?;
+        let json = self
+            .json
+            .as_ref()
+            .map(|j| t.render_tree(j, cx.ctx))
+            .transpose()
+            .map_err(StepError::template)?;
+        let body = self
+            .body
+            .as_ref()
+            .map(|b| t.render(b, cx.ctx))
+            .transpose()
+            .map_err(StepError::template)?;
+        Ok(Input {
+            method: self.method.to_string(),
+            url,
+            headers,
+            query,
+            json,
+            body,
+            expect: self.expect.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Input {
+    pub method: String,
+    pub url: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json: Option<Json>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expect: Vec<u16>,
+}
+
+pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+    let method = reqwest::Method::from_bytes(i.method.as_bytes())
+        .map_err(|e| StepError::fatal(e.to_string()))?;
+    let url = reqwest::Url::parse(&i.url).map_err(|e| {
+        StepError::fatal(format!(
+            "bad URL `{}`: {e}",
+            cx.engine.masker.mask_str(&i.url)
+        ))
+    })?;
+    let mut req = cx.engine.http.request(method, url).timeout(cx.timeout);
+    for (k, v) in &i.headers {
+        req = req.header(k, v);
+    }
+    if !i.query.is_empty() {
+        req = req.query(&i.query);
+    }
+    if let Some(j) = &i.json {
+        req = req.json(j);
+    } else if let Some(b) = i.body {
+        req = req.body(b);
+    }
+    let (status, headers, body) = send(req, &cx.engine.masker).await?;
+    let ok = if i.expect.is_empty() {
+        (200..300).contains(&status)
+    } else {
+        i.expect.contains(&status)
+    };
+    let parsed: Option<Json> = serde_json::from_str(&body).ok();
+    let body_json = parsed
+        .clone()
+        .unwrap_or_else(|| Json::String(truncate(&body, MAX_TEXT)));
+    if !ok {
+        let msg = format!(
+            "{} {} answered {status}: {}",
+            i.method,
+            cx.engine.masker.mask_str(&i.url),
+            truncate(&body, 300)
+        );
+        return Err(if status >= 500 || status == 429 {
+            StepError::retryable(msg)
+        } else {
+            StepError::fatal(msg)
+        });
+    }
+    let rows = match &parsed {
+        Some(Json::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    };
+    Ok(StepOutput {
+        rows,
+        output: json!({ "status": status, "headers": headers, "body": body_json }),
+    })
+}
+
+/// Sends a request; connection problems and timeouts are retryable.
+pub async fn send(
+    req: reqwest::RequestBuilder,
+    masker: &crate::secrets::Masker,
+) -> Result<(u16, Json, String), StepError> {
+    let resp = req.send().await.map_err(|e| {
+        let msg = masker.mask_str(&format!("request failed: {e}"));
+        if e.is_builder() {
+            StepError::fatal(msg)
+        } else {
+            StepError::retryable(msg)
+        }
+    })?;
+    let status = resp.status().as_u16();
+    let headers: serde_json::Map<String, Json> = resp
+        .headers()
+        .iter()
+        .filter(|(k, _)| matches!(k.as_str(), "content-type" | "location" | "retry-after"))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Json::String(v.to_str().unwrap_or("").to_owned()),
+            )
+        })
+        .collect();
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| StepError::retryable(format!("reading the answer failed: {e}")))?;
+    Ok((status, Json::Object(headers), body))
+}
+
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}

@@ -1,0 +1,244 @@
+//! `kafka`: the seed's Kafka admin checks: list topics, describe a topic (partitions, leaders,
+//! replicas), topic configs, and consumer-group lag per partition (committed offset against the
+//! high watermark). librdkafka's calls block, so they run on the blocking pool.
+
+use std::time::Duration;
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, ResourceSpecifier},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    Offset, TopicPartitionList,
+};
+use serde::Serialize;
+use serde_json::{json, Value as Json};
+
+use super::{Flavour, StepCx, StepError, StepOutput};
+use crate::playbook::raw::RawKafka;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaOp {
+    ListTopics,
+    DescribeTopic,
+    TopicConfigs,
+    ConsumerLag,
+}
+
+#[derive(Debug)]
+pub struct KafkaStep {
+    pub op: KafkaOp,
+    pub topic: Option<String>,
+    pub group: Option<String>,
+}
+
+impl KafkaStep {
+    pub fn compile(r: RawKafka) -> Result<Self, (String, String)> {
+        let op = match r.op.as_str() {
+            "list_topics" => KafkaOp::ListTopics,
+            "describe_topic" => KafkaOp::DescribeTopic,
+            "topic_configs" => KafkaOp::TopicConfigs,
+            "consumer_lag" => KafkaOp::ConsumerLag,
+            "log_dirs" => {
+                return Err((
+                    ".kafka.op".into(),
+                    "`log_dirs` is not available: librdkafka has no DescribeLogDirs call; use a shell step with kafka-log-dirs.sh".into(),
+                ))
+            }
+            other => {
+                return Err((
+                    ".kafka.op".into(),
+                    format!("unknown kafka op `{other}` (known: list_topics, describe_topic, topic_configs, consumer_lag)"),
+                ))
+            }
+        };
+        if matches!(op, KafkaOp::DescribeTopic) && r.topic.is_none() {
+            return Err((".kafka".into(), "describe_topic needs `topic`".into()));
+        }
+        if matches!(op, KafkaOp::ConsumerLag) && r.group.is_none() {
+            return Err((".kafka".into(), "consumer_lag needs `group`".into()));
+        }
+        Ok(KafkaStep {
+            op,
+            topic: r.topic,
+            group: r.group,
+        })
+    }
+
+    pub fn templates(&self) -> Vec<(String, &str, Flavour)> {
+        let mut v = Vec::new();
+        if let Some(t) = &self.topic {
+            v.push(("kafka.topic".into(), t.as_str(), Flavour::Text));
+        }
+        if let Some(g) = &self.group {
+            v.push(("kafka.group".into(), g.as_str(), Flavour::Text));
+        }
+        v
+    }
+
+    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+        let r = |s: &Option<String>| {
+            s.as_ref()
+                .map(|s| cx.engine.templates.render(s, cx.ctx))
+                .transpose()
+                .map_err(StepError::template)
+        };
+        Ok(Input {
+            op: self.op,
+            topic: r(&self.topic)?,
+            group: r(&self.group)?,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Input {
+    pub op: KafkaOp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+fn kerr(what: &str, e: impl std::fmt::Display) -> StepError {
+    StepError::retryable(format!("kafka {what}: {e}"))
+}
+
+pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+    let Some(kc) = &cx.engine.config.kafka else {
+        return Err(StepError::fatal(
+            "no Kafka configured: set `kafka.brokers` in the config",
+        ));
+    };
+    let mut config =
+        crate::kafka::client_config(kc, &cx.engine.masker).map_err(StepError::fatal)?;
+    let timeout = cx.timeout.min(Duration::from_secs(30));
+    if i.op == KafkaOp::TopicConfigs {
+        let admin: AdminClient<DefaultClientContext> =
+            config.create().map_err(|e| kerr("client", e))?;
+        let topics: Vec<String> = match &i.topic {
+            Some(t) => vec![t.clone()],
+            None => tokio::task::spawn_blocking({
+                let config = config.clone();
+                move || -> Result<Vec<String>, StepError> {
+                    let c: BaseConsumer = config.create().map_err(|e| kerr("client", e))?;
+                    let md = c
+                        .fetch_metadata(None, timeout)
+                        .map_err(|e| kerr("metadata", e))?;
+                    Ok(md
+                        .topics()
+                        .iter()
+                        .map(|t| t.name().to_owned())
+                        .filter(|n| !n.starts_with("__"))
+                        .collect())
+                }
+            })
+            .await
+            .map_err(|e| StepError::fatal(e.to_string()))??,
+        };
+        let specs: Vec<ResourceSpecifier> =
+            topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+        let opts = AdminOptions::new().request_timeout(Some(timeout));
+        let results = admin
+            .describe_configs(&specs, &opts)
+            .await
+            .map_err(|e| kerr("describe configs", e))?;
+        let mut rows = Vec::new();
+        for (topic, res) in topics.iter().zip(results) {
+            let res = res.map_err(|e| kerr(&format!("configs of {topic}"), e))?;
+            for entry in res.entries {
+                rows.push(json!({ "topic": topic, "name": entry.name, "value": entry.value, "default": entry.is_default, "sensitive": entry.is_sensitive }));
+            }
+        }
+        return Ok(StepOutput {
+            output: json!({ "topics": topics.len(), "entries": rows.len() }),
+            rows,
+        });
+    }
+    if let Some(g) = &i.group {
+        config.set("group.id", g).set("enable.auto.commit", "false");
+    }
+    tokio::task::spawn_blocking(move || blocking(i, config, timeout))
+        .await
+        .map_err(|e| StepError::fatal(e.to_string()))?
+}
+
+fn blocking(
+    i: Input,
+    config: rdkafka::ClientConfig,
+    timeout: Duration,
+) -> Result<StepOutput, StepError> {
+    let consumer: BaseConsumer = config.create().map_err(|e| kerr("client", e))?;
+    let md = consumer
+        .fetch_metadata(i.topic.as_deref(), timeout)
+        .map_err(|e| kerr("metadata", e))?;
+    match i.op {
+        KafkaOp::ListTopics => {
+            let rows: Vec<Json> = md
+                .topics()
+                .iter()
+                .map(|t| json!({ "topic": t.name(), "partitions": t.partitions().len(), "error": t.error().map(|e| format!("{e:?}")) }))
+                .collect();
+            let brokers: Vec<Json> = md
+                .brokers()
+                .iter()
+                .map(|b| json!({ "id": b.id(), "host": b.host(), "port": b.port() }))
+                .collect();
+            Ok(StepOutput {
+                output: json!({ "brokers": brokers, "topics": rows.len() }),
+                rows,
+            })
+        }
+        KafkaOp::DescribeTopic => {
+            let topic = md
+                .topics()
+                .first()
+                .ok_or_else(|| StepError::fatal("the broker returned no such topic"))?;
+            if let Some(e) = topic.error() {
+                return Err(StepError::fatal(format!("topic {}: {e:?}", topic.name())));
+            }
+            let rows: Vec<Json> = topic
+                .partitions()
+                .iter()
+                .map(|p| {
+                    let (low, high) = consumer.fetch_watermarks(topic.name(), p.id(), timeout).unwrap_or((-1, -1));
+                    json!({ "partition": p.id(), "leader": p.leader(), "replicas": p.replicas(), "isr": p.isr(), "low": low, "high": high })
+                })
+                .collect();
+            Ok(StepOutput {
+                output: json!({ "topic": topic.name(), "partitions": rows.len() }),
+                rows,
+            })
+        }
+        KafkaOp::ConsumerLag => {
+            let group = i.group.clone().unwrap_or_default();
+            let mut tpl = TopicPartitionList::new();
+            for t in md.topics().iter().filter(|t| !t.name().starts_with("__")) {
+                for p in t.partitions() {
+                    tpl.add_partition(t.name(), p.id());
+                }
+            }
+            let committed = consumer
+                .committed_offsets(tpl, timeout)
+                .map_err(|e| kerr("committed offsets", e))?;
+            let mut rows = Vec::new();
+            let mut total: i64 = 0;
+            for e in committed.elements() {
+                let Offset::Offset(c) = e.offset() else {
+                    continue;
+                };
+                let (_, high) = consumer
+                    .fetch_watermarks(e.topic(), e.partition(), timeout)
+                    .map_err(|x| kerr("watermarks", x))?;
+                let lag = (high - c).max(0);
+                total += lag;
+                rows.push(json!({ "topic": e.topic(), "partition": e.partition(), "committed": c, "high_watermark": high, "lag": lag }));
+            }
+            Ok(StepOutput {
+                output: json!({ "group": group, "total_lag": total, "partitions": rows.len() }),
+                rows,
+            })
+        }
+        KafkaOp::TopicConfigs => unreachable!("handled before"),
+    }
+}

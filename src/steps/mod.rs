@@ -1,0 +1,343 @@
+//! Step kinds: a closed enum, one file per kind, and one `match` per phase.
+//!
+//! Each kind is compiled from its raw YAML once ([`StepKind::from_raw`]), then at run time
+//! rendered ([`StepKind::render`]: templates filled, values bound, nothing executed; this is what
+//! `--dry-run` prints and what the run record keeps as the step's input) and executed
+//! ([`StepKind::execute`]).
+
+mod approve;
+mod assert;
+mod call;
+mod http;
+mod kafka;
+mod notify;
+mod promql;
+mod runtime;
+mod shell;
+mod sql;
+mod tcp_check;
+
+use std::{collections::BTreeSet, time::Duration};
+
+use minijinja::Value;
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::{
+    duration::Dur,
+    engine::{Engine, RunMeta},
+    playbook::raw::RawStep,
+};
+
+/// How a template string is interpreted, for validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// Rendered to text.
+    Text,
+    /// Rendered to SQL with bound values.
+    Sql,
+    /// Rendered to a URL with encoded values.
+    Url,
+    /// An expression.
+    Expr,
+    /// A YAML value: a sole `{{ expr }}` keeps its type, other text renders.
+    Value,
+}
+
+/// A compiled step kind.
+#[derive(Debug)]
+pub enum StepKind {
+    Sql(sql::SqlStep),
+    Promql(promql::PromqlStep),
+    Http(http::HttpStep),
+    Kafka(kafka::KafkaStep),
+    Runtime(runtime::RuntimeStep),
+    Shell(shell::ShellStep),
+    TcpCheck(tcp_check::TcpCheckStep),
+    Wait(Dur),
+    Assert(assert::AssertStep),
+    Approve(approve::ApproveStep),
+    Notify(notify::NotifyStep),
+    Playbook(call::CallStep),
+}
+
+/// What a step kind produced: rows (tabular results) and any other output.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct StepOutput {
+    pub rows: Vec<Json>,
+    pub output: Json,
+}
+
+impl StepOutput {
+    pub fn value(output: Json) -> Self {
+        StepOutput {
+            rows: Vec::new(),
+            output,
+        }
+    }
+}
+
+/// Why a step failed, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A transient failure (connection refused, 5xx, timeout); `retry` may help.
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        after: Option<Duration>,
+    },
+    /// Trying again will fail the same way (bad SQL, 4xx, assertion false, refused by policy).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl StepError {
+    pub fn fatal(m: impl Into<String>) -> Self {
+        StepError::Fatal(m.into())
+    }
+    pub fn retryable(m: impl Into<String>) -> Self {
+        StepError::Retryable {
+            message: m.into(),
+            after: None,
+        }
+    }
+    pub fn template(e: minijinja::Error) -> Self {
+        StepError::Fatal(template_message(&e))
+    }
+}
+
+/// A minijinja error in one line: kind and detail, without the debug dump.
+pub fn template_message(e: &minijinja::Error) -> String {
+    match e.detail() {
+        Some(d) => format!("template: {}: {d}", e.kind()),
+        None => format!("template: {}", e.kind()),
+    }
+}
+
+/// What a step sees while it runs.
+pub struct StepCx<'a> {
+    pub engine: &'a Engine,
+    pub run: &'a RunMeta,
+    pub step_id: &'a str,
+    pub ctx: &'a Value,
+    pub timeout: Duration,
+}
+
+/// A step's concrete input after rendering: recorded, printed by `--dry-run`, then executed.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Rendered {
+    Sql(sql::Input),
+    Promql(promql::Input),
+    Http(http::Input),
+    Kafka(kafka::Input),
+    Runtime(runtime::Input),
+    Shell(shell::Input),
+    TcpCheck(tcp_check::Input),
+    Wait { wait: Dur },
+    Assert(assert::Input),
+    Approve(approve::Input),
+    Notify(notify::Input),
+    Playbook(call::Input),
+}
+
+impl StepKind {
+    /// Compiles the one kind a raw step names. Errors carry a sub-path (`.sql.query`) and a message.
+    pub fn from_raw(s: RawStep) -> Result<StepKind, (String, String)> {
+        let mut kinds: Vec<&str> = Vec::new();
+        macro_rules! seen {
+            ($($f:ident),*) => { $( if s.$f.is_some() { kinds.push(stringify!($f)); } )* };
+        }
+        seen!(
+            sql, promql, http, kafka, runtime, shell, tcp_check, wait, assert, approve, notify,
+            playbook
+        );
+        match kinds.len() {
+            0 => {
+                return Err((
+                    String::new(),
+                    format!(
+                        "step `{}` has no kind: add one of sql, promql, http, kafka, runtime, shell, tcp_check, wait, assert, approve, notify, playbook",
+                        s.id
+                    ),
+                ))
+            }
+            1 => {}
+            _ => return Err((format!(".{}", kinds[1]), format!("step `{}` has several kinds: {}", s.id, kinds.join(", ")))),
+        }
+        Ok(match s {
+            RawStep { sql: Some(r), .. } => StepKind::Sql(sql::SqlStep::compile(r.0)),
+            RawStep {
+                promql: Some(r), ..
+            } => StepKind::Promql(promql::PromqlStep::compile(r.0)),
+            RawStep { http: Some(r), .. } => StepKind::Http(http::HttpStep::compile(r)?),
+            RawStep { kafka: Some(r), .. } => StepKind::Kafka(kafka::KafkaStep::compile(r)?),
+            RawStep {
+                runtime: Some(r), ..
+            } => StepKind::Runtime(runtime::RuntimeStep::compile(r)?),
+            RawStep { shell: Some(r), .. } => StepKind::Shell(shell::ShellStep::compile(r)?),
+            RawStep {
+                tcp_check: Some(r), ..
+            } => StepKind::TcpCheck(tcp_check::TcpCheckStep {
+                address: r.0.address,
+            }),
+            RawStep { wait: Some(d), .. } => StepKind::Wait(d),
+            RawStep {
+                assert: Some(r), ..
+            } => StepKind::Assert(assert::AssertStep {
+                that: r.0.that,
+                message: r.0.message,
+            }),
+            RawStep {
+                approve: Some(r), ..
+            } => StepKind::Approve(approve::ApproveStep::compile(r)),
+            RawStep {
+                notify: Some(r), ..
+            } => StepKind::Notify(notify::NotifyStep {
+                to: r.to,
+                text: r.text,
+            }),
+            RawStep {
+                playbook: Some(r), ..
+            } => StepKind::Playbook(call::CallStep {
+                name: r.0.name,
+                params: r.0.params,
+            }),
+            _ => unreachable!("exactly one kind was counted above"),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Sql(_) => "sql",
+            StepKind::Promql(_) => "promql",
+            StepKind::Http(_) => "http",
+            StepKind::Kafka(_) => "kafka",
+            StepKind::Runtime(_) => "runtime",
+            StepKind::Shell(_) => "shell",
+            StepKind::TcpCheck(_) => "tcp_check",
+            StepKind::Wait(_) => "wait",
+            StepKind::Assert(_) => "assert",
+            StepKind::Approve(_) => "approve",
+            StepKind::Notify(_) => "notify",
+            StepKind::Playbook(_) => "playbook",
+        }
+    }
+
+    /// Every template the kind holds, with its sub-path and flavour, for validation.
+    pub fn templates(&self) -> Vec<(String, &str, Flavour)> {
+        match self {
+            StepKind::Sql(s) => vec![("sql".into(), s.query.as_str(), Flavour::Sql)],
+            StepKind::Promql(s) => vec![("promql".into(), s.query.as_str(), Flavour::Text)],
+            StepKind::Http(s) => s.templates(),
+            StepKind::Kafka(s) => s.templates(),
+            StepKind::Runtime(s) => s.templates(),
+            StepKind::Shell(s) => s
+                .argv
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("shell[{i}]"), a.as_str(), Flavour::Text))
+                .collect(),
+            StepKind::TcpCheck(s) => vec![("tcp_check".into(), s.address.as_str(), Flavour::Text)],
+            StepKind::Wait(_) => vec![],
+            StepKind::Assert(s) => {
+                let mut v = vec![("assert".into(), s.that.as_str(), Flavour::Expr)];
+                if let Some(m) = &s.message {
+                    v.push(("assert.message".into(), m.as_str(), Flavour::Text));
+                }
+                v
+            }
+            StepKind::Approve(s) => vec![("approve.text".into(), s.text.as_str(), Flavour::Text)],
+            StepKind::Notify(s) => vec![("notify.text".into(), s.text.as_str(), Flavour::Text)],
+            StepKind::Playbook(s) => {
+                let mut out = Vec::new();
+                for (k, v) in &s.params {
+                    let mut strings = Vec::new();
+                    crate::template::Templates::tree_strings(
+                        v,
+                        format!("playbook.params.{k}"),
+                        &mut strings,
+                    );
+                    out.extend(strings.into_iter().map(|(p, src)| (p, src, Flavour::Value)));
+                }
+                out
+            }
+        }
+    }
+
+    /// Names that must exist in the config: datasources and notify channels.
+    pub fn check_names(
+        &self,
+        datasources: &BTreeSet<String>,
+        channels: &BTreeSet<String>,
+    ) -> Vec<(String, String)> {
+        match self {
+            StepKind::Sql(s) => match &s.datasource {
+                Some(d) if !datasources.contains(d) => vec![(
+                    "sql.datasource".into(),
+                    format!(
+                        "unknown datasource `{d}` (the config's `datasources` names: {})",
+                        list(datasources)
+                    ),
+                )],
+                _ => vec![],
+            },
+            StepKind::Notify(s) if !channels.contains(&s.to) => vec![(
+                "notify.to".into(),
+                format!(
+                    "unknown notify channel `{}` (the config's `notify` names: {})",
+                    s.to,
+                    list(channels)
+                ),
+            )],
+            _ => vec![],
+        }
+    }
+
+    /// Fills the templates; executes nothing.
+    pub fn render(&self, cx: &StepCx<'_>) -> Result<Rendered, StepError> {
+        Ok(match self {
+            StepKind::Sql(s) => Rendered::Sql(s.render(cx)?),
+            StepKind::Promql(s) => Rendered::Promql(s.render(cx)?),
+            StepKind::Http(s) => Rendered::Http(s.render(cx)?),
+            StepKind::Kafka(s) => Rendered::Kafka(s.render(cx)?),
+            StepKind::Runtime(s) => Rendered::Runtime(s.render(cx)?),
+            StepKind::Shell(s) => Rendered::Shell(s.render(cx)?),
+            StepKind::TcpCheck(s) => Rendered::TcpCheck(s.render(cx)?),
+            StepKind::Wait(d) => Rendered::Wait { wait: *d },
+            StepKind::Assert(s) => Rendered::Assert(s.render(cx)?),
+            StepKind::Approve(s) => Rendered::Approve(s.render(cx)?),
+            StepKind::Notify(s) => Rendered::Notify(s.render(cx)?),
+            StepKind::Playbook(s) => Rendered::Playbook(s.render(cx)?),
+        })
+    }
+
+    /// Executes a rendered input.
+    pub async fn execute(&self, input: Rendered, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        match input {
+            Rendered::Sql(i) => sql::execute(i, cx).await,
+            Rendered::Promql(i) => promql::execute(i, cx).await,
+            Rendered::Http(i) => http::execute(i, cx).await,
+            Rendered::Kafka(i) => kafka::execute(i, cx).await,
+            Rendered::Runtime(i) => runtime::execute(i, cx).await,
+            Rendered::Shell(i) => shell::execute(i, cx).await,
+            Rendered::TcpCheck(i) => tcp_check::execute(i, cx).await,
+            Rendered::Wait { wait } => {
+                tokio::time::sleep(wait.as_std()).await;
+                Ok(StepOutput::value(Json::from(wait.to_string())))
+            }
+            Rendered::Assert(i) => assert::execute(i),
+            Rendered::Approve(i) => approve::execute(i, cx).await,
+            Rendered::Notify(i) => notify::execute(i, cx).await,
+            Rendered::Playbook(i) => call::execute(i, cx).await,
+        }
+    }
+}
+
+fn list(set: &BTreeSet<String>) -> String {
+    if set.is_empty() {
+        "none".into()
+    } else {
+        set.iter().cloned().collect::<Vec<_>>().join(", ")
+    }
+}

@@ -1,0 +1,98 @@
+//! `notify`: a message to a named channel from the config: a Slack-style or generic webhook, or
+//! PagerDuty Events v2.
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{http::send, StepCx, StepError, StepOutput};
+use crate::config::WebhookFormat;
+
+const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+#[derive(Debug)]
+pub struct NotifyStep {
+    pub to: String,
+    pub text: String,
+}
+
+impl NotifyStep {
+    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+        Ok(Input {
+            to: self.to.clone(),
+            text: cx
+                .engine
+                .templates
+                .render(&self.text, cx.ctx)
+                .map_err(StepError::template)?,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Input {
+    pub to: String,
+    pub text: String,
+}
+
+pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+    let engine = cx.engine;
+    let channel = engine
+        .config
+        .notify
+        .get(&i.to)
+        .ok_or_else(|| StepError::fatal(format!("unknown notify channel `{}`", i.to)))?;
+    let (url, body) = if let Some(w) = &channel.webhook {
+        let url = w
+            .url_ref()
+            .resolve(&engine.masker)
+            .map_err(|e| StepError::fatal(format!("channel `{}`: {e}", i.to)))?;
+        let body = match w.format {
+            WebhookFormat::Slack => json!({ "text": i.text }),
+            WebhookFormat::Generic => json!({
+                "text": i.text, "playbook": cx.run.playbook, "run_id": cx.run.id, "step": cx.step_id, "channel": i.to,
+            }),
+        };
+        (url, body)
+    } else if let Some(pd) = &channel.pagerduty {
+        let key = std::env::var(&pd.routing_key_env).map_err(|_| {
+            StepError::fatal(format!(
+                "channel `{}`: environment variable {} is not set",
+                i.to, pd.routing_key_env
+            ))
+        })?;
+        engine.masker.add(&key);
+        let body = json!({
+            "routing_key": key,
+            "event_action": "trigger",
+            "dedup_key": format!("runbook-{}-{}", cx.run.playbook, cx.run.id),
+            "payload": { "summary": i.text, "source": "runbook", "severity": pd.severity.as_deref().unwrap_or("error"),
+                         "custom_details": { "playbook": cx.run.playbook, "run_id": cx.run.id } },
+        });
+        (pd.url.clone().unwrap_or_else(|| PAGERDUTY_URL.into()), body)
+    } else {
+        return Err(StepError::fatal(format!(
+            "channel `{}` has neither webhook nor pagerduty",
+            i.to
+        )));
+    };
+    let (status, _, answer) = send(
+        engine.http.post(&url).json(&body).timeout(cx.timeout),
+        &engine.masker,
+    )
+    .await?;
+    if !(200..300).contains(&status) {
+        let msg = format!(
+            "channel `{}` answered {status}: {}",
+            i.to,
+            super::http::truncate(&answer, 200)
+        );
+        return Err(if status >= 500 || status == 429 {
+            StepError::retryable(msg)
+        } else {
+            StepError::fatal(msg)
+        });
+    }
+    Ok(StepOutput::value(
+        json!({ "channel": i.to, "status": status }),
+    ))
+}

@@ -1,0 +1,109 @@
+//! `runtime`: an operation on the streaming runtime (`queue_stats`, `dlq_retry`, `scale_workers`, ...).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use super::{Flavour, StepCx, StepError, StepOutput};
+use crate::{
+    runtime::ops::{self, Op, OpError},
+    template::Templates,
+};
+
+#[derive(Debug)]
+pub struct RuntimeStep {
+    pub op: String,
+    pub args: BTreeMap<String, serde_yaml::Value>,
+}
+
+impl RuntimeStep {
+    pub fn compile(
+        mut args: BTreeMap<String, serde_yaml::Value>,
+    ) -> Result<Self, (String, String)> {
+        let names: Vec<&str> = ops::OPS.iter().map(|(n, _)| *n).collect();
+        let op = match args.remove("op") {
+            Some(serde_yaml::Value::String(op)) => op,
+            _ => {
+                return Err((
+                    ".runtime".into(),
+                    format!("a runtime step needs `op`: one of {}", names.join(", ")),
+                ))
+            }
+        };
+        let Some((_, allowed)) = ops::OPS.iter().find(|(n, _)| *n == op) else {
+            return Err((
+                ".runtime.op".into(),
+                format!("unknown runtime op `{op}` (known: {})", names.join(", ")),
+            ));
+        };
+        if let Some(bad) = args.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err((
+                format!(".runtime.{bad}"),
+                format!(
+                    "`{op}` takes no argument `{bad}` (it takes: {})",
+                    if allowed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        allowed.join(", ")
+                    }
+                ),
+            ));
+        }
+        Ok(RuntimeStep { op, args })
+    }
+
+    pub fn templates(&self) -> Vec<(String, &str, Flavour)> {
+        let mut out = Vec::new();
+        for (k, v) in &self.args {
+            let mut strings = Vec::new();
+            Templates::tree_strings(v, format!("runtime.{k}"), &mut strings);
+            out.extend(strings.into_iter().map(|(p, s)| (p, s, Flavour::Value)));
+        }
+        out
+    }
+
+    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+        let mut map = serde_json::Map::new();
+        map.insert("op".into(), Json::String(self.op.clone()));
+        for (k, v) in &self.args {
+            map.insert(
+                k.clone(),
+                cx.engine
+                    .templates
+                    .render_tree(v, cx.ctx)
+                    .map_err(StepError::template)?,
+            );
+        }
+        let op: Op = serde_json::from_value(Json::Object(map))
+            .map_err(|e| StepError::fatal(format!("runtime op `{}`: {e}", self.op)))?;
+        Ok(Input { op })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Input {
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+    let out = ops::run(
+        &cx.engine.store,
+        &cx.engine.config.streaming,
+        &i.op,
+        &cx.run.actor(),
+    )
+    .await
+    .map_err(|e| match e {
+        OpError::Invalid(m) => StepError::fatal(m),
+        OpError::Db(e) if e.is_transient() => StepError::retryable(e.to_string()),
+        OpError::Db(e) => StepError::fatal(e.to_string()),
+    })?;
+    let rows = match (&i.op, &out) {
+        (Op::QueueStats, o) => o["depth"].as_array().cloned().unwrap_or_default(),
+        (Op::DlqList { .. }, o) => o["content"].as_array().cloned().unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    Ok(StepOutput { rows, output: out })
+}

@@ -1,0 +1,125 @@
+//! `shell`: run a program from the config's allowlist with an argv list. No shell parses
+//! anything: each element is rendered on its own and passed as one argument.
+
+use std::process::Stdio;
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+
+use super::{StepCx, StepError, StepOutput};
+use crate::playbook::raw::RawShell;
+
+const DEFAULT_MAX_OUTPUT: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub struct ShellStep {
+    pub argv: Vec<String>,
+    pub max_output: usize,
+}
+
+impl ShellStep {
+    pub fn compile(r: RawShell) -> Result<Self, (String, String)> {
+        if r.argv.is_empty() {
+            return Err((
+                ".shell".into(),
+                "a shell step needs at least the program name".into(),
+            ));
+        }
+        if r.argv[0].contains("{{") || r.argv[0].contains("{%") {
+            return Err((
+                ".shell[0]".into(),
+                "the program name must be literal, not a template".into(),
+            ));
+        }
+        Ok(ShellStep {
+            argv: r.argv,
+            max_output: r.max_output.unwrap_or(DEFAULT_MAX_OUTPUT),
+        })
+    }
+
+    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+        let argv = self
+            .argv
+            .iter()
+            .map(|a| {
+                cx.engine
+                    .templates
+                    .render(a, cx.ctx)
+                    .map_err(StepError::template)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Input {
+            argv,
+            max_output: self.max_output,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Input {
+    pub argv: Vec<String>,
+    #[serde(skip)]
+    pub max_output: usize,
+}
+
+async fn read_capped(mut r: impl AsyncReadExt + Unpin, max: usize) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut total = 0usize;
+    while let Ok(n) = r.read(&mut chunk).await {
+        if n == 0 {
+            break;
+        }
+        total += n;
+        if buf.len() < max {
+            buf.extend_from_slice(&chunk[..n.min(max - buf.len())]);
+        }
+    }
+    let mut s = String::from_utf8_lossy(&buf).into_owned();
+    if total > max {
+        s.push_str(&format!("… ({total} bytes)"));
+    }
+    s
+}
+
+pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+    let program = &i.argv[0];
+    let allowed = &cx.engine.config.shell.allow;
+    if !allowed.iter().any(|a| a == program) {
+        return Err(StepError::fatal(format!(
+            "shell program `{program}` is not allowed: add it to `shell.allow` in the config (allowed: {})",
+            if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") }
+        )));
+    }
+    let mut child = tokio::process::Command::new(program)
+        .args(&i.argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| StepError::fatal(format!("cannot start `{program}`: {e}")))?;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let (out, err, status) = tokio::join!(
+        read_capped(stdout, i.max_output),
+        read_capped(stderr, i.max_output),
+        child.wait()
+    );
+    let status =
+        status.map_err(|e| StepError::fatal(format!("waiting for `{program}` failed: {e}")))?;
+    let code = status.code();
+    let masker = &cx.engine.masker;
+    let output = json!({ "exit_code": code, "stdout": masker.mask_str(&out), "stderr": masker.mask_str(&err) });
+    if !status.success() {
+        return Err(StepError::fatal(format!(
+            "`{program}` exited with {}: {}",
+            code.map(|c| c.to_string())
+                .unwrap_or_else(|| "a signal".into()),
+            super::http::truncate(masker.mask_str(err.trim()).as_str(), 500)
+        )));
+    }
+    let rows = out.lines().map(|l| json!({ "line": l })).collect();
+    Ok(StepOutput { rows, output })
+}

@@ -1,0 +1,143 @@
+//! `sql`: one statement on the store or a named datasource; every `{{ expr }}` is a bound value.
+
+use serde::Serialize;
+use serde_json::{json, Value as Json};
+
+use super::{StepCx, StepError, StepOutput};
+use crate::{playbook::raw::RawSql, template::Dialect};
+
+pub const DEFAULT_MAX_ROWS: usize = 1000;
+
+#[derive(Debug)]
+pub struct SqlStep {
+    pub datasource: Option<String>,
+    pub query: String,
+    pub max_rows: usize,
+}
+
+impl SqlStep {
+    pub fn compile(r: RawSql) -> Self {
+        SqlStep {
+            datasource: r.datasource,
+            query: r.query,
+            max_rows: r.max_rows.unwrap_or(DEFAULT_MAX_ROWS),
+        }
+    }
+
+    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+        let dialect = match &self.datasource {
+            None => cx.engine.store.dialect(),
+            Some(name) => cx
+                .engine
+                .datasource_dialect(name)
+                .map_err(StepError::fatal)?,
+        };
+        let q = cx
+            .engine
+            .templates
+            .render_sql(&self.query, cx.ctx, dialect)
+            .map_err(StepError::template)?;
+        Ok(Input {
+            datasource: self.datasource.clone().unwrap_or_else(|| "store".into()),
+            dialect,
+            sql: q.sql,
+            params: q.params,
+            max_rows: self.max_rows,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Input {
+    pub datasource: String,
+    pub dialect: Dialect,
+    pub sql: String,
+    pub params: Vec<Json>,
+    #[serde(skip)]
+    pub max_rows: usize,
+}
+
+/// Statements that only read; anything else is audited.
+fn is_read_only(sql: &str) -> bool {
+    let first = sql
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("--"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    matches!(
+        first.as_str(),
+        "SELECT" | "SHOW" | "EXPLAIN" | "VALUES" | "TABLE" | "PRAGMA"
+    ) || (first == "WITH" && !contains_word(sql, &["INSERT", "UPDATE", "DELETE"]))
+}
+
+fn contains_word(sql: &str, words: &[&str]) -> bool {
+    sql.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|w| words.iter().any(|x| w.eq_ignore_ascii_case(x)))
+}
+
+pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+    let db = if i.datasource == "store" && !cx.engine.has_datasource("store") {
+        cx.engine.store.clone()
+    } else {
+        cx.engine
+            .datasource(&i.datasource)
+            .await
+            .map_err(StepError::retryable)?
+    };
+    let q = crate::template::BoundSql {
+        sql: i.sql.clone(),
+        params: i.params.clone(),
+    };
+    let res = db.query(&q, i.max_rows).await.map_err(|e| {
+        let msg = format!(
+            "{} query failed: {}",
+            i.datasource,
+            cx.engine.masker.mask_str(&e.to_string())
+        );
+        if e.is_transient() {
+            StepError::retryable(msg)
+        } else {
+            StepError::fatal(msg)
+        }
+    })?;
+    let read_only = is_read_only(&i.sql);
+    if !read_only {
+        let filter = json!({ "datasource": i.datasource, "sql": i.sql, "params": i.params });
+        cx.engine
+            .audit(
+                &cx.run.actor(),
+                &format!("sql:{}", cx.step_id),
+                filter,
+                res.rows_affected,
+            )
+            .await
+            .map_err(|e| StepError::fatal(format!("audit record could not be written: {e}")))?;
+    }
+    let output = if read_only {
+        json!({ "row_count": res.rows.len(), "truncated": res.truncated })
+    } else {
+        json!({ "rows_affected": res.rows_affected, "row_count": res.rows.len(), "truncated": res.truncated })
+    };
+    Ok(StepOutput {
+        output,
+        rows: res.rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_statements() {
+        assert!(is_read_only("-- depth\nSELECT 1"));
+        assert!(is_read_only("WITH x AS (SELECT 1) SELECT * FROM x"));
+        assert!(!is_read_only(
+            "WITH d AS (DELETE FROM t RETURNING 1) SELECT count(*) FROM d"
+        ));
+        assert!(!is_read_only("DELETE FROM command_queue"));
+        assert!(!is_read_only("VACUUM"));
+    }
+}

@@ -1,0 +1,46 @@
+//! `tcp_check`: can a TCP connection be opened to `host:port` (the seed's `nc -zv kafka 9092`)?
+
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{StepCx, StepError, StepOutput};
+
+#[derive(Debug)]
+pub struct TcpCheckStep {
+    pub address: String,
+}
+
+impl TcpCheckStep {
+    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+        let address = cx
+            .engine
+            .templates
+            .render(&self.address, cx.ctx)
+            .map_err(StepError::template)?;
+        Ok(Input { address })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Input {
+    pub address: String,
+}
+
+pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+    let started = Instant::now();
+    match tokio::time::timeout(cx.timeout, tokio::net::TcpStream::connect(&i.address)).await {
+        Ok(Ok(_)) => Ok(StepOutput::value(
+            json!({ "address": i.address, "connected": true, "ms": started.elapsed().as_millis() as u64 }),
+        )),
+        Ok(Err(e)) => Err(StepError::retryable(format!(
+            "cannot connect to {}: {e}",
+            i.address
+        ))),
+        Err(_) => Err(StepError::retryable(format!(
+            "connecting to {} timed out",
+            i.address
+        ))),
+    }
+}

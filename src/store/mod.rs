@@ -1,0 +1,337 @@
+//! Databases: the embedded store (SQLite by default, PostgreSQL when the URL says so) and named
+//! datasources, behind one [`Db`] handle that runs bound SQL and returns rows as JSON.
+
+mod decode;
+pub mod runs;
+
+use std::{str::FromStr, time::Duration};
+
+use futures::TryStreamExt;
+use serde_json::Value as Json;
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    Either, PgPool, SqlitePool,
+};
+
+use crate::template::{BoundSql, Dialect};
+
+/// Why a database call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("unsupported database URL `{0}` (use sqlite://FILE or postgres://USER@HOST/DB)")]
+    Scheme(String),
+    #[error("{0}")]
+    Query(#[from] sqlx::Error),
+    #[error("migrating the store failed: {0}")]
+    Migrate(sqlx::Error),
+}
+
+impl DbError {
+    /// Whether trying again may help (the server was unreachable or busy), as opposed to a bad query.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Connect { .. } => true,
+            DbError::Query(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Tls(_)
+                ) || e
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|c| c == "40001" || c == "40P01" || c == "5" || c == "6")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A connection pool to SQLite or PostgreSQL.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Who changed what, for the audit log.
+pub struct Audit<'a> {
+    pub actor: &'a str,
+    pub op: &'a str,
+    pub filter: Json,
+}
+
+/// Rows and counts of one statement.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SqlResult {
+    pub rows: Vec<Json>,
+    pub rows_affected: u64,
+    /// More rows existed than the cap kept.
+    pub truncated: bool,
+}
+
+/// Hides a password in a database URL, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}://{}:****@{}", &url[..s], &creds[..c], &url[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Db {
+    /// Opens a pool. SQLite files are created on first use and run in WAL mode.
+    pub async fn connect(url: &str, read_only: bool, max_connections: u32) -> Result<Db, DbError> {
+        let connect_err = |source| DbError::Connect {
+            url: redact_url(url),
+            source,
+        };
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(connect_err)?
+                .create_if_missing(!read_only)
+                .read_only(read_only)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await
+                .map_err(connect_err)?;
+            Ok(Db::Sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let mut opts = PgConnectOptions::from_str(url).map_err(connect_err)?;
+            if read_only {
+                opts = opts.options([("default_transaction_read_only", "on")]);
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(opts)
+                .await
+                .map_err(connect_err)?;
+            Ok(Db::Postgres(pool))
+        } else {
+            Err(DbError::Scheme(url.to_owned()))
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Db::Sqlite(_) => Dialect::Sqlite,
+            Db::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Creates or upgrades the store's tables. Safe to run from several processes at once.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(pool) => {
+                sqlx::raw_sql(include_str!("migrations/sqlite.sql"))
+                    .execute(pool)
+                    .await
+                    .map_err(DbError::Migrate)?;
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(DbError::Migrate)?;
+                // Serialise concurrent first starts of several replicas.
+                sqlx::query("SELECT pg_advisory_xact_lock(7256110315)")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(DbError::Migrate)?;
+                sqlx::raw_sql(include_str!("migrations/postgres.sql"))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(DbError::Migrate)?;
+                tx.commit().await.map_err(DbError::Migrate)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one bound statement and returns up to `max_rows` rows as JSON objects.
+    pub async fn query(&self, q: &BoundSql, max_rows: usize) -> Result<SqlResult, DbError> {
+        let mut out = SqlResult::default();
+        // `fetch_many` is the one sqlx call that yields both rows and the affected-row count, which a
+        // step needs for DELETE/UPDATE with or without RETURNING.
+        #[allow(deprecated)]
+        match self {
+            Db::Sqlite(pool) => {
+                let mut stream = bind_sqlite(sqlx::query(&q.sql), &q.params).fetch_many(pool);
+                while let Some(item) = stream.try_next().await? {
+                    match item {
+                        Either::Left(done) => out.rows_affected += done.rows_affected(),
+                        Either::Right(row) if out.rows.len() < max_rows => {
+                            out.rows.push(decode::sqlite_row(&row))
+                        }
+                        Either::Right(_) => out.truncated = true,
+                    }
+                }
+            }
+            Db::Postgres(pool) => {
+                let mut stream = bind_pg(sqlx::query(&q.sql), &q.params).fetch_many(pool);
+                while let Some(item) = stream.try_next().await? {
+                    match item {
+                        Either::Left(done) => out.rows_affected += done.rows_affected(),
+                        Either::Right(row) if out.rows.len() < max_rows => {
+                            out.rows.push(decode::pg_row(&row))
+                        }
+                        Either::Right(_) => out.truncated = true,
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs a mutation and its audit record in one transaction, so no change goes unrecorded.
+    /// `sql` uses `$n` placeholders. Returns the rows the mutation affected.
+    pub async fn mutate_audited(
+        &self,
+        sql: &str,
+        params: Vec<Json>,
+        audit: Audit<'_>,
+    ) -> Result<u64, DbError> {
+        const AUDIT: &str =
+            "INSERT INTO runbook_audit (actor, op, filter, rows) VALUES ($1, $2, $3, $4)";
+        let audit_params = |rows: u64| {
+            vec![
+                Json::from(audit.actor),
+                Json::from(audit.op),
+                audit.filter.clone(),
+                Json::from(rows),
+            ]
+        };
+        match self {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let sql = dollar_to_question(sql);
+                let rows = bind_sqlite(sqlx::query(&sql), &params)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let ap = audit_params(rows);
+                bind_sqlite(sqlx::query(&dollar_to_question(AUDIT)), &ap)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let rows = bind_pg(sqlx::query(sql), &params)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let ap = audit_params(rows);
+                bind_pg(sqlx::query(AUDIT), &ap).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
+        }
+    }
+
+    /// Convenience: SQL written with `$1..$n` placeholders, run on either backend.
+    pub async fn sql(&self, sql: &str, params: Vec<Json>) -> Result<SqlResult, DbError> {
+        let sql = match self {
+            Db::Postgres(_) => sql.to_owned(),
+            Db::Sqlite(_) => dollar_to_question(sql),
+        };
+        self.query(&BoundSql { sql, params }, usize::MAX).await
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// `$1` → `?1`, outside quoted strings.
+pub fn dollar_to_question(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut in_quote = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            in_quote = !in_quote;
+        }
+        if c == '$' && !in_quote && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+fn bind_sqlite<'q>(mut q: SqliteQuery<'q>, params: &'q [Json]) -> SqliteQuery<'q> {
+    for p in params {
+        q = match p {
+            Json::Null => q.bind(None::<String>),
+            Json::Bool(b) => q.bind(*b),
+            Json::Number(n) => match n.as_i64() {
+                Some(i) => q.bind(i),
+                None => q.bind(n.as_f64().unwrap_or_default()),
+            },
+            Json::String(s) => q.bind(s.as_str()),
+            other => q.bind(other.to_string()),
+        };
+    }
+    q
+}
+
+fn bind_pg<'q>(mut q: PgQuery<'q>, params: &'q [Json]) -> PgQuery<'q> {
+    for p in params {
+        q = match p {
+            Json::Null => q.bind(None::<String>),
+            Json::Bool(b) => q.bind(*b),
+            Json::Number(n) => match n.as_i64() {
+                Some(i) => q.bind(i),
+                None => q.bind(n.as_f64().unwrap_or_default()),
+            },
+            Json::String(s) => q.bind(s.as_str()),
+            other => q.bind(sqlx::types::Json(other)),
+        };
+    }
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:****@h/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://runbook.db"), "sqlite://runbook.db");
+    }
+
+    #[test]
+    fn placeholders_convert_outside_quotes() {
+        assert_eq!(
+            dollar_to_question("SELECT $1, '$2' WHERE a = $10"),
+            "SELECT ?1, '$2' WHERE a = ?10"
+        );
+    }
+}

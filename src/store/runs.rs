@@ -1,0 +1,180 @@
+//! Run records: every run, every step attempt, and the audit log of mutations.
+//!
+//! Everything written here has passed through the [`crate::secrets::Masker`] first.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value as Json};
+
+use super::{Db, DbError};
+use crate::template::Dialect;
+
+/// A timestamp parameter `$n` in the store's column type.
+fn ts(d: Dialect, n: usize) -> String {
+    match d {
+        Dialect::Postgres => format!("${n}::timestamptz"),
+        Dialect::Sqlite => format!("${n}"),
+    }
+}
+
+fn now_sql(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Postgres => "NOW()",
+        Dialect::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+    }
+}
+
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A run about to be recorded.
+pub struct NewRun<'a> {
+    pub playbook: &'a str,
+    pub trigger: Json,
+    pub params: Json,
+    pub dry_run: bool,
+    pub parent_id: Option<i64>,
+    pub status: &'a str,
+}
+
+/// One attempt of one step (one element of a `for_each`, one poll of an `until`).
+pub struct Attempt<'a> {
+    pub run_id: i64,
+    pub step_id: &'a str,
+    pub attempt: u32,
+    pub item: Option<usize>,
+    pub status: &'a str,
+    pub input: &'a Json,
+    pub output: &'a Json,
+    pub error: Option<&'a str>,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u64,
+}
+
+fn first_id(r: super::SqlResult) -> Result<i64, DbError> {
+    r.rows
+        .first()
+        .and_then(|row| row.get("id"))
+        .and_then(Json::as_i64)
+        .ok_or_else(|| DbError::Query(sqlx::Error::RowNotFound))
+}
+
+pub async fn create_run(db: &Db, run: NewRun<'_>) -> Result<i64, DbError> {
+    let started = if run.status == "running" {
+        now_sql(db.dialect())
+    } else {
+        "NULL"
+    };
+    let sql = format!(
+        "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, started_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, {started}) RETURNING id"
+    );
+    let params = vec![
+        json!(run.playbook),
+        run.trigger,
+        run.params,
+        json!(run.status),
+        json!(run.dry_run),
+        run.parent_id.map(Json::from).unwrap_or(Json::Null),
+    ];
+    first_id(db.sql(&sql, params).await?)
+}
+
+pub async fn set_running(db: &Db, id: i64) -> Result<(), DbError> {
+    let now = now_sql(db.dialect());
+    db.sql(&format!("UPDATE runbook_runs SET status = 'running', started_at = COALESCE(started_at, {now}) WHERE id = $1"), vec![json!(id)])
+        .await?;
+    Ok(())
+}
+
+pub async fn finish_run(
+    db: &Db,
+    id: i64,
+    status: &str,
+    failed_step: Option<&str>,
+    error: Option<&str>,
+) -> Result<(), DbError> {
+    let now = now_sql(db.dialect());
+    db.sql(
+        &format!("UPDATE runbook_runs SET status = $2, failed_step = $3, error = $4, finished_at = {now} WHERE id = $1"),
+        vec![json!(id), json!(status), json!(failed_step), json!(error)],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn record_attempt(db: &Db, a: Attempt<'_>) -> Result<(), DbError> {
+    let d = db.dialect();
+    let sql = format!(
+        "INSERT INTO runbook_step_attempts (run_id, step_id, attempt, item, status, input, output, error, started_at, duration_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {}, $10)",
+        ts(d, 9)
+    );
+    db.sql(
+        &sql,
+        vec![
+            json!(a.run_id),
+            json!(a.step_id),
+            json!(a.attempt),
+            json!(a.item),
+            json!(a.status),
+            a.input.clone(),
+            a.output.clone(),
+            json!(a.error),
+            json!(timestamp(a.started_at)),
+            json!(a.duration_ms),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes one audit record: who or what changed what, with which filter, and how many rows.
+pub async fn audit(db: &Db, actor: &str, op: &str, filter: Json, rows: u64) -> Result<(), DbError> {
+    db.sql(
+        "INSERT INTO runbook_audit (actor, op, filter, rows) VALUES ($1, $2, $3, $4)",
+        vec![json!(actor), json!(op), filter, json!(rows)],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn list_runs(db: &Db, playbook: Option<&str>, limit: i64) -> Result<Vec<Json>, DbError> {
+    let r = db
+        .sql(
+            "SELECT id, playbook, status, trigger, dry_run, failed_step, error, created_at, started_at, finished_at \
+             FROM runbook_runs WHERE ($1 IS NULL OR playbook = $1) ORDER BY id DESC LIMIT $2",
+            vec![json!(playbook), json!(limit)],
+        )
+        .await?;
+    Ok(r.rows)
+}
+
+/// A run with its step attempts, or `None`.
+pub async fn get_run(db: &Db, id: i64) -> Result<Option<Json>, DbError> {
+    let run = db
+        .sql("SELECT * FROM runbook_runs WHERE id = $1", vec![json!(id)])
+        .await?;
+    let Some(mut run) = run.rows.into_iter().next() else {
+        return Ok(None);
+    };
+    let steps = db
+        .sql(
+            "SELECT step_id, attempt, item, status, input, output, error, started_at, duration_ms \
+             FROM runbook_step_attempts WHERE run_id = $1 ORDER BY id",
+            vec![json!(id)],
+        )
+        .await?;
+    run["steps"] = Json::Array(steps.rows);
+    Ok(Some(run))
+}
+
+pub async fn list_audit(db: &Db, limit: i64) -> Result<Vec<Json>, DbError> {
+    Ok(db
+        .sql(
+            "SELECT * FROM runbook_audit ORDER BY id DESC LIMIT $1",
+            vec![json!(limit)],
+        )
+        .await?
+        .rows)
+}

@@ -1,0 +1,516 @@
+//! Templating with minijinja, in three flavours that differ only in what `{{ expr }}` emits.
+//!
+//! - Text (notify messages, headers, argv elements): the value as text.
+//! - SQL: every `{{ expr }}` becomes a bind placeholder (`$1` on PostgreSQL, `?` on SQLite) and
+//!   its value is collected for binding. The only things spliced into SQL text are fragments the
+//!   engine builds itself (`ago(duration)`, `age(column)`, `ident(name)`), which validate their input.
+//! - URL: values after the start of the URL are percent-encoded.
+//!
+//! Undefined values are errors everywhere. `when`, `until`, `assert` and `for_each` are
+//! expressions, evaluated to values rather than rendered to text.
+
+use std::{cell::RefCell, sync::Arc};
+
+use minijinja::{
+    value::{Object, Value},
+    Environment, Error, ErrorKind, UndefinedBehavior,
+};
+use serde_json::Value as Json;
+
+use crate::duration::Dur;
+
+/// The SQL flavour of a database, for placeholders and engine-built fragments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// SQL for "now minus `d`", comparable with the store's timestamp columns.
+    pub fn ago(self, d: Dur) -> String {
+        let ms = d.0.as_millis();
+        match self {
+            Dialect::Postgres => format!("(NOW() - INTERVAL '{ms} milliseconds')"),
+            Dialect::Sqlite => format!(
+                "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-{}.{:03} seconds')",
+                ms / 1000,
+                ms % 1000
+            ),
+        }
+    }
+
+    /// SQL for "now minus `column`" as a number of seconds on SQLite and an interval on PostgreSQL.
+    pub fn age(self, column: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("(NOW() - {column})"),
+            Dialect::Sqlite => format!("((julianday('now') - julianday({column})) * 86400.0)"),
+        }
+    }
+
+    fn placeholder(self, n: usize) -> String {
+        match self {
+            Dialect::Postgres => format!("${n}"),
+            Dialect::Sqlite => format!("?{n}"),
+        }
+    }
+}
+
+/// A piece of SQL text built by the engine; the only kind of value spliced into a query.
+#[derive(Debug)]
+struct SqlFragment(String);
+
+impl Object for SqlFragment {}
+
+/// A rendered SQL statement and the values bound to its placeholders, in order.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BoundSql {
+    pub sql: String,
+    pub params: Vec<Json>,
+}
+
+enum Capture {
+    Sql { dialect: Dialect, params: Vec<Json> },
+    Url { emitted: usize, base_first: bool },
+}
+
+thread_local! {
+    static CAPTURE: RefCell<Option<Capture>> = const { RefCell::new(None) };
+}
+
+fn with_capture<R>(capture: Capture, f: impl FnOnce() -> R) -> (R, Capture) {
+    CAPTURE.with(|c| *c.borrow_mut() = Some(capture));
+    let out = f();
+    let capture = CAPTURE
+        .with(|c| c.borrow_mut().take())
+        .expect("capture set above");
+    (out, capture)
+}
+
+fn write(out: &mut minijinja::Output, s: &str) -> Result<(), Error> {
+    out.write_str(s)
+        .map_err(|_| Error::new(ErrorKind::WriteFailure, "write failed"))
+}
+
+/// Identifiers that may be spliced: `name` or `schema.name`, letters, digits and underscores.
+pub fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.split('.').all(|part| {
+            let mut chars = part.chars();
+            matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+fn dialect_now() -> Result<Dialect, Error> {
+    CAPTURE.with(|c| match &*c.borrow() {
+        Some(Capture::Sql { dialect, .. }) => Ok(*dialect),
+        _ => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "SQL functions are only available in SQL text",
+        )),
+    })
+}
+
+fn parse_dur(v: &Value) -> Result<Dur, Error> {
+    if let Some(n) = v.as_i64() {
+        return u64::try_from(n)
+            .map(Dur::from_secs)
+            .map_err(|_| Error::new(ErrorKind::InvalidOperation, "a duration cannot be negative"));
+    }
+    let text = v.as_str().ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            "expected a duration such as 1h",
+        )
+    })?;
+    text.parse::<Dur>()
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+}
+
+/// The shared template environments, built once.
+pub struct Templates {
+    text: Environment<'static>,
+    sql: Environment<'static>,
+    url: Environment<'static>,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn base_env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    env.add_filter("seconds", |v: Value| parse_dur(&v).map(|d| d.as_secs_f64()));
+    env
+}
+
+impl Templates {
+    pub fn new() -> Self {
+        let mut text = base_env();
+        text.add_function("ago", |d: Value| {
+            let d = parse_dur(&d)?;
+            let at = chrono::Utc::now() - chrono::Duration::from_std(d.0).unwrap_or_default();
+            Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        });
+
+        let mut sql = base_env();
+        sql.add_function("ago", |d: Value| {
+            Ok(Value::from_object(SqlFragment(
+                dialect_now()?.ago(parse_dur(&d)?),
+            )))
+        });
+        sql.add_function("age", |column: String| {
+            if !is_identifier(&column) {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("`{column}` is not a column name"),
+                ));
+            }
+            Ok(Value::from_object(SqlFragment(dialect_now()?.age(&column))))
+        });
+        sql.add_function("ident", |name: String| {
+            if !is_identifier(&name) {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("`{name}` is not an identifier"),
+                ));
+            }
+            dialect_now()?;
+            Ok(Value::from_object(SqlFragment(name)))
+        });
+        sql.set_formatter(|out, _state, value| {
+            if let Some(frag) = value.downcast_object_ref::<SqlFragment>() {
+                return write(out, &frag.0);
+            }
+            let placeholder = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+                Some(Capture::Sql { dialect, params }) => {
+                    params.push(to_json(value));
+                    Ok(dialect.placeholder(params.len()))
+                }
+                _ => Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "SQL rendered outside a capture",
+                )),
+            })?;
+            write(out, &placeholder)
+        });
+
+        let mut url = base_env();
+        url.set_formatter(|out, state, value| {
+            let raw = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+                Some(Capture::Url {
+                    emitted,
+                    base_first,
+                }) => {
+                    *emitted += 1;
+                    *emitted == 1 && *base_first
+                }
+                _ => false,
+            });
+            if raw {
+                return minijinja::escape_formatter(out, state, value);
+            }
+            let text = if value.is_undefined() || value.is_none() {
+                String::new()
+            } else {
+                value.to_string()
+            };
+            write(out, &percent_encode(&text))
+        });
+
+        Templates { text, sql, url }
+    }
+
+    /// Checks template syntax without rendering.
+    pub fn check_template(&self, src: &str) -> Result<(), Error> {
+        self.sql.template_from_str(src).map(|_| ())
+    }
+
+    /// Checks expression syntax without evaluating.
+    pub fn check_expr(&self, src: &str) -> Result<(), Error> {
+        self.text.compile_expression(src).map(|_| ())
+    }
+
+    /// Variables a template reads, as dotted paths (`steps.a.rows`).
+    pub fn template_vars(&self, src: &str) -> Vec<String> {
+        self.sql
+            .template_from_str(src)
+            .map(|t| t.undeclared_variables(true).into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn expr_vars(&self, src: &str) -> Vec<String> {
+        self.text
+            .compile_expression(src)
+            .map(|e| e.undeclared_variables(true).into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn render(&self, src: &str, ctx: &Value) -> Result<String, Error> {
+        self.text.render_str(src, ctx)
+    }
+
+    pub fn render_url(&self, src: &str, ctx: &Value) -> Result<String, Error> {
+        let base_first = src.trim_start().starts_with("{{");
+        let (out, _) = with_capture(
+            Capture::Url {
+                emitted: 0,
+                base_first,
+            },
+            || self.url.render_str(src, ctx),
+        );
+        out
+    }
+
+    pub fn render_sql(&self, src: &str, ctx: &Value, dialect: Dialect) -> Result<BoundSql, Error> {
+        let (out, capture) = with_capture(
+            Capture::Sql {
+                dialect,
+                params: Vec::new(),
+            },
+            || self.sql.render_str(src, ctx),
+        );
+        let sql = out?;
+        let Capture::Sql { params, .. } = capture else {
+            unreachable!("set as Sql above")
+        };
+        Ok(BoundSql {
+            sql: sql.trim().to_owned(),
+            params,
+        })
+    }
+
+    pub fn eval(&self, expr: &str, ctx: &Value) -> Result<Value, Error> {
+        self.text.compile_expression(expr)?.eval(ctx)
+    }
+
+    pub fn eval_bool(&self, expr: &str, ctx: &Value) -> Result<bool, Error> {
+        Ok(self.eval(expr, ctx)?.is_true())
+    }
+
+    /// Renders every string in a YAML tree. A string that is exactly one `{{ expr }}` keeps the
+    /// expression's type (a number stays a number); other strings render to text.
+    pub fn render_tree(&self, tree: &serde_yaml::Value, ctx: &Value) -> Result<Json, Error> {
+        use serde_yaml::Value as Y;
+        Ok(match tree {
+            Y::Null => Json::Null,
+            Y::Bool(b) => Json::Bool(*b),
+            Y::Number(n) => serde_json::to_value(n).unwrap_or(Json::Null),
+            Y::String(s) => self.render_scalar(s, ctx)?,
+            Y::Sequence(items) => Json::Array(
+                items
+                    .iter()
+                    .map(|i| self.render_tree(i, ctx))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Y::Mapping(map) => {
+                let mut out = serde_json::Map::new();
+                for (k, v) in map {
+                    let key = match k {
+                        Y::String(s) => s.clone(),
+                        other => serde_yaml::to_string(other)
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned(),
+                    };
+                    out.insert(key, self.render_tree(v, ctx)?);
+                }
+                Json::Object(out)
+            }
+            Y::Tagged(t) => self.render_tree(&t.value, ctx)?,
+        })
+    }
+
+    pub fn render_scalar(&self, s: &str, ctx: &Value) -> Result<Json, Error> {
+        match sole_expression(s) {
+            Some(expr) => Ok(to_json(&self.eval(expr, ctx)?)),
+            None if s.contains("{{") || s.contains("{%") => Ok(Json::String(self.render(s, ctx)?)),
+            None => Ok(Json::String(s.to_owned())),
+        }
+    }
+
+    /// Strings in a YAML tree, with their dotted sub-paths, for validation.
+    pub fn tree_strings<'a>(
+        tree: &'a serde_yaml::Value,
+        path: String,
+        out: &mut Vec<(String, &'a str)>,
+    ) {
+        use serde_yaml::Value as Y;
+        match tree {
+            Y::String(s) => out.push((path, s)),
+            Y::Sequence(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    Self::tree_strings(item, format!("{path}[{i}]"), out);
+                }
+            }
+            Y::Mapping(map) => {
+                for (k, v) in map {
+                    let key = k.as_str().unwrap_or("?");
+                    Self::tree_strings(v, format!("{path}.{key}"), out);
+                }
+            }
+            Y::Tagged(t) => Self::tree_strings(&t.value, path, out),
+            _ => {}
+        }
+    }
+}
+
+/// `"{{ expr }}"` alone (surrounding blanks allowed) yields `expr`.
+pub fn sole_expression(s: &str) -> Option<&str> {
+    let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    (!inner.contains("{{") && !inner.contains("}}")).then_some(inner.trim())
+}
+
+/// A template value as JSON; undefined becomes null.
+pub fn to_json(v: &Value) -> Json {
+    if v.is_undefined() {
+        return Json::Null;
+    }
+    serde_json::to_value(v).unwrap_or(Json::Null)
+}
+
+/// Builds the template context from JSON.
+pub fn context(ctx: &Json) -> Value {
+    Value::from_serialize(ctx)
+}
+
+/// RFC 3986 unreserved characters stay; everything else is percent-encoded.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Shared handle.
+pub type SharedTemplates = Arc<Templates>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cx(v: Json) -> Value {
+        context(&v)
+    }
+
+    #[test]
+    fn sql_values_become_placeholders() {
+        let t = Templates::new();
+        let ctx = cx(json!({"params": {"x": "1'; DROP TABLE command_queue; --", "n": 20}}));
+        let q = t
+            .render_sql(
+                "SELECT {{ params.x }} AS x LIMIT {{ params.n }}",
+                &ctx,
+                Dialect::Postgres,
+            )
+            .unwrap();
+        assert_eq!(q.sql, "SELECT $1 AS x LIMIT $2");
+        assert_eq!(
+            q.params,
+            vec![json!("1'; DROP TABLE command_queue; --"), json!(20)]
+        );
+        let q = t
+            .render_sql("SELECT {{ params.x }}", &ctx, Dialect::Sqlite)
+            .unwrap();
+        assert_eq!(q.sql, "SELECT ?1");
+    }
+
+    #[test]
+    fn safe_filter_does_not_splice() {
+        let t = Templates::new();
+        let ctx = cx(json!({"x": "1; DROP TABLE t"}));
+        let q = t
+            .render_sql("SELECT {{ x | safe }}", &ctx, Dialect::Postgres)
+            .unwrap();
+        assert_eq!(q.sql, "SELECT $1");
+    }
+
+    #[test]
+    fn ago_is_spliced_per_dialect_and_validated() {
+        let t = Templates::new();
+        let ctx = cx(json!({"d": "1h"}));
+        let pg = t
+            .render_sql("WHERE created_at < {{ ago(d) }}", &ctx, Dialect::Postgres)
+            .unwrap();
+        assert_eq!(
+            pg.sql,
+            "WHERE created_at < (NOW() - INTERVAL '3600000 milliseconds')"
+        );
+        assert!(pg.params.is_empty());
+        let lite = t
+            .render_sql("{{ ago('90s') }}", &ctx, Dialect::Sqlite)
+            .unwrap();
+        assert_eq!(
+            lite.sql,
+            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-90.000 seconds')"
+        );
+        let bad = cx(json!({"d": "1h'); DROP TABLE x; --"}));
+        assert!(t
+            .render_sql("{{ ago(d) }}", &bad, Dialect::Postgres)
+            .is_err());
+        assert!(t
+            .render_sql("{{ age('x; drop') }}", &bad, Dialect::Postgres)
+            .is_err());
+    }
+
+    #[test]
+    fn undefined_is_an_error() {
+        let t = Templates::new();
+        assert!(t.render("{{ nope }}", &cx(json!({}))).is_err());
+        assert!(t
+            .eval("steps.a.rows | length > 0", &cx(json!({"steps": {}})))
+            .is_err());
+    }
+
+    #[test]
+    fn sole_expression_keeps_its_type() {
+        let t = Templates::new();
+        let ctx = cx(json!({"runtime": {"workerConcurrency": 3}, "params": {"max": 12}}));
+        let v = t
+            .render_scalar(
+                "{{ [runtime.workerConcurrency * 2, params.max] | min }}",
+                &ctx,
+            )
+            .unwrap();
+        assert_eq!(v, json!(6));
+        assert_eq!(
+            t.render_scalar("n={{ params.max }}", &ctx).unwrap(),
+            json!("n=12")
+        );
+    }
+
+    #[test]
+    fn url_values_are_encoded_but_a_leading_base_is_not() {
+        let t = Templates::new();
+        let ctx = cx(json!({"base": "http://h:1", "q": "a b&c=d/e"}));
+        assert_eq!(
+            t.render_url("{{ base }}/x?q={{ q }}", &ctx).unwrap(),
+            "http://h:1/x?q=a%20b%26c%3Dd%2Fe"
+        );
+        assert_eq!(
+            t.render_url("http://h/{{ q }}", &ctx).unwrap(),
+            "http://h/a%20b%26c%3Dd%2Fe"
+        );
+    }
+
+    #[test]
+    fn reports_variables_read() {
+        let t = Templates::new();
+        let mut vars = t.expr_vars("steps.depth.rows | sum(attribute='count') > params.limit");
+        vars.sort();
+        assert_eq!(vars, vec!["params.limit", "steps.depth.rows"]);
+    }
+}
