@@ -351,6 +351,40 @@ impl Config {
         })
     }
 
+    /// Reads every secret the config names and registers it for masking, so that a secret
+    /// reaching any output (a template reading it, an error echoing a URL) is masked. Secrets
+    /// that cannot be read now are skipped here; the feature that needs one reports it.
+    pub fn register_secrets(&self, masker: &Masker) {
+        let quiet = |r: Result<String, String>| drop(r);
+        for t in &self.auth.tokens {
+            match &t.token {
+                Some(literal) => masker.add(literal),
+                None => quiet(t.secret().resolve(masker)),
+            }
+        }
+        if let Some(r) = &self.auth.receiver {
+            quiet(r.resolve(masker));
+        }
+        for ds in self.datasources.values() {
+            quiet(ds.url_ref().resolve(masker));
+        }
+        for ch in self.notify.values() {
+            if let Some(w) = &ch.webhook {
+                quiet(w.url_ref().resolve(masker));
+            }
+            if let Some(pd) = &ch.pagerduty {
+                if let Ok(key) = std::env::var(&pd.routing_key_env) {
+                    masker.add(&key);
+                }
+            }
+        }
+        if let Some(k) = &self.kafka {
+            for s in k.secret_properties.values() {
+                quiet(s.resolve(masker));
+            }
+        }
+    }
+
     /// The environment variables templates may read, with their current values.
     pub fn template_env(&self) -> serde_json::Map<String, serde_json::Value> {
         self.env

@@ -217,6 +217,7 @@ impl Setup {
             .or_else(|| config.store.clone())
             .unwrap_or_else(|| DEFAULT_STORE.to_owned());
         let masker = Masker::new(config.streaming.sensitive_fields.clone());
+        config.register_secrets(&masker);
         if let Some(pw) = store_url
             .split_once("://")
             .and_then(|(_, r)| r.split_once('@'))
@@ -397,10 +398,24 @@ async fn run(
             return Ok(EXIT_USAGE);
         }
     };
-    let catalog = match load_catalog(setup) {
-        Ok(c) => c,
-        Err(diags) => return Ok(print_diags(&diags)),
-    };
+    // A broken playbook never runs, and never stops the others from running.
+    let (catalog, diags) = Engine::load_playbooks(&setup.runbooks, &setup.config);
+    let (own, others): (Vec<_>, Vec<_>) = diags
+        .iter()
+        .partition(|d| d.path.file_stem().and_then(|s| s.to_str()) == Some(name.as_str()));
+    if !own.is_empty() {
+        for d in own {
+            eprintln!("{d}");
+        }
+        eprintln!("error: playbook `{name}` has errors and does not run");
+        return Ok(EXIT_USAGE);
+    }
+    if !others.is_empty() {
+        eprintln!(
+            "warning: {} problem(s) in other playbooks; see `runbook validate`",
+            others.len()
+        );
+    }
     if catalog.get(&name).is_none() {
         let known: Vec<&str> = catalog.playbooks.keys().map(String::as_str).collect();
         eprintln!(

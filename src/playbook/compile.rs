@@ -184,7 +184,7 @@ fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) 
                 Err(e) => c.err(&format!("{at}.matchers[{j}]"), e),
             }
         }
-        if matchers.is_empty() {
+        if m.labels.is_empty() && m.matchers.is_empty() {
             c.err(&at, "an alert entry needs at least one label or matcher");
         }
         triggers.alerts.push(AlertMatcher { matchers });

@@ -44,8 +44,16 @@ impl Locations {
 }
 
 enum Frame {
-    Map { path: String, key: Option<String> },
-    Seq { path: String, next: usize },
+    /// `anchor`: a path whose position is the map's first key (block maps report their start late).
+    Map {
+        path: String,
+        key: Option<String>,
+        anchor: Option<String>,
+    },
+    Seq {
+        path: String,
+        next: usize,
+    },
 }
 
 #[derive(Default)]
@@ -64,19 +72,24 @@ fn join(parent: &str, key: &str) -> String {
 
 impl Walker {
     /// Called for every node start; returns the node's path, or `None` when the node is a map key.
-    fn node_path(&mut self, mark: Marker, scalar: Option<&str>) -> Option<String> {
+    fn node_path(&mut self, mark: Marker, scalar: Option<&str>, is_map: bool) -> Option<String> {
         let pos = (mark.line(), mark.col() + 1);
         match self.stack.last_mut() {
             None => Some(String::new()),
             Some(Frame::Seq { path, next }) => {
                 let p = format!("{path}[{next}]");
                 *next += 1;
-                self.by_path.entry(p.clone()).or_insert(pos);
+                if !is_map {
+                    self.by_path.entry(p.clone()).or_insert(pos);
+                }
                 Some(p)
             }
-            Some(Frame::Map { path, key }) => match key.take() {
+            Some(Frame::Map { path, key, anchor }) => match key.take() {
                 None => {
                     let k = scalar.unwrap_or("?").to_owned();
+                    if let Some(a) = anchor.take() {
+                        self.by_path.entry(a).or_insert(pos);
+                    }
                     self.by_path.entry(join(path, &k)).or_insert(pos);
                     *key = Some(k);
                     None
@@ -95,17 +108,21 @@ impl MarkedEventReceiver for Walker {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
             Event::Scalar(value, ..) => {
-                self.node_path(mark, Some(&value));
+                self.node_path(mark, Some(&value), false);
             }
             Event::Alias(_) => {
-                self.node_path(mark, None);
+                self.node_path(mark, None, false);
             }
             Event::MappingStart(..) => {
-                let path = self.node_path(mark, None).unwrap_or_default();
-                self.stack.push(Frame::Map { path, key: None });
+                let path = self.node_path(mark, None, true).unwrap_or_default();
+                self.stack.push(Frame::Map {
+                    anchor: Some(path.clone()),
+                    path,
+                    key: None,
+                });
             }
             Event::SequenceStart(..) => {
-                let path = self.node_path(mark, None).unwrap_or_default();
+                let path = self.node_path(mark, None, false).unwrap_or_default();
                 self.stack.push(Frame::Seq { path, next: 0 });
             }
             Event::MappingEnd | Event::SequenceEnd => {

@@ -297,10 +297,29 @@ fn bind_sqlite<'q>(mut q: SqliteQuery<'q>, params: &'q [Json]) -> SqliteQuery<'q
     q
 }
 
+/// A NULL whose type PostgreSQL infers from where it is used (OID 0, "unspecified"), so one
+/// NULL binds to a text, bigint or timestamp column alike.
+struct UntypedNull;
+
+impl sqlx::Type<sqlx::Postgres> for UntypedNull {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        sqlx::postgres::PgTypeInfo::with_oid(sqlx::postgres::types::Oid(0))
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Postgres> for UntypedNull {
+    fn encode_by_ref(
+        &self,
+        _: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        Ok(sqlx::encode::IsNull::Yes)
+    }
+}
+
 fn bind_pg<'q>(mut q: PgQuery<'q>, params: &'q [Json]) -> PgQuery<'q> {
     for p in params {
         q = match p {
-            Json::Null => q.bind(None::<String>),
+            Json::Null => q.bind(UntypedNull),
             Json::Bool(b) => q.bind(*b),
             Json::Number(n) => match n.as_i64() {
                 Some(i) => q.bind(i),

@@ -1,0 +1,299 @@
+//! Running playbooks on the embedded SQLite store: the seed's weekly vacuum, the step semantics
+//! (`when`, `for_each`, `until`, `retry`, `on_failure`), dry runs, and the run records.
+
+use serde_json::json;
+
+use crate::util::Workdir;
+
+async fn sqlite(w: &Workdir) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&w.sqlite_url()).await.unwrap()
+}
+
+async fn count(pool: &sqlx::SqlitePool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn weekly_vacuum_removes_old_completed_and_dlq_rows_and_reports_counts() {
+    let w = Workdir::new();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/runbooks/weekly-vacuum.yaml"),
+        w.path().join("runbooks/weekly-vacuum.yaml"),
+    )
+    .unwrap();
+    // First use creates and migrates runbook.db.
+    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    assert!(w.path().join("runbook.db").exists());
+    let pool = sqlite(&w).await;
+    let old = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-8 days')";
+    let recent = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 days')";
+    for (status, at, n) in [
+        ("completed", old, 3),
+        ("completed", recent, 2),
+        ("dlq", old, 1),
+        ("dlq", recent, 4),
+        ("pending", old, 5),
+    ] {
+        for i in 0..n {
+            sqlx::query(&format!(
+                "INSERT INTO command_queue (entity, entity_id, command_type, status, updated_at) VALUES ('user', '{i}', 'user.update', '{status}', {at})"
+            ))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    }
+    let out = w.run(&["run", "weekly-vacuum"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("removed 3 completed commands and 1 DLQ entries"),
+        "{out:?}"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM command_queue WHERE status = 'completed'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM command_queue WHERE status = 'dlq'"
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM command_queue WHERE status = 'pending'"
+        )
+        .await,
+        5,
+        "pending work is never vacuumed"
+    );
+    // Each mutation left an audit record with its row count.
+    let audits: Vec<(String, i64)> =
+        sqlx::query_as("SELECT op, rows FROM runbook_audit ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        audits,
+        vec![
+            ("purge_completed".to_string(), 3),
+            ("dlq_cleanup".to_string(), 1)
+        ]
+    );
+    // The run and its steps are recorded.
+    let out = w.run(&["runs", "list", "--output", "json"]);
+    let runs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(runs[0]["playbook"], "weekly-vacuum");
+    assert_eq!(runs[0]["status"], "succeeded");
+    let id = runs[0]["id"].to_string();
+    let out = w.run(&["runs", "show", &id, "--output", "json"]);
+    let run: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let steps: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["before", "purge_completed", "clean_dlq", "report"]);
+    assert_eq!(run["steps"][1]["output"]["output"]["deleted"], 3);
+}
+
+#[tokio::test]
+async fn dry_run_prints_the_bound_sql_and_changes_nothing() {
+    let w = Workdir::new();
+    w.playbook(
+        "purge",
+        r#"name: purge
+params:
+  who: { type: string, default: "o'brien" }
+steps:
+  - id: delete
+    sql: "DELETE FROM command_queue WHERE entity_id = {{ params.who }} AND updated_at < {{ ago('1h') }}"
+  - id: gone
+    runtime: { op: purge_completed, older_than: 1s }
+"#,
+    );
+    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    let pool = sqlite(&w).await;
+    sqlx::query("INSERT INTO command_queue (entity, entity_id, command_type, status, updated_at) VALUES ('u', 'o''brien', 't', 'completed', '2000-01-01T00:00:00.000Z')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = w.run(&["run", "purge", "--dry-run"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("DELETE FROM command_queue WHERE entity_id = ?1 AND updated_at < strftime("),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains(r#"bound: ["o'brien"]"#), "{out:?}");
+    assert!(out.stdout.contains("purge_completed"), "{out:?}");
+    assert_eq!(
+        count(&pool, "SELECT COUNT(*) FROM command_queue").await,
+        1,
+        "a dry run changes nothing"
+    );
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM runbook_audit").await, 0);
+}
+
+#[test]
+fn step_semantics_when_for_each_until_retry_and_on_failure() {
+    let w = Workdir::new();
+    w.playbook(
+        "semantics",
+        r#"name: semantics
+params:
+  threshold: { type: integer, default: 2 }
+steps:
+  - id: numbers
+    sql: "SELECT 1 AS n UNION ALL SELECT 2 UNION ALL SELECT 3"
+  - id: skipped
+    when: "steps.numbers.rows | length > 10"
+    assert: "false"
+  - id: each
+    for_each: "steps.numbers.rows | map(attribute='n') | list"
+    sql: "SELECT {{ item }} * 10 AS tens"
+  - id: poll
+    until: "steps.poll.rows[0].n >= 0"
+    every: 100ms
+    within: 2s
+    sql: "SELECT COUNT(*) AS n FROM runbook_runs"
+  - id: flaky
+    retry: { attempts: 3, backoff: 10ms }
+    continue_on_error: true
+    tcp_check: "127.0.0.1:1"
+  - id: check
+    assert:
+      that: "steps.each.rows | map(attribute='tens') | sum == 60 and steps.skipped.status == 'skipped' and steps.flaky.status == 'failed'"
+      message: "sums: {{ steps.each.rows | map(attribute='tens') | list }}"
+  - id: boom
+    assert: { that: "steps.numbers.rows | length > params.threshold + 5", message: "only {{ steps.numbers.rows | length }} rows" }
+  - id: never
+    wait: 0s
+on_failure:
+  - id: cleanup
+    sql: "SELECT {{ failed_step.id }} AS failed, {{ failed_step.error }} AS error"
+"#,
+    );
+    let out = w.run(&["run", "semantics", "--output", "json"]);
+    assert_eq!(out.code, 1, "a failed run exits 1: {out:?}");
+    let run = out.run();
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["failed_step"], "boom");
+    assert_eq!(run["error"], "only 3 rows");
+    let steps = &run["steps"];
+    assert_eq!(steps["skipped"]["status"], "skipped");
+    assert_eq!(
+        steps["each"]["rows"],
+        json!([{"tens": 10}, {"tens": 20}, {"tens": 30}])
+    );
+    assert_eq!(steps["check"]["output"]["message"], "sums: [10, 20, 30]");
+    assert!(
+        steps["flaky"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("after 3 attempts"),
+        "{steps}"
+    );
+    assert!(
+        steps.get("never").is_none(),
+        "steps after a failure do not run"
+    );
+    assert_eq!(
+        steps["cleanup"]["rows"],
+        json!([{"failed": "boom", "error": "only 3 rows"}])
+    );
+    // Each retry attempt is recorded.
+    let id = run["run_id"].to_string();
+    let shown: serde_json::Value =
+        serde_json::from_str(&w.run(&["runs", "show", &id, "-o", "json"]).stdout).unwrap();
+    let flaky = shown["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["step_id"] == "flaky")
+        .count();
+    assert_eq!(flaky, 3);
+}
+
+#[test]
+fn until_gives_up_after_within() {
+    let w = Workdir::new();
+    w.playbook(
+        "never",
+        "name: never\nsteps:\n  - id: p\n    until: \"steps.p.rows[0].n > 5\"\n    every: 100ms\n    within: 500ms\n    sql: SELECT 1 AS n\n",
+    );
+    let out = w.run(&["run", "never", "-o", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.run()["error"]
+            .as_str()
+            .unwrap()
+            .contains("still false after"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_before_anything_runs() {
+    let w = Workdir::new();
+    w.playbook("typed", "name: typed\nparams:\n  n: { type: integer, default: 1 }\nsteps:\n  - id: a\n    sql: SELECT {{ params.n }} AS n\n");
+    let out = w.run(&["run", "nope"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("unknown playbook `nope`"), "{out:?}");
+    let out = w.run(&["run", "typed", "--param", "n=abc"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("parameter `n`: expected an integer, got `abc`"),
+        "{out:?}"
+    );
+    let out = w.run(&["run", "typed", "--param", "m=1"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("unknown parameter `m`"), "{out:?}");
+    assert!(!w.path().join("runbook.db").exists(), "nothing was touched");
+    let out = w.run(&["run", "typed", "--param", "n=41", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.run()["steps"]["a"]["rows"][0]["n"], 41);
+}
+
+#[test]
+fn a_playbook_calls_another_and_an_unreachable_store_is_a_clear_error() {
+    let w = Workdir::new();
+    w.playbook("child", "name: child\nparams:\n  x: { type: integer }\nsteps:\n  - id: double\n    sql: SELECT {{ params.x }} * 2 AS y\n");
+    w.playbook(
+        "parent",
+        "name: parent\nsteps:\n  - id: call\n    playbook: { name: child, params: { x: 21 } }\n",
+    );
+    let out = w.run(&["run", "parent", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.run()["steps"]["call"]["output"]["steps"]["double"]["rows"][0]["y"],
+        42
+    );
+
+    let out = w.run(&[
+        "--store",
+        "postgres://nobody:secretpw@127.0.0.1:1/none",
+        "run",
+        "parent",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot open database postgres://nobody:****@127.0.0.1:1/none"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("secretpw"));
+}

@@ -1,0 +1,149 @@
+//! `sql` steps and the store on the real PostgreSQL: column types decoded to JSON, the seed's
+//! diagnosis queries verbatim, and the weekly vacuum.
+
+use serde_json::json;
+
+use crate::util::{PgDb, Workdir};
+
+#[tokio::test]
+async fn rows_are_decoded_by_column_type() {
+    let db = PgDb::new().await;
+    let w = Workdir::new();
+    w.playbook(
+        "types",
+        r#"name: types
+steps:
+  - id: t
+    sql: |
+      SELECT 1::int2 AS small, 2::int4 AS int, 3::int8 AS big, 1.5::float8 AS float,
+             12.50::numeric AS num, 10::numeric AS whole, TRUE AS yes, 'txt'::text AS text,
+             '2026-01-02T03:04:05.678Z'::timestamptz AS ts, '2026-01-02'::date AS day,
+             INTERVAL '1 day 2 hours' AS iv, INTERVAL '5 minutes' AS five,
+             '{"a": [1, 2]}'::jsonb AS doc, NULL::text AS nothing,
+             '127.0.0.1'::inet AS ip, ARRAY['a', 'b'] AS arr
+"#,
+    );
+    let out = w.run(&["--store", &db.url, "run", "types", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let row = &out.run()["steps"]["t"]["rows"][0];
+    assert_eq!(
+        row,
+        &json!({
+            "small": 1, "int": 2, "big": 3, "float": 1.5, "num": 12.5, "whole": 10, "yes": true, "text": "txt",
+            "ts": "2026-01-02T03:04:05.678Z", "day": "2026-01-02", "iv": "1 day 02:00:00", "five": "00:05:00",
+            "doc": {"a": [1, 2]}, "nothing": null, "ip": "127.0.0.1", "arr": ["a", "b"]
+        })
+    );
+}
+
+#[tokio::test]
+async fn the_seeds_diagnosis_queries_run_verbatim_on_postgres() {
+    let db = PgDb::new().await;
+    let w = Workdir::new();
+    // Verbatim from the seed runbook (incidents 1, 3, 4, 5).
+    w.playbook(
+        "seed",
+        r#"name: seed
+steps:
+  - id: depth
+    sql: |
+      SELECT priority, COUNT(*),
+             MIN(created_at) as oldest,
+             MAX(created_at) as newest
+      FROM command_queue
+      WHERE status = 'pending'
+      GROUP BY priority;
+  - id: stuck
+    sql: |
+      SELECT * FROM command_queue
+      WHERE status = 'pending'
+        AND created_at < NOW() - INTERVAL '1 hour'
+      ORDER BY created_at
+      LIMIT 20;
+  - id: top_errors
+    sql: |
+      SELECT error_message, COUNT(*) as count
+      FROM command_queue
+      WHERE status = 'dlq'
+      GROUP BY error_message
+      ORDER BY count DESC
+      LIMIT 10;
+  - id: activity
+    sql: |
+      SELECT * FROM pg_stat_activity
+      WHERE state = 'active'
+        AND query LIKE '%command_queue%'
+        AND query_start < NOW() - INTERVAL '30 seconds';
+  - id: locks
+    sql: |
+      SELECT entity, entity_id,
+             locked_at,
+             NOW() - locked_at as lock_duration
+      FROM work_state
+      WHERE state = 'updating'
+      ORDER BY locked_at;
+"#,
+    );
+    assert_eq!(w.run(&["--store", &db.url, "queue", "stats"]).code, 0);
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query("INSERT INTO command_queue (entity, entity_id, command_type, priority, created_at) VALUES ('user', '1', 'user.update', 5, NOW() - INTERVAL '2 hours'), ('user', '2', 'user.update', 5, NOW())")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO work_state (entity, entity_id, state, locked_at) VALUES ('user', '1', 'updating', NOW() - INTERVAL '7 minutes')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = w.run(&["--store", &db.url, "run", "seed", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let steps = &out.run()["steps"];
+    assert_eq!(steps["depth"]["rows"][0]["count"], 2);
+    assert_eq!(steps["stuck"]["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(steps["stuck"]["rows"][0]["entity_id"], "1");
+    assert!(
+        steps["locks"]["rows"][0]["lock_duration"]
+            .as_str()
+            .unwrap()
+            .starts_with("00:07:"),
+        "{steps}"
+    );
+}
+
+#[tokio::test]
+async fn weekly_vacuum_on_postgres() {
+    let db = PgDb::new().await;
+    let w = Workdir::new();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/runbooks/weekly-vacuum.yaml"),
+        w.path().join("runbooks/weekly-vacuum.yaml"),
+    )
+    .unwrap();
+    assert_eq!(w.run(&["--store", &db.url, "queue", "stats"]).code, 0);
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO command_queue (entity, entity_id, command_type, status, updated_at) VALUES \
+         ('u', '1', 't', 'completed', NOW() - INTERVAL '8 days'), ('u', '2', 't', 'completed', NOW()), \
+         ('u', '3', 't', 'dlq', NOW() - INTERVAL '9 days'), ('u', '4', 't', 'dlq', NOW() - INTERVAL '8 days')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = w.run(&["--store", &db.url, "run", "weekly-vacuum"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("removed 1 completed commands and 2 DLQ entries"),
+        "{out:?}"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM command_queue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 1);
+    let audited: i64 = sqlx::query_scalar("SELECT SUM(rows)::int8 FROM runbook_audit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, 3);
+    pool.close().await;
+}

@@ -1,0 +1,150 @@
+//! Hostile values stay values: in SQL they are bound parameters, in shell steps argv elements.
+//! Secrets never reach output or run records.
+
+use crate::util::{PgDb, Workdir};
+
+const HOSTILE: &[&str] = &[
+    "1'; DROP TABLE command_queue; --",
+    "x\"; DELETE FROM runbook_runs; --",
+    "$(touch /tmp/runbook-pwned) `id`",
+    "line one\nline two; DROP TABLE work_state",
+    "?1 $1 %s {{ 7 * 7 }}",
+];
+
+fn echo_playbook(w: &Workdir) {
+    w.playbook(
+        "echo",
+        "name: echo\nparams:\n  x: { type: string }\nsteps:\n  - id: sel\n    sql: \"SELECT {{ params.x }} AS x, (SELECT COUNT(*) FROM command_queue) AS n\"\n",
+    );
+}
+
+fn assert_values_stay_values(w: &Workdir, store: &[&str]) {
+    for value in HOSTILE {
+        let param = format!("x={value}");
+        let mut args: Vec<&str> = store.to_vec();
+        args.extend(["run", "echo", "--param", &param, "--output", "json"]);
+        let out = w.run(&args);
+        assert_eq!(out.code, 0, "{out:?}");
+        let run = out.run();
+        assert_eq!(
+            run["steps"]["sel"]["rows"][0]["x"], *value,
+            "the value came back as text"
+        );
+        assert_eq!(
+            run["steps"]["sel"]["rows"][0]["n"], 0,
+            "command_queue is intact"
+        );
+    }
+    let mut args: Vec<&str> = store.to_vec();
+    args.extend(["queue", "stats", "--output", "json"]);
+    assert_eq!(
+        w.run(&args).code,
+        0,
+        "the runtime's tables are all still there"
+    );
+}
+
+#[test]
+fn hostile_parameters_are_bound_on_sqlite() {
+    let w = Workdir::new();
+    echo_playbook(&w);
+    assert_values_stay_values(&w, &[]);
+    // The run record keeps the rendered SQL and the bound values apart.
+    let out = w.run(&["runs", "show", "1", "-o", "json"]);
+    let run: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        run["steps"][0]["input"]["sql"],
+        "SELECT ?1 AS x, (SELECT COUNT(*) FROM command_queue) AS n"
+    );
+    assert_eq!(run["steps"][0]["input"]["params"][0], HOSTILE[0]);
+}
+
+#[tokio::test]
+async fn hostile_parameters_are_bound_on_postgres() {
+    let db = PgDb::new().await;
+    let w = Workdir::new();
+    echo_playbook(&w);
+    assert_values_stay_values(&w, &["--store", &db.url]);
+}
+
+#[test]
+fn hostile_alert_text_in_a_shell_step_is_one_argv_element() {
+    let w = Workdir::new();
+    w.config("shell: { allow: [printf] }\n");
+    w.playbook(
+        "sh",
+        "name: sh\nparams:\n  x: { type: string }\nsteps:\n  - id: p\n    shell: [printf, \"%s|\", \"{{ params.x }}\", second]\n",
+    );
+    let marker = std::env::temp_dir().join(format!("runbook-pwned-{}", std::process::id()));
+    let value = format!(
+        "$(touch {}); echo hi > {}",
+        marker.display(),
+        marker.display()
+    );
+    let param = format!("x={value}");
+    let out = w.run(&["run", "sh", "--param", &param, "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.run()["steps"]["p"]["output"]["stdout"],
+        format!("{value}|second|")
+    );
+    assert!(!marker.exists(), "no shell ran the value");
+
+    // Programs outside the allowlist are refused.
+    w.playbook(
+        "rm",
+        "name: rm\nsteps:\n  - id: p\n    shell: [rm, -rf, /nonexistent]\n",
+    );
+    let out = w.run(&["run", "rm", "-o", "json"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.run()["error"]
+            .as_str()
+            .unwrap()
+            .contains("`rm` is not allowed"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn secrets_are_masked_in_output_and_run_records() {
+    let w = Workdir::new().env("MY_API_TOKEN", "tok-7f3a9c2e51");
+    w.config(
+        r#"auth:
+  tokens:
+    - { name: ops, role: operator, token_env: MY_API_TOKEN }
+env: [MY_API_TOKEN]
+"#,
+    );
+    w.playbook(
+        "leak",
+        r#"name: leak
+steps:
+  - id: sel
+    sql: "SELECT {{ env.MY_API_TOKEN }} AS t"
+  - id: fail
+    assert: { that: "false", message: "token is {{ env.MY_API_TOKEN }}" }
+"#,
+    );
+    let out = w.run(&["run", "leak", "-o", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let run = out.run();
+    assert_eq!(run["steps"]["sel"]["rows"][0]["t"], "****");
+    assert_eq!(run["error"], "token is ****");
+    let shown = w.run(&["runs", "show", "1", "-o", "json"]);
+    assert!(shown.stdout.contains("****"), "{shown:?}");
+    for text in [&out.stdout, &out.stderr, &shown.stdout, &shown.stderr] {
+        assert!(!text.contains("tok-7f3a9c2e51"), "secret leaked: {text}");
+    }
+    let raw = std::fs::read(w.path().join("runbook.db")).unwrap();
+    let wal = std::fs::read(w.path().join("runbook.db-wal")).unwrap_or_default();
+    let needle = b"tok-7f3a9c2e51";
+    assert!(
+        !raw.windows(needle.len()).any(|x| x == needle),
+        "secret stored in runbook.db"
+    );
+    assert!(
+        !wal.windows(needle.len()).any(|x| x == needle),
+        "secret stored in the WAL"
+    );
+}

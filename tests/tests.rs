@@ -1,0 +1,9 @@
+//! Integration tests: the `runbook` binary run as a user runs it, against real SQLite files, the
+//! real PostgreSQL server, and HTTP servers the tests start.
+
+mod engine;
+mod http;
+mod postgres;
+mod safety;
+mod util;
+mod validate;

@@ -1,0 +1,169 @@
+//! `runbook validate`: every error in every file, each with file, line and column.
+
+use crate::util::Workdir;
+
+#[test]
+fn reports_every_error_in_every_file_with_its_location() {
+    let w = Workdir::new();
+    // Shape error: serde reports the unknown key where it stands.
+    w.playbook(
+        "typo",
+        "name: typo\nsteps:\n  - id: a\n    sql: SELECT 1\n  - id: b\n    sqll: SELECT 2\n",
+    );
+    // Several semantic errors in one file.
+    w.playbook(
+        "refs",
+        r#"name: refs
+params:
+  limit: { type: integer, default: ten }
+steps:
+  - id: first
+    when: "steps.later.rows | length > 0"
+    sql: "SELECT {{ params.nope }}"
+  - id: later
+    sql: "SELECT {{ oops( }}"
+  - id: later
+    wait: 1s
+"#,
+    );
+    // Triggers: bad cron and bad matcher; a step without a kind.
+    w.playbook(
+        "triggers",
+        r#"name: triggers
+on:
+  schedule: "every monday"
+  alerts:
+    - matchers: ['alertname=~"(unclosed"']
+steps:
+  - id: nothing
+"#,
+    );
+    w.playbook(
+        "good",
+        "name: good\nsteps:\n  - id: one\n    sql: SELECT 1 AS one\n",
+    );
+    let out = w.run(&["validate"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let expect = [
+        ("runbooks/typo.yaml:6:5:", "unknown field `sqll`"),
+        (
+            "runbooks/refs.yaml:3:27:",
+            "default of `limit`: expected an integer",
+        ),
+        ("runbooks/refs.yaml:6:5:", "step `later` runs later"),
+        ("runbooks/refs.yaml:7:5:", "unknown parameter `nope`"),
+        ("runbooks/refs.yaml:9:5:", "template syntax error"),
+        ("runbooks/refs.yaml:10:5:", "duplicate step id `later`"),
+        (
+            "runbooks/triggers.yaml:3:3:",
+            "bad cron expression `every monday`",
+        ),
+        ("runbooks/triggers.yaml:5:18:", "bad regex"),
+        ("runbooks/triggers.yaml:7:5:", "step `nothing` has no kind"),
+    ];
+    for (place, message) in expect {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(place) && l.contains(message)),
+            "expected `{place} ...{message}...` in:\n{}",
+            out.stdout
+        );
+    }
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("runbooks/")).count(),
+        expect.len(),
+        "no other findings: {}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("9 problems found"), "{out:?}");
+}
+
+#[test]
+fn a_clean_folder_validates_and_lists() {
+    let w = Workdir::new();
+    w.playbook(
+        "backlog",
+        r#"name: backlog
+description: Queue depth over 1000.
+on:
+  alerts:
+    - alertname: StreamingQueueDepthHigh
+  schedule: "0 */5 * * * *"
+steps:
+  - id: depth
+    sql: SELECT COUNT(*) AS n FROM command_queue WHERE status = 'pending'
+"#,
+    );
+    let out = w.run(&["validate"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("1 playbook OK"));
+    let out = w.run(&["list"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("backlog")
+            && out.stdout.contains("alertname=\"StreamingQueueDepthHigh\""),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("Queue depth over 1000."), "{out:?}");
+    let out = w.run(&["schedule"]);
+    assert!(out.stdout.contains("0 */5 * * * *"), "{out:?}");
+}
+
+#[test]
+fn the_shipped_playbooks_validate() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let w = Workdir::new();
+    let out = w.run(&[
+        "--config",
+        &format!("{root}/runbook.yaml"),
+        "validate",
+        &format!("{root}/runbooks"),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
+fn schema_describes_the_format() {
+    let w = Workdir::new();
+    let out = w.run(&["schema"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let schema: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        schema["additionalProperties"], false,
+        "unknown keys are rejected by editors too"
+    );
+    let props = &schema["properties"];
+    for key in ["name", "on", "params", "steps", "on_failure", "timeout"] {
+        assert!(props.get(key).is_some(), "schema lacks `{key}`");
+    }
+    let step = serde_json::to_string(&schema["$defs"]["RawStep"]).unwrap();
+    for kind in [
+        "sql", "promql", "http", "shell", "notify", "runtime", "until", "for_each",
+    ] {
+        assert!(
+            step.contains(&format!("\"{kind}\"")),
+            "step schema lacks `{kind}`"
+        );
+    }
+}
+
+#[test]
+fn global_options_work_before_or_after_the_subcommand_and_from_the_environment() {
+    let w = Workdir::new();
+    std::fs::create_dir(w.path().join("other")).unwrap();
+    std::fs::write(
+        w.path().join("other/x.yaml"),
+        "name: x\nsteps:\n  - id: a\n    wait: 0s\n",
+    )
+    .unwrap();
+    assert_eq!(w.run(&["--runbooks", "other", "validate"]).code, 0);
+    assert_eq!(w.run(&["validate", "--runbooks", "other"]).code, 0);
+    let w2 = Workdir {
+        dir: w.dir,
+        env: vec![("RUNBOOK_RUNBOOKS".into(), "other".into())],
+    };
+    let out = w2.run(&["list"]);
+    assert!(out.stdout.contains('x'), "{out:?}");
+}
