@@ -130,3 +130,39 @@ async fn notify_posts_to_the_named_channel() {
         "{out:?}"
     );
 }
+
+/// Needs the Prometheus that `scripts/test` starts (it scrapes itself, so `up` is 1).
+#[test]
+fn promql_instant_and_range_queries() {
+    let prometheus = std::env::var("RUNBOOK_TEST_PROMETHEUS")
+        .expect("RUNBOOK_TEST_PROMETHEUS is not set: run the suite with scripts/test, which starts Prometheus");
+    let w = Workdir::new();
+    w.config(&format!("prometheus: {{ url: \"{prometheus}\" }}\n"));
+    w.playbook(
+        "prom",
+        r#"name: prom
+steps:
+  - id: up
+    promql: 'up{job="prometheus"}'
+  - id: range
+    promql: { query: 'up{job="prometheus"}', range: 1m, step: 5s }
+  - id: check
+    assert: "steps.up.rows[0].value == 1 and steps.range.rows[0]['values'] | length > 0"
+  - id: bad
+    promql: "sum(("
+"#,
+    );
+    let out = w.run(&["run", "prom", "-o", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let run = out.run();
+    assert_eq!(run["steps"]["up"]["rows"][0]["job"], "prometheus");
+    assert_eq!(run["steps"]["check"]["status"], "ok");
+    assert_eq!(run["failed_step"], "bad");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("Prometheus rejected"),
+        "{run}"
+    );
+}

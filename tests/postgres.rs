@@ -113,11 +113,7 @@ steps:
 async fn weekly_vacuum_on_postgres() {
     let db = PgDb::new().await;
     let w = Workdir::new();
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/runbooks/weekly-vacuum.yaml"),
-        w.path().join("runbooks/weekly-vacuum.yaml"),
-    )
-    .unwrap();
+    w.shipped("weekly-vacuum");
     assert_eq!(w.run(&["--store", &db.url, "queue", "stats"]).code, 0);
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     sqlx::query(
@@ -145,5 +141,44 @@ async fn weekly_vacuum_on_postgres() {
         .await
         .unwrap();
     assert_eq!(audited, 3);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn named_datasources_read_and_read_only_refuses_writes() {
+    let db = PgDb::new().await;
+    let w = Workdir::new().env("PLATFORM_DATABASE_URL", &db.url);
+    w.config("datasources:\n  platform: { url_env: PLATFORM_DATABASE_URL, read_only: true }\n");
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query("CREATE TABLE accounts (id int, name text)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO accounts VALUES (1, 'ada')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    w.playbook(
+        "ds",
+        "name: ds\nsteps:\n  - id: read\n    sql: { datasource: platform, query: \"SELECT name FROM accounts WHERE id = {{ 1 }}\" }\n  - id: write\n    sql: { datasource: platform, query: \"DELETE FROM accounts\" }\n",
+    );
+    // The store stays the embedded SQLite file; the datasource is PostgreSQL.
+    let out = w.run(&["run", "ds", "-o", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let run = out.run();
+    assert_eq!(run["steps"]["read"]["rows"], json!([{ "name": "ada" }]));
+    assert_eq!(run["failed_step"], "write");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("read-only transaction"),
+        "{run}"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
     pool.close().await;
 }

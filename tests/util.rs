@@ -75,6 +75,17 @@ impl Workdir {
         p
     }
 
+    /// Copies a playbook shipped in `runbooks/`, with the repository's `runbook.yaml` it is validated against.
+    pub fn shipped(&self, name: &str) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::copy(
+            root.join(format!("runbooks/{name}.yaml")),
+            self.path().join(format!("runbooks/{name}.yaml")),
+        )
+        .unwrap();
+        std::fs::copy(root.join("runbook.yaml"), self.path().join("runbook.yaml")).unwrap();
+    }
+
     pub fn config(&self, yaml: &str) {
         std::fs::write(self.path().join("runbook.yaml"), yaml).unwrap();
     }
