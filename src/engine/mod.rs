@@ -49,6 +49,7 @@ pub struct Engine {
     pub config: Arc<Config>,
     pub masker: Masker,
     pub http: reqwest::Client,
+    pub metrics: Arc<crate::runtime::metrics::Metrics>,
     catalog: RwLock<Arc<Catalog>>,
     datasources: tokio::sync::Mutex<HashMap<String, Db>>,
 }
@@ -66,6 +67,7 @@ impl Engine {
             config,
             masker,
             http,
+            metrics: Arc::new(crate::runtime::metrics::Metrics::new()),
             catalog: RwLock::new(Arc::new(catalog)),
             datasources: tokio::sync::Mutex::new(HashMap::new()),
         }

@@ -14,7 +14,10 @@ use serde_json::{json, Map, Value as Json};
 use super::{Engine, EngineError};
 use crate::{
     playbook::{resolve_params, ForEach, Playbook, Step},
-    runtime::Settings,
+    runtime::{
+        metrics::{RunLabels, StepLabels},
+        Settings,
+    },
     steps::{template_message, StepCx, StepError, StepKind, StepOutput},
     store::runs::{self, Attempt, NewRun},
     template::{context, to_json},
@@ -32,6 +35,10 @@ pub struct RunRequest {
     pub alert: Option<Json>,
     pub alerts: Vec<Json>,
     pub dry_run: bool,
+    /// The queue command carrying this run, when a worker runs it.
+    pub command_id: Option<i64>,
+    /// Continue this interrupted run instead of starting a new one.
+    pub resume: Option<i64>,
 }
 
 /// A running run, as steps see it.
@@ -203,18 +210,25 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownPlaybook(req.playbook.clone()))?;
         let params = resolve_params(&pb.params, &req.params).map_err(EngineError::Params)?;
         let settings = Settings::load(&self.store, &self.config.streaming).await?;
-        let run_id = runs::create_run(
-            &self.store,
-            NewRun {
-                playbook: &pb.name,
-                trigger: self.masker.mask_json(&req.trigger),
-                params: self.masker.mask_json(&Json::Object(params.clone())),
-                dry_run: req.dry_run,
-                parent_id: parent,
-                status: "running",
-            },
-        )
-        .await?;
+        let (run_id, done) = match req.resume {
+            Some(id) => (id, runs::succeeded_steps(&self.store, id).await?),
+            None => {
+                let id = runs::create_run(
+                    &self.store,
+                    NewRun {
+                        playbook: &pb.name,
+                        trigger: self.masker.mask_json(&req.trigger),
+                        params: self.masker.mask_json(&Json::Object(params.clone())),
+                        dry_run: req.dry_run,
+                        parent_id: parent,
+                        command_id: req.command_id,
+                        status: "running",
+                    },
+                )
+                .await?;
+                (id, Map::new())
+            }
+        };
         let meta = RunMeta {
             id: run_id,
             playbook: pb.name.clone(),
@@ -231,7 +245,7 @@ impl Engine {
                 .unwrap_or_else(|| json!({ "labels": {}, "annotations": {} })),
         );
         ctx.insert("alerts".into(), Json::Array(req.alerts.clone()));
-        ctx.insert("steps".into(), json!({}));
+        ctx.insert("steps".into(), Json::Object(done));
         ctx.insert("runtime".into(), settings.to_json());
         ctx.insert("run".into(), json!({ "id": run_id, "playbook": pb.name, "trigger": req.trigger, "dry_run": req.dry_run }));
         ctx.insert("now".into(), json!(runs::timestamp(Utc::now())));
@@ -282,6 +296,13 @@ impl Engine {
             error.as_deref(),
         )
         .await?;
+        if !req.dry_run {
+            let labels = RunLabels {
+                playbook: pb.name.clone(),
+                status: status.to_owned(),
+            };
+            self.metrics.runs.get_or_create(&labels).inc();
+        }
         tracing::info!(run_id, playbook = %pb.name, status, "Run finished.");
         Ok(RunOutcome {
             run_id,
@@ -303,6 +324,13 @@ impl Engine {
         state: &mut RunState,
     ) -> Option<(String, String)> {
         for step in steps {
+            // A resumed run keeps what its steps already did.
+            if state.ctx["steps"]
+                .get(&step.id)
+                .is_some_and(|s| s["status"] == "ok")
+            {
+                continue;
+            }
             if let Some(reason) = self.cancel_requested(meta.id).await {
                 return Some((step.id.clone(), reason));
             }
@@ -451,6 +479,16 @@ impl Engine {
         result: Result<StepOutput, String>,
     ) -> StepResult {
         let duration_ms = started.elapsed().as_millis() as u64;
+        if !meta.dry_run {
+            let labels = StepLabels {
+                playbook: meta.playbook.clone(),
+                kind: step.kind.name().to_owned(),
+            };
+            self.metrics
+                .step_duration
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+        }
         let status = if meta.dry_run { "planned" } else { "succeeded" };
         match result {
             Ok(out) => {

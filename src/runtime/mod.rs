@@ -1,7 +1,11 @@
 //! The streaming runtime the seed runbook operates on: settings and operator actions over
 //! `command_queue`, `work_state` and `outbox_final`.
 
+pub mod handlers;
+pub mod metrics;
 pub mod ops;
+pub mod queue;
+pub mod runs;
 pub mod settings;
 
 pub use settings::Settings;

@@ -19,6 +19,8 @@ mod tcp_check;
 
 use std::{collections::BTreeSet, time::Duration};
 
+pub use http::truncate as truncate_text;
+
 use minijinja::Value;
 use serde::Serialize;
 use serde_json::Value as Json;

@@ -34,6 +34,7 @@ pub struct NewRun<'a> {
     pub params: Json,
     pub dry_run: bool,
     pub parent_id: Option<i64>,
+    pub command_id: Option<i64>,
     pub status: &'a str,
 }
 
@@ -66,8 +67,8 @@ pub async fn create_run(db: &Db, run: NewRun<'_>) -> Result<i64, DbError> {
         "NULL"
     };
     let sql = format!(
-        "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, started_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, {started}) RETURNING id"
+        "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, command_id, started_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, {started}) RETURNING id"
     );
     let params = vec![
         json!(run.playbook),
@@ -76,8 +77,33 @@ pub async fn create_run(db: &Db, run: NewRun<'_>) -> Result<i64, DbError> {
         json!(run.status),
         json!(run.dry_run),
         run.parent_id.map(Json::from).unwrap_or(Json::Null),
+        run.command_id.map(Json::from).unwrap_or(Json::Null),
     ];
     first_id(db.sql(&sql, params).await?)
+}
+
+/// The last successful attempt of each step of a run, as `steps.<id>` results (for resuming).
+pub async fn succeeded_steps(
+    db: &Db,
+    run_id: i64,
+) -> Result<serde_json::Map<String, Json>, DbError> {
+    let rows = db
+        .sql(
+            "SELECT step_id, output, duration_ms FROM runbook_step_attempts \
+             WHERE run_id = $1 AND status = 'succeeded' AND item IS NULL ORDER BY id",
+            vec![json!(run_id)],
+        )
+        .await?
+        .rows;
+    let mut out = serde_json::Map::new();
+    for r in rows {
+        let id = r["step_id"].as_str().unwrap_or_default().to_owned();
+        out.insert(
+            id,
+            json!({ "status": "ok", "rows": r["output"]["rows"], "output": r["output"]["output"], "error": null, "duration_ms": r["duration_ms"] }),
+        );
+    }
+    Ok(out)
 }
 
 pub async fn set_running(db: &Db, id: i64) -> Result<(), DbError> {

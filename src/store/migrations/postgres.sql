@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS work_state (
     locked_at  TIMESTAMPTZ,
     locked_by  TEXT,
     command_id BIGINT,
+    takeover   BOOLEAN NOT NULL DEFAULT FALSE,
+    expiries   BIGINT NOT NULL DEFAULT 0,
     updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
     PRIMARY KEY (entity, entity_id)
 );
@@ -64,6 +66,7 @@ CREATE TABLE IF NOT EXISTS runbook_runs (
     status      TEXT NOT NULL,
     dry_run     BOOLEAN NOT NULL DEFAULT FALSE,
     parent_id   BIGINT,
+    command_id  BIGINT,
     failed_step TEXT,
     waiting_step TEXT,
     error       TEXT,

@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS work_state (
     locked_at  TEXT,
     locked_by  TEXT,
     command_id INTEGER,
+    takeover   INTEGER NOT NULL DEFAULT 0,
+    expiries   INTEGER NOT NULL DEFAULT 0,
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     PRIMARY KEY (entity, entity_id)
 );
@@ -65,6 +67,7 @@ CREATE TABLE IF NOT EXISTS runbook_runs (
     status      TEXT NOT NULL,
     dry_run     INTEGER NOT NULL DEFAULT 0,
     parent_id   INTEGER,
+    command_id  INTEGER,
     failed_step TEXT,
     waiting_step TEXT,
     error       TEXT,

@@ -1,0 +1,297 @@
+//! What a worker does with each command type (`streaming.handlers` in the config).
+//!
+//! - `http`: POST the command to a service: 2xx completes, 4xx is a `ValidationException` (to the
+//!   DLQ without retries), 5xx a `NetworkException` and a timeout a `TimeoutException` (retried).
+//! - `sql`: one templated statement on a datasource or the store; values are bound.
+//! - `playbook`: start a run of a playbook with the command's payload as parameters.
+//! - `simulate`: latency, error rate and error type, for demos, scenario and load tests.
+//! - `noop`: complete at once (benchmarks).
+//!
+//! The command type `runbook.run` is built in: it is how the engine runs playbooks on the queue.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use serde::Deserialize;
+use serde_json::{json, Value as Json};
+
+use super::queue::{Claimed, Event};
+use crate::{duration::Dur, engine::Engine, template::context};
+
+/// The command type of a playbook run.
+pub const RUN_COMMAND: &str = "runbook.run";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Handler {
+    Http {
+        url: String,
+        #[serde(default)]
+        timeout: Option<Dur>,
+    },
+    Sql {
+        #[serde(default)]
+        datasource: Option<String>,
+        query: String,
+    },
+    Playbook {
+        name: String,
+    },
+    Simulate {
+        #[serde(default)]
+        latency: Option<Dur>,
+        #[serde(default)]
+        error_rate: Option<f64>,
+        #[serde(default)]
+        error_type: Option<String>,
+    },
+    Noop {},
+}
+
+/// Why a command failed, in the seed's terms: an exception-like type name, and whether a retry can help.
+#[derive(Debug, Clone)]
+pub struct HandlerError {
+    pub error_type: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl HandlerError {
+    fn new(error_type: &str, message: impl Into<String>, retryable: bool) -> Self {
+        HandlerError {
+            error_type: error_type.to_owned(),
+            message: message.into(),
+            retryable,
+        }
+    }
+}
+
+/// The handlers by command type.
+#[derive(Debug, Default)]
+pub struct Handlers {
+    by_type: BTreeMap<String, Handler>,
+}
+
+impl Handlers {
+    /// Parses `streaming.handlers`; every problem is reported with its command type.
+    pub fn from_config(raw: &BTreeMap<String, serde_yaml::Value>) -> Result<Handlers, String> {
+        let mut by_type = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (ty, value) in raw {
+            match serde_yaml::from_value::<Handler>(value.clone()) {
+                Ok(h) => {
+                    by_type.insert(ty.clone(), h);
+                }
+                Err(e) => errors.push(format!("streaming.handlers.{ty}: {e}")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Handlers { by_type })
+        } else {
+            Err(errors.join("\n"))
+        }
+    }
+
+    pub fn get(&self, command_type: &str) -> Option<&Handler> {
+        self.by_type.get(command_type)
+    }
+}
+
+fn event(cmd: &Claimed, result: Json) -> Event {
+    Event {
+        command_id: cmd.id,
+        entity: cmd.entity.clone(),
+        entity_id: cmd.entity_id.clone(),
+        event_type: format!("{}.completed", cmd.command_type),
+        topic: format!("{}-events", cmd.entity),
+        payload: json!({
+            "command_id": cmd.id, "command_type": cmd.command_type, "entity": cmd.entity,
+            "entity_id": cmd.entity_id, "payload": cmd.payload, "result": result,
+        }),
+    }
+}
+
+/// Runs one command; on success returns the events to write with its completion.
+pub async fn handle(
+    engine: &Arc<Engine>,
+    handlers: &Handlers,
+    cmd: &Claimed,
+) -> Result<Vec<Event>, HandlerError> {
+    if cmd.command_type == RUN_COMMAND {
+        return super::runs::handle(engine, cmd)
+            .await
+            .map(|result| vec![event(cmd, result)]);
+    }
+    let Some(handler) = handlers.get(&cmd.command_type) else {
+        return Err(HandlerError::new(
+            "UnknownCommandTypeException",
+            format!(
+                "no handler for command type `{}` (streaming.handlers)",
+                cmd.command_type
+            ),
+            false,
+        ));
+    };
+    match handler {
+        Handler::Noop {} => Ok(Vec::new()),
+        Handler::Simulate {
+            latency,
+            error_rate,
+            error_type,
+        } => {
+            if let Some(l) = latency {
+                // Exponential-ish spread around the mean: 0.5x to 1.5x.
+                let factor = 0.5 + fastrand::f64();
+                tokio::time::sleep(l.as_std().mul_f64(factor)).await;
+            }
+            if fastrand::f64() < error_rate.unwrap_or(0.0) {
+                let ty = error_type
+                    .clone()
+                    .unwrap_or_else(|| "TimeoutException".into());
+                let retryable = ty != "ValidationException";
+                return Err(HandlerError::new(&ty, format!("simulated {ty}"), retryable));
+            }
+            Ok(vec![event(cmd, json!({ "simulated": true }))])
+        }
+        Handler::Http { url, timeout } => {
+            let body = json!({
+                "id": cmd.id, "entity": cmd.entity, "entityId": cmd.entity_id, "type": cmd.command_type,
+                "priority": cmd.priority, "payload": cmd.payload, "attempt": cmd.attempts,
+            });
+            let timeout = timeout.map(Dur::as_std).unwrap_or(Duration::from_secs(10));
+            let resp = engine
+                .http
+                .post(url)
+                .json(&body)
+                .timeout(timeout)
+                .send()
+                .await
+                .map_err(|e| {
+                    let masked = engine.masker.mask_str(&e.to_string());
+                    if e.is_timeout() {
+                        HandlerError::new("TimeoutException", masked, true)
+                    } else {
+                        HandlerError::new("NetworkException", masked, true)
+                    }
+                })?;
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            let short = crate::steps::truncate_text(&text, 500);
+            match status {
+                200..=299 => Ok(vec![event(
+                    cmd,
+                    serde_json::from_str(&text).unwrap_or(json!({ "status": status })),
+                )]),
+                400..=499 => Err(HandlerError::new(
+                    "ValidationException",
+                    format!("{url} answered {status}: {short}"),
+                    false,
+                )),
+                _ => Err(HandlerError::new(
+                    "NetworkException",
+                    format!("{url} answered {status}: {short}"),
+                    true,
+                )),
+            }
+        }
+        Handler::Sql { datasource, query } => {
+            let db = match datasource {
+                None => engine.store.clone(),
+                Some(name) => engine
+                    .datasource(name)
+                    .await
+                    .map_err(|e| HandlerError::new("NetworkException", e, true))?,
+            };
+            let ctx = context(&json!({ "command": {
+                "id": cmd.id, "entity": cmd.entity, "entity_id": cmd.entity_id, "type": cmd.command_type,
+                "priority": cmd.priority, "payload": cmd.payload, "attempts": cmd.attempts,
+            }}));
+            let q = engine
+                .templates
+                .render_sql(query, &ctx, db.dialect())
+                .map_err(|e| {
+                    HandlerError::new(
+                        "ValidationException",
+                        crate::steps::template_message(&e),
+                        false,
+                    )
+                })?;
+            let res = db.query(&q, 100).await.map_err(|e| {
+                let transient = e.is_transient();
+                HandlerError::new(
+                    if transient {
+                        "NetworkException"
+                    } else {
+                        "SqlException"
+                    },
+                    engine.masker.mask_str(&e.to_string()),
+                    transient,
+                )
+            })?;
+            Ok(vec![event(
+                cmd,
+                json!({ "rows_affected": res.rows_affected, "rows": res.rows }),
+            )])
+        }
+        Handler::Playbook { name } => {
+            let params: BTreeMap<String, String> = cmd
+                .payload
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v.as_str()
+                                    .map(str::to_owned)
+                                    .unwrap_or_else(|| v.to_string()),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let payload = json!({ "playbook": name, "params": params, "trigger": { "kind": "command", "command_id": cmd.id, "command_type": cmd.command_type } });
+            let run_cmd = Claimed {
+                payload,
+                ..cmd.clone()
+            };
+            super::runs::handle(engine, &run_cmd)
+                .await
+                .map(|r| vec![event(cmd, r)])
+        }
+    }
+}
+
+/// Retry delay after `attempts` tries: exponential from 100 ms, capped by `maxBackoffMs`, with
+/// jitter (half to full) so retries of one burst spread out.
+pub fn backoff(attempts: i32, max_backoff_ms: u64) -> Duration {
+    let exp = 100u64.saturating_mul(1u64 << (attempts.max(1) - 1).min(20) as u64);
+    let capped = exp.min(max_backoff_ms.max(1));
+    Duration::from_millis(capped / 2 + fastrand::u64(0..=capped / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for _ in 0..100 {
+            let d1 = backoff(1, 60_000).as_millis();
+            assert!((50..=100).contains(&d1), "{d1}");
+            let d5 = backoff(5, 60_000).as_millis();
+            assert!((800..=1600).contains(&d5), "{d5}");
+            let capped = backoff(30, 5_000).as_millis();
+            assert!((2_500..=5_000).contains(&capped), "{capped}");
+        }
+    }
+
+    #[test]
+    fn handlers_are_checked() {
+        let raw: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(
+            "user.update: { http: { url: 'http://x/y', timeout: 10s } }\ndemo.slow: { simulate: { latency: 200ms, error_rate: 0.05 } }\nbad: { smtp: {} }\n",
+        )
+        .unwrap();
+        let err = Handlers::from_config(&raw).unwrap_err();
+        assert!(err.starts_with("streaming.handlers.bad:"), "{err}");
+    }
+}

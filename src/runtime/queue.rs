@@ -1,0 +1,509 @@
+//! The command queue's storage operations, one function per transition, each a single statement
+//! or one transaction per batch, written for PostgreSQL and SQLite side by side.
+//!
+//! ```text
+//! pending ──claim (lease)──▶ processing ──ack──▶ completed (+ outbox events, same transaction)
+//!    ▲                          │  └──fail──▶ pending (run_at = now + backoff) │ dlq (after maxRetries,
+//!    └──── rescue: lease expired (counts as an attempt) ┘                       or not retryable)
+//! ```
+//!
+//! On PostgreSQL claims use `FOR UPDATE SKIP LOCKED`, so any number of processes share one queue;
+//! SQLite has a single writer, so its `UPDATE ... RETURNING` is already exclusive. A completion or
+//! failure from a worker whose lease was taken over matches no row and is refused.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value as Json};
+use sqlx::Row;
+
+use crate::store::{Db, DbError};
+
+/// A command to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewCommand {
+    pub entity: String,
+    pub entity_id: String,
+    pub command_type: String,
+    pub priority: i32,
+    pub payload: Json,
+}
+
+/// A claimed command, leased to one worker.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub entity: String,
+    pub entity_id: String,
+    pub command_type: String,
+    pub priority: i32,
+    pub payload: Json,
+    /// Including this one.
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An event written to the outbox in the transaction that completes its command.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    pub command_id: i64,
+    pub entity: String,
+    pub entity_id: String,
+    pub event_type: String,
+    pub topic: String,
+    pub payload: Json,
+}
+
+/// What to do with a failed command.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub id: i64,
+    pub entity: String,
+    pub entity_id: String,
+    pub error_type: String,
+    pub message: String,
+    /// `Some(delay)`: back to pending after the delay; `None`: to the DLQ.
+    pub retry_in: Option<Duration>,
+}
+
+/// A batch's outcome, acknowledged in one transaction.
+#[derive(Debug, Default)]
+pub struct Ack {
+    pub completed: Vec<(i64, String, String)>,
+    pub events: Vec<Event>,
+    pub failed: Vec<Failure>,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// SQLite's "now plus `d`" in the store's timestamp format.
+fn sqlite_in(d: Duration) -> String {
+    format!("+{:.3} seconds", d.as_secs_f64())
+}
+
+const SQLITE_NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+fn parse_ts(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|_| Utc::now())
+}
+
+/// Enqueues commands in one statement; returns their ids.
+pub async fn enqueue(db: &Db, commands: &[NewCommand]) -> Result<Vec<i64>, DbError> {
+    if commands.is_empty() {
+        return Ok(Vec::new());
+    }
+    match db {
+        Db::Postgres(pool) => {
+            let rows = sqlx::query(
+                "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) \
+                 SELECT e, i, t, p, d::jsonb FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[]) AS u(e, i, t, p, d) \
+                 RETURNING id",
+            )
+            .bind(commands.iter().map(|c| c.entity.as_str()).collect::<Vec<_>>())
+            .bind(commands.iter().map(|c| c.entity_id.as_str()).collect::<Vec<_>>())
+            .bind(commands.iter().map(|c| c.command_type.as_str()).collect::<Vec<_>>())
+            .bind(commands.iter().map(|c| c.priority).collect::<Vec<_>>())
+            .bind(commands.iter().map(|c| c.payload.to_string()).collect::<Vec<_>>())
+            .fetch_all(pool)
+            .await?;
+            Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect())
+        }
+        Db::Sqlite(pool) => {
+            let items: Vec<Json> = commands
+                .iter()
+                .map(|c| {
+                    json!([
+                        c.entity,
+                        c.entity_id,
+                        c.command_type,
+                        c.priority,
+                        c.payload.to_string()
+                    ])
+                })
+                .collect();
+            let rows = sqlx::query(
+                "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) \
+                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+                        json_extract(value, '$[3]'), json_extract(value, '$[4]') FROM json_each(?1) WHERE true \
+                 RETURNING id",
+            )
+            .bind(Json::Array(items).to_string())
+            .fetch_all(pool)
+            .await?;
+            Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect())
+        }
+    }
+}
+
+/// Claims up to `limit` due commands, highest priority first, leased to `worker` for `lease`.
+pub async fn claim(
+    db: &Db,
+    worker: &str,
+    limit: u32,
+    lease: Duration,
+) -> Result<Vec<Claimed>, DbError> {
+    match db {
+        Db::Postgres(pool) => {
+            let rows = sqlx::query(
+                "UPDATE command_queue SET status = 'processing', locked_by = $1, \
+                        locked_until = NOW() + make_interval(secs => $3), attempts = attempts + 1, updated_at = NOW() \
+                 WHERE id IN (SELECT id FROM command_queue WHERE status = 'pending' AND run_at <= NOW() \
+                              ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at",
+            )
+            .bind(worker)
+            .bind(limit as i64)
+            .bind(secs(lease))
+            .fetch_all(pool)
+            .await?;
+            let mut out: Vec<Claimed> = rows
+                .iter()
+                .map(|r| Claimed {
+                    id: r.get(0),
+                    entity: r.get(1),
+                    entity_id: r.get(2),
+                    command_type: r.get(3),
+                    priority: r.get(4),
+                    payload: r.get(5),
+                    attempts: r.get(6),
+                    created_at: r.get(7),
+                })
+                .collect();
+            out.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+            Ok(out)
+        }
+        Db::Sqlite(pool) => {
+            let rows = sqlx::query(&format!(
+                "UPDATE command_queue SET status = 'processing', locked_by = ?1, \
+                        locked_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3), attempts = attempts + 1, updated_at = {SQLITE_NOW} \
+                 WHERE id IN (SELECT id FROM command_queue WHERE status = 'pending' AND run_at <= {SQLITE_NOW} \
+                              ORDER BY priority DESC, run_at, id LIMIT ?2) \
+                 RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at"
+            ))
+            .bind(worker)
+            .bind(limit as i64)
+            .bind(sqlite_in(lease))
+            .fetch_all(pool)
+            .await?;
+            let mut out: Vec<Claimed> = rows
+                .iter()
+                .map(|r| Claimed {
+                    id: r.get(0),
+                    entity: r.get(1),
+                    entity_id: r.get(2),
+                    command_type: r.get(3),
+                    priority: r.get(4),
+                    payload: serde_json::from_str(r.get::<&str, _>(5)).unwrap_or(Json::Null),
+                    attempts: r.get(6),
+                    created_at: parse_ts(r.get::<&str, _>(7)),
+                })
+                .collect();
+            out.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+            Ok(out)
+        }
+    }
+}
+
+/// Takes the work-state locks of claimed commands. Returns, per command id that got its lock,
+/// whether it took over an expired lock. Commands not in the answer must wait: another command of
+/// the same entity holds a live lock.
+pub async fn lock_entities(
+    db: &Db,
+    worker: &str,
+    batch: &[&Claimed],
+    ttl: Duration,
+) -> Result<Vec<(i64, bool)>, DbError> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    match db {
+        Db::Postgres(pool) => {
+            let rows = sqlx::query(
+                "INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
+                 SELECT e, i, 'updating', NOW(), $3, c, FALSE, NOW() FROM UNNEST($1::text[], $2::text[], $4::int8[]) AS u(e, i, c) \
+                 ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = NOW(), locked_by = EXCLUDED.locked_by, \
+                    command_id = EXCLUDED.command_id, takeover = (work_state.state = 'updating'), \
+                    expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = NOW() \
+                 WHERE work_state.state <> 'updating' OR work_state.locked_at < NOW() - make_interval(secs => $5) \
+                 RETURNING command_id, takeover",
+            )
+            .bind(batch.iter().map(|c| c.entity.as_str()).collect::<Vec<_>>())
+            .bind(batch.iter().map(|c| c.entity_id.as_str()).collect::<Vec<_>>())
+            .bind(worker)
+            .bind(batch.iter().map(|c| c.id).collect::<Vec<_>>())
+            .bind(secs(ttl))
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<i64, _>(0), r.get::<bool, _>(1)))
+                .collect())
+        }
+        Db::Sqlite(pool) => {
+            let items: Vec<Json> = batch
+                .iter()
+                .map(|c| json!([c.entity, c.entity_id, c.id]))
+                .collect();
+            let rows = sqlx::query(&format!(
+                "INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
+                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'updating', {SQLITE_NOW}, ?2, json_extract(value, '$[2]'), 0, {SQLITE_NOW} \
+                 FROM json_each(?1) WHERE true \
+                 ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = {SQLITE_NOW}, locked_by = excluded.locked_by, \
+                    command_id = excluded.command_id, takeover = (work_state.state = 'updating'), \
+                    expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = {SQLITE_NOW} \
+                 WHERE work_state.state <> 'updating' OR work_state.locked_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3) \
+                 RETURNING command_id, takeover"
+            ))
+            .bind(Json::Array(items).to_string())
+            .bind(worker)
+            .bind(format!("-{:.3} seconds", ttl.as_secs_f64()))
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1) != 0))
+                .collect())
+        }
+    }
+}
+
+/// Puts back commands that could not take their entity's lock, without counting the attempt.
+pub async fn defer(db: &Db, worker: &str, ids: &[i64], delay: Duration) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query(
+                "UPDATE command_queue SET status = 'pending', attempts = attempts - 1, locked_by = NULL, locked_until = NULL, \
+                        run_at = NOW() + make_interval(secs => $3), updated_at = NOW() \
+                 WHERE id = ANY($1) AND locked_by = $2 AND status = 'processing'",
+            )
+            .bind(ids)
+            .bind(worker)
+            .bind(secs(delay))
+            .execute(pool)
+            .await?;
+        }
+        Db::Sqlite(pool) => {
+            sqlx::query(&format!(
+                "UPDATE command_queue SET status = 'pending', attempts = attempts - 1, locked_by = NULL, locked_until = NULL, \
+                        run_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3), updated_at = {SQLITE_NOW} \
+                 WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND status = 'processing'"
+            ))
+            .bind(json!(ids).to_string())
+            .bind(worker)
+            .bind(sqlite_in(delay))
+            .execute(pool)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Acknowledges a batch in one transaction: completions (with their outbox events), failures,
+/// and the release of the entities' locks. Returns the ids whose completion was accepted; a
+/// command whose lease another worker took over is refused (its events are not written).
+pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> {
+    let done_ids: Vec<i64> = ack.completed.iter().map(|(id, _, _)| *id).collect();
+    let mut entities: Vec<(&str, &str)> = ack
+        .completed
+        .iter()
+        .map(|(_, e, i)| (e.as_str(), i.as_str()))
+        .collect();
+    entities.extend(
+        ack.failed
+            .iter()
+            .map(|f| (f.entity.as_str(), f.entity_id.as_str())),
+    );
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            let accepted: Vec<i64> = if done_ids.is_empty() {
+                Vec::new()
+            } else {
+                sqlx::query_scalar(
+                    "UPDATE command_queue SET status = 'completed', completed_at = NOW(), updated_at = NOW(), \
+                            locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
+                     WHERE id = ANY($1) AND locked_by = $2 AND status = 'processing' RETURNING id",
+                )
+                .bind(&done_ids)
+                .bind(worker)
+                .fetch_all(&mut *tx)
+                .await?
+            };
+            let events: Vec<&Event> = ack
+                .events
+                .iter()
+                .filter(|e| accepted.contains(&e.command_id))
+                .collect();
+            if !events.is_empty() {
+                sqlx::query(
+                    "INSERT INTO outbox_final (command_id, entity, entity_id, event_type, topic, payload) \
+                     SELECT c, e, i, t, tp, p::jsonb FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+                       AS u(c, e, i, t, tp, p)",
+                )
+                .bind(events.iter().map(|e| e.command_id).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.entity.as_str()).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.entity_id.as_str()).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.payload.to_string()).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+            }
+            if !ack.failed.is_empty() {
+                let f = &ack.failed;
+                sqlx::query(
+                    "UPDATE command_queue q SET status = CASE WHEN u.retry THEN 'pending' ELSE 'dlq' END, \
+                            run_at = CASE WHEN u.retry THEN NOW() + make_interval(secs => u.delay) ELSE q.run_at END, \
+                            error_type = u.etype, error_message = u.msg, locked_by = NULL, locked_until = NULL, updated_at = NOW() \
+                     FROM UNNEST($1::int8[], $2::bool[], $3::float8[], $4::text[], $5::text[]) AS u(id, retry, delay, etype, msg) \
+                     WHERE q.id = u.id AND q.locked_by = $6 AND q.status = 'processing'",
+                )
+                .bind(f.iter().map(|x| x.id).collect::<Vec<_>>())
+                .bind(f.iter().map(|x| x.retry_in.is_some()).collect::<Vec<_>>())
+                .bind(f.iter().map(|x| x.retry_in.map(secs).unwrap_or(0.0)).collect::<Vec<_>>())
+                .bind(f.iter().map(|x| x.error_type.as_str()).collect::<Vec<_>>())
+                .bind(f.iter().map(|x| x.message.as_str()).collect::<Vec<_>>())
+                .bind(worker)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if !entities.is_empty() {
+                sqlx::query(
+                    "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = NOW() \
+                     WHERE (entity, entity_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[])) AND locked_by = $3",
+                )
+                .bind(entities.iter().map(|e| e.0).collect::<Vec<_>>())
+                .bind(entities.iter().map(|e| e.1).collect::<Vec<_>>())
+                .bind(worker)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(accepted)
+        }
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            let accepted: Vec<i64> = if done_ids.is_empty() {
+                Vec::new()
+            } else {
+                sqlx::query_scalar(&format!(
+                    "UPDATE command_queue SET status = 'completed', completed_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW}, \
+                            locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
+                     WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND status = 'processing' RETURNING id"
+                ))
+                .bind(json!(done_ids).to_string())
+                .bind(worker)
+                .fetch_all(&mut *tx)
+                .await?
+            };
+            let events: Vec<&Event> = ack
+                .events
+                .iter()
+                .filter(|e| accepted.contains(&e.command_id))
+                .collect();
+            if !events.is_empty() {
+                sqlx::query(
+                    "INSERT INTO outbox_final (command_id, entity, entity_id, event_type, topic, payload) \
+                     SELECT json_extract(value, '$.command_id'), json_extract(value, '$.entity'), json_extract(value, '$.entity_id'), \
+                            json_extract(value, '$.event_type'), json_extract(value, '$.topic'), json_extract(value, '$.payload') \
+                     FROM json_each(?1)",
+                )
+                .bind(serde_json::to_string(&events).unwrap_or_default())
+                .execute(&mut *tx)
+                .await?;
+            }
+            for f in &ack.failed {
+                let (status, run_at) = match f.retry_in {
+                    Some(d) => (
+                        "pending",
+                        format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '{}')", sqlite_in(d)),
+                    ),
+                    None => ("dlq", "run_at".to_owned()),
+                };
+                sqlx::query(&format!(
+                    "UPDATE command_queue SET status = ?1, run_at = {run_at}, error_type = ?2, error_message = ?3, \
+                            locked_by = NULL, locked_until = NULL, updated_at = {SQLITE_NOW} \
+                     WHERE id = ?4 AND locked_by = ?5 AND status = 'processing'"
+                ))
+                .bind(status)
+                .bind(&f.error_type)
+                .bind(&f.message)
+                .bind(f.id)
+                .bind(worker)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if !entities.is_empty() {
+                let pairs: Vec<Json> = entities.iter().map(|(e, i)| json!([e, i])).collect();
+                sqlx::query(&format!(
+                    "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = {SQLITE_NOW} \
+                     WHERE (entity, entity_id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1)) \
+                       AND locked_by = ?2"
+                ))
+                .bind(Json::Array(pairs).to_string())
+                .bind(worker)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(accepted)
+        }
+    }
+}
+
+/// Extends the lease of commands still running.
+pub async fn heartbeat(db: &Db, worker: &str, ids: &[i64], lease: Duration) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query("UPDATE command_queue SET locked_until = NOW() + make_interval(secs => $3) WHERE id = ANY($1) AND locked_by = $2")
+                .bind(ids)
+                .bind(worker)
+                .bind(secs(lease))
+                .execute(pool)
+                .await?;
+        }
+        Db::Sqlite(pool) => {
+            sqlx::query(
+                "UPDATE command_queue SET locked_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3) \
+                 WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2",
+            )
+            .bind(json!(ids).to_string())
+            .bind(worker)
+            .bind(sqlite_in(lease))
+            .execute(pool)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Returns commands whose lease expired (their worker crashed) to the queue; the lost attempt
+/// counts, so a command that keeps killing its worker ends in the DLQ after `max_retries`.
+pub async fn rescue(db: &Db, max_retries: u32) -> Result<u64, DbError> {
+    let sql = match db {
+        Db::Postgres(_) => {
+            "UPDATE command_queue SET status = CASE WHEN attempts > $1 THEN 'dlq' ELSE 'pending' END, \
+                    error_type = 'LeaseExpiredException', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
+                    locked_by = NULL, locked_until = NULL, run_at = NOW(), updated_at = NOW() \
+             WHERE status = 'processing' AND locked_until < NOW()"
+                .to_owned()
+        }
+        Db::Sqlite(_) => format!(
+            "UPDATE command_queue SET status = CASE WHEN attempts > ?1 THEN 'dlq' ELSE 'pending' END, \
+                    error_type = 'LeaseExpiredException', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
+                    locked_by = NULL, locked_until = NULL, run_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW} \
+             WHERE status = 'processing' AND locked_until < {SQLITE_NOW}"
+        ),
+    };
+    Ok(db.sql(&sql, vec![json!(max_retries)]).await?.rows_affected)
+}
