@@ -303,7 +303,26 @@ pub struct StreamingConfig {
     #[serde(default)]
     pub sensitive_fields: Vec<String>,
     #[serde(default)]
-    pub handlers: BTreeMap<String, serde_yaml::Value>,
+    pub handlers: BTreeMap<String, crate::runtime::handlers::RawHandler>,
+    /// How long a claim lasts without a heartbeat; a crashed worker's commands return after it.
+    #[serde(default = "d_lease")]
+    pub lease: Dur,
+    /// How often an idle worker looks for work.
+    #[serde(default = "d_poll")]
+    pub poll_interval: Dur,
+    /// Whether `runbook serve` runs workers (a replica may serve only the API and the scheduler).
+    #[serde(default = "d_true")]
+    pub workers: bool,
+}
+
+fn d_lease() -> Dur {
+    Dur::from_secs(30)
+}
+fn d_poll() -> Dur {
+    Dur(std::time::Duration::from_millis(100))
+}
+fn d_true() -> bool {
+    true
 }
 
 fn d_concurrency() -> u32 {

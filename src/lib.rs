@@ -36,6 +36,7 @@ pub mod playbook;
 pub mod runtime;
 pub mod schema;
 pub mod secrets;
+pub mod server;
 pub mod steps;
 pub mod store;
 pub mod template;

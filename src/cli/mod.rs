@@ -17,6 +17,7 @@ use crate::{
     config::{Config, DEFAULT_STORE},
     engine::{Engine, RunRequest},
     runtime::ops::{self, Op},
+    runtime::queue::{self, NewCommand},
     secrets::Masker,
     store::{runs, Db},
 };
@@ -61,6 +62,15 @@ pub enum Format {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the workers, the outbox dispatcher and the HTTP API until SIGTERM/SIGINT.
+    Serve {
+        /// Address to listen on [default: server.listen from the config, 127.0.0.1:8080].
+        #[arg(long)]
+        listen: Option<String>,
+        /// Serve the API and dispatch the outbox, but run no workers.
+        #[arg(long)]
+        no_workers: bool,
+    },
     /// Run a playbook now and print each step as it happens.
     Run {
         name: String,
@@ -140,6 +150,37 @@ pub enum RunsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
+    /// Enqueue one command.
+    Enqueue {
+        #[arg(long)]
+        entity: String,
+        #[arg(long = "entity-id")]
+        entity_id: String,
+        #[arg(long = "type")]
+        command_type: String,
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        /// JSON payload.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+    },
+    /// A synthetic producer: enqueue commands at a steady rate.
+    Load {
+        #[arg(long = "type")]
+        command_type: String,
+        /// Commands per second, e.g. `200/s` or `200`.
+        #[arg(long)]
+        rate: String,
+        #[arg(long)]
+        duration: crate::duration::Dur,
+        #[arg(long, default_value = "user")]
+        entity: String,
+        /// Distinct entity ids to spread the commands over.
+        #[arg(long, default_value_t = 1000)]
+        entities: u32,
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+    },
     /// Depth per priority and status, oldest pending, DLQ by error type, unsent outbox, locks, settings.
     Stats {
         #[arg(long, short = 'o', value_enum, default_value_t)]
@@ -272,6 +313,68 @@ pub async fn main(cli: Cli) -> Result<i32> {
                     limit: 20,
                     output: Format::Human,
                 }),
+            )
+            .await
+        }
+        Command::Serve { listen, no_workers } => serve(&setup, listen, no_workers).await,
+        Command::Queue {
+            command:
+                QueueCommand::Enqueue {
+                    entity,
+                    entity_id,
+                    command_type,
+                    priority,
+                    payload,
+                },
+        } => {
+            let payload: Json = match serde_json::from_str(&payload) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: --payload is not JSON: {e}");
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            let db = setup.store().await?;
+            let ids = queue::enqueue(
+                &db,
+                &[NewCommand {
+                    entity,
+                    entity_id,
+                    command_type,
+                    priority,
+                    payload,
+                }],
+            )
+            .await?;
+            println!("{}", ids[0]);
+            Ok(0)
+        }
+        Command::Queue {
+            command:
+                QueueCommand::Load {
+                    command_type,
+                    rate,
+                    duration,
+                    entity,
+                    entities,
+                    priority,
+                },
+        } => {
+            let Ok(rate) = rate.trim_end_matches("/s").parse::<f64>() else {
+                eprintln!(
+                    "error: --rate `{rate}` must be a number of commands per second, like 200/s"
+                );
+                return Ok(EXIT_USAGE);
+            };
+            let db = setup.store().await?;
+            load(
+                &db,
+                &command_type,
+                rate,
+                duration,
+                &entity,
+                entities.max(1),
+                priority,
             )
             .await
         }
@@ -577,5 +680,134 @@ async fn dlq(setup: &Setup, cmd: DlqCommand) -> Result<i32> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
         Format::Human => output::dlq(&op, &out),
     }
+    Ok(0)
+}
+
+/// `1MiB`, `512KiB`, `2MB`, `1000` (bytes).
+fn parse_size(text: &str) -> Result<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: usize = n.parse().with_context(|| format!("size `{text}`"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "KB" | "kB" => 1000,
+        "MiB" => 1024 * 1024,
+        "MB" => 1_000_000,
+        other => bail!("size `{text}`: unknown unit `{other}` (B, KiB, MiB, KB, MB)"),
+    };
+    Ok(n * mult)
+}
+
+async fn serve(setup: &Setup, listen: Option<String>, no_workers: bool) -> Result<i32> {
+    use crate::{
+        runtime::{handlers::Handlers, outbox, worker::Workers},
+        server,
+    };
+    let store = setup.store().await?;
+    let (catalog, diags) = Engine::load_playbooks(&setup.runbooks, &setup.config);
+    for d in &diags {
+        tracing::error!(%d, "Playbook not loaded.");
+        eprintln!("{d}");
+    }
+    let handlers =
+        Handlers::from_config(&setup.config.streaming.handlers).map_err(|e| anyhow::anyhow!(e))?;
+    let tokens = server::Tokens::from_config(&setup.config, &setup.masker)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let max_body = parse_size(setup.config.server.max_body.as_deref().unwrap_or("1MiB"))?;
+    let engine = Arc::new(Engine::new(
+        store,
+        setup.config.clone(),
+        setup.masker.clone(),
+        catalog,
+    ));
+    let names: Vec<String> = engine.catalog().playbooks.keys().cloned().collect();
+    engine.metrics.init_runs(names.iter().map(String::as_str));
+    let sink = outbox::Sink::from_engine(&engine).map_err(|e| anyhow::anyhow!(e))?;
+
+    let addr = listen.unwrap_or_else(|| setup.config.server.listen.clone());
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    println!("listening on http://{local}");
+    tracing::info!(%local, playbooks = names.len(), "Serving.");
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    if setup.config.streaming.workers && !no_workers {
+        let workers = Workers::new(engine.clone(), handlers);
+        tasks.spawn(workers.run(shutdown.clone()));
+    }
+    tasks.spawn(outbox::run(engine.clone(), sink, shutdown.clone()));
+    let state = Arc::new(server::AppState {
+        engine: engine.clone(),
+        tokens,
+    });
+    let http_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = server::serve(listener, state, max_body, http_shutdown).await {
+            tracing::error!(error = %e, "HTTP server stopped.");
+        }
+    });
+    server::signal().await;
+    eprintln!("shutting down: finishing the work in hand");
+    shutdown.cancel();
+    let grace = std::time::Duration::from_secs(30);
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        let running = runs::list_runs(&engine.store, None, 20)
+            .await
+            .unwrap_or_default();
+        let ids: Vec<String> = running
+            .iter()
+            .filter(|r| r["status"] == "running")
+            .map(|r| r["id"].to_string())
+            .collect();
+        eprintln!("grace period over; runs still going: {}", ids.join(", "));
+    }
+    engine.store.close().await;
+    Ok(0)
+}
+
+async fn load(
+    db: &Db,
+    command_type: &str,
+    rate: f64,
+    duration: crate::duration::Dur,
+    entity: &str,
+    entities: u32,
+    priority: i32,
+) -> Result<i32> {
+    let tick = std::time::Duration::from_millis(100);
+    let started = std::time::Instant::now();
+    let mut sent: u64 = 0;
+    let mut interval = tokio::time::interval(tick);
+    while started.elapsed() < duration.as_std() {
+        interval.tick().await;
+        let due = (rate * started.elapsed().as_secs_f64()).ceil() as u64;
+        let n = due.saturating_sub(sent).min(10_000);
+        if n == 0 {
+            continue;
+        }
+        let batch: Vec<NewCommand> = (0..n)
+            .map(|i| NewCommand {
+                entity: entity.to_owned(),
+                entity_id: fastrand::u32(..entities).to_string(),
+                command_type: command_type.to_owned(),
+                priority,
+                payload: json!({ "seq": sent + i }),
+            })
+            .collect();
+        queue::enqueue(db, &batch).await?;
+        sent += n;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "enqueued {sent} `{command_type}` commands in {secs:.1} s ({:.0}/s)",
+        sent as f64 / secs
+    );
     Ok(0)
 }

@@ -20,31 +20,96 @@ use crate::{duration::Dur, engine::Engine, template::context};
 /// The command type of a playbook run.
 pub const RUN_COMMAND: &str = "runbook.run";
 
+/// One handler as the config writes it: exactly one of the keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandler {
+    #[serde(default)]
+    pub http: Option<HttpHandler>,
+    #[serde(default)]
+    pub sql: Option<SqlHandler>,
+    #[serde(default)]
+    pub playbook: Option<PlaybookHandler>,
+    #[serde(default)]
+    pub simulate: Option<SimulateHandler>,
+    #[serde(default)]
+    pub noop: Option<serde_yaml::Value>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHandler {
+    pub url: String,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlHandler {
+    #[serde(default)]
+    pub datasource: Option<String>,
+    pub query: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaybookHandler {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulateHandler {
+    #[serde(default)]
+    pub latency: Option<Dur>,
+    #[serde(default)]
+    pub error_rate: Option<f64>,
+    #[serde(default)]
+    pub error_type: Option<String>,
+}
+
+#[derive(Debug, Clone)]
 pub enum Handler {
-    Http {
-        url: String,
-        #[serde(default)]
-        timeout: Option<Dur>,
-    },
-    Sql {
-        #[serde(default)]
-        datasource: Option<String>,
-        query: String,
-    },
-    Playbook {
-        name: String,
-    },
-    Simulate {
-        #[serde(default)]
-        latency: Option<Dur>,
-        #[serde(default)]
-        error_rate: Option<f64>,
-        #[serde(default)]
-        error_type: Option<String>,
-    },
-    Noop {},
+    Http(HttpHandler),
+    Sql(SqlHandler),
+    Playbook(PlaybookHandler),
+    Simulate(SimulateHandler),
+    Noop,
+}
+
+impl RawHandler {
+    fn compile(self) -> Result<Handler, String> {
+        let count = [
+            self.http.is_some(),
+            self.sql.is_some(),
+            self.playbook.is_some(),
+            self.simulate.is_some(),
+            self.noop.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if count != 1 {
+            return Err("give exactly one of http, sql, playbook, simulate, noop".into());
+        }
+        Ok(match self {
+            RawHandler { http: Some(h), .. } => Handler::Http(h),
+            RawHandler { sql: Some(h), .. } => Handler::Sql(h),
+            RawHandler {
+                playbook: Some(h), ..
+            } => Handler::Playbook(h),
+            RawHandler {
+                simulate: Some(h), ..
+            } => {
+                if h.error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+                    return Err("simulate.error_rate must be between 0 and 1".into());
+                }
+                Handler::Simulate(h)
+            }
+            _ => Handler::Noop,
+        })
+    }
 }
 
 /// Why a command failed, in the seed's terms: an exception-like type name, and whether a retry can help.
@@ -73,11 +138,11 @@ pub struct Handlers {
 
 impl Handlers {
     /// Parses `streaming.handlers`; every problem is reported with its command type.
-    pub fn from_config(raw: &BTreeMap<String, serde_yaml::Value>) -> Result<Handlers, String> {
+    pub fn from_config(raw: &BTreeMap<String, RawHandler>) -> Result<Handlers, String> {
         let mut by_type = BTreeMap::new();
         let mut errors = Vec::new();
         for (ty, value) in raw {
-            match serde_yaml::from_value::<Handler>(value.clone()) {
+            match value.clone().compile() {
                 Ok(h) => {
                     by_type.insert(ty.clone(), h);
                 }
@@ -132,12 +197,12 @@ pub async fn handle(
         ));
     };
     match handler {
-        Handler::Noop {} => Ok(Vec::new()),
-        Handler::Simulate {
+        Handler::Noop => Ok(Vec::new()),
+        Handler::Simulate(SimulateHandler {
             latency,
             error_rate,
             error_type,
-        } => {
+        }) => {
             if let Some(l) = latency {
                 // Exponential-ish spread around the mean: 0.5x to 1.5x.
                 let factor = 0.5 + fastrand::f64();
@@ -152,7 +217,7 @@ pub async fn handle(
             }
             Ok(vec![event(cmd, json!({ "simulated": true }))])
         }
-        Handler::Http { url, timeout } => {
+        Handler::Http(HttpHandler { url, timeout }) => {
             let body = json!({
                 "id": cmd.id, "entity": cmd.entity, "entityId": cmd.entity_id, "type": cmd.command_type,
                 "priority": cmd.priority, "payload": cmd.payload, "attempt": cmd.attempts,
@@ -193,7 +258,7 @@ pub async fn handle(
                 )),
             }
         }
-        Handler::Sql { datasource, query } => {
+        Handler::Sql(SqlHandler { datasource, query }) => {
             let db = match datasource {
                 None => engine.store.clone(),
                 Some(name) => engine
@@ -232,7 +297,7 @@ pub async fn handle(
                 json!({ "rows_affected": res.rows_affected, "rows": res.rows }),
             )])
         }
-        Handler::Playbook { name } => {
+        Handler::Playbook(PlaybookHandler { name }) => {
             let params: BTreeMap<String, String> = cmd
                 .payload
                 .as_object()
@@ -287,8 +352,8 @@ mod tests {
 
     #[test]
     fn handlers_are_checked() {
-        let raw: BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(
-            "user.update: { http: { url: 'http://x/y', timeout: 10s } }\ndemo.slow: { simulate: { latency: 200ms, error_rate: 0.05 } }\nbad: { smtp: {} }\n",
+        let raw: BTreeMap<String, RawHandler> = serde_yaml::from_str(
+            "user.update: { http: { url: 'http://x/y', timeout: 10s } }\ndemo.slow: { simulate: { latency: 200ms, error_rate: 0.05 } }\nbad: { http: { url: 'http://x' }, noop: {} }\n",
         )
         .unwrap();
         let err = Handlers::from_config(&raw).unwrap_err();

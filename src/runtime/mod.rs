@@ -4,8 +4,10 @@
 pub mod handlers;
 pub mod metrics;
 pub mod ops;
+pub mod outbox;
 pub mod queue;
 pub mod runs;
 pub mod settings;
+pub mod worker;
 
 pub use settings::Settings;

@@ -1,0 +1,236 @@
+//! The outbox dispatcher: publishes `outbox_final` rows to Kafka (topic per entity, key =
+//! entity_id, an `event-id` header) and marks them sent only after the broker acknowledged them.
+//! When Kafka is down the rows stay unsent and are retried with backoff; nothing is lost.
+//!
+//! Order per entity: one dispatcher is active at a time (a PostgreSQL advisory lock elects it
+//! among replicas), rows are sent in id order, every row of an entity goes to one partition by its
+//! key, and the producer is idempotent, so the broker keeps them in order across its own retries.
+//! With no brokers configured a log sink stands in.
+
+use std::time::Duration;
+
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+use serde_json::{json, Value as Json};
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use super::handlers::backoff;
+use crate::{
+    engine::Engine,
+    store::{Db, DbError},
+};
+
+/// Rows fetched per round.
+const BATCH: i64 = 1000;
+/// Advisory lock key electing the one active dispatcher among replicas.
+const DISPATCHER_LOCK: i64 = 7_256_110_316;
+
+pub enum Sink {
+    Log,
+    Kafka(FutureProducer),
+}
+
+impl Sink {
+    /// Kafka when the config names brokers, the log sink otherwise.
+    pub fn from_engine(engine: &Engine) -> Result<Sink, String> {
+        let Some(k) = &engine.config.kafka else {
+            return Ok(Sink::Log);
+        };
+        let mut c = crate::kafka::client_config(k, &engine.masker)?;
+        // Defaults the config may override: durable, ordered, and failing within seconds when the
+        // broker is gone, so rows are retried by the dispatcher rather than held in memory.
+        for (key, value) in [
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("message.timeout.ms", "15000"),
+            ("linger.ms", "5"),
+            ("compression.type", "none"),
+        ] {
+            if !k.properties.contains_key(key) {
+                c.set(key, value);
+            }
+        }
+        c.create()
+            .map(Sink::Kafka)
+            .map_err(|e| format!("kafka producer: {e}"))
+    }
+}
+
+struct Row_ {
+    id: i64,
+    entity_id: String,
+    event_type: String,
+    topic: String,
+    payload: String,
+    attempts: i32,
+}
+
+async fn fetch(db: &Db) -> Result<Vec<Row_>, DbError> {
+    Ok(match db {
+        Db::Postgres(pool) => sqlx::query(
+            "SELECT id, entity_id, event_type, topic, payload::text, attempts FROM outbox_final \
+             WHERE sent_at IS NULL AND next_attempt_at <= NOW() ORDER BY id LIMIT $1",
+        )
+        .bind(BATCH)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Row_ { id: r.get(0), entity_id: r.get(1), event_type: r.get(2), topic: r.get(3), payload: r.get(4), attempts: r.get(5) })
+        .collect(),
+        Db::Sqlite(pool) => sqlx::query(
+            "SELECT id, entity_id, event_type, topic, payload, attempts FROM outbox_final \
+             WHERE sent_at IS NULL AND next_attempt_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now') ORDER BY id LIMIT ?1",
+        )
+        .bind(BATCH)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Row_ { id: r.get(0), entity_id: r.get(1), event_type: r.get(2), topic: r.get(3), payload: r.get(4), attempts: r.get(5) })
+        .collect(),
+    })
+}
+
+async fn mark_sent(db: &Db, ids: &[i64]) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let now = match db.dialect() {
+        crate::template::Dialect::Postgres => "NOW()",
+        crate::template::Dialect::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+    };
+    let filter = match db {
+        Db::Postgres(_) => "id IN (SELECT jsonb_array_elements_text($1::jsonb)::int8)",
+        Db::Sqlite(_) => "id IN (SELECT value FROM json_each($1))",
+    };
+    db.sql(
+        &format!("UPDATE outbox_final SET sent_at = {now}, attempts = attempts + 1, last_error = NULL WHERE {filter}"),
+        vec![Json::String(json!(ids).to_string())],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn mark_failed(db: &Db, id: i64, attempts: i32, error: &str) -> Result<(), DbError> {
+    let delay = backoff(attempts + 1, 30_000).as_secs_f64();
+    let next = match db.dialect() {
+        crate::template::Dialect::Postgres => format!("NOW() + make_interval(secs => {delay})"),
+        crate::template::Dialect::Sqlite => {
+            format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+{delay:.3} seconds')")
+        }
+    };
+    db.sql(
+        &format!("UPDATE outbox_final SET attempts = attempts + 1, last_error = $2, next_attempt_at = {next} WHERE id = $1"),
+        vec![json!(id), json!(error)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Publishes one round; returns how many rows were delivered.
+pub async fn dispatch_once(engine: &Engine, sink: &Sink) -> Result<usize, DbError> {
+    let db = &engine.store;
+    let rows = fetch(db).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut sent = Vec::with_capacity(rows.len());
+    match sink {
+        Sink::Log => {
+            for r in &rows {
+                tracing::info!(topic = %r.topic, key = %r.entity_id, event_id = r.id, event_type = %r.event_type, "Outbox event (log sink).");
+                sent.push(r.id);
+            }
+        }
+        Sink::Kafka(producer) => {
+            // Enqueue everything first, then await the acknowledgements: one linger for the batch.
+            let mut pending = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let event_id = r.id.to_string();
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "event-id",
+                        value: Some(&event_id),
+                    })
+                    .insert(Header {
+                        key: "event-type",
+                        value: Some(&r.event_type),
+                    });
+                let record = FutureRecord::to(&r.topic)
+                    .key(&r.entity_id)
+                    .payload(&r.payload)
+                    .headers(headers);
+                match producer.send_result(record) {
+                    Ok(delivery) => pending.push((r, Some(delivery), None)),
+                    Err((e, _)) => pending.push((r, None, Some(e.to_string()))),
+                }
+            }
+            for (r, delivery, error) in pending {
+                let outcome = match (delivery, error) {
+                    (Some(d), _) => match d.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((e, _))) => Err(e.to_string()),
+                        Err(_) => Err("the producer dropped the message".to_owned()),
+                    },
+                    (None, e) => Err(e.unwrap_or_default()),
+                };
+                match outcome {
+                    Ok(()) => sent.push(r.id),
+                    Err(e) => {
+                        tracing::warn!(event_id = r.id, topic = %r.topic, error = %e, "Outbox event not delivered; will retry.");
+                        mark_failed(db, r.id, r.attempts, &e).await?;
+                    }
+                }
+            }
+        }
+    }
+    mark_sent(db, &sent).await?;
+    engine.metrics.outbox_sent.inc_by(sent.len() as u64);
+    Ok(sent.len())
+}
+
+/// Runs the dispatcher until `shutdown`.
+pub async fn run(engine: std::sync::Arc<Engine>, sink: Sink, shutdown: CancellationToken) {
+    let poll = engine.config.streaming.poll_interval.as_std();
+    // On PostgreSQL only the replica holding the advisory lock dispatches.
+    let mut leader: Option<sqlx::pool::PoolConnection<sqlx::Postgres>> = None;
+    while !shutdown.is_cancelled() {
+        if let Db::Postgres(pool) = &engine.store {
+            if leader.is_none() {
+                if let Ok(mut conn) = pool.acquire().await {
+                    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                        .bind(DISPATCHER_LOCK)
+                        .fetch_one(&mut *conn)
+                        .await
+                        .unwrap_or(false);
+                    if got {
+                        tracing::info!("This process dispatches the outbox.");
+                        leader = Some(conn);
+                    }
+                }
+                if leader.is_none() {
+                    wait(&shutdown, Duration::from_secs(2)).await;
+                    continue;
+                }
+            }
+        }
+        match dispatch_once(&engine, &sink).await {
+            Ok(0) => wait(&shutdown, poll).await,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "Outbox dispatch failed; retrying.");
+                leader = None;
+                wait(&shutdown, Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn wait(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}

@@ -1,0 +1,279 @@
+//! The worker pool: claim a batch, take the entities' locks, run the handlers with
+//! `workerConcurrency` tasks, acknowledge the batch in one transaction, repeat. Settings are
+//! re-read every second, so a `scale_workers` from any process takes effect here within seconds.
+
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    handlers::{self, backoff, Handlers},
+    metrics::{EntityLabel, ErrorLabels},
+    queue::{self, Ack, Claimed, Failure},
+    Settings,
+};
+use crate::engine::Engine;
+
+/// How long a command waits when another command of its entity holds the lock.
+const LOCK_WAIT: Duration = Duration::from_millis(200);
+
+pub struct Workers {
+    pub engine: Arc<Engine>,
+    pub handlers: Arc<Handlers>,
+    /// This process's worker id, recorded as `locked_by`.
+    pub id: String,
+}
+
+impl Workers {
+    pub fn new(engine: Arc<Engine>, handlers: Handlers) -> Self {
+        let id = format!(
+            "{}-{}-{:04x}",
+            hostname(),
+            std::process::id(),
+            fastrand::u16(..)
+        );
+        Workers {
+            engine,
+            handlers: Arc::new(handlers),
+            id,
+        }
+    }
+
+    /// Runs until `shutdown`; finishes and acknowledges the batch in hand before returning.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let engine = &self.engine;
+        let streaming = engine.config.streaming.clone();
+        let lease = streaming.lease.as_std();
+        let poll = streaming.poll_interval.as_std();
+        let mut settings = Settings::from_config(&streaming);
+        let mut settings_read = Instant::now() - Duration::from_secs(60);
+        let mut last_rescue = Instant::now() - Duration::from_secs(3600);
+        let mut pending_ack: Option<tokio::task::JoinHandle<()>> = None;
+        tracing::info!(worker = %self.id, "Workers started.");
+        while !shutdown.is_cancelled() {
+            if settings_read.elapsed() >= Duration::from_secs(1) {
+                match Settings::load(&engine.store, &streaming).await {
+                    Ok(s) => {
+                        if s != settings {
+                            tracing::info!(worker = %self.id, settings = ?s, "Runtime settings changed.");
+                        }
+                        settings = s;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Reading runtime settings failed."),
+                }
+                settings_read = Instant::now();
+            }
+            if last_rescue.elapsed() >= (lease / 2).max(Duration::from_millis(500)) {
+                match queue::rescue(&engine.store, settings.max_retries).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        commands = n,
+                        "Leases expired; commands returned to the queue."
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "Rescuing expired leases failed."),
+                }
+                last_rescue = Instant::now();
+            }
+            let batch = match queue::claim(
+                &engine.store,
+                &self.id,
+                settings.worker_batch_size,
+                lease,
+            )
+            .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Claiming commands failed; retrying.");
+                    sleep_or_stop(&shutdown, Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                sleep_or_stop(&shutdown, poll).await;
+                continue;
+            }
+            let ack = self.process(batch, &settings, lease).await;
+            // Acknowledge this batch while the next one is claimed; one acknowledgement in flight at a time.
+            if let Some(prev) = pending_ack.take() {
+                let _ = prev.await;
+            }
+            let (engine, id) = (self.engine.clone(), self.id.clone());
+            pending_ack = Some(tokio::spawn(
+                async move { acknowledge(&engine, &id, ack).await },
+            ));
+        }
+        if let Some(prev) = pending_ack.take() {
+            let _ = prev.await;
+        }
+        tracing::info!(worker = %self.id, "Workers stopped.");
+    }
+
+    async fn process(&self, batch: Vec<Claimed>, settings: &Settings, lease: Duration) -> Ack {
+        let engine = &self.engine;
+        // One command per entity at a time: the first of each entity in the batch tries for the lock.
+        let mut seen = HashSet::new();
+        let (first, dupes): (Vec<&Claimed>, Vec<&Claimed>) = batch
+            .iter()
+            .partition(|c| seen.insert((c.entity.as_str(), c.entity_id.as_str())));
+        let mut wait: Vec<i64> = dupes.iter().map(|c| c.id).collect();
+        let locked = match queue::lock_entities(
+            &engine.store,
+            &self.id,
+            &first,
+            settings.lock_ttl.as_std(),
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "Taking work-state locks failed; the batch goes back.");
+                wait.extend(first.iter().map(|c| c.id));
+                Vec::new()
+            }
+        };
+        for (_, takeover) in &locked {
+            if *takeover {
+                engine.metrics.lock_expiries.inc();
+            }
+        }
+        let locked_ids: HashSet<i64> = locked.iter().map(|(id, _)| *id).collect();
+        wait.extend(
+            first
+                .iter()
+                .filter(|c| !locked_ids.contains(&c.id))
+                .map(|c| c.id),
+        );
+        if let Err(e) = queue::defer(&engine.store, &self.id, &wait, LOCK_WAIT).await {
+            tracing::warn!(error = %e, "Deferring commands failed; their lease will return them.");
+        }
+        let runnable: Vec<&Claimed> = batch
+            .iter()
+            .filter(|c| locked_ids.contains(&c.id))
+            .collect();
+
+        // Keep the leases alive while handlers run (playbook runs can take minutes).
+        let ids: Vec<i64> = runnable.iter().map(|c| c.id).collect();
+        let heartbeat = {
+            let (engine, id) = (self.engine.clone(), self.id.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    if let Err(e) = queue::heartbeat(&engine.store, &id, &ids, lease).await {
+                        tracing::warn!(error = %e, "Lease heartbeat failed.");
+                    }
+                }
+            })
+        };
+        let concurrency = settings.worker_concurrency.max(1) as usize;
+        let runnable: Vec<Claimed> = runnable.into_iter().cloned().collect();
+        let outcomes: Vec<(Claimed, Result<Vec<queue::Event>, handlers::HandlerError>)> =
+            futures::stream::iter(runnable)
+                .map(|c| {
+                    let (engine, handlers) = (self.engine.clone(), self.handlers.clone());
+                    async move {
+                        let outcome = handlers::handle(&engine, &handlers, &c).await;
+                        (c, outcome)
+                    }
+                })
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+        heartbeat.abort();
+
+        let mut ack = Ack::default();
+        for (c, outcome) in outcomes {
+            match outcome {
+                Ok(events) => {
+                    ack.completed
+                        .push((c.id, c.entity.clone(), c.entity_id.clone()));
+                    ack.events.extend(events);
+                    engine
+                        .metrics
+                        .worker_success
+                        .get_or_create(&EntityLabel {
+                            entity: c.entity.clone(),
+                        })
+                        .inc();
+                    let latency =
+                        (Utc::now() - c.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+                    engine
+                        .metrics
+                        .latency
+                        .get_or_create(&EntityLabel {
+                            entity: c.entity.clone(),
+                        })
+                        .observe(latency);
+                }
+                Err(e) => {
+                    engine
+                        .metrics
+                        .worker_error
+                        .get_or_create(&ErrorLabels {
+                            entity: c.entity.clone(),
+                            error_type: e.error_type.clone(),
+                        })
+                        .inc();
+                    let retry_in = (e.retryable && (c.attempts as u32) <= settings.max_retries)
+                        .then(|| backoff(c.attempts, settings.max_backoff_ms));
+                    tracing::debug!(command = c.id, error_type = %e.error_type, attempts = c.attempts, dlq = retry_in.is_none(), "Command failed.");
+                    ack.failed.push(Failure {
+                        id: c.id,
+                        entity: c.entity.clone(),
+                        entity_id: c.entity_id.clone(),
+                        error_type: e.error_type,
+                        message: engine.masker.mask_str(&e.message),
+                        retry_in,
+                    });
+                }
+            }
+        }
+        ack
+    }
+}
+
+async fn acknowledge(engine: &Engine, worker: &str, ack: Ack) {
+    for attempt in 1..=5u32 {
+        match queue::ack(&engine.store, worker, &ack).await {
+            Ok(accepted) => {
+                let refused = ack.completed.len() - accepted.len();
+                if refused > 0 {
+                    tracing::warn!(
+                        refused,
+                        "Completions refused: their leases were taken over by another worker."
+                    );
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "Acknowledging a batch failed; retrying.");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
+    }
+    tracing::error!(
+        commands = ack.completed.len() + ack.failed.len(),
+        "Acknowledgement failed; the leases will return these commands."
+    );
+}
+
+async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "runbook".into())
+}

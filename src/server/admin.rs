@@ -1,0 +1,300 @@
+//! The seed's admin API verbatim (`/api/admin/streaming/dlq...`), the runs API and playbooks.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    Json,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{auth::Role, AppError, Shared};
+use crate::{
+    duration::Dur,
+    engine::RunRequest,
+    runtime::ops::{self, Op, OpError},
+    store::runs,
+};
+
+fn op_error(e: OpError) -> AppError {
+    match e {
+        OpError::Invalid(m) => AppError::BadRequest(m),
+        OpError::Db(e) => AppError::internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DlqQuery {
+    entity: Option<String>,
+    error_type: Option<String>,
+    page: Option<i64>,
+    size: Option<i64>,
+}
+
+/// `GET /api/admin/streaming/dlq?entity=&errorType=&page=&size=`: a page of DLQ entries, with
+/// `totalElements` at the top level and sensitive payload fields masked.
+pub async fn dlq_list(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<DlqQuery>,
+) -> Result<Json<Value>, AppError> {
+    s.tokens.authorize(&headers, Role::PlatformAdmin)?;
+    let size = q.size.unwrap_or(20).clamp(1, 1000);
+    let page = q.page.unwrap_or(0).max(0);
+    let op = Op::DlqList {
+        entity: q.entity,
+        error_type: q.error_type,
+        limit: Some(size),
+        offset: Some(page * size),
+    };
+    let out = ops::run(&s.engine.store, &s.engine.config.streaming, &op, "api")
+        .await
+        .map_err(op_error)?;
+    let total = out["totalElements"].as_i64().unwrap_or(0);
+    Ok(Json(s.engine.masker.mask_json(&json!({
+        "content": out["content"],
+        "totalElements": total,
+        "totalPages": (total + size - 1) / size,
+        "page": page,
+        "size": size,
+    }))))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryQuery {
+    entity: Option<String>,
+    error_type: Option<String>,
+}
+
+/// `POST /api/admin/streaming/dlq/retry-all?errorType=`: DLQ entries back to the queue; audited.
+pub async fn dlq_retry_all(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<RetryQuery>,
+) -> Result<Json<Value>, AppError> {
+    let who = s.tokens.authorize(&headers, Role::PlatformAdmin)?;
+    let op = Op::DlqRetry {
+        entity: q.entity,
+        error_type: q.error_type,
+    };
+    let out = ops::run(
+        &s.engine.store,
+        &s.engine.config.streaming,
+        &op,
+        &format!("api:{}", who.name),
+    )
+    .await
+    .map_err(op_error)?;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupQuery {
+    older_than: Option<String>,
+}
+
+/// `DELETE /api/admin/streaming/dlq/cleanup?olderThan=7d`; audited.
+pub async fn dlq_cleanup(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<CleanupQuery>,
+) -> Result<Json<Value>, AppError> {
+    let who = s.tokens.authorize(&headers, Role::PlatformAdmin)?;
+    let text = q.older_than.as_deref().unwrap_or("7d");
+    let older_than: Dur = text.parse().map_err(|e: crate::duration::DurationError| {
+        AppError::BadRequest(format!("olderThan: {e}"))
+    })?;
+    let op = Op::DlqCleanup { older_than };
+    let out = ops::run(
+        &s.engine.store,
+        &s.engine.config.streaming,
+        &op,
+        &format!("api:{}", who.name),
+    )
+    .await
+    .map_err(op_error)?;
+    Ok(Json(out))
+}
+
+pub async fn stats(State(s): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
+    s.tokens.authorize(&headers, Role::Viewer)?;
+    let out = ops::queue_stats(&s.engine.store, &s.engine.config.streaming)
+        .await
+        .map_err(AppError::internal)?;
+    Ok(Json(out))
+}
+
+pub async fn playbooks(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    s.tokens.authorize(&headers, Role::Viewer)?;
+    let catalog = s.engine.catalog();
+    let list: Vec<Value> = catalog
+        .playbooks
+        .values()
+        .map(|p| {
+            json!({
+                "name": p.name, "description": p.description,
+                "schedule": p.triggers.schedule.as_ref().map(|s| s.expr.clone()),
+                "params": p.params.iter().map(|x| json!({ "name": x.name, "type": x.ty, "default": x.default })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!(list)))
+}
+
+#[derive(Deserialize)]
+pub struct RunsQuery {
+    playbook: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn runs_list(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<Value>, AppError> {
+    s.tokens.authorize(&headers, Role::Viewer)?;
+    let rows = runs::list_runs(
+        &s.engine.store,
+        q.playbook.as_deref(),
+        q.limit.unwrap_or(50).clamp(1, 500),
+    )
+    .await
+    .map_err(AppError::internal)?;
+    Ok(Json(json!(rows)))
+}
+
+pub async fn run_show(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, AppError> {
+    s.tokens.authorize(&headers, Role::Viewer)?;
+    match runs::get_run(&s.engine.store, id)
+        .await
+        .map_err(AppError::internal)?
+    {
+        Some(run) => Ok(Json(run)),
+        None => Err(AppError::NotFound(format!("no run {id}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRun {
+    playbook: String,
+    #[serde(default)]
+    params: BTreeMap<String, Value>,
+    #[serde(default)]
+    priority: Option<i32>,
+}
+
+/// `POST /api/runs`: enqueue a run; answers 202 with the command id.
+pub async fn runs_create(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Json<NewRun>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let who = s.tokens.authorize(&headers, Role::Operator)?;
+    let Json(body) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let catalog = s.engine.catalog();
+    let pb = catalog
+        .get(&body.playbook)
+        .ok_or_else(|| AppError::NotFound(format!("unknown playbook `{}`", body.playbook)))?;
+    let params: BTreeMap<String, String> = body
+        .params
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string()),
+            )
+        })
+        .collect();
+    crate::playbook::resolve_params(&pb.params, &params)
+        .map_err(|e| AppError::BadRequest(e.join("; ")))?;
+    let req = RunRequest {
+        playbook: pb.name.clone(),
+        params,
+        trigger: json!({ "kind": "api", "by": who.name }),
+        ..Default::default()
+    };
+    let command_id = crate::runtime::runs::enqueue(&s.engine, &req, body.priority.unwrap_or(3))
+        .await
+        .map_err(AppError::internal)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "command_id": command_id, "playbook": pb.name })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    #[serde(default)]
+    reject: bool,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+pub async fn run_approve(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: Option<Json<Decision>>,
+) -> Result<Json<Value>, AppError> {
+    let who = s.tokens.authorize(&headers, Role::Operator)?;
+    let d = body.map(|b| b.0).unwrap_or(Decision {
+        reject: false,
+        comment: None,
+    });
+    let db = &s.engine.store;
+    let rows = db
+        .sql(
+            "SELECT status, waiting_step FROM runbook_runs WHERE id = $1",
+            vec![json!(id)],
+        )
+        .await
+        .map_err(AppError::internal)?
+        .rows;
+    let run = rows
+        .first()
+        .ok_or_else(|| AppError::NotFound(format!("no run {id}")))?;
+    let (Some("waiting_approval"), Some(step)) =
+        (run["status"].as_str(), run["waiting_step"].as_str())
+    else {
+        return Err(AppError::BadRequest(format!(
+            "run {id} is {}, not waiting for approval",
+            run["status"].as_str().unwrap_or("?")
+        )));
+    };
+    let decision = if d.reject { "rejected" } else { "approved" };
+    let actor = format!("api:{}", who.name);
+    db.sql(
+        "INSERT INTO runbook_approvals (run_id, step_id, decision, actor, comment) VALUES ($1, $2, $3, $4, $5)",
+        vec![json!(id), json!(step), json!(decision), json!(actor), json!(d.comment)],
+    )
+    .await
+    .map_err(AppError::internal)?;
+    runs::audit(
+        db,
+        &actor,
+        &format!("run_{decision}"),
+        json!({ "run_id": id, "step": step }),
+        1,
+    )
+    .await
+    .map_err(AppError::internal)?;
+    Ok(Json(
+        json!({ "run_id": id, "step": step, "decision": decision }),
+    ))
+}

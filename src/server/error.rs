@@ -1,0 +1,54 @@
+//! One error type for every HTTP answer: a status and a JSON body that never leaks internals.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        AppError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Internal(detail) => {
+                // Logged once here; the caller sees no internals.
+                tracing::error!(error = %detail, "Request failed.");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let mut resp = (
+            status,
+            Json(json!({ "error": { "status": status.as_u16(), "message": self.to_string() } })),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert("www-authenticate", "Bearer".parse().expect("static header"));
+        }
+        resp
+    }
+}

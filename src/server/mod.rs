@@ -1,0 +1,108 @@
+//! `runbook serve`'s HTTP side (axum): the seed's admin API, runs and playbooks, metrics and
+//! health checks.
+
+mod admin;
+mod auth;
+mod error;
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{DefaultBodyLimit, State},
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::{delete, get, post},
+    Router,
+};
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{Role, Tokens};
+pub use error::AppError;
+
+use crate::engine::Engine;
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub tokens: Tokens,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// The router, without a listener (tests call it with `oneshot`).
+pub fn router(state: Shared, max_body: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/admin/streaming/dlq", get(admin::dlq_list))
+        .route(
+            "/api/admin/streaming/dlq/retry-all",
+            post(admin::dlq_retry_all),
+        )
+        .route(
+            "/api/admin/streaming/dlq/cleanup",
+            delete(admin::dlq_cleanup),
+        )
+        .route("/api/admin/streaming/stats", get(admin::stats))
+        .route("/api/playbooks", get(admin::playbooks))
+        .route("/api/runs", get(admin::runs_list).post(admin::runs_create))
+        .route("/api/runs/{id}", get(admin::run_show))
+        .route("/api/runs/{id}/approve", post(admin::run_approve))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
+    match s.engine.store.sql("SELECT 1 AS ok", vec![]).await {
+        Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "store unavailable: {}\n",
+                s.engine.masker.mask_str(&e.to_string())
+            ),
+        ),
+    }
+}
+
+async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
+    match crate::runtime::ops::queue_stats(&s.engine.store, &s.engine.config.streaming).await {
+        Ok(stats) => s.engine.metrics.set_queue_gauges(&stats),
+        Err(e) => tracing::warn!(error = %e, "Reading queue gauges for /metrics failed."),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.engine.metrics.encode(),
+    )
+}
+
+/// Serves until `shutdown`, then lets requests in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    max_body: usize,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state, max_body))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// SIGINT or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
