@@ -4,6 +4,7 @@
 mod engine;
 mod http;
 mod postgres;
+mod runtime;
 mod safety;
 mod util;
 mod validate;

@@ -173,3 +173,113 @@ impl Drop for PgDb {
         .join();
     }
 }
+
+/// A `runbook serve` process in a workdir; stopped (SIGTERM) when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+impl Workdir {
+    /// Starts `runbook serve` with `args` before the subcommand and waits until it listens.
+    pub fn serve(&self, global: &[&str]) -> Server {
+        use std::io::{BufRead, BufReader};
+        let log = self.path().join(format!("serve-{}.log", fastrand::u32(..)));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runbook"));
+        cmd.args(global)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(self.path());
+        for var in ["RUNBOOK_CONFIG", "RUNBOOK_RUNBOOKS", "RUNBOOK_STORE"] {
+            cmd.env_remove(var);
+        }
+        cmd.env("RUNBOOK_LOG", "info");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd.spawn().expect("start runbook serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "serve did not start: {line}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_owned();
+        Server { child, base, log }
+    }
+}
+
+impl Server {
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn stop(&mut self) {
+        unsafe_sigterm(self.child.id());
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics with `what` after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("timed out after {secs} s waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A connection to a store by URL (SQLite file or PostgreSQL), for assertions.
+pub async fn store(url: &str) -> runbook::store::Db {
+    runbook::store::Db::connect(url, false, 2).await.unwrap()
+}
+
+/// One integer from a query.
+pub async fn scalar(db: &runbook::store::Db, sql: &str) -> i64 {
+    let r = db.sql(sql, vec![]).await.unwrap();
+    let row = r.rows.into_iter().next().expect("a row");
+    row.as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an integer: {row}"))
+}

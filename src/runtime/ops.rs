@@ -143,7 +143,7 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
             let total = db
                 .sql(
                     "SELECT COUNT(*) AS n FROM command_queue WHERE status = 'dlq' \
-                     AND ($1 IS NULL OR entity = $1) AND ($2 IS NULL OR error_type = $2)",
+                     AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT))",
                     params.clone(),
                 )
                 .await?;
@@ -152,7 +152,7 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
             let rows = db
                 .sql(
                     "SELECT id, entity, entity_id, command_type, priority, payload, attempts, error_type, error_message, created_at, updated_at \
-                     FROM command_queue WHERE status = 'dlq' AND ($1 IS NULL OR entity = $1) AND ($2 IS NULL OR error_type = $2) \
+                     FROM command_queue WHERE status = 'dlq' AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT)) \
                      ORDER BY id LIMIT $3 OFFSET $4",
                     p,
                 )
@@ -168,7 +168,7 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
                     &format!(
                         "UPDATE command_queue SET status = 'pending', attempts = 0, error_message = NULL, error_type = NULL, \
                          run_at = {now}, updated_at = {now}, locked_by = NULL, locked_until = NULL \
-                         WHERE status = 'dlq' AND ($1 IS NULL OR entity = $1) AND ($2 IS NULL OR error_type = $2)"
+                         WHERE status = 'dlq' AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT))"
                     ),
                     vec![json!(entity), json!(error_type)],
                     audit("dlq_retry"),

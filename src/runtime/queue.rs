@@ -488,22 +488,65 @@ pub async fn heartbeat(db: &Db, worker: &str, ids: &[i64], lease: Duration) -> R
 }
 
 /// Returns commands whose lease expired (their worker crashed) to the queue; the lost attempt
-/// counts, so a command that keeps killing its worker ends in the DLQ after `max_retries`.
-pub async fn rescue(db: &Db, max_retries: u32) -> Result<u64, DbError> {
-    let sql = match db {
-        Db::Postgres(_) => {
-            "UPDATE command_queue SET status = CASE WHEN attempts > $1 THEN 'dlq' ELSE 'pending' END, \
-                    error_type = 'LeaseExpiredException', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
-                    locked_by = NULL, locked_until = NULL, run_at = NOW(), updated_at = NOW() \
-             WHERE status = 'processing' AND locked_until < NOW()"
-                .to_owned()
+/// counts, so a command that keeps killing its worker ends in the DLQ after `max_retries`. The
+/// dead worker's work-state locks on those commands are released in the same transaction and
+/// counted as lock expiries. Returns (commands returned, locks released).
+pub async fn rescue(db: &Db, max_retries: u32) -> Result<(u64, u64), DbError> {
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "UPDATE command_queue SET status = CASE WHEN attempts > $1 THEN 'dlq' ELSE 'pending' END, \
+                        error_type = 'LeaseExpiredException', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
+                        locked_by = NULL, locked_until = NULL, run_at = NOW(), updated_at = NOW() \
+                 WHERE id IN (SELECT id FROM command_queue WHERE status = 'processing' AND locked_until < NOW() FOR UPDATE SKIP LOCKED) \
+                 RETURNING id",
+            )
+            .bind(max_retries as i32)
+            .fetch_all(&mut *tx)
+            .await?;
+            let released = if ids.is_empty() {
+                0
+            } else {
+                sqlx::query(
+                    "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, \
+                            expiries = expiries + 1, updated_at = NOW() \
+                     WHERE command_id = ANY($1) AND state = 'updating'",
+                )
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            };
+            tx.commit().await?;
+            Ok((ids.len() as u64, released))
         }
-        Db::Sqlite(_) => format!(
-            "UPDATE command_queue SET status = CASE WHEN attempts > ?1 THEN 'dlq' ELSE 'pending' END, \
-                    error_type = 'LeaseExpiredException', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
-                    locked_by = NULL, locked_until = NULL, run_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW} \
-             WHERE status = 'processing' AND locked_until < {SQLITE_NOW}"
-        ),
-    };
-    Ok(db.sql(&sql, vec![json!(max_retries)]).await?.rows_affected)
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            let ids: Vec<i64> = sqlx::query_scalar(&format!(
+                "UPDATE command_queue SET status = CASE WHEN attempts > ?1 THEN 'dlq' ELSE 'pending' END, \
+                        error_type = 'LeaseExpiredException', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
+                        locked_by = NULL, locked_until = NULL, run_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW} \
+                 WHERE status = 'processing' AND locked_until < {SQLITE_NOW} RETURNING id"
+            ))
+            .bind(max_retries as i32)
+            .fetch_all(&mut *tx)
+            .await?;
+            let released = if ids.is_empty() {
+                0
+            } else {
+                sqlx::query(&format!(
+                    "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, \
+                            expiries = expiries + 1, updated_at = {SQLITE_NOW} \
+                     WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
+                ))
+                .bind(json!(ids).to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            };
+            tx.commit().await?;
+            Ok((ids.len() as u64, released))
+        }
+    }
 }

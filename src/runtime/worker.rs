@@ -71,11 +71,15 @@ impl Workers {
             }
             if last_rescue.elapsed() >= (lease / 2).max(Duration::from_millis(500)) {
                 match queue::rescue(&engine.store, settings.max_retries).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(
-                        commands = n,
-                        "Leases expired; commands returned to the queue."
-                    ),
+                    Ok((0, _)) => {}
+                    Ok((n, locks)) => {
+                        engine.metrics.lock_expiries.inc_by(locks);
+                        tracing::warn!(
+                            commands = n,
+                            locks,
+                            "Leases expired; commands returned to the queue."
+                        );
+                    }
                     Err(e) => tracing::warn!(error = %e, "Rescuing expired leases failed."),
                 }
                 last_rescue = Instant::now();

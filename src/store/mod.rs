@@ -23,7 +23,7 @@ pub enum DbError {
     Connect { url: String, source: sqlx::Error },
     #[error("unsupported database URL `{0}` (use sqlite://FILE or postgres://USER@HOST/DB)")]
     Scheme(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Query(#[from] sqlx::Error),
     #[error("migrating the store failed: {0}")]
     Migrate(sqlx::Error),
@@ -116,12 +116,18 @@ impl Db {
             if read_only {
                 opts = opts.options([("default_transaction_read_only", "on")]);
             }
+            // One direct connection first: a pool reports an unreachable server only as a timeout,
+            // while the connection says why (refused, unknown host, authentication).
+            use sqlx::{ConnectOptions, Connection};
+            let probe = tokio::time::timeout(Duration::from_secs(10), opts.connect())
+                .await
+                .map_err(|_| connect_err(sqlx::Error::PoolTimedOut))?
+                .map_err(connect_err)?;
+            let _ = probe.close().await;
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .acquire_timeout(Duration::from_secs(5))
-                .connect_with(opts)
-                .await
-                .map_err(connect_err)?;
+                .connect_lazy_with(opts);
             Ok(Db::Postgres(pool))
         } else {
             Err(DbError::Scheme(url.to_owned()))

@@ -169,7 +169,7 @@ pub async fn list_runs(db: &Db, playbook: Option<&str>, limit: i64) -> Result<Ve
     let r = db
         .sql(
             "SELECT id, playbook, status, trigger, dry_run, failed_step, error, created_at, started_at, finished_at \
-             FROM runbook_runs WHERE ($1 IS NULL OR playbook = $1) ORDER BY id DESC LIMIT $2",
+             FROM runbook_runs WHERE (CAST($1 AS TEXT) IS NULL OR playbook = CAST($1 AS TEXT)) ORDER BY id DESC LIMIT $2",
             vec![json!(playbook), json!(limit)],
         )
         .await?;
