@@ -130,6 +130,51 @@ fn parse_dur(v: &Value) -> Result<Dur, Error> {
         .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
 }
 
+/// `sum`, with Jinja2's `attribute=` and `start=` (minijinja's own takes neither): integers stay
+/// integers, `steps.depth.rows | sum(attribute='count')` adds a column.
+fn sum_filter(values: Value, kwargs: minijinja::value::Kwargs) -> Result<Value, Error> {
+    let attribute: Option<String> = kwargs.get("attribute")?;
+    let start: Option<Value> = kwargs.get("start")?;
+    kwargs.assert_all_used()?;
+    let (mut int, mut float, mut is_float) = (0i64, 0f64, false);
+    let mut add = |v: &Value| -> Result<(), Error> {
+        if let Some(i) = v.as_i64() {
+            int = int
+                .checked_add(i)
+                .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "sum overflows"))?;
+        } else if let Ok(f) = f64::try_from(v.clone()) {
+            float += f;
+            is_float = true;
+        } else if !v.is_none() && !v.is_undefined() {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("cannot sum {}", v.kind()),
+            ));
+        }
+        Ok(())
+    };
+    if let Some(s) = &start {
+        add(s)?;
+    }
+    for item in values.try_iter()? {
+        match &attribute {
+            Some(a) => {
+                let mut v = item.clone();
+                for part in a.split('.') {
+                    v = v.get_attr(part)?;
+                }
+                add(&v)?
+            }
+            None => add(&item)?,
+        }
+    }
+    Ok(if is_float {
+        Value::from(float + int as f64)
+    } else {
+        Value::from(int)
+    })
+}
+
 /// The shared template environments, built once.
 pub struct Templates {
     text: Environment<'static>,
@@ -148,6 +193,7 @@ fn base_env() -> Environment<'static> {
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
     env.add_filter("seconds", |v: Value| parse_dur(&v).map(|d| d.as_secs_f64()));
+    env.add_filter("sum", sum_filter);
     env
 }
 
@@ -503,6 +549,24 @@ mod tests {
         assert_eq!(
             t.render_url("http://h/{{ q }}", &ctx).unwrap(),
             "http://h/a%20b%26c%3Dd%2Fe"
+        );
+    }
+
+    #[test]
+    fn sum_takes_an_attribute() {
+        let t = Templates::new();
+        let ctx = cx(json!({"rows": [{"count": 600}, {"count": 500}], "fs": [0.5, 1]}));
+        assert!(t
+            .eval_bool("rows | sum(attribute='count') > 1000", &ctx)
+            .unwrap());
+        assert_eq!(
+            to_json(&t.eval("rows | sum(attribute='count')", &ctx).unwrap()),
+            json!(1100)
+        );
+        assert_eq!(to_json(&t.eval("fs | sum", &ctx).unwrap()), json!(1.5));
+        assert_eq!(
+            to_json(&t.eval("[] | sum(start=3)", &ctx).unwrap()),
+            json!(3)
         );
     }
 

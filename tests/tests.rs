@@ -3,6 +3,7 @@
 
 mod engine;
 mod http;
+mod kafka;
 mod postgres;
 mod runtime;
 mod safety;

@@ -66,6 +66,12 @@ impl Observer for Printer {
                 e.summary.as_deref().unwrap_or("")
             ),
             "planned" => Ok(()),
+            "waiting" => writeln!(
+                out,
+                "{indent}⏸ {} waiting for approval: {}",
+                e.step,
+                e.summary.as_deref().unwrap_or("")
+            ),
             "skipped" => writeln!(
                 out,
                 "{indent}↷ {} skipped ({})",

@@ -231,7 +231,7 @@ pub async fn handle(
                 .send()
                 .await
                 .map_err(|e| {
-                    let masked = engine.masker.mask_str(&e.to_string());
+                    let masked = engine.masker.mask_str(&crate::steps::error_chain(&e));
                     if e.is_timeout() {
                         HandlerError::new("TimeoutException", masked, true)
                     } else {

@@ -30,7 +30,13 @@ const DISPATCHER_LOCK: i64 = 7_256_110_316;
 
 pub enum Sink {
     Log,
-    Kafka(FutureProducer),
+    /// The producer is rebuilt after a failed round: once messages time out, an idempotent
+    /// producer's sequence state no longer matches the broker's (a restarted broker forgets it),
+    /// and only a new producer id gets through.
+    Kafka {
+        config: rdkafka::ClientConfig,
+        producer: Option<FutureProducer>,
+    },
 }
 
 impl Sink {
@@ -53,9 +59,11 @@ impl Sink {
                 c.set(key, value);
             }
         }
-        c.create()
-            .map(Sink::Kafka)
-            .map_err(|e| format!("kafka producer: {e}"))
+        let producer = c.create().map_err(|e| format!("kafka producer: {e}"))?;
+        Ok(Sink::Kafka {
+            config: c,
+            producer: Some(producer),
+        })
     }
 }
 
@@ -72,23 +80,37 @@ async fn fetch(db: &Db) -> Result<Vec<Row_>, DbError> {
     Ok(match db {
         Db::Postgres(pool) => sqlx::query(
             "SELECT id, entity_id, event_type, topic, payload::text, attempts FROM outbox_final \
-             WHERE sent_at IS NULL AND next_attempt_at <= NOW() ORDER BY id LIMIT $1",
+             WHERE sent_at IS NULL ORDER BY id LIMIT $1",
         )
         .bind(BATCH)
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|r| Row_ { id: r.get(0), entity_id: r.get(1), event_type: r.get(2), topic: r.get(3), payload: r.get(4), attempts: r.get(5) })
+        .map(|r| Row_ {
+            id: r.get(0),
+            entity_id: r.get(1),
+            event_type: r.get(2),
+            topic: r.get(3),
+            payload: r.get(4),
+            attempts: r.get(5),
+        })
         .collect(),
         Db::Sqlite(pool) => sqlx::query(
             "SELECT id, entity_id, event_type, topic, payload, attempts FROM outbox_final \
-             WHERE sent_at IS NULL AND next_attempt_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now') ORDER BY id LIMIT ?1",
+             WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
         )
         .bind(BATCH)
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|r| Row_ { id: r.get(0), entity_id: r.get(1), event_type: r.get(2), topic: r.get(3), payload: r.get(4), attempts: r.get(5) })
+        .map(|r| Row_ {
+            id: r.get(0),
+            entity_id: r.get(1),
+            event_type: r.get(2),
+            topic: r.get(3),
+            payload: r.get(4),
+            attempts: r.get(5),
+        })
         .collect(),
     })
 }
@@ -129,13 +151,23 @@ async fn mark_failed(db: &Db, id: i64, attempts: i32, error: &str) -> Result<(),
     Ok(())
 }
 
-/// Publishes one round; returns how many rows were delivered.
-pub async fn dispatch_once(engine: &Engine, sink: &Sink) -> Result<usize, DbError> {
+/// What one round did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    pub sent: usize,
+    pub failed: usize,
+}
+
+/// Publishes one round of unsent rows in id order. A failed row is retried in a later round, not
+/// skipped: rounds always start from the oldest unsent row, so an entity's events never overtake
+/// each other; the backoff is the dispatcher's, between rounds.
+pub async fn dispatch_once(engine: &Engine, sink: &mut Sink) -> Result<Round, DbError> {
     let db = &engine.store;
     let rows = fetch(db).await?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Round::default());
     }
+    let mut failed_rows = 0;
     let mut sent = Vec::with_capacity(rows.len());
     match sink {
         Sink::Log => {
@@ -144,7 +176,24 @@ pub async fn dispatch_once(engine: &Engine, sink: &Sink) -> Result<usize, DbErro
                 sent.push(r.id);
             }
         }
-        Sink::Kafka(producer) => {
+        Sink::Kafka {
+            config,
+            producer: slot,
+        } => {
+            if slot.is_none() {
+                match config.create() {
+                    Ok(p) => *slot = Some(p),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Creating the Kafka producer failed; retrying.");
+                        return Ok(Round {
+                            sent: 0,
+                            failed: rows.len(),
+                        });
+                    }
+                }
+            }
+            let producer = slot.as_ref().expect("created above");
+            let mut failed = false;
             // Enqueue everything first, then await the acknowledgements: one linger for the batch.
             let mut pending = Vec::with_capacity(rows.len());
             for r in &rows {
@@ -181,21 +230,30 @@ pub async fn dispatch_once(engine: &Engine, sink: &Sink) -> Result<usize, DbErro
                     Err(e) => {
                         tracing::warn!(event_id = r.id, topic = %r.topic, error = %e, "Outbox event not delivered; will retry.");
                         mark_failed(db, r.id, r.attempts, &e).await?;
+                        failed = true;
+                        failed_rows += 1;
                     }
                 }
+            }
+            if failed {
+                *slot = None;
             }
         }
     }
     mark_sent(db, &sent).await?;
     engine.metrics.outbox_sent.inc_by(sent.len() as u64);
-    Ok(sent.len())
+    Ok(Round {
+        sent: sent.len(),
+        failed: failed_rows,
+    })
 }
 
 /// Runs the dispatcher until `shutdown`.
-pub async fn run(engine: std::sync::Arc<Engine>, sink: Sink, shutdown: CancellationToken) {
+pub async fn run(engine: std::sync::Arc<Engine>, mut sink: Sink, shutdown: CancellationToken) {
     let poll = engine.config.streaming.poll_interval.as_std();
     // On PostgreSQL only the replica holding the advisory lock dispatches.
     let mut leader: Option<sqlx::pool::PoolConnection<sqlx::Postgres>> = None;
+    let mut failed_rounds = 0;
     while !shutdown.is_cancelled() {
         if let Db::Postgres(pool) = &engine.store {
             if leader.is_none() {
@@ -216,9 +274,19 @@ pub async fn run(engine: std::sync::Arc<Engine>, sink: Sink, shutdown: Cancellat
                 }
             }
         }
-        match dispatch_once(&engine, &sink).await {
-            Ok(0) => wait(&shutdown, poll).await,
-            Ok(_) => {}
+        match dispatch_once(&engine, &mut sink).await {
+            Ok(Round { sent: 0, failed: 0 }) => wait(&shutdown, poll).await,
+            Ok(Round { failed: 0, .. }) => failed_rounds = 0,
+            Ok(Round { failed, .. }) => {
+                failed_rounds += 1;
+                let pause = backoff(failed_rounds, 30_000);
+                tracing::warn!(
+                    failed,
+                    pause_ms = pause.as_millis() as u64,
+                    "Outbox round had undelivered events; pausing."
+                );
+                wait(&shutdown, pause).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "Outbox dispatch failed; retrying.");
                 leader = None;

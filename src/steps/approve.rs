@@ -53,6 +53,21 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
     .await
     .map_err(|e| StepError::fatal(e.to_string()))?;
     tracing::info!(run_id, step = cx.step_id, text = %i.text, "Waiting for approval.");
+    cx.run.observer.step_event(&crate::engine::StepEvent {
+        run_id,
+        playbook: cx.run.playbook.clone(),
+        step: cx.step_id.to_owned(),
+        kind: "approve",
+        depth: cx.run.depth,
+        status: "waiting".into(),
+        duration_ms: None,
+        summary: Some(format!(
+            "{} (answer with `runbook runs approve {run_id}` or `--reject`, within {})",
+            i.text, i.timeout
+        )),
+        error: None,
+        input: None,
+    });
     let deadline = Instant::now() + i.timeout.as_std();
     let decision = loop {
         let rows = db

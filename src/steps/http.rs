@@ -201,7 +201,7 @@ pub async fn send(
     masker: &crate::secrets::Masker,
 ) -> Result<(u16, Json, String), StepError> {
     let resp = req.send().await.map_err(|e| {
-        let msg = masker.mask_str(&format!("request failed: {e}"));
+        let msg = masker.mask_str(&format!("request failed: {}", error_chain(&e)));
         if e.is_builder() {
             StepError::fatal(msg)
         } else {
@@ -225,6 +225,20 @@ pub async fn send(
         .await
         .map_err(|e| StepError::retryable(format!("reading the answer failed: {e}")))?;
     Ok((status, Json::Object(headers), body))
+}
+
+/// An error with its causes (reqwest's own message omits why a connection failed).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 pub fn truncate(s: &str, max: usize) -> String {

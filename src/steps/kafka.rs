@@ -112,7 +112,8 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
     };
     let mut config =
         crate::kafka::client_config(kc, &cx.engine.masker).map_err(StepError::fatal)?;
-    let timeout = cx.timeout.min(Duration::from_secs(30));
+    // Shorter than the step's own deadline, so an unreachable broker reports its error.
+    let timeout = cx.timeout.mul_f64(0.8).min(Duration::from_secs(30));
     if i.op == KafkaOp::TopicConfigs {
         let admin: AdminClient<DefaultClientContext> =
             config.create().map_err(|e| kerr("client", e))?;

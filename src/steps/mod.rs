@@ -19,7 +19,7 @@ mod tcp_check;
 
 use std::{collections::BTreeSet, time::Duration};
 
-pub use http::truncate as truncate_text;
+pub use http::{error_chain, truncate as truncate_text};
 
 use minijinja::Value;
 use serde::Serialize;

@@ -170,12 +170,15 @@ impl Db {
     /// Runs one bound statement and returns up to `max_rows` rows as JSON objects.
     pub async fn query(&self, q: &BoundSql, max_rows: usize) -> Result<SqlResult, DbError> {
         let mut out = SqlResult::default();
+        // Not cached as prepared statements: playbook SQL varies, and a NULL bound with an
+        // unspecified type would fix the parameter's type for later executions with values.
         // `fetch_many` is the one sqlx call that yields both rows and the affected-row count, which a
         // step needs for DELETE/UPDATE with or without RETURNING.
         #[allow(deprecated)]
         match self {
             Db::Sqlite(pool) => {
-                let mut stream = bind_sqlite(sqlx::query(&q.sql), &q.params).fetch_many(pool);
+                let mut stream =
+                    bind_sqlite(sqlx::query(&q.sql).persistent(false), &q.params).fetch_many(pool);
                 while let Some(item) = stream.try_next().await? {
                     match item {
                         Either::Left(done) => out.rows_affected += done.rows_affected(),
@@ -187,7 +190,8 @@ impl Db {
                 }
             }
             Db::Postgres(pool) => {
-                let mut stream = bind_pg(sqlx::query(&q.sql), &q.params).fetch_many(pool);
+                let mut stream =
+                    bind_pg(sqlx::query(&q.sql).persistent(false), &q.params).fetch_many(pool);
                 while let Some(item) = stream.try_next().await? {
                     match item {
                         Either::Left(done) => out.rows_affected += done.rows_affected(),

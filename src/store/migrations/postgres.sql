@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS runbook_step_attempts (
     run_id      BIGINT NOT NULL REFERENCES runbook_runs (id) ON DELETE CASCADE,
     step_id     TEXT NOT NULL,
     attempt     INTEGER NOT NULL,
-    item        INTEGER,
+    item        BIGINT,
     status      TEXT NOT NULL,
     input       JSONB,
     output      JSONB,

@@ -1,0 +1,347 @@
+//! The outbox against a real Kafka-protocol broker (Tansu, started here so it can be stopped and
+//! restarted), and the `kafka` step kind.
+
+use std::{
+    collections::BTreeMap,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    message::Headers,
+    producer::{BaseProducer, BaseRecord, Producer},
+    ClientConfig, Message, Offset, TopicPartitionList,
+};
+use serde_json::json;
+
+use crate::util::{eventually, scalar, store, Workdir};
+
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Broker {
+    fn start(port: u16) -> Broker {
+        let bin = std::env::var("RUNBOOK_TEST_TANSU_BIN")
+            .expect("RUNBOOK_TEST_TANSU_BIN is not set: run the suite with scripts/test, which installs the broker");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the broker did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every message of `topic` from the beginning, as (key, event-id), read until `n` arrived.
+fn consume(brokers: &str, topic: &str, n: usize) -> Vec<(String, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-{}", fastrand::u32(..)))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let id = m
+                .headers()
+                .and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == "event-id")
+                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).parse().unwrap()))
+                })
+                .expect("every event carries an event-id header");
+            out.push((key, id));
+        }
+    }
+    out
+}
+
+fn assert_in_order_per_key(events: &[(String, i64)]) {
+    let mut by_key: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for (k, id) in events {
+        by_key.entry(k).or_default().push(*id);
+    }
+    for (k, ids) in by_key {
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted, "events of entity {k} out of order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbox_delivers_in_order_and_survives_a_broker_outage() {
+    let port = free_port();
+    let mut broker = Broker::start(port);
+    let w = Workdir::new();
+    w.config(&format!(
+        "kafka: {{ brokers: \"{}\", properties: {{ message.timeout.ms: \"3000\" }} }}\nstreaming:\n  poll_interval: 50ms\n  handlers:\n    user.update: {{ simulate: {{ latency: 1ms }} }}\n",
+        broker.addr()
+    ));
+    let url = w.sqlite_url();
+    let enqueue = |from: usize, n: usize| {
+        for i in from..from + n {
+            let out = w.run(&[
+                "queue",
+                "enqueue",
+                "--entity",
+                "user",
+                "--entity-id",
+                &format!("e{}", i % 3),
+                "--type",
+                "user.update",
+                "--payload",
+                &json!({ "seq": i }).to_string(),
+            ]);
+            assert_eq!(out.code, 0, "{out:?}");
+        }
+    };
+    enqueue(0, 15);
+    let server = w.serve(&[]);
+    let db = store(&url).await;
+    eventually(30, "the first events to be sent", || async {
+        (scalar(
+            &db,
+            "SELECT COUNT(*) FROM outbox_final WHERE sent_at IS NOT NULL",
+        )
+        .await
+            == 15)
+            .then_some(())
+    })
+    .await;
+    let brokers = broker.addr();
+    let first = tokio::task::spawn_blocking(move || consume(&brokers, "user-events", 15))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 15, "every event reached the broker once");
+    assert_in_order_per_key(&first);
+
+    // Kafka goes down: commands still complete, their events wait in the outbox.
+    broker.stop();
+    enqueue(15, 15);
+    eventually(
+        30,
+        "the commands to complete while Kafka is down",
+        || async {
+            (scalar(
+                &db,
+                "SELECT COUNT(*) FROM command_queue WHERE status = 'completed'",
+            )
+            .await
+                == 30)
+                .then_some(())
+        },
+    )
+    .await;
+    eventually(30, "failed sends to be recorded", || async {
+        (scalar(
+            &db,
+            "SELECT COUNT(*) FROM outbox_final WHERE last_error IS NOT NULL",
+        )
+        .await
+            > 0)
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM outbox_final WHERE sent_at IS NULL"
+        )
+        .await,
+        15,
+        "the outbox holds them"
+    );
+
+    // The broker comes back (empty: memory storage); every waiting event is delivered, in order.
+    let broker = Broker::start(port);
+    let _ = &server;
+    eventually(
+        60,
+        "the outbox to drain after the broker returned",
+        || async {
+            (scalar(
+                &db,
+                "SELECT COUNT(*) FROM outbox_final WHERE sent_at IS NULL",
+            )
+            .await
+                == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    let brokers = broker.addr();
+    let second = tokio::task::spawn_blocking(move || consume(&brokers, "user-events", 15))
+        .await
+        .unwrap();
+    let mut ids: Vec<i64> = second.iter().map(|(_, id)| *id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids,
+        (16..=30).collect::<Vec<i64>>(),
+        "every held event was delivered"
+    );
+    assert_in_order_per_key(&second);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_step_lists_describes_and_reports_consumer_lag() {
+    let broker = Broker::start(free_port());
+    let brokers = broker.addr();
+    // Produce one message a batch (the broker's high watermark is exact then) to partition 0.
+    let b2 = brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &b2)
+            .set("batch.num.messages", "1")
+            .create()
+            .unwrap();
+        for i in 0..10 {
+            let payload = format!("m{i}");
+            producer
+                .send(
+                    BaseRecord::to("lag-test")
+                        .partition(0)
+                        .key("k")
+                        .payload(&payload),
+                )
+                .unwrap();
+            producer.flush(Duration::from_secs(10)).unwrap();
+        }
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &b2)
+            .set("group.id", "core-platform-events")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("lag-test", 0, Offset::Offset(4))
+            .unwrap();
+        consumer
+            .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let w = Workdir::new();
+    w.config(&format!("kafka: {{ brokers: \"{brokers}\" }}\n"));
+    w.playbook(
+        "kafka",
+        r#"name: kafka
+steps:
+  - id: topics
+    kafka: { op: list_topics }
+  - id: describe
+    kafka: { op: describe_topic, topic: lag-test }
+  - id: lag
+    kafka: { op: consumer_lag, group: core-platform-events }
+"#,
+    );
+    let out = tokio::task::spawn_blocking(move || w.run(&["run", "kafka", "-o", "json"]))
+        .await
+        .unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    let steps = &out.run()["steps"];
+    assert!(
+        steps["topics"]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["topic"] == "lag-test"),
+        "{steps}"
+    );
+    let p0 = steps["describe"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["partition"] == 0)
+        .unwrap()
+        .clone();
+    assert_eq!(p0["high"], 10);
+    assert!(p0["leader"].is_i64() && p0["replicas"].is_array(), "{p0}");
+    let lag = steps["lag"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["topic"] == "lag-test" && r["partition"] == 0)
+        .unwrap()
+        .clone();
+    assert_eq!(lag["committed"], 4);
+    assert_eq!(lag["lag"], 6);
+
+    // Kafka down is a clear, retryable step error.
+    drop(broker);
+    let w = Workdir::new();
+    w.config(&format!("kafka: {{ brokers: \"{brokers}\" }}\n"));
+    w.playbook(
+        "down",
+        "name: down\nsteps:\n  - id: topics\n    timeout: 5s\n    kafka: { op: list_topics }\n",
+    );
+    let out = tokio::task::spawn_blocking(move || w.run(&["run", "down", "-o", "json"]))
+        .await
+        .unwrap();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.run()["error"]
+            .as_str()
+            .unwrap()
+            .contains("kafka metadata"),
+        "{out:?}"
+    );
+}
