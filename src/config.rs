@@ -211,10 +211,33 @@ pub struct Endpoint {
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     pub brokers: String,
-    #[serde(default)]
+    /// librdkafka properties; numbers and booleans are written as YAML scalars.
+    #[serde(default, deserialize_with = "scalar_map")]
     pub properties: BTreeMap<String, String>,
     #[serde(default)]
     pub secret_properties: BTreeMap<String, EnvOrFile>,
+}
+
+/// A map whose values may be strings, numbers or booleans, read as text.
+fn scalar_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                serde_yaml::Value::String(s) => s,
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "kafka property `{k}` must be a scalar, not {other:?}"
+                    )))
+                }
+            };
+            Ok((k, text))
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -20,3 +20,27 @@ pub fn client_config(k: &KafkaConfig, masker: &Masker) -> Result<ClientConfig, S
     }
     Ok(c)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasl_and_tls_settings_pass_through_and_the_password_is_masked() {
+        std::env::set_var("RUNBOOK_TEST_KAFKA_PASSWORD", "scram-pass-9921");
+        let k: KafkaConfig = serde_yaml::from_str(
+            "brokers: kafka:9093\nproperties: { security.protocol: SASL_SSL, sasl.mechanism: SCRAM-SHA-512, sasl.username: runbook, ssl.ca.location: /etc/ca.pem }\nsecret_properties: { sasl.password: { env: RUNBOOK_TEST_KAFKA_PASSWORD } }\n",
+        )
+        .unwrap();
+        let masker = Masker::default();
+        let c = client_config(&k, &masker).unwrap();
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(c.get("ssl.ca.location"), Some("/etc/ca.pem"));
+        assert_eq!(c.get("sasl.password"), Some("scram-pass-9921"));
+        assert_eq!(
+            masker.mask_str("auth failed for scram-pass-9921"),
+            "auth failed for ****"
+        );
+    }
+}

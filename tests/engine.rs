@@ -296,3 +296,73 @@ fn a_playbook_calls_another_and_an_unreachable_store_is_a_clear_error() {
     );
     assert!(!out.stderr.contains("secretpw"));
 }
+
+#[tokio::test]
+async fn the_seeds_diagnosis_queries_run_on_sqlite_with_ago() {
+    let w = Workdir::new();
+    // The seed's queries (incidents 1, 3, 4, 5) with `NOW() - INTERVAL` written as ago()/age().
+    w.playbook(
+        "seed",
+        r#"name: seed
+steps:
+  - id: depth
+    sql: |
+      SELECT priority, COUNT(*) AS count, MIN(created_at) as oldest, MAX(created_at) as newest
+      FROM command_queue WHERE status = 'pending' GROUP BY priority
+  - id: stuck
+    sql: |
+      SELECT * FROM command_queue
+      WHERE status = 'pending' AND created_at < {{ ago('1h') }}
+      ORDER BY created_at LIMIT 20
+  - id: top_errors
+    sql: |
+      SELECT error_message, COUNT(*) as count FROM command_queue
+      WHERE status = 'dlq' GROUP BY error_message ORDER BY count DESC LIMIT 10
+  - id: by_entity
+    sql: |
+      SELECT entity, COUNT(*) as count FROM command_queue
+      WHERE status = 'dlq' GROUP BY entity ORDER BY count DESC
+  - id: old_locks
+    sql: |
+      SELECT * FROM work_state WHERE state = 'updating' AND locked_at < {{ ago('5m') }}
+  - id: lock_durations
+    sql: |
+      SELECT entity, entity_id, locked_at, {{ age('locked_at') }} as lock_duration
+      FROM work_state WHERE state = 'updating' ORDER BY locked_at
+"#,
+    );
+    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    let pool = sqlite(&w).await;
+    sqlx::query(
+        "INSERT INTO command_queue (entity, entity_id, command_type, priority, status, error_message, created_at) VALUES \
+         ('user', '1', 'u', 5, 'pending', NULL, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours')), \
+         ('user', '2', 'u', 5, 'pending', NULL, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), \
+         ('user', '3', 'u', 1, 'dlq', 'bad email', strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), \
+         ('order', '4', 'o', 1, 'dlq', 'bad email', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO work_state (entity, entity_id, state, locked_at) VALUES ('user', '1', 'updating', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-7 minutes'))")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = w.run(&["run", "seed", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let steps = &out.run()["steps"];
+    assert_eq!(steps["depth"]["rows"][0]["count"], 2);
+    assert_eq!(steps["stuck"]["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        steps["top_errors"]["rows"],
+        json!([{ "error_message": "bad email", "count": 2 }])
+    );
+    assert_eq!(steps["by_entity"]["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(steps["old_locks"]["rows"].as_array().unwrap().len(), 1);
+    let secs = steps["lock_durations"]["rows"][0]["lock_duration"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (415.0..=430.0).contains(&secs),
+        "about seven minutes: {secs}"
+    );
+}

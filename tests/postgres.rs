@@ -68,6 +68,13 @@ steps:
       GROUP BY error_message
       ORDER BY count DESC
       LIMIT 10;
+  - id: by_entity
+    sql: |
+      SELECT entity, COUNT(*) as count
+      FROM command_queue
+      WHERE status = 'dlq'
+      GROUP BY entity
+      ORDER BY count DESC;
   - id: activity
     sql: |
       SELECT * FROM pg_stat_activity
@@ -180,5 +187,49 @@ async fn named_datasources_read_and_read_only_refuses_writes() {
         .await
         .unwrap();
     assert_eq!(n, 1);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn maintenance_ops_run_the_backends_own_statements_and_are_audited() {
+    let db = PgDb::new().await;
+    let w = Workdir::new();
+    w.playbook(
+        "maint",
+        "name: maint\nsteps:\n  - id: analyze\n    runtime: { op: maintenance, action: analyze }\n  - id: reindex\n    runtime: { op: maintenance, action: reindex, tables: [command_queue] }\n  - id: full\n    runtime: { op: maintenance, action: vacuum_full }\n  - id: nope\n    runtime: { op: maintenance, action: analyze, tables: [pg_class] }\n",
+    );
+    for store in [db.url.as_str(), "sqlite://runbook.db"] {
+        let out = w.run(&["--store", store, "run", "maint", "-o", "json"]);
+        assert_eq!(out.code, 1, "{out:?}");
+        let run = out.run();
+        assert_eq!(
+            run["failed_step"], "nope",
+            "only the runtime's own tables: {run}"
+        );
+        let full = run["steps"]["full"]["output"]["statements"].clone();
+        if store.starts_with("postgres") {
+            assert_eq!(
+                full,
+                json!([
+                    "VACUUM FULL ANALYZE command_queue",
+                    "VACUUM FULL ANALYZE outbox_final",
+                    "VACUUM FULL ANALYZE work_state"
+                ])
+            );
+            assert_eq!(
+                run["steps"]["reindex"]["output"]["statements"],
+                json!(["REINDEX TABLE command_queue"])
+            );
+        } else {
+            assert_eq!(full, json!(["VACUUM"]));
+        }
+    }
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let audited: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM runbook_audit WHERE op = 'maintenance'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(audited, 3);
     pool.close().await;
 }

@@ -482,3 +482,260 @@ async fn settings_change_at_runtime_and_every_process_picks_them_up() {
     let stats: Value = serde_json::from_str(&stats.stdout).unwrap();
     assert_eq!(stats["settings"]["workerBatchSize"], 7);
 }
+
+#[tokio::test]
+async fn sigterm_finishes_the_batch_in_hand_and_queue_load_produces() {
+    let w = workdir();
+    let url = w.sqlite_url();
+    let out = w.run(&[
+        "queue",
+        "load",
+        "--type",
+        "user.update",
+        "--rate",
+        "200/s",
+        "--duration",
+        "1s",
+        "--entities",
+        "50",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with("enqueued 200 `user.update` commands"),
+        "{out:?}"
+    );
+    let db = store(&url).await;
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM command_queue").await, 200);
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(DISTINCT entity_id) FROM command_queue").await <= 50,
+        true
+    );
+    for i in 0..4 {
+        enqueue(&w, &url, "job", &format!("s{i}"), "slow.work", "{}");
+    }
+    let mut server = w.serve(&[]);
+    eventually(20, "slow commands to be claimed", || async {
+        (scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE command_type = 'slow.work' AND status = 'processing'").await > 0).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    server.stop();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "drained within the grace period"
+    );
+    // Nothing is left half-done: what was claimed was finished and acknowledged before exit.
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM command_queue WHERE status = 'processing'"
+        )
+        .await,
+        0
+    );
+    assert!(scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE command_type = 'slow.work' AND status = 'completed'").await > 0);
+    assert!(
+        server.log().contains("Workers stopped."),
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_handler_maps_status_codes_to_error_types() {
+    use axum::{http::StatusCode, routing::post, Router};
+    let app = Router::new()
+        .route(
+            "/ok",
+            post(|| async { (StatusCode::OK, "{\"done\": true}") }),
+        )
+        .route(
+            "/bad",
+            post(|| async { (StatusCode::UNPROCESSABLE_ENTITY, "email is not valid") }),
+        )
+        .route(
+            "/down",
+            post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "try later") }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let w = Workdir::new();
+    w.config(&format!(
+        "streaming:\n  maxRetries: 2\n  maxBackoffMs: 50\n  poll_interval: 50ms\n  handlers:\n    svc.ok: {{ http: {{ url: \"http://{addr}/ok\" }} }}\n    svc.bad: {{ http: {{ url: \"http://{addr}/bad\" }} }}\n    svc.down: {{ http: {{ url: \"http://{addr}/down\" }} }}\n    svc.gone: {{ http: {{ url: \"http://127.0.0.1:1/x\", timeout: 1s }} }}\n"
+    ));
+    let url = w.sqlite_url();
+    for ty in ["svc.ok", "svc.bad", "svc.down", "svc.gone"] {
+        enqueue(&w, &url, "user", ty, ty, "{}");
+    }
+    let _server = w.serve(&[]);
+    let db = store(&url).await;
+    eventually(30, "all four to finish", || async {
+        (scalar(
+            &db,
+            "SELECT COUNT(*) FROM command_queue WHERE status IN ('pending', 'processing')",
+        )
+        .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    let rows = db.sql("SELECT command_type, status, error_type, attempts, error_message FROM command_queue ORDER BY id", vec![]).await.unwrap().rows;
+    assert_eq!(
+        (rows[0]["status"].as_str(), rows[0]["attempts"].as_i64()),
+        (Some("completed"), Some(1))
+    );
+    assert_eq!(
+        (rows[1]["error_type"].as_str(), rows[1]["attempts"].as_i64()),
+        (Some("ValidationException"), Some(1)),
+        "4xx: no retries"
+    );
+    assert!(rows[1]["error_message"]
+        .as_str()
+        .unwrap()
+        .contains("422: email is not valid"));
+    assert_eq!(
+        (rows[2]["error_type"].as_str(), rows[2]["attempts"].as_i64()),
+        (Some("NetworkException"), Some(3)),
+        "5xx: retried"
+    );
+    assert_eq!(rows[3]["error_type"], "NetworkException");
+    assert!(
+        rows[3]["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{}",
+        rows[3]
+    );
+    // The successful command's answer travels in its outbox event.
+    let ev = db
+        .sql("SELECT payload FROM outbox_final", vec![])
+        .await
+        .unwrap()
+        .rows;
+    assert_eq!(ev[0]["payload"]["result"], json!({ "done": true }));
+}
+
+#[tokio::test]
+async fn an_entity_lock_holds_back_its_commands_and_an_expired_lock_is_taken_over() {
+    let w = workdir();
+    let url = w.sqlite_url();
+    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    let db = store(&url).await;
+    // One live lock (held by a command elsewhere) and one left behind 10 minutes ago (lockTtl is 5m).
+    db.sql(
+        "INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by) VALUES \
+         ('user', 'busy', 'updating', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'elsewhere'), \
+         ('user', 'stale', 'updating', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-10 minutes'), 'dead')",
+        vec![],
+    )
+    .await
+    .unwrap();
+    enqueue(&w, &url, "user", "busy", "user.update", "{}");
+    enqueue(&w, &url, "user", "stale", "user.update", "{}");
+    let server = w.serve(&[]);
+    eventually(10, "the stale entity's command to complete", || async {
+        (scalar(
+            &db,
+            "SELECT COUNT(*) FROM command_queue WHERE entity_id = 'stale' AND status = 'completed'",
+        )
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM command_queue WHERE entity_id = 'busy' AND status = 'completed'"
+        )
+        .await,
+        0,
+        "a live lock holds its entity's commands back"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT attempts FROM command_queue WHERE entity_id = 'busy'"
+        )
+        .await,
+        0,
+        "waiting is not an attempt"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT expiries FROM work_state WHERE entity_id = 'stale'"
+        )
+        .await,
+        1
+    );
+    db.sql(
+        "UPDATE work_state SET state = 'idle' WHERE entity_id = 'busy'",
+        vec![],
+    )
+    .await
+    .unwrap();
+    eventually(10, "the held-back command to run once the lock is free", || async {
+        (scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE entity_id = 'busy' AND status = 'completed'").await == 1).then_some(())
+    })
+    .await;
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("core_stream_lock_expiries_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_completion_after_the_lease_was_taken_over_is_refused() {
+    use runbook::runtime::queue::{self, Ack, NewCommand};
+    let pg = PgDb::new().await;
+    let db = store(&pg.url).await;
+    db.migrate().await.unwrap();
+    let cmd = NewCommand {
+        entity: "user".into(),
+        entity_id: "1".into(),
+        command_type: "t".into(),
+        priority: 0,
+        payload: json!({}),
+    };
+    queue::enqueue(&db, &[cmd]).await.unwrap();
+    let lease = std::time::Duration::from_millis(100);
+    let a = queue::claim(&db, "worker-a", 10, lease).await.unwrap();
+    assert_eq!(a.len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        queue::rescue(&db, 5).await.unwrap().0,
+        1,
+        "the lease expired"
+    );
+    let b = queue::claim(&db, "worker-b", 10, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!((b.len(), b[0].attempts), (1, 2), "the lost attempt counted");
+    let late = Ack {
+        completed: vec![(a[0].id, "user".into(), "1".into())],
+        ..Default::default()
+    };
+    assert!(
+        queue::ack(&db, "worker-a", &late).await.unwrap().is_empty(),
+        "worker A's completion is refused"
+    );
+    let on_time = Ack {
+        completed: vec![(b[0].id, "user".into(), "1".into())],
+        ..Default::default()
+    };
+    assert_eq!(
+        queue::ack(&db, "worker-b", &on_time).await.unwrap(),
+        vec![b[0].id]
+    );
+}

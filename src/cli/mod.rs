@@ -783,11 +783,12 @@ async fn load(
 ) -> Result<i32> {
     let tick = std::time::Duration::from_millis(100);
     let started = std::time::Instant::now();
+    let total = (rate * duration.as_secs_f64()).round() as u64;
     let mut sent: u64 = 0;
     let mut interval = tokio::time::interval(tick);
-    while started.elapsed() < duration.as_std() {
+    while sent < total {
         interval.tick().await;
-        let due = (rate * started.elapsed().as_secs_f64()).ceil() as u64;
+        let due = ((rate * started.elapsed().as_secs_f64()).ceil() as u64).min(total);
         let n = due.saturating_sub(sent).min(10_000);
         if n == 0 {
             continue;

@@ -396,8 +396,10 @@ pub async fn queue_stats(db: &Db, base: &StreamingConfig) -> Result<Json, DbErro
     let locks = db
         .sql(
             &format!(
-                "SELECT COUNT(*) AS held, COALESCE(SUM(CASE WHEN locked_at < {ttl_ago} THEN 1 ELSE 0 END), 0) AS expired \
-                 FROM work_state WHERE state = 'updating'"
+                "SELECT COALESCE(SUM(CASE WHEN state = 'updating' THEN 1 ELSE 0 END), 0) AS held, \
+                        COALESCE(SUM(CASE WHEN state = 'updating' AND locked_at < {ttl_ago} THEN 1 ELSE 0 END), 0) AS expired, \
+                        COALESCE(SUM(expiries), 0) AS expiries \
+                 FROM work_state"
             ),
             vec![],
         )
@@ -416,7 +418,7 @@ pub async fn queue_stats(db: &Db, base: &StreamingConfig) -> Result<Json, DbErro
         "oldest_pending": oldest.first().map(|r| r["oldest"].clone()).unwrap_or(Json::Null),
         "dlq": { "total": sum(&dlq, None), "by_error_type": dlq },
         "outbox_unsent": outbox.first().map(|r| r["n"].clone()).unwrap_or(json!(0)),
-        "locks": { "held": locks[0]["held"], "expired": locks[0]["expired"] },
+        "locks": { "held": locks[0]["held"], "expired": locks[0]["expired"], "expiries_total": locks[0]["expiries"] },
         "settings": settings,
     }))
 }
