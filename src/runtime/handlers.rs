@@ -21,7 +21,7 @@ use crate::{duration::Dur, engine::Engine, template::context};
 pub const RUN_COMMAND: &str = "runbook.run";
 
 /// One handler as the config writes it: exactly one of the keys.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHandler {
     #[serde(default)]
@@ -34,6 +34,14 @@ pub struct RawHandler {
     pub simulate: Option<SimulateHandler>,
     #[serde(default)]
     pub noop: Option<serde_yaml::Value>,
+    /// Whether a command of this type holds its entity's work-state lock while it runs (default
+    /// true). Types that do not change entity state (notifications, audit writes) may say false.
+    #[serde(default = "exclusive_default")]
+    pub exclusive: bool,
+}
+
+fn exclusive_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +142,8 @@ impl HandlerError {
 #[derive(Debug, Default)]
 pub struct Handlers {
     by_type: BTreeMap<String, Handler>,
+    /// Command types that take no work-state lock.
+    shared: Vec<String>,
 }
 
 impl Handlers {
@@ -141,6 +151,11 @@ impl Handlers {
     pub fn from_config(raw: &BTreeMap<String, RawHandler>) -> Result<Handlers, String> {
         let mut by_type = BTreeMap::new();
         let mut errors = Vec::new();
+        let shared = raw
+            .iter()
+            .filter(|(_, h)| !h.exclusive)
+            .map(|(t, _)| t.clone())
+            .collect();
         for (ty, value) in raw {
             match value.clone().compile() {
                 Ok(h) => {
@@ -150,10 +165,14 @@ impl Handlers {
             }
         }
         if errors.is_empty() {
-            Ok(Handlers { by_type })
+            Ok(Handlers { by_type, shared })
         } else {
             Err(errors.join("\n"))
         }
+    }
+
+    pub fn shared_types(&self) -> &[String] {
+        &self.shared
     }
 
     pub fn get(&self, command_type: &str) -> Option<&Handler> {

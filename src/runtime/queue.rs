@@ -271,6 +271,166 @@ pub async fn lock_entities(
     }
 }
 
+/// What a claimed command may do about its entity's work-state lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// Its command type does not take entity locks (`exclusive: false`).
+    Shared,
+    /// It holds the lock; `takeover` when it took over an expired one.
+    Held { takeover: bool },
+    /// Another command of its entity holds a live lock: it must wait.
+    Busy,
+}
+
+/// Claims up to `limit` commands and takes their entities' work-state locks in one go: on
+/// PostgreSQL one statement (one round trip, one commit), on SQLite one transaction. Command
+/// types in `shared` take no lock. Of several commands of one entity in a batch, only the first
+/// tries for the lock; the others are `Busy`.
+pub async fn claim_locked(
+    db: &Db,
+    worker: &str,
+    limit: u32,
+    lease: Duration,
+    ttl: Duration,
+    shared: &[String],
+) -> Result<Vec<(Claimed, Lock)>, DbError> {
+    match db {
+        Db::Postgres(pool) => {
+            let rows = sqlx::query(
+                "WITH c AS ( \
+                   UPDATE command_queue SET status = 'processing', locked_by = $1, \
+                          locked_until = NOW() + make_interval(secs => $3), attempts = attempts + 1, updated_at = NOW() \
+                   WHERE id IN (SELECT id FROM command_queue WHERE status = 'pending' AND run_at <= NOW() \
+                                ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                   RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at), \
+                 first AS ( \
+                   SELECT DISTINCT ON (entity, entity_id) id, entity, entity_id FROM c \
+                   WHERE NOT (command_type = ANY($5)) ORDER BY entity, entity_id, priority DESC, id), \
+                 l AS ( \
+                   INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
+                   SELECT entity, entity_id, 'updating', NOW(), $1, id, FALSE, NOW() FROM first \
+                   ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = NOW(), \
+                      locked_by = EXCLUDED.locked_by, command_id = EXCLUDED.command_id, \
+                      takeover = (work_state.state = 'updating'), \
+                      expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = NOW() \
+                   WHERE work_state.state <> 'updating' OR work_state.locked_at < NOW() - make_interval(secs => $4) \
+                   RETURNING command_id, takeover) \
+                 SELECT c.id, c.entity, c.entity_id, c.command_type, c.priority, c.payload, c.attempts, c.created_at, \
+                        c.command_type = ANY($5) AS shared, l.command_id IS NOT NULL AS locked, COALESCE(l.takeover, FALSE) AS takeover \
+                 FROM c LEFT JOIN l ON l.command_id = c.id ORDER BY c.priority DESC, c.id",
+            )
+            .bind(worker)
+            .bind(limit as i64)
+            .bind(secs(lease))
+            .bind(secs(ttl))
+            .bind(shared)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let lock = match (r.get::<bool, _>(8), r.get::<bool, _>(9)) {
+                        (true, _) => Lock::Shared,
+                        (false, true) => Lock::Held {
+                            takeover: r.get(10),
+                        },
+                        (false, false) => Lock::Busy,
+                    };
+                    let c = Claimed {
+                        id: r.get(0),
+                        entity: r.get(1),
+                        entity_id: r.get(2),
+                        command_type: r.get(3),
+                        priority: r.get(4),
+                        payload: r.get(5),
+                        attempts: r.get(6),
+                        created_at: r.get(7),
+                    };
+                    (c, lock)
+                })
+                .collect())
+        }
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            let rows = sqlx::query(&format!(
+                "UPDATE command_queue SET status = 'processing', locked_by = ?1, \
+                        locked_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3), attempts = attempts + 1, updated_at = {SQLITE_NOW} \
+                 WHERE id IN (SELECT id FROM command_queue WHERE status = 'pending' AND run_at <= {SQLITE_NOW} \
+                              ORDER BY priority DESC, run_at, id LIMIT ?2) \
+                 RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at"
+            ))
+            .bind(worker)
+            .bind(limit as i64)
+            .bind(sqlite_in(lease))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut claimed: Vec<Claimed> = rows
+                .iter()
+                .map(|r| Claimed {
+                    id: r.get(0),
+                    entity: r.get(1),
+                    entity_id: r.get(2),
+                    command_type: r.get(3),
+                    priority: r.get(4),
+                    payload: serde_json::from_str(r.get::<&str, _>(5)).unwrap_or(Json::Null),
+                    attempts: r.get(6),
+                    created_at: parse_ts(r.get::<&str, _>(7)),
+                })
+                .collect();
+            claimed.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+            let mut seen = std::collections::HashSet::new();
+            let first: Vec<&Claimed> = claimed
+                .iter()
+                .filter(|c| {
+                    !shared.contains(&c.command_type)
+                        && seen.insert((c.entity.clone(), c.entity_id.clone()))
+                })
+                .collect();
+            let locked: std::collections::HashMap<i64, bool> = if first.is_empty() {
+                Default::default()
+            } else {
+                let items: Vec<Json> = first
+                    .iter()
+                    .map(|c| json!([c.entity, c.entity_id, c.id]))
+                    .collect();
+                sqlx::query(&format!(
+                    "INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
+                     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'updating', {SQLITE_NOW}, ?2, json_extract(value, '$[2]'), 0, {SQLITE_NOW} \
+                     FROM json_each(?1) WHERE true \
+                     ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = {SQLITE_NOW}, locked_by = excluded.locked_by, \
+                        command_id = excluded.command_id, takeover = (work_state.state = 'updating'), \
+                        expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = {SQLITE_NOW} \
+                     WHERE work_state.state <> 'updating' OR work_state.locked_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3) \
+                     RETURNING command_id, takeover"
+                ))
+                .bind(Json::Array(items).to_string())
+                .bind(worker)
+                .bind(format!("-{:.3} seconds", ttl.as_secs_f64()))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1) != 0))
+                .collect()
+            };
+            tx.commit().await?;
+            Ok(claimed
+                .into_iter()
+                .map(|c| {
+                    let lock = if shared.contains(&c.command_type) {
+                        Lock::Shared
+                    } else {
+                        match locked.get(&c.id) {
+                            Some(t) => Lock::Held { takeover: *t },
+                            None => Lock::Busy,
+                        }
+                    };
+                    (c, lock)
+                })
+                .collect())
+        }
+    }
+}
+
 /// Puts back commands that could not take their entity's lock, without counting the attempt.
 pub async fn defer(db: &Db, worker: &str, ids: &[i64], delay: Duration) -> Result<(), DbError> {
     if ids.is_empty() {
@@ -321,6 +481,27 @@ pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> 
             .map(|f| (f.entity.as_str(), f.entity_id.as_str())),
     );
     match db {
+        // The common case, completions without events or failures: one statement, no transaction
+        // round trips. The locks released are those the completed commands hold.
+        Db::Postgres(pool) if ack.events.is_empty() && ack.failed.is_empty() => {
+            if done_ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            Ok(sqlx::query_scalar(
+                "WITH done AS ( \
+                   UPDATE command_queue SET status = 'completed', completed_at = NOW(), updated_at = NOW(), \
+                          locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
+                   WHERE id = ANY($1) AND locked_by = $2 AND status = 'processing' RETURNING id, entity, entity_id), \
+                 released AS ( \
+                   UPDATE work_state w SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = NOW() \
+                   FROM done WHERE w.entity = done.entity AND w.entity_id = done.entity_id AND w.command_id = done.id RETURNING 1) \
+                 SELECT id FROM done",
+            )
+            .bind(&done_ids)
+            .bind(worker)
+            .fetch_all(pool)
+            .await?)
+        }
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
             let accepted: Vec<i64> = if done_ids.is_empty() {

@@ -1,33 +1,44 @@
-//! The worker pool: claim a batch, take the entities' locks, run the handlers with
-//! `workerConcurrency` tasks, acknowledge the batch in one transaction, repeat. Settings are
+//! The worker pool: claim a batch and take its entities' locks (one statement on PostgreSQL),
+//! run the handlers with `workerConcurrency` tasks, acknowledge the batch in one transaction while
+//! the next batch is claimed, repeat. When batches are smaller than the concurrency, several claim
+//! loops run side by side so that `workerConcurrency` commands can be in flight. Settings are
 //! re-read every second, so a `scale_workers` from any process takes effect here within seconds.
 
 use std::{
-    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use chrono::Utc;
 use futures::StreamExt;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     handlers::{self, backoff, Handlers},
     metrics::{EntityLabel, ErrorLabels},
-    queue::{self, Ack, Claimed, Failure},
+    queue::{self, Ack, Claimed, Failure, Lock},
     Settings,
 };
 use crate::engine::Engine;
 
 /// How long a command waits when another command of its entity holds the lock.
 const LOCK_WAIT: Duration = Duration::from_millis(200);
+/// Claim loops at most (each with its own batch in hand).
+const MAX_LOOPS: usize = 16;
 
 pub struct Workers {
     pub engine: Arc<Engine>,
     pub handlers: Arc<Handlers>,
     /// This process's worker id, recorded as `locked_by`.
     pub id: String,
+}
+
+/// Claim loops wanted: enough batches in hand for `workerConcurrency` commands in flight.
+fn loops_for(s: &Settings) -> usize {
+    (s.worker_concurrency.max(1) as usize)
+        .div_ceil(s.worker_batch_size.max(1) as usize)
+        .clamp(1, MAX_LOOPS)
 }
 
 impl Workers {
@@ -45,32 +56,42 @@ impl Workers {
         }
     }
 
-    /// Runs until `shutdown`; finishes and acknowledges the batch in hand before returning.
+    /// Runs until `shutdown`; every loop finishes and acknowledges the batch in hand first.
     pub async fn run(self, shutdown: CancellationToken) {
-        let engine = &self.engine;
-        let streaming = engine.config.streaming.clone();
-        let lease = streaming.lease.as_std();
-        let poll = streaming.poll_interval.as_std();
-        let mut settings = Settings::from_config(&streaming);
-        let mut settings_read = Instant::now() - Duration::from_secs(60);
-        let mut last_rescue = Instant::now() - Duration::from_secs(3600);
-        let mut pending_ack: Option<tokio::task::JoinHandle<()>> = None;
+        let streaming = self.engine.config.streaming.clone();
+        let initial = Settings::load(&self.engine.store, &streaming)
+            .await
+            .unwrap_or_else(|_| Settings::from_config(&streaming));
+        let (tx, rx) = watch::channel(initial);
         tracing::info!(worker = %self.id, "Workers started.");
+        let this = Arc::new(self);
+        let mut loops = tokio::task::JoinSet::new();
+        for i in 0..MAX_LOOPS {
+            loops.spawn(this.clone().claim_loop(i, rx.clone(), shutdown.clone()));
+        }
+        this.maintain(tx, shutdown.clone()).await;
+        while loops.join_next().await.is_some() {}
+        tracing::info!(worker = %this.id, "Workers stopped.");
+    }
+
+    /// Re-reads settings every second and returns expired leases to the queue.
+    async fn maintain(&self, tx: watch::Sender<Settings>, shutdown: CancellationToken) {
+        let engine = &self.engine;
+        let streaming = &engine.config.streaming;
+        let lease = streaming.lease.as_std();
+        let mut last_rescue = Instant::now() - Duration::from_secs(3600);
         while !shutdown.is_cancelled() {
-            if settings_read.elapsed() >= Duration::from_secs(1) {
-                match Settings::load(&engine.store, &streaming).await {
-                    Ok(s) => {
-                        if s != settings {
-                            tracing::info!(worker = %self.id, settings = ?s, "Runtime settings changed.");
-                        }
-                        settings = s;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "Reading runtime settings failed."),
+            match Settings::load(&engine.store, streaming).await {
+                Ok(s) if s != *tx.borrow() => {
+                    tracing::info!(worker = %self.id, settings = ?s, "Runtime settings changed.");
+                    let _ = tx.send(s);
                 }
-                settings_read = Instant::now();
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "Reading runtime settings failed."),
             }
             if last_rescue.elapsed() >= (lease / 2).max(Duration::from_millis(500)) {
-                match queue::rescue(&engine.store, settings.max_retries).await {
+                let max_retries = tx.borrow().max_retries;
+                match queue::rescue(&engine.store, max_retries).await {
                     Ok((0, _)) => {}
                     Ok((n, locks)) => {
                         engine.metrics.lock_expiries.inc_by(locks);
@@ -84,11 +105,34 @@ impl Workers {
                 }
                 last_rescue = Instant::now();
             }
-            let batch = match queue::claim(
+            sleep_or_stop(&shutdown, Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn claim_loop(
+        self: Arc<Self>,
+        index: usize,
+        settings: watch::Receiver<Settings>,
+        shutdown: CancellationToken,
+    ) {
+        let engine = &self.engine;
+        let lease = engine.config.streaming.lease.as_std();
+        let poll = engine.config.streaming.poll_interval.as_std();
+        let mut pending_ack: Option<tokio::task::JoinHandle<()>> = None;
+        while !shutdown.is_cancelled() {
+            let s = settings.borrow().clone();
+            if index >= loops_for(&s) {
+                // Not needed at the current settings; look again later.
+                sleep_or_stop(&shutdown, Duration::from_millis(500)).await;
+                continue;
+            }
+            let batch = match queue::claim_locked(
                 &engine.store,
                 &self.id,
-                settings.worker_batch_size,
+                s.worker_batch_size,
                 lease,
+                s.lock_ttl.as_std(),
+                self.handlers.shared_types(),
             )
             .await
             {
@@ -103,8 +147,8 @@ impl Workers {
                 sleep_or_stop(&shutdown, poll).await;
                 continue;
             }
-            let ack = self.process(batch, &settings, lease).await;
-            // Acknowledge this batch while the next one is claimed; one acknowledgement in flight at a time.
+            let ack = self.process(batch, &s, lease).await;
+            // Acknowledge this batch while the next one is claimed; one acknowledgement in flight a loop.
             if let Some(prev) = pending_ack.take() {
                 let _ = prev.await;
             }
@@ -116,51 +160,32 @@ impl Workers {
         if let Some(prev) = pending_ack.take() {
             let _ = prev.await;
         }
-        tracing::info!(worker = %self.id, "Workers stopped.");
     }
 
-    async fn process(&self, batch: Vec<Claimed>, settings: &Settings, lease: Duration) -> Ack {
+    async fn process(
+        &self,
+        batch: Vec<(Claimed, Lock)>,
+        settings: &Settings,
+        lease: Duration,
+    ) -> Ack {
         let engine = &self.engine;
-        // One command per entity at a time: the first of each entity in the batch tries for the lock.
-        let mut seen = HashSet::new();
-        let (first, dupes): (Vec<&Claimed>, Vec<&Claimed>) = batch
-            .iter()
-            .partition(|c| seen.insert((c.entity.as_str(), c.entity_id.as_str())));
-        let mut wait: Vec<i64> = dupes.iter().map(|c| c.id).collect();
-        let locked = match queue::lock_entities(
-            &engine.store,
-            &self.id,
-            &first,
-            settings.lock_ttl.as_std(),
-        )
-        .await
-        {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "Taking work-state locks failed; the batch goes back.");
-                wait.extend(first.iter().map(|c| c.id));
-                Vec::new()
-            }
-        };
-        for (_, takeover) in &locked {
-            if *takeover {
-                engine.metrics.lock_expiries.inc();
+        let mut wait = Vec::new();
+        let mut runnable = Vec::with_capacity(batch.len());
+        for (c, lock) in batch {
+            match lock {
+                Lock::Busy => wait.push(c.id),
+                Lock::Held { takeover } => {
+                    if takeover {
+                        engine.metrics.lock_expiries.inc();
+                    }
+                    runnable.push(c);
+                }
+                Lock::Shared => runnable.push(c),
             }
         }
-        let locked_ids: HashSet<i64> = locked.iter().map(|(id, _)| *id).collect();
-        wait.extend(
-            first
-                .iter()
-                .filter(|c| !locked_ids.contains(&c.id))
-                .map(|c| c.id),
-        );
         if let Err(e) = queue::defer(&engine.store, &self.id, &wait, LOCK_WAIT).await {
             tracing::warn!(error = %e, "Deferring commands failed; their lease will return them.");
         }
-        let runnable: Vec<&Claimed> = batch
-            .iter()
-            .filter(|c| locked_ids.contains(&c.id))
-            .collect();
 
         // Keep the leases alive while handlers run (playbook runs can take minutes).
         let ids: Vec<i64> = runnable.iter().map(|c| c.id).collect();
@@ -176,7 +201,6 @@ impl Workers {
             })
         };
         let concurrency = settings.worker_concurrency.max(1) as usize;
-        let runnable: Vec<Claimed> = runnable.into_iter().cloned().collect();
         let outcomes: Vec<(Claimed, Result<Vec<queue::Event>, handlers::HandlerError>)> =
             futures::stream::iter(runnable)
                 .map(|c| {
