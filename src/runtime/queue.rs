@@ -72,6 +72,8 @@ pub struct Ack {
     pub completed: Vec<(i64, String, String)>,
     pub events: Vec<Event>,
     pub failed: Vec<Failure>,
+    /// Entities whose work-state locks this batch holds, released with the acknowledgement.
+    pub locked: Vec<(String, String)>,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -470,19 +472,30 @@ pub async fn defer(db: &Db, worker: &str, ids: &[i64], delay: Duration) -> Resul
 /// command whose lease another worker took over is refused (its events are not written).
 pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> {
     let done_ids: Vec<i64> = ack.completed.iter().map(|(id, _, _)| *id).collect();
-    let mut entities: Vec<(&str, &str)> = ack
-        .completed
+    let entities: Vec<(&str, &str)> = ack
+        .locked
         .iter()
-        .map(|(_, e, i)| (e.as_str(), i.as_str()))
+        .map(|(e, i)| (e.as_str(), i.as_str()))
         .collect();
-    entities.extend(
-        ack.failed
-            .iter()
-            .map(|f| (f.entity.as_str(), f.entity_id.as_str())),
-    );
     match db {
         // The common case, completions without events or failures: one statement, no transaction
         // round trips. The locks released are those the completed commands hold.
+        Db::Postgres(pool)
+            if ack.events.is_empty() && ack.failed.is_empty() && ack.locked.is_empty() =>
+        {
+            if done_ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            Ok(sqlx::query_scalar(
+                "UPDATE command_queue SET status = 'completed', completed_at = NOW(), updated_at = NOW(), \
+                        locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
+                 WHERE id = ANY($1) AND locked_by = $2 AND status = 'processing' RETURNING id",
+            )
+            .bind(&done_ids)
+            .bind(worker)
+            .fetch_all(pool)
+            .await?)
+        }
         Db::Postgres(pool) if ack.events.is_empty() && ack.failed.is_empty() => {
             if done_ids.is_empty() {
                 return Ok(Vec::new());

@@ -148,6 +148,12 @@ impl Workers {
                 continue;
             }
             let ack = self.process(batch, &s, lease).await;
+            if matches!(engine.store, crate::store::Db::Sqlite(_)) {
+                // SQLite has one writer: overlapping the acknowledgement with the next claim only
+                // makes the two wait on each other's lock.
+                acknowledge(engine, &self.id, ack).await;
+                continue;
+            }
             // Acknowledge this batch while the next one is claimed; one acknowledgement in flight a loop.
             if let Some(prev) = pending_ack.take() {
                 let _ = prev.await;
@@ -170,6 +176,7 @@ impl Workers {
     ) -> Ack {
         let engine = &self.engine;
         let mut wait = Vec::new();
+        let mut held = Vec::new();
         let mut runnable = Vec::with_capacity(batch.len());
         for (c, lock) in batch {
             match lock {
@@ -178,6 +185,7 @@ impl Workers {
                     if takeover {
                         engine.metrics.lock_expiries.inc();
                     }
+                    held.push((c.entity.clone(), c.entity_id.clone()));
                     runnable.push(c);
                 }
                 Lock::Shared => runnable.push(c),
@@ -215,7 +223,10 @@ impl Workers {
                 .await;
         heartbeat.abort();
 
-        let mut ack = Ack::default();
+        let mut ack = Ack {
+            locked: held,
+            ..Ack::default()
+        };
         for (c, outcome) in outcomes {
             match outcome {
                 Ok(events) => {
