@@ -375,6 +375,7 @@ async fn main() {
     );
     let mut best_pg_runbook: (f64, f64) = (0.0, 0.0);
     let only = std::env::var("RUNBOOK_BENCH_ONLY").ok();
+    // RUNBOOK_BENCH_ONLY=sqlite|postgres|outbox narrows a run while tuning.
     let backends: Vec<&str> = ["sqlite", "postgres"]
         .into_iter()
         .filter(|b| only.as_deref().is_none_or(|o| o == *b))
@@ -403,9 +404,15 @@ async fn main() {
     }
     println!("ratio: runbook / raw SQL; ratio*: unlocked / raw SQL");
     println!();
-    if !backends.contains(&"postgres") {
-        return;
+    if backends.contains(&"postgres") {
+        graphile(best_pg_runbook).await;
     }
+    if only.is_none() || only.as_deref() == Some("outbox") {
+        outbox().await;
+    }
+}
+
+async fn graphile(best_pg_runbook: (f64, f64)) {
     match graphile_rate().await {
         Some((gw, gw_rss)) => {
             println!("graphile-worker 0.17.3 (localQueue 500, batch delays 0, concurrency {CONCURRENCY}): {gw:.0} jobs/s, peak RSS {gw_rss:.1} MiB");
@@ -418,6 +425,9 @@ async fn main() {
         None => println!("graphile-worker: not measured (see above)"),
     }
     println!();
+}
+
+async fn outbox() {
     match std::env::var("RUNBOOK_TEST_KAFKA") {
         Ok(brokers) => {
             println!(

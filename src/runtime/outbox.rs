@@ -76,13 +76,14 @@ struct Row_ {
     attempts: i32,
 }
 
-async fn fetch(db: &Db) -> Result<Vec<Row_>, DbError> {
+async fn fetch(db: &Db, after: i64) -> Result<Vec<Row_>, DbError> {
     Ok(match db {
         Db::Postgres(pool) => sqlx::query(
             "SELECT id, entity_id, event_type, topic, payload::text, attempts FROM outbox_final \
-             WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+             WHERE sent_at IS NULL AND id > $2 ORDER BY id LIMIT $1",
         )
         .bind(BATCH)
+        .bind(after)
         .fetch_all(pool)
         .await?
         .iter()
@@ -97,9 +98,10 @@ async fn fetch(db: &Db) -> Result<Vec<Row_>, DbError> {
         .collect(),
         Db::Sqlite(pool) => sqlx::query(
             "SELECT id, entity_id, event_type, topic, payload, attempts FROM outbox_final \
-             WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
+             WHERE sent_at IS NULL AND id > ?2 ORDER BY id LIMIT ?1",
         )
         .bind(BATCH)
+        .bind(after)
         .fetch_all(pool)
         .await?
         .iter()
@@ -158,13 +160,57 @@ pub struct Round {
     pub failed: usize,
 }
 
+/// Where the dispatcher is: rows up to `cursor` have been handed to the sink, and marking the
+/// last round sent may still be under way while the next round is fetched and published.
+pub struct Progress {
+    cursor: i64,
+    marking: Option<tokio::task::JoinHandle<Result<(), DbError>>>,
+    rescanned: std::time::Instant,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            cursor: 0,
+            marking: None,
+            rescanned: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Progress {
+    async fn settle(&mut self) -> Result<(), DbError> {
+        match self.marking.take() {
+            Some(h) => h.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Publishes one round of unsent rows in id order. A failed row is retried in a later round, not
-/// skipped: rounds always start from the oldest unsent row, so an entity's events never overtake
-/// each other; the backoff is the dispatcher's, between rounds.
-pub async fn dispatch_once(engine: &Engine, sink: &mut Sink) -> Result<Round, DbError> {
+/// skipped: after a failure the next round starts again from the oldest unsent row, so an
+/// entity's events never overtake each other; the backoff is the dispatcher's, between rounds.
+/// The cursor also goes back to the start every second and whenever it runs dry, which picks up
+/// rows that committed after rows with higher ids.
+pub async fn dispatch_once(
+    engine: &Engine,
+    sink: &mut Sink,
+    progress: &mut Progress,
+) -> Result<Round, DbError> {
     let db = &engine.store;
-    let rows = fetch(db).await?;
+    if progress.rescanned.elapsed() >= Duration::from_secs(1) {
+        progress.settle().await?;
+        progress.cursor = 0;
+        progress.rescanned = std::time::Instant::now();
+    }
+    let mut rows = fetch(db, progress.cursor).await?;
+    if rows.is_empty() && progress.cursor > 0 {
+        progress.settle().await?;
+        progress.cursor = 0;
+        rows = fetch(db, 0).await?;
+    }
     if rows.is_empty() {
+        progress.settle().await?;
         return Ok(Round::default());
     }
     let mut failed_rows = 0;
@@ -240,10 +286,24 @@ pub async fn dispatch_once(engine: &Engine, sink: &mut Sink) -> Result<Round, Db
             }
         }
     }
-    mark_sent(db, &sent).await?;
-    engine.metrics.outbox_sent.inc_by(sent.len() as u64);
+    // One marking in flight: the previous round's must be done before this one's starts.
+    progress.settle().await?;
+    let count = sent.len();
+    if failed_rows == 0 {
+        progress.cursor = rows.last().map(|r| r.id).unwrap_or(progress.cursor);
+        let (db, metrics) = (db.clone(), engine.metrics.clone());
+        progress.marking = Some(tokio::spawn(async move {
+            mark_sent(&db, &sent).await?;
+            metrics.outbox_sent.inc_by(sent.len() as u64);
+            Ok(())
+        }));
+    } else {
+        mark_sent(db, &sent).await?;
+        engine.metrics.outbox_sent.inc_by(count as u64);
+        progress.cursor = 0;
+    }
     Ok(Round {
-        sent: sent.len(),
+        sent: count,
         failed: failed_rows,
     })
 }
@@ -254,6 +314,7 @@ pub async fn run(engine: std::sync::Arc<Engine>, mut sink: Sink, shutdown: Cance
     // On PostgreSQL only the replica holding the advisory lock dispatches.
     let mut leader: Option<sqlx::pool::PoolConnection<sqlx::Postgres>> = None;
     let mut failed_rounds = 0;
+    let mut progress = Progress::default();
     while !shutdown.is_cancelled() {
         if let Db::Postgres(pool) = &engine.store {
             if leader.is_none() {
@@ -274,7 +335,7 @@ pub async fn run(engine: std::sync::Arc<Engine>, mut sink: Sink, shutdown: Cance
                 }
             }
         }
-        match dispatch_once(&engine, &mut sink).await {
+        match dispatch_once(&engine, &mut sink, &mut progress).await {
             Ok(Round { sent: 0, failed: 0 }) => wait(&shutdown, poll).await,
             Ok(Round { failed: 0, .. }) => failed_rounds = 0,
             Ok(Round { failed, .. }) => {
@@ -289,10 +350,15 @@ pub async fn run(engine: std::sync::Arc<Engine>, mut sink: Sink, shutdown: Cance
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Outbox dispatch failed; retrying.");
+                progress = Progress::default();
                 leader = None;
                 wait(&shutdown, Duration::from_secs(1)).await;
             }
         }
+    }
+    // Events handed to the broker are marked sent before the process exits.
+    if let Err(e) = progress.settle().await {
+        tracing::warn!(error = %e, "Marking the last outbox round sent failed; those events will be sent again.");
     }
 }
 
