@@ -710,7 +710,13 @@ async fn a_completion_after_the_lease_was_taken_over_is_refused() {
     };
     queue::enqueue(&db, &[cmd]).await.unwrap();
     let lease = std::time::Duration::from_millis(100);
-    let a = queue::claim(&db, "worker-a", 10, lease).await.unwrap();
+    let ttl = std::time::Duration::from_secs(300);
+    let a: Vec<_> = queue::claim_locked(&db, "worker-a", 10, lease, ttl, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
     assert_eq!(a.len(), 1);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
@@ -718,9 +724,19 @@ async fn a_completion_after_the_lease_was_taken_over_is_refused() {
         1,
         "the lease expired"
     );
-    let b = queue::claim(&db, "worker-b", 10, std::time::Duration::from_secs(30))
-        .await
-        .unwrap();
+    let b: Vec<_> = queue::claim_locked(
+        &db,
+        "worker-b",
+        10,
+        std::time::Duration::from_secs(30),
+        ttl,
+        &[],
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(c, _)| c)
+    .collect();
     assert_eq!((b.len(), b[0].attempts), (1, 2), "the lost attempt counted");
     let late = Ack {
         completed: vec![(a[0].id, "user".into(), "1".into())],
@@ -732,6 +748,7 @@ async fn a_completion_after_the_lease_was_taken_over_is_refused() {
     );
     let on_time = Ack {
         completed: vec![(b[0].id, "user".into(), "1".into())],
+        locked: vec![("user".into(), "1".into())],
         ..Default::default()
     };
     assert_eq!(

@@ -102,8 +102,8 @@ impl Engine {
         self.config.datasources.contains_key(name)
     }
 
-    /// The dialect of a named datasource, from its URL's scheme, without connecting.
-    pub fn datasource_dialect(&self, name: &str) -> Result<Dialect, String> {
+    /// A named datasource's URL (a secret when it comes from the environment) and read-only flag.
+    fn datasource_url(&self, name: &str) -> Result<(String, bool), String> {
         let ds = self
             .config
             .datasources
@@ -113,6 +113,12 @@ impl Engine {
             .url_ref()
             .resolve(&self.masker)
             .map_err(|e| format!("datasource `{name}`: {e}"))?;
+        Ok((url, ds.read_only))
+    }
+
+    /// The dialect of a named datasource, from its URL's scheme, without connecting.
+    pub fn datasource_dialect(&self, name: &str) -> Result<Dialect, String> {
+        let (url, _) = self.datasource_url(name)?;
         if url.starts_with("sqlite:") {
             Ok(Dialect::Sqlite)
         } else {
@@ -126,16 +132,8 @@ impl Engine {
         if let Some(db) = pools.get(name) {
             return Ok(db.clone());
         }
-        let ds = self
-            .config
-            .datasources
-            .get(name)
-            .ok_or_else(|| format!("unknown datasource `{name}`"))?;
-        let url = ds
-            .url_ref()
-            .resolve(&self.masker)
-            .map_err(|e| format!("datasource `{name}`: {e}"))?;
-        let db = Db::connect(&url, ds.read_only, 4)
+        let (url, read_only) = self.datasource_url(name)?;
+        let db = Db::connect(&url, read_only, 4)
             .await
             .map_err(|e| self.masker.mask_str(&format!("datasource `{name}`: {e}")))?;
         pools.insert(name.to_owned(), db.clone());

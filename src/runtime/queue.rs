@@ -141,135 +141,23 @@ pub async fn enqueue(db: &Db, commands: &[NewCommand]) -> Result<Vec<i64>, DbErr
     }
 }
 
-/// Claims up to `limit` due commands, highest priority first, leased to `worker` for `lease`.
-pub async fn claim(
-    db: &Db,
-    worker: &str,
-    limit: u32,
-    lease: Duration,
-) -> Result<Vec<Claimed>, DbError> {
-    match db {
-        Db::Postgres(pool) => {
-            let rows = sqlx::query(
-                "UPDATE command_queue SET status = 'processing', locked_by = $1, \
-                        locked_until = NOW() + make_interval(secs => $3), attempts = attempts + 1, updated_at = NOW() \
-                 WHERE id IN (SELECT id FROM command_queue WHERE status = 'pending' AND run_at <= NOW() \
-                              ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at",
-            )
-            .bind(worker)
-            .bind(limit as i64)
-            .bind(secs(lease))
-            .fetch_all(pool)
-            .await?;
-            let mut out: Vec<Claimed> = rows
-                .iter()
-                .map(|r| Claimed {
-                    id: r.get(0),
-                    entity: r.get(1),
-                    entity_id: r.get(2),
-                    command_type: r.get(3),
-                    priority: r.get(4),
-                    payload: r.get(5),
-                    attempts: r.get(6),
-                    created_at: r.get(7),
-                })
-                .collect();
-            out.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
-            Ok(out)
-        }
-        Db::Sqlite(pool) => {
-            let rows = sqlx::query(&format!(
-                "UPDATE command_queue SET status = 'processing', locked_by = ?1, \
-                        locked_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3), attempts = attempts + 1, updated_at = {SQLITE_NOW} \
-                 WHERE id IN (SELECT id FROM command_queue WHERE status = 'pending' AND run_at <= {SQLITE_NOW} \
-                              ORDER BY priority DESC, run_at, id LIMIT ?2) \
-                 RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at"
-            ))
-            .bind(worker)
-            .bind(limit as i64)
-            .bind(sqlite_in(lease))
-            .fetch_all(pool)
-            .await?;
-            let mut out: Vec<Claimed> = rows
-                .iter()
-                .map(|r| Claimed {
-                    id: r.get(0),
-                    entity: r.get(1),
-                    entity_id: r.get(2),
-                    command_type: r.get(3),
-                    priority: r.get(4),
-                    payload: serde_json::from_str(r.get::<&str, _>(5)).unwrap_or(Json::Null),
-                    attempts: r.get(6),
-                    created_at: parse_ts(r.get::<&str, _>(7)),
-                })
-                .collect();
-            out.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
-            Ok(out)
-        }
-    }
-}
-
-/// Takes the work-state locks of claimed commands. Returns, per command id that got its lock,
-/// whether it took over an expired lock. Commands not in the answer must wait: another command of
-/// the same entity holds a live lock.
-pub async fn lock_entities(
-    db: &Db,
-    worker: &str,
-    batch: &[&Claimed],
-    ttl: Duration,
-) -> Result<Vec<(i64, bool)>, DbError> {
-    if batch.is_empty() {
-        return Ok(Vec::new());
-    }
-    match db {
-        Db::Postgres(pool) => {
-            let rows = sqlx::query(
-                "INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
-                 SELECT e, i, 'updating', NOW(), $3, c, FALSE, NOW() FROM UNNEST($1::text[], $2::text[], $4::int8[]) AS u(e, i, c) \
-                 ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = NOW(), locked_by = EXCLUDED.locked_by, \
-                    command_id = EXCLUDED.command_id, takeover = (work_state.state = 'updating'), \
-                    expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = NOW() \
-                 WHERE work_state.state <> 'updating' OR work_state.locked_at < NOW() - make_interval(secs => $5) \
-                 RETURNING command_id, takeover",
-            )
-            .bind(batch.iter().map(|c| c.entity.as_str()).collect::<Vec<_>>())
-            .bind(batch.iter().map(|c| c.entity_id.as_str()).collect::<Vec<_>>())
-            .bind(worker)
-            .bind(batch.iter().map(|c| c.id).collect::<Vec<_>>())
-            .bind(secs(ttl))
-            .fetch_all(pool)
-            .await?;
-            Ok(rows
-                .iter()
-                .map(|r| (r.get::<i64, _>(0), r.get::<bool, _>(1)))
-                .collect())
-        }
-        Db::Sqlite(pool) => {
-            let items: Vec<Json> = batch
-                .iter()
-                .map(|c| json!([c.entity, c.entity_id, c.id]))
-                .collect();
-            let rows = sqlx::query(&format!(
-                "INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
-                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'updating', {SQLITE_NOW}, ?2, json_extract(value, '$[2]'), 0, {SQLITE_NOW} \
-                 FROM json_each(?1) WHERE true \
-                 ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = {SQLITE_NOW}, locked_by = excluded.locked_by, \
-                    command_id = excluded.command_id, takeover = (work_state.state = 'updating'), \
-                    expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = {SQLITE_NOW} \
-                 WHERE work_state.state <> 'updating' OR work_state.locked_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3) \
-                 RETURNING command_id, takeover"
-            ))
-            .bind(Json::Array(items).to_string())
-            .bind(worker)
-            .bind(format!("-{:.3} seconds", ttl.as_secs_f64()))
-            .fetch_all(pool)
-            .await?;
-            Ok(rows
-                .iter()
-                .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1) != 0))
-                .collect())
-        }
+/// The columns both backends decode alike; payload and created_at are set by the caller.
+fn columns<R: Row>(r: &R) -> Claimed
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Claimed {
+        id: r.get(0),
+        entity: r.get(1),
+        entity_id: r.get(2),
+        command_type: r.get(3),
+        priority: r.get(4),
+        payload: Json::Null,
+        attempts: r.get(6),
+        created_at: DateTime::<Utc>::UNIX_EPOCH,
     }
 }
 
@@ -339,14 +227,9 @@ pub async fn claim_locked(
                         (false, false) => Lock::Busy,
                     };
                     let c = Claimed {
-                        id: r.get(0),
-                        entity: r.get(1),
-                        entity_id: r.get(2),
-                        command_type: r.get(3),
-                        priority: r.get(4),
                         payload: r.get(5),
-                        attempts: r.get(6),
                         created_at: r.get(7),
+                        ..columns(r)
                     };
                     (c, lock)
                 })
@@ -369,14 +252,9 @@ pub async fn claim_locked(
             let mut claimed: Vec<Claimed> = rows
                 .iter()
                 .map(|r| Claimed {
-                    id: r.get(0),
-                    entity: r.get(1),
-                    entity_id: r.get(2),
-                    command_type: r.get(3),
-                    priority: r.get(4),
                     payload: serde_json::from_str(r.get::<&str, _>(5)).unwrap_or(Json::Null),
-                    attempts: r.get(6),
                     created_at: parse_ts(r.get::<&str, _>(7)),
+                    ..columns(r)
                 })
                 .collect();
             claimed.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
