@@ -152,7 +152,7 @@ async fn outbox_delivers_in_order_and_survives_a_broker_outage() {
         }
     };
     enqueue(0, 15);
-    let server = w.serve(&[]);
+    let _server = w.serve(&[]);
     let db = store(&url).await;
     eventually(30, "the first events to be sent", || async {
         (scalar(
@@ -210,7 +210,6 @@ async fn outbox_delivers_in_order_and_survives_a_broker_outage() {
 
     // The broker comes back (empty: memory storage); every waiting event is delivered, in order.
     let broker = Broker::start(port);
-    let _ = &server;
     eventually(
         60,
         "the outbox to drain after the broker returned",

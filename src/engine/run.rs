@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::{Engine, EngineError};
 use crate::{
-    playbook::{resolve_params, ForEach, Playbook, Step},
+    playbook::{resolve_params, ForEach, Step},
     runtime::{
         metrics::{RunLabels, StepLabels},
         Settings,
@@ -254,7 +254,7 @@ impl Engine {
 
         let started = Instant::now();
         tracing::info!(run_id, playbook = %pb.name, dry_run = req.dry_run, "Run started.");
-        let body = self.run_steps(pb, &pb.steps, &meta, &mut state);
+        let body = self.run_steps(&pb.steps, &meta, &mut state);
         let (status, failed) = match tokio::time::timeout(pb.timeout.as_std(), body).await {
             Ok(None) => (if req.dry_run { "planned" } else { "succeeded" }, None),
             Ok(Some((step, error))) => ("failed", Some((step, error))),
@@ -272,7 +272,7 @@ impl Engine {
                     .ctx
                     .insert("failed_step".into(), json!({ "id": step, "error": error }));
                 // on_failure gets its own deadline so a timed-out run can still page someone.
-                let cleanup = self.run_steps(pb, &pb.on_failure, &meta, &mut state);
+                let cleanup = self.run_steps(&pb.on_failure, &meta, &mut state);
                 if tokio::time::timeout(Duration::from_secs(300), cleanup)
                     .await
                     .is_err()
@@ -318,7 +318,6 @@ impl Engine {
     /// Runs steps in order; returns the failing step's id and error, or `None`.
     async fn run_steps(
         &self,
-        pb: &Playbook,
         steps: &[Step],
         meta: &RunMeta,
         state: &mut RunState,
@@ -334,7 +333,7 @@ impl Engine {
             if let Some(reason) = self.cancel_requested(meta.id).await {
                 return Some((step.id.clone(), reason));
             }
-            let result = self.run_step(pb, step, meta, state).await;
+            let result = self.run_step(step, meta, state).await;
             state.set_step(&step.id, &result);
             if result.failed() && !step.continue_on_error {
                 return Some((step.id.clone(), result.error.unwrap_or_default()));
@@ -372,14 +371,7 @@ impl Engine {
         }
     }
 
-    async fn run_step(
-        &self,
-        pb: &Playbook,
-        step: &Step,
-        meta: &RunMeta,
-        state: &mut RunState,
-    ) -> StepResult {
-        let _ = pb;
+    async fn run_step(&self, step: &Step, meta: &RunMeta, state: &mut RunState) -> StepResult {
         if let Some(when) = &step.when {
             match self.templates.eval_bool(when, &state.value()) {
                 Ok(true) => {}
