@@ -366,3 +366,67 @@ steps:
         "about seven minutes: {secs}"
     );
 }
+
+#[tokio::test]
+async fn approve_waits_for_an_operator_and_a_rejection_fails_the_run() {
+    let w = Workdir::new();
+    w.playbook(
+        "gate",
+        "name: gate\nsteps:\n  - id: ask\n    approve: { text: \"Retry the DLQ?\", timeout: 30s }\n  - id: after\n    sql: SELECT 1 AS done\n",
+    );
+    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    let pool = sqlite(&w).await;
+    for (run_id, reject) in [(1, false), (2, true)] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runbook"))
+            .args(["run", "gate"])
+            .current_dir(w.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        crate::util::eventually(10, "the run to wait for approval", || async {
+            (count(&pool, &format!("SELECT COUNT(*) FROM runbook_runs WHERE id = {run_id} AND status = 'waiting_approval'")).await == 1)
+                .then_some(())
+        })
+        .await;
+        let id = run_id.to_string();
+        let mut args = vec!["runs", "approve", id.as_str(), "--actor", "alice"];
+        if reject {
+            args.extend(["--reject", "--comment", "not now"]);
+        }
+        let out = w.run(&args);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.contains("at step `ask`"), "{out:?}");
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains("waiting for approval: Retry the DLQ?"),
+            "{stdout}"
+        );
+        if reject {
+            assert_eq!(output.status.code(), Some(1), "{stdout}");
+            assert!(stdout.contains("rejected by alice: not now"), "{stdout}");
+        } else {
+            assert_eq!(output.status.code(), Some(0), "{stdout}");
+        }
+    }
+    // Answering a run that is not waiting is refused.
+    let out = w.run(&["runs", "approve", "1"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("run 1 is succeeded, not waiting for approval"),
+        "{out:?}"
+    );
+    let audits: Vec<(String, String)> =
+        sqlx::query_as("SELECT actor, op FROM runbook_audit ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        audits,
+        vec![
+            ("alice".into(), "run_approved".into()),
+            ("alice".into(), "run_rejected".into())
+        ]
+    );
+}

@@ -592,44 +592,17 @@ async fn runs_cmd(setup: &Setup, cmd: RunsCommand) -> Result<i32> {
             reject,
             comment,
             actor,
-        } => {
-            let rows = db
-                .sql(
-                    "SELECT status, waiting_step FROM runbook_runs WHERE id = $1",
-                    vec![json!(id)],
-                )
-                .await?
-                .rows;
-            let Some(run) = rows.first() else {
-                eprintln!("error: no run {id}");
+        } => match runs::decide(&db, id, !reject, &actor, comment.as_deref()).await {
+            Ok(step) => println!(
+                "run {id} {} at step `{step}`",
+                if reject { "rejected" } else { "approved" }
+            ),
+            Err(runs::DecideError::Db(e)) => return Err(e.into()),
+            Err(e) => {
+                eprintln!("error: {e}");
                 return Ok(EXIT_USAGE);
-            };
-            let (Some("waiting_approval"), Some(step)) =
-                (run["status"].as_str(), run["waiting_step"].as_str())
-            else {
-                eprintln!(
-                    "error: run {id} is {}, not waiting for approval",
-                    run["status"].as_str().unwrap_or("?")
-                );
-                return Ok(EXIT_USAGE);
-            };
-            let step = step.to_owned();
-            let decision = if reject { "rejected" } else { "approved" };
-            db.sql(
-                "INSERT INTO runbook_approvals (run_id, step_id, decision, actor, comment) VALUES ($1, $2, $3, $4, $5)",
-                vec![json!(id), json!(step), json!(decision), json!(actor), json!(comment)],
-            )
-            .await?;
-            runs::audit(
-                &db,
-                &actor,
-                &format!("run_{decision}"),
-                json!({ "run_id": id, "step": step }),
-                1,
-            )
-            .await?;
-            println!("run {id} {decision}");
-        }
+            }
+        },
         RunsCommand::Cancel { id } => {
             let r = db
                 .sql(

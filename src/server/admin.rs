@@ -257,43 +257,18 @@ pub async fn run_approve(
         reject: false,
         comment: None,
     });
-    let db = &s.engine.store;
-    let rows = db
-        .sql(
-            "SELECT status, waiting_step FROM runbook_runs WHERE id = $1",
-            vec![json!(id)],
-        )
+    let actor = format!("api:{}", who.name);
+    let step = match runs::decide(&s.engine.store, id, !d.reject, &actor, d.comment.as_deref())
         .await
-        .map_err(AppError::internal)?
-        .rows;
-    let run = rows
-        .first()
-        .ok_or_else(|| AppError::NotFound(format!("no run {id}")))?;
-    let (Some("waiting_approval"), Some(step)) =
-        (run["status"].as_str(), run["waiting_step"].as_str())
-    else {
-        return Err(AppError::BadRequest(format!(
-            "run {id} is {}, not waiting for approval",
-            run["status"].as_str().unwrap_or("?")
-        )));
+    {
+        Ok(step) => step,
+        Err(runs::DecideError::NoRun(_)) => return Err(AppError::NotFound(format!("no run {id}"))),
+        Err(e @ runs::DecideError::NotWaiting(..)) => {
+            return Err(AppError::BadRequest(e.to_string()))
+        }
+        Err(runs::DecideError::Db(e)) => return Err(AppError::internal(e)),
     };
     let decision = if d.reject { "rejected" } else { "approved" };
-    let actor = format!("api:{}", who.name);
-    db.sql(
-        "INSERT INTO runbook_approvals (run_id, step_id, decision, actor, comment) VALUES ($1, $2, $3, $4, $5)",
-        vec![json!(id), json!(step), json!(decision), json!(actor), json!(d.comment)],
-    )
-    .await
-    .map_err(AppError::internal)?;
-    runs::audit(
-        db,
-        &actor,
-        &format!("run_{decision}"),
-        json!({ "run_id": id, "step": step }),
-        1,
-    )
-    .await
-    .map_err(AppError::internal)?;
     Ok(Json(
         json!({ "run_id": id, "step": step, "decision": decision }),
     ))

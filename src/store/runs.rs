@@ -204,3 +204,56 @@ pub async fn list_audit(db: &Db, limit: i64) -> Result<Vec<Json>, DbError> {
         .await?
         .rows)
 }
+
+/// Why a decision on a run could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    #[error("no run {0}")]
+    NoRun(i64),
+    #[error("run {0} is {1}, not waiting for approval")]
+    NotWaiting(i64, String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Records an operator's answer to the `approve` step a run waits at, with its audit record.
+/// Returns the step answered.
+pub async fn decide(
+    db: &Db,
+    run_id: i64,
+    approve: bool,
+    actor: &str,
+    comment: Option<&str>,
+) -> Result<String, DecideError> {
+    let rows = db
+        .sql(
+            "SELECT status, waiting_step FROM runbook_runs WHERE id = $1",
+            vec![json!(run_id)],
+        )
+        .await?
+        .rows;
+    let run = rows.first().ok_or(DecideError::NoRun(run_id))?;
+    let (Some("waiting_approval"), Some(step)) =
+        (run["status"].as_str(), run["waiting_step"].as_str())
+    else {
+        return Err(DecideError::NotWaiting(
+            run_id,
+            run["status"].as_str().unwrap_or("?").to_owned(),
+        ));
+    };
+    let decision = if approve { "approved" } else { "rejected" };
+    db.sql(
+        "INSERT INTO runbook_approvals (run_id, step_id, decision, actor, comment) VALUES ($1, $2, $3, $4, $5)",
+        vec![json!(run_id), json!(step), json!(decision), json!(actor), json!(comment)],
+    )
+    .await?;
+    audit(
+        db,
+        actor,
+        &format!("run_{decision}"),
+        json!({ "run_id": run_id, "step": step }),
+        1,
+    )
+    .await?;
+    Ok(step.to_owned())
+}
