@@ -430,3 +430,50 @@ async fn approve_waits_for_an_operator_and_a_rejection_fails_the_run() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_mutating_sql_step_and_its_audit_record_commit_together() {
+    let w = Workdir::new();
+    w.playbook(
+        "bump",
+        "name: bump\nparams:\n  who: { type: string }\nsteps:\n  - id: bump\n    sql: \"UPDATE command_queue SET priority = 9 WHERE entity_id = {{ params.who }} RETURNING id\"\n",
+    );
+    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    let pool = sqlite(&w).await;
+    for id in ["a", "a", "b"] {
+        sqlx::query(
+            "INSERT INTO command_queue (entity, entity_id, command_type) VALUES ('user', ?1, 't')",
+        )
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let out = w.run(&["run", "bump", "--param", "who=a", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = out.run();
+    assert_eq!(run["steps"]["bump"]["output"]["rows_affected"], 2);
+    assert_eq!(
+        run["steps"]["bump"]["rows"].as_array().unwrap().len(),
+        2,
+        "RETURNING rows come back"
+    );
+    let audit: (String, String, i64, String) =
+        sqlx::query_as("SELECT actor, op, rows, filter FROM runbook_audit")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (audit.0.as_str(), audit.1.as_str(), audit.2),
+        ("run:1:bump", "sql:bump", 2)
+    );
+    assert!(audit.3.contains(r#""params":["a"]"#), "{}", audit.3);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT COUNT(*) FROM command_queue WHERE priority = 9"
+        )
+        .await,
+        2
+    );
+}

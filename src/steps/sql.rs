@@ -77,8 +77,19 @@ fn contains_word(sql: &str, words: &[&str]) -> bool {
         .any(|w| words.iter().any(|x| w.eq_ignore_ascii_case(x)))
 }
 
+/// Statements that cannot run inside a transaction block on PostgreSQL.
+fn needs_autocommit(sql: &str) -> bool {
+    let first = sql
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    first == "VACUUM" || contains_word(sql, &["CONCURRENTLY"])
+}
+
 pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
-    let db = if i.datasource == "store" && !cx.engine.has_datasource("store") {
+    let on_store = i.datasource == "store" && !cx.engine.has_datasource("store");
+    let db = if on_store {
         cx.engine.store.clone()
     } else {
         cx.engine
@@ -90,7 +101,24 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         sql: i.sql.clone(),
         params: i.params.clone(),
     };
-    let res = db.query(&q, i.max_rows).await.map_err(|e| {
+    let read_only = is_read_only(&i.sql);
+    let filter = json!({ "datasource": i.datasource, "sql": i.sql, "params": i.params });
+    let op = format!("sql:{}", cx.step_id);
+    let actor = cx.run.actor();
+    // On the store a change and its audit record commit together; another database cannot share
+    // the store's transaction, so there the record follows the change.
+    let same_tx = on_store && !read_only && !needs_autocommit(&i.sql);
+    let result = if same_tx {
+        let audit = crate::store::Audit {
+            actor: &actor,
+            op: &op,
+            filter: cx.engine.masker.mask_json(&filter),
+        };
+        db.query_audited(&q, i.max_rows, audit).await
+    } else {
+        db.query(&q, i.max_rows).await
+    };
+    let res = result.map_err(|e| {
         let msg = format!(
             "{} query failed: {}",
             i.datasource,
@@ -102,16 +130,9 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
             StepError::fatal(msg)
         }
     })?;
-    let read_only = is_read_only(&i.sql);
-    if !read_only {
-        let filter = json!({ "datasource": i.datasource, "sql": i.sql, "params": i.params });
+    if !read_only && !same_tx {
         cx.engine
-            .audit(
-                &cx.run.actor(),
-                &format!("sql:{}", cx.step_id),
-                filter,
-                res.rows_affected,
-            )
+            .audit(&actor, &op, filter, res.rows_affected)
             .await
             .map_err(|e| StepError::fatal(format!("audit record could not be written: {e}")))?;
     }

@@ -58,6 +58,25 @@ pub enum Db {
     Postgres(PgPool),
 }
 
+/// Runs a bound statement on an executor and collects rows (up to the cap) and the affected-row
+/// count. Not cached as a prepared statement: playbook SQL varies, and a NULL bound with an
+/// unspecified type would fix the parameter's type for later executions with values.
+/// `fetch_many` is the one sqlx call that yields both rows and the affected-row count, which a
+/// step needs for DELETE/UPDATE with or without RETURNING.
+macro_rules! collect {
+    ($bind:ident, $decode:path, $exec:expr, $q:expr, $max:expr, $out:ident) => {{
+        #[allow(deprecated)]
+        let mut stream =
+            $bind(sqlx::query(&$q.sql).persistent(false), &$q.params).fetch_many($exec);
+        while let Some(item) = stream.try_next().await? {
+            match item {
+                Either::Left(done) => $out.rows_affected += done.rows_affected(),
+                Either::Right(row) if $out.rows.len() < $max => $out.rows.push($decode(&row)),
+                Either::Right(_) => $out.truncated = true,
+            }
+        }
+    }};
+}
 /// Who changed what, for the audit log.
 pub struct Audit<'a> {
     pub actor: &'a str,
@@ -170,37 +189,48 @@ impl Db {
     /// Runs one bound statement and returns up to `max_rows` rows as JSON objects.
     pub async fn query(&self, q: &BoundSql, max_rows: usize) -> Result<SqlResult, DbError> {
         let mut out = SqlResult::default();
-        // Not cached as prepared statements: playbook SQL varies, and a NULL bound with an
-        // unspecified type would fix the parameter's type for later executions with values.
-        // `fetch_many` is the one sqlx call that yields both rows and the affected-row count, which a
-        // step needs for DELETE/UPDATE with or without RETURNING.
-        #[allow(deprecated)]
+        match self {
+            Db::Sqlite(pool) => collect!(bind_sqlite, decode::sqlite_row, pool, q, max_rows, out),
+            Db::Postgres(pool) => collect!(bind_pg, decode::pg_row, pool, q, max_rows, out),
+        }
+        Ok(out)
+    }
+
+    /// Runs one bound statement of a playbook and its audit record in one transaction, so the
+    /// change and its record stand or fall together. The audit's row count is the statement's.
+    pub async fn query_audited(
+        &self,
+        q: &BoundSql,
+        max_rows: usize,
+        audit: Audit<'_>,
+    ) -> Result<SqlResult, DbError> {
+        const AUDIT: &str =
+            "INSERT INTO runbook_audit (actor, op, filter, rows) VALUES ($1, $2, $3, $4)";
+        let mut out = SqlResult::default();
+        let audit_params = |rows: u64| {
+            vec![
+                Json::from(audit.actor),
+                Json::from(audit.op),
+                audit.filter.clone(),
+                Json::from(rows),
+            ]
+        };
         match self {
             Db::Sqlite(pool) => {
-                let mut stream =
-                    bind_sqlite(sqlx::query(&q.sql).persistent(false), &q.params).fetch_many(pool);
-                while let Some(item) = stream.try_next().await? {
-                    match item {
-                        Either::Left(done) => out.rows_affected += done.rows_affected(),
-                        Either::Right(row) if out.rows.len() < max_rows => {
-                            out.rows.push(decode::sqlite_row(&row))
-                        }
-                        Either::Right(_) => out.truncated = true,
-                    }
-                }
+                let mut tx = pool.begin().await?;
+                collect!(bind_sqlite, decode::sqlite_row, &mut *tx, q, max_rows, out);
+                let ap = audit_params(out.rows_affected);
+                bind_sqlite(sqlx::query(&dollar_to_question(AUDIT)), &ap)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
             }
             Db::Postgres(pool) => {
-                let mut stream =
-                    bind_pg(sqlx::query(&q.sql).persistent(false), &q.params).fetch_many(pool);
-                while let Some(item) = stream.try_next().await? {
-                    match item {
-                        Either::Left(done) => out.rows_affected += done.rows_affected(),
-                        Either::Right(row) if out.rows.len() < max_rows => {
-                            out.rows.push(decode::pg_row(&row))
-                        }
-                        Either::Right(_) => out.truncated = true,
-                    }
-                }
+                let mut tx = pool.begin().await?;
+                collect!(bind_pg, decode::pg_row, &mut *tx, q, max_rows, out);
+                let ap = audit_params(out.rows_affected);
+                bind_pg(sqlx::query(AUDIT), &ap).execute(&mut *tx).await?;
+                tx.commit().await?;
             }
         }
         Ok(out)
