@@ -287,7 +287,14 @@ impl Setup {
 
 /// Runs the command; returns the process exit code.
 pub async fn main(cli: Cli) -> Result<i32> {
-    let setup = Setup::load(&cli.global)?;
+    // A config that does not load is a usage error, like a playbook that does not validate.
+    let setup = match Setup::load(&cli.global) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(EXIT_USAGE);
+        }
+    };
     match cli.command {
         Command::Validate { path } => Ok(validate(&setup, path.as_deref())),
         Command::Schema => {
@@ -513,11 +520,8 @@ async fn run(
         eprintln!("error: playbook `{name}` has errors and does not run");
         return Ok(EXIT_USAGE);
     }
-    if !others.is_empty() {
-        eprintln!(
-            "warning: {} problem(s) in other playbooks; see `runbook validate`",
-            others.len()
-        );
+    for d in &others {
+        eprintln!("warning: {d}");
     }
     if catalog.get(&name).is_none() {
         let known: Vec<&str> = catalog.playbooks.keys().map(String::as_str).collect();
