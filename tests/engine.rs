@@ -377,7 +377,7 @@ async fn approve_waits_for_an_operator_and_a_rejection_fails_the_run() {
     assert_eq!(w.run(&["queue", "stats"]).code, 0);
     let pool = sqlite(&w).await;
     for (run_id, reject) in [(1, false), (2, true)] {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runbook"))
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_runbook"))
             .args(["run", "gate"])
             .current_dir(w.path())
             .stdout(std::process::Stdio::piped())

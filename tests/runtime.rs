@@ -751,11 +751,59 @@ async fn a_completion_after_the_lease_was_taken_over_is_refused() {
     );
     let on_time = Ack {
         completed: vec![(b[0].id, "user".into(), "1".into())],
-        locked: vec![("user".into(), "1".into())],
+        locked: vec![b[0].id],
         ..Default::default()
     };
     assert_eq!(
         queue::ack(&db, "worker-b", &on_time).await.unwrap(),
         vec![b[0].id]
     );
+}
+
+#[tokio::test]
+async fn a_long_playbook_run_does_not_hold_up_other_commands() {
+    let w = workdir();
+    let url = w.sqlite_url();
+    w.playbook("slow", "name: slow\nsteps:\n  - id: nap\n    wait: 6s\n");
+    let server = w.serve(&[]);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/api/runs", server.base))
+        .bearer_auth("ops-token-456")
+        .json(&json!({ "playbook": "slow" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let db = store(&url).await;
+    eventually(10, "the run to start", || async {
+        (scalar(
+            &db,
+            "SELECT COUNT(*) FROM runbook_runs WHERE status = 'running'",
+        )
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    for i in 0..5 {
+        enqueue(&w, &url, "user", &format!("u{i}"), "user.update", "{}");
+    }
+    eventually(4, "ordinary commands to complete while the run goes on", || async {
+        (scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE command_type = 'user.update' AND status = 'completed'").await == 5).then_some(())
+    })
+    .await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM runbook_runs WHERE status = 'running'"
+        )
+        .await,
+        1,
+        "the run is still going"
+    );
+    eventually(15, "the run to finish and its command to complete", || async {
+        (scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE command_type = 'runbook.run' AND status = 'completed'").await == 1).then_some(())
+    })
+    .await;
 }

@@ -148,3 +148,29 @@ steps:
         "secret stored in the WAL"
     );
 }
+
+#[test]
+fn a_templated_shell_argument_cannot_become_an_option() {
+    let w = Workdir::new();
+    w.config("shell: { allow: [printf] }\n");
+    w.playbook(
+        "opt",
+        "name: opt\nparams:\n  pod: { type: string }\nsteps:\n  - id: p\n    shell: [printf, \"%s\", \"{{ params.pod }}\"]\n  - id: q\n    shell: [printf, \"%s|%s\", \"--\", \"{{ params.pod }}\"]\n",
+    );
+    let out = w.run(&["run", "opt", "--param", "pod=--all", "-o", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let run = out.run();
+    assert_eq!(run["failed_step"], "p");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("`--all` would be read as an option"),
+        "{run}"
+    );
+    // After a literal `--` the value is positional, so it is allowed.
+    w.playbook("opt", "name: opt\nparams:\n  pod: { type: string }\nsteps:\n  - id: q\n    shell: [printf, \"%s|%s\", \"--\", \"{{ params.pod }}\"]\n");
+    let out = w.run(&["run", "opt", "--param", "pod=--all", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.run()["steps"]["q"]["output"]["stdout"], "--|--all");
+}

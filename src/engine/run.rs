@@ -23,6 +23,9 @@ use crate::{
     template::{context, to_json},
 };
 
+/// The error of a run an operator cancelled.
+const CANCELLED: &str = "cancelled by an operator";
+
 /// What starts a run.
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
@@ -257,6 +260,7 @@ impl Engine {
         let body = self.run_steps(&pb.steps, &meta, &mut state);
         let (status, failed) = match tokio::time::timeout(pb.timeout.as_std(), body).await {
             Ok(None) => (if req.dry_run { "planned" } else { "succeeded" }, None),
+            Ok(Some((step, error))) if error == CANCELLED => ("cancelled", Some((step, error))),
             Ok(Some((step, error))) => ("failed", Some((step, error))),
             Err(_) => (
                 "timed_out",
@@ -266,7 +270,8 @@ impl Engine {
                 )),
             ),
         };
-        if let Some((step, error)) = &failed {
+        // A cancel is deliberate: it does not page anyone through on_failure.
+        if let Some((step, error)) = failed.as_ref().filter(|_| status != "cancelled") {
             if !pb.on_failure.is_empty() {
                 state
                     .ctx
@@ -352,8 +357,7 @@ impl Engine {
             .await
             .ok()?
             .rows;
-        (rows.first()?.get("status")? == "cancel_requested")
-            .then(|| "cancelled by an operator".to_owned())
+        (rows.first()?.get("status")? == "cancel_requested").then(|| CANCELLED.to_owned())
     }
 
     fn event(&self, meta: &RunMeta, step: &Step, status: &str) -> StepEvent {

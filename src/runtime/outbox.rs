@@ -351,7 +351,12 @@ pub async fn run(engine: std::sync::Arc<Engine>, mut sink: Sink, shutdown: Cance
             Err(e) => {
                 tracing::warn!(error = %e, "Outbox dispatch failed; retrying.");
                 progress = Progress::default();
-                leader = None;
+                // Close the session rather than return it to the pool: the advisory lock goes with
+                // it, so another replica (or this one, later) can take over dispatching.
+                if let Some(conn) = leader.take() {
+                    use sqlx::Connection;
+                    let _ = conn.detach().close().await;
+                }
                 wait(&shutdown, Duration::from_secs(1)).await;
             }
         }

@@ -72,8 +72,8 @@ pub struct Ack {
     pub completed: Vec<(i64, String, String)>,
     pub events: Vec<Event>,
     pub failed: Vec<Failure>,
-    /// Entities whose work-state locks this batch holds, released with the acknowledgement.
-    pub locked: Vec<(String, String)>,
+    /// Commands of this batch that hold their entity's work-state lock; released with the acknowledgement.
+    pub locked: Vec<i64>,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -350,11 +350,7 @@ pub async fn defer(db: &Db, worker: &str, ids: &[i64], delay: Duration) -> Resul
 /// command whose lease another worker took over is refused (its events are not written).
 pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> {
     let done_ids: Vec<i64> = ack.completed.iter().map(|(id, _, _)| *id).collect();
-    let entities: Vec<(&str, &str)> = ack
-        .locked
-        .iter()
-        .map(|(e, i)| (e.as_str(), i.as_str()))
-        .collect();
+    let lock_ids = &ack.locked;
     match db {
         // The common case, completions without events or failures: one statement, no transaction
         // round trips. The locks released are those the completed commands hold.
@@ -446,14 +442,12 @@ pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> 
                 .execute(&mut *tx)
                 .await?;
             }
-            if !entities.is_empty() {
+            if !lock_ids.is_empty() {
                 sqlx::query(
                     "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = NOW() \
-                     WHERE (entity, entity_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[])) AND locked_by = $3",
+                     WHERE command_id = ANY($1) AND state = 'updating'",
                 )
-                .bind(entities.iter().map(|e| e.0).collect::<Vec<_>>())
-                .bind(entities.iter().map(|e| e.1).collect::<Vec<_>>())
-                .bind(worker)
+                .bind(lock_ids)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -512,15 +506,12 @@ pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> 
                 .execute(&mut *tx)
                 .await?;
             }
-            if !entities.is_empty() {
-                let pairs: Vec<Json> = entities.iter().map(|(e, i)| json!([e, i])).collect();
+            if !lock_ids.is_empty() {
                 sqlx::query(&format!(
                     "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = {SQLITE_NOW} \
-                     WHERE (entity, entity_id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1)) \
-                       AND locked_by = ?2"
+                     WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
                 ))
-                .bind(Json::Array(pairs).to_string())
-                .bind(worker)
+                .bind(json!(lock_ids).to_string())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -537,12 +528,17 @@ pub async fn heartbeat(db: &Db, worker: &str, ids: &[i64], lease: Duration) -> R
     }
     match db {
         Db::Postgres(pool) => {
-            sqlx::query("UPDATE command_queue SET locked_until = NOW() + make_interval(secs => $3) WHERE id = ANY($1) AND locked_by = $2")
-                .bind(ids)
-                .bind(worker)
-                .bind(secs(lease))
-                .execute(pool)
-                .await?;
+            // The entity locks are kept fresh too, so a long command is not taken for a dead one.
+            sqlx::query(
+                "WITH h AS (UPDATE command_queue SET locked_until = NOW() + make_interval(secs => $3) \
+                            WHERE id = ANY($1) AND locked_by = $2 RETURNING id) \
+                 UPDATE work_state SET locked_at = NOW() WHERE command_id IN (SELECT id FROM h) AND state = 'updating'",
+            )
+            .bind(ids)
+            .bind(worker)
+            .bind(secs(lease))
+            .execute(pool)
+            .await?;
         }
         Db::Sqlite(pool) => {
             sqlx::query(
@@ -552,6 +548,13 @@ pub async fn heartbeat(db: &Db, worker: &str, ids: &[i64], lease: Duration) -> R
             .bind(json!(ids).to_string())
             .bind(worker)
             .bind(sqlite_in(lease))
+            .execute(pool)
+            .await?;
+            sqlx::query(&format!(
+                "UPDATE work_state SET locked_at = {SQLITE_NOW} \
+                 WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
+            ))
+            .bind(json!(ids).to_string())
             .execute(pool)
             .await?;
         }

@@ -5,17 +5,18 @@
 //! re-read every second, so a `scale_workers` from any process takes effect here within seconds.
 
 use std::{
+    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    handlers::{self, backoff, Handlers},
+    handlers::{self, backoff, Handlers, RUN_COMMAND},
     metrics::{EntityLabel, ErrorLabels},
     queue::{self, Ack, Claimed, Failure, Lock},
     Settings,
@@ -32,6 +33,9 @@ pub struct Workers {
     pub handlers: Arc<Handlers>,
     /// This process's worker id, recorded as `locked_by`.
     pub id: String,
+    /// Playbook runs in progress, each acknowledged on its own.
+    runs: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    run_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Claim loops wanted: enough batches in hand for `workerConcurrency` commands in flight.
@@ -49,10 +53,13 @@ impl Workers {
             std::process::id(),
             fastrand::u16(..)
         );
+        let slots = engine.config.streaming.worker_concurrency.max(1) as usize;
         Workers {
             engine,
             handlers: Arc::new(handlers),
             id,
+            runs: Default::default(),
+            run_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
         }
     }
 
@@ -71,6 +78,9 @@ impl Workers {
         }
         this.maintain(tx, shutdown.clone()).await;
         while loops.join_next().await.is_some() {}
+        // Playbook runs in progress finish between steps; wait for them and their acknowledgements.
+        let mut runs = std::mem::take(&mut *this.runs.lock().expect("runs lock"));
+        while runs.join_next().await.is_some() {}
         tracing::info!(worker = %this.id, "Workers stopped.");
     }
 
@@ -105,6 +115,14 @@ impl Workers {
                 }
                 last_rescue = Instant::now();
             }
+            // Reap finished playbook-run tasks.
+            while self
+                .runs
+                .lock()
+                .expect("runs lock")
+                .try_join_next()
+                .is_some()
+            {}
             sleep_or_stop(&shutdown, Duration::from_secs(1)).await;
         }
     }
@@ -176,7 +194,7 @@ impl Workers {
     ) -> Ack {
         let engine = &self.engine;
         let mut wait = Vec::new();
-        let mut held = Vec::new();
+        let mut held = HashSet::new();
         let mut runnable = Vec::with_capacity(batch.len());
         for (c, lock) in batch {
             match lock {
@@ -185,7 +203,7 @@ impl Workers {
                     if takeover {
                         engine.metrics.lock_expiries.inc();
                     }
-                    held.push((c.entity.clone(), c.entity_id.clone()));
+                    held.insert(c.id);
                     runnable.push(c);
                 }
                 Lock::Shared => runnable.push(c),
@@ -194,87 +212,156 @@ impl Workers {
         if let Err(e) = queue::defer(&engine.store, &self.id, &wait, LOCK_WAIT).await {
             tracing::warn!(error = %e, "Deferring commands failed; their lease will return them.");
         }
+        // Playbook runs can take minutes (an approval, hours): each gets its own task and its own
+        // acknowledgement, so the batch, and the queue behind it, does not wait for them.
+        let (runs, commands): (Vec<Claimed>, Vec<Claimed>) = runnable
+            .into_iter()
+            .partition(|c| c.command_type == RUN_COMMAND);
+        for run in runs {
+            let locked = held.contains(&run.id);
+            let (engine, handlers, id, s) = (
+                self.engine.clone(),
+                self.handlers.clone(),
+                self.id.clone(),
+                settings.clone(),
+            );
+            let permits = self.run_slots.clone();
+            self.runs.lock().expect("runs lock").spawn(async move {
+                let _slot = permits.acquire_owned().await;
+                let held: HashSet<i64> = if locked {
+                    [run.id].into()
+                } else {
+                    HashSet::new()
+                };
+                let ack = execute(&engine, &handlers, &id, vec![run], &held, &s, lease).await;
+                acknowledge(&engine, &id, ack).await;
+            });
+        }
+        execute(
+            &self.engine,
+            &self.handlers,
+            &self.id,
+            commands,
+            &held,
+            settings,
+            lease,
+        )
+        .await
+    }
+}
 
-        // Keep the leases alive while handlers run (playbook runs can take minutes).
-        let ids: Vec<i64> = runnable.iter().map(|c| c.id).collect();
-        let heartbeat = {
-            let (engine, id) = (self.engine.clone(), self.id.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(lease / 3).await;
-                    if let Err(e) = queue::heartbeat(&engine.store, &id, &ids, lease).await {
-                        tracing::warn!(error = %e, "Lease heartbeat failed.");
-                    }
-                }
-            })
-        };
-        let concurrency = settings.worker_concurrency.max(1) as usize;
-        let outcomes: Vec<(Claimed, Result<Vec<queue::Event>, handlers::HandlerError>)> =
-            futures::stream::iter(runnable)
-                .map(|c| {
-                    let (engine, handlers) = (self.engine.clone(), self.handlers.clone());
-                    async move {
-                        let outcome = handlers::handle(&engine, &handlers, &c).await;
-                        (c, outcome)
-                    }
-                })
-                .buffer_unordered(concurrency)
-                .collect()
-                .await;
-        heartbeat.abort();
+/// Aborts the lease heartbeat when the work it covers ends, however it ends.
+struct Heartbeat(tokio::task::JoinHandle<()>);
 
-        let mut ack = Ack {
-            locked: held,
-            ..Ack::default()
-        };
-        for (c, outcome) in outcomes {
-            match outcome {
-                Ok(events) => {
-                    ack.completed
-                        .push((c.id, c.entity.clone(), c.entity_id.clone()));
-                    ack.events.extend(events);
-                    engine
-                        .metrics
-                        .worker_success
-                        .get_or_create(&EntityLabel {
-                            entity: c.entity.clone(),
-                        })
-                        .inc();
-                    let latency =
-                        (Utc::now() - c.created_at).num_milliseconds().max(0) as f64 / 1000.0;
-                    engine
-                        .metrics
-                        .latency
-                        .get_or_create(&EntityLabel {
-                            entity: c.entity.clone(),
-                        })
-                        .observe(latency);
-                }
-                Err(e) => {
-                    engine
-                        .metrics
-                        .worker_error
-                        .get_or_create(&ErrorLabels {
-                            entity: c.entity.clone(),
-                            error_type: e.error_type.clone(),
-                        })
-                        .inc();
-                    let retry_in = (e.retryable && (c.attempts as u32) <= settings.max_retries)
-                        .then(|| backoff(c.attempts, settings.max_backoff_ms));
-                    tracing::debug!(command = c.id, error_type = %e.error_type, attempts = c.attempts, dlq = retry_in.is_none(), "Command failed.");
-                    ack.failed.push(Failure {
-                        id: c.id,
-                        entity: c.entity.clone(),
-                        entity_id: c.entity_id.clone(),
-                        error_type: e.error_type,
-                        message: engine.masker.mask_str(&e.message),
-                        retry_in,
-                    });
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs commands with `workerConcurrency` tasks while their leases are kept alive, and turns the
+/// outcomes into an acknowledgement. A handler that panics fails its command instead of taking
+/// the loop down.
+async fn execute(
+    engine: &Arc<Engine>,
+    handlers: &Arc<Handlers>,
+    worker: &str,
+    commands: Vec<Claimed>,
+    held: &HashSet<i64>,
+    settings: &Settings,
+    lease: Duration,
+) -> Ack {
+    let ids: Vec<i64> = commands.iter().map(|c| c.id).collect();
+    let _heartbeat = {
+        let (engine, id, ids) = (engine.clone(), worker.to_owned(), ids.clone());
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                if let Err(e) = queue::heartbeat(&engine.store, &id, &ids, lease).await {
+                    tracing::warn!(error = %e, "Lease heartbeat failed.");
                 }
             }
+        }))
+    };
+    let concurrency = settings.worker_concurrency.max(1) as usize;
+    let outcomes: Vec<(Claimed, Result<Vec<queue::Event>, handlers::HandlerError>)> =
+        futures::stream::iter(commands)
+            .map(|c| {
+                let (engine, handlers) = (engine.clone(), handlers.clone());
+                async move {
+                    let outcome =
+                        std::panic::AssertUnwindSafe(handlers::handle(&engine, &handlers, &c))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|panic| {
+                                let what = panic
+                                    .downcast_ref::<&str>()
+                                    .map(|s| s.to_string())
+                                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                                    .unwrap_or_default();
+                                Err(handlers::HandlerError {
+                                    error_type: "PanicException".into(),
+                                    message: format!("the handler panicked: {what}"),
+                                    retryable: false,
+                                })
+                            });
+                    (c, outcome)
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+
+    let mut ack = Ack {
+        locked: ids.iter().copied().filter(|id| held.contains(id)).collect(),
+        ..Ack::default()
+    };
+    for (c, outcome) in outcomes {
+        match outcome {
+            Ok(events) => {
+                ack.completed
+                    .push((c.id, c.entity.clone(), c.entity_id.clone()));
+                ack.events.extend(events);
+                engine
+                    .metrics
+                    .worker_success
+                    .get_or_create(&EntityLabel {
+                        entity: c.entity.clone(),
+                    })
+                    .inc();
+                let latency = (Utc::now() - c.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+                engine
+                    .metrics
+                    .latency
+                    .get_or_create(&EntityLabel {
+                        entity: c.entity.clone(),
+                    })
+                    .observe(latency);
+            }
+            Err(e) => {
+                engine
+                    .metrics
+                    .worker_error
+                    .get_or_create(&ErrorLabels {
+                        entity: c.entity.clone(),
+                        error_type: e.error_type.clone(),
+                    })
+                    .inc();
+                let retry_in = (e.retryable && (c.attempts as u32) <= settings.max_retries)
+                    .then(|| backoff(c.attempts, settings.max_backoff_ms));
+                tracing::debug!(command = c.id, error_type = %e.error_type, attempts = c.attempts, dlq = retry_in.is_none(), "Command failed.");
+                ack.failed.push(Failure {
+                    id: c.id,
+                    entity: c.entity.clone(),
+                    entity_id: c.entity_id.clone(),
+                    error_type: e.error_type,
+                    message: engine.masker.mask_str(&e.message),
+                    retry_in,
+                });
+            }
         }
-        ack
     }
+    ack
 }
 
 async fn acknowledge(engine: &Engine, worker: &str, ack: Ack) {

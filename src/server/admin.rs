@@ -250,13 +250,19 @@ pub async fn run_approve(
     State(s): State<Shared>,
     headers: HeaderMap,
     Path(id): Path<i64>,
-    body: Option<Json<Decision>>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, AppError> {
     let who = s.tokens.authorize(&headers, Role::Operator)?;
-    let d = body.map(|b| b.0).unwrap_or(Decision {
-        reject: false,
-        comment: None,
-    });
+    // An empty body approves; anything else must be a decision, whatever its Content-Type says,
+    // so `{"reject": true}` can never be read as an approval.
+    let d: Decision = if body.iter().all(u8::is_ascii_whitespace) {
+        Decision {
+            reject: false,
+            comment: None,
+        }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("decision: {e}")))?
+    };
     let actor = format!("api:{}", who.name);
     let step = match runs::decide(&s.engine.store, id, !d.reject, &actor, d.comment.as_deref())
         .await

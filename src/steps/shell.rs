@@ -39,16 +39,25 @@ impl ShellStep {
     }
 
     pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
-        let argv = self
-            .argv
-            .iter()
-            .map(|a| {
-                cx.engine
-                    .templates
-                    .render(a, cx.ctx)
-                    .map_err(StepError::template)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut argv = Vec::with_capacity(self.argv.len());
+        let mut after_double_dash = false;
+        for template in &self.argv {
+            let value = cx
+                .engine
+                .templates
+                .render(template, cx.ctx)
+                .map_err(StepError::template)?;
+            // A value from a template must not turn into an option (`--all`, `--kubeconfig=...`):
+            // only an element whose literal text starts with `-` may render to one, or any element
+            // after a literal `--`.
+            if value.starts_with('-') && !template.starts_with('-') && !after_double_dash {
+                return Err(StepError::fatal(format!(
+                    "argument `{value}` would be read as an option; write the option literally (`--name={{{{ x }}}}`) or put `--` before it"
+                )));
+            }
+            after_double_dash |= template == "--";
+            argv.push(value);
+        }
         Ok(Input {
             argv,
             max_output: self.max_output,
