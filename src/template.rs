@@ -9,7 +9,7 @@
 //! Undefined values are errors everywhere. `when`, `until`, `assert` and `for_each` are
 //! expressions, evaluated to values rather than rendered to text.
 
-use std::{cell::RefCell, sync::Arc};
+use std::cell::RefCell;
 
 use minijinja::{
     value::{Object, Value},
@@ -439,9 +439,6 @@ pub fn percent_encode(s: &str) -> String {
     }
     out
 }
-
-/// Shared handle.
-pub type SharedTemplates = Arc<Templates>;
 
 #[cfg(test)]
 mod tests {

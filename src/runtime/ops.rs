@@ -110,12 +110,6 @@ pub enum OpError {
     Db(#[from] DbError),
 }
 
-impl Op {
-    pub fn is_mutation(&self) -> bool {
-        !matches!(self, Op::QueueStats | Op::DlqList { .. })
-    }
-}
-
 fn ago(d: Dialect, dur: Dur) -> String {
     d.ago(dur)
 }

@@ -106,13 +106,6 @@ pub async fn succeeded_steps(
     Ok(out)
 }
 
-pub async fn set_running(db: &Db, id: i64) -> Result<(), DbError> {
-    let now = now_sql(db.dialect());
-    db.sql(&format!("UPDATE runbook_runs SET status = 'running', started_at = COALESCE(started_at, {now}) WHERE id = $1"), vec![json!(id)])
-        .await?;
-    Ok(())
-}
-
 pub async fn finish_run(
     db: &Db,
     id: i64,
@@ -193,16 +186,6 @@ pub async fn get_run(db: &Db, id: i64) -> Result<Option<Json>, DbError> {
         .await?;
     run["steps"] = Json::Array(steps.rows);
     Ok(Some(run))
-}
-
-pub async fn list_audit(db: &Db, limit: i64) -> Result<Vec<Json>, DbError> {
-    Ok(db
-        .sql(
-            "SELECT * FROM runbook_audit ORDER BY id DESC LIMIT $1",
-            vec![json!(limit)],
-        )
-        .await?
-        .rows)
 }
 
 /// Why a decision on a run could not be recorded.
