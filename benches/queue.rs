@@ -19,8 +19,8 @@ use rdkafka::{
     ClientConfig,
 };
 use runbook::{
-    runtime::queue::{self, NewCommand},
     store::Db,
+    stream::queue::{self, NewCommand},
 };
 use serde_json::json;
 

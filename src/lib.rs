@@ -26,17 +26,27 @@
 //! - [`schema`]: the JSON Schema of the playbook format.
 //! - [`duration`], [`diagnostics`]: small shared types.
 
-pub mod cli;
+// Leaf types: depend on nothing of ours but each other, in this order.
 pub mod config;
 pub mod diagnostics;
 pub mod duration;
-pub mod engine;
 pub mod kafka;
-pub mod playbook;
-pub mod runtime;
-pub mod schema;
+pub mod metrics;
 pub mod secrets;
-pub mod server;
-pub mod steps;
-pub mod store;
 pub mod template;
+pub mod text;
+// Storage and the clients built once per process.
+pub mod services;
+pub mod store;
+// The streaming system's data layer.
+pub mod stream;
+// Playbooks: step kinds, then the playbook that holds them, then the engine that runs it.
+pub mod engine;
+pub mod playbook;
+pub mod schema;
+pub mod steps;
+// Processes: workers, handlers, the outbox dispatcher.
+pub mod process;
+// Faces.
+pub mod cli;
+pub mod server;

@@ -440,6 +440,14 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// A minijinja error in one line: kind and detail, without the debug dump.
+pub fn message(e: &minijinja::Error) -> String {
+    match e.detail() {
+        Some(d) => format!("template: {}: {d}", e.kind()),
+        None => format!("template: {}", e.kind()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

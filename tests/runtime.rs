@@ -337,8 +337,8 @@ async fn ten_thousand_commands_over_three_processes_complete_exactly_once() {
     )
     .await
     .unwrap();
-    let commands: Vec<runbook::runtime::queue::NewCommand> = (0..10_000)
-        .map(|i| runbook::runtime::queue::NewCommand {
+    let commands: Vec<runbook::stream::queue::NewCommand> = (0..10_000)
+        .map(|i| runbook::stream::queue::NewCommand {
             entity: "acct".into(),
             entity_id: format!("a{}", i % 500),
             command_type: "count.it".into(),
@@ -346,7 +346,7 @@ async fn ten_thousand_commands_over_three_processes_complete_exactly_once() {
             payload: json!({ "n": i }),
         })
         .collect();
-    runbook::runtime::queue::enqueue(&db, &commands)
+    runbook::stream::queue::enqueue(&db, &commands)
         .await
         .unwrap();
     let servers: Vec<_> = (0..3).map(|_| w.serve(&["--store", &pg.url])).collect();
@@ -700,7 +700,7 @@ async fn an_entity_lock_holds_back_its_commands_and_an_expired_lock_is_taken_ove
 
 #[tokio::test]
 async fn a_completion_after_the_lease_was_taken_over_is_refused() {
-    use runbook::runtime::queue::{self, Ack, NewCommand};
+    use runbook::stream::queue::{self, Ack, NewCommand};
     let pg = PgDb::new().await;
     let db = store(&pg.url).await;
     db.migrate().await.unwrap();

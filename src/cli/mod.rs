@@ -16,10 +16,12 @@ use serde_json::{json, Value as Json};
 use crate::{
     config::{Config, DEFAULT_STORE},
     engine::{Engine, RunRequest},
-    runtime::ops::{self, Op},
-    runtime::queue::{self, NewCommand},
+    metrics::Metrics,
     secrets::Masker,
+    services::Services,
     store::{runs, Db},
+    stream::ops::{self, Op},
+    stream::queue::{self, NewCommand},
 };
 
 /// Exit code for usage and validation errors.
@@ -545,7 +547,12 @@ async fn run(
         return Ok(EXIT_USAGE);
     }
     let store = setup.store().await?;
-    let engine = Engine::new(store, setup.config.clone(), setup.masker.clone(), catalog);
+    let services = Arc::new(Services::new(
+        store,
+        setup.config.clone(),
+        setup.masker.clone(),
+    ));
+    let engine = Engine::new(services, Arc::new(Metrics::new()), catalog);
     let observer = Arc::new(output::Printer::new(format));
     let req = RunRequest {
         playbook: name,
@@ -678,30 +685,21 @@ fn parse_size(text: &str) -> Result<usize> {
 }
 
 async fn serve(setup: &Setup, listen: Option<String>, no_workers: bool) -> Result<i32> {
-    use crate::{
-        runtime::{handlers::Handlers, outbox, worker::Workers},
-        server,
-    };
+    use crate::{process::app::App, server};
     let store = setup.store().await?;
-    let (catalog, diags) = Engine::load_playbooks(&setup.runbooks, &setup.config);
+    let tokens = server::Tokens::from_config(&setup.config, &setup.masker)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let max_body = parse_size(setup.config.server.max_body.as_deref().unwrap_or("1MiB"))?;
+    let (mut app, diags) = App::build(
+        store,
+        setup.config.clone(),
+        setup.masker.clone(),
+        &setup.runbooks,
+    )?;
     for d in &diags {
         tracing::error!(%d, "Playbook not loaded.");
         eprintln!("{d}");
     }
-    let handlers =
-        Handlers::from_config(&setup.config.streaming.handlers).map_err(|e| anyhow::anyhow!(e))?;
-    let tokens = server::Tokens::from_config(&setup.config, &setup.masker)
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let max_body = parse_size(setup.config.server.max_body.as_deref().unwrap_or("1MiB"))?;
-    let engine = Arc::new(Engine::new(
-        store,
-        setup.config.clone(),
-        setup.masker.clone(),
-        catalog,
-    ));
-    let names: Vec<String> = engine.catalog().playbooks.keys().cloned().collect();
-    engine.metrics.init_runs(names.iter().map(String::as_str));
-    let sink = outbox::Sink::from_engine(&engine).map_err(|e| anyhow::anyhow!(e))?;
 
     let addr = listen.unwrap_or_else(|| setup.config.server.listen.clone());
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -709,17 +707,15 @@ async fn serve(setup: &Setup, listen: Option<String>, no_workers: bool) -> Resul
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     println!("listening on http://{local}");
-    tracing::info!(%local, playbooks = names.len(), "Serving.");
+    tracing::info!(%local, playbooks = app.engine.catalog().playbooks.len(), "Serving.");
 
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    if setup.config.streaming.workers && !no_workers {
-        let workers = Workers::new(engine.clone(), handlers);
-        tasks.spawn(workers.run(shutdown.clone()));
-    }
-    tasks.spawn(outbox::run(engine.clone(), sink, shutdown.clone()));
+    app.start(!no_workers, &mut tasks, &shutdown);
     let state = Arc::new(server::AppState {
-        engine: engine.clone(),
+        engine: app.engine.clone(),
+        services: app.services.clone(),
+        metrics: app.metrics.clone(),
         tokens,
     });
     let http_shutdown = shutdown.clone();
@@ -734,10 +730,9 @@ async fn serve(setup: &Setup, listen: Option<String>, no_workers: bool) -> Resul
     let grace = std::time::Duration::from_secs(30);
     let drained =
         tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    let store = &app.services.store;
     if drained.is_err() {
-        let running = runs::list_runs(&engine.store, None, 20)
-            .await
-            .unwrap_or_default();
+        let running = runs::list_runs(store, None, 20).await.unwrap_or_default();
         let ids: Vec<String> = running
             .iter()
             .filter(|r| r["status"] == "running")
@@ -745,7 +740,7 @@ async fn serve(setup: &Setup, listen: Option<String>, no_workers: bool) -> Resul
             .collect();
         eprintln!("grace period over; runs still going: {}", ids.join(", "));
     }
-    engine.store.close().await;
+    store.close().await;
     Ok(0)
 }
 

@@ -8,7 +8,7 @@ use super::Format;
 use crate::{
     engine::{Observer, RunOutcome, StepEvent},
     playbook::Catalog,
-    runtime::ops::Op,
+    stream::ops::Op,
 };
 
 /// Prints step events as they happen: a line per step for a person, a JSON object per line for a machine.

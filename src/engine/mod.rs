@@ -4,22 +4,19 @@
 mod run;
 
 use std::{
-    collections::HashMap,
     path::Path,
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
-use serde_json::Value as Json;
-
-pub use run::{NullObserver, Observer, RunMeta, RunOutcome, RunRequest, StepEvent};
+pub use crate::steps::{NullObserver, Observer, RunMeta, StepEvent};
+pub use run::{RunOutcome, RunRequest};
 
 use crate::{
     config::Config,
+    metrics::Metrics,
     playbook::{Catalog, CompileEnv},
-    secrets::Masker,
-    store::{runs, Db, DbError},
-    template::{Dialect, Templates},
+    services::Services,
+    store::DbError,
 };
 
 /// Why a run could not start. (A run that starts and fails is a [`RunOutcome`], not an error.)
@@ -43,34 +40,28 @@ impl EngineError {
     }
 }
 
+/// Runs playbooks: the catalog, the shared services, and the engine's own metrics.
 pub struct Engine {
-    pub templates: Templates,
-    pub store: Db,
-    pub config: Arc<Config>,
-    pub masker: Masker,
-    pub http: reqwest::Client,
-    pub metrics: Arc<crate::runtime::metrics::Metrics>,
+    services: Arc<Services>,
+    metrics: Arc<Metrics>,
     catalog: RwLock<Arc<Catalog>>,
-    datasources: tokio::sync::Mutex<HashMap<String, Db>>,
 }
 
 impl Engine {
-    pub fn new(store: Db, config: Arc<Config>, masker: Masker, catalog: Catalog) -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("runbook/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .expect("static HTTP client settings");
+    pub fn new(services: Arc<Services>, metrics: Arc<Metrics>, catalog: Catalog) -> Self {
         Engine {
-            templates: Templates::new(),
-            store,
-            config,
-            masker,
-            http,
-            metrics: Arc::new(crate::runtime::metrics::Metrics::new()),
+            services,
+            metrics,
             catalog: RwLock::new(Arc::new(catalog)),
-            datasources: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -96,57 +87,5 @@ impl Engine {
         config: &Config,
     ) -> (Catalog, Vec<crate::diagnostics::Diagnostic>) {
         crate::playbook::load(dir, &Self::compile_env(config))
-    }
-
-    pub fn has_datasource(&self, name: &str) -> bool {
-        self.config.datasources.contains_key(name)
-    }
-
-    /// A named datasource's URL (a secret when it comes from the environment) and read-only flag.
-    fn datasource_url(&self, name: &str) -> Result<(String, bool), String> {
-        let ds = self
-            .config
-            .datasources
-            .get(name)
-            .ok_or_else(|| format!("unknown datasource `{name}`"))?;
-        let url = ds
-            .url_ref()
-            .resolve(&self.masker)
-            .map_err(|e| format!("datasource `{name}`: {e}"))?;
-        Ok((url, ds.read_only))
-    }
-
-    /// The dialect of a named datasource, from its URL's scheme, without connecting.
-    pub fn datasource_dialect(&self, name: &str) -> Result<Dialect, String> {
-        let (url, _) = self.datasource_url(name)?;
-        if url.starts_with("sqlite:") {
-            Ok(Dialect::Sqlite)
-        } else {
-            Ok(Dialect::Postgres)
-        }
-    }
-
-    /// A pool for a named datasource, connected on first use.
-    pub async fn datasource(&self, name: &str) -> Result<Db, String> {
-        let mut pools = self.datasources.lock().await;
-        if let Some(db) = pools.get(name) {
-            return Ok(db.clone());
-        }
-        let (url, read_only) = self.datasource_url(name)?;
-        let db = Db::connect(&url, read_only, 4)
-            .await
-            .map_err(|e| self.masker.mask_str(&format!("datasource `{name}`: {e}")))?;
-        pools.insert(name.to_owned(), db.clone());
-        Ok(db)
-    }
-
-    pub async fn audit(
-        &self,
-        actor: &str,
-        op: &str,
-        filter: Json,
-        rows: u64,
-    ) -> Result<(), DbError> {
-        runs::audit(&self.store, actor, op, self.masker.mask_json(&filter), rows).await
     }
 }

@@ -13,13 +13,14 @@ use serde_json::{json, Map, Value as Json};
 
 use super::{Engine, EngineError};
 use crate::{
+    metrics::{RunLabels, StepLabels},
     playbook::{resolve_params, ForEach, Step},
-    runtime::{
-        metrics::{RunLabels, StepLabels},
-        Settings,
+    steps::{
+        ChildOutcome, Launcher, Observer, RunMeta, StepCx, StepError, StepEvent, StepKind,
+        StepOutput,
     },
-    steps::{template_message, StepCx, StepError, StepKind, StepOutput},
     store::runs::{self, Attempt, NewRun},
+    stream::Settings,
     template::{context, to_json},
 };
 
@@ -44,23 +45,6 @@ pub struct RunRequest {
     pub resume: Option<i64>,
 }
 
-/// A running run, as steps see it.
-#[derive(Clone)]
-pub struct RunMeta {
-    pub id: i64,
-    pub playbook: String,
-    pub dry_run: bool,
-    pub depth: u32,
-    pub observer: Arc<dyn Observer>,
-}
-
-impl RunMeta {
-    /// Who a mutation made by this run is attributed to in the audit log.
-    pub fn actor(&self) -> String {
-        format!("run:{}:{}", self.id, self.playbook)
-    }
-}
-
 /// How a run ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunOutcome {
@@ -72,36 +56,6 @@ pub struct RunOutcome {
     pub error: Option<String>,
     pub duration_ms: u64,
     pub steps: Json,
-}
-
-/// One step starting or ending, for whoever watches (the CLI prints these).
-#[derive(Debug, Clone, Serialize)]
-pub struct StepEvent {
-    pub run_id: i64,
-    pub playbook: String,
-    pub step: String,
-    pub kind: &'static str,
-    pub depth: u32,
-    /// `started`, `succeeded`, `failed`, `skipped`, `planned`.
-    pub status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub summary: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub input: Option<Json>,
-}
-
-pub trait Observer: Send + Sync {
-    fn step_event(&self, event: &StepEvent);
-}
-
-pub struct NullObserver;
-
-impl Observer for NullObserver {
-    fn step_event(&self, _: &StepEvent) {}
 }
 
 /// One step's result as later steps read it: `steps.<id>.{status,rows,output,error,duration_ms}`.
@@ -178,7 +132,7 @@ impl Engine {
     }
 
     /// A `playbook:` step's child run.
-    pub async fn run_child(
+    async fn run_child(
         &self,
         name: &str,
         params: BTreeMap<String, String>,
@@ -212,16 +166,20 @@ impl Engine {
             .get(&req.playbook)
             .ok_or_else(|| EngineError::UnknownPlaybook(req.playbook.clone()))?;
         let params = resolve_params(&pb.params, &req.params).map_err(EngineError::Params)?;
-        let settings = Settings::load(&self.store, &self.config.streaming).await?;
+        let settings =
+            Settings::load(&self.services.store, &self.services.config.streaming).await?;
         let (run_id, done) = match req.resume {
-            Some(id) => (id, runs::succeeded_steps(&self.store, id).await?),
+            Some(id) => (id, runs::succeeded_steps(&self.services.store, id).await?),
             None => {
                 let id = runs::create_run(
-                    &self.store,
+                    &self.services.store,
                     NewRun {
                         playbook: &pb.name,
-                        trigger: self.masker.mask_json(&req.trigger),
-                        params: self.masker.mask_json(&Json::Object(params.clone())),
+                        trigger: self.services.masker.mask_json(&req.trigger),
+                        params: self
+                            .services
+                            .masker
+                            .mask_json(&Json::Object(params.clone())),
                         dry_run: req.dry_run,
                         parent_id: parent,
                         command_id: req.command_id,
@@ -252,7 +210,10 @@ impl Engine {
         ctx.insert("runtime".into(), settings.to_json());
         ctx.insert("run".into(), json!({ "id": run_id, "playbook": pb.name, "trigger": req.trigger, "dry_run": req.dry_run }));
         ctx.insert("now".into(), json!(runs::timestamp(Utc::now())));
-        ctx.insert("env".into(), Json::Object(self.config.template_env()));
+        ctx.insert(
+            "env".into(),
+            Json::Object(self.services.config.template_env()),
+        );
         let mut state = RunState { ctx };
 
         let started = Instant::now();
@@ -289,12 +250,12 @@ impl Engine {
         let (failed_step, error) = match failed {
             Some((s, e)) => (
                 Some(s).filter(|s| !s.is_empty()),
-                Some(self.masker.mask_str(&e)),
+                Some(self.services.masker.mask_str(&e)),
             ),
             None => (None, None),
         };
         runs::finish_run(
-            &self.store,
+            &self.services.store,
             run_id,
             status,
             failed_step.as_deref(),
@@ -316,7 +277,7 @@ impl Engine {
             failed_step,
             error,
             duration_ms: started.elapsed().as_millis() as u64,
-            steps: self.masker.mask_json(&state.ctx["steps"]),
+            steps: self.services.masker.mask_json(&state.ctx["steps"]),
         })
     }
 
@@ -349,6 +310,7 @@ impl Engine {
 
     async fn cancel_requested(&self, run_id: i64) -> Option<String> {
         let rows = self
+            .services
             .store
             .sql(
                 "SELECT status FROM runbook_runs WHERE id = $1",
@@ -377,7 +339,7 @@ impl Engine {
 
     async fn run_step(&self, step: &Step, meta: &RunMeta, state: &mut RunState) -> StepResult {
         if let Some(when) = &step.when {
-            match self.templates.eval_bool(when, &state.value()) {
+            match self.services.templates.eval_bool(when, &state.value()) {
                 Ok(true) => {}
                 Err(_) if meta.dry_run => {}
                 Ok(false) => {
@@ -388,7 +350,7 @@ impl Engine {
                     return StepResult::skipped();
                 }
                 Err(e) => {
-                    let error = format!("`when` failed: {}", template_message(&e));
+                    let error = format!("`when` failed: {}", crate::template::message(&e));
                     meta.observer.step_event(&StepEvent {
                         error: Some(error.clone()),
                         ..self.event(meta, step, "failed")
@@ -410,8 +372,12 @@ impl Engine {
             None => None,
             Some(fe) => {
                 let list = match fe {
-                    ForEach::Expr(e) => self.templates.eval(e, &state.value()).map(|v| to_json(&v)),
-                    ForEach::List(l) => self.templates.render_tree(l, &state.value()),
+                    ForEach::Expr(e) => self
+                        .services
+                        .templates
+                        .eval(e, &state.value())
+                        .map(|v| to_json(&v)),
+                    ForEach::List(l) => self.services.templates.render_tree(l, &state.value()),
                 };
                 match list {
                     Ok(Json::Array(items)) => Some(items),
@@ -428,7 +394,7 @@ impl Engine {
                             meta,
                             step,
                             started,
-                            Err(format!("for_each: {}", template_message(&e))),
+                            Err(format!("for_each: {}", crate::template::message(&e))),
                         )
                     }
                 }
@@ -490,7 +456,7 @@ impl Engine {
             Ok(out) => {
                 meta.observer.step_event(&StepEvent {
                     duration_ms: Some(duration_ms),
-                    summary: Some(self.masker.mask_str(&summarize(&out))),
+                    summary: Some(self.services.masker.mask_str(&summarize(&out))),
                     ..self.event(meta, step, status)
                 });
                 let out = StepOutput {
@@ -506,7 +472,7 @@ impl Engine {
                 }
             }
             Err(e) => {
-                let e = self.masker.mask_str(&e);
+                let e = self.services.masker.mask_str(&e);
                 meta.observer.step_event(&StepEvent {
                     duration_ms: Some(duration_ms),
                     error: Some(e.clone()),
@@ -550,10 +516,14 @@ impl Engine {
                 duration_ms: 0,
             };
             state.set_step(&step.id, &provisional);
-            match self.templates.eval_bool(&until.expr, &state.value()) {
+            match self
+                .services
+                .templates
+                .eval_bool(&until.expr, &state.value())
+            {
                 Ok(true) => return Ok(out),
                 Ok(false) => {}
-                Err(e) => return Err(format!("`until` failed: {}", template_message(&e))),
+                Err(e) => return Err(format!("`until` failed: {}", crate::template::message(&e))),
             }
             if Instant::now() + until.every.as_std() > deadline {
                 return Err(format!(
@@ -575,7 +545,8 @@ impl Engine {
     ) -> Result<StepOutput, String> {
         let ctx = state.value();
         let cx = StepCx {
-            engine: self,
+            services: &self.services,
+            launcher: self,
             run: meta,
             step_id: &step.id,
             ctx: &ctx,
@@ -600,6 +571,7 @@ impl Engine {
                 Err(e) => (Json::Null, Err(e)),
                 Ok(rendered) => {
                     let input = self
+                        .services
                         .masker
                         .mask_json(&serde_json::to_value(&rendered).unwrap_or_default());
                     if meta.dry_run {
@@ -629,14 +601,15 @@ impl Engine {
             let (status, output, error) = match &result {
                 Ok(out) => (
                     if meta.dry_run { "planned" } else { "succeeded" },
-                    self.masker
+                    self.services
+                        .masker
                         .mask_json(&json!({ "rows": out.rows, "output": out.output })),
                     None,
                 ),
                 Err(e) => (
                     "failed",
                     Json::Null,
-                    Some(self.masker.mask_str(&e.to_string())),
+                    Some(self.services.masker.mask_str(&e.to_string())),
                 ),
             };
             let record = Attempt {
@@ -651,7 +624,7 @@ impl Engine {
                 started_at,
                 duration_ms,
             };
-            if let Err(e) = runs::record_attempt(&self.store, record).await {
+            if let Err(e) = runs::record_attempt(&self.services.store, record).await {
                 tracing::error!(run_id = meta.id, step = %step.id, error = %e, "Recording a step attempt failed.");
             }
             match result {
@@ -663,7 +636,7 @@ impl Engine {
                             .as_std()
                             .saturating_mul(1 << (attempt - 1).min(10))
                     });
-                    tracing::warn!(run_id = meta.id, step = %step.id, attempt, error = %self.masker.mask_str(&message), "Step failed; retrying.");
+                    tracing::warn!(run_id = meta.id, step = %step.id, attempt, error = %self.services.masker.mask_str(&message), "Step failed; retrying.");
                     tokio::time::sleep(backoff.min(Duration::from_secs(600))).await;
                 }
                 Err(e) => {
@@ -672,7 +645,10 @@ impl Engine {
                     } else {
                         String::new()
                     };
-                    return Err(format!("{}{suffix}", self.masker.mask_str(&e.to_string())));
+                    return Err(format!(
+                        "{}{suffix}",
+                        self.services.masker.mask_str(&e.to_string())
+                    ));
                 }
             }
         }
@@ -686,5 +662,26 @@ impl Engine {
             StepKind::Wait(w) => w.as_std().max(step.timeout.as_std()) + Duration::from_secs(1),
             _ => step.timeout.as_std(),
         }
+    }
+}
+
+impl Launcher for Engine {
+    fn run_child<'a>(
+        &'a self,
+        name: &'a str,
+        params: BTreeMap<String, String>,
+        parent: &'a RunMeta,
+    ) -> futures::future::BoxFuture<'a, Result<ChildOutcome, String>> {
+        Box::pin(async move {
+            let outcome = Engine::run_child(self, name, params, parent)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(ChildOutcome {
+                run_id: outcome.run_id,
+                status: outcome.status,
+                error: outcome.error,
+                steps: outcome.steps,
+            })
+        })
     }
 }

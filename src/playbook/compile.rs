@@ -15,15 +15,14 @@ use regex::Regex;
 use serde_json::Value as Json;
 
 use super::{
-    locate::Locations,
-    raw::{RawPlaybook, RawStep},
-    AlertMatcher, ForEach, Guard, LabelMatcher, ParamSpec, ParamType, Playbook, PlaybookCall,
-    Retry, Schedule, Step, Triggers, Until, DEFAULT_PLAYBOOK_TIMEOUT, DEFAULT_STEP_TIMEOUT,
+    locate::Locations, raw::RawPlaybook, AlertMatcher, ForEach, Guard, LabelMatcher, ParamSpec,
+    ParamType, Playbook, PlaybookCall, Retry, Schedule, Step, Triggers, Until,
+    DEFAULT_PLAYBOOK_TIMEOUT, DEFAULT_STEP_TIMEOUT,
 };
 use crate::{
     diagnostics::Diagnostic,
     duration::Dur,
-    steps::{Flavour, StepKind},
+    steps::{Flavour, RawStep, StepKind},
     template::Templates,
 };
 

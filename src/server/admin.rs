@@ -14,8 +14,8 @@ use super::{auth::Role, AppError, Shared};
 use crate::{
     duration::Dur,
     engine::RunRequest,
-    runtime::ops::{self, Op, OpError},
     store::runs,
+    stream::ops::{self, Op, OpError},
 };
 
 fn op_error(e: OpError) -> AppError {
@@ -50,11 +50,11 @@ pub async fn dlq_list(
         limit: Some(size),
         offset: Some(page * size),
     };
-    let out = ops::run(&s.engine.store, &s.engine.config.streaming, &op, "api")
+    let out = ops::run(&s.services.store, &s.services.config.streaming, &op, "api")
         .await
         .map_err(op_error)?;
     let total = out["totalElements"].as_i64().unwrap_or(0);
-    Ok(Json(s.engine.masker.mask_json(&json!({
+    Ok(Json(s.services.masker.mask_json(&json!({
         "content": out["content"],
         "totalElements": total,
         "totalPages": (total + size - 1) / size,
@@ -82,8 +82,8 @@ pub async fn dlq_retry_all(
         error_type: q.error_type,
     };
     let out = ops::run(
-        &s.engine.store,
-        &s.engine.config.streaming,
+        &s.services.store,
+        &s.services.config.streaming,
         &op,
         &format!("api:{}", who.name),
     )
@@ -111,8 +111,8 @@ pub async fn dlq_cleanup(
     })?;
     let op = Op::DlqCleanup { older_than };
     let out = ops::run(
-        &s.engine.store,
-        &s.engine.config.streaming,
+        &s.services.store,
+        &s.services.config.streaming,
         &op,
         &format!("api:{}", who.name),
     )
@@ -123,7 +123,7 @@ pub async fn dlq_cleanup(
 
 pub async fn stats(State(s): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
     s.tokens.authorize(&headers, Role::Viewer)?;
-    let out = ops::queue_stats(&s.engine.store, &s.engine.config.streaming)
+    let out = ops::queue_stats(&s.services.store, &s.services.config.streaming)
         .await
         .map_err(AppError::internal)?;
     Ok(Json(out))
@@ -162,7 +162,7 @@ pub async fn runs_list(
 ) -> Result<Json<Value>, AppError> {
     s.tokens.authorize(&headers, Role::Viewer)?;
     let rows = runs::list_runs(
-        &s.engine.store,
+        &s.services.store,
         q.playbook.as_deref(),
         q.limit.unwrap_or(50).clamp(1, 500),
     )
@@ -177,7 +177,7 @@ pub async fn run_show(
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, AppError> {
     s.tokens.authorize(&headers, Role::Viewer)?;
-    match runs::get_run(&s.engine.store, id)
+    match runs::get_run(&s.services.store, id)
         .await
         .map_err(AppError::internal)?
     {
@@ -228,9 +228,10 @@ pub async fn runs_create(
         trigger: json!({ "kind": "api", "by": who.name }),
         ..Default::default()
     };
-    let command_id = crate::runtime::runs::enqueue(&s.engine, &req, body.priority.unwrap_or(3))
-        .await
-        .map_err(AppError::internal)?;
+    let command_id =
+        crate::process::runs::enqueue(&s.services.store, &req, body.priority.unwrap_or(3))
+            .await
+            .map_err(AppError::internal)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "command_id": command_id, "playbook": pb.name })),
@@ -264,8 +265,14 @@ pub async fn run_approve(
         serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("decision: {e}")))?
     };
     let actor = format!("api:{}", who.name);
-    let step = match runs::decide(&s.engine.store, id, !d.reject, &actor, d.comment.as_deref())
-        .await
+    let step = match runs::decide(
+        &s.services.store,
+        id,
+        !d.reject,
+        &actor,
+        d.comment.as_deref(),
+    )
+    .await
     {
         Ok(step) => step,
         Err(runs::DecideError::NoRun(_)) => return Err(AppError::NotFound(format!("no run {id}"))),

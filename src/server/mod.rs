@@ -19,10 +19,13 @@ use tokio_util::sync::CancellationToken;
 pub use auth::{Role, Tokens};
 pub use error::AppError;
 
-use crate::engine::Engine;
+use crate::{engine::Engine, metrics::Metrics, services::Services};
 
+/// What every handler sees.
 pub struct AppState {
     pub engine: Arc<Engine>,
+    pub services: Arc<Services>,
+    pub metrics: Arc<Metrics>,
     pub tokens: Tokens,
 }
 
@@ -53,21 +56,21 @@ pub fn router(state: Shared, max_body: usize) -> Router {
 }
 
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
-    match s.engine.store.sql("SELECT 1 AS ok", vec![]).await {
+    match s.services.store.sql("SELECT 1 AS ok", vec![]).await {
         Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "store unavailable: {}\n",
-                s.engine.masker.mask_str(&e.to_string())
+                s.services.masker.mask_str(&e.to_string())
             ),
         ),
     }
 }
 
 async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
-    match crate::runtime::ops::queue_stats(&s.engine.store, &s.engine.config.streaming).await {
-        Ok(stats) => s.engine.metrics.set_queue_gauges(&stats),
+    match crate::stream::ops::queue_stats(&s.services.store, &s.services.config.streaming).await {
+        Ok(stats) => s.metrics.set_queue_gauges(&stats),
         Err(e) => tracing::warn!(error = %e, "Reading queue gauges for /metrics failed."),
     }
     (
@@ -75,7 +78,7 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.engine.metrics.encode(),
+        s.metrics.encode(),
     )
 }
 

@@ -7,7 +7,19 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{StepCx, StepError, StepOutput};
-use crate::{duration::Dur, playbook::raw::RawApprove};
+use crate::duration::Dur;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprove {
+    /// What the operator is asked.
+    pub text: String,
+    /// How long to wait for an answer (default 1h); no answer rejects.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
 
 pub const DEFAULT_TIMEOUT: Dur = Dur::from_secs(3600);
 
@@ -28,7 +40,7 @@ impl ApproveStep {
     pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         Ok(Input {
             text: cx
-                .engine
+                .services
                 .templates
                 .render(&self.text, cx.ctx)
                 .map_err(StepError::template)?,
@@ -44,7 +56,7 @@ pub struct Input {
 }
 
 pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
-    let db = &cx.engine.store;
+    let db = &cx.services.store;
     let run_id = cx.run.id;
     db.sql(
         "UPDATE runbook_runs SET status = 'waiting_approval', waiting_step = $2 WHERE id = $1",
@@ -53,7 +65,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
     .await
     .map_err(|e| StepError::fatal(e.to_string()))?;
     tracing::info!(run_id, step = cx.step_id, text = %i.text, "Waiting for approval.");
-    cx.run.observer.step_event(&crate::engine::StepEvent {
+    cx.run.observer.step_event(&super::StepEvent {
         run_id,
         playbook: cx.run.playbook.clone(),
         step: cx.step_id.to_owned(),

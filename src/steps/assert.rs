@@ -3,7 +3,28 @@
 use serde::Serialize;
 use serde_json::json;
 
+use super::short::FromShort;
 use super::{StepCx, StepError, StepOutput};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+impl FromShort for RawAssert {
+    fn from_short(that: String) -> Self {
+        RawAssert {
+            that,
+            message: None,
+        }
+    }
+}
+
+/// `assert: "expr"` or `{ that: "expr", message: "..." }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssert {
+    pub that: String,
+    #[serde(default)]
+    pub message: Option<String>,
+}
 
 #[derive(Debug)]
 pub struct AssertStep {
@@ -13,7 +34,7 @@ pub struct AssertStep {
 
 impl AssertStep {
     pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
-        let t = &cx.engine.templates;
+        let t = &cx.services.templates;
         let holds = t
             .eval_bool(&self.that, cx.ctx)
             .map_err(StepError::template)?;

@@ -5,7 +5,30 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{json, Value as Json};
 
+use super::short::FromShort;
+use super::Yaml;
 use super::{StepCx, StepError, StepOutput};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+impl FromShort for RawCall {
+    fn from_short(name: String) -> Self {
+        RawCall {
+            name,
+            params: BTreeMap::new(),
+        }
+    }
+}
+
+/// `playbook: other-name` or `{ name: other-name, params: {...} }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCall {
+    pub name: String,
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    pub params: BTreeMap<String, Yaml>,
+}
 
 #[derive(Debug)]
 pub struct CallStep {
@@ -20,7 +43,7 @@ impl CallStep {
             .iter()
             .map(|(k, v)| {
                 let j = cx
-                    .engine
+                    .services
                     .templates
                     .render_tree(v, cx.ctx)
                     .map_err(StepError::template)?;
@@ -51,10 +74,10 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         ));
     }
     let outcome = cx
-        .engine
+        .launcher
         .run_child(&i.playbook, i.params, cx.run)
         .await
-        .map_err(|e| StepError::fatal(format!("{e:#}")))?;
+        .map_err(StepError::fatal)?;
     let out = json!({ "run_id": outcome.run_id, "status": outcome.status, "steps": outcome.steps });
     if outcome.status != "succeeded" {
         return Err(StepError::fatal(format!(

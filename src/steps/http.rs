@@ -5,8 +5,53 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{json, Value as Json};
 
+use super::Yaml;
 use super::{Flavour, StepCx, StepError, StepOutput};
-use crate::{playbook::raw::RawHttp, template::Templates};
+use crate::{
+    template::Templates,
+    text::{error_chain, truncate},
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    #[serde(default)]
+    pub method: Option<String>,
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Query parameters, each value percent-encoded.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// JSON body; strings inside are templates.
+    #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub json: Option<Yaml>,
+    /// Text body.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Accepted status codes (default: any 2xx).
+    #[serde(default)]
+    pub expect: Option<StatusList>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StatusList {
+    One(u16),
+    Many(Vec<u16>),
+}
+
+impl StatusList {
+    pub fn to_vec(&self) -> Vec<u16> {
+        match self {
+            StatusList::One(c) => vec![*c],
+            StatusList::Many(c) => c.clone(),
+        }
+    }
+}
 
 /// Bytes of a non-JSON answer kept.
 const MAX_TEXT: usize = 64 * 1024;
@@ -87,7 +132,7 @@ impl HttpStep {
     }
 
     pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
-        let t = &cx.engine.templates;
+        let t = &cx.services.templates;
         let url = t
             .render_url(&self.url, cx.ctx)
             .map_err(StepError::template)?;
@@ -147,10 +192,10 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
     let url = reqwest::Url::parse(&i.url).map_err(|e| {
         StepError::fatal(format!(
             "bad URL `{}`: {e}",
-            cx.engine.masker.mask_str(&i.url)
+            cx.services.masker.mask_str(&i.url)
         ))
     })?;
-    let mut req = cx.engine.http.request(method, url).timeout(cx.timeout);
+    let mut req = cx.services.http.request(method, url).timeout(cx.timeout);
     for (k, v) in &i.headers {
         req = req.header(k, v);
     }
@@ -162,7 +207,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
     } else if let Some(b) = i.body {
         req = req.body(b);
     }
-    let (status, headers, body) = send(req, &cx.engine.masker).await?;
+    let (status, headers, body) = send(req, &cx.services.masker).await?;
     let ok = if i.expect.is_empty() {
         (200..300).contains(&status)
     } else {
@@ -176,7 +221,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         let msg = format!(
             "{} {} answered {status}: {}",
             i.method,
-            cx.engine.masker.mask_str(&i.url),
+            cx.services.masker.mask_str(&i.url),
             truncate(&body, 300)
         );
         return Err(if status >= 500 || status == 429 {
@@ -225,29 +270,4 @@ pub async fn send(
         .await
         .map_err(|e| StepError::retryable(format!("reading the answer failed: {e}")))?;
     Ok((status, Json::Object(headers), body))
-}
-
-/// An error with its causes (reqwest's own message omits why a connection failed).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &s[..end], s.len())
 }

@@ -14,7 +14,19 @@ use serde::Serialize;
 use serde_json::{json, Value as Json};
 
 use super::{Flavour, StepCx, StepError, StepOutput};
-use crate::playbook::raw::RawKafka;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// list_topics, describe_topic, topic_configs, consumer_lag, log_dirs
+    pub op: String,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -79,7 +91,7 @@ impl KafkaStep {
     pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         let r = |s: &Option<String>| {
             s.as_ref()
-                .map(|s| cx.engine.templates.render(s, cx.ctx))
+                .map(|s| cx.services.templates.render(s, cx.ctx))
                 .transpose()
                 .map_err(StepError::template)
         };
@@ -105,13 +117,13 @@ fn kerr(what: &str, e: impl std::fmt::Display) -> StepError {
 }
 
 pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
-    let Some(kc) = &cx.engine.config.kafka else {
+    let Some(kc) = &cx.services.config.kafka else {
         return Err(StepError::fatal(
             "no Kafka configured: set `kafka.brokers` in the config",
         ));
     };
     let mut config =
-        crate::kafka::client_config(kc, &cx.engine.masker).map_err(StepError::fatal)?;
+        crate::kafka::client_config(kc, &cx.services.masker).map_err(StepError::fatal)?;
     // Shorter than the step's own deadline, so an unreachable broker reports its error.
     let timeout = cx.timeout.mul_f64(0.8).min(Duration::from_secs(30));
     if i.op == KafkaOp::TopicConfigs {

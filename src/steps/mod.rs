@@ -8,28 +8,102 @@
 mod approve;
 mod assert;
 mod call;
+mod context;
 mod http;
 mod kafka;
 mod notify;
 mod promql;
 mod runtime;
 mod shell;
+mod short;
 mod sql;
 mod tcp_check;
 
 use std::{collections::BTreeSet, time::Duration};
 
-pub use http::{error_chain, truncate as truncate_text};
-
-use minijinja::Value;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use crate::{
-    duration::Dur,
-    engine::{Engine, RunMeta},
-    playbook::raw::RawStep,
+pub use context::{ChildOutcome, Launcher, NullObserver, Observer, RunMeta, StepCx, StepEvent};
+
+use crate::duration::Dur;
+use schemars::JsonSchema;
+use serde::Deserialize;
+pub use short::{FromShort, ShortOr};
+
+use self::{
+    approve::RawApprove, assert::RawAssert, call::RawCall, http::RawHttp, kafka::RawKafka,
+    notify::RawNotify, promql::RawPromql, runtime::RuntimeSchema, shell::RawShell, sql::RawSql,
+    tcp_check::RawTcpCheck,
 };
+use std::collections::BTreeMap;
+
+/// Any YAML value; strings inside are templates.
+pub type Yaml = serde_yaml::Value;
+
+/// One step: the common keys and exactly one kind key (`sql`, `http`, ...).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    /// Unique within the playbook; later steps read `steps.<id>`.
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Expression; the step is skipped when it is false.
+    #[serde(default)]
+    pub when: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+    #[serde(default)]
+    pub continue_on_error: bool,
+    /// An expression giving a list, or a literal list; the step runs once per element as `item`.
+    #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub for_each: Option<Yaml>,
+    /// Expression; the step is repeated every `every` until it is true, for at most `within`.
+    #[serde(default)]
+    pub until: Option<String>,
+    #[serde(default)]
+    pub every: Option<Dur>,
+    #[serde(default)]
+    pub within: Option<Dur>,
+
+    #[serde(default)]
+    pub sql: Option<ShortOr<RawSql>>,
+    #[serde(default)]
+    pub promql: Option<ShortOr<RawPromql>>,
+    #[serde(default)]
+    pub http: Option<RawHttp>,
+    #[serde(default)]
+    pub kafka: Option<RawKafka>,
+    #[serde(default)]
+    #[schemars(with = "Option<RuntimeSchema>")]
+    pub runtime: Option<BTreeMap<String, Yaml>>,
+    #[serde(default)]
+    pub shell: Option<RawShell>,
+    #[serde(default)]
+    pub tcp_check: Option<ShortOr<RawTcpCheck>>,
+    #[serde(default)]
+    pub wait: Option<Dur>,
+    #[serde(default)]
+    pub assert: Option<ShortOr<RawAssert>>,
+    #[serde(default)]
+    pub approve: Option<RawApprove>,
+    #[serde(default)]
+    pub notify: Option<RawNotify>,
+    #[serde(default)]
+    pub playbook: Option<ShortOr<RawCall>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: u32,
+    #[serde(default)]
+    pub backoff: Option<Dur>,
+}
 
 /// How a template string is interpreted, for validation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,25 +178,8 @@ impl StepError {
         }
     }
     pub fn template(e: minijinja::Error) -> Self {
-        StepError::Fatal(template_message(&e))
+        StepError::Fatal(crate::template::message(&e))
     }
-}
-
-/// A minijinja error in one line: kind and detail, without the debug dump.
-pub fn template_message(e: &minijinja::Error) -> String {
-    match e.detail() {
-        Some(d) => format!("template: {}: {d}", e.kind()),
-        None => format!("template: {}", e.kind()),
-    }
-}
-
-/// What a step sees while it runs.
-pub struct StepCx<'a> {
-    pub engine: &'a Engine,
-    pub run: &'a RunMeta,
-    pub step_id: &'a str,
-    pub ctx: &'a Value,
-    pub timeout: Duration,
 }
 
 /// A step's concrete input after rendering: recorded, printed by `--dry-run`, then executed.

@@ -6,6 +6,16 @@ use serde_json::json;
 
 use super::{http::send, StepCx, StepError, StepOutput};
 use crate::config::WebhookFormat;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// A channel named in the config's `notify` section.
+    pub to: String,
+    pub text: String,
+}
 
 const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 
@@ -20,7 +30,7 @@ impl NotifyStep {
         Ok(Input {
             to: self.to.clone(),
             text: cx
-                .engine
+                .services
                 .templates
                 .render(&self.text, cx.ctx)
                 .map_err(StepError::template)?,
@@ -35,8 +45,8 @@ pub struct Input {
 }
 
 pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
-    let engine = cx.engine;
-    let channel = engine
+    let services = cx.services;
+    let channel = services
         .config
         .notify
         .get(&i.to)
@@ -44,7 +54,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
     let (url, body) = if let Some(w) = &channel.webhook {
         let url = w
             .url_ref()
-            .resolve(&engine.masker)
+            .resolve(&services.masker)
             .map_err(|e| StepError::fatal(format!("channel `{}`: {e}", i.to)))?;
         let body = match w.format {
             WebhookFormat::Slack => json!({ "text": i.text }),
@@ -60,7 +70,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
                 i.to, pd.routing_key_env
             ))
         })?;
-        engine.masker.add(&key);
+        services.masker.add(&key);
         let body = json!({
             "routing_key": key,
             "event_action": "trigger",
@@ -76,15 +86,15 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         )));
     };
     let (status, _, answer) = send(
-        engine.http.post(&url).json(&body).timeout(cx.timeout),
-        &engine.masker,
+        services.http.post(&url).json(&body).timeout(cx.timeout),
+        &services.masker,
     )
     .await?;
     if !(200..300).contains(&status) {
         let msg = format!(
             "channel `{}` answered {status}: {}",
             i.to,
-            super::http::truncate(&answer, 200)
+            crate::text::truncate(&answer, 200)
         );
         return Err(if status >= 500 || status == 429 {
             StepError::retryable(msg)

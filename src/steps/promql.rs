@@ -6,8 +6,34 @@
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 
+use super::short::FromShort;
 use super::{http::send, StepCx, StepError, StepOutput};
-use crate::{duration::Dur, playbook::raw::RawPromql};
+use crate::duration::Dur;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// `promql: "up"` is an instant query; the long form adds a range.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPromql {
+    pub query: String,
+    /// Range query over the last `range` (e.g. 1h); instant query when absent.
+    #[serde(default)]
+    pub range: Option<Dur>,
+    /// Resolution of a range query (default: range / 60).
+    #[serde(default)]
+    pub step: Option<Dur>,
+}
+
+impl FromShort for RawPromql {
+    fn from_short(query: String) -> Self {
+        RawPromql {
+            query,
+            range: None,
+            step: None,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct PromqlStep {
@@ -27,12 +53,12 @@ impl PromqlStep {
 
     pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         let query = cx
-            .engine
+            .services
             .templates
             .render(&self.query, cx.ctx)
             .map_err(StepError::template)?;
         let base = cx
-            .engine
+            .services
             .config
             .prometheus
             .as_ref()
@@ -76,7 +102,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
     let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
     let req = match i.range {
         None => cx
-            .engine
+            .services
             .http
             .get(format!("{}/api/v1/query", i.prometheus))
             .query(&[("query", i.query.clone()), ("time", now.to_string())]),
@@ -85,7 +111,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
                 .step
                 .map(|s| s.as_secs_f64())
                 .unwrap_or((range.as_secs_f64() / 60.0).max(1.0));
-            cx.engine
+            cx.services
                 .http
                 .get(format!("{}/api/v1/query_range", i.prometheus))
                 .query(&[
@@ -96,11 +122,11 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
                 ])
         }
     };
-    let (status, _, body) = send(req.timeout(cx.timeout), &cx.engine.masker).await?;
+    let (status, _, body) = send(req.timeout(cx.timeout), &cx.services.masker).await?;
     let parsed: Json = serde_json::from_str(&body).map_err(|_| {
         StepError::retryable(format!(
             "Prometheus answered {status} with non-JSON: {}",
-            super::http::truncate(&body, 200)
+            crate::text::truncate(&body, 200)
         ))
     })?;
     if parsed["status"] != "success" {

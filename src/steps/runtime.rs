@@ -7,9 +7,19 @@ use serde_json::Value as Json;
 
 use super::{Flavour, StepCx, StepError, StepOutput};
 use crate::{
-    runtime::ops::{self, Op, OpError},
+    stream::ops::{self, Op, OpError},
     template::Templates,
 };
+use schemars::JsonSchema;
+
+/// Schema-only description of a `runtime` step.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+pub(crate) struct RuntimeSchema {
+    /// queue_stats, dlq_list, dlq_retry, dlq_cleanup, scale_workers, set_retry_policy, set_lock_ttl,
+    /// release_stale_locks, purge_completed, maintenance
+    op: String,
+}
 
 #[derive(Debug)]
 pub struct RuntimeStep {
@@ -69,7 +79,7 @@ impl RuntimeStep {
         for (k, v) in &self.args {
             map.insert(
                 k.clone(),
-                cx.engine
+                cx.services
                     .templates
                     .render_tree(v, cx.ctx)
                     .map_err(StepError::template)?,
@@ -89,8 +99,8 @@ pub struct Input {
 
 pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
     let out = ops::run(
-        &cx.engine.store,
-        &cx.engine.config.streaming,
+        &cx.services.store,
+        &cx.services.config.streaming,
         &i.op,
         &cx.run.actor(),
     )

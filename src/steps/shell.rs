@@ -8,7 +8,64 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 use super::{StepCx, StepError, StepOutput};
-use crate::playbook::raw::RawShell;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde::{
+    de::{
+        self,
+        value::{MapAccessDeserializer, SeqAccessDeserializer},
+        MapAccess, SeqAccess,
+    },
+    Deserializer,
+};
+use std::fmt;
+
+/// `shell: [kubectl, get, pods]`: an argv list, each element a template rendered on its own.
+#[derive(Debug, JsonSchema)]
+pub struct RawShell {
+    pub argv: Vec<String>,
+    /// Bytes of stdout/stderr kept (default 64 KiB).
+    pub max_output: Option<usize>,
+}
+
+impl<'de> Deserialize<'de> for RawShell {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Long {
+            argv: Vec<String>,
+            #[serde(default)]
+            max_output: Option<usize>,
+        }
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = RawShell;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "an argv list such as [kubectl, get, pods] or {argv: [...], max_output: N}",
+                )
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<RawShell, E> {
+                Err(E::custom("a shell step takes an argv list, never a command line: write [cmd, arg1, arg2]"))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawShell, A::Error> {
+                let argv = Vec::<String>::deserialize(SeqAccessDeserializer::new(seq))?;
+                Ok(RawShell {
+                    argv,
+                    max_output: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawShell, A::Error> {
+                let l = Long::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(RawShell {
+                    argv: l.argv,
+                    max_output: l.max_output,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
 
 const DEFAULT_MAX_OUTPUT: usize = 64 * 1024;
 
@@ -43,7 +100,7 @@ impl ShellStep {
         let mut after_double_dash = false;
         for template in &self.argv {
             let value = cx
-                .engine
+                .services
                 .templates
                 .render(template, cx.ctx)
                 .map_err(StepError::template)?;
@@ -94,7 +151,7 @@ async fn read_capped(mut r: impl AsyncReadExt + Unpin, max: usize) -> String {
 
 pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
     let program = &i.argv[0];
-    let allowed = &cx.engine.config.shell.allow;
+    let allowed = &cx.services.config.shell.allow;
     if !allowed.iter().any(|a| a == program) {
         return Err(StepError::fatal(format!(
             "shell program `{program}` is not allowed: add it to `shell.allow` in the config (allowed: {})",
@@ -119,14 +176,14 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
     let status =
         status.map_err(|e| StepError::fatal(format!("waiting for `{program}` failed: {e}")))?;
     let code = status.code();
-    let masker = &cx.engine.masker;
+    let masker = &cx.services.masker;
     let output = json!({ "exit_code": code, "stdout": masker.mask_str(&out), "stderr": masker.mask_str(&err) });
     if !status.success() {
         return Err(StepError::fatal(format!(
             "`{program}` exited with {}: {}",
             code.map(|c| c.to_string())
                 .unwrap_or_else(|| "a signal".into()),
-            super::http::truncate(masker.mask_str(err.trim()).as_str(), 500)
+            crate::text::truncate(masker.mask_str(err.trim()).as_str(), 500)
         )));
     }
     let rows = out.lines().map(|l| json!({ "line": l })).collect();

@@ -3,8 +3,33 @@
 use serde::Serialize;
 use serde_json::{json, Value as Json};
 
+use super::short::FromShort;
 use super::{StepCx, StepError, StepOutput};
-use crate::{playbook::raw::RawSql, template::Dialect};
+use crate::template::Dialect;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// `sql: "SELECT ..."` runs on the store; the long form names a datasource.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSql {
+    #[serde(default)]
+    pub datasource: Option<String>,
+    pub query: String,
+    /// Rows kept in the result (default 1000).
+    #[serde(default)]
+    pub max_rows: Option<usize>,
+}
+
+impl FromShort for RawSql {
+    fn from_short(query: String) -> Self {
+        RawSql {
+            datasource: None,
+            query,
+            max_rows: None,
+        }
+    }
+}
 
 pub const DEFAULT_MAX_ROWS: usize = 1000;
 
@@ -26,14 +51,14 @@ impl SqlStep {
 
     pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         let dialect = match &self.datasource {
-            None => cx.engine.store.dialect(),
+            None => cx.services.store.dialect(),
             Some(name) => cx
-                .engine
+                .services
                 .datasource_dialect(name)
-                .map_err(StepError::fatal)?,
+                .map_err(|e| StepError::fatal(e.to_string()))?,
         };
         let q = cx
-            .engine
+            .services
             .templates
             .render_sql(&self.query, cx.ctx, dialect)
             .map_err(StepError::template)?;
@@ -88,14 +113,14 @@ fn needs_autocommit(sql: &str) -> bool {
 }
 
 pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
-    let on_store = i.datasource == "store" && !cx.engine.has_datasource("store");
+    let on_store = i.datasource == "store" && !cx.services.has_datasource("store");
     let db = if on_store {
-        cx.engine.store.clone()
+        cx.services.store.clone()
     } else {
-        cx.engine
+        cx.services
             .datasource(&i.datasource)
             .await
-            .map_err(StepError::retryable)?
+            .map_err(|e| StepError::retryable(e.to_string()))?
     };
     let q = crate::template::BoundSql {
         sql: i.sql.clone(),
@@ -112,7 +137,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         let audit = crate::store::Audit {
             actor: &actor,
             op: &op,
-            filter: cx.engine.masker.mask_json(&filter),
+            filter: cx.services.masker.mask_json(&filter),
         };
         db.query_audited(&q, i.max_rows, audit).await
     } else {
@@ -122,7 +147,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         let msg = format!(
             "{} query failed: {}",
             i.datasource,
-            cx.engine.masker.mask_str(&e.to_string())
+            cx.services.masker.mask_str(&e.to_string())
         );
         if e.is_transient() {
             StepError::retryable(msg)
@@ -131,7 +156,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         }
     })?;
     if !read_only && !same_tx {
-        cx.engine
+        cx.services
             .audit(&actor, &op, filter, res.rows_affected)
             .await
             .map_err(|e| StepError::fatal(format!("audit record could not be written: {e}")))?;

@@ -5,7 +5,23 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::json;
 
+use super::short::FromShort;
 use super::{StepCx, StepError, StepOutput};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+impl FromShort for RawTcpCheck {
+    fn from_short(address: String) -> Self {
+        RawTcpCheck { address }
+    }
+}
+
+/// `tcp_check: "kafka:9092"` or `{ address: "kafka:9092" }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcpCheck {
+    pub address: String,
+}
 
 #[derive(Debug)]
 pub struct TcpCheckStep {
@@ -15,7 +31,7 @@ pub struct TcpCheckStep {
 impl TcpCheckStep {
     pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         let address = cx
-            .engine
+            .services
             .templates
             .render(&self.address, cx.ctx)
             .map_err(StepError::template)?;

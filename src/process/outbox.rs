@@ -7,7 +7,7 @@
 //! key, and the producer is idempotent, so the broker keeps them in order across its own retries.
 //! With no brokers configured a log sink stands in.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use rdkafka::{
     message::{Header, OwnedHeaders},
@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::handlers::backoff;
 use crate::{
-    engine::Engine,
+    config::KafkaConfig,
+    metrics::Metrics,
+    secrets::Masker,
     store::{Db, DbError},
 };
 
@@ -41,11 +43,11 @@ pub enum Sink {
 
 impl Sink {
     /// Kafka when the config names brokers, the log sink otherwise.
-    pub fn from_engine(engine: &Engine) -> Result<Sink, String> {
-        let Some(k) = &engine.config.kafka else {
+    pub fn from_config(kafka: Option<&KafkaConfig>, masker: &Masker) -> Result<Sink, String> {
+        let Some(k) = kafka else {
             return Ok(Sink::Log);
         };
-        let mut c = crate::kafka::client_config(k, &engine.masker)?;
+        let mut c = crate::kafka::client_config(k, masker)?;
         // Defaults the config may override: durable, ordered, and failing within seconds when the
         // broker is gone, so rows are retried by the dispatcher rather than held in memory.
         for (key, value) in [
@@ -193,11 +195,11 @@ impl Progress {
 /// The cursor also goes back to the start every second and whenever it runs dry, which picks up
 /// rows that committed after rows with higher ids.
 pub async fn dispatch_once(
-    engine: &Engine,
+    db: &Db,
+    metrics: &Arc<Metrics>,
     sink: &mut Sink,
     progress: &mut Progress,
 ) -> Result<Round, DbError> {
-    let db = &engine.store;
     if progress.rescanned.elapsed() >= Duration::from_secs(1) {
         progress.settle().await?;
         progress.cursor = 0;
@@ -291,7 +293,7 @@ pub async fn dispatch_once(
     let count = sent.len();
     if failed_rows == 0 {
         progress.cursor = rows.last().map(|r| r.id).unwrap_or(progress.cursor);
-        let (db, metrics) = (db.clone(), engine.metrics.clone());
+        let (db, metrics) = (db.clone(), metrics.clone());
         progress.marking = Some(tokio::spawn(async move {
             mark_sent(&db, &sent).await?;
             metrics.outbox_sent.inc_by(sent.len() as u64);
@@ -299,7 +301,7 @@ pub async fn dispatch_once(
         }));
     } else {
         mark_sent(db, &sent).await?;
-        engine.metrics.outbox_sent.inc_by(count as u64);
+        metrics.outbox_sent.inc_by(count as u64);
         progress.cursor = 0;
     }
     Ok(Round {
@@ -309,14 +311,19 @@ pub async fn dispatch_once(
 }
 
 /// Runs the dispatcher until `shutdown`.
-pub async fn run(engine: std::sync::Arc<Engine>, mut sink: Sink, shutdown: CancellationToken) {
-    let poll = engine.config.streaming.poll_interval.as_std();
+pub async fn run(
+    db: Db,
+    metrics: Arc<Metrics>,
+    poll: Duration,
+    mut sink: Sink,
+    shutdown: CancellationToken,
+) {
     // On PostgreSQL only the replica holding the advisory lock dispatches.
     let mut leader: Option<sqlx::pool::PoolConnection<sqlx::Postgres>> = None;
     let mut failed_rounds = 0;
     let mut progress = Progress::default();
     while !shutdown.is_cancelled() {
-        if let Db::Postgres(pool) = &engine.store {
+        if let Db::Postgres(pool) = &db {
             if leader.is_none() {
                 if let Ok(mut conn) = pool.acquire().await {
                     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -335,7 +342,7 @@ pub async fn run(engine: std::sync::Arc<Engine>, mut sink: Sink, shutdown: Cance
                 }
             }
         }
-        match dispatch_once(&engine, &mut sink, &mut progress).await {
+        match dispatch_once(&db, &metrics, &mut sink, &mut progress).await {
             Ok(Round { sent: 0, failed: 0 }) => wait(&shutdown, poll).await,
             Ok(Round { failed: 0, .. }) => failed_rounds = 0,
             Ok(Round { failed, .. }) => {

@@ -7,15 +7,42 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde_json::{json, Value as Json};
 
-use super::{
-    handlers::{HandlerError, RUN_COMMAND},
-    queue::{self, Claimed, NewCommand},
-};
+use futures::future::BoxFuture;
+
+use super::handlers::{event, CommandHandler, HandlerError};
 use crate::{
     engine::{Engine, NullObserver, RunRequest},
     playbook::OnInterrupt,
-    store::{runs, DbError},
+    store::{runs, Db, DbError},
+    stream::queue::{self, Claimed, Event, NewCommand},
 };
+
+/// The command type of a playbook run.
+pub const RUN_COMMAND: &str = "runbook.run";
+
+/// Runs `runbook.run` commands with the engine, each in its own lane.
+pub struct RunHandler {
+    engine: Arc<Engine>,
+}
+
+impl RunHandler {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        RunHandler { engine }
+    }
+}
+
+impl CommandHandler for RunHandler {
+    fn handle<'a>(&'a self, cmd: &'a Claimed) -> BoxFuture<'a, Result<Vec<Event>, HandlerError>> {
+        Box::pin(async move {
+            let result = handle(&self.engine, cmd).await?;
+            Ok(vec![event(cmd, result)])
+        })
+    }
+
+    fn own_lane(&self) -> bool {
+        true
+    }
+}
 
 /// Queue priority of a run from its alert's severity.
 pub fn priority_for(severity: Option<&str>) -> i32 {
@@ -30,13 +57,13 @@ pub fn priority_for(severity: Option<&str>) -> i32 {
 
 /// Enqueues a run; returns the command id. Runs of one playbook share an entity, so the
 /// work-state lock keeps them one at a time.
-pub async fn enqueue(engine: &Engine, req: &RunRequest, priority: i32) -> Result<i64, DbError> {
+pub async fn enqueue(store: &Db, req: &RunRequest, priority: i32) -> Result<i64, DbError> {
     let payload = json!({
         "playbook": req.playbook, "params": req.params, "trigger": req.trigger,
         "alert": req.alert, "alerts": req.alerts,
     });
     let ids = queue::enqueue(
-        &engine.store,
+        store,
         &[NewCommand {
             entity: "runbook".into(),
             entity_id: req.playbook.clone(),
@@ -57,7 +84,7 @@ fn fail(msg: impl Into<String>) -> HandlerError {
     }
 }
 
-pub async fn handle(engine: &Arc<Engine>, cmd: &Claimed) -> Result<Json, HandlerError> {
+async fn handle(engine: &Engine, cmd: &Claimed) -> Result<Json, HandlerError> {
     let p = &cmd.payload;
     let playbook = p["playbook"]
         .as_str()
@@ -70,8 +97,8 @@ pub async fn handle(engine: &Arc<Engine>, cmd: &Claimed) -> Result<Json, Handler
         message: e.to_string(),
         retryable: true,
     };
-    let existing = engine
-        .store
+    let store = &engine.services().store;
+    let existing = store
         .sql(
             "SELECT id, status FROM runbook_runs WHERE command_id = $1 ORDER BY id DESC LIMIT 1",
             vec![json!(cmd.id)],
@@ -108,7 +135,7 @@ pub async fn handle(engine: &Arc<Engine>, cmd: &Claimed) -> Result<Json, Handler
                 "the process running it stopped; found on attempt {} of its command",
                 cmd.attempts
             );
-            runs::finish_run(&engine.store, run_id, "interrupted", None, Some(&why))
+            runs::finish_run(store, run_id, "interrupted", None, Some(&why))
                 .await
                 .map_err(transient)?;
             tracing::warn!(run_id, playbook = %playbook, "Run interrupted by a crash; marked interrupted.");

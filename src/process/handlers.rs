@@ -7,74 +7,32 @@
 //! - `simulate`: latency, error rate and error type, for demos, scenario and load tests.
 //! - `noop`: complete at once (benchmarks).
 //!
-//! The command type `runbook.run` is built in: it is how the engine runs playbooks on the queue.
+//! Handlers are registered by command type ([`Handlers::register`]): whoever builds the process
+//! registers the built-in `runbook.run` (playbook runs, [`super::runs`]) next to the config's.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use serde::Deserialize;
+use futures::future::BoxFuture;
 use serde_json::{json, Value as Json};
 
-use super::queue::{Claimed, Event};
-use crate::{duration::Dur, engine::Engine, template::context};
+use crate::{
+    config::{HttpHandler, PlaybookHandler, RawHandler, SimulateHandler, SqlHandler},
+    duration::Dur,
+    services::Services,
+    stream::queue::{Claimed, Event},
+    template::context,
+};
 
-/// The command type of a playbook run.
-pub const RUN_COMMAND: &str = "runbook.run";
+/// What a worker does with the commands of one type.
+pub trait CommandHandler: Send + Sync {
+    /// Runs one command; on success returns the events to write with its completion.
+    fn handle<'a>(&'a self, cmd: &'a Claimed) -> BoxFuture<'a, Result<Vec<Event>, HandlerError>>;
 
-/// One handler as the config writes it: exactly one of the keys.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHandler {
-    #[serde(default)]
-    pub http: Option<HttpHandler>,
-    #[serde(default)]
-    pub sql: Option<SqlHandler>,
-    #[serde(default)]
-    pub playbook: Option<PlaybookHandler>,
-    #[serde(default)]
-    pub simulate: Option<SimulateHandler>,
-    #[serde(default)]
-    pub noop: Option<serde_yaml::Value>,
-    /// Whether a command of this type holds its entity's work-state lock while it runs (default
-    /// true). Types that do not change entity state (notifications, audit writes) may say false.
-    #[serde(default = "exclusive_default")]
-    pub exclusive: bool,
-}
-
-fn exclusive_default() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpHandler {
-    pub url: String,
-    #[serde(default)]
-    pub timeout: Option<Dur>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SqlHandler {
-    #[serde(default)]
-    pub datasource: Option<String>,
-    pub query: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlaybookHandler {
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimulateHandler {
-    #[serde(default)]
-    pub latency: Option<Dur>,
-    #[serde(default)]
-    pub error_rate: Option<f64>,
-    #[serde(default)]
-    pub error_type: Option<String>,
+    /// Whether each command runs in its own task with its own acknowledgement, so a long one
+    /// (a playbook run waiting for an approval) does not hold up the batch it came in.
+    fn own_lane(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +87,7 @@ pub struct HandlerError {
 }
 
 impl HandlerError {
-    fn new(error_type: &str, message: impl Into<String>, retryable: bool) -> Self {
+    pub fn new(error_type: &str, message: impl Into<String>, retryable: bool) -> Self {
         HandlerError {
             error_type: error_type.to_owned(),
             message: message.into(),
@@ -139,48 +97,121 @@ impl HandlerError {
 }
 
 /// The handlers by command type.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Handlers {
-    by_type: BTreeMap<String, Handler>,
+    by_type: BTreeMap<String, Arc<dyn CommandHandler>>,
     /// Command types that take no work-state lock.
     shared: Vec<String>,
 }
 
 impl Handlers {
-    /// Parses `streaming.handlers`; every problem is reported with its command type.
-    pub fn from_config(raw: &BTreeMap<String, RawHandler>) -> Result<Handlers, String> {
-        let mut by_type = BTreeMap::new();
-        let mut errors = Vec::new();
-        let shared = raw
-            .iter()
-            .filter(|(_, h)| !h.exclusive)
-            .map(|(t, _)| t.clone())
-            .collect();
-        for (ty, value) in raw {
-            match value.clone().compile() {
-                Ok(h) => {
-                    by_type.insert(ty.clone(), h);
-                }
-                Err(e) => errors.push(format!("streaming.handlers.{ty}: {e}")),
-            }
+    /// Handles `command_type` with `handler`; `exclusive` commands hold their entity's lock.
+    pub fn register(
+        &mut self,
+        command_type: &str,
+        handler: Arc<dyn CommandHandler>,
+        exclusive: bool,
+    ) {
+        self.by_type.insert(command_type.to_owned(), handler);
+        self.shared.retain(|t| t != command_type);
+        if !exclusive {
+            self.shared.push(command_type.to_owned());
         }
-        if errors.is_empty() {
-            Ok(Handlers { by_type, shared })
-        } else {
-            Err(errors.join("\n"))
+    }
+
+    /// Registers `streaming.handlers`; `playbook:` handlers start runs through `runs`.
+    pub fn register_config(
+        &mut self,
+        raw: &BTreeMap<String, RawHandler>,
+        services: &Arc<Services>,
+        runs: &Arc<dyn CommandHandler>,
+    ) -> Result<(), HandlerConfigError> {
+        for (ty, (handler, exclusive)) in compile_config(raw)? {
+            let h = ConfigHandler {
+                handler,
+                services: services.clone(),
+                runs: runs.clone(),
+            };
+            self.register(&ty, Arc::new(h), exclusive);
         }
+        Ok(())
     }
 
     pub fn shared_types(&self) -> &[String] {
         &self.shared
     }
 
-    pub fn get(&self, command_type: &str) -> Option<&Handler> {
+    pub fn get(&self, command_type: &str) -> Option<&Arc<dyn CommandHandler>> {
         self.by_type.get(command_type)
+    }
+
+    /// Whether commands of this type run in their own lane.
+    pub fn own_lane(&self, command_type: &str) -> bool {
+        self.get(command_type).is_some_and(|h| h.own_lane())
+    }
+
+    /// Runs one command with its type's handler.
+    pub async fn handle(&self, cmd: &Claimed) -> Result<Vec<Event>, HandlerError> {
+        match self.get(&cmd.command_type) {
+            Some(h) => h.handle(cmd).await,
+            None => Err(HandlerError::new(
+                "UnknownCommandTypeException",
+                format!(
+                    "no handler for command type `{}` (streaming.handlers)",
+                    cmd.command_type
+                ),
+                false,
+            )),
+        }
     }
 }
 
-fn event(cmd: &Claimed, result: Json) -> Event {
+/// Compiles `streaming.handlers` (with each type's `exclusive`); every problem is reported with
+/// its command type.
+fn compile_config(
+    raw: &BTreeMap<String, RawHandler>,
+) -> Result<BTreeMap<String, (Handler, bool)>, HandlerConfigError> {
+    let mut out = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (ty, value) in raw {
+        match value.clone().compile() {
+            Ok(h) => {
+                out.insert(ty.clone(), (h, value.exclusive));
+            }
+            Err(e) => errors.push(format!("streaming.handlers.{ty}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(HandlerConfigError(errors))
+    }
+}
+
+/// `streaming.handlers` entries that do not compile, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct HandlerConfigError(pub Vec<String>);
+
+/// A handler the config declares.
+struct ConfigHandler {
+    handler: Handler,
+    services: Arc<Services>,
+    runs: Arc<dyn CommandHandler>,
+}
+
+impl CommandHandler for ConfigHandler {
+    fn handle<'a>(&'a self, cmd: &'a Claimed) -> BoxFuture<'a, Result<Vec<Event>, HandlerError>> {
+        Box::pin(handle_config(
+            &self.handler,
+            &self.services,
+            &self.runs,
+            cmd,
+        ))
+    }
+}
+
+pub fn event(cmd: &Claimed, result: Json) -> Event {
     Event {
         command_id: cmd.id,
         entity: cmd.entity.clone(),
@@ -194,27 +225,12 @@ fn event(cmd: &Claimed, result: Json) -> Event {
     }
 }
 
-/// Runs one command; on success returns the events to write with its completion.
-pub async fn handle(
-    engine: &Arc<Engine>,
-    handlers: &Handlers,
+async fn handle_config(
+    handler: &Handler,
+    services: &Services,
+    runs: &Arc<dyn CommandHandler>,
     cmd: &Claimed,
 ) -> Result<Vec<Event>, HandlerError> {
-    if cmd.command_type == RUN_COMMAND {
-        return super::runs::handle(engine, cmd)
-            .await
-            .map(|result| vec![event(cmd, result)]);
-    }
-    let Some(handler) = handlers.get(&cmd.command_type) else {
-        return Err(HandlerError::new(
-            "UnknownCommandTypeException",
-            format!(
-                "no handler for command type `{}` (streaming.handlers)",
-                cmd.command_type
-            ),
-            false,
-        ));
-    };
     match handler {
         Handler::Noop => Ok(Vec::new()),
         Handler::Simulate(SimulateHandler {
@@ -242,7 +258,7 @@ pub async fn handle(
                 "priority": cmd.priority, "payload": cmd.payload, "attempt": cmd.attempts,
             });
             let timeout = timeout.map(Dur::as_std).unwrap_or(Duration::from_secs(10));
-            let resp = engine
+            let resp = services
                 .http
                 .post(url)
                 .json(&body)
@@ -250,7 +266,7 @@ pub async fn handle(
                 .send()
                 .await
                 .map_err(|e| {
-                    let masked = engine.masker.mask_str(&crate::steps::error_chain(&e));
+                    let masked = services.masker.mask_str(&crate::text::error_chain(&e));
                     if e.is_timeout() {
                         HandlerError::new("TimeoutException", masked, true)
                     } else {
@@ -259,7 +275,7 @@ pub async fn handle(
                 })?;
             let status = resp.status().as_u16();
             let text = resp.text().await.unwrap_or_default();
-            let short = crate::steps::truncate_text(&text, 500);
+            let short = crate::text::truncate(&text, 500);
             match status {
                 200..=299 => Ok(vec![event(
                     cmd,
@@ -279,25 +295,21 @@ pub async fn handle(
         }
         Handler::Sql(SqlHandler { datasource, query }) => {
             let db = match datasource {
-                None => engine.store.clone(),
-                Some(name) => engine
+                None => services.store.clone(),
+                Some(name) => services
                     .datasource(name)
                     .await
-                    .map_err(|e| HandlerError::new("NetworkException", e, true))?,
+                    .map_err(|e| HandlerError::new("NetworkException", e.to_string(), true))?,
             };
             let ctx = context(&json!({ "command": {
                 "id": cmd.id, "entity": cmd.entity, "entity_id": cmd.entity_id, "type": cmd.command_type,
                 "priority": cmd.priority, "payload": cmd.payload, "attempts": cmd.attempts,
             }}));
-            let q = engine
+            let q = services
                 .templates
                 .render_sql(query, &ctx, db.dialect())
                 .map_err(|e| {
-                    HandlerError::new(
-                        "ValidationException",
-                        crate::steps::template_message(&e),
-                        false,
-                    )
+                    HandlerError::new("ValidationException", crate::template::message(&e), false)
                 })?;
             let res = db.query(&q, 100).await.map_err(|e| {
                 let transient = e.is_transient();
@@ -307,7 +319,7 @@ pub async fn handle(
                     } else {
                         "SqlException"
                     },
-                    engine.masker.mask_str(&e.to_string()),
+                    services.masker.mask_str(&e.to_string()),
                     transient,
                 )
             })?;
@@ -338,9 +350,14 @@ pub async fn handle(
                 payload,
                 ..cmd.clone()
             };
-            super::runs::handle(engine, &run_cmd)
-                .await
-                .map(|r| vec![event(cmd, r)])
+            // The run's own event is about the run; this command completes with it as its result.
+            let events = runs.handle(&run_cmd).await?;
+            let result = events
+                .into_iter()
+                .next()
+                .map(|e| e.payload["result"].clone())
+                .unwrap_or(Json::Null);
+            Ok(vec![event(cmd, result)])
         }
     }
 }
@@ -375,7 +392,8 @@ mod tests {
             "user.update: { http: { url: 'http://x/y', timeout: 10s } }\ndemo.slow: { simulate: { latency: 200ms, error_rate: 0.05 } }\nbad: { http: { url: 'http://x' }, noop: {} }\n",
         )
         .unwrap();
-        let err = Handlers::from_config(&raw).unwrap_err();
+        let err = compile_config(&raw).unwrap_err().to_string();
         assert!(err.starts_with("streaming.handlers.bad:"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 }

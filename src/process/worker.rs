@@ -15,13 +15,21 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    handlers::{self, backoff, Handlers, RUN_COMMAND},
-    metrics::{EntityLabel, ErrorLabels},
-    queue::{self, Ack, Claimed, Failure, Lock},
-    Settings,
+use super::handlers::{self, backoff, Handlers};
+use crate::{
+    metrics::{EntityLabel, ErrorLabels, Metrics},
+    services::Services,
+    stream::{
+        queue::{self, Ack, Claimed, Failure, Lock},
+        Settings,
+    },
 };
-use crate::engine::Engine;
+
+/// What the workers use of the process: the store, config and masker, and the metrics.
+pub struct WorkerCx {
+    pub services: Arc<Services>,
+    pub metrics: Arc<Metrics>,
+}
 
 /// How long a command waits when another command of its entity holds the lock.
 const LOCK_WAIT: Duration = Duration::from_millis(200);
@@ -29,7 +37,7 @@ const LOCK_WAIT: Duration = Duration::from_millis(200);
 const MAX_LOOPS: usize = 16;
 
 pub struct Workers {
-    pub engine: Arc<Engine>,
+    pub cx: Arc<WorkerCx>,
     pub handlers: Arc<Handlers>,
     /// This process's worker id, recorded as `locked_by`.
     pub id: String,
@@ -46,16 +54,16 @@ fn loops_for(s: &Settings) -> usize {
 }
 
 impl Workers {
-    pub fn new(engine: Arc<Engine>, handlers: Handlers) -> Self {
+    pub fn new(cx: WorkerCx, handlers: Handlers) -> Self {
         let id = format!(
             "{}-{}-{:04x}",
             hostname(),
             std::process::id(),
             fastrand::u16(..)
         );
-        let slots = engine.config.streaming.worker_concurrency.max(1) as usize;
+        let slots = cx.services.config.streaming.worker_concurrency.max(1) as usize;
         Workers {
-            engine,
+            cx: Arc::new(cx),
             handlers: Arc::new(handlers),
             id,
             runs: Default::default(),
@@ -65,8 +73,8 @@ impl Workers {
 
     /// Runs until `shutdown`; every loop finishes and acknowledges the batch in hand first.
     pub async fn run(self, shutdown: CancellationToken) {
-        let streaming = self.engine.config.streaming.clone();
-        let initial = Settings::load(&self.engine.store, &streaming)
+        let streaming = self.cx.services.config.streaming.clone();
+        let initial = Settings::load(&self.cx.services.store, &streaming)
             .await
             .unwrap_or_else(|_| Settings::from_config(&streaming));
         let (tx, rx) = watch::channel(initial);
@@ -86,12 +94,12 @@ impl Workers {
 
     /// Re-reads settings every second and returns expired leases to the queue.
     async fn maintain(&self, tx: watch::Sender<Settings>, shutdown: CancellationToken) {
-        let engine = &self.engine;
-        let streaming = &engine.config.streaming;
+        let cx = &self.cx;
+        let streaming = &cx.services.config.streaming;
         let lease = streaming.lease.as_std();
         let mut last_rescue = Instant::now() - Duration::from_secs(3600);
         while !shutdown.is_cancelled() {
-            match Settings::load(&engine.store, streaming).await {
+            match Settings::load(&cx.services.store, streaming).await {
                 Ok(s) if s != *tx.borrow() => {
                     tracing::info!(worker = %self.id, settings = ?s, "Runtime settings changed.");
                     let _ = tx.send(s);
@@ -101,10 +109,10 @@ impl Workers {
             }
             if last_rescue.elapsed() >= (lease / 2).max(Duration::from_millis(500)) {
                 let max_retries = tx.borrow().max_retries;
-                match queue::rescue(&engine.store, max_retries).await {
+                match queue::rescue(&cx.services.store, max_retries).await {
                     Ok((0, _)) => {}
                     Ok((n, locks)) => {
-                        engine.metrics.lock_expiries.inc_by(locks);
+                        cx.metrics.lock_expiries.inc_by(locks);
                         tracing::warn!(
                             commands = n,
                             locks,
@@ -133,9 +141,9 @@ impl Workers {
         settings: watch::Receiver<Settings>,
         shutdown: CancellationToken,
     ) {
-        let engine = &self.engine;
-        let lease = engine.config.streaming.lease.as_std();
-        let poll = engine.config.streaming.poll_interval.as_std();
+        let cx = &self.cx;
+        let lease = cx.services.config.streaming.lease.as_std();
+        let poll = cx.services.config.streaming.poll_interval.as_std();
         let mut pending_ack: Option<tokio::task::JoinHandle<()>> = None;
         while !shutdown.is_cancelled() {
             let s = settings.borrow().clone();
@@ -145,7 +153,7 @@ impl Workers {
                 continue;
             }
             let batch = match queue::claim_locked(
-                &engine.store,
+                &cx.services.store,
                 &self.id,
                 s.worker_batch_size,
                 lease,
@@ -166,19 +174,19 @@ impl Workers {
                 continue;
             }
             let ack = self.process(batch, &s, lease).await;
-            if matches!(engine.store, crate::store::Db::Sqlite(_)) {
+            if matches!(cx.services.store, crate::store::Db::Sqlite(_)) {
                 // SQLite has one writer: overlapping the acknowledgement with the next claim only
                 // makes the two wait on each other's lock.
-                acknowledge(engine, &self.id, ack).await;
+                acknowledge(cx, &self.id, ack).await;
                 continue;
             }
             // Acknowledge this batch while the next one is claimed; one acknowledgement in flight a loop.
             if let Some(prev) = pending_ack.take() {
                 let _ = prev.await;
             }
-            let (engine, id) = (self.engine.clone(), self.id.clone());
+            let (cx, id) = (self.cx.clone(), self.id.clone());
             pending_ack = Some(tokio::spawn(
-                async move { acknowledge(&engine, &id, ack).await },
+                async move { acknowledge(&cx, &id, ack).await },
             ));
         }
         if let Some(prev) = pending_ack.take() {
@@ -192,7 +200,7 @@ impl Workers {
         settings: &Settings,
         lease: Duration,
     ) -> Ack {
-        let engine = &self.engine;
+        let cx = &self.cx;
         let mut wait = Vec::new();
         let mut held = HashSet::new();
         let mut runnable = Vec::with_capacity(batch.len());
@@ -201,7 +209,7 @@ impl Workers {
                 Lock::Busy => wait.push(c.id),
                 Lock::Held { takeover } => {
                     if takeover {
-                        engine.metrics.lock_expiries.inc();
+                        cx.metrics.lock_expiries.inc();
                     }
                     held.insert(c.id);
                     runnable.push(c);
@@ -209,18 +217,18 @@ impl Workers {
                 Lock::Shared => runnable.push(c),
             }
         }
-        if let Err(e) = queue::defer(&engine.store, &self.id, &wait, LOCK_WAIT).await {
+        if let Err(e) = queue::defer(&cx.services.store, &self.id, &wait, LOCK_WAIT).await {
             tracing::warn!(error = %e, "Deferring commands failed; their lease will return them.");
         }
         // Playbook runs can take minutes (an approval, hours): each gets its own task and its own
         // acknowledgement, so the batch, and the queue behind it, does not wait for them.
         let (runs, commands): (Vec<Claimed>, Vec<Claimed>) = runnable
             .into_iter()
-            .partition(|c| c.command_type == RUN_COMMAND);
+            .partition(|c| self.handlers.own_lane(&c.command_type));
         for run in runs {
             let locked = held.contains(&run.id);
-            let (engine, handlers, id, s) = (
-                self.engine.clone(),
+            let (cx, handlers, id, s) = (
+                self.cx.clone(),
                 self.handlers.clone(),
                 self.id.clone(),
                 settings.clone(),
@@ -233,12 +241,12 @@ impl Workers {
                 } else {
                     HashSet::new()
                 };
-                let ack = execute(&engine, &handlers, &id, vec![run], &held, &s, lease).await;
-                acknowledge(&engine, &id, ack).await;
+                let ack = execute(&cx, &handlers, &id, vec![run], &held, &s, lease).await;
+                acknowledge(&cx, &id, ack).await;
             });
         }
         execute(
-            &self.engine,
+            &self.cx,
             &self.handlers,
             &self.id,
             commands,
@@ -263,7 +271,7 @@ impl Drop for Heartbeat {
 /// outcomes into an acknowledgement. A handler that panics fails its command instead of taking
 /// the loop down.
 async fn execute(
-    engine: &Arc<Engine>,
+    cx: &Arc<WorkerCx>,
     handlers: &Arc<Handlers>,
     worker: &str,
     commands: Vec<Claimed>,
@@ -273,11 +281,11 @@ async fn execute(
 ) -> Ack {
     let ids: Vec<i64> = commands.iter().map(|c| c.id).collect();
     let _heartbeat = {
-        let (engine, id, ids) = (engine.clone(), worker.to_owned(), ids.clone());
+        let (cx, id, ids) = (cx.clone(), worker.to_owned(), ids.clone());
         Heartbeat(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(lease / 3).await;
-                if let Err(e) = queue::heartbeat(&engine.store, &id, &ids, lease).await {
+                if let Err(e) = queue::heartbeat(&cx.services.store, &id, &ids, lease).await {
                     tracing::warn!(error = %e, "Lease heartbeat failed.");
                 }
             }
@@ -287,24 +295,23 @@ async fn execute(
     let outcomes: Vec<(Claimed, Result<Vec<queue::Event>, handlers::HandlerError>)> =
         futures::stream::iter(commands)
             .map(|c| {
-                let (engine, handlers) = (engine.clone(), handlers.clone());
+                let handlers = handlers.clone();
                 async move {
-                    let outcome =
-                        std::panic::AssertUnwindSafe(handlers::handle(&engine, &handlers, &c))
-                            .catch_unwind()
-                            .await
-                            .unwrap_or_else(|panic| {
-                                let what = panic
-                                    .downcast_ref::<&str>()
-                                    .map(|s| s.to_string())
-                                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                                    .unwrap_or_default();
-                                Err(handlers::HandlerError {
-                                    error_type: "PanicException".into(),
-                                    message: format!("the handler panicked: {what}"),
-                                    retryable: false,
-                                })
-                            });
+                    let outcome = std::panic::AssertUnwindSafe(handlers.handle(&c))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| {
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            Err(handlers::HandlerError {
+                                error_type: "PanicException".into(),
+                                message: format!("the handler panicked: {what}"),
+                                retryable: false,
+                            })
+                        });
                     (c, outcome)
                 }
             })
@@ -322,16 +329,14 @@ async fn execute(
                 ack.completed
                     .push((c.id, c.entity.clone(), c.entity_id.clone()));
                 ack.events.extend(events);
-                engine
-                    .metrics
+                cx.metrics
                     .worker_success
                     .get_or_create(&EntityLabel {
                         entity: c.entity.clone(),
                     })
                     .inc();
                 let latency = (Utc::now() - c.created_at).num_milliseconds().max(0) as f64 / 1000.0;
-                engine
-                    .metrics
+                cx.metrics
                     .latency
                     .get_or_create(&EntityLabel {
                         entity: c.entity.clone(),
@@ -339,8 +344,7 @@ async fn execute(
                     .observe(latency);
             }
             Err(e) => {
-                engine
-                    .metrics
+                cx.metrics
                     .worker_error
                     .get_or_create(&ErrorLabels {
                         entity: c.entity.clone(),
@@ -355,7 +359,7 @@ async fn execute(
                     entity: c.entity.clone(),
                     entity_id: c.entity_id.clone(),
                     error_type: e.error_type,
-                    message: engine.masker.mask_str(&e.message),
+                    message: cx.services.masker.mask_str(&e.message),
                     retry_in,
                 });
             }
@@ -364,9 +368,9 @@ async fn execute(
     ack
 }
 
-async fn acknowledge(engine: &Engine, worker: &str, ack: Ack) {
+async fn acknowledge(cx: &WorkerCx, worker: &str, ack: Ack) {
     for attempt in 1..=5u32 {
-        match queue::ack(&engine.store, worker, &ack).await {
+        match queue::ack(&cx.services.store, worker, &ack).await {
             Ok(accepted) => {
                 let refused = ack.completed.len() - accepted.len();
                 if refused > 0 {

@@ -11,6 +11,10 @@ use serde::Deserialize;
 
 use crate::{diagnostics::Diagnostic, duration::Dur, secrets::Masker};
 
+mod handlers;
+
+pub use handlers::{HttpHandler, PlaybookHandler, RawHandler, SimulateHandler, SqlHandler};
+
 pub const DEFAULT_STORE: &str = "sqlite://runbook.db";
 
 #[derive(Debug, Default, Deserialize)]
@@ -326,7 +330,7 @@ pub struct StreamingConfig {
     #[serde(default)]
     pub sensitive_fields: Vec<String>,
     #[serde(default)]
-    pub handlers: BTreeMap<String, crate::runtime::handlers::RawHandler>,
+    pub handlers: BTreeMap<String, RawHandler>,
     /// How long a claim lasts without a heartbeat; a crashed worker's commands return after it.
     #[serde(default = "d_lease")]
     pub lease: Dur,

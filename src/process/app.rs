@@ -1,0 +1,96 @@
+//! The composition root of `runbook serve`: builds the services, the engine and the handler
+//! registry from a config and a store, and starts the workers and the outbox dispatcher. The
+//! CLI and the tests build the same [`App`].
+
+use std::{path::Path, sync::Arc};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    handlers::{CommandHandler, HandlerConfigError, Handlers},
+    outbox,
+    runs::{RunHandler, RUN_COMMAND},
+    worker::{WorkerCx, Workers},
+};
+use crate::{
+    config::Config, diagnostics::Diagnostic, engine::Engine, metrics::Metrics, secrets::Masker,
+    services::Services, store::Db,
+};
+
+/// Why the processes cannot be built from this config.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Handlers(#[from] HandlerConfigError),
+    #[error("kafka: {0}")]
+    Kafka(String),
+}
+
+/// Everything `runbook serve` runs, built once.
+pub struct App {
+    pub services: Arc<Services>,
+    pub metrics: Arc<Metrics>,
+    pub engine: Arc<Engine>,
+    handlers: Option<Handlers>,
+    sink: Option<outbox::Sink>,
+}
+
+impl App {
+    /// Builds the app on a migrated store; returns it with the problems of playbooks that did
+    /// not load (they do not stop the others).
+    pub fn build(
+        store: Db,
+        config: Arc<Config>,
+        masker: Masker,
+        runbooks: &Path,
+    ) -> Result<(App, Vec<Diagnostic>), AppError> {
+        let (catalog, diags) = Engine::load_playbooks(runbooks, &config);
+        let services = Arc::new(Services::new(store, config.clone(), masker));
+        let metrics = Arc::new(Metrics::new());
+        let engine = Arc::new(Engine::new(services.clone(), metrics.clone(), catalog));
+        let names: Vec<String> = engine.catalog().playbooks.keys().cloned().collect();
+        metrics.init_runs(names.iter().map(String::as_str));
+
+        let runs: Arc<dyn CommandHandler> = Arc::new(RunHandler::new(engine.clone()));
+        let mut handlers = Handlers::default();
+        handlers.register(RUN_COMMAND, runs.clone(), true);
+        handlers.register_config(&config.streaming.handlers, &services, &runs)?;
+        let sink = outbox::Sink::from_config(config.kafka.as_ref(), &services.masker)
+            .map_err(AppError::Kafka)?;
+        Ok((
+            App {
+                services,
+                metrics,
+                engine,
+                handlers: Some(handlers),
+                sink: Some(sink),
+            },
+            diags,
+        ))
+    }
+
+    /// Starts the workers (unless `workers` is false) and the outbox dispatcher on `tasks`; they
+    /// stop when `shutdown` is cancelled, after finishing the work in hand.
+    pub fn start(&mut self, workers: bool, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
+        let config = &self.services.config;
+        if let Some(handlers) = self.handlers.take() {
+            if workers && config.streaming.workers {
+                let cx = WorkerCx {
+                    services: self.services.clone(),
+                    metrics: self.metrics.clone(),
+                };
+                tasks.spawn(Workers::new(cx, handlers).run(shutdown.clone()));
+            }
+        }
+        if let Some(sink) = self.sink.take() {
+            tasks.spawn(outbox::run(
+                self.services.store.clone(),
+                self.metrics.clone(),
+                config.streaming.poll_interval.as_std(),
+                sink,
+                shutdown.clone(),
+            ));
+        }
+    }
+}

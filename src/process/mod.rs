@@ -1,0 +1,10 @@
+//! The long-running processes of `runbook serve`: the worker pool that claims commands and runs
+//! their handlers ([`worker`], [`handlers`]), playbook runs as commands ([`runs`]), and the outbox
+//! dispatcher that publishes events to Kafka ([`outbox`]). They sit above the engine: a playbook
+//! run is one handler among others, registered by whoever builds the process ([`app`]).
+
+pub mod app;
+pub mod handlers;
+pub mod outbox;
+pub mod runs;
+pub mod worker;
