@@ -24,11 +24,15 @@
 //! - [`kafka`]: Kafka client configuration.
 //! - [`secrets`]: masking of secrets and sensitive fields.
 //! - [`schema`]: the JSON Schema of the playbook format.
+//! - [`status`]: run, step and command statuses and error types, spelled once for Rust, SQL and JSON.
 //! - [`duration`], [`diagnostics`]: small shared types.
 
 // Leaf types: depend on nothing of ours but each other, in this order.
 pub mod config;
 pub mod diagnostics;
+// Statuses of runs, steps and commands, spelled once for Rust, SQL and JSON.
+pub mod status;
+// The other leaf types.
 pub mod duration;
 pub mod kafka;
 pub mod metrics;
