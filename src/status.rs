@@ -67,7 +67,7 @@ macro_rules! status_enum {
 }
 
 status_enum! {
-    /// Where a run stands (`runbook_runs.status`, `RunOutcome.status`).
+    /// Where a run stands (in its record, and in `RunOutcome.status`).
     RunStatus("run") {
         /// Recorded but not started.
         Queued = "queued",
@@ -116,8 +116,7 @@ impl RunStatus {
 }
 
 status_enum! {
-    /// How a step ended: in its attempt records (`runbook_step_attempts.status`) and in the
-    /// template value `steps.<id>.status`.
+    /// How a step ended: in its attempt records and in the template value `steps.<id>.status`.
     StepStatus("step") {
         Succeeded = "succeeded",
         Failed = "failed",

@@ -564,13 +564,11 @@ async fn run(
     match engine.run(req, observer.clone()).await {
         Ok(outcome) => {
             observer.outcome(&outcome);
-            Ok(
-                if outcome.status == "succeeded" || outcome.status == "planned" {
-                    0
-                } else {
-                    EXIT_FAILED
-                },
-            )
+            Ok(if outcome.status.is_success() {
+                0
+            } else {
+                EXIT_FAILED
+            })
         }
         Err(e) if e.is_usage() => {
             eprintln!("error: {e}");
@@ -615,13 +613,7 @@ async fn runs_cmd(setup: &Setup, cmd: RunsCommand) -> Result<i32> {
             }
         },
         RunsCommand::Cancel { id } => {
-            let r = db
-                .sql(
-                    "UPDATE runbook_runs SET status = 'cancel_requested' WHERE id = $1 AND status IN ('running', 'waiting_approval', 'queued')",
-                    vec![json!(id)],
-                )
-                .await?;
-            if r.rows_affected == 0 {
+            if !runs::request_cancel(&db, id).await? {
                 eprintln!("error: run {id} is not running");
                 return Ok(EXIT_USAGE);
             }
@@ -735,7 +727,7 @@ async fn serve(setup: &Setup, listen: Option<String>, no_workers: bool) -> Resul
         let running = runs::list_runs(store, None, 20).await.unwrap_or_default();
         let ids: Vec<String> = running
             .iter()
-            .filter(|r| r["status"] == "running")
+            .filter(|r| r["status"] == crate::status::RunStatus::Running.as_str())
             .map(|r| r["id"].to_string())
             .collect();
         eprintln!("grace period over; runs still going: {}", ids.join(", "));

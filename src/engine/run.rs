@@ -8,13 +8,14 @@ use std::{
 };
 
 use chrono::Utc;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
 use super::{Engine, EngineError};
 use crate::{
     metrics::{RunLabels, StepLabels},
     playbook::{resolve_params, ForEach, Step},
+    status::{RunStatus, StepEventStatus, StepStatus},
     steps::{
         ChildOutcome, Launcher, Observer, RunMeta, StepCx, StepError, StepEvent, StepKind,
         StepOutput,
@@ -27,21 +28,29 @@ use crate::{
 /// The error of a run an operator cancelled.
 const CANCELLED: &str = "cancelled by an operator";
 
-/// What starts a run.
-#[derive(Debug, Clone, Default)]
+/// What starts a run. Serialized, it is the payload of a `runbook.run` queue command:
+/// `{"playbook", "params", "trigger", "alert", "alerts"}`; the other fields are not queued.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunRequest {
     pub playbook: String,
     /// Parameter overrides as text, checked against the playbook's types.
+    #[serde(default)]
     pub params: BTreeMap<String, String>,
     /// `{"kind": "cli" | "alert" | "schedule" | "api" | "playbook", ...}`.
+    #[serde(default)]
     pub trigger: Json,
     /// The alert that matched, and its group.
+    #[serde(default)]
     pub alert: Option<Json>,
+    #[serde(default)]
     pub alerts: Vec<Json>,
+    #[serde(skip)]
     pub dry_run: bool,
     /// The queue command carrying this run, when a worker runs it.
+    #[serde(skip)]
     pub command_id: Option<i64>,
     /// Continue this interrupted run instead of starting a new one.
+    #[serde(skip)]
     pub resume: Option<i64>,
 }
 
@@ -51,7 +60,7 @@ pub struct RunOutcome {
     pub run_id: i64,
     pub playbook: String,
     /// `succeeded`, `failed`, `timed_out`, `cancelled`, or `planned` for a dry run.
-    pub status: String,
+    pub status: RunStatus,
     pub failed_step: Option<String>,
     pub error: Option<String>,
     pub duration_ms: u64,
@@ -61,7 +70,7 @@ pub struct RunOutcome {
 /// One step's result as later steps read it: `steps.<id>.{status,rows,output,error,duration_ms}`.
 #[derive(Debug, Clone, Serialize)]
 struct StepResult {
-    status: &'static str,
+    status: StepStatus,
     rows: Vec<Json>,
     output: Json,
     error: Option<String>,
@@ -71,7 +80,7 @@ struct StepResult {
 impl StepResult {
     fn skipped() -> Self {
         StepResult {
-            status: "skipped",
+            status: StepStatus::Skipped,
             rows: vec![],
             output: Json::Null,
             error: None,
@@ -79,7 +88,7 @@ impl StepResult {
         }
     }
     fn failed(&self) -> bool {
-        self.status == "failed"
+        self.status == StepStatus::Failed
     }
 }
 
@@ -183,7 +192,7 @@ impl Engine {
                         dry_run: req.dry_run,
                         parent_id: parent,
                         command_id: req.command_id,
-                        status: "running",
+                        status: RunStatus::Running,
                     },
                 )
                 .await?;
@@ -220,11 +229,20 @@ impl Engine {
         tracing::info!(run_id, playbook = %pb.name, dry_run = req.dry_run, "Run started.");
         let body = self.run_steps(&pb.steps, &meta, &mut state);
         let (status, failed) = match tokio::time::timeout(pb.timeout.as_std(), body).await {
-            Ok(None) => (if req.dry_run { "planned" } else { "succeeded" }, None),
-            Ok(Some((step, error))) if error == CANCELLED => ("cancelled", Some((step, error))),
-            Ok(Some((step, error))) => ("failed", Some((step, error))),
+            Ok(None) => (
+                if req.dry_run {
+                    RunStatus::Planned
+                } else {
+                    RunStatus::Succeeded
+                },
+                None,
+            ),
+            Ok(Some((step, error))) if error == CANCELLED => {
+                (RunStatus::Cancelled, Some((step, error)))
+            }
+            Ok(Some((step, error))) => (RunStatus::Failed, Some((step, error))),
             Err(_) => (
-                "timed_out",
+                RunStatus::TimedOut,
                 Some((
                     "".to_owned(),
                     format!("the playbook did not finish within {}", pb.timeout),
@@ -232,7 +250,7 @@ impl Engine {
             ),
         };
         // A cancel is deliberate: it does not page anyone through on_failure.
-        if let Some((step, error)) = failed.as_ref().filter(|_| status != "cancelled") {
+        if let Some((step, error)) = failed.as_ref().filter(|_| status != RunStatus::Cancelled) {
             if !pb.on_failure.is_empty() {
                 state
                     .ctx
@@ -265,15 +283,15 @@ impl Engine {
         if !req.dry_run {
             let labels = RunLabels {
                 playbook: pb.name.clone(),
-                status: status.to_owned(),
+                status: status.to_string(),
             };
             self.metrics.runs.get_or_create(&labels).inc();
         }
-        tracing::info!(run_id, playbook = %pb.name, status, "Run finished.");
+        tracing::info!(run_id, playbook = %pb.name, status = %status, "Run finished.");
         Ok(RunOutcome {
             run_id,
             playbook: pb.name.clone(),
-            status: status.to_owned(),
+            status,
             failed_step,
             error,
             duration_ms: started.elapsed().as_millis() as u64,
@@ -292,7 +310,7 @@ impl Engine {
             // A resumed run keeps what its steps already did.
             if state.ctx["steps"]
                 .get(&step.id)
-                .is_some_and(|s| s["status"] == "ok")
+                .is_some_and(|s| s["status"] == StepStatus::Succeeded.as_str())
             {
                 continue;
             }
@@ -309,27 +327,20 @@ impl Engine {
     }
 
     async fn cancel_requested(&self, run_id: i64) -> Option<String> {
-        let rows = self
-            .services
-            .store
-            .sql(
-                "SELECT status FROM runbook_runs WHERE id = $1",
-                vec![json!(run_id)],
-            )
+        runs::cancel_requested(&self.services.store, run_id)
             .await
             .ok()?
-            .rows;
-        (rows.first()?.get("status")? == "cancel_requested").then(|| CANCELLED.to_owned())
+            .then(|| CANCELLED.to_owned())
     }
 
-    fn event(&self, meta: &RunMeta, step: &Step, status: &str) -> StepEvent {
+    fn event(&self, meta: &RunMeta, step: &Step, status: StepEventStatus) -> StepEvent {
         StepEvent {
             run_id: meta.id,
             playbook: meta.playbook.clone(),
             step: step.id.clone(),
             kind: step.kind.name(),
             depth: meta.depth,
-            status: status.to_owned(),
+            status,
             duration_ms: None,
             summary: None,
             error: None,
@@ -345,7 +356,7 @@ impl Engine {
                 Ok(false) => {
                     meta.observer.step_event(&StepEvent {
                         summary: Some(format!("when: {when}")),
-                        ..self.event(meta, step, "skipped")
+                        ..self.event(meta, step, StepEventStatus::Skipped)
                     });
                     return StepResult::skipped();
                 }
@@ -353,10 +364,10 @@ impl Engine {
                     let error = format!("`when` failed: {}", crate::template::message(&e));
                     meta.observer.step_event(&StepEvent {
                         error: Some(error.clone()),
-                        ..self.event(meta, step, "failed")
+                        ..self.event(meta, step, StepEventStatus::Failed)
                     });
                     return StepResult {
-                        status: "failed",
+                        status: StepStatus::Failed,
                         rows: vec![],
                         output: Json::Null,
                         error: Some(error),
@@ -365,7 +376,8 @@ impl Engine {
                 }
             }
         }
-        meta.observer.step_event(&self.event(meta, step, "started"));
+        meta.observer
+            .step_event(&self.event(meta, step, StepEventStatus::Started));
         let started = Instant::now();
 
         let items: Option<Vec<Json>> = match &step.for_each {
@@ -451,20 +463,24 @@ impl Engine {
                 .get_or_create(&labels)
                 .observe(started.elapsed().as_secs_f64());
         }
-        let status = if meta.dry_run { "planned" } else { "succeeded" };
+        let status = if meta.dry_run {
+            StepStatus::Planned
+        } else {
+            StepStatus::Succeeded
+        };
         match result {
             Ok(out) => {
                 meta.observer.step_event(&StepEvent {
                     duration_ms: Some(duration_ms),
                     summary: Some(self.services.masker.mask_str(&summarize(&out))),
-                    ..self.event(meta, step, status)
+                    ..self.event(meta, step, status.into())
                 });
                 let out = StepOutput {
                     rows: out.rows,
                     output: out.output,
                 };
                 StepResult {
-                    status: if meta.dry_run { "planned" } else { "ok" },
+                    status,
                     rows: out.rows,
                     output: out.output,
                     error: None,
@@ -476,10 +492,10 @@ impl Engine {
                 meta.observer.step_event(&StepEvent {
                     duration_ms: Some(duration_ms),
                     error: Some(e.clone()),
-                    ..self.event(meta, step, "failed")
+                    ..self.event(meta, step, StepEventStatus::Failed)
                 });
                 StepResult {
-                    status: "failed",
+                    status: StepStatus::Failed,
                     rows: vec![],
                     output: Json::Null,
                     error: Some(e),
@@ -509,7 +525,7 @@ impl Engine {
                 return Ok(out);
             }
             let provisional = StepResult {
-                status: "ok",
+                status: StepStatus::Succeeded,
                 rows: out.rows.clone(),
                 output: out.output.clone(),
                 error: None,
@@ -564,7 +580,7 @@ impl Engine {
                     let input = json!({ "not_rendered": e.to_string() });
                     meta.observer.step_event(&StepEvent {
                         input: Some(input.clone()),
-                        ..self.event(meta, step, "plan")
+                        ..self.event(meta, step, StepEventStatus::Plan)
                     });
                     (input, Ok(StepOutput::default()))
                 }
@@ -577,7 +593,7 @@ impl Engine {
                     if meta.dry_run {
                         meta.observer.step_event(&StepEvent {
                             input: Some(input.clone()),
-                            ..self.event(meta, step, "plan")
+                            ..self.event(meta, step, StepEventStatus::Plan)
                         });
                         (input, Ok(StepOutput::default()))
                     } else {
@@ -600,14 +616,18 @@ impl Engine {
             let duration_ms = started.elapsed().as_millis() as u64;
             let (status, output, error) = match &result {
                 Ok(out) => (
-                    if meta.dry_run { "planned" } else { "succeeded" },
+                    if meta.dry_run {
+                        StepStatus::Planned
+                    } else {
+                        StepStatus::Succeeded
+                    },
                     self.services
                         .masker
                         .mask_json(&json!({ "rows": out.rows, "output": out.output })),
                     None,
                 ),
                 Err(e) => (
-                    "failed",
+                    StepStatus::Failed,
                     Json::Null,
                     Some(self.services.masker.mask_str(&e.to_string())),
                 ),

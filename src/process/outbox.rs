@@ -123,10 +123,7 @@ async fn mark_sent(db: &Db, ids: &[i64]) -> Result<(), DbError> {
     if ids.is_empty() {
         return Ok(());
     }
-    let now = match db.dialect() {
-        crate::template::Dialect::Postgres => "NOW()",
-        crate::template::Dialect::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-    };
+    let now = db.dialect().now();
     let filter = match db {
         Db::Postgres(_) => "id IN (SELECT jsonb_array_elements_text($1::jsonb)::int8)",
         Db::Sqlite(_) => "id IN (SELECT value FROM json_each($1))",
@@ -144,7 +141,7 @@ async fn mark_failed(db: &Db, id: i64, attempts: i32, error: &str) -> Result<(),
     let next = match db.dialect() {
         crate::template::Dialect::Postgres => format!("NOW() + make_interval(secs => {delay})"),
         crate::template::Dialect::Sqlite => {
-            format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+{delay:.3} seconds')")
+            crate::template::sqlite_now_plus(&format!("'+{delay:.3} seconds'"))
         }
     };
     db.sql(

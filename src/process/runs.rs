@@ -3,7 +3,7 @@
 //! comes back, and the run is finished as its playbook says: marked `interrupted`, or resumed
 //! from the first step that had not succeeded.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
 
@@ -13,6 +13,7 @@ use super::handlers::{event, CommandHandler, HandlerError};
 use crate::{
     engine::{Engine, NullObserver, RunRequest},
     playbook::OnInterrupt,
+    status::{ErrorType, RunStatus},
     store::{runs, Db, DbError},
     stream::queue::{self, Claimed, Event, NewCommand},
 };
@@ -56,12 +57,9 @@ pub fn priority_for(severity: Option<&str>) -> i32 {
 }
 
 /// Enqueues a run; returns the command id. Runs of one playbook share an entity, so the
-/// work-state lock keeps them one at a time.
+/// work-state lock keeps them one at a time. The payload is the request, serialized.
 pub async fn enqueue(store: &Db, req: &RunRequest, priority: i32) -> Result<i64, DbError> {
-    let payload = json!({
-        "playbook": req.playbook, "params": req.params, "trigger": req.trigger,
-        "alert": req.alert, "alerts": req.alerts,
-    });
+    let payload = serde_json::to_value(req).unwrap_or_default();
     let ids = queue::enqueue(
         store,
         &[NewCommand {
@@ -77,51 +75,22 @@ pub async fn enqueue(store: &Db, req: &RunRequest, priority: i32) -> Result<i64,
 }
 
 fn fail(msg: impl Into<String>) -> HandlerError {
-    HandlerError {
-        error_type: "RunbookException".into(),
-        message: msg.into(),
-        retryable: false,
-    }
+    HandlerError::new(ErrorType::RunbookException, msg, false)
 }
 
 async fn handle(engine: &Engine, cmd: &Claimed) -> Result<Json, HandlerError> {
-    let p = &cmd.payload;
-    let playbook = p["playbook"]
-        .as_str()
-        .ok_or_else(|| fail("runbook.run command without `playbook`"))?
-        .to_owned();
-    let params: BTreeMap<String, String> =
-        serde_json::from_value(p["params"].clone()).unwrap_or_default();
-    let transient = |e: DbError| HandlerError {
-        error_type: "NetworkException".into(),
-        message: e.to_string(),
-        retryable: true,
-    };
+    let mut req: RunRequest = serde_json::from_value(cmd.payload.clone())
+        .map_err(|e| fail(format!("runbook.run command: {e}")))?;
+    req.command_id = Some(cmd.id);
+    let playbook = req.playbook.clone();
+    let transient =
+        |e: DbError| HandlerError::new(ErrorType::NetworkException, e.to_string(), true);
     let store = &engine.services().store;
-    let existing = store
-        .sql(
-            "SELECT id, status FROM runbook_runs WHERE command_id = $1 ORDER BY id DESC LIMIT 1",
-            vec![json!(cmd.id)],
-        )
+    let existing = runs::latest_for_command(store, cmd.id)
         .await
-        .map_err(transient)?
-        .rows;
-    let mut req = RunRequest {
-        playbook: playbook.clone(),
-        params,
-        trigger: p["trigger"].clone(),
-        alert: p.get("alert").filter(|a| !a.is_null()).cloned(),
-        alerts: p["alerts"].as_array().cloned().unwrap_or_default(),
-        command_id: Some(cmd.id),
-        ..Default::default()
-    };
-    if let Some(run) = existing.first() {
-        let run_id = run["id"].as_i64().unwrap_or_default();
-        let status = run["status"].as_str().unwrap_or("");
-        if !matches!(
-            status,
-            "running" | "waiting_approval" | "cancel_requested" | "queued"
-        ) {
+        .map_err(transient)?;
+    if let Some((run_id, status)) = existing {
+        if status.is_final() {
             // Finished before the crash, only the acknowledgement was lost.
             return Ok(json!({ "run_id": run_id, "status": status }));
         }
@@ -135,11 +104,11 @@ async fn handle(engine: &Engine, cmd: &Claimed) -> Result<Json, HandlerError> {
                 "the process running it stopped; found on attempt {} of its command",
                 cmd.attempts
             );
-            runs::finish_run(store, run_id, "interrupted", None, Some(&why))
+            runs::finish_run(store, run_id, RunStatus::Interrupted, None, Some(&why))
                 .await
                 .map_err(transient)?;
             tracing::warn!(run_id, playbook = %playbook, "Run interrupted by a crash; marked interrupted.");
-            return Ok(json!({ "run_id": run_id, "status": "interrupted" }));
+            return Ok(json!({ "run_id": run_id, "status": RunStatus::Interrupted }));
         }
         tracing::warn!(run_id, playbook = %playbook, "Run interrupted by a crash; resuming.");
         req.resume = Some(run_id);
