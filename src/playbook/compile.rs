@@ -473,6 +473,9 @@ fn check(c: &mut Compiler, at: &str, src: &str, flavour: Flavour, scope: &Scope)
         c.err(at, format!("template syntax error: {}{detail}", e.kind()));
         return;
     }
+    for problem in super::lint::step_status_ok(src) {
+        c.err(at, problem);
+    }
     let mut vars = vars;
     vars.sort();
     for var in vars {

@@ -1,6 +1,7 @@
 //! Playbooks: the raw YAML mirror, the pure compile phase, and the compiled form the engine runs.
 
 mod compile;
+mod lint;
 mod locate;
 mod matcher;
 pub mod raw;
