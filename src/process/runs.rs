@@ -119,3 +119,46 @@ async fn handle(engine: &Engine, cmd: &Claimed) -> Result<Json, HandlerError> {
         .map_err(|e| fail(e.to_string()))?;
     Ok(json!({ "run_id": outcome.run_id, "status": outcome.status, "error": outcome.error }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_payloads_keep_their_json_shape() {
+        let req = RunRequest {
+            playbook: "p".into(),
+            params: [("a".to_owned(), "1".to_owned())].into(),
+            trigger: json!({ "kind": "api", "by": "x" }),
+            alert: Some(json!({ "labels": { "alertname": "A" } })),
+            alerts: vec![json!({ "labels": {} })],
+            dry_run: true,
+            command_id: Some(3),
+            resume: Some(4),
+        };
+        // What enqueue wrote before the payload was a struct.
+        let written = json!({
+            "playbook": req.playbook, "params": req.params, "trigger": req.trigger,
+            "alert": req.alert, "alerts": req.alerts,
+        });
+        assert_eq!(serde_json::to_value(&req).unwrap(), written);
+        let back: RunRequest = serde_json::from_value(written).unwrap();
+        assert_eq!(
+            (&back.playbook, &back.params, &back.trigger),
+            (&req.playbook, &req.params, &req.trigger)
+        );
+        assert_eq!((&back.alert, &back.alerts), (&req.alert, &req.alerts));
+        assert_eq!(
+            (back.dry_run, back.command_id, back.resume),
+            (false, None, None)
+        );
+        // Without an alert (null or missing) and without alerts, as cron, the API and
+        // `playbook:` handlers queue it.
+        let bare: RunRequest = serde_json::from_value(
+            json!({ "playbook": "p", "params": {}, "trigger": { "kind": "schedule" }, "alert": null }),
+        )
+        .unwrap();
+        assert_eq!((bare.alert, bare.alerts.len()), (None, 0));
+        assert!(serde_json::from_value::<RunRequest>(json!({ "params": {} })).is_err());
+    }
+}

@@ -198,27 +198,27 @@ pub async fn claim_locked(
         Db::Postgres(pool) => {
             static SQL: LazyLock<String> = LazyLock::new(|| {
                 format!(
-                "WITH c AS ( \
-                   UPDATE command_queue SET status = '{PROCESSING}', locked_by = $1, \
-                          locked_until = NOW() + make_interval(secs => $3), attempts = attempts + 1, updated_at = NOW() \
-                   WHERE id IN (SELECT id FROM command_queue WHERE status = '{PENDING}' AND run_at <= NOW() \
-                                ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                   RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at), \
-                 first AS ( \
-                   SELECT DISTINCT ON (entity, entity_id) id, entity, entity_id FROM c \
-                   WHERE NOT (command_type = ANY($5)) ORDER BY entity, entity_id, priority DESC, id), \
-                 l AS ( \
-                   INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
-                   SELECT entity, entity_id, 'updating', NOW(), $1, id, FALSE, NOW() FROM first \
-                   ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = NOW(), \
-                      locked_by = EXCLUDED.locked_by, command_id = EXCLUDED.command_id, \
-                      takeover = (work_state.state = 'updating'), \
-                      expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = NOW() \
-                   WHERE work_state.state <> 'updating' OR work_state.locked_at < NOW() - make_interval(secs => $4) \
-                   RETURNING command_id, takeover) \
-                 SELECT c.id, c.entity, c.entity_id, c.command_type, c.priority, c.payload, c.attempts, c.created_at, \
-                        c.command_type = ANY($5) AS shared, l.command_id IS NOT NULL AS locked, COALESCE(l.takeover, FALSE) AS takeover \
-                 FROM c LEFT JOIN l ON l.command_id = c.id ORDER BY c.priority DESC, c.id"
+                    "WITH c AS ( \
+                       UPDATE command_queue SET status = '{PROCESSING}', locked_by = $1, \
+                              locked_until = NOW() + make_interval(secs => $3), attempts = attempts + 1, updated_at = NOW() \
+                       WHERE id IN (SELECT id FROM command_queue WHERE status = '{PENDING}' AND run_at <= NOW() \
+                                    ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                       RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at), \
+                     first AS ( \
+                       SELECT DISTINCT ON (entity, entity_id) id, entity, entity_id FROM c \
+                       WHERE NOT (command_type = ANY($5)) ORDER BY entity, entity_id, priority DESC, id), \
+                     l AS ( \
+                       INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
+                       SELECT entity, entity_id, 'updating', NOW(), $1, id, FALSE, NOW() FROM first \
+                       ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = NOW(), \
+                          locked_by = EXCLUDED.locked_by, command_id = EXCLUDED.command_id, \
+                          takeover = (work_state.state = 'updating'), \
+                          expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = NOW() \
+                       WHERE work_state.state <> 'updating' OR work_state.locked_at < NOW() - make_interval(secs => $4) \
+                       RETURNING command_id, takeover) \
+                     SELECT c.id, c.entity, c.entity_id, c.command_type, c.priority, c.payload, c.attempts, c.created_at, \
+                            c.command_type = ANY($5) AS shared, l.command_id IS NOT NULL AS locked, COALESCE(l.takeover, FALSE) AS takeover \
+                     FROM c LEFT JOIN l ON l.command_id = c.id ORDER BY c.priority DESC, c.id"
                 )
             });
             let rows = sqlx::query(&SQL)
@@ -251,12 +251,12 @@ pub async fn claim_locked(
         Db::Sqlite(pool) => {
             static CLAIM: LazyLock<String> = LazyLock::new(|| {
                 format!(
-                "UPDATE command_queue SET status = '{PROCESSING}', locked_by = ?1, \
-                        locked_until = {until}, attempts = attempts + 1, updated_at = {SQLITE_NOW} \
-                 WHERE id IN (SELECT id FROM command_queue WHERE status = '{PENDING}' AND run_at <= {SQLITE_NOW} \
-                              ORDER BY priority DESC, run_at, id LIMIT ?2) \
-                 RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at",
-                until = sqlite_now_plus("?3"),
+                    "UPDATE command_queue SET status = '{PROCESSING}', locked_by = ?1, \
+                            locked_until = {until}, attempts = attempts + 1, updated_at = {SQLITE_NOW} \
+                     WHERE id IN (SELECT id FROM command_queue WHERE status = '{PENDING}' AND run_at <= {SQLITE_NOW} \
+                                  ORDER BY priority DESC, run_at, id LIMIT ?2) \
+                     RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at",
+                    until = sqlite_now_plus("?3"),
                 )
             });
             let mut tx = pool.begin().await?;
@@ -292,15 +292,15 @@ pub async fn claim_locked(
                     .collect();
                 static LOCK: LazyLock<String> = LazyLock::new(|| {
                     format!(
-                    "INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
-                     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'updating', {SQLITE_NOW}, ?2, json_extract(value, '$[2]'), 0, {SQLITE_NOW} \
-                     FROM json_each(?1) WHERE true \
-                     ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = {SQLITE_NOW}, locked_by = excluded.locked_by, \
-                        command_id = excluded.command_id, takeover = (work_state.state = 'updating'), \
-                        expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = {SQLITE_NOW} \
-                     WHERE work_state.state <> 'updating' OR work_state.locked_at < {expired} \
-                     RETURNING command_id, takeover",
-                    expired = sqlite_now_plus("?3"),
+                        "INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
+                         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'updating', {SQLITE_NOW}, ?2, json_extract(value, '$[2]'), 0, {SQLITE_NOW} \
+                         FROM json_each(?1) WHERE true \
+                         ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = {SQLITE_NOW}, locked_by = excluded.locked_by, \
+                            command_id = excluded.command_id, takeover = (work_state.state = 'updating'), \
+                            expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = {SQLITE_NOW} \
+                         WHERE work_state.state <> 'updating' OR work_state.locked_at < {expired} \
+                         RETURNING command_id, takeover",
+                        expired = sqlite_now_plus("?3"),
                     )
                 });
                 sqlx::query(&LOCK)
@@ -341,9 +341,9 @@ pub async fn defer(db: &Db, worker: &str, ids: &[i64], delay: Duration) -> Resul
         Db::Postgres(pool) => {
             static SQL: LazyLock<String> = LazyLock::new(|| {
                 format!(
-                "UPDATE command_queue SET status = '{PENDING}', attempts = attempts - 1, locked_by = NULL, locked_until = NULL, \
-                        run_at = NOW() + make_interval(secs => $3), updated_at = NOW() \
-                 WHERE id = ANY($1) AND locked_by = $2 AND status = '{PROCESSING}'"
+                    "UPDATE command_queue SET status = '{PENDING}', attempts = attempts - 1, locked_by = NULL, locked_until = NULL, \
+                            run_at = NOW() + make_interval(secs => $3), updated_at = NOW() \
+                     WHERE id = ANY($1) AND locked_by = $2 AND status = '{PROCESSING}'"
                 )
             });
             sqlx::query(&SQL)
@@ -356,10 +356,10 @@ pub async fn defer(db: &Db, worker: &str, ids: &[i64], delay: Duration) -> Resul
         Db::Sqlite(pool) => {
             static SQL: LazyLock<String> = LazyLock::new(|| {
                 format!(
-                "UPDATE command_queue SET status = '{PENDING}', attempts = attempts - 1, locked_by = NULL, locked_until = NULL, \
-                        run_at = {run_at}, updated_at = {SQLITE_NOW} \
-                 WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND status = '{PROCESSING}'",
-                run_at = sqlite_now_plus("?3"),
+                    "UPDATE command_queue SET status = '{PENDING}', attempts = attempts - 1, locked_by = NULL, locked_until = NULL, \
+                            run_at = {run_at}, updated_at = {SQLITE_NOW} \
+                     WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND status = '{PROCESSING}'",
+                    run_at = sqlite_now_plus("?3"),
                 )
             });
             sqlx::query(&SQL)
@@ -408,14 +408,14 @@ pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> 
             }
             static SQL: LazyLock<String> = LazyLock::new(|| {
                 format!(
-                "WITH done AS ( \
-                   UPDATE command_queue SET status = '{COMPLETED}', completed_at = NOW(), updated_at = NOW(), \
-                          locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
-                   WHERE id = ANY($1) AND locked_by = $2 AND status = '{PROCESSING}' RETURNING id, entity, entity_id), \
-                 released AS ( \
-                   UPDATE work_state w SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = NOW() \
-                   FROM done WHERE w.entity = done.entity AND w.entity_id = done.entity_id AND w.command_id = done.id RETURNING 1) \
-                 SELECT id FROM done"
+                    "WITH done AS ( \
+                       UPDATE command_queue SET status = '{COMPLETED}', completed_at = NOW(), updated_at = NOW(), \
+                              locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
+                       WHERE id = ANY($1) AND locked_by = $2 AND status = '{PROCESSING}' RETURNING id, entity, entity_id), \
+                     released AS ( \
+                       UPDATE work_state w SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = NOW() \
+                       FROM done WHERE w.entity = done.entity AND w.entity_id = done.entity_id AND w.command_id = done.id RETURNING 1) \
+                     SELECT id FROM done"
                 )
             });
             Ok(sqlx::query_scalar(&SQL)
@@ -458,11 +458,11 @@ pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> 
             if !ack.failed.is_empty() {
                 static FAIL: LazyLock<String> = LazyLock::new(|| {
                     format!(
-                    "UPDATE command_queue q SET status = CASE WHEN u.retry THEN '{PENDING}' ELSE '{DLQ}' END, \
-                            run_at = CASE WHEN u.retry THEN NOW() + make_interval(secs => u.delay) ELSE q.run_at END, \
-                            error_type = u.etype, error_message = u.msg, locked_by = NULL, locked_until = NULL, updated_at = NOW() \
-                     FROM UNNEST($1::int8[], $2::bool[], $3::float8[], $4::text[], $5::text[]) AS u(id, retry, delay, etype, msg) \
-                     WHERE q.id = u.id AND q.locked_by = $6 AND q.status = '{PROCESSING}'"
+                        "UPDATE command_queue q SET status = CASE WHEN u.retry THEN '{PENDING}' ELSE '{DLQ}' END, \
+                                run_at = CASE WHEN u.retry THEN NOW() + make_interval(secs => u.delay) ELSE q.run_at END, \
+                                error_type = u.etype, error_message = u.msg, locked_by = NULL, locked_until = NULL, updated_at = NOW() \
+                         FROM UNNEST($1::int8[], $2::bool[], $3::float8[], $4::text[], $5::text[]) AS u(id, retry, delay, etype, msg) \
+                         WHERE q.id = u.id AND q.locked_by = $6 AND q.status = '{PROCESSING}'"
                     )
                 });
                 let f = &ack.failed;
@@ -499,9 +499,9 @@ pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> 
             } else {
                 static COMPLETE: LazyLock<String> = LazyLock::new(|| {
                     format!(
-                    "UPDATE command_queue SET status = '{COMPLETED}', completed_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW}, \
-                            locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
-                     WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND status = '{PROCESSING}' RETURNING id"
+                        "UPDATE command_queue SET status = '{COMPLETED}', completed_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW}, \
+                                locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
+                         WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND status = '{PROCESSING}' RETURNING id"
                     )
                 });
                 sqlx::query_scalar(&COMPLETE)
@@ -550,8 +550,8 @@ pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> 
             if !lock_ids.is_empty() {
                 static RELEASE: LazyLock<String> = LazyLock::new(|| {
                     format!(
-                    "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = {SQLITE_NOW} \
-                     WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
+                        "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = {SQLITE_NOW} \
+                         WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
                     )
                 });
                 sqlx::query(&RELEASE)
@@ -588,7 +588,7 @@ pub async fn heartbeat(db: &Db, worker: &str, ids: &[i64], lease: Duration) -> R
             static RENEW: LazyLock<String> = LazyLock::new(|| {
                 format!(
                     "UPDATE command_queue SET locked_until = {until} \
-                     WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2",
+                         WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2",
                     until = sqlite_now_plus("?3"),
                 )
             });
@@ -600,8 +600,8 @@ pub async fn heartbeat(db: &Db, worker: &str, ids: &[i64], lease: Duration) -> R
                 .await?;
             static TOUCH: LazyLock<String> = LazyLock::new(|| {
                 format!(
-                    "UPDATE work_state SET locked_at = {SQLITE_NOW} \
-                     WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
+                        "UPDATE work_state SET locked_at = {SQLITE_NOW} \
+                         WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
                 )
             });
             sqlx::query(&TOUCH)
@@ -623,12 +623,12 @@ pub async fn rescue(db: &Db, max_retries: u32) -> Result<(u64, u64), DbError> {
             let mut tx = pool.begin().await?;
             static SQL: LazyLock<String> = LazyLock::new(|| {
                 format!(
-                "UPDATE command_queue SET status = CASE WHEN attempts > $1 THEN '{DLQ}' ELSE '{PENDING}' END, \
-                        error_type = '{expired}', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
-                        locked_by = NULL, locked_until = NULL, run_at = NOW(), updated_at = NOW() \
-                 WHERE id IN (SELECT id FROM command_queue WHERE status = '{PROCESSING}' AND locked_until < NOW() FOR UPDATE SKIP LOCKED) \
-                 RETURNING id",
-                expired = ErrorType::LeaseExpiredException,
+                    "UPDATE command_queue SET status = CASE WHEN attempts > $1 THEN '{DLQ}' ELSE '{PENDING}' END, \
+                            error_type = '{expired}', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
+                            locked_by = NULL, locked_until = NULL, run_at = NOW(), updated_at = NOW() \
+                     WHERE id IN (SELECT id FROM command_queue WHERE status = '{PROCESSING}' AND locked_until < NOW() FOR UPDATE SKIP LOCKED) \
+                     RETURNING id",
+                    expired = ErrorType::LeaseExpiredException,
                 )
             });
             let ids: Vec<i64> = sqlx::query_scalar(&SQL)
@@ -655,11 +655,11 @@ pub async fn rescue(db: &Db, max_retries: u32) -> Result<(u64, u64), DbError> {
             let mut tx = pool.begin().await?;
             static RESCUE: LazyLock<String> = LazyLock::new(|| {
                 format!(
-                "UPDATE command_queue SET status = CASE WHEN attempts > ?1 THEN '{DLQ}' ELSE '{PENDING}' END, \
-                        error_type = '{expired}', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
-                        locked_by = NULL, locked_until = NULL, run_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW} \
-                 WHERE status = '{PROCESSING}' AND locked_until < {SQLITE_NOW} RETURNING id",
-                expired = ErrorType::LeaseExpiredException,
+                    "UPDATE command_queue SET status = CASE WHEN attempts > ?1 THEN '{DLQ}' ELSE '{PENDING}' END, \
+                            error_type = '{expired}', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
+                            locked_by = NULL, locked_until = NULL, run_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW} \
+                     WHERE status = '{PROCESSING}' AND locked_until < {SQLITE_NOW} RETURNING id",
+                    expired = ErrorType::LeaseExpiredException,
                 )
             });
             let ids: Vec<i64> = sqlx::query_scalar(&RESCUE)
@@ -671,9 +671,9 @@ pub async fn rescue(db: &Db, max_retries: u32) -> Result<(u64, u64), DbError> {
             } else {
                 static RELEASE: LazyLock<String> = LazyLock::new(|| {
                     format!(
-                    "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, \
-                            expiries = expiries + 1, updated_at = {SQLITE_NOW} \
-                     WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
+                        "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, \
+                                expiries = expiries + 1, updated_at = {SQLITE_NOW} \
+                         WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
                     )
                 });
                 sqlx::query(&RELEASE)
