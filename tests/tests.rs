@@ -4,6 +4,7 @@
 mod engine;
 mod http;
 mod kafka;
+mod layers;
 mod postgres;
 mod runtime;
 mod safety;
