@@ -117,7 +117,10 @@ fn every_module_uses_only_modules_declared_below_it() {
             continue;
         }
         let Some(own_rank) = rank(&own) else {
-            problems.push(format!("{}: module `{own}` is not declared in src/lib.rs", file.display()));
+            problems.push(format!(
+                "{}: module `{own}` is not declared in src/lib.rs",
+                file.display()
+            ));
             continue;
         };
         let text = fs::read_to_string(&file).expect("source file");
@@ -145,6 +148,13 @@ fn every_module_uses_only_modules_declared_below_it() {
             }
         }
     }
-    assert!(checked > 100, "found only {checked} crate:: paths; is the parser broken?");
-    assert!(problems.is_empty(), "upward imports:\n{}", problems.join("\n"));
+    assert!(
+        checked > 100,
+        "found only {checked} crate:: paths; is the parser broken?"
+    );
+    assert!(
+        problems.is_empty(),
+        "upward imports:\n{}",
+        problems.join("\n")
+    );
 }
