@@ -26,8 +26,8 @@ use crate::{
     template::Templates,
 };
 
-/// What compile may check names against: the config's datasources, notify channels and shell
-/// allowlist. Empty sets mean "the config names none".
+/// What compile may check names against: the config's datasources and notify channels. Empty
+/// sets mean "the config names none". (The shell allowlist is checked when a shell step runs.)
 #[derive(Debug, Default, Clone)]
 pub struct CompileEnv {
     pub datasources: BTreeSet<String>,
