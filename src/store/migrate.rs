@@ -10,7 +10,8 @@
 //! not run against a newer schema. A store made before migrations were versioned (tables, but no
 //! `runbook_schema_migrations`) is upgraded in place: migration 1 is the old script, all
 //! `IF NOT EXISTS`, so it runs harmlessly and is recorded. This is a small hand-written runner
-//! rather than sqlx's `migrate` feature, which would pull in more dependencies for the same job.
+//! rather than sqlx's `migrate` feature: that adds more code for the same job, and its SQLite
+//! migrator takes no lock, so two processes starting on one file are not serialised.
 //!
 //! How to add a migration: write `migrations/sqlite/NNNN_what.sql` and
 //! `migrations/postgres/NNNN_what.sql` with the next number (both backends move in step; if one
@@ -414,6 +415,17 @@ mod tests {
             rows(&db, "SELECT COUNT(*) AS n FROM runbook_schema_migrations").await,
             [json!({"n": 2})]
         );
+    }
+
+    #[tokio::test]
+    async fn a_migration_that_is_only_a_comment_is_recorded() {
+        let (_dir, db) = fresh().await;
+        let nothing = Migration {
+            sqlite: "-- nothing to do on SQLite\n",
+            ..ADD_NOTE
+        };
+        run(&db, &[MIGRATIONS[0], nothing]).await.unwrap();
+        assert_eq!(versions(&db).await.len(), 2);
     }
 
     #[test]
