@@ -2,6 +2,7 @@
 //! datasources, behind one [`Db`] handle that runs bound SQL and returns rows as JSON.
 
 mod decode;
+pub mod migrate;
 pub mod runs;
 
 use std::{str::FromStr, time::Duration};
@@ -27,6 +28,17 @@ pub enum DbError {
     Query(#[from] sqlx::Error),
     #[error("migrating the store failed: {0}")]
     Migrate(sqlx::Error),
+    #[error("store migration {name} (version {version}) failed: {source}")]
+    MigrationFailed {
+        version: i64,
+        name: &'static str,
+        source: sqlx::Error,
+    },
+    #[error(
+        "the store's schema is at version {found}, but this runbook binary knows migrations only \
+         up to version {known}: a newer runbook upgraded it, so run that release or a later one"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
 }
 
 impl DbError {
@@ -160,30 +172,11 @@ impl Db {
         }
     }
 
-    /// Creates or upgrades the store's tables. Safe to run from several processes at once.
+    /// Creates or upgrades the store's tables by applying the migrations it has not recorded
+    /// (see [`migrate`]). Safe to run from several processes at once. Refuses a store whose
+    /// schema is newer than this binary knows.
     pub async fn migrate(&self) -> Result<(), DbError> {
-        match self {
-            Db::Sqlite(pool) => {
-                sqlx::raw_sql(include_str!("migrations/sqlite.sql"))
-                    .execute(pool)
-                    .await
-                    .map_err(DbError::Migrate)?;
-            }
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await.map_err(DbError::Migrate)?;
-                // Serialise concurrent first starts of several replicas.
-                sqlx::query("SELECT pg_advisory_xact_lock(7256110315)")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(DbError::Migrate)?;
-                sqlx::raw_sql(include_str!("migrations/postgres.sql"))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(DbError::Migrate)?;
-                tx.commit().await.map_err(DbError::Migrate)?;
-            }
-        }
-        Ok(())
+        migrate::run(self, migrate::MIGRATIONS).await
     }
 
     /// Runs one bound statement and returns up to `max_rows` rows as JSON objects.
