@@ -3,6 +3,8 @@
 mod compile;
 mod locate;
 mod matcher;
+mod params;
+mod scope;
 pub mod raw;
 
 use std::{
@@ -12,8 +14,9 @@ use std::{
 
 use serde_json::Value as Json;
 
-pub use compile::{coerce_text, compile_source, resolve_params, CompileEnv};
+pub use compile::{compile_source, CompileEnv};
 pub use matcher::{AlertMatcher, LabelMatcher};
+pub use params::{coerce_text, resolve_params};
 pub use raw::{OnInterrupt, ParamType, ResolvedPolicy};
 
 use crate::{diagnostics::Diagnostic, duration::Dur, steps::StepKind};
