@@ -96,6 +96,21 @@ pub struct Audit<'a> {
     pub filter: Json,
 }
 
+/// The audit record's statement; its parameters are [`Audit::params`].
+pub(crate) const AUDIT: &str =
+    "INSERT INTO runbook_audit (actor, op, filter, rows) VALUES ($1, $2, $3, $4)";
+
+impl Audit<'_> {
+    pub(crate) fn params(&self, rows: u64) -> Vec<Json> {
+        vec![
+            Json::from(self.actor),
+            Json::from(self.op),
+            self.filter.clone(),
+            Json::from(rows),
+        ]
+    }
+}
+
 /// Rows and counts of one statement.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SqlResult {
@@ -197,22 +212,12 @@ impl Db {
         max_rows: usize,
         audit: Audit<'_>,
     ) -> Result<SqlResult, DbError> {
-        const AUDIT: &str =
-            "INSERT INTO runbook_audit (actor, op, filter, rows) VALUES ($1, $2, $3, $4)";
         let mut out = SqlResult::default();
-        let audit_params = |rows: u64| {
-            vec![
-                Json::from(audit.actor),
-                Json::from(audit.op),
-                audit.filter.clone(),
-                Json::from(rows),
-            ]
-        };
         match self {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
                 collect!(bind_sqlite, decode::sqlite_row, &mut *tx, q, max_rows, out);
-                let ap = audit_params(out.rows_affected);
+                let ap = audit.params(out.rows_affected);
                 bind_sqlite(sqlx::query(&dollar_to_question(AUDIT)), &ap)
                     .execute(&mut *tx)
                     .await?;
@@ -221,7 +226,7 @@ impl Db {
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 collect!(bind_pg, decode::pg_row, &mut *tx, q, max_rows, out);
-                let ap = audit_params(out.rows_affected);
+                let ap = audit.params(out.rows_affected);
                 bind_pg(sqlx::query(AUDIT), &ap).execute(&mut *tx).await?;
                 tx.commit().await?;
             }
@@ -237,16 +242,6 @@ impl Db {
         params: Vec<Json>,
         audit: Audit<'_>,
     ) -> Result<u64, DbError> {
-        const AUDIT: &str =
-            "INSERT INTO runbook_audit (actor, op, filter, rows) VALUES ($1, $2, $3, $4)";
-        let audit_params = |rows: u64| {
-            vec![
-                Json::from(audit.actor),
-                Json::from(audit.op),
-                audit.filter.clone(),
-                Json::from(rows),
-            ]
-        };
         match self {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
@@ -255,7 +250,7 @@ impl Db {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                let ap = audit_params(rows);
+                let ap = audit.params(rows);
                 bind_sqlite(sqlx::query(&dollar_to_question(AUDIT)), &ap)
                     .execute(&mut *tx)
                     .await?;
@@ -268,7 +263,7 @@ impl Db {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                let ap = audit_params(rows);
+                let ap = audit.params(rows);
                 bind_pg(sqlx::query(AUDIT), &ap).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(rows)

@@ -150,11 +150,8 @@ pub async fn record_attempt(db: &Db, a: Attempt<'_>) -> Result<(), DbError> {
 
 /// Writes one audit record: who or what changed what, with which filter, and how many rows.
 pub async fn audit(db: &Db, actor: &str, op: &str, filter: Json, rows: u64) -> Result<(), DbError> {
-    db.sql(
-        "INSERT INTO runbook_audit (actor, op, filter, rows) VALUES ($1, $2, $3, $4)",
-        vec![json!(actor), json!(op), filter, json!(rows)],
-    )
-    .await?;
+    let record = super::Audit { actor, op, filter };
+    db.sql(super::AUDIT, record.params(rows)).await?;
     Ok(())
 }
 
