@@ -67,9 +67,8 @@ pub(super) fn schedule(setup: &Setup, count: usize) -> Result<i32> {
         if let Some(s) = &pb.triggers.schedule {
             any = true;
             let next: Vec<String> = s
-                .cron
-                .upcoming(chrono::Utc)
-                .take(count)
+                .upcoming(chrono::Utc::now(), count)
+                .iter()
                 .map(|t| t.to_rfc3339())
                 .collect();
             println!("{:<24} {:<20} {}", pb.name, s.expr, next.join("  "));
