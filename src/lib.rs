@@ -39,23 +39,23 @@
 
 // Leaf types: each uses only the ones before it.
 pub(crate) mod duration;
-pub mod diagnostics;
+pub(crate) mod diagnostics;
 pub(crate) mod text;
-pub mod secrets;
+pub(crate) mod secrets;
 pub(crate) mod template;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod config;
 pub(crate) mod kafka;
 // Storage and the clients built once per process.
 pub mod store;
-pub mod services;
+pub(crate) mod services;
 // The streaming system's data layer.
 pub mod stream;
 // Playbooks: the step kinds, the playbook that holds them, the engine that runs it.
-pub mod steps;
-pub mod playbook;
+pub(crate) mod steps;
+pub(crate) mod playbook;
 pub(crate) mod schema;
-pub mod engine;
+pub(crate) mod engine;
 // Processes: workers, handlers, the outbox dispatcher, the app that wires them.
 pub mod process;
 // Faces.
