@@ -80,7 +80,7 @@ fn playbook_doc_names_every_schema_key_and_value() {
     let w = Workdir::new();
     let out = w.run(&["schema"]);
     assert_eq!(out.code, 0, "{out:?}");
-    let schema: Json = serde_json::from_str(&out.stdout).expect("runbook schema prints JSON");
+    let schema = out.json();
     let (mut props, mut values) = (BTreeSet::new(), BTreeSet::new());
     walk(&schema, &mut props, &mut values);
     // The walk itself must find the format, or an empty list would pass.
