@@ -597,7 +597,7 @@ async fn a_completion_after_the_lease_was_taken_over_is_refused() {
         payload: json!({}),
     };
     queue::enqueue(&db, &[cmd]).await.unwrap();
-    let lease = std::time::Duration::from_millis(100);
+    let lease = std::time::Duration::from_secs(30);
     let ttl = std::time::Duration::from_secs(300);
     let a: Vec<_> = queue::claim_locked(&db, "worker-a", 10, lease, ttl, &[])
         .await
@@ -606,7 +606,19 @@ async fn a_completion_after_the_lease_was_taken_over_is_refused() {
         .map(|(c, _)| c)
         .collect();
     assert_eq!(a.len(), 1);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        queue::rescue(&db, 5).await.unwrap().0,
+        0,
+        "the lease is live"
+    );
+    // Leases are timed by the database's clock (one clock for every replica); the test moves
+    // this lease's end into the past instead of waiting for it.
+    db.sql(
+        "UPDATE command_queue SET locked_until = NOW() - INTERVAL '1 second' WHERE id = $1",
+        vec![json!(a[0].id)],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         queue::rescue(&db, 5).await.unwrap().0,
         1,
