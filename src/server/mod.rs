@@ -18,7 +18,7 @@ use axum::{
 };
 use tokio_util::sync::CancellationToken;
 
-pub use auth::{Role, Tokens, UnknownRole};
+pub use auth::{Role, Tokens};
 pub use error::AppError;
 
 use crate::{engine::Engine, metrics::Metrics, services::Services};
