@@ -10,8 +10,7 @@ use crate::{process::app::App, server, store::runs};
 
 pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: bool) -> Result<i32> {
     let store = setup.store().await?;
-    let tokens = server::Tokens::from_config(&setup.config, &setup.masker)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let tokens = server::Tokens::from_config(&setup.config, &setup.masker)?;
     let max_body = parse_size(setup.config.server.max_body.as_deref().unwrap_or("1MiB"))?;
     let (mut app, diags) = App::build(
         store,

@@ -209,7 +209,7 @@ fn compile_triggers(c: &mut Compiler, raw: &RawTriggers) -> Triggers {
         for (j, text) in m.matchers.iter().enumerate() {
             match LabelMatcher::parse(text) {
                 Ok(mm) => matchers.push(mm),
-                Err(e) => c.err(&format!("{at}.matchers[{j}]"), e),
+                Err(e) => c.err(&format!("{at}.matchers[{j}]"), crate::text::error_chain(&e)),
             }
         }
         if m.labels.is_empty() && m.matchers.is_empty() {

@@ -296,10 +296,9 @@ async fn handle_config(
         Handler::Sql(SqlHandler { datasource, query }) => {
             let db = match datasource {
                 None => services.store.clone(),
-                Some(name) => services
-                    .datasource(name)
-                    .await
-                    .map_err(|e| HandlerError::new("NetworkException", e.to_string(), true))?,
+                Some(name) => services.datasource(name).await.map_err(|e| {
+                    HandlerError::new("NetworkException", crate::text::error_chain(&e), true)
+                })?,
             };
             let ctx = context(&json!({ "command": {
                 "id": cmd.id, "entity": cmd.entity, "entity_id": cmd.entity_id, "type": cmd.command_type,

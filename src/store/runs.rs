@@ -57,7 +57,7 @@ fn first_id(r: super::SqlResult) -> Result<i64, DbError> {
         .first()
         .and_then(|row| row.get("id"))
         .and_then(Json::as_i64)
-        .ok_or_else(|| DbError::Query(sqlx::Error::RowNotFound))
+        .ok_or_else(|| DbError::from(sqlx::Error::RowNotFound))
 }
 
 pub async fn create_run(db: &Db, run: NewRun<'_>) -> Result<i64, DbError> {
