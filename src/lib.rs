@@ -1,56 +1,64 @@
 //! `runbook` turns an operations runbook into playbooks that run themselves.
 //!
+//! # Layers
+//!
+//! Modules are declared below from the bottom up, and each uses only modules declared before it
+//! (`tests/layers.rs` checks every `crate::` path against this order):
+//!
+//! | layer | modules | what it holds |
+//! |---|---|---|
+//! | leaf types | [`duration`], [`diagnostics`], [`status`], [`text`], [`secrets`], [`template`], [`metrics`], [`config`], [`kafka`] | durations, `path:line:col` problems, run/step/command statuses and error types (one spelling for Rust, SQL and JSON), masking, minijinja in text/SQL/URL flavours, Prometheus metrics, `runbook.yaml`, Kafka client settings |
+//! | store | [`store`] | SQLite or PostgreSQL pools, migrations, rows as JSON, run records and the audit log |
+//! | services | [`services`] | the clients built once per process: store, datasource pools, HTTP client, templates, masker |
+//! | streaming data | [`stream`] | `command_queue`, `work_state`, `outbox_final` rows, DLQ and settings operations |
+//! | steps | [`steps`] | one file per step kind: its YAML form, compile, render, execute |
+//! | playbook | [`playbook`], [`schema`] | the YAML mirror, the pure compile phase, alert matchers, the catalog; the JSON Schema |
+//! | engine | [`engine`] | the run loop: `when`, `for_each`, `until`, retries, timeouts, `on_failure`, records |
+//! | processes | [`process`] | workers and command handlers, playbook runs as commands, the outbox dispatcher, the app that wires them |
+//! | faces | [`server`], [`cli`] | the HTTP API (axum) and the command line (clap; the only `anyhow`) |
+//!
+//! # Two data paths
+//!
+//! An alert label or a `--param` becomes a bound SQL parameter, never SQL text:
+//!
 //! ```text
-//! runbooks/*.yaml ─▶ playbook (raw ▸ compile: pure, every error with file:line:col)
-//!                          │
-//! cli (run, validate, …) ──┼─▶ engine ─ render (template) ▸ when ▸ execute (steps) ▸ record (store)
-//!                          │            │
-//!                          │            └─ steps: sql · promql · http · kafka · runtime · shell
-//!                          │                      tcp_check · wait · assert · approve · notify · playbook
-//!                          ▼
-//!                        store (SQLite or PostgreSQL): command_queue, outbox_final, work_state,
-//!                        runtime_settings, runbook_runs, runbook_step_attempts, runbook_audit
+//! CLI --param / POST /api/runs ─▶ engine::RunRequest ─▶ playbook params (typed, coerced)
+//!   ─▶ template context ─▶ steps::sql renders `{{ expr }}` as $1/?1 + value (template::BoundSql)
+//!   ─▶ store::Db::query binds it
 //! ```
 //!
-//! Modules:
-//! - [`cli`]: clap commands; the only place `anyhow` is used.
-//! - [`config`]: `runbook.yaml`, secrets by env or file.
-//! - [`playbook`]: the YAML mirror ([`playbook::raw`]), the pure compile phase, alert matchers.
-//! - [`template`]: minijinja in text, SQL (bound values) and URL (encoded values) flavours.
-//! - [`engine`]: shared state and the run loop (retries, timeouts, `for_each`, `until`, `on_failure`).
-//! - [`steps`]: one file per step kind, rendered then executed.
-//! - [`runtime`]: the streaming runtime's settings and operator actions.
-//! - [`store`]: database pools, migrations, rows as JSON, run records and the audit log.
-//! - [`kafka`]: Kafka client configuration.
-//! - [`secrets`]: masking of secrets and sensitive fields.
-//! - [`schema`]: the JSON Schema of the playbook format.
-//! - [`status`]: run, step and command statuses and error types, spelled once for Rust, SQL and JSON.
-//! - [`duration`], [`diagnostics`]: small shared types.
+//! A command goes through the queue and leaves as a Kafka event:
+//!
+//! ```text
+//! stream::queue::enqueue ─▶ command_queue (pending)
+//!   ─▶ process::worker claims a batch with a lease and its entities' work_state locks
+//!   ─▶ process::handlers runs each (a playbook run is the `runbook.run` handler ─▶ engine)
+//!   ─▶ stream::queue::ack: completed + outbox_final rows in one transaction (or retry / DLQ)
+//!   ─▶ process::outbox publishes to Kafka (or the log sink) and marks the rows sent
+//! ```
 
-// Leaf types: depend on nothing of ours but each other, in this order.
+// Leaf types: each uses only the ones before it.
+pub(crate) mod duration;
+pub(crate) mod diagnostics;
+pub(crate) mod status;
+pub(crate) mod text;
+pub(crate) mod secrets;
+pub(crate) mod template;
+pub(crate) mod metrics;
 pub mod config;
-pub mod diagnostics;
-// Statuses of runs, steps and commands, spelled once for Rust, SQL and JSON.
-pub mod status;
-// The other leaf types.
-pub mod duration;
-pub mod kafka;
-pub mod metrics;
-pub mod secrets;
-pub mod template;
-pub mod text;
+pub(crate) mod kafka;
 // Storage and the clients built once per process.
-pub mod services;
 pub mod store;
+pub(crate) mod services;
 // The streaming system's data layer.
 pub mod stream;
-// Playbooks: step kinds, then the playbook that holds them, then the engine that runs it.
-pub mod engine;
-pub mod playbook;
-pub mod schema;
-pub mod steps;
-// Processes: workers, handlers, the outbox dispatcher.
+// Playbooks: the step kinds, the playbook that holds them, the engine that runs it.
+pub(crate) mod steps;
+pub(crate) mod playbook;
+pub(crate) mod schema;
+pub(crate) mod engine;
+// Processes: workers, handlers, the outbox dispatcher, the app that wires them.
 pub mod process;
 // Faces.
-pub mod cli;
 pub mod server;
+pub mod cli;

@@ -34,6 +34,7 @@ macro_rules! status_enum {
 
         impl $name {
             /// Every variant, in declaration order.
+            #[allow(dead_code)] // not every enum's list is iterated outside the tests
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
             /// The spelling in SQL, JSON and templates.

@@ -1,7 +1,7 @@
 //! Templating with minijinja, in three flavours that differ only in what `{{ expr }}` emits.
 //!
 //! - Text (notify messages, headers, argv elements): the value as text.
-//! - SQL: every `{{ expr }}` becomes a bind placeholder (`$1` on PostgreSQL, `?` on SQLite) and
+//! - SQL: every `{{ expr }}` becomes a bind placeholder (`$1` on PostgreSQL, `?1` on SQLite) and
 //!   its value is collected for binding. The only things spliced into SQL text are fragments the
 //!   engine builds itself (`ago(duration)`, `age(column)`, `ident(name)`), which validate their input.
 //! - URL: values after the start of the URL are percent-encoded.

@@ -3,18 +3,7 @@
 
 use serde_json::json;
 
-use crate::util::Workdir;
-
-async fn sqlite(w: &Workdir) -> sqlx::SqlitePool {
-    sqlx::SqlitePool::connect(&w.sqlite_url()).await.unwrap()
-}
-
-async fn count(pool: &sqlx::SqlitePool, sql: &str) -> i64 {
-    sqlx::query_scalar::<_, i64>(sql)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
+use crate::util::{assert_run_error, rows, scalar, store, until_scalar, Workdir};
 
 #[tokio::test]
 async fn weekly_vacuum_removes_old_completed_and_dlq_rows_and_reports_counts() {
@@ -23,7 +12,7 @@ async fn weekly_vacuum_removes_old_completed_and_dlq_rows_and_reports_counts() {
     // First use creates and migrates runbook.db.
     assert_eq!(w.run(&["queue", "stats"]).code, 0);
     assert!(w.path().join("runbook.db").exists());
-    let pool = sqlite(&w).await;
+    let db = store(&w.sqlite_url()).await;
     let old = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-8 days')";
     let recent = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 days')";
     for (status, at, n) in [
@@ -34,12 +23,10 @@ async fn weekly_vacuum_removes_old_completed_and_dlq_rows_and_reports_counts() {
         ("pending", old, 5),
     ] {
         for i in 0..n {
-            sqlx::query(&format!(
+            let insert = format!(
                 "INSERT INTO command_queue (entity, entity_id, command_type, status, updated_at) VALUES ('user', '{i}', 'user.update', '{status}', {at})"
-            ))
-            .execute(&pool)
-            .await
-            .unwrap();
+            );
+            db.sql(&insert, vec![]).await.unwrap();
         }
     }
     let out = w.run(&["run", "weekly-vacuum"]);
@@ -50,24 +37,24 @@ async fn weekly_vacuum_removes_old_completed_and_dlq_rows_and_reports_counts() {
         "{out:?}"
     );
     assert_eq!(
-        count(
-            &pool,
+        scalar(
+            &db,
             "SELECT COUNT(*) FROM command_queue WHERE status = 'completed'"
         )
         .await,
         2
     );
     assert_eq!(
-        count(
-            &pool,
+        scalar(
+            &db,
             "SELECT COUNT(*) FROM command_queue WHERE status = 'dlq'"
         )
         .await,
         4
     );
     assert_eq!(
-        count(
-            &pool,
+        scalar(
+            &db,
             "SELECT COUNT(*) FROM command_queue WHERE status = 'pending'"
         )
         .await,
@@ -75,26 +62,20 @@ async fn weekly_vacuum_removes_old_completed_and_dlq_rows_and_reports_counts() {
         "pending work is never vacuumed"
     );
     // Each mutation left an audit record with its row count.
-    let audits: Vec<(String, i64)> =
-        sqlx::query_as("SELECT op, rows FROM runbook_audit ORDER BY id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let audits = rows(&db, "SELECT op, rows FROM runbook_audit ORDER BY id").await;
     assert_eq!(
         audits,
         vec![
-            ("purge_completed".to_string(), 3),
-            ("dlq_cleanup".to_string(), 1)
+            json!({ "op": "purge_completed", "rows": 3 }),
+            json!({ "op": "dlq_cleanup", "rows": 1 })
         ]
     );
     // The run and its steps are recorded.
-    let out = w.run(&["runs", "list", "--output", "json"]);
-    let runs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let runs = w.run(&["runs", "list", "--output", "json"]).json();
     assert_eq!(runs[0]["playbook"], "weekly-vacuum");
     assert_eq!(runs[0]["status"], "succeeded");
     let id = runs[0]["id"].to_string();
-    let out = w.run(&["runs", "show", &id, "--output", "json"]);
-    let run: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let run = w.run(&["runs", "show", &id, "--output", "json"]).json();
     let steps: Vec<&str> = run["steps"]
         .as_array()
         .unwrap()
@@ -124,11 +105,13 @@ steps:
 "#,
     );
     assert_eq!(w.run(&["queue", "stats"]).code, 0);
-    let pool = sqlite(&w).await;
-    sqlx::query("INSERT INTO command_queue (entity, entity_id, command_type, status, updated_at) VALUES ('u', 'o''brien', 't', 'completed', '2000-01-01T00:00:00.000Z')")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let db = store(&w.sqlite_url()).await;
+    db.sql(
+        "INSERT INTO command_queue (entity, entity_id, command_type, status, updated_at) VALUES ('u', 'o''brien', 't', 'completed', '2000-01-01T00:00:00.000Z')",
+        vec![],
+    )
+    .await
+    .unwrap();
     let out = w.run(&["run", "purge", "--dry-run"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
@@ -139,11 +122,11 @@ steps:
     assert!(out.stdout.contains(r#"bound: ["o'brien"]"#), "{out:?}");
     assert!(out.stdout.contains("purge_completed"), "{out:?}");
     assert_eq!(
-        count(&pool, "SELECT COUNT(*) FROM command_queue").await,
+        scalar(&db, "SELECT COUNT(*) FROM command_queue").await,
         1,
         "a dry run changes nothing"
     );
-    assert_eq!(count(&pool, "SELECT COUNT(*) FROM runbook_audit").await, 0);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM runbook_audit").await, 0);
 }
 
 #[test]
@@ -215,8 +198,7 @@ on_failure:
     );
     // Each retry attempt is recorded.
     let id = run["run_id"].to_string();
-    let shown: serde_json::Value =
-        serde_json::from_str(&w.run(&["runs", "show", &id, "-o", "json"]).stdout).unwrap();
+    let shown = w.run(&["runs", "show", &id, "-o", "json"]).json();
     let flaky = shown["steps"]
         .as_array()
         .unwrap()
@@ -235,13 +217,7 @@ fn until_gives_up_after_within() {
     );
     let out = w.run(&["run", "never", "-o", "json"]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.run()["error"]
-            .as_str()
-            .unwrap()
-            .contains("still false after"),
-        "{out:?}"
-    );
+    assert_run_error(&out.run(), "still false after");
 }
 
 #[test]
@@ -332,21 +308,23 @@ steps:
 "#,
     );
     assert_eq!(w.run(&["queue", "stats"]).code, 0);
-    let pool = sqlite(&w).await;
-    sqlx::query(
+    let db = store(&w.sqlite_url()).await;
+    db.sql(
         "INSERT INTO command_queue (entity, entity_id, command_type, priority, status, error_message, created_at) VALUES \
          ('user', '1', 'u', 5, 'pending', NULL, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours')), \
          ('user', '2', 'u', 5, 'pending', NULL, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), \
          ('user', '3', 'u', 1, 'dlq', 'bad email', strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), \
          ('order', '4', 'o', 1, 'dlq', 'bad email', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+        vec![],
     )
-    .execute(&pool)
     .await
     .unwrap();
-    sqlx::query("INSERT INTO work_state (entity, entity_id, state, locked_at) VALUES ('user', '1', 'updating', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-7 minutes'))")
-        .execute(&pool)
-        .await
-        .unwrap();
+    db.sql(
+        "INSERT INTO work_state (entity, entity_id, state, locked_at) VALUES ('user', '1', 'updating', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-7 minutes'))",
+        vec![],
+    )
+    .await
+    .unwrap();
     let out = w.run(&["run", "seed", "-o", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let steps = &out.run()["steps"];
@@ -375,17 +353,19 @@ async fn approve_waits_for_an_operator_and_a_rejection_fails_the_run() {
         "name: gate\nsteps:\n  - id: ask\n    approve: { text: \"Retry the DLQ?\", timeout: 30s }\n  - id: after\n    sql: SELECT 1 AS done\n",
     );
     assert_eq!(w.run(&["queue", "stats"]).code, 0);
-    let pool = sqlite(&w).await;
+    let db = store(&w.sqlite_url()).await;
     for (run_id, reject) in [(1, false), (2, true)] {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_runbook"))
+        let child = w
+            .command()
             .args(["run", "gate"])
-            .current_dir(w.path())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        crate::util::eventually(10, "the run to wait for approval", || async {
-            (count(&pool, &format!("SELECT COUNT(*) FROM runbook_runs WHERE id = {run_id} AND status = 'waiting_approval'")).await == 1)
-                .then_some(())
+        let waiting = format!(
+            "SELECT COUNT(*) FROM runbook_runs WHERE id = {run_id} AND status = 'waiting_approval'"
+        );
+        until_scalar(10, "the run to wait for approval", &db, &waiting, |n| {
+            n == 1
         })
         .await;
         let id = run_id.to_string();
@@ -417,16 +397,12 @@ async fn approve_waits_for_an_operator_and_a_rejection_fails_the_run() {
             .contains("run 1 is succeeded, not waiting for approval"),
         "{out:?}"
     );
-    let audits: Vec<(String, String)> =
-        sqlx::query_as("SELECT actor, op FROM runbook_audit ORDER BY id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let audits = rows(&db, "SELECT actor, op FROM runbook_audit ORDER BY id").await;
     assert_eq!(
         audits,
         vec![
-            ("alice".into(), "run_approved".into()),
-            ("alice".into(), "run_rejected".into())
+            json!({ "actor": "alice", "op": "run_approved" }),
+            json!({ "actor": "alice", "op": "run_rejected" })
         ]
     );
 }
@@ -439,13 +415,12 @@ async fn a_mutating_sql_step_and_its_audit_record_commit_together() {
         "name: bump\nparams:\n  who: { type: string }\nsteps:\n  - id: bump\n    sql: \"UPDATE command_queue SET priority = 9 WHERE entity_id = {{ params.who }} RETURNING id\"\n",
     );
     assert_eq!(w.run(&["queue", "stats"]).code, 0);
-    let pool = sqlite(&w).await;
+    let db = store(&w.sqlite_url()).await;
     for id in ["a", "a", "b"] {
-        sqlx::query(
-            "INSERT INTO command_queue (entity, entity_id, command_type) VALUES ('user', ?1, 't')",
+        db.sql(
+            "INSERT INTO command_queue (entity, entity_id, command_type) VALUES ('user', $1, 't')",
+            vec![json!(id)],
         )
-        .bind(id)
-        .execute(&pool)
         .await
         .unwrap();
     }
@@ -458,22 +433,16 @@ async fn a_mutating_sql_step_and_its_audit_record_commit_together() {
         2,
         "RETURNING rows come back"
     );
-    let audit: (String, String, i64, String) =
-        sqlx::query_as("SELECT actor, op, rows, filter FROM runbook_audit")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let audits = rows(&db, "SELECT actor, op, rows, filter FROM runbook_audit").await;
+    assert_eq!(audits.len(), 1, "{audits:?}");
+    let audit = &audits[0];
     assert_eq!(
-        (audit.0.as_str(), audit.1.as_str(), audit.2),
-        ("run:1:bump", "sql:bump", 2)
+        (&audit["actor"], &audit["op"], &audit["rows"]),
+        (&json!("run:1:bump"), &json!("sql:bump"), &json!(2))
     );
-    assert!(audit.3.contains(r#""params":["a"]"#), "{}", audit.3);
+    assert_eq!(audit["filter"]["params"], json!(["a"]), "{audit}");
     assert_eq!(
-        count(
-            &pool,
-            "SELECT COUNT(*) FROM command_queue WHERE priority = 9"
-        )
-        .await,
+        scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE priority = 9").await,
         2
     );
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use axum::{extract::State, http::HeaderMap, routing::post, Json, Router};
 use serde_json::{json, Value};
 
-use crate::util::Workdir;
+use crate::util::{assert_run_error, listen, Workdir};
 
 type Seen = Arc<Mutex<Vec<(String, Option<String>, Value)>>>;
 
@@ -34,10 +34,7 @@ async fn server() -> (String, Seen) {
             post(|| async { (axum::http::StatusCode::UNPROCESSABLE_ENTITY, "nope") }),
         )
         .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}"), seen)
+    (listen(app).await, seen)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,13 +70,7 @@ steps:
     assert_eq!(run["steps"]["post"]["output"]["status"], 200);
     assert_eq!(run["steps"]["post"]["output"]["body"]["id"], 7);
     assert_eq!(run["failed_step"], "fail");
-    assert!(
-        run["error"]
-            .as_str()
-            .unwrap()
-            .contains("answered 422: nope"),
-        "{run}"
-    );
+    assert_run_error(&run, "answered 422: nope");
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert_eq!(
@@ -158,11 +149,5 @@ steps:
     assert_eq!(run["steps"]["up"]["rows"][0]["job"], "prometheus");
     assert_eq!(run["steps"]["check"]["status"], "succeeded");
     assert_eq!(run["failed_step"], "bad");
-    assert!(
-        run["error"]
-            .as_str()
-            .unwrap()
-            .contains("Prometheus rejected"),
-        "{run}"
-    );
+    assert_run_error(&run, "Prometheus rejected");
 }

@@ -15,7 +15,7 @@ use rdkafka::{
 };
 use serde_json::json;
 
-use crate::util::{eventually, scalar, store, Workdir};
+use crate::util::{assert_run_error, scalar, store, until_scalar, Workdir};
 
 struct Broker {
     child: Child,
@@ -112,6 +112,14 @@ fn consume(brokers: &str, topic: &str, n: usize) -> Vec<(String, i64)> {
     out
 }
 
+/// The first `n` events of `user-events`, read on a blocking thread.
+async fn user_events(broker: &Broker, n: usize) -> Vec<(String, i64)> {
+    let brokers = broker.addr();
+    tokio::task::spawn_blocking(move || consume(&brokers, "user-events", n))
+        .await
+        .unwrap()
+}
+
 fn assert_in_order_per_key(events: &[(String, i64)]) {
     let mut by_key: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for (k, id) in events {
@@ -136,67 +144,49 @@ async fn outbox_delivers_in_order_and_survives_a_broker_outage() {
     let url = w.sqlite_url();
     let enqueue = |from: usize, n: usize| {
         for i in from..from + n {
-            let out = w.run(&[
-                "queue",
-                "enqueue",
-                "--entity",
+            let payload = json!({ "seq": i }).to_string();
+            w.enqueue(
+                &url,
                 "user",
-                "--entity-id",
                 &format!("e{}", i % 3),
-                "--type",
                 "user.update",
-                "--payload",
-                &json!({ "seq": i }).to_string(),
-            ]);
-            assert_eq!(out.code, 0, "{out:?}");
+                &payload,
+            );
         }
     };
     enqueue(0, 15);
     let _server = w.serve(&[]);
     let db = store(&url).await;
-    eventually(30, "the first events to be sent", || async {
-        (scalar(
-            &db,
-            "SELECT COUNT(*) FROM outbox_final WHERE sent_at IS NOT NULL",
-        )
-        .await
-            == 15)
-            .then_some(())
-    })
+    until_scalar(
+        30,
+        "the first events to be sent",
+        &db,
+        "SELECT COUNT(*) FROM outbox_final WHERE sent_at IS NOT NULL",
+        |n| n == 15,
+    )
     .await;
-    let brokers = broker.addr();
-    let first = tokio::task::spawn_blocking(move || consume(&brokers, "user-events", 15))
-        .await
-        .unwrap();
+    let first = user_events(&broker, 15).await;
     assert_eq!(first.len(), 15, "every event reached the broker once");
     assert_in_order_per_key(&first);
 
     // Kafka goes down: commands still complete, their events wait in the outbox.
     broker.stop();
     enqueue(15, 15);
-    eventually(
+    until_scalar(
         30,
         "the commands to complete while Kafka is down",
-        || async {
-            (scalar(
-                &db,
-                "SELECT COUNT(*) FROM command_queue WHERE status = 'completed'",
-            )
-            .await
-                == 30)
-                .then_some(())
-        },
+        &db,
+        "SELECT COUNT(*) FROM command_queue WHERE status = 'completed'",
+        |n| n == 30,
     )
     .await;
-    eventually(30, "failed sends to be recorded", || async {
-        (scalar(
-            &db,
-            "SELECT COUNT(*) FROM outbox_final WHERE last_error IS NOT NULL",
-        )
-        .await
-            > 0)
-        .then_some(())
-    })
+    until_scalar(
+        30,
+        "failed sends to be recorded",
+        &db,
+        "SELECT COUNT(*) FROM outbox_final WHERE last_error IS NOT NULL",
+        |n| n > 0,
+    )
     .await;
     assert_eq!(
         scalar(
@@ -210,24 +200,15 @@ async fn outbox_delivers_in_order_and_survives_a_broker_outage() {
 
     // The broker comes back (empty: memory storage); every waiting event is delivered, in order.
     let broker = Broker::start(port);
-    eventually(
+    until_scalar(
         60,
         "the outbox to drain after the broker returned",
-        || async {
-            (scalar(
-                &db,
-                "SELECT COUNT(*) FROM outbox_final WHERE sent_at IS NULL",
-            )
-            .await
-                == 0)
-                .then_some(())
-        },
+        &db,
+        "SELECT COUNT(*) FROM outbox_final WHERE sent_at IS NULL",
+        |n| n == 0,
     )
     .await;
-    let brokers = broker.addr();
-    let second = tokio::task::spawn_blocking(move || consume(&brokers, "user-events", 15))
-        .await
-        .unwrap();
+    let second = user_events(&broker, 15).await;
     let mut ids: Vec<i64> = second.iter().map(|(_, id)| *id).collect();
     ids.sort();
     ids.dedup();
@@ -336,11 +317,5 @@ steps:
         .await
         .unwrap();
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.run()["error"]
-            .as_str()
-            .unwrap()
-            .contains("kafka metadata"),
-        "{out:?}"
-    );
+    assert_run_error(&out.run(), "kafka metadata");
 }

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::util::{PgDb, Workdir};
+use crate::util::{assert_run_error, scalar, store, PgDb, Workdir};
 
 #[tokio::test]
 async fn rows_are_decoded_by_column_type() {
@@ -92,15 +92,19 @@ steps:
 "#,
     );
     assert_eq!(w.run(&["--store", &db.url, "queue", "stats"]).code, 0);
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    sqlx::query("INSERT INTO command_queue (entity, entity_id, command_type, priority, created_at) VALUES ('user', '1', 'user.update', 5, NOW() - INTERVAL '2 hours'), ('user', '2', 'user.update', 5, NOW())")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO work_state (entity, entity_id, state, locked_at) VALUES ('user', '1', 'updating', NOW() - INTERVAL '7 minutes')")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool = store(&db.url).await;
+    pool.sql(
+        "INSERT INTO command_queue (entity, entity_id, command_type, priority, created_at) VALUES ('user', '1', 'user.update', 5, NOW() - INTERVAL '2 hours'), ('user', '2', 'user.update', 5, NOW())",
+        vec![],
+    )
+    .await
+    .unwrap();
+    pool.sql(
+        "INSERT INTO work_state (entity, entity_id, state, locked_at) VALUES ('user', '1', 'updating', NOW() - INTERVAL '7 minutes')",
+        vec![],
+    )
+    .await
+    .unwrap();
     let out = w.run(&["--store", &db.url, "run", "seed", "-o", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let steps = &out.run()["steps"];
@@ -122,13 +126,13 @@ async fn weekly_vacuum_on_postgres() {
     let w = Workdir::new();
     w.shipped("weekly-vacuum");
     assert_eq!(w.run(&["--store", &db.url, "queue", "stats"]).code, 0);
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    sqlx::query(
+    let pool = store(&db.url).await;
+    pool.sql(
         "INSERT INTO command_queue (entity, entity_id, command_type, status, updated_at) VALUES \
          ('u', '1', 't', 'completed', NOW() - INTERVAL '8 days'), ('u', '2', 't', 'completed', NOW()), \
          ('u', '3', 't', 'dlq', NOW() - INTERVAL '9 days'), ('u', '4', 't', 'dlq', NOW() - INTERVAL '8 days')",
+        vec![],
     )
-    .execute(&pool)
     .await
     .unwrap();
     let out = w.run(&["--store", &db.url, "run", "weekly-vacuum"]);
@@ -138,15 +142,9 @@ async fn weekly_vacuum_on_postgres() {
             .contains("removed 1 completed commands and 2 DLQ entries"),
         "{out:?}"
     );
-    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM command_queue")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let left = scalar(&pool, "SELECT COUNT(*) FROM command_queue").await;
     assert_eq!(left, 1);
-    let audited: i64 = sqlx::query_scalar("SELECT SUM(rows)::int8 FROM runbook_audit")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let audited = scalar(&pool, "SELECT SUM(rows)::int8 FROM runbook_audit").await;
     assert_eq!(audited, 3);
     pool.close().await;
 }
@@ -156,13 +154,11 @@ async fn named_datasources_read_and_read_only_refuses_writes() {
     let db = PgDb::new().await;
     let w = Workdir::new().env("PLATFORM_DATABASE_URL", &db.url);
     w.config("datasources:\n  platform: { url_env: PLATFORM_DATABASE_URL, read_only: true }\n");
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    sqlx::query("CREATE TABLE accounts (id int, name text)")
-        .execute(&pool)
+    let pool = store(&db.url).await;
+    pool.sql("CREATE TABLE accounts (id int, name text)", vec![])
         .await
         .unwrap();
-    sqlx::query("INSERT INTO accounts VALUES (1, 'ada')")
-        .execute(&pool)
+    pool.sql("INSERT INTO accounts VALUES (1, 'ada')", vec![])
         .await
         .unwrap();
     w.playbook(
@@ -175,17 +171,8 @@ async fn named_datasources_read_and_read_only_refuses_writes() {
     let run = out.run();
     assert_eq!(run["steps"]["read"]["rows"], json!([{ "name": "ada" }]));
     assert_eq!(run["failed_step"], "write");
-    assert!(
-        run["error"]
-            .as_str()
-            .unwrap()
-            .contains("read-only transaction"),
-        "{run}"
-    );
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    assert_run_error(&run, "read-only transaction");
+    let n = scalar(&pool, "SELECT COUNT(*) FROM accounts").await;
     assert_eq!(n, 1);
     pool.close().await;
 }
@@ -224,12 +211,12 @@ async fn maintenance_ops_run_the_backends_own_statements_and_are_audited() {
             assert_eq!(full, json!(["VACUUM"]));
         }
     }
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let audited: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM runbook_audit WHERE op = 'maintenance'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let pool = store(&db.url).await;
+    let audited = scalar(
+        &pool,
+        "SELECT COUNT(*) FROM runbook_audit WHERE op = 'maintenance'",
+    )
+    .await;
     assert_eq!(audited, 3);
     pool.close().await;
 }

@@ -2,9 +2,15 @@
 //! crashed workers, the admin API and its roles, runs as commands, and many processes sharing a
 //! PostgreSQL queue.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::util::{eventually, scalar, store, PgDb, Workdir};
+use crate::util::{
+    delete_json, eventually, get_json, listen, post_empty, post_json, rows, scalar, store,
+    until_scalar, PgDb, Workdir,
+};
+
+const ADMIN_TOKEN: &str = "admin-token-123";
+const OPS_TOKEN: &str = "ops-token-456";
 
 const CONFIG: &str = r#"
 auth:
@@ -29,35 +35,16 @@ streaming:
 
 fn workdir() -> Workdir {
     let w = Workdir::new()
-        .env("TEST_ADMIN_TOKEN", "admin-token-123")
-        .env("TEST_OPS_TOKEN", "ops-token-456");
+        .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TEST_OPS_TOKEN", OPS_TOKEN);
     w.config(CONFIG);
     w
-}
-
-fn enqueue(w: &Workdir, store: &str, entity: &str, id: &str, ty: &str, payload: &str) {
-    let out = w.run(&[
-        "--store",
-        store,
-        "queue",
-        "enqueue",
-        "--entity",
-        entity,
-        "--entity-id",
-        id,
-        "--type",
-        ty,
-        "--payload",
-        payload,
-    ]);
-    assert_eq!(out.code, 0, "{out:?}");
 }
 
 async fn retries_dlq_and_admin_api(url: &str) {
     let w = workdir();
     for i in 0..20 {
-        enqueue(
-            &w,
+        w.enqueue(
             url,
             "user",
             &format!("u{}", i % 5),
@@ -65,26 +52,23 @@ async fn retries_dlq_and_admin_api(url: &str) {
             r#"{"email": "a@example.com"}"#,
         );
     }
-    enqueue(
-        &w,
+    w.enqueue(
         url,
         "user",
         "bad",
         "user.poison",
         r#"{"email": "bad@example.com"}"#,
     );
-    enqueue(&w, url, "order", "o1", "order.flaky", "{}");
+    w.enqueue(url, "order", "o1", "order.flaky", "{}");
     let server = w.serve(&["--store", url]);
     let db = store(url).await;
-    eventually(30, "every command to finish", || async {
-        (scalar(
-            &db,
-            "SELECT COUNT(*) FROM command_queue WHERE status IN ('pending', 'processing')",
-        )
-        .await
-            == 0)
-            .then_some(())
-    })
+    until_scalar(
+        30,
+        "every command to finish",
+        &db,
+        "SELECT COUNT(*) FROM command_queue WHERE status IN ('pending', 'processing')",
+        |n| n == 0,
+    )
     .await;
     assert_eq!(
         scalar(
@@ -95,7 +79,7 @@ async fn retries_dlq_and_admin_api(url: &str) {
         20
     );
     // A ValidationException goes to the DLQ at once; a TimeoutException after maxRetries retries.
-    let dlq = db.sql("SELECT entity_id, error_type, attempts FROM command_queue WHERE status = 'dlq' ORDER BY entity_id", vec![]).await.unwrap().rows;
+    let dlq = rows(&db, "SELECT entity_id, error_type, attempts FROM command_queue WHERE status = 'dlq' ORDER BY entity_id").await;
     assert_eq!(
         dlq,
         vec![
@@ -105,130 +89,71 @@ async fn retries_dlq_and_admin_api(url: &str) {
     );
     // Every completion wrote its event to the outbox in the same transaction; the log sink sent them.
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM outbox_final").await, 20);
-    eventually(10, "the log sink to mark events sent", || async {
-        (scalar(
-            &db,
-            "SELECT COUNT(*) FROM outbox_final WHERE sent_at IS NULL",
-        )
-        .await
-            == 0)
-            .then_some(())
-    })
+    until_scalar(
+        10,
+        "the log sink to mark events sent",
+        &db,
+        "SELECT COUNT(*) FROM outbox_final WHERE sent_at IS NULL",
+        |n| n == 0,
+    )
     .await;
 
-    let http = reqwest::Client::new();
     let dlq_url = format!("{}/api/admin/streaming/dlq", server.base);
-    assert_eq!(
-        http.get(&dlq_url).send().await.unwrap().status(),
-        401,
-        "no token"
-    );
-    let r = http
-        .get(&dlq_url)
-        .bearer_auth("ops-token-456")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403, "an operator may not read the DLQ");
-    let r = http
-        .get(&dlq_url)
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let page: Value = http
-        .get(format!(
-            "{dlq_url}?entity=user&errorType=ValidationException"
-        ))
-        .bearer_auth("admin-token-123")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(get_json(&dlq_url, None).await.0, 401, "no token");
+    let (status, _) = get_json(&dlq_url, Some(OPS_TOKEN)).await;
+    assert_eq!(status, 403, "an operator may not read the DLQ");
+    assert_eq!(get_json(&dlq_url, Some("wrong")).await.0, 401);
+    let (_, page) = get_json(
+        &format!("{dlq_url}?entity=user&errorType=ValidationException"),
+        Some(ADMIN_TOKEN),
+    )
+    .await;
     assert_eq!(page["totalElements"], 1);
     assert_eq!(
         page["content"][0]["payload"]["email"], "****",
         "sensitive fields are masked"
     );
 
-    let retried: Value = http
-        .post(format!(
+    let (_, retried) = post_empty(
+        &format!(
             "{}/api/admin/streaming/dlq/retry-all?errorType=TimeoutException",
             server.base
-        ))
-        .bearer_auth("admin-token-123")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+        Some(ADMIN_TOKEN),
+    )
+    .await;
     assert_eq!(retried, json!({ "retried": 1 }));
     // It is retried (three more attempts), and lands in the DLQ again; the poison stays where it is.
     eventually(
         30,
         "the retried command to come back to the DLQ",
         || async {
-            let rows = db
-                .sql(
-                    "SELECT status, attempts FROM command_queue WHERE entity_id = 'o1'",
-                    vec![],
-                )
-                .await
-                .unwrap()
-                .rows;
+            let rows = rows(
+                &db,
+                "SELECT status, attempts FROM command_queue WHERE entity_id = 'o1'",
+            )
+            .await;
             (rows[0]["status"] == "dlq" && rows[0]["attempts"] == 3).then_some(())
         },
     )
     .await;
-    let audit = db
-        .sql(
-            "SELECT actor, op, rows FROM runbook_audit WHERE op = 'dlq_retry'",
-            vec![],
-        )
-        .await
-        .unwrap()
-        .rows;
+    let audit = rows(
+        &db,
+        "SELECT actor, op, rows FROM runbook_audit WHERE op = 'dlq_retry'",
+    )
+    .await;
     assert_eq!(
         audit,
         vec![json!({ "actor": "api:admin", "op": "dlq_retry", "rows": 1 })]
     );
 
-    let r = http
-        .delete(format!(
-            "{}/api/admin/streaming/dlq/cleanup?olderThan=soon",
-            server.base
-        ))
-        .bearer_auth("admin-token-123")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let gone: Value = http
-        .delete(format!(
-            "{}/api/admin/streaming/dlq/cleanup?olderThan=0s",
-            server.base
-        ))
-        .bearer_auth("admin-token-123")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cleanup = format!("{}/api/admin/streaming/dlq/cleanup", server.base);
+    let (status, _) = delete_json(&format!("{cleanup}?olderThan=soon"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 400);
+    let (_, gone) = delete_json(&format!("{cleanup}?olderThan=0s"), Some(ADMIN_TOKEN)).await;
     assert_eq!(gone, json!({ "deleted": 2 }));
 
-    let metrics = http
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("core_stream_worker_success_total{entity=\"user\"} 20"),
         "{metrics}"
@@ -262,19 +187,17 @@ async fn retries_dlq_and_admin_api_on_postgres() {
 async fn crashed_worker_recovered(url: &str) {
     let w = workdir();
     for i in 0..6 {
-        enqueue(&w, url, "job", &format!("j{i}"), "slow.work", "{}");
+        w.enqueue(url, "job", &format!("j{i}"), "slow.work", "{}");
     }
     let db = store(url).await;
     let mut first = w.serve(&["--store", url]);
-    eventually(10, "the first worker to claim commands", || async {
-        (scalar(
-            &db,
-            "SELECT COUNT(*) FROM command_queue WHERE status = 'processing'",
-        )
-        .await
-            > 0)
-        .then_some(())
-    })
+    until_scalar(
+        10,
+        "the first worker to claim commands",
+        &db,
+        "SELECT COUNT(*) FROM command_queue WHERE status = 'processing'",
+        |n| n > 0,
+    )
     .await;
     let claimed = scalar(
         &db,
@@ -283,15 +206,13 @@ async fn crashed_worker_recovered(url: &str) {
     .await;
     first.kill_hard();
     let _second = w.serve(&["--store", url]);
-    eventually(40, "the second worker to finish everything", || async {
-        (scalar(
-            &db,
-            "SELECT COUNT(*) FROM command_queue WHERE status = 'completed'",
-        )
-        .await
-            == 6)
-            .then_some(())
-    })
+    until_scalar(
+        40,
+        "the second worker to finish everything",
+        &db,
+        "SELECT COUNT(*) FROM command_queue WHERE status = 'completed'",
+        |n| n == 6,
+    )
     .await;
     // The lost lease counted as an attempt.
     assert_eq!(
@@ -350,15 +271,13 @@ async fn ten_thousand_commands_over_three_processes_complete_exactly_once() {
         .await
         .unwrap();
     let servers: Vec<_> = (0..3).map(|_| w.serve(&["--store", &pg.url])).collect();
-    eventually(180, "10,000 commands to complete", || async {
-        (scalar(
-            &db,
-            "SELECT COUNT(*) FROM command_queue WHERE status = 'completed'",
-        )
-        .await
-            == 10_000)
-            .then_some(())
-    })
+    until_scalar(
+        180,
+        "10,000 commands to complete",
+        &db,
+        "SELECT COUNT(*) FROM command_queue WHERE status = 'completed'",
+        |n| n == 10_000,
+    )
     .await;
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM processed").await, 10_000);
     assert_eq!(
@@ -369,12 +288,7 @@ async fn ten_thousand_commands_over_three_processes_complete_exactly_once() {
     // All three processes did a share of the work, and their counts add up.
     let mut total = 0;
     for (i, server) in servers.iter().enumerate() {
-        let metrics = reqwest::get(format!("{}/metrics", server.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = server.metrics().await;
         let done: u64 = metrics
             .lines()
             .find(|l| l.starts_with("core_stream_worker_success_total{entity=\"acct\"}"))
@@ -397,56 +311,37 @@ async fn runs_are_commands_and_interrupted_runs_resume_or_are_marked() {
     );
     w.playbook("plain", "name: plain\nsteps:\n  - id: first\n    sql: SELECT 1 AS one\n  - id: slow\n    wait: 4s\n");
     let mut first = w.serve(&["--store", &url]);
-    let http = reqwest::Client::new();
+    let runs = format!("{}/api/runs", first.base);
     for pb in ["resumable", "plain"] {
-        let r = http
-            .post(format!("{}/api/runs", first.base))
-            .bearer_auth("ops-token-456")
-            .json(&json!({ "playbook": pb }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        let (status, body) = post_json(&runs, Some(OPS_TOKEN), &json!({ "playbook": pb })).await;
+        assert_eq!(status, 202, "{body}");
     }
-    let bad = http
-        .post(format!("{}/api/runs", first.base))
-        .bearer_auth("ops-token-456")
-        .json(&json!({ "playbook": "nope" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 404);
+    let (status, _) = post_json(&runs, Some(OPS_TOKEN), &json!({ "playbook": "nope" })).await;
+    assert_eq!(status, 404);
     let db = store(&url).await;
-    eventually(10, "both runs to pass their first step", || async {
-        (scalar(
-            &db,
-            "SELECT COUNT(*) FROM runbook_step_attempts WHERE step_id = 'first'",
-        )
-        .await
-            == 2)
-            .then_some(())
-    })
+    until_scalar(
+        10,
+        "both runs to pass their first step",
+        &db,
+        "SELECT COUNT(*) FROM runbook_step_attempts WHERE step_id = 'first'",
+        |n| n == 2,
+    )
     .await;
     first.kill_hard();
     let _second = w.serve(&["--store", &url]);
-    eventually(30, "both runs to be finished", || async {
-        (scalar(
-            &db,
-            "SELECT COUNT(*) FROM runbook_runs WHERE status IN ('succeeded', 'interrupted')",
-        )
-        .await
-            == 2)
-            .then_some(())
-    })
+    until_scalar(
+        30,
+        "both runs to be finished",
+        &db,
+        "SELECT COUNT(*) FROM runbook_runs WHERE status IN ('succeeded', 'interrupted')",
+        |n| n == 2,
+    )
     .await;
-    let runs = db
-        .sql(
-            "SELECT playbook, status, command_id FROM runbook_runs ORDER BY playbook",
-            vec![],
-        )
-        .await
-        .unwrap()
-        .rows;
+    let runs = rows(
+        &db,
+        "SELECT playbook, status, command_id FROM runbook_runs ORDER BY playbook",
+    )
+    .await;
     assert_eq!(runs[0]["playbook"], "plain");
     assert_eq!(runs[0]["status"], "interrupted");
     assert_eq!(runs[1]["status"], "succeeded");
@@ -454,11 +349,7 @@ async fn runs_are_commands_and_interrupted_runs_resume_or_are_marked() {
     // The resumed run did not repeat its first step, and its last step read the first step's result.
     let firsts = scalar(&db, "SELECT COUNT(*) FROM runbook_step_attempts s JOIN runbook_runs r ON r.id = s.run_id WHERE r.playbook = 'resumable' AND s.step_id = 'first'").await;
     assert_eq!(firsts, 1);
-    let last = db
-        .sql("SELECT s.output FROM runbook_step_attempts s JOIN runbook_runs r ON r.id = s.run_id WHERE r.playbook = 'resumable' AND s.step_id = 'last'", vec![])
-        .await
-        .unwrap()
-        .rows;
+    let last = rows(&db, "SELECT s.output FROM runbook_step_attempts s JOIN runbook_runs r ON r.id = s.run_id WHERE r.playbook = 'resumable' AND s.step_id = 'last'").await;
     assert_eq!(last[0]["output"]["rows"][0]["two"], 2);
 }
 
@@ -481,8 +372,9 @@ async fn settings_change_at_runtime_and_every_process_picks_them_up() {
         })
         .await;
     }
-    let stats = w.run(&["--store", &pg.url, "queue", "stats", "-o", "json"]);
-    let stats: Value = serde_json::from_str(&stats.stdout).unwrap();
+    let stats = w
+        .run(&["--store", &pg.url, "queue", "stats", "-o", "json"])
+        .json();
     assert_eq!(stats["settings"]["workerBatchSize"], 7);
 }
 
@@ -515,12 +407,16 @@ async fn sigterm_finishes_the_batch_in_hand_and_queue_load_produces() {
         true
     );
     for i in 0..4 {
-        enqueue(&w, &url, "job", &format!("s{i}"), "slow.work", "{}");
+        w.enqueue(&url, "job", &format!("s{i}"), "slow.work", "{}");
     }
     let mut server = w.serve(&[]);
-    eventually(20, "slow commands to be claimed", || async {
-        (scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE command_type = 'slow.work' AND status = 'processing'").await > 0).then_some(())
-    })
+    until_scalar(
+        20,
+        "slow commands to be claimed",
+        &db,
+        "SELECT COUNT(*) FROM command_queue WHERE command_type = 'slow.work' AND status = 'processing'",
+        |n| n > 0,
+    )
     .await;
     let started = std::time::Instant::now();
     server.stop();
@@ -561,63 +457,55 @@ async fn http_handler_maps_status_codes_to_error_types() {
             "/down",
             post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "try later") }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = listen(app).await;
     let w = Workdir::new();
     w.config(&format!(
-        "streaming:\n  maxRetries: 2\n  maxBackoffMs: 50\n  poll_interval: 50ms\n  handlers:\n    svc.ok: {{ http: {{ url: \"http://{addr}/ok\" }} }}\n    svc.bad: {{ http: {{ url: \"http://{addr}/bad\" }} }}\n    svc.down: {{ http: {{ url: \"http://{addr}/down\" }} }}\n    svc.gone: {{ http: {{ url: \"http://127.0.0.1:1/x\", timeout: 1s }} }}\n"
+        "streaming:\n  maxRetries: 2\n  maxBackoffMs: 50\n  poll_interval: 50ms\n  handlers:\n    svc.ok: {{ http: {{ url: \"{base}/ok\" }} }}\n    svc.bad: {{ http: {{ url: \"{base}/bad\" }} }}\n    svc.down: {{ http: {{ url: \"{base}/down\" }} }}\n    svc.gone: {{ http: {{ url: \"http://127.0.0.1:1/x\", timeout: 1s }} }}\n"
     ));
     let url = w.sqlite_url();
     for ty in ["svc.ok", "svc.bad", "svc.down", "svc.gone"] {
-        enqueue(&w, &url, "user", ty, ty, "{}");
+        w.enqueue(&url, "user", ty, ty, "{}");
     }
     let _server = w.serve(&[]);
     let db = store(&url).await;
-    eventually(30, "all four to finish", || async {
-        (scalar(
-            &db,
-            "SELECT COUNT(*) FROM command_queue WHERE status IN ('pending', 'processing')",
-        )
-        .await
-            == 0)
-            .then_some(())
-    })
+    until_scalar(
+        30,
+        "all four to finish",
+        &db,
+        "SELECT COUNT(*) FROM command_queue WHERE status IN ('pending', 'processing')",
+        |n| n == 0,
+    )
     .await;
-    let rows = db.sql("SELECT command_type, status, error_type, attempts, error_message FROM command_queue ORDER BY id", vec![]).await.unwrap().rows;
+    let cmds = rows(&db, "SELECT command_type, status, error_type, attempts, error_message FROM command_queue ORDER BY id").await;
     assert_eq!(
-        (rows[0]["status"].as_str(), rows[0]["attempts"].as_i64()),
+        (cmds[0]["status"].as_str(), cmds[0]["attempts"].as_i64()),
         (Some("completed"), Some(1))
     );
     assert_eq!(
-        (rows[1]["error_type"].as_str(), rows[1]["attempts"].as_i64()),
+        (cmds[1]["error_type"].as_str(), cmds[1]["attempts"].as_i64()),
         (Some("ValidationException"), Some(1)),
         "4xx: no retries"
     );
-    assert!(rows[1]["error_message"]
+    assert!(cmds[1]["error_message"]
         .as_str()
         .unwrap()
         .contains("422: email is not valid"));
     assert_eq!(
-        (rows[2]["error_type"].as_str(), rows[2]["attempts"].as_i64()),
+        (cmds[2]["error_type"].as_str(), cmds[2]["attempts"].as_i64()),
         (Some("NetworkException"), Some(3)),
         "5xx: retried"
     );
-    assert_eq!(rows[3]["error_type"], "NetworkException");
+    assert_eq!(cmds[3]["error_type"], "NetworkException");
     assert!(
-        rows[3]["error_message"]
+        cmds[3]["error_message"]
             .as_str()
             .unwrap()
             .contains("Connection refused"),
         "{}",
-        rows[3]
+        cmds[3]
     );
     // The successful command's answer travels in its outbox event.
-    let ev = db
-        .sql("SELECT payload FROM outbox_final", vec![])
-        .await
-        .unwrap()
-        .rows;
+    let ev = rows(&db, "SELECT payload FROM outbox_final").await;
     assert_eq!(ev[0]["payload"]["result"], json!({ "done": true }));
 }
 
@@ -636,18 +524,16 @@ async fn an_entity_lock_holds_back_its_commands_and_an_expired_lock_is_taken_ove
     )
     .await
     .unwrap();
-    enqueue(&w, &url, "user", "busy", "user.update", "{}");
-    enqueue(&w, &url, "user", "stale", "user.update", "{}");
+    w.enqueue(&url, "user", "busy", "user.update", "{}");
+    w.enqueue(&url, "user", "stale", "user.update", "{}");
     let server = w.serve(&[]);
-    eventually(10, "the stale entity's command to complete", || async {
-        (scalar(
-            &db,
-            "SELECT COUNT(*) FROM command_queue WHERE entity_id = 'stale' AND status = 'completed'",
-        )
-        .await
-            == 1)
-            .then_some(())
-    })
+    until_scalar(
+        10,
+        "the stale entity's command to complete",
+        &db,
+        "SELECT COUNT(*) FROM command_queue WHERE entity_id = 'stale' AND status = 'completed'",
+        |n| n == 1,
+    )
     .await;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     assert_eq!(
@@ -682,16 +568,15 @@ async fn an_entity_lock_holds_back_its_commands_and_an_expired_lock_is_taken_ove
     )
     .await
     .unwrap();
-    eventually(10, "the held-back command to run once the lock is free", || async {
-        (scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE entity_id = 'busy' AND status = 'completed'").await == 1).then_some(())
-    })
+    until_scalar(
+        10,
+        "the held-back command to run once the lock is free",
+        &db,
+        "SELECT COUNT(*) FROM command_queue WHERE entity_id = 'busy' AND status = 'completed'",
+        |n| n == 1,
+    )
     .await;
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("core_stream_lock_expiries_total 1"),
         "{metrics}"
@@ -712,7 +597,7 @@ async fn a_completion_after_the_lease_was_taken_over_is_refused() {
         payload: json!({}),
     };
     queue::enqueue(&db, &[cmd]).await.unwrap();
-    let lease = std::time::Duration::from_millis(100);
+    let lease = std::time::Duration::from_secs(30);
     let ttl = std::time::Duration::from_secs(300);
     let a: Vec<_> = queue::claim_locked(&db, "worker-a", 10, lease, ttl, &[])
         .await
@@ -721,7 +606,19 @@ async fn a_completion_after_the_lease_was_taken_over_is_refused() {
         .map(|(c, _)| c)
         .collect();
     assert_eq!(a.len(), 1);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        queue::rescue(&db, 5).await.unwrap().0,
+        0,
+        "the lease is live"
+    );
+    // Leases are timed by the database's clock (one clock for every replica); the test moves
+    // this lease's end into the past instead of waiting for it.
+    db.sql(
+        "UPDATE command_queue SET locked_until = NOW() - INTERVAL '1 second' WHERE id = $1",
+        vec![json!(a[0].id)],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         queue::rescue(&db, 5).await.unwrap().0,
         1,
@@ -766,32 +663,32 @@ async fn a_long_playbook_run_does_not_hold_up_other_commands() {
     let url = w.sqlite_url();
     w.playbook("slow", "name: slow\nsteps:\n  - id: nap\n    wait: 6s\n");
     let server = w.serve(&[]);
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{}/api/runs", server.base))
-        .bearer_auth("ops-token-456")
-        .json(&json!({ "playbook": "slow" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    let (status, body) = post_json(
+        &format!("{}/api/runs", server.base),
+        Some(OPS_TOKEN),
+        &json!({ "playbook": "slow" }),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
     let db = store(&url).await;
-    eventually(10, "the run to start", || async {
-        (scalar(
-            &db,
-            "SELECT COUNT(*) FROM runbook_runs WHERE status = 'running'",
-        )
-        .await
-            == 1)
-            .then_some(())
-    })
+    until_scalar(
+        10,
+        "the run to start",
+        &db,
+        "SELECT COUNT(*) FROM runbook_runs WHERE status = 'running'",
+        |n| n == 1,
+    )
     .await;
     for i in 0..5 {
-        enqueue(&w, &url, "user", &format!("u{i}"), "user.update", "{}");
+        w.enqueue(&url, "user", &format!("u{i}"), "user.update", "{}");
     }
-    eventually(4, "ordinary commands to complete while the run goes on", || async {
-        (scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE command_type = 'user.update' AND status = 'completed'").await == 5).then_some(())
-    })
+    until_scalar(
+        4,
+        "ordinary commands to complete while the run goes on",
+        &db,
+        "SELECT COUNT(*) FROM command_queue WHERE command_type = 'user.update' AND status = 'completed'",
+        |n| n == 5,
+    )
     .await;
     assert_eq!(
         scalar(
@@ -802,8 +699,12 @@ async fn a_long_playbook_run_does_not_hold_up_other_commands() {
         1,
         "the run is still going"
     );
-    eventually(15, "the run to finish and its command to complete", || async {
-        (scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE command_type = 'runbook.run' AND status = 'completed'").await == 1).then_some(())
-    })
+    until_scalar(
+        15,
+        "the run to finish and its command to complete",
+        &db,
+        "SELECT COUNT(*) FROM command_queue WHERE command_type = 'runbook.run' AND status = 'completed'",
+        |n| n == 1,
+    )
     .await;
 }

@@ -1,9 +1,12 @@
 //! Integration tests: the `runbook` binary run as a user runs it, against real SQLite files, the
 //! real PostgreSQL server, and HTTP servers the tests start.
 
+mod docs;
 mod engine;
 mod http;
 mod kafka;
+mod layers;
+mod migrations;
 mod postgres;
 mod runtime;
 mod safety;

@@ -29,6 +29,12 @@ impl Output {
             .collect()
     }
 
+    /// The whole of stdout as one JSON document (`runs show -o json`, `queue stats -o json`, ...).
+    pub fn json(&self) -> Json {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{self:?}"))
+    }
+
     /// The final run record of `run --output json`.
     pub fn run(&self) -> Json {
         self.events()
@@ -95,16 +101,26 @@ impl Workdir {
         self
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
+    /// The binary, run in this folder with this workdir's environment and none of the caller's
+    /// `RUNBOOK_*` settings.
+    pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_runbook"));
-        cmd.args(args).current_dir(self.path());
+        cmd.current_dir(self.path());
         for var in ["RUNBOOK_CONFIG", "RUNBOOK_RUNBOOKS", "RUNBOOK_STORE"] {
             cmd.env_remove(var);
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let out = cmd.output().expect("run the runbook binary");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .expect("run the runbook binary");
         Output {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -114,6 +130,25 @@ impl Workdir {
 
     pub fn sqlite_url(&self) -> String {
         format!("sqlite://{}", self.path().join("runbook.db").display())
+    }
+
+    /// `runbook --store STORE queue enqueue ...`, which must succeed.
+    pub fn enqueue(&self, store: &str, entity: &str, id: &str, ty: &str, payload: &str) {
+        let out = self.run(&[
+            "--store",
+            store,
+            "queue",
+            "enqueue",
+            "--entity",
+            entity,
+            "--entity-id",
+            id,
+            "--type",
+            ty,
+            "--payload",
+            payload,
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
     }
 }
 
@@ -186,15 +221,12 @@ impl Workdir {
     pub fn serve(&self, global: &[&str]) -> Server {
         use std::io::{BufRead, BufReader};
         let log = self.path().join(format!("serve-{}.log", fastrand::u32(..)));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runbook"));
+        let mut cmd = self.command();
         cmd.args(global)
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .current_dir(self.path());
-        for var in ["RUNBOOK_CONFIG", "RUNBOOK_RUNBOOKS", "RUNBOOK_STORE"] {
-            cmd.env_remove(var);
-        }
-        cmd.env("RUNBOOK_LOG", "info");
-        for (k, v) in &self.env {
+            .env("RUNBOOK_LOG", "info");
+        // A workdir's own RUNBOOK_LOG wins over the default.
+        if let Some((k, v)) = self.env.iter().rev().find(|(k, _)| k == "RUNBOOK_LOG") {
             cmd.env(k, v);
         }
         cmd.stdout(std::process::Stdio::piped())
@@ -232,6 +264,13 @@ impl Server {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// `GET /metrics`, which must answer 200.
+    pub async fn metrics(&self) -> String {
+        let (status, text) = get_text(&format!("{}/metrics", self.base), None).await;
+        assert_eq!(status, 200, "{text}");
+        text
+    }
 }
 
 fn unsafe_sigterm(pid: u32) {
@@ -266,9 +305,32 @@ where
     }
 }
 
+/// Polls the one integer `sql` returns until `ok` holds for it, or panics with `what` after `secs`.
+pub async fn until_scalar(
+    secs: u64,
+    what: &str,
+    db: &runbook::store::Db,
+    sql: &str,
+    ok: impl Fn(i64) -> bool,
+) {
+    let ok = &ok;
+    eventually(secs, &format!("{what} ({sql})"), || async move {
+        ok(scalar(db, sql).await).then_some(())
+    })
+    .await
+}
+
 /// A connection to a store by URL (SQLite file or PostgreSQL), for assertions.
 pub async fn store(url: &str) -> runbook::store::Db {
     runbook::store::Db::connect(url, false, 2).await.unwrap()
+}
+
+/// The rows of a query, as JSON objects.
+pub async fn rows(db: &runbook::store::Db, sql: &str) -> Vec<Json> {
+    db.sql(sql, vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .rows
 }
 
 /// One integer from a query.
@@ -282,4 +344,74 @@ pub async fn scalar(db: &runbook::store::Db, sql: &str) -> i64 {
         .unwrap()
         .as_i64()
         .unwrap_or_else(|| panic!("not an integer: {row}"))
+}
+
+/// One HTTP call, with a bearer token when given and a JSON body when given: the status and the
+/// body's text.
+pub async fn send(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Json>,
+) -> (u16, String) {
+    let mut req = reqwest::Client::new().request(method.clone(), url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, text)
+}
+
+/// The body as JSON, or its text as a JSON string when it is not JSON (so it shows in messages).
+fn json_or_text(text: String) -> Json {
+    serde_json::from_str(&text).unwrap_or(Json::String(text))
+}
+
+pub async fn get_text(url: &str, token: Option<&str>) -> (u16, String) {
+    send(reqwest::Method::GET, url, token, None).await
+}
+
+pub async fn get_json(url: &str, token: Option<&str>) -> (u16, Json) {
+    let (status, text) = get_text(url, token).await;
+    (status, json_or_text(text))
+}
+
+pub async fn post_json(url: &str, token: Option<&str>, body: &Json) -> (u16, Json) {
+    let (status, text) = send(reqwest::Method::POST, url, token, Some(body)).await;
+    (status, json_or_text(text))
+}
+
+/// A POST without a body.
+pub async fn post_empty(url: &str, token: Option<&str>) -> (u16, Json) {
+    let (status, text) = send(reqwest::Method::POST, url, token, None).await;
+    (status, json_or_text(text))
+}
+
+pub async fn delete_json(url: &str, token: Option<&str>) -> (u16, Json) {
+    let (status, text) = send(reqwest::Method::DELETE, url, token, None).await;
+    (status, json_or_text(text))
+}
+
+/// Serves `app` on a free loopback port for the rest of the test; returns `http://127.0.0.1:PORT`.
+pub async fn listen(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// A run record's `error` contains `needle`.
+pub fn assert_run_error(run: &Json, needle: &str) {
+    let error = run["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the run has no error: {run}"));
+    assert!(error.contains(needle), "error without `{needle}`: {run}");
 }

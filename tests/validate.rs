@@ -158,7 +158,7 @@ fn schema_describes_the_format() {
     let w = Workdir::new();
     let out = w.run(&["schema"]);
     assert_eq!(out.code, 0, "{out:?}");
-    let schema: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let schema = out.json();
     assert_eq!(
         schema["additionalProperties"], false,
         "unknown keys are rejected by editors too"

@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-pub use crate::steps::{NullObserver, Observer, RunMeta, StepEvent};
+pub use crate::steps::{NullObserver, Observer, StepEvent};
 pub use run::{RunOutcome, RunRequest};
 
 use crate::{

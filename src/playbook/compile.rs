@@ -12,32 +12,29 @@ use std::{
 };
 
 use regex::Regex;
-use serde_json::Value as Json;
 
 use super::{
-    locate::Locations, raw::RawPlaybook, AlertMatcher, ForEach, Guard, LabelMatcher, ParamSpec,
-    ParamType, Playbook, PlaybookCall, Retry, Schedule, Step, Triggers, Until,
-    DEFAULT_PLAYBOOK_TIMEOUT, DEFAULT_STEP_TIMEOUT,
+    locate::Locations,
+    params::coerce_yaml,
+    raw::{RawGuard, RawParam, RawPlaybook, RawTriggers},
+    scope::{check_var, Scope},
+    AlertMatcher, ForEach, Guard, LabelMatcher, ParamSpec, Playbook, PlaybookCall, Retry, Schedule,
+    Step, Triggers, Until, DEFAULT_PLAYBOOK_TIMEOUT, DEFAULT_STEP_TIMEOUT,
 };
 use crate::{
     diagnostics::Diagnostic,
     duration::Dur,
-    steps::{Flavour, RawStep, StepKind},
+    steps::{Flavour, RawRetry, RawStep, StepKind},
     template::Templates,
 };
 
-/// What compile may check names against: the config's datasources, notify channels and shell
-/// allowlist. Empty sets mean "the config names none".
+/// What compile may check names against: the config's datasources and notify channels. Empty
+/// sets mean "the config names none". (The shell allowlist is checked when a shell step runs.)
 #[derive(Debug, Default, Clone)]
 pub struct CompileEnv {
     pub datasources: BTreeSet<String>,
     pub channels: BTreeSet<String>,
 }
-
-/// Template roots a playbook may read.
-const ROOTS: &[&str] = &[
-    "alert", "alerts", "params", "steps", "runtime", "run", "now", "env", "loop",
-];
 
 struct Compiler<'a> {
     path: &'a Path,
@@ -52,19 +49,6 @@ impl Compiler<'_> {
         let pos = self.loc.at(at);
         self.diags.push(Diagnostic::new(self.path, pos, message));
     }
-}
-
-/// Variables visible to one template.
-struct Scope<'s> {
-    params: &'s BTreeSet<String>,
-    /// Steps that have run (or may have run) before this one.
-    earlier: &'s BTreeSet<String>,
-    all_steps: &'s BTreeSet<String>,
-    this_step: Option<&'s str>,
-    /// `until` may read the step's own result.
-    self_visible: bool,
-    item: bool,
-    failed_step: bool,
 }
 
 fn serde_message(e: &serde_yaml::Error) -> String {
@@ -106,31 +90,75 @@ pub fn compile_source(
 }
 
 fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) {
+    check_name(c, &raw.name);
+    let params = compile_params(c, &raw.params);
+    let triggers = compile_triggers(c, &raw.triggers);
+    let guard = compile_guard(c, raw.guard.as_ref());
+    if raw.steps.is_empty() {
+        c.err("steps", "a playbook needs at least one step");
+    }
+    let all_steps = check_step_ids(c, &raw.steps, &raw.on_failure);
+    let param_names: BTreeSet<String> = raw.params.keys().cloned().collect();
+
+    let mut calls = Vec::new();
+    let mut earlier = BTreeSet::new();
+    let mut section = |c: &mut Compiler, name: &str, raw_steps: Vec<RawStep>, on_failure: bool| {
+        let mut steps = Vec::new();
+        for (i, s) in raw_steps.into_iter().enumerate() {
+            let id = s.id.clone();
+            let place = Place {
+                at: format!("{name}[{i}]"),
+                params: &param_names,
+                earlier: &earlier,
+                all_steps: &all_steps,
+                in_on_failure: on_failure,
+            };
+            if let Some(step) = compile_step(c, &place, s, &mut calls) {
+                steps.push(step);
+            }
+            earlier.insert(id);
+        }
+        steps
+    };
+    let steps = section(c, "steps", raw.steps, false);
+    let on_failure = section(c, "on_failure", raw.on_failure, true);
+
+    let playbook = Playbook {
+        name: raw.name,
+        description: raw.description,
+        path: c.path.to_owned(),
+        triggers,
+        params,
+        guard,
+        timeout: raw.timeout.unwrap_or(DEFAULT_PLAYBOOK_TIMEOUT),
+        on_interrupt: raw.on_interrupt.unwrap_or(super::OnInterrupt::Interrupted),
+        steps,
+        on_failure,
+    };
+    (playbook, calls)
+}
+
+fn check_name(c: &mut Compiler, name: &str) {
     let name_re = Regex::new(r"^[a-z0-9][a-z0-9_-]*$").expect("static regex");
-    if !name_re.is_match(&raw.name) {
+    if !name_re.is_match(name) {
         c.err(
             "name",
-            format!(
-                "playbook name `{}` must be lowercase letters, digits, `-` or `_`",
-                raw.name
-            ),
+            format!("playbook name `{name}` must be lowercase letters, digits, `-` or `_`"),
         );
     }
     if let Some(stem) = c.path.file_stem().and_then(|s| s.to_str()) {
-        if stem != raw.name {
+        if stem != name {
             c.err(
                 "name",
-                format!(
-                    "playbook name `{}` must match its file name `{stem}`",
-                    raw.name
-                ),
+                format!("playbook name `{name}` must match its file name `{stem}`"),
             );
         }
     }
+}
 
-    // Parameters.
+fn compile_params(c: &mut Compiler, raw: &BTreeMap<String, RawParam>) -> Vec<ParamSpec> {
     let mut params = Vec::new();
-    for (name, p) in &raw.params {
+    for (name, p) in raw {
         let at = format!("params.{name}");
         if !crate::template::is_identifier(name) || name.contains('.') {
             c.err(
@@ -158,14 +186,15 @@ fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) 
             description: p.description.clone(),
         });
     }
-    let param_names: BTreeSet<String> = raw.params.keys().cloned().collect();
+    params
+}
 
-    // Triggers.
+fn compile_triggers(c: &mut Compiler, raw: &RawTriggers) -> Triggers {
     let mut triggers = Triggers {
-        resolved: raw.triggers.resolved.unwrap_or_default(),
+        resolved: raw.resolved.unwrap_or_default(),
         ..Default::default()
     };
-    for (i, m) in raw.triggers.alerts.iter().enumerate() {
+    for (i, m) in raw.alerts.iter().enumerate() {
         let at = format!("on.alerts[{i}]");
         let mut matchers: Vec<LabelMatcher> = Vec::new();
         for (label, value) in &m.labels {
@@ -180,7 +209,7 @@ fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) 
         for (j, text) in m.matchers.iter().enumerate() {
             match LabelMatcher::parse(text) {
                 Ok(mm) => matchers.push(mm),
-                Err(e) => c.err(&format!("{at}.matchers[{j}]"), e),
+                Err(e) => c.err(&format!("{at}.matchers[{j}]"), crate::text::error_chain(&e)),
             }
         }
         if m.labels.is_empty() && m.matchers.is_empty() {
@@ -188,7 +217,7 @@ fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) 
         }
         triggers.alerts.push(AlertMatcher { matchers });
     }
-    if let Some(expr) = &raw.triggers.schedule {
+    if let Some(expr) = &raw.schedule {
         match cron::Schedule::from_str(expr) {
             Ok(cron) => triggers.schedule = Some(Schedule { expr: expr.clone(), cron }),
             Err(e) => c.err(
@@ -197,7 +226,7 @@ fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) 
             ),
         }
     }
-    if let Some(tz) = &raw.triggers.timezone {
+    if let Some(tz) = &raw.timezone {
         if !tz.eq_ignore_ascii_case("utc") {
             c.err(
                 "on.timezone",
@@ -205,29 +234,28 @@ fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) 
             );
         }
     }
+    triggers
+}
 
-    let guard = match &raw.guard {
-        None => Guard::default(),
-        Some(g) => {
-            if g.concurrency == Some(0) {
-                c.err("guard.concurrency", "concurrency must be at least 1");
-            }
-            Guard {
-                concurrency: g.concurrency.unwrap_or(1).max(1),
-                cooldown: g.cooldown,
-                max_runs_per_hour: g.max_runs_per_hour,
-            }
-        }
+fn compile_guard(c: &mut Compiler, raw: Option<&RawGuard>) -> Guard {
+    let Some(g) = raw else {
+        return Guard::default();
     };
-
-    if raw.steps.is_empty() {
-        c.err("steps", "a playbook needs at least one step");
+    if g.concurrency == Some(0) {
+        c.err("guard.concurrency", "concurrency must be at least 1");
     }
+    Guard {
+        concurrency: g.concurrency.unwrap_or(1).max(1),
+        cooldown: g.cooldown,
+        max_runs_per_hour: g.max_runs_per_hour,
+    }
+}
 
-    // Step ids across steps and on_failure.
+/// Step ids across `steps` and `on_failure`: well-formed and unique. Returns them all.
+fn check_step_ids(c: &mut Compiler, steps: &[RawStep], on_failure: &[RawStep]) -> BTreeSet<String> {
     let id_re = Regex::new(r"^[A-Za-z_][A-Za-z0-9_]*$").expect("static regex");
     let mut all_steps = BTreeSet::new();
-    for (section, steps) in [("steps", &raw.steps), ("on_failure", &raw.on_failure)] {
+    for (section, steps) in [("steps", steps), ("on_failure", on_failure)] {
         for (i, s) in steps.iter().enumerate() {
             let at = format!("{section}[{i}].id");
             if !id_re.is_match(&s.id) {
@@ -244,175 +272,46 @@ fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) 
             }
         }
     }
-
-    let mut calls = Vec::new();
-    let mut steps = Vec::new();
-    let mut earlier = BTreeSet::new();
-    for (i, s) in raw.steps.into_iter().enumerate() {
-        let id = s.id.clone();
-        if let Some(step) = compile_step(
-            c,
-            &format!("steps[{i}]"),
-            s,
-            &param_names,
-            &earlier,
-            &all_steps,
-            false,
-            &mut calls,
-        ) {
-            steps.push(step);
-        }
-        earlier.insert(id);
-    }
-    let mut on_failure = Vec::new();
-    for (i, s) in raw.on_failure.into_iter().enumerate() {
-        let id = s.id.clone();
-        if let Some(step) = compile_step(
-            c,
-            &format!("on_failure[{i}]"),
-            s,
-            &param_names,
-            &earlier,
-            &all_steps,
-            true,
-            &mut calls,
-        ) {
-            on_failure.push(step);
-        }
-        earlier.insert(id);
-    }
-
-    let playbook = Playbook {
-        name: raw.name,
-        description: raw.description,
-        path: c.path.to_owned(),
-        triggers,
-        params,
-        guard,
-        timeout: raw.timeout.unwrap_or(DEFAULT_PLAYBOOK_TIMEOUT),
-        on_interrupt: raw.on_interrupt.unwrap_or(super::OnInterrupt::Interrupted),
-        steps,
-        on_failure,
-    };
-    (playbook, calls)
+    all_steps
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where a step stands: its YAML path and what it may read.
+struct Place<'p> {
+    at: String,
+    params: &'p BTreeSet<String>,
+    earlier: &'p BTreeSet<String>,
+    all_steps: &'p BTreeSet<String>,
+    in_on_failure: bool,
+}
+
 fn compile_step(
     c: &mut Compiler,
-    at: &str,
+    place: &Place,
     s: RawStep,
-    params: &BTreeSet<String>,
-    earlier: &BTreeSet<String>,
-    all_steps: &BTreeSet<String>,
-    in_on_failure: bool,
     calls: &mut Vec<PlaybookCall>,
 ) -> Option<Step> {
+    let at = place.at.as_str();
     let this_id = s.id.clone();
     let base = Scope {
-        params,
-        earlier,
-        all_steps,
+        params: place.params,
+        earlier: place.earlier,
+        all_steps: place.all_steps,
         this_step: Some(&this_id),
         self_visible: false,
         item: s.for_each.is_some(),
-        failed_step: in_on_failure,
+        failed_step: place.in_on_failure,
+    };
+    // `when` and `for_each` are evaluated before the step's items exist.
+    let outer = Scope {
+        item: false,
+        ..base
     };
     if let Some(w) = &s.when {
-        check(
-            c,
-            &format!("{at}.when"),
-            w,
-            Flavour::Expr,
-            &Scope {
-                item: false,
-                ..base
-            },
-        );
+        check(c, &format!("{at}.when"), w, Flavour::Expr, &outer);
     }
-    let for_each = match &s.for_each {
-        None => None,
-        Some(serde_yaml::Value::String(expr)) => {
-            check(
-                c,
-                &format!("{at}.for_each"),
-                expr,
-                Flavour::Expr,
-                &Scope {
-                    item: false,
-                    ..base
-                },
-            );
-            Some(ForEach::Expr(expr.clone()))
-        }
-        Some(list @ serde_yaml::Value::Sequence(_)) => {
-            let mut strings = Vec::new();
-            Templates::tree_strings(list, format!("{at}.for_each"), &mut strings);
-            for (p, src) in strings {
-                check(
-                    c,
-                    &p,
-                    src,
-                    Flavour::Value,
-                    &Scope {
-                        item: false,
-                        ..base
-                    },
-                );
-            }
-            Some(ForEach::List(list.clone()))
-        }
-        Some(_) => {
-            c.err(
-                &format!("{at}.for_each"),
-                "for_each takes an expression or a list",
-            );
-            None
-        }
-    };
-    let until = match (&s.until, s.every, s.within) {
-        (Some(expr), every, within) => {
-            check(
-                c,
-                &format!("{at}.until"),
-                expr,
-                Flavour::Expr,
-                &Scope {
-                    self_visible: true,
-                    ..base
-                },
-            );
-            Some(Until {
-                expr: expr.clone(),
-                every: every.unwrap_or(Dur::from_secs(10)),
-                within: within.unwrap_or(Dur::from_secs(300)),
-            })
-        }
-        (None, Some(_), _) | (None, _, Some(_)) => {
-            c.err(&format!("{at}.every"), "`every` and `within` need `until`");
-            None
-        }
-        (None, None, None) => None,
-    };
-    if let Some(r) = &s.retry {
-        if r.attempts == 0 {
-            c.err(
-                &format!("{at}.retry.attempts"),
-                "retry attempts must be at least 1",
-            );
-        }
-    }
-    let retry = s
-        .retry
-        .as_ref()
-        .map(|r| Retry {
-            attempts: r.attempts.max(1),
-            backoff: r.backoff.unwrap_or(Dur::from_secs(1)),
-        })
-        .unwrap_or(Retry {
-            attempts: 1,
-            backoff: Dur::from_secs(1),
-        });
+    let for_each = compile_for_each(c, at, s.for_each.as_ref(), &outer);
+    let until = compile_until(c, at, &s, &base);
+    let retry = compile_retry(c, at, s.retry.as_ref());
 
     let id = s.id.clone();
     let name = s.name.clone();
@@ -452,6 +351,76 @@ fn compile_step(
     })
 }
 
+fn compile_for_each(
+    c: &mut Compiler,
+    at: &str,
+    raw: Option<&serde_yaml::Value>,
+    scope: &Scope,
+) -> Option<ForEach> {
+    match raw? {
+        serde_yaml::Value::String(expr) => {
+            check(c, &format!("{at}.for_each"), expr, Flavour::Expr, scope);
+            Some(ForEach::Expr(expr.clone()))
+        }
+        list @ serde_yaml::Value::Sequence(_) => {
+            let mut strings = Vec::new();
+            Templates::tree_strings(list, format!("{at}.for_each"), &mut strings);
+            for (p, src) in strings {
+                check(c, &p, src, Flavour::Value, scope);
+            }
+            Some(ForEach::List(list.clone()))
+        }
+        _ => {
+            c.err(
+                &format!("{at}.for_each"),
+                "for_each takes an expression or a list",
+            );
+            None
+        }
+    }
+}
+
+fn compile_until(c: &mut Compiler, at: &str, s: &RawStep, base: &Scope) -> Option<Until> {
+    match (&s.until, s.every, s.within) {
+        (Some(expr), every, within) => {
+            let scope = Scope {
+                self_visible: true,
+                ..*base
+            };
+            check(c, &format!("{at}.until"), expr, Flavour::Expr, &scope);
+            Some(Until {
+                expr: expr.clone(),
+                every: every.unwrap_or(Dur::from_secs(10)),
+                within: within.unwrap_or(Dur::from_secs(300)),
+            })
+        }
+        (None, Some(_), _) | (None, _, Some(_)) => {
+            c.err(&format!("{at}.every"), "`every` and `within` need `until`");
+            None
+        }
+        (None, None, None) => None,
+    }
+}
+
+fn compile_retry(c: &mut Compiler, at: &str, raw: Option<&RawRetry>) -> Retry {
+    let Some(r) = raw else {
+        return Retry {
+            attempts: 1,
+            backoff: Dur::from_secs(1),
+        };
+    };
+    if r.attempts == 0 {
+        c.err(
+            &format!("{at}.retry.attempts"),
+            "retry attempts must be at least 1",
+        );
+    }
+    Retry {
+        attempts: r.attempts.max(1),
+        backoff: r.backoff.unwrap_or(Dur::from_secs(1)),
+    }
+}
+
 /// Checks one template's syntax and the variables it reads.
 fn check(c: &mut Compiler, at: &str, src: &str, flavour: Flavour, scope: &Scope) {
     let (syntax, vars) = match flavour {
@@ -482,156 +451,5 @@ fn check(c: &mut Compiler, at: &str, src: &str, flavour: Flavour, scope: &Scope)
         if let Some(problem) = check_var(&var, scope) {
             c.err(at, problem);
         }
-    }
-}
-
-fn check_var(var: &str, scope: &Scope) -> Option<String> {
-    let mut parts = var.split('.');
-    let root = parts.next().unwrap_or_default();
-    let second = parts.next();
-    match root {
-        "item" if scope.item => None,
-        "item" => Some("`item` is only defined in a step with `for_each`".into()),
-        "failed_step" if scope.failed_step => None,
-        "failed_step" => Some("`failed_step` is only defined in `on_failure` steps".into()),
-        "params" => match second {
-            Some(p) if !scope.params.contains(p) => Some(format!(
-                "unknown parameter `{p}` (declared: {})",
-                if scope.params.is_empty() {
-                    "none".to_owned()
-                } else {
-                    join(scope.params)
-                }
-            )),
-            _ => None,
-        },
-        "steps" => match second {
-            Some(s) if scope.this_step == Some(s) && scope.self_visible => None,
-            Some(s) if scope.this_step == Some(s) => Some(format!(
-                "step `{s}` reads its own result; only `until` may do that"
-            )),
-            Some(s) if !scope.all_steps.contains(s) => Some(format!("unknown step `{s}`")),
-            Some(s) if !scope.earlier.contains(s) => {
-                Some(format!("step `{s}` runs later; it has no result yet"))
-            }
-            _ => None,
-        },
-        r if ROOTS.contains(&r) => None,
-        // minijinja reports functions and filters it does not know as variables too.
-        "ago" | "age" | "ident" | "range" | "dict" | "namespace" | "debug" => None,
-        other => Some(format!(
-            "unknown variable `{other}` (available: {})",
-            ROOTS.join(", ")
-        )),
-    }
-}
-
-fn join(set: &BTreeSet<String>) -> String {
-    set.iter().cloned().collect::<Vec<_>>().join(", ")
-}
-
-/// Checks a YAML value against a parameter type and converts it to JSON.
-pub fn coerce_yaml(ty: ParamType, v: &serde_yaml::Value) -> Result<Json, String> {
-    use serde_yaml::Value as Y;
-    match (ty, v) {
-        (ParamType::String, Y::String(s)) => Ok(Json::String(s.clone())),
-        (ParamType::String, Y::Number(n)) => Ok(Json::String(n.to_string())),
-        (ParamType::Integer, Y::Number(n)) if n.is_i64() || n.is_u64() => {
-            Ok(serde_json::to_value(n).unwrap_or_default())
-        }
-        (ParamType::Number, Y::Number(n)) => Ok(serde_json::to_value(n).unwrap_or_default()),
-        (ParamType::Boolean, Y::Bool(b)) => Ok(Json::Bool(*b)),
-        (ty, Y::String(s)) => coerce_text(ty, s),
-        (ParamType::Duration, Y::Number(n)) if n.is_u64() => Ok(Json::String(format!("{}s", n))),
-        (ty, other) => Err(format!(
-            "expected {}, got {}",
-            type_name(ty),
-            serde_yaml::to_string(other).unwrap_or_default().trim()
-        )),
-    }
-}
-
-/// Parses a parameter given as text (`--param k=v`, alert labels) into its type.
-pub fn coerce_text(ty: ParamType, s: &str) -> Result<Json, String> {
-    match ty {
-        ParamType::String => Ok(Json::String(s.to_owned())),
-        ParamType::Integer => s
-            .trim()
-            .parse::<i64>()
-            .map(Json::from)
-            .map_err(|_| format!("expected an integer, got `{s}`")),
-        ParamType::Number => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .and_then(serde_json::Number::from_f64)
-            .map(Json::Number)
-            .ok_or_else(|| format!("expected a number, got `{s}`")),
-        ParamType::Boolean => match s.trim() {
-            "true" | "yes" | "1" => Ok(Json::Bool(true)),
-            "false" | "no" | "0" => Ok(Json::Bool(false)),
-            _ => Err(format!("expected true or false, got `{s}`")),
-        },
-        ParamType::Duration => s
-            .parse::<Dur>()
-            .map(|_| Json::String(s.trim().to_owned()))
-            .map_err(|e| e.to_string()),
-    }
-}
-
-fn type_name(ty: ParamType) -> &'static str {
-    match ty {
-        ParamType::String => "a string",
-        ParamType::Integer => "an integer",
-        ParamType::Number => "a number",
-        ParamType::Boolean => "true or false",
-        ParamType::Duration => "a duration",
-    }
-}
-
-/// Resolves a run's parameters: defaults, then overrides as text; unknown or missing ones are errors.
-pub fn resolve_params(
-    specs: &[ParamSpec],
-    overrides: &BTreeMap<String, String>,
-) -> Result<serde_json::Map<String, Json>, Vec<String>> {
-    let mut out = serde_json::Map::new();
-    let mut errors = Vec::new();
-    for (k, _) in overrides {
-        if !specs.iter().any(|s| &s.name == k) {
-            let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-            errors.push(format!(
-                "unknown parameter `{k}` (this playbook takes: {})",
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ));
-        }
-    }
-    for spec in specs {
-        match overrides.get(&spec.name) {
-            Some(text) => match coerce_text(spec.ty, text) {
-                Ok(v) => {
-                    out.insert(spec.name.clone(), v);
-                }
-                Err(e) => errors.push(format!("parameter `{}`: {e}", spec.name)),
-            },
-            None => match &spec.default {
-                Some(v) => {
-                    out.insert(spec.name.clone(), v.clone());
-                }
-                None => errors.push(format!(
-                    "parameter `{}` is required ({})",
-                    spec.name,
-                    type_name(spec.ty)
-                )),
-            },
-        }
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
     }
 }

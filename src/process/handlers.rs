@@ -301,7 +301,11 @@ async fn handle_config(
             let db = match datasource {
                 None => services.store.clone(),
                 Some(name) => services.datasource(name).await.map_err(|e| {
-                    HandlerError::new(ErrorType::NetworkException, e.to_string(), true)
+                    HandlerError::new(
+                        ErrorType::NetworkException,
+                        crate::text::error_chain(&e),
+                        true,
+                    )
                 })?,
             };
             let ctx = context(&json!({ "command": {

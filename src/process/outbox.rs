@@ -47,7 +47,8 @@ impl Sink {
         let Some(k) = kafka else {
             return Ok(Sink::Log);
         };
-        let mut c = crate::kafka::client_config(k, masker)?;
+        let mut c =
+            crate::kafka::client_config(k, masker).map_err(|e| crate::text::error_chain(&e))?;
         // Defaults the config may override: durable, ordered, and failing within seconds when the
         // broker is gone, so rows are retried by the dispatcher rather than held in memory.
         for (key, value) in [

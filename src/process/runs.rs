@@ -1,5 +1,5 @@
-//! Playbook runs as commands on the queue (`runbook.run`): a webhook, a cron tick or the API
-//! enqueues one, a worker runs it. If the process running it dies, the lease expires, the command
+//! Playbook runs as commands on the queue (`runbook.run`): the API (`POST /api/runs`) enqueues
+//! one, a worker runs it. If the process running it dies, the lease expires, the command
 //! comes back, and the run is finished as its playbook says: marked `interrupted`, or resumed
 //! from the first step that had not succeeded.
 

@@ -4,6 +4,8 @@
 mod admin;
 mod auth;
 mod error;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

@@ -29,7 +29,7 @@ pub use context::{ChildOutcome, Launcher, NullObserver, Observer, RunMeta, StepC
 use crate::duration::Dur;
 use schemars::JsonSchema;
 use serde::Deserialize;
-pub use short::{FromShort, ShortOr};
+pub use short::ShortOr;
 
 use self::{
     approve::RawApprove, assert::RawAssert, call::RawCall, http::RawHttp, kafka::RawKafka,

@@ -2,6 +2,7 @@
 //! datasources, behind one [`Db`] handle that runs bound SQL and returns rows as JSON.
 
 mod decode;
+pub mod migrate;
 pub mod runs;
 
 use std::{str::FromStr, time::Duration};
@@ -16,17 +17,64 @@ use sqlx::{
 
 use crate::template::{BoundSql, Dialect};
 
-/// Why a database call failed.
+/// Why a database call failed. Each variant's message leaves its cause to the error chain.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot open database {url}: {source}")]
-    Connect { url: String, source: sqlx::Error },
+    #[error("cannot open database {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: SqlxError,
+    },
     #[error("unsupported database URL `{0}` (use sqlite://FILE or postgres://USER@HOST/DB)")]
     Scheme(String),
     #[error(transparent)]
-    Query(#[from] sqlx::Error),
-    #[error("migrating the store failed: {0}")]
-    Migrate(sqlx::Error),
+    Query(SqlxError),
+    #[error("migrating the store failed")]
+    Migrate(#[source] SqlxError),
+    #[error("store migration {name} (version {version}) failed")]
+    MigrationFailed {
+        version: i64,
+        name: &'static str,
+        #[source]
+        source: SqlxError,
+    },
+    #[error(
+        "the store's schema is at version {found}, but this runbook binary knows migrations only \
+         up to version {known}: a newer runbook upgraded it, so run that release or a later one"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        DbError::Query(SqlxError(e))
+    }
+}
+
+impl DbError {
+    fn migrate(e: sqlx::Error) -> Self {
+        DbError::Migrate(SqlxError(e))
+    }
+}
+
+/// A sqlx error as one link of an error chain. sqlx writes its cause into its own message
+/// (`error communicating with database: Connection refused`) and returns that same cause as its
+/// source; this link's source is the cause below that one, so a chain printed with `{:#}` names
+/// each cause once.
+#[derive(Debug)]
+pub struct SqlxError(pub sqlx::Error);
+
+impl std::fmt::Display for SqlxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SqlxError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()?.source()
+    }
 }
 
 impl DbError {
@@ -34,7 +82,7 @@ impl DbError {
     pub fn is_transient(&self) -> bool {
         match self {
             DbError::Connect { .. } => true,
-            DbError::Query(e) => {
+            DbError::Query(SqlxError(e)) => {
                 matches!(
                     e,
                     sqlx::Error::Io(_)
@@ -84,6 +132,21 @@ pub struct Audit<'a> {
     pub filter: Json,
 }
 
+/// The audit record's statement; its parameters are [`Audit::params`].
+pub(crate) const AUDIT: &str =
+    "INSERT INTO runbook_audit (actor, op, filter, rows) VALUES ($1, $2, $3, $4)";
+
+impl Audit<'_> {
+    pub(crate) fn params(&self, rows: u64) -> Vec<Json> {
+        vec![
+            Json::from(self.actor),
+            Json::from(self.op),
+            self.filter.clone(),
+            Json::from(rows),
+        ]
+    }
+}
+
 /// Rows and counts of one statement.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SqlResult {
@@ -110,9 +173,9 @@ pub fn redact_url(url: &str) -> String {
 impl Db {
     /// Opens a pool. SQLite files are created on first use and run in WAL mode.
     pub async fn connect(url: &str, read_only: bool, max_connections: u32) -> Result<Db, DbError> {
-        let connect_err = |source| DbError::Connect {
+        let connect_err = |e| DbError::Connect {
             url: redact_url(url),
-            source,
+            source: SqlxError(e),
         };
         if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
@@ -160,30 +223,11 @@ impl Db {
         }
     }
 
-    /// Creates or upgrades the store's tables. Safe to run from several processes at once.
+    /// Creates or upgrades the store's tables by applying the migrations it has not recorded
+    /// (see [`migrate`]). Safe to run from several processes at once. Refuses a store whose
+    /// schema is newer than this binary knows.
     pub async fn migrate(&self) -> Result<(), DbError> {
-        match self {
-            Db::Sqlite(pool) => {
-                sqlx::raw_sql(include_str!("migrations/sqlite.sql"))
-                    .execute(pool)
-                    .await
-                    .map_err(DbError::Migrate)?;
-            }
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await.map_err(DbError::Migrate)?;
-                // Serialise concurrent first starts of several replicas.
-                sqlx::query("SELECT pg_advisory_xact_lock(7256110315)")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(DbError::Migrate)?;
-                sqlx::raw_sql(include_str!("migrations/postgres.sql"))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(DbError::Migrate)?;
-                tx.commit().await.map_err(DbError::Migrate)?;
-            }
-        }
-        Ok(())
+        migrate::run(self, migrate::MIGRATIONS).await
     }
 
     /// Runs one bound statement and returns up to `max_rows` rows as JSON objects.
@@ -204,22 +248,12 @@ impl Db {
         max_rows: usize,
         audit: Audit<'_>,
     ) -> Result<SqlResult, DbError> {
-        const AUDIT: &str =
-            "INSERT INTO runbook_audit (actor, op, filter, rows) VALUES ($1, $2, $3, $4)";
         let mut out = SqlResult::default();
-        let audit_params = |rows: u64| {
-            vec![
-                Json::from(audit.actor),
-                Json::from(audit.op),
-                audit.filter.clone(),
-                Json::from(rows),
-            ]
-        };
         match self {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
                 collect!(bind_sqlite, decode::sqlite_row, &mut *tx, q, max_rows, out);
-                let ap = audit_params(out.rows_affected);
+                let ap = audit.params(out.rows_affected);
                 bind_sqlite(sqlx::query(&dollar_to_question(AUDIT)), &ap)
                     .execute(&mut *tx)
                     .await?;
@@ -228,7 +262,7 @@ impl Db {
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 collect!(bind_pg, decode::pg_row, &mut *tx, q, max_rows, out);
-                let ap = audit_params(out.rows_affected);
+                let ap = audit.params(out.rows_affected);
                 bind_pg(sqlx::query(AUDIT), &ap).execute(&mut *tx).await?;
                 tx.commit().await?;
             }
@@ -244,16 +278,6 @@ impl Db {
         params: Vec<Json>,
         audit: Audit<'_>,
     ) -> Result<u64, DbError> {
-        const AUDIT: &str =
-            "INSERT INTO runbook_audit (actor, op, filter, rows) VALUES ($1, $2, $3, $4)";
-        let audit_params = |rows: u64| {
-            vec![
-                Json::from(audit.actor),
-                Json::from(audit.op),
-                audit.filter.clone(),
-                Json::from(rows),
-            ]
-        };
         match self {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
@@ -262,7 +286,7 @@ impl Db {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                let ap = audit_params(rows);
+                let ap = audit.params(rows);
                 bind_sqlite(sqlx::query(&dollar_to_question(AUDIT)), &ap)
                     .execute(&mut *tx)
                     .await?;
@@ -275,7 +299,7 @@ impl Db {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                let ap = audit_params(rows);
+                let ap = audit.params(rows);
                 bind_pg(sqlx::query(AUDIT), &ap).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(rows)
@@ -391,6 +415,67 @@ mod tests {
         assert_eq!(
             dollar_to_question("SELECT $1, '$2' WHERE a = $10"),
             "SELECT ?1, '$2' WHERE a = ?10"
+        );
+    }
+
+    /// The chain as `main` prints it: `{:#}` joins every link, repeating none.
+    fn chain(e: DbError) -> String {
+        format!("{:#}", anyhow::Error::from(e))
+    }
+
+    #[test]
+    fn a_connect_error_names_its_cause_once() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = DbError::Connect {
+            url: "postgres://u@h/db".into(),
+            source: SqlxError(sqlx::Error::Io(refused)),
+        };
+        assert!(e.is_transient());
+        assert_eq!(
+            chain(e),
+            "cannot open database postgres://u@h/db: error communicating with database: refused"
+        );
+    }
+
+    #[test]
+    fn query_and_migrate_errors_name_their_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let e = DbError::from(sqlx::Error::Io(io));
+        assert!(e.is_transient());
+        assert_eq!(
+            e.to_string(),
+            "error communicating with database: broken pipe"
+        );
+        assert_eq!(chain(e), "error communicating with database: broken pipe");
+        let e = DbError::migrate(sqlx::Error::Protocol("bad frame".into()));
+        assert!(!e.is_transient());
+        assert_eq!(
+            chain(e),
+            "migrating the store failed: encountered unexpected or invalid data: bad frame"
+        );
+        let e = DbError::MigrationFailed {
+            version: 2,
+            name: "0002_run_note",
+            source: SqlxError(sqlx::Error::Protocol("bad frame".into())),
+        };
+        assert_eq!(
+            chain(e),
+            "store migration 0002_run_note (version 2) failed: encountered unexpected or invalid data: bad frame"
+        );
+    }
+
+    #[test]
+    fn causes_below_the_one_sqlx_names_stay_in_the_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("certificate expired")]
+        struct Expired;
+        #[derive(Debug, thiserror::Error)]
+        #[error("handshake failed")]
+        struct Handshake(#[source] Expired);
+        let e = DbError::from(sqlx::Error::Tls(Box::new(Handshake(Expired))));
+        assert_eq!(
+            chain(e),
+            "error occurred while attempting to establish a TLS connection: handshake failed: certificate expired"
         );
     }
 }

@@ -54,7 +54,7 @@ fn first_id(r: super::SqlResult) -> Result<i64, DbError> {
         .first()
         .and_then(|row| row.get("id"))
         .and_then(Json::as_i64)
-        .ok_or_else(|| DbError::Query(sqlx::Error::RowNotFound))
+        .ok_or_else(|| DbError::from(sqlx::Error::RowNotFound))
 }
 
 pub async fn create_run(db: &Db, run: NewRun<'_>) -> Result<i64, DbError> {
@@ -147,11 +147,8 @@ pub async fn record_attempt(db: &Db, a: Attempt<'_>) -> Result<(), DbError> {
 
 /// Writes one audit record: who or what changed what, with which filter, and how many rows.
 pub async fn audit(db: &Db, actor: &str, op: &str, filter: Json, rows: u64) -> Result<(), DbError> {
-    db.sql(
-        "INSERT INTO runbook_audit (actor, op, filter, rows) VALUES ($1, $2, $3, $4)",
-        vec![json!(actor), json!(op), filter, json!(rows)],
-    )
-    .await?;
+    let record = super::Audit { actor, op, filter };
+    db.sql(super::AUDIT, record.params(rows)).await?;
     Ok(())
 }
 
@@ -332,6 +329,6 @@ pub async fn latest_for_command(
         .as_str()
         .unwrap_or_default()
         .parse::<RunStatus>()
-        .map_err(|e| DbError::Query(sqlx::Error::Decode(Box::new(e))))?;
+        .map_err(|e| DbError::from(sqlx::Error::Decode(Box::new(e))))?;
     Ok(Some((run["id"].as_i64().unwrap_or_default(), status)))
 }

@@ -1,0 +1,193 @@
+//! The command line's arguments (clap derive): every command, subcommand and flag.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "runbook",
+    version,
+    about = "Runbooks as playbooks: YAML playbooks that diagnose and repair a streaming platform, run from the shell or the HTTP API, on an embedded streaming runtime."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Config file [default: ./runbook.yaml when present].
+    #[arg(long, global = true, env = "RUNBOOK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Folder of playbooks [default: ./runbooks].
+    #[arg(long, global = true, env = "RUNBOOK_RUNBOOKS", value_name = "DIR")]
+    pub runbooks: Option<PathBuf>,
+    /// Store URL: sqlite://FILE or postgres://USER@HOST/DB [default: sqlite://runbook.db].
+    #[arg(long, global = true, env = "RUNBOOK_STORE", value_name = "URL")]
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the workers, the outbox dispatcher and the HTTP API until SIGTERM/SIGINT.
+    Serve {
+        /// Address to listen on [default: server.listen from the config, 127.0.0.1:8080].
+        #[arg(long)]
+        listen: Option<String>,
+        /// Serve the API and dispatch the outbox, but run no workers.
+        #[arg(long)]
+        no_workers: bool,
+    },
+    /// Run a playbook now and print each step as it happens.
+    Run {
+        name: String,
+        /// A parameter override, `key=value` (repeatable).
+        #[arg(long = "param", short = 'p', value_name = "K=V")]
+        params: Vec<String>,
+        /// Print what would run (rendered SQL with bound values, requests, argv) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Check playbooks and print every problem as path:line:col: message.
+    Validate {
+        /// A playbook file or folder [default: the runbooks folder].
+        path: Option<PathBuf>,
+    },
+    /// List playbooks with their triggers.
+    List {
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Print the JSON Schema of the playbook format (for editors' YAML language servers).
+    Schema,
+    /// Next fire times of scheduled playbooks.
+    Schedule {
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+    },
+    /// Recorded runs.
+    Runs {
+        #[command(subcommand)]
+        command: Option<RunsCommand>,
+    },
+    /// The streaming queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// The dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Recent runs, newest first.
+    List {
+        #[arg(long)]
+        playbook: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// One run with every step attempt.
+    Show {
+        id: i64,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Approve (or with --reject, reject) a run waiting at an `approve` step.
+    Approve {
+        id: i64,
+        #[arg(long)]
+        reject: bool,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long, default_value = "cli")]
+        actor: String,
+    },
+    /// Ask a running run to stop before its next step.
+    Cancel { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Enqueue one command.
+    Enqueue {
+        #[arg(long)]
+        entity: String,
+        #[arg(long = "entity-id")]
+        entity_id: String,
+        #[arg(long = "type")]
+        command_type: String,
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        /// JSON payload.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+    },
+    /// A synthetic producer: enqueue commands at a steady rate.
+    Load {
+        #[arg(long = "type")]
+        command_type: String,
+        /// Commands per second, e.g. `200/s` or `200`.
+        #[arg(long)]
+        rate: String,
+        #[arg(long)]
+        duration: crate::duration::Dur,
+        #[arg(long, default_value = "user")]
+        entity: String,
+        /// Distinct entity ids to spread the commands over.
+        #[arg(long, default_value_t = 1000)]
+        entities: u32,
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+    },
+    /// Depth per priority and status, oldest pending, DLQ by error type, unsent outbox, locks, settings.
+    Stats {
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Commands in the DLQ.
+    List {
+        #[arg(long)]
+        entity: Option<String>,
+        #[arg(long = "error-type")]
+        error_type: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Send DLQ commands back to the queue (all, or by entity and/or error type).
+    Retry {
+        #[arg(long)]
+        entity: Option<String>,
+        #[arg(long = "error-type")]
+        error_type: Option<String>,
+    },
+    /// Delete DLQ commands older than a duration.
+    Cleanup {
+        #[arg(long = "older-than", default_value = "7d")]
+        older_than: crate::duration::Dur,
+    },
+}

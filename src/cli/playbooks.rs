@@ -1,0 +1,163 @@
+//! Commands on playbooks: `validate`, `list`, `schedule`, `run`.
+
+use std::{path::Path, sync::Arc};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use super::{
+    args::Format, load_catalog, output, parse_params, print_diags, Setup, EXIT_FAILED, EXIT_USAGE,
+};
+use crate::{
+    engine::{Engine, RunRequest},
+    metrics::Metrics,
+    services::Services,
+};
+
+pub(super) fn validate(setup: &Setup, path: Option<&Path>) -> i32 {
+    let path = path.unwrap_or(&setup.runbooks);
+    let files = crate::playbook::playbook_files(path)
+        .map(|f| f.len())
+        .unwrap_or(0);
+    let (catalog, diags) = crate::playbook::load(path, &Engine::compile_env(&setup.config));
+    for d in &diags {
+        println!("{d}");
+    }
+    if diags.is_empty() {
+        if files == 0 {
+            eprintln!("no playbooks found in {}", path.display());
+            return EXIT_USAGE;
+        }
+        println!(
+            "{} playbook{} OK",
+            catalog.playbooks.len(),
+            if catalog.playbooks.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        );
+        0
+    } else {
+        eprintln!(
+            "{} problem{} found",
+            diags.len(),
+            if diags.len() == 1 { "" } else { "s" }
+        );
+        EXIT_USAGE
+    }
+}
+
+pub(super) fn list(setup: &Setup, format: Format) -> Result<i32> {
+    let catalog = match load_catalog(setup) {
+        Ok(c) => c,
+        Err(diags) => return Ok(print_diags(&diags)),
+    };
+    output::list(&catalog, format);
+    Ok(0)
+}
+
+pub(super) fn schedule(setup: &Setup, count: usize) -> Result<i32> {
+    let catalog = match load_catalog(setup) {
+        Ok(c) => c,
+        Err(diags) => return Ok(print_diags(&diags)),
+    };
+    let mut any = false;
+    for pb in catalog.playbooks.values() {
+        if let Some(s) = &pb.triggers.schedule {
+            any = true;
+            let next: Vec<String> = s
+                .upcoming(chrono::Utc::now(), count)
+                .iter()
+                .map(|t| t.to_rfc3339())
+                .collect();
+            println!("{:<24} {:<20} {}", pb.name, s.expr, next.join("  "));
+        }
+    }
+    if !any {
+        println!("no scheduled playbooks");
+    }
+    Ok(0)
+}
+
+pub(super) async fn run(
+    setup: &Setup,
+    name: String,
+    params: Vec<String>,
+    dry_run: bool,
+    format: Format,
+) -> Result<i32> {
+    let params = match parse_params(&params) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    // A broken playbook never runs, and never stops the others from running.
+    let (catalog, diags) = Engine::load_playbooks(&setup.runbooks, &setup.config);
+    let (own, others): (Vec<_>, Vec<_>) = diags
+        .iter()
+        .partition(|d| d.path.file_stem().and_then(|s| s.to_str()) == Some(name.as_str()));
+    if !own.is_empty() {
+        for d in own {
+            eprintln!("{d}");
+        }
+        eprintln!("error: playbook `{name}` has errors and does not run");
+        return Ok(EXIT_USAGE);
+    }
+    for d in &others {
+        eprintln!("warning: {d}");
+    }
+    if catalog.get(&name).is_none() {
+        let known: Vec<&str> = catalog.playbooks.keys().map(String::as_str).collect();
+        eprintln!(
+            "error: unknown playbook `{name}` (known: {})",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        );
+        return Ok(EXIT_USAGE);
+    }
+    // Parameters are checked before anything (even the store) is touched.
+    if let Err(errors) =
+        crate::playbook::resolve_params(&catalog.get(&name).expect("checked above").params, &params)
+    {
+        for e in errors {
+            eprintln!("error: {e}");
+        }
+        return Ok(EXIT_USAGE);
+    }
+    let store = setup.store().await?;
+    let services = Arc::new(Services::new(
+        store,
+        setup.config.clone(),
+        setup.masker.clone(),
+    ));
+    let engine = Engine::new(services, Arc::new(Metrics::new()), catalog);
+    let observer = Arc::new(output::Printer::new(format));
+    let req = RunRequest {
+        playbook: name,
+        params,
+        trigger: json!({ "kind": "cli" }),
+        dry_run,
+        ..Default::default()
+    };
+    match engine.run(req, observer.clone()).await {
+        Ok(outcome) => {
+            observer.outcome(&outcome);
+            Ok(if outcome.status.is_success() {
+                0
+            } else {
+                EXIT_FAILED
+            })
+        }
+        Err(e) if e.is_usage() => {
+            eprintln!("error: {e}");
+            Ok(EXIT_USAGE)
+        }
+        Err(e) => Err(e).context("the run could not start"),
+    }
+}

@@ -1,0 +1,207 @@
+//! The streaming runtime from the shell: `queue enqueue|load|stats`, `dlq list|retry|cleanup`,
+//! and the recorded runs (`runs list|show|approve|cancel`).
+
+use anyhow::Result;
+use serde_json::{json, Value as Json};
+
+use super::{
+    args::{DlqCommand, Format, QueueCommand, RunsCommand},
+    output, Setup, EXIT_USAGE,
+};
+use crate::{
+    store::{runs, Db},
+    stream::{
+        ops::{self, Op},
+        queue::{self, NewCommand},
+    },
+};
+
+pub(super) async fn runs(setup: &Setup, cmd: RunsCommand) -> Result<i32> {
+    let db = setup.store().await?;
+    match cmd {
+        RunsCommand::List {
+            playbook,
+            limit,
+            output,
+        } => {
+            let rows = runs::list_runs(&db, playbook.as_deref(), limit).await?;
+            output::runs_list(&rows, output);
+        }
+        RunsCommand::Show { id, output } => match runs::get_run(&db, id).await? {
+            Some(run) => output::run_show(&run, output),
+            None => {
+                eprintln!("error: no run {id}");
+                return Ok(EXIT_USAGE);
+            }
+        },
+        RunsCommand::Approve {
+            id,
+            reject,
+            comment,
+            actor,
+        } => match runs::decide(&db, id, !reject, &actor, comment.as_deref()).await {
+            Ok(step) => println!(
+                "run {id} {} at step `{step}`",
+                if reject { "rejected" } else { "approved" }
+            ),
+            Err(runs::DecideError::Db(e)) => return Err(e.into()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_USAGE);
+            }
+        },
+        RunsCommand::Cancel { id } => {
+            if !runs::request_cancel(&db, id).await? {
+                eprintln!("error: run {id} is not running");
+                return Ok(EXIT_USAGE);
+            }
+            runs::audit(&db, "cli", "run_cancel", json!({ "run_id": id }), 1).await?;
+            println!("run {id}: cancel requested; it stops before its next step");
+        }
+    }
+    Ok(0)
+}
+
+pub(super) async fn dlq(setup: &Setup, cmd: DlqCommand) -> Result<i32> {
+    let db = setup.store().await?;
+    let (op, format) = match cmd {
+        DlqCommand::List {
+            entity,
+            error_type,
+            limit,
+            output,
+        } => (
+            Op::DlqList {
+                entity,
+                error_type,
+                limit: Some(limit),
+                offset: None,
+            },
+            output,
+        ),
+        DlqCommand::Retry { entity, error_type } => {
+            (Op::DlqRetry { entity, error_type }, Format::Human)
+        }
+        DlqCommand::Cleanup { older_than } => (Op::DlqCleanup { older_than }, Format::Human),
+    };
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let out = ops::run(&db, &setup.config.streaming, &op, &actor).await?;
+    let out: Json = setup.masker.mask_json(&out);
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+        Format::Human => output::dlq(&op, &out),
+    }
+    Ok(0)
+}
+
+/// `queue enqueue|load|stats`.
+pub(super) async fn queue(setup: &Setup, cmd: QueueCommand) -> Result<i32> {
+    match cmd {
+        QueueCommand::Enqueue {
+            entity,
+            entity_id,
+            command_type,
+            priority,
+            payload,
+        } => {
+            let payload: Json = match serde_json::from_str(&payload) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: --payload is not JSON: {e}");
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            let db = setup.store().await?;
+            let ids = queue::enqueue(
+                &db,
+                &[NewCommand {
+                    entity,
+                    entity_id,
+                    command_type,
+                    priority,
+                    payload,
+                }],
+            )
+            .await?;
+            println!("{}", ids[0]);
+            Ok(0)
+        }
+        QueueCommand::Load {
+            command_type,
+            rate,
+            duration,
+            entity,
+            entities,
+            priority,
+        } => {
+            let Ok(rate) = rate.trim_end_matches("/s").parse::<f64>() else {
+                eprintln!(
+                    "error: --rate `{rate}` must be a number of commands per second, like 200/s"
+                );
+                return Ok(EXIT_USAGE);
+            };
+            let db = setup.store().await?;
+            load(
+                &db,
+                &command_type,
+                rate,
+                duration,
+                &entity,
+                entities.max(1),
+                priority,
+            )
+            .await
+        }
+        QueueCommand::Stats { output } => {
+            let db = setup.store().await?;
+            let stats = ops::queue_stats(&db, &setup.config.streaming).await?;
+            output::queue_stats(&stats, output);
+            Ok(0)
+        }
+    }
+}
+
+/// `queue load`: a synthetic producer that enqueues commands at a steady rate.
+pub(super) async fn load(
+    db: &Db,
+    command_type: &str,
+    rate: f64,
+    duration: crate::duration::Dur,
+    entity: &str,
+    entities: u32,
+    priority: i32,
+) -> Result<i32> {
+    let tick = std::time::Duration::from_millis(100);
+    let started = std::time::Instant::now();
+    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let mut sent: u64 = 0;
+    let mut interval = tokio::time::interval(tick);
+    while sent < total {
+        interval.tick().await;
+        let due = ((rate * started.elapsed().as_secs_f64()).ceil() as u64).min(total);
+        let n = due.saturating_sub(sent).min(10_000);
+        if n == 0 {
+            continue;
+        }
+        let batch: Vec<NewCommand> = (0..n)
+            .map(|i| NewCommand {
+                entity: entity.to_owned(),
+                entity_id: fastrand::u32(..entities).to_string(),
+                command_type: command_type.to_owned(),
+                priority,
+                payload: json!({ "seq": sent + i }),
+            })
+            .collect();
+        queue::enqueue(db, &batch).await?;
+        sent += n;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "enqueued {sent} `{command_type}` commands in {secs:.1} s ({:.0}/s)",
+        sent as f64 / secs
+    );
+    Ok(0)
+}

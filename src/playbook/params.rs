@@ -1,0 +1,182 @@
+//! Parameters: a declared default or a `--param`/API value checked against its type and
+//! converted to JSON, and a run's parameters resolved from defaults and overrides.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value as Json;
+
+use super::{ParamSpec, ParamType};
+use crate::duration::Dur;
+
+/// Checks a YAML value against a parameter type and converts it to JSON.
+pub fn coerce_yaml(ty: ParamType, v: &serde_yaml::Value) -> Result<Json, String> {
+    use serde_yaml::Value as Y;
+    match (ty, v) {
+        (ParamType::String, Y::String(s)) => Ok(Json::String(s.clone())),
+        (ParamType::String, Y::Number(n)) => Ok(Json::String(n.to_string())),
+        (ParamType::Integer, Y::Number(n)) if n.is_i64() || n.is_u64() => {
+            Ok(serde_json::to_value(n).unwrap_or_default())
+        }
+        (ParamType::Number, Y::Number(n)) => Ok(serde_json::to_value(n).unwrap_or_default()),
+        (ParamType::Boolean, Y::Bool(b)) => Ok(Json::Bool(*b)),
+        (ty, Y::String(s)) => coerce_text(ty, s),
+        (ParamType::Duration, Y::Number(n)) if n.is_u64() => Ok(Json::String(format!("{}s", n))),
+        (ty, other) => Err(format!(
+            "expected {}, got {}",
+            type_name(ty),
+            serde_yaml::to_string(other).unwrap_or_default().trim()
+        )),
+    }
+}
+
+/// Parses a parameter given as text (`--param k=v`, alert labels) into its type.
+pub fn coerce_text(ty: ParamType, s: &str) -> Result<Json, String> {
+    match ty {
+        ParamType::String => Ok(Json::String(s.to_owned())),
+        ParamType::Integer => s
+            .trim()
+            .parse::<i64>()
+            .map(Json::from)
+            .map_err(|_| format!("expected an integer, got `{s}`")),
+        ParamType::Number => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Json::Number)
+            .ok_or_else(|| format!("expected a number, got `{s}`")),
+        ParamType::Boolean => match s.trim() {
+            "true" | "yes" | "1" => Ok(Json::Bool(true)),
+            "false" | "no" | "0" => Ok(Json::Bool(false)),
+            _ => Err(format!("expected true or false, got `{s}`")),
+        },
+        ParamType::Duration => s
+            .parse::<Dur>()
+            .map(|_| Json::String(s.trim().to_owned()))
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn type_name(ty: ParamType) -> &'static str {
+    match ty {
+        ParamType::String => "a string",
+        ParamType::Integer => "an integer",
+        ParamType::Number => "a number",
+        ParamType::Boolean => "true or false",
+        ParamType::Duration => "a duration",
+    }
+}
+
+/// Resolves a run's parameters: defaults, then overrides as text; unknown or missing ones are errors.
+pub fn resolve_params(
+    specs: &[ParamSpec],
+    overrides: &BTreeMap<String, String>,
+) -> Result<serde_json::Map<String, Json>, Vec<String>> {
+    let mut out = serde_json::Map::new();
+    let mut errors = Vec::new();
+    for (k, _) in overrides {
+        if !specs.iter().any(|s| &s.name == k) {
+            let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            errors.push(format!(
+                "unknown parameter `{k}` (this playbook takes: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        }
+    }
+    for spec in specs {
+        match overrides.get(&spec.name) {
+            Some(text) => match coerce_text(spec.ty, text) {
+                Ok(v) => {
+                    out.insert(spec.name.clone(), v);
+                }
+                Err(e) => errors.push(format!("parameter `{}`: {e}", spec.name)),
+            },
+            None => match &spec.default {
+                Some(v) => {
+                    out.insert(spec.name.clone(), v.clone());
+                }
+                None => errors.push(format!(
+                    "parameter `{}` is required ({})",
+                    spec.name,
+                    type_name(spec.ty)
+                )),
+            },
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, ty: ParamType, default: Option<Json>) -> ParamSpec {
+        ParamSpec {
+            name: name.into(),
+            ty,
+            default,
+            description: None,
+        }
+    }
+
+    #[test]
+    fn text_is_coerced_to_the_declared_type() {
+        assert_eq!(
+            coerce_text(ParamType::Integer, " 42 ").unwrap(),
+            Json::from(42)
+        );
+        assert_eq!(
+            coerce_text(ParamType::Boolean, "yes").unwrap(),
+            Json::Bool(true)
+        );
+        assert_eq!(
+            coerce_text(ParamType::Duration, "30m").unwrap(),
+            Json::from("30m")
+        );
+        assert!(coerce_text(ParamType::Integer, "4x")
+            .unwrap_err()
+            .contains("`4x`"));
+        assert!(coerce_text(ParamType::Duration, "soon").is_err());
+        let yaml: serde_yaml::Value = serde_yaml::from_str("300").unwrap();
+        assert_eq!(
+            coerce_yaml(ParamType::Duration, &yaml).unwrap(),
+            Json::from("300s")
+        );
+        assert_eq!(
+            coerce_yaml(ParamType::String, &yaml).unwrap(),
+            Json::from("300")
+        );
+    }
+
+    #[test]
+    fn overrides_replace_defaults_and_every_problem_is_reported() {
+        let specs = [
+            spec("stuck_after", ParamType::Duration, Some(Json::from("1h"))),
+            spec("max", ParamType::Integer, None),
+        ];
+        let overrides = BTreeMap::from([("max".to_owned(), "12".to_owned())]);
+        let p = resolve_params(&specs, &overrides).unwrap();
+        assert_eq!(p["stuck_after"], "1h");
+        assert_eq!(p["max"], 12);
+
+        let bad = BTreeMap::from([
+            ("nope".to_owned(), "1".to_owned()),
+            ("stuck_after".to_owned(), "later".to_owned()),
+        ]);
+        let errors = resolve_params(&specs, &bad).unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("unknown parameter `nope`"), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.contains("`max` is required")),
+            "{errors:?}"
+        );
+    }
+}
