@@ -125,7 +125,7 @@ pub(super) async fn run(
     if let Err(errors) =
         crate::playbook::resolve_params(&catalog.get(&name).expect("checked above").params, &params)
     {
-        for e in errors {
+        for e in errors.0 {
             eprintln!("error: {e}");
         }
         return Ok(EXIT_USAGE);

@@ -24,8 +24,8 @@ use crate::{
 pub enum EngineError {
     #[error("unknown playbook `{0}` (see `runbook list`)")]
     UnknownPlaybook(String),
-    #[error("{}", .0.join("\n"))]
-    Params(Vec<String>),
+    #[error(transparent)]
+    Params(#[from] crate::playbook::ParamProblems),
     #[error(transparent)]
     Db(#[from] DbError),
 }

@@ -17,7 +17,7 @@ use serde_json::Value as Json;
 
 pub use compile::{compile_source, CompileEnv};
 pub use matcher::{AlertMatcher, LabelMatcher};
-pub use params::resolve_params;
+pub use params::{resolve_params, ParamProblems};
 pub use raw::{OnInterrupt, ParamType, ResolvedPolicy};
 
 use crate::{diagnostics::Diagnostic, duration::Dur, steps::StepKind};

@@ -220,8 +220,10 @@ pub async fn runs_create(
             )
         })
         .collect();
-    crate::playbook::resolve_params(&pb.params, &params)
-        .map_err(|e| AppError::BadRequest(e.join("; ")))?;
+    crate::playbook::resolve_params(&pb.params, &params).map_err(|e| {
+        let problems: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+        AppError::BadRequest(problems.join("; "))
+    })?;
     let req = RunRequest {
         playbook: pb.name.clone(),
         params,
