@@ -1,7 +1,9 @@
 //! The engine: shared state (store, templates, HTTP client, datasource pools, playbooks) and the
 //! run loop in [`run`].
 
+mod events;
 mod run;
+mod step;
 
 use std::{
     path::Path,
@@ -89,3 +91,6 @@ impl Engine {
         crate::playbook::load(dir, &Self::compile_env(config))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -78,7 +78,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         .launcher
         .run_child(&i.playbook, i.params, cx.run)
         .await
-        .map_err(StepError::fatal)?;
+        .map_err(|e| StepError::fatal(crate::text::error_chain(e.as_ref())))?;
     let out = json!({ "run_id": outcome.run_id, "status": outcome.status, "steps": outcome.steps });
     if outcome.status != RunStatus::Succeeded {
         return Err(StepError::fatal(format!(

@@ -32,8 +32,11 @@ pub trait Launcher: Send + Sync {
         name: &'a str,
         params: BTreeMap<String, String>,
         parent: &'a RunMeta,
-    ) -> BoxFuture<'a, Result<ChildOutcome, String>>;
+    ) -> BoxFuture<'a, Result<ChildOutcome, LaunchError>>;
 }
+
+/// Why a child run could not start (an unknown playbook, bad parameters, the store).
+pub type LaunchError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a child run ended.
 #[derive(Debug, Clone)]
