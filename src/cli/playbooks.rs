@@ -1,6 +1,6 @@
 //! Commands on playbooks: `validate`, `list`, `schedule`, `run`.
 
-use std::{path::Path, sync::Arc};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -11,6 +11,7 @@ use super::{
 use crate::{
     engine::{Engine, RunRequest},
     metrics::Metrics,
+    playbook::Catalog,
     services::Services,
 };
 
@@ -87,49 +88,10 @@ pub(super) async fn run(
     dry_run: bool,
     format: Format,
 ) -> Result<i32> {
-    let params = match parse_params(&params) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(EXIT_USAGE);
-        }
+    let (catalog, params) = match runnable(setup, &name, &params) {
+        Ok(ready) => ready,
+        Err(code) => return Ok(code),
     };
-    // A broken playbook never runs, and never stops the others from running.
-    let (catalog, diags) = Engine::load_playbooks(&setup.runbooks, &setup.config);
-    let (own, others): (Vec<_>, Vec<_>) = diags
-        .iter()
-        .partition(|d| d.path.file_stem().and_then(|s| s.to_str()) == Some(name.as_str()));
-    if !own.is_empty() {
-        for d in own {
-            eprintln!("{d}");
-        }
-        eprintln!("error: playbook `{name}` has errors and does not run");
-        return Ok(EXIT_USAGE);
-    }
-    for d in &others {
-        eprintln!("warning: {d}");
-    }
-    if catalog.get(&name).is_none() {
-        let known: Vec<&str> = catalog.playbooks.keys().map(String::as_str).collect();
-        eprintln!(
-            "error: unknown playbook `{name}` (known: {})",
-            if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
-            }
-        );
-        return Ok(EXIT_USAGE);
-    }
-    // Parameters are checked before anything (even the store) is touched.
-    if let Err(errors) =
-        crate::playbook::resolve_params(&catalog.get(&name).expect("checked above").params, &params)
-    {
-        for e in errors.0 {
-            eprintln!("error: {e}");
-        }
-        return Ok(EXIT_USAGE);
-    }
     let store = setup.store().await?;
     let services = Arc::new(Services::new(
         store,
@@ -160,4 +122,55 @@ pub(super) async fn run(
         }
         Err(e) => Err(e).context("the run could not start"),
     }
+}
+
+/// Everything `run` checks before it touches the store: the `--param`s parse, playbook `name`
+/// loads and exists, and its parameters resolve. Returns the catalog and the parameters, or
+/// prints why not and returns the usage exit code.
+fn runnable(
+    setup: &Setup,
+    name: &str,
+    params: &[String],
+) -> Result<(Catalog, BTreeMap<String, String>), i32> {
+    let params = match parse_params(params) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(EXIT_USAGE);
+        }
+    };
+    // A broken playbook never runs, and never stops the others from running.
+    let (catalog, diags) = Engine::load_playbooks(&setup.runbooks, &setup.config);
+    let (own, others): (Vec<_>, Vec<_>) = diags
+        .iter()
+        .partition(|d| d.path.file_stem().and_then(|s| s.to_str()) == Some(name));
+    if !own.is_empty() {
+        for d in own {
+            eprintln!("{d}");
+        }
+        eprintln!("error: playbook `{name}` has errors and does not run");
+        return Err(EXIT_USAGE);
+    }
+    for d in &others {
+        eprintln!("warning: {d}");
+    }
+    let Some(playbook) = catalog.get(name) else {
+        let known: Vec<&str> = catalog.playbooks.keys().map(String::as_str).collect();
+        eprintln!(
+            "error: unknown playbook `{name}` (known: {})",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        );
+        return Err(EXIT_USAGE);
+    };
+    if let Err(errors) = crate::playbook::resolve_params(&playbook.params, &params) {
+        for e in errors.0 {
+            eprintln!("error: {e}");
+        }
+        return Err(EXIT_USAGE);
+    }
+    Ok((catalog, params))
 }

@@ -23,8 +23,8 @@ use crate::{
 pub enum AppError {
     #[error(transparent)]
     Handlers(#[from] HandlerConfigError),
-    #[error("kafka: {0}")]
-    Kafka(String),
+    #[error("kafka")]
+    Kafka(#[from] outbox::SinkError),
 }
 
 /// Everything `runbook serve` runs, built once.
@@ -56,8 +56,7 @@ impl App {
         let mut handlers = Handlers::default();
         handlers.register(RUN_COMMAND, runs.clone(), true);
         handlers.register_config(&config.streaming.handlers, &services, &runs)?;
-        let sink = outbox::Sink::from_config(config.kafka.as_ref(), &services.masker)
-            .map_err(AppError::Kafka)?;
+        let sink = outbox::Sink::from_config(config.kafka.as_ref(), &services.masker)?;
         Ok((
             App {
                 services,
@@ -92,5 +91,34 @@ impl App {
                 shutdown.clone(),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::KafkaConfig, text::error_chain};
+
+    fn sink_error(kafka: &str) -> AppError {
+        let k: KafkaConfig = serde_yaml::from_str(kafka).unwrap();
+        match outbox::Sink::from_config(Some(&k), &Masker::default()) {
+            Ok(_) => panic!("the sink was built from {kafka}"),
+            Err(e) => AppError::from(e),
+        }
+    }
+
+    #[test]
+    fn a_kafka_sink_that_cannot_be_built_says_why() {
+        let e = sink_error(
+            "brokers: kafka:9093\nsecret_properties: { sasl.password: { env: RUNBOOK_TEST_SINK_NEVER_SET } }\n",
+        );
+        assert_eq!(
+            error_chain(&e),
+            "kafka: kafka property sasl.password: environment variable RUNBOOK_TEST_SINK_NEVER_SET is not set"
+        );
+        let e = sink_error("brokers: kafka:9093\nproperties: { no.such.property: x }\n");
+        let chain = error_chain(&e);
+        assert!(chain.starts_with("kafka: kafka producer: "), "{chain}");
+        assert!(chain.contains("no.such.property"), "{chain}");
     }
 }

@@ -10,16 +10,18 @@
 use std::{sync::Arc, time::Duration};
 
 use rdkafka::{
+    error::KafkaError,
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::{DeliveryFuture, FutureProducer, FutureRecord},
+    ClientConfig,
 };
 use serde_json::{json, Value as Json};
-use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
 use super::handlers::backoff;
 use crate::{
     config::KafkaConfig,
+    kafka::SecretPropertyError,
     metrics::Metrics,
     secrets::Masker,
     store::{Db, DbError},
@@ -30,25 +32,37 @@ const BATCH: i64 = 1000;
 /// Advisory lock key electing the one active dispatcher among replicas.
 const DISPATCHER_LOCK: i64 = 7_256_110_316;
 
+/// Why the Kafka sink cannot be built from the config.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Secret(#[from] SecretPropertyError),
+    #[error("kafka producer")]
+    Producer(#[source] KafkaError),
+}
+
 pub enum Sink {
     Log,
     /// The producer is rebuilt after a failed round: once messages time out, an idempotent
     /// producer's sequence state no longer matches the broker's (a restarted broker forgets it),
     /// and only a new producer id gets through.
     Kafka {
-        config: rdkafka::ClientConfig,
+        config: ClientConfig,
         producer: Option<FutureProducer>,
     },
 }
 
 impl Sink {
     /// Kafka when the config names brokers, the log sink otherwise.
-    pub fn from_config(kafka: Option<&KafkaConfig>, masker: &Masker) -> Result<Sink, String> {
+    ///
+    /// # Errors
+    ///
+    /// A secret property cannot be read, or the producer cannot be created from the properties.
+    pub fn from_config(kafka: Option<&KafkaConfig>, masker: &Masker) -> Result<Sink, SinkError> {
         let Some(k) = kafka else {
             return Ok(Sink::Log);
         };
-        let mut c =
-            crate::kafka::client_config(k, masker).map_err(|e| crate::text::error_chain(&e))?;
+        let mut c = crate::kafka::client_config(k, masker)?;
         // Defaults the config may override: durable, ordered, and failing within seconds when the
         // broker is gone, so rows are retried by the dispatcher rather than held in memory.
         for (key, value) in [
@@ -62,7 +76,7 @@ impl Sink {
                 c.set(key, value);
             }
         }
-        let producer = c.create().map_err(|e| format!("kafka producer: {e}"))?;
+        let producer = c.create().map_err(SinkError::Producer)?;
         Ok(Sink::Kafka {
             config: c,
             producer: Some(producer),
@@ -79,6 +93,26 @@ struct Row_ {
     attempts: i32,
 }
 
+impl Row_ {
+    /// The columns `fetch` selects, in its order; one mapping for both backends.
+    fn from_row<R: sqlx::Row>(r: &R) -> Row_
+    where
+        usize: sqlx::ColumnIndex<R>,
+        i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        i32: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        Row_ {
+            id: r.get(0),
+            entity_id: r.get(1),
+            event_type: r.get(2),
+            topic: r.get(3),
+            payload: r.get(4),
+            attempts: r.get(5),
+        }
+    }
+}
+
 async fn fetch(db: &Db, after: i64) -> Result<Vec<Row_>, DbError> {
     Ok(match db {
         Db::Postgres(pool) => sqlx::query(
@@ -90,14 +124,7 @@ async fn fetch(db: &Db, after: i64) -> Result<Vec<Row_>, DbError> {
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|r| Row_ {
-            id: r.get(0),
-            entity_id: r.get(1),
-            event_type: r.get(2),
-            topic: r.get(3),
-            payload: r.get(4),
-            attempts: r.get(5),
-        })
+        .map(Row_::from_row)
         .collect(),
         Db::Sqlite(pool) => sqlx::query(
             "SELECT id, entity_id, event_type, topic, payload, attempts FROM outbox_final \
@@ -108,14 +135,7 @@ async fn fetch(db: &Db, after: i64) -> Result<Vec<Row_>, DbError> {
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|r| Row_ {
-            id: r.get(0),
-            entity_id: r.get(1),
-            event_type: r.get(2),
-            topic: r.get(3),
-            payload: r.get(4),
-            attempts: r.get(5),
-        })
+        .map(Row_::from_row)
         .collect(),
     })
 }
@@ -198,98 +218,153 @@ pub async fn dispatch_once(
     sink: &mut Sink,
     progress: &mut Progress,
 ) -> Result<Round, DbError> {
+    let rows = next_rows(db, progress).await?;
+    if rows.is_empty() {
+        progress.settle().await?;
+        return Ok(Round::default());
+    }
+    let (sent, failed) = match sink {
+        Sink::Log => (log_rows(&rows), 0),
+        Sink::Kafka {
+            config,
+            producer: slot,
+        } => {
+            let Some(producer) = producer(config, slot) else {
+                return Ok(Round {
+                    sent: 0,
+                    failed: rows.len(),
+                });
+            };
+            let (sent, failed) = publish(db, producer, &rows).await?;
+            if failed > 0 {
+                *slot = None;
+            }
+            (sent, failed)
+        }
+    };
+    finish_round(db, metrics, progress, &rows, sent, failed).await
+}
+
+/// The rows after the cursor; from the start once a second, and when the cursor runs dry.
+async fn next_rows(db: &Db, progress: &mut Progress) -> Result<Vec<Row_>, DbError> {
     if progress.rescanned.elapsed() >= Duration::from_secs(1) {
         progress.settle().await?;
         progress.cursor = 0;
         progress.rescanned = std::time::Instant::now();
     }
-    let mut rows = fetch(db, progress.cursor).await?;
+    let rows = fetch(db, progress.cursor).await?;
     if rows.is_empty() && progress.cursor > 0 {
         progress.settle().await?;
         progress.cursor = 0;
-        rows = fetch(db, 0).await?;
+        return fetch(db, 0).await;
     }
-    if rows.is_empty() {
-        progress.settle().await?;
-        return Ok(Round::default());
+    Ok(rows)
+}
+
+/// The log sink: every row is "sent" by logging it.
+fn log_rows(rows: &[Row_]) -> Vec<i64> {
+    rows.iter()
+        .map(|r| {
+            tracing::info!(topic = %r.topic, key = %r.entity_id, event_id = r.id, event_type = %r.event_type, "Outbox event (log sink).");
+            r.id
+        })
+        .collect()
+}
+
+/// The Kafka producer, created again if a failed round dropped it; `None` if that fails.
+fn producer<'p>(
+    config: &ClientConfig,
+    slot: &'p mut Option<FutureProducer>,
+) -> Option<&'p FutureProducer> {
+    if slot.is_none() {
+        match config.create() {
+            Ok(p) => *slot = Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "Creating the Kafka producer failed; retrying.");
+                return None;
+            }
+        }
     }
-    let mut failed_rows = 0;
+    slot.as_ref()
+}
+
+/// Sends `rows` and waits for the broker: the ids it acknowledged, and how many rows failed
+/// (each marked failed, to be retried in a later round).
+async fn publish(
+    db: &Db,
+    producer: &FutureProducer,
+    rows: &[Row_],
+) -> Result<(Vec<i64>, usize), DbError> {
+    // Enqueue everything first, then await the acknowledgements: one linger for the batch.
+    let pending: Vec<Result<DeliveryFuture, String>> = rows
+        .iter()
+        .map(|r| {
+            producer
+                .send_result(record(r))
+                .map_err(|(e, _)| e.to_string())
+        })
+        .collect();
     let mut sent = Vec::with_capacity(rows.len());
-    match sink {
-        Sink::Log => {
-            for r in &rows {
-                tracing::info!(topic = %r.topic, key = %r.entity_id, event_id = r.id, event_type = %r.event_type, "Outbox event (log sink).");
-                sent.push(r.id);
-            }
-        }
-        Sink::Kafka {
-            config,
-            producer: slot,
-        } => {
-            if slot.is_none() {
-                match config.create() {
-                    Ok(p) => *slot = Some(p),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Creating the Kafka producer failed; retrying.");
-                        return Ok(Round {
-                            sent: 0,
-                            failed: rows.len(),
-                        });
-                    }
-                }
-            }
-            let producer = slot.as_ref().expect("created above");
-            let mut failed = false;
-            // Enqueue everything first, then await the acknowledgements: one linger for the batch.
-            let mut pending = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let event_id = r.id.to_string();
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "event-id",
-                        value: Some(&event_id),
-                    })
-                    .insert(Header {
-                        key: "event-type",
-                        value: Some(&r.event_type),
-                    });
-                let record = FutureRecord::to(&r.topic)
-                    .key(&r.entity_id)
-                    .payload(&r.payload)
-                    .headers(headers);
-                match producer.send_result(record) {
-                    Ok(delivery) => pending.push((r, Some(delivery), None)),
-                    Err((e, _)) => pending.push((r, None, Some(e.to_string()))),
-                }
-            }
-            for (r, delivery, error) in pending {
-                let outcome = match (delivery, error) {
-                    (Some(d), _) => match d.await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err((e, _))) => Err(e.to_string()),
-                        Err(_) => Err("the producer dropped the message".to_owned()),
-                    },
-                    (None, e) => Err(e.unwrap_or_default()),
-                };
-                match outcome {
-                    Ok(()) => sent.push(r.id),
-                    Err(e) => {
-                        tracing::warn!(event_id = r.id, topic = %r.topic, error = %e, "Outbox event not delivered; will retry.");
-                        mark_failed(db, r.id, r.attempts, &e).await?;
-                        failed = true;
-                        failed_rows += 1;
-                    }
-                }
-            }
-            if failed {
-                *slot = None;
+    let mut failed = 0;
+    for (r, delivery) in rows.iter().zip(pending) {
+        let outcome = match delivery {
+            Ok(d) => delivered(d).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => sent.push(r.id),
+            Err(e) => {
+                tracing::warn!(event_id = r.id, topic = %r.topic, error = %e, "Outbox event not delivered; will retry.");
+                mark_failed(db, r.id, r.attempts, &e).await?;
+                failed += 1;
             }
         }
     }
+    Ok((sent, failed))
+}
+
+/// A row as a Kafka record: keyed by its entity, with `event-id` and `event-type` headers.
+fn record(r: &Row_) -> FutureRecord<'_, String, String> {
+    let event_id = r.id.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "event-id",
+            value: Some(&event_id),
+        })
+        .insert(Header {
+            key: "event-type",
+            value: Some(&r.event_type),
+        });
+    FutureRecord::to(&r.topic)
+        .key(&r.entity_id)
+        .payload(&r.payload)
+        .headers(headers)
+}
+
+/// Whether the broker acknowledged a record, and why not.
+async fn delivered(delivery: DeliveryFuture) -> Result<(), String> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e.to_string()),
+        Err(_) => Err("the producer dropped the message".to_owned()),
+    }
+}
+
+/// Marks the round's `sent` rows. After a clean round the marking runs in the background while
+/// the next round is fetched and the cursor moves past the round; after a failure the rows are
+/// marked before returning and the cursor goes back to the start.
+async fn finish_round(
+    db: &Db,
+    metrics: &Arc<Metrics>,
+    progress: &mut Progress,
+    rows: &[Row_],
+    sent: Vec<i64>,
+    failed: usize,
+) -> Result<Round, DbError> {
     // One marking in flight: the previous round's must be done before this one's starts.
     progress.settle().await?;
     let count = sent.len();
-    if failed_rows == 0 {
+    if failed == 0 {
         progress.cursor = rows.last().map(|r| r.id).unwrap_or(progress.cursor);
         let (db, metrics) = (db.clone(), metrics.clone());
         progress.marking = Some(tokio::spawn(async move {
@@ -304,7 +379,7 @@ pub async fn dispatch_once(
     }
     Ok(Round {
         sent: count,
-        failed: failed_rows,
+        failed,
     })
 }
 

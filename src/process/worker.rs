@@ -15,9 +15,10 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::handlers::{self, backoff, Handlers};
+use super::handlers::{backoff, HandlerError, Handlers};
 use crate::{
     metrics::{EntityLabel, ErrorLabels, Metrics},
+    secrets::Masker,
     services::Services,
     status::ErrorType,
     stream::{
@@ -262,15 +263,32 @@ impl Workers {
 /// Aborts the lease heartbeat when the work it covers ends, however it ends.
 struct Heartbeat(tokio::task::JoinHandle<()>);
 
+impl Heartbeat {
+    /// Renews the leases of `ids` every third of `lease` until dropped.
+    fn start(cx: &Arc<WorkerCx>, worker: &str, ids: Vec<i64>, lease: Duration) -> Heartbeat {
+        let (cx, id) = (cx.clone(), worker.to_owned());
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                if let Err(e) = queue::heartbeat(&cx.services.store, &id, &ids, lease).await {
+                    tracing::warn!(error = %e, "Lease heartbeat failed.");
+                }
+            }
+        }))
+    }
+}
+
 impl Drop for Heartbeat {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
 
+/// What a handler made of one command.
+type Outcome = Result<Vec<queue::Event>, HandlerError>;
+
 /// Runs commands with `workerConcurrency` tasks while their leases are kept alive, and turns the
-/// outcomes into an acknowledgement. A handler that panics fails its command instead of taking
-/// the loop down.
+/// outcomes into an acknowledgement.
 async fn execute(
     cx: &Arc<WorkerCx>,
     handlers: &Arc<Handlers>,
@@ -281,45 +299,91 @@ async fn execute(
     lease: Duration,
 ) -> Ack {
     let ids: Vec<i64> = commands.iter().map(|c| c.id).collect();
-    let _heartbeat = {
-        let (cx, id, ids) = (cx.clone(), worker.to_owned(), ids.clone());
-        Heartbeat(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease / 3).await;
-                if let Err(e) = queue::heartbeat(&cx.services.store, &id, &ids, lease).await {
-                    tracing::warn!(error = %e, "Lease heartbeat failed.");
-                }
-            }
-        }))
-    };
-    let concurrency = settings.worker_concurrency.max(1) as usize;
-    let outcomes: Vec<(Claimed, Result<Vec<queue::Event>, handlers::HandlerError>)> =
-        futures::stream::iter(commands)
-            .map(|c| {
-                let handlers = handlers.clone();
-                async move {
-                    let outcome = std::panic::AssertUnwindSafe(handlers.handle(&c))
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(|panic| {
-                            let what = panic
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| panic.downcast_ref::<String>().cloned())
-                                .unwrap_or_default();
-                            Err(handlers::HandlerError::new(
-                                ErrorType::PanicException,
-                                format!("the handler panicked: {what}"),
-                                false,
-                            ))
-                        });
-                    (c, outcome)
-                }
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
+    let _heartbeat = Heartbeat::start(cx, worker, ids.clone(), lease);
+    let outcomes = run_handlers(handlers, commands, settings.worker_concurrency).await;
+    for (c, outcome) in &outcomes {
+        count(&cx.metrics, c, outcome);
+    }
+    ack_for(&ids, held, outcomes, settings, &cx.services.masker)
+}
 
+/// Runs each command's handler, `concurrency` at a time. A handler that panics fails its
+/// command instead of taking the loop down.
+async fn run_handlers(
+    handlers: &Arc<Handlers>,
+    commands: Vec<Claimed>,
+    concurrency: u32,
+) -> Vec<(Claimed, Outcome)> {
+    futures::stream::iter(commands)
+        .map(|c| {
+            let handlers = handlers.clone();
+            async move {
+                let outcome = std::panic::AssertUnwindSafe(handlers.handle(&c))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| Err(panicked(&*panic)));
+                (c, outcome)
+            }
+        })
+        .buffer_unordered(concurrency.max(1) as usize)
+        .collect()
+        .await
+}
+
+/// The error of a handler that panicked, with the panic's message when it has one.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> HandlerError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    HandlerError::new(
+        ErrorType::PanicException,
+        format!("the handler panicked: {what}"),
+        false,
+    )
+}
+
+/// Counts a command's outcome: successes with their latency since enqueue, errors by type.
+fn count(metrics: &Metrics, c: &Claimed, outcome: &Outcome) {
+    match outcome {
+        Ok(_) => {
+            metrics
+                .worker_success
+                .get_or_create(&EntityLabel {
+                    entity: c.entity.clone(),
+                })
+                .inc();
+            let latency = (Utc::now() - c.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics
+                .latency
+                .get_or_create(&EntityLabel {
+                    entity: c.entity.clone(),
+                })
+                .observe(latency);
+        }
+        Err(e) => {
+            metrics
+                .worker_error
+                .get_or_create(&ErrorLabels {
+                    entity: c.entity.clone(),
+                    error_type: e.error_type.to_string(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// The acknowledgement of a batch (`ids`, of which `held` hold their entity's lock): completed
+/// commands with their events, failed ones back to the queue or to the DLQ ([`retry_in`]), their
+/// messages masked.
+fn ack_for(
+    ids: &[i64],
+    held: &HashSet<i64>,
+    outcomes: Vec<(Claimed, Outcome)>,
+    settings: &Settings,
+    masker: &Masker,
+) -> Ack {
     let mut ack = Ack {
         locked: ids.iter().copied().filter(|id| held.contains(id)).collect(),
         ..Ack::default()
@@ -327,46 +391,31 @@ async fn execute(
     for (c, outcome) in outcomes {
         match outcome {
             Ok(events) => {
-                ack.completed
-                    .push((c.id, c.entity.clone(), c.entity_id.clone()));
+                ack.completed.push((c.id, c.entity, c.entity_id));
                 ack.events.extend(events);
-                cx.metrics
-                    .worker_success
-                    .get_or_create(&EntityLabel {
-                        entity: c.entity.clone(),
-                    })
-                    .inc();
-                let latency = (Utc::now() - c.created_at).num_milliseconds().max(0) as f64 / 1000.0;
-                cx.metrics
-                    .latency
-                    .get_or_create(&EntityLabel {
-                        entity: c.entity.clone(),
-                    })
-                    .observe(latency);
             }
             Err(e) => {
-                cx.metrics
-                    .worker_error
-                    .get_or_create(&ErrorLabels {
-                        entity: c.entity.clone(),
-                        error_type: e.error_type.to_string(),
-                    })
-                    .inc();
-                let retry_in = (e.retryable && (c.attempts as u32) <= settings.max_retries)
-                    .then(|| backoff(c.attempts, settings.max_backoff_ms));
+                let retry_in = retry_in(&e, c.attempts, settings);
                 tracing::debug!(command = c.id, error_type = %e.error_type, attempts = c.attempts, dlq = retry_in.is_none(), "Command failed.");
                 ack.failed.push(Failure {
                     id: c.id,
-                    entity: c.entity.clone(),
-                    entity_id: c.entity_id.clone(),
+                    entity: c.entity,
+                    entity_id: c.entity_id,
                     error_type: e.error_type,
-                    message: cx.services.masker.mask_str(&e.message),
+                    message: masker.mask_str(&e.message),
                     retry_in,
                 });
             }
         }
     }
     ack
+}
+
+/// When a failed command runs again: after a backoff if its error is retryable and it has tries
+/// left (`attempts`, this one included, at most `maxRetries`), never (`None`: the DLQ) otherwise.
+fn retry_in(e: &HandlerError, attempts: i32, settings: &Settings) -> Option<Duration> {
+    (e.retryable && (attempts as u32) <= settings.max_retries)
+        .then(|| backoff(attempts, settings.max_backoff_ms))
 }
 
 async fn acknowledge(cx: &WorkerCx, worker: &str, ack: Ack) {
@@ -407,4 +456,101 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "runbook".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::StreamingConfig;
+
+    fn settings(max_retries: u32) -> Settings {
+        Settings {
+            max_retries,
+            max_backoff_ms: 1_000,
+            ..Settings::from_config(&StreamingConfig::default())
+        }
+    }
+
+    fn command(id: i64, attempts: i32) -> Claimed {
+        Claimed {
+            id,
+            entity: "user".into(),
+            entity_id: format!("u{id}"),
+            command_type: "user.update".into(),
+            priority: 0,
+            payload: json!({}),
+            attempts,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn error(error_type: ErrorType, retryable: bool) -> HandlerError {
+        HandlerError::new(error_type, "it failed", retryable)
+    }
+
+    #[test]
+    fn a_retryable_error_is_retried_until_max_retries_then_goes_to_the_dlq() {
+        let e = error(ErrorType::NetworkException, true);
+        for attempts in 1..=3 {
+            let delay = retry_in(&e, attempts, &settings(3)).expect("retried");
+            assert!(delay <= Duration::from_millis(1_000), "{delay:?}");
+        }
+        assert_eq!(retry_in(&e, 4, &settings(3)), None);
+        assert_eq!(retry_in(&e, 1, &settings(0)), None);
+    }
+
+    #[test]
+    fn an_error_that_is_not_retryable_goes_to_the_dlq_at_once() {
+        let e = error(ErrorType::ValidationException, false);
+        assert_eq!(retry_in(&e, 1, &settings(10)), None);
+    }
+
+    #[test]
+    fn outcomes_become_one_acknowledgement() {
+        let masker = Masker::default();
+        masker.add("s3cret");
+        let event = crate::process::handlers::event(&command(1, 1), json!({ "ok": true }));
+        let outcomes = vec![
+            (command(1, 1), Ok(vec![event])),
+            (
+                command(2, 1),
+                Err(HandlerError::new(
+                    ErrorType::NetworkException,
+                    "token s3cret refused",
+                    true,
+                )),
+            ),
+            (command(3, 5), Err(error(ErrorType::NetworkException, true))),
+            (
+                command(4, 1),
+                Err(error(ErrorType::ValidationException, false)),
+            ),
+        ];
+        let held = HashSet::from([1, 3]);
+        let ack = ack_for(&[1, 2, 3, 4], &held, outcomes, &settings(3), &masker);
+        assert_eq!(ack.completed, [(1, "user".to_owned(), "u1".to_owned())]);
+        assert_eq!(ack.events.len(), 1);
+        assert_eq!(ack.locked, [1, 3]);
+        let failed: Vec<(i64, bool)> = ack
+            .failed
+            .iter()
+            .map(|f| (f.id, f.retry_in.is_some()))
+            .collect();
+        assert_eq!(failed, [(2, true), (3, false), (4, false)]);
+        assert_eq!(ack.failed[0].message, "token **** refused");
+        assert_eq!(ack.failed[2].error_type, ErrorType::ValidationException);
+    }
+
+    #[test]
+    fn a_panic_becomes_a_panic_exception_with_its_message() {
+        let e = panicked(&"index out of bounds");
+        assert_eq!(e.error_type, ErrorType::PanicException);
+        assert!(!e.retryable);
+        assert_eq!(e.message, "the handler panicked: index out of bounds");
+        let e = panicked(&String::from("formatted 42"));
+        assert_eq!(e.message, "the handler panicked: formatted 42");
+        assert_eq!(panicked(&42).message, "the handler panicked: ");
+    }
 }

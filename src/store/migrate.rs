@@ -23,7 +23,7 @@
 //! `ALTER TABLE ... ADD/RENAME/DROP COLUMN` to a table rebuild: dropping `runbook_runs` would
 //! cascade to its step attempts and approvals.
 
-use sqlx::{PgConnection, SqliteConnection};
+use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool};
 
 use super::{Db, DbError, SqlxError};
 
@@ -80,101 +80,112 @@ pub async fn run(db: &Db, list: &[Migration]) -> Result<(), DbError> {
         "migrations must be numbered upwards from 1"
     );
     match db {
-        Db::Sqlite(pool) => {
-            // Without the write lock first: a current store (the usual case) needs no writer.
-            let mut conn = pool.acquire().await.map_err(DbError::migrate)?;
-            if let Some(recorded) = sqlite_recorded(&mut conn).await? {
-                if next(&recorded, list)?.is_none() {
-                    return Ok(());
-                }
-            }
-            drop(conn);
-            loop {
-                let mut tx = pool
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(DbError::migrate)?;
-                sqlx::raw_sql(SQLITE_TABLE)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(DbError::migrate)?;
-                let recorded = sqlx::query_scalar(RECORDED)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(DbError::migrate)?;
-                let Some(m) = next(&recorded, list)? else {
-                    tx.commit().await.map_err(DbError::migrate)?;
-                    return Ok(());
-                };
-                let failed = |source| DbError::MigrationFailed {
-                    version: m.version,
-                    name: m.name,
-                    source: SqlxError(source),
-                };
-                sqlx::raw_sql(m.sqlite)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(failed)?;
-                sqlx::query(
-                    "INSERT INTO runbook_schema_migrations (version, name) VALUES (?1, ?2)",
-                )
-                .bind(m.version)
-                .bind(m.name)
-                .execute(&mut *tx)
-                .await
-                .map_err(failed)?;
-                tx.commit().await.map_err(failed)?;
-                tracing::info!(version = m.version, name = m.name, "store migrated");
-            }
+        Db::Sqlite(pool) => run_sqlite(pool, list).await,
+        Db::Postgres(pool) => run_postgres(pool, list).await,
+    }
+}
+
+async fn run_sqlite(pool: &SqlitePool, list: &[Migration]) -> Result<(), DbError> {
+    // Without the write lock first: a current store (the usual case) needs no writer.
+    let mut conn = pool.acquire().await.map_err(DbError::migrate)?;
+    if let Some(recorded) = sqlite_recorded(&mut conn).await? {
+        if next(&recorded, list)?.is_none() {
+            return Ok(());
         }
-        Db::Postgres(pool) => {
-            let mut conn = pool.acquire().await.map_err(DbError::migrate)?;
-            if let Some(recorded) = pg_recorded(&mut conn).await? {
-                if next(&recorded, list)?.is_none() {
-                    return Ok(());
-                }
-            }
-            drop(conn);
-            loop {
-                let mut tx = pool.begin().await.map_err(DbError::migrate)?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(PG_LOCK)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(DbError::migrate)?;
-                sqlx::raw_sql(PG_TABLE)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(DbError::migrate)?;
-                let recorded = sqlx::query_scalar(RECORDED)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(DbError::migrate)?;
-                let Some(m) = next(&recorded, list)? else {
-                    tx.commit().await.map_err(DbError::migrate)?;
-                    return Ok(());
-                };
-                let failed = |source| DbError::MigrationFailed {
-                    version: m.version,
-                    name: m.name,
-                    source: SqlxError(source),
-                };
-                sqlx::raw_sql(m.postgres)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(failed)?;
-                sqlx::query(
-                    "INSERT INTO runbook_schema_migrations (version, name) VALUES ($1, $2)",
-                )
-                .bind(m.version)
-                .bind(m.name)
-                .execute(&mut *tx)
-                .await
-                .map_err(failed)?;
-                tx.commit().await.map_err(failed)?;
-                tracing::info!(version = m.version, name = m.name, "store migrated");
-            }
+    }
+    drop(conn);
+    while sqlite_apply_next(pool, list).await? {}
+    Ok(())
+}
+
+/// Under the file's write lock, applies the first migration the store does not record; `false`
+/// when there is none left.
+async fn sqlite_apply_next(pool: &SqlitePool, list: &[Migration]) -> Result<bool, DbError> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(DbError::migrate)?;
+    sqlx::raw_sql(SQLITE_TABLE)
+        .execute(&mut *tx)
+        .await
+        .map_err(DbError::migrate)?;
+    let recorded = sqlx::query_scalar(RECORDED)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(DbError::migrate)?;
+    let Some(m) = next(&recorded, list)? else {
+        tx.commit().await.map_err(DbError::migrate)?;
+        return Ok(false);
+    };
+    sqlx::raw_sql(m.sqlite)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed(m))?;
+    sqlx::query("INSERT INTO runbook_schema_migrations (version, name) VALUES (?1, ?2)")
+        .bind(m.version)
+        .bind(m.name)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed(m))?;
+    tx.commit().await.map_err(failed(m))?;
+    tracing::info!(version = m.version, name = m.name, "store migrated");
+    Ok(true)
+}
+
+async fn run_postgres(pool: &PgPool, list: &[Migration]) -> Result<(), DbError> {
+    let mut conn = pool.acquire().await.map_err(DbError::migrate)?;
+    if let Some(recorded) = pg_recorded(&mut conn).await? {
+        if next(&recorded, list)?.is_none() {
+            return Ok(());
         }
+    }
+    drop(conn);
+    while postgres_apply_next(pool, list).await? {}
+    Ok(())
+}
+
+/// Under the advisory lock, applies the first migration the store does not record; `false` when
+/// there is none left.
+async fn postgres_apply_next(pool: &PgPool, list: &[Migration]) -> Result<bool, DbError> {
+    let mut tx = pool.begin().await.map_err(DbError::migrate)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PG_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(DbError::migrate)?;
+    sqlx::raw_sql(PG_TABLE)
+        .execute(&mut *tx)
+        .await
+        .map_err(DbError::migrate)?;
+    let recorded = sqlx::query_scalar(RECORDED)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(DbError::migrate)?;
+    let Some(m) = next(&recorded, list)? else {
+        tx.commit().await.map_err(DbError::migrate)?;
+        return Ok(false);
+    };
+    sqlx::raw_sql(m.postgres)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed(m))?;
+    sqlx::query("INSERT INTO runbook_schema_migrations (version, name) VALUES ($1, $2)")
+        .bind(m.version)
+        .bind(m.name)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed(m))?;
+    tx.commit().await.map_err(failed(m))?;
+    tracing::info!(version = m.version, name = m.name, "store migrated");
+    Ok(true)
+}
+
+/// Names migration `m` in an error from applying or recording it.
+fn failed(m: &Migration) -> impl Fn(sqlx::Error) -> DbError + '_ {
+    move |source| DbError::MigrationFailed {
+        version: m.version,
+        name: m.name,
+        source: SqlxError(source),
     }
 }
 

@@ -117,7 +117,6 @@ fn ago(d: Dialect, dur: Dur) -> String {
 
 /// Runs `op` on `db` as `actor`.
 pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Result<Json, OpError> {
-    let d = db.dialect();
     let filter = serde_json::to_value(op).unwrap_or(Json::Null);
     let audit = |name: &'static str| Audit {
         actor,
@@ -131,135 +130,181 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
             error_type,
             limit,
             offset,
-        } => {
-            let limit = limit.unwrap_or(20).clamp(1, 1000);
-            let offset = offset.unwrap_or(0).max(0);
-            let params = vec![json!(entity), json!(error_type), json!(CommandStatus::Dlq)];
-            let total = db
-                .sql(
-                    "SELECT COUNT(*) AS n FROM command_queue WHERE status = $3 \
-                     AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT))",
-                    params.clone(),
-                )
-                .await?;
-            let mut p = params;
-            p.extend([json!(limit), json!(offset)]);
-            let rows = db
-                .sql(
-                    "SELECT id, entity, entity_id, command_type, priority, payload, attempts, error_type, error_message, created_at, updated_at \
-                     FROM command_queue WHERE status = $3 AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT)) \
-                     ORDER BY id LIMIT $4 OFFSET $5",
-                    p,
-                )
-                .await?;
-            Ok(
-                json!({ "totalElements": total.rows[0]["n"], "content": rows.rows, "limit": limit, "offset": offset }),
-            )
-        }
+        } => dlq_list(db, entity, error_type, *limit, *offset).await,
         Op::DlqRetry { entity, error_type } => {
-            let now = d.now();
-            let n = db
-                .mutate_audited(
-                    &format!(
-                        "UPDATE command_queue SET status = $3, attempts = 0, error_message = NULL, error_type = NULL, \
-                         run_at = {now}, updated_at = {now}, locked_by = NULL, locked_until = NULL \
-                         WHERE status = $4 AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT))"
-                    ),
-                    vec![
-                        json!(entity),
-                        json!(error_type),
-                        json!(CommandStatus::Pending),
-                        json!(CommandStatus::Dlq),
-                    ],
-                    audit("dlq_retry"),
-                )
-                .await?;
-            Ok(json!({ "retried": n }))
+            dlq_retry(db, entity, error_type, audit("dlq_retry")).await
         }
         Op::DlqCleanup { older_than } => {
-            let sql = format!(
-                "DELETE FROM command_queue WHERE status = $1 AND updated_at < {}",
-                ago(d, *older_than)
-            );
-            let params = vec![json!(CommandStatus::Dlq)];
-            Ok(json!({ "deleted": db.mutate_audited(&sql, params, audit("dlq_cleanup")).await? }))
+            let audit = audit("dlq_cleanup");
+            delete_commands(db, CommandStatus::Dlq, *older_than, audit).await
         }
         Op::PurgeCompleted { older_than } => {
-            let sql = format!(
-                "DELETE FROM command_queue WHERE status = $1 AND updated_at < {}",
-                ago(d, *older_than)
-            );
-            let params = vec![json!(CommandStatus::Completed)];
-            Ok(
-                json!({ "deleted": db.mutate_audited(&sql, params, audit("purge_completed")).await? }),
-            )
+            let audit = audit("purge_completed");
+            delete_commands(db, CommandStatus::Completed, *older_than, audit).await
         }
         Op::ReleaseStaleLocks { older_than } => {
-            let sql = format!(
-                "DELETE FROM work_state WHERE state = 'updating' AND locked_at < {}",
-                ago(d, *older_than)
-            );
-            Ok(
-                json!({ "released": db.mutate_audited(&sql, vec![], audit("release_stale_locks")).await? }),
-            )
+            release_stale_locks(db, *older_than, audit("release_stale_locks")).await
         }
         Op::ScaleWorkers {
             concurrency,
             batch_size,
         } => {
-            if concurrency.is_none() && batch_size.is_none() {
-                return Err(OpError::Invalid(
-                    "scale_workers needs concurrency and/or batch_size".into(),
-                ));
-            }
-            if concurrency == &Some(0) || batch_size == &Some(0) {
-                return Err(OpError::Invalid(
-                    "concurrency and batch_size must be at least 1".into(),
-                ));
-            }
-            let mut changes = vec![];
-            if let Some(c) = concurrency {
-                changes.push(("workerConcurrency", json!(c)));
-            }
-            if let Some(b) = batch_size {
-                changes.push(("workerBatchSize", json!(b)));
-            }
+            let changes = scale_changes(*concurrency, *batch_size)?;
             set(db, base, &changes, audit("scale_workers")).await
         }
         Op::SetRetryPolicy {
             max_retries,
             max_backoff_ms,
         } => {
-            let mut changes = vec![];
-            if let Some(r) = max_retries {
-                changes.push(("maxRetries", json!(r)));
-            }
-            if let Some(b) = max_backoff_ms {
-                changes.push(("maxBackoffMs", json!(b)));
-            }
-            if changes.is_empty() {
-                return Err(OpError::Invalid(
-                    "set_retry_policy needs maxRetries and/or maxBackoffMs".into(),
-                ));
-            }
+            let changes = retry_policy_changes(*max_retries, *max_backoff_ms)?;
             set(db, base, &changes, audit("set_retry_policy")).await
         }
         Op::SetLockTtl { ttl } => {
-            if ttl.0.is_zero() {
-                return Err(OpError::Invalid("lock TTL must be positive".into()));
-            }
-            set(
-                db,
-                base,
-                &[("lockTtl", json!(ttl.to_string()))],
-                audit("set_lock_ttl"),
-            )
-            .await
+            let changes = lock_ttl_changes(*ttl)?;
+            set(db, base, &changes, audit("set_lock_ttl")).await
         }
         Op::Maintenance { action, tables } => {
             maintenance(db, *action, tables.as_deref(), actor).await
         }
     }
+}
+
+/// One page of the DLQ (20 by default, at most 1000), optionally of one entity or error type,
+/// with the total.
+async fn dlq_list(
+    db: &Db,
+    entity: &Option<String>,
+    error_type: &Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+) -> Result<Json, OpError> {
+    let limit = limit.unwrap_or(20).clamp(1, 1000);
+    let offset = offset.unwrap_or(0).max(0);
+    let params = vec![json!(entity), json!(error_type), json!(CommandStatus::Dlq)];
+    let total = db
+        .sql(
+            "SELECT COUNT(*) AS n FROM command_queue WHERE status = $3 \
+             AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT))",
+            params.clone(),
+        )
+        .await?;
+    let mut p = params;
+    p.extend([json!(limit), json!(offset)]);
+    let rows = db
+        .sql(
+            "SELECT id, entity, entity_id, command_type, priority, payload, attempts, error_type, error_message, created_at, updated_at \
+             FROM command_queue WHERE status = $3 AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT)) \
+             ORDER BY id LIMIT $4 OFFSET $5",
+            p,
+        )
+        .await?;
+    Ok(
+        json!({ "totalElements": total.rows[0]["n"], "content": rows.rows, "limit": limit, "offset": offset }),
+    )
+}
+
+/// Returns DLQ commands (optionally of one entity or error type) to the queue with fresh attempts.
+async fn dlq_retry(
+    db: &Db,
+    entity: &Option<String>,
+    error_type: &Option<String>,
+    audit: Audit<'_>,
+) -> Result<Json, OpError> {
+    let now = db.dialect().now();
+    let n = db
+        .mutate_audited(
+            &format!(
+                "UPDATE command_queue SET status = $3, attempts = 0, error_message = NULL, error_type = NULL, \
+                 run_at = {now}, updated_at = {now}, locked_by = NULL, locked_until = NULL \
+                 WHERE status = $4 AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT))"
+            ),
+            vec![
+                json!(entity),
+                json!(error_type),
+                json!(CommandStatus::Pending),
+                json!(CommandStatus::Dlq),
+            ],
+            audit,
+        )
+        .await?;
+    Ok(json!({ "retried": n }))
+}
+
+/// Deletes the commands in `status` last updated longer than `older_than` ago.
+async fn delete_commands(
+    db: &Db,
+    status: CommandStatus,
+    older_than: Dur,
+    audit: Audit<'_>,
+) -> Result<Json, OpError> {
+    let sql = format!(
+        "DELETE FROM command_queue WHERE status = $1 AND updated_at < {}",
+        ago(db.dialect(), older_than)
+    );
+    let params = vec![json!(status)];
+    Ok(json!({ "deleted": db.mutate_audited(&sql, params, audit).await? }))
+}
+
+/// Releases work-state locks taken longer than `older_than` ago.
+async fn release_stale_locks(db: &Db, older_than: Dur, audit: Audit<'_>) -> Result<Json, OpError> {
+    let sql = format!(
+        "DELETE FROM work_state WHERE state = 'updating' AND locked_at < {}",
+        ago(db.dialect(), older_than)
+    );
+    Ok(json!({ "released": db.mutate_audited(&sql, vec![], audit).await? }))
+}
+
+/// The settings `scale_workers` changes: at least one of the two, each at least 1.
+fn scale_changes(
+    concurrency: Option<u32>,
+    batch_size: Option<u32>,
+) -> Result<Vec<(&'static str, Json)>, OpError> {
+    if concurrency.is_none() && batch_size.is_none() {
+        return Err(OpError::Invalid(
+            "scale_workers needs concurrency and/or batch_size".into(),
+        ));
+    }
+    if concurrency == Some(0) || batch_size == Some(0) {
+        return Err(OpError::Invalid(
+            "concurrency and batch_size must be at least 1".into(),
+        ));
+    }
+    let mut changes = vec![];
+    if let Some(c) = concurrency {
+        changes.push(("workerConcurrency", json!(c)));
+    }
+    if let Some(b) = batch_size {
+        changes.push(("workerBatchSize", json!(b)));
+    }
+    Ok(changes)
+}
+
+/// The settings `set_retry_policy` changes: at least one of the two.
+fn retry_policy_changes(
+    max_retries: Option<u32>,
+    max_backoff_ms: Option<u64>,
+) -> Result<Vec<(&'static str, Json)>, OpError> {
+    let mut changes = vec![];
+    if let Some(r) = max_retries {
+        changes.push(("maxRetries", json!(r)));
+    }
+    if let Some(b) = max_backoff_ms {
+        changes.push(("maxBackoffMs", json!(b)));
+    }
+    if changes.is_empty() {
+        return Err(OpError::Invalid(
+            "set_retry_policy needs maxRetries and/or maxBackoffMs".into(),
+        ));
+    }
+    Ok(changes)
+}
+
+/// The setting `set_lock_ttl` changes: a positive TTL.
+fn lock_ttl_changes(ttl: Dur) -> Result<Vec<(&'static str, Json)>, OpError> {
+    if ttl.0.is_zero() {
+        return Err(OpError::Invalid("lock TTL must be positive".into()));
+    }
+    Ok(vec![("lockTtl", json!(ttl.to_string()))])
 }
 
 async fn set(
@@ -420,4 +465,70 @@ pub async fn queue_stats(db: &Db, base: &StreamingConfig) -> Result<Json, DbErro
         "locks": { "held": locks[0]["held"], "expired": locks[0]["expired"], "expiries_total": locks[0]["expiries"] },
         "settings": settings,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn invalid(r: Result<Vec<(&'static str, Json)>, OpError>) -> String {
+        match r {
+            Err(OpError::Invalid(m)) => m,
+            other => panic!("not invalid: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn scale_workers_changes_what_it_is_given_and_refuses_zero_or_nothing() {
+        assert_eq!(
+            scale_changes(Some(8), None).unwrap(),
+            [("workerConcurrency", json!(8))]
+        );
+        assert_eq!(
+            scale_changes(Some(8), Some(50)).unwrap(),
+            [
+                ("workerConcurrency", json!(8)),
+                ("workerBatchSize", json!(50))
+            ]
+        );
+        assert_eq!(
+            invalid(scale_changes(None, None)),
+            "scale_workers needs concurrency and/or batch_size"
+        );
+        assert_eq!(
+            invalid(scale_changes(Some(4), Some(0))),
+            "concurrency and batch_size must be at least 1"
+        );
+    }
+
+    #[test]
+    fn set_retry_policy_needs_one_of_its_settings() {
+        assert_eq!(
+            retry_policy_changes(None, Some(30_000)).unwrap(),
+            [("maxBackoffMs", json!(30_000))]
+        );
+        assert_eq!(
+            retry_policy_changes(Some(0), None).unwrap(),
+            [("maxRetries", json!(0))]
+        );
+        assert_eq!(
+            invalid(retry_policy_changes(None, None)),
+            "set_retry_policy needs maxRetries and/or maxBackoffMs"
+        );
+    }
+
+    #[test]
+    fn a_lock_ttl_must_be_positive() {
+        let ttl = Dur(Duration::from_secs(30));
+        assert_eq!(
+            lock_ttl_changes(ttl).unwrap(),
+            [("lockTtl", json!(ttl.to_string()))]
+        );
+        assert_eq!(
+            invalid(lock_ttl_changes(Dur(Duration::ZERO))),
+            "lock TTL must be positive"
+        );
+    }
 }
