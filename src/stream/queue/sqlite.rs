@@ -183,23 +183,33 @@ async fn insert_events(tx: &mut SqliteConnection, events: &[&Event]) -> Result<(
     Ok(())
 }
 
-/// Sends one failed command back to pending (due after its delay) or to the DLQ.
+/// Sends one failed command back to pending (due after its delay) or to the DLQ. The two
+/// statements differ only in `run_at`; the retry's delay is a bound modifier, so each text is
+/// built, and prepared, once.
 async fn fail(tx: &mut SqliteConnection, f: &Failure, worker: &str) -> Result<(), DbError> {
+    fn statement(run_at: &str) -> String {
+        format!(
+            "UPDATE command_queue SET status = ?1, run_at = {run_at}, error_type = ?2, error_message = ?3, \
+                    locked_by = NULL, locked_until = NULL, updated_at = {SQLITE_NOW} \
+             WHERE id = ?4 AND locked_by = ?5 AND status = '{PROCESSING}'"
+        )
+    }
+    static RETRY: LazyLock<String> = LazyLock::new(|| statement(&sqlite_now_plus("?6")));
+    static TO_DLQ: LazyLock<String> = LazyLock::new(|| statement("run_at"));
     let disposition = Disposition::of(f);
-    let run_at = match disposition {
-        Disposition::Retry { delay } => sqlite_now_plus(&format!("'{}'", later(delay))),
-        Disposition::Dlq => "run_at".to_owned(),
-    };
-    sqlx::query(&format!(
-        "UPDATE command_queue SET status = ?1, run_at = {run_at}, error_type = ?2, error_message = ?3, \
-                locked_by = NULL, locked_until = NULL, updated_at = {SQLITE_NOW} \
-         WHERE id = ?4 AND locked_by = ?5 AND status = '{PROCESSING}'"
-    ))
+    let query = match disposition {
+        Disposition::Retry { .. } => sqlx::query(&RETRY),
+        Disposition::Dlq => sqlx::query(&TO_DLQ),
+    }
     .bind(disposition.status().as_str())
     .bind(f.error_type.as_str())
     .bind(&f.message)
     .bind(f.id)
-    .bind(worker)
+    .bind(worker);
+    match disposition {
+        Disposition::Retry { delay } => query.bind(later(delay)),
+        Disposition::Dlq => query,
+    }
     .execute(tx)
     .await?;
     Ok(())
