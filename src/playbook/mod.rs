@@ -18,7 +18,7 @@ use serde_json::Value as Json;
 pub use compile::{compile_source, CompileEnv};
 pub use matcher::{AlertMatcher, LabelMatcher};
 pub use params::resolve_params;
-pub use raw::{OnInterrupt, ParamType, ResolvedPolicy};
+pub use raw::{Missed, OnInterrupt, ParamType, ResolvedPolicy};
 pub use schedule::Schedule;
 
 use crate::{diagnostics::Diagnostic, duration::Dur, steps::StepKind};

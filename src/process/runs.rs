@@ -55,25 +55,25 @@ pub fn priority_for(severity: Option<&str>) -> i32 {
     }
 }
 
-/// Enqueues a run; returns the command id. Runs of one playbook share an entity, so the
-/// work-state lock keeps them one at a time.
+/// Enqueues a run; returns the command id.
 pub async fn enqueue(store: &Db, req: &RunRequest, priority: i32) -> Result<i64, DbError> {
-    let payload = json!({
-        "playbook": req.playbook, "params": req.params, "trigger": req.trigger,
-        "alert": req.alert, "alerts": req.alerts,
-    });
-    let ids = queue::enqueue(
-        store,
-        &[NewCommand {
-            entity: "runbook".into(),
-            entity_id: req.playbook.clone(),
-            command_type: RUN_COMMAND.into(),
-            priority,
-            payload,
-        }],
-    )
-    .await?;
+    let ids = queue::enqueue(store, &[command(req, priority)]).await?;
     Ok(ids[0])
+}
+
+/// The queue command of a run: the payload [`handle`] reads. Runs of one playbook share an
+/// entity, so the work-state lock keeps them one at a time.
+pub fn command(req: &RunRequest, priority: i32) -> NewCommand {
+    NewCommand {
+        entity: "runbook".into(),
+        entity_id: req.playbook.clone(),
+        command_type: RUN_COMMAND.into(),
+        priority,
+        payload: json!({
+            "playbook": req.playbook, "params": req.params, "trigger": req.trigger,
+            "alert": req.alert, "alerts": req.alerts,
+        }),
+    }
 }
 
 fn fail(msg: impl Into<String>) -> HandlerError {

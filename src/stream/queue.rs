@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 use sqlx::Row;
 
-use crate::store::{Db, DbError};
+use crate::store::{Db, DbError, Tx};
 
 /// A command to enqueue.
 #[derive(Debug, Clone)]
@@ -139,6 +139,39 @@ pub async fn enqueue(db: &Db, commands: &[NewCommand]) -> Result<Vec<i64>, DbErr
             Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect())
         }
     }
+}
+
+/// Enqueues one command inside the caller's transaction, so it stands or falls with the caller's
+/// other writes (a schedule tick: [`crate::store::ticks`]); returns its id.
+pub async fn enqueue_in(tx: &mut Tx, c: &NewCommand) -> Result<i64, DbError> {
+    Ok(match tx {
+        Tx::Postgres(tx) => {
+            sqlx::query_scalar(
+                "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) \
+                 VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING id",
+            )
+            .bind(&c.entity)
+            .bind(&c.entity_id)
+            .bind(&c.command_type)
+            .bind(c.priority)
+            .bind(c.payload.to_string())
+            .fetch_one(&mut **tx)
+            .await?
+        }
+        Tx::Sqlite(tx) => {
+            sqlx::query_scalar(
+                "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+            )
+            .bind(&c.entity)
+            .bind(&c.entity_id)
+            .bind(&c.command_type)
+            .bind(c.priority)
+            .bind(c.payload.to_string())
+            .fetch_one(&mut **tx)
+            .await?
+        }
+    })
 }
 
 /// The columns both backends decode alike; payload and created_at are set by the caller.
