@@ -1,6 +1,6 @@
 //! Commands on playbooks: `validate`, `list`, `schedule`, `run`.
 
-use std::{path::Path, sync::Arc};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -12,6 +12,7 @@ use crate::{
     engine::{Engine, RunRequest},
     metrics::Metrics,
     services::Services,
+    store::{runs, ticks},
 };
 
 pub(super) fn validate(setup: &Setup, path: Option<&Path>) -> i32 {
@@ -57,27 +58,64 @@ pub(super) fn list(setup: &Setup, format: Format) -> Result<i32> {
     Ok(0)
 }
 
-pub(super) fn schedule(setup: &Setup, count: usize) -> Result<i32> {
+pub(super) async fn schedule(setup: &Setup, count: usize, format: Format) -> Result<i32> {
     let catalog = match load_catalog(setup) {
         Ok(c) => c,
         Err(diags) => return Ok(print_diags(&diags)),
     };
-    let mut any = false;
-    for pb in catalog.playbooks.values() {
-        if let Some(s) = &pb.triggers.schedule {
-            any = true;
-            let next: Vec<String> = s
-                .upcoming(chrono::Utc::now(), count)
-                .iter()
-                .map(|t| t.to_rfc3339())
-                .collect();
-            println!("{:<24} {:<20} {}", pb.name, s.expr, next.join("  "));
+    let scheduled: Vec<_> = catalog
+        .playbooks
+        .values()
+        .filter_map(|p| p.triggers.schedule.as_ref().map(|s| (p, s)))
+        .collect();
+    // The last ticks come from the store; without it the schedule is still shown.
+    let latest = if scheduled.is_empty() {
+        Some(Default::default())
+    } else {
+        match last_ticks(setup).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("warning: recorded ticks not shown: {e:#}");
+                None
+            }
         }
-    }
-    if !any {
-        println!("no scheduled playbooks");
-    }
+    };
+    let now = chrono::Utc::now();
+    let items: Vec<serde_json::Value> = scheduled
+        .iter()
+        .map(|(p, s)| {
+            let last = latest.as_ref().map(|l| {
+                l.get(&p.name).map(|t: &ticks::Tick| {
+                    json!({
+                        "scheduled_at": runs::timestamp(t.scheduled_at),
+                        "fired_at": runs::timestamp(t.fired_at),
+                        "outcome": t.outcome.as_str(),
+                        "command_id": t.command_id,
+                    })
+                })
+            });
+            json!({
+                "name": p.name,
+                "schedule": s.expr,
+                "timezone": s.tz.name(),
+                "missed": s.missed,
+                // `false` when the store could not be read.
+                "last": last.map_or(json!(false), |l| json!(l)),
+                "next": s.upcoming(now, count).iter()
+                    .map(|t| t.with_timezone(&s.tz).to_rfc3339())
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    output::schedule(&items, format);
     Ok(0)
+}
+
+async fn last_ticks(setup: &Setup) -> Result<BTreeMap<String, ticks::Tick>> {
+    let db = setup.store().await?;
+    let latest = ticks::latest(&db).await;
+    db.close().await;
+    Ok(latest?)
 }
 
 pub(super) async fn run(
