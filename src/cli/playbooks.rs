@@ -72,7 +72,8 @@ pub(super) async fn schedule(setup: &Setup, count: usize, format: Format) -> Res
     let latest = if scheduled.is_empty() {
         Some(Default::default())
     } else {
-        match last_ticks(setup).await {
+        let names: Vec<String> = scheduled.iter().map(|(p, _)| p.name.clone()).collect();
+        match last_ticks(setup, &names).await {
             Ok(l) => Some(l),
             Err(e) => {
                 eprintln!("warning: recorded ticks not shown: {e:#}");
@@ -111,9 +112,9 @@ pub(super) async fn schedule(setup: &Setup, count: usize, format: Format) -> Res
     Ok(0)
 }
 
-async fn last_ticks(setup: &Setup) -> Result<BTreeMap<String, ticks::Tick>> {
+async fn last_ticks(setup: &Setup, names: &[String]) -> Result<BTreeMap<String, ticks::Tick>> {
     let db = setup.store().await?;
-    let latest = ticks::latest(&db).await;
+    let latest = ticks::latest(&db, names).await;
     db.close().await;
     Ok(latest?)
 }

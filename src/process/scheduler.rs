@@ -133,18 +133,24 @@ impl Scheduler {
         // The next pass counts ticks due before this one began as missed: this one fires them.
         let watched_since = std::mem::replace(&mut self.watched_since, now);
         let catalog = self.engine.catalog();
-        let latest = ticks::latest(&self.engine.services().store).await?;
+        let scheduled: Vec<_> = catalog
+            .playbooks
+            .values()
+            .filter_map(|p| p.triggers.schedule.as_ref().map(|s| (p.name.as_str(), s)))
+            .collect();
+        // A playbook that lost its schedule in a reload and gets one back counts from then.
+        self.first_seen
+            .retain(|name, _| scheduled.iter().any(|(n, _)| n == name));
+        let names: Vec<String> = scheduled.iter().map(|(n, _)| n.to_string()).collect();
+        let latest = ticks::latest(&self.engine.services().store, &names).await?;
         let mut pass = Pass::default();
-        for pb in catalog.playbooks.values() {
-            let Some(schedule) = &pb.triggers.schedule else {
-                continue;
-            };
-            let seen = *self.first_seen.entry(pb.name.clone()).or_insert(now);
-            let from = latest.get(&pb.name).map_or(seen, |t| t.scheduled_at);
+        for (name, schedule) in scheduled {
+            let seen = *self.first_seen.entry(name.to_owned()).or_insert(now);
+            let from = latest.get(name).map_or(seen, |t| t.scheduled_at);
             let (due, more) = due(schedule, from, now);
             pass.more |= more;
             let plan = plan(&due, watched_since, schedule.missed, more);
-            self.fire(&pb.name, &plan, &mut pass).await?;
+            self.fire(name, &plan, &mut pass).await?;
             let last = due.last().copied().unwrap_or(from);
             if let Some(next) = schedule.next_after(last) {
                 pass.next_due = Some(pass.next_due.map_or(next, |n| n.min(next)));

@@ -149,14 +149,35 @@ impl Claim {
 
 const COLUMNS: &str = "t.playbook, t.scheduled_at, t.fired_at, t.outcome, t.command_id, t.fired_by";
 
-/// The newest recorded tick of every playbook that has one.
-pub async fn latest(db: &Db) -> Result<BTreeMap<String, Tick>, DbError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM runbook_schedule_ticks t \
-         JOIN (SELECT playbook, MAX(scheduled_at) AS latest FROM runbook_schedule_ticks GROUP BY playbook) l \
-           ON l.playbook = t.playbook AND l.latest = t.scheduled_at"
-    );
-    let ticks = list(db, &sql).await?;
+/// The newest recorded tick of each of `playbooks` that has one: an index lookup per playbook,
+/// however many ticks the table holds (it is read at every pass of every replica's scheduler).
+pub async fn latest(db: &Db, playbooks: &[String]) -> Result<BTreeMap<String, Tick>, DbError> {
+    let ticks = match db {
+        Db::Postgres(pool) => {
+            let rows = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM UNNEST($1::text[]) AS p(name) CROSS JOIN LATERAL \
+                 (SELECT * FROM runbook_schedule_ticks WHERE playbook = p.name \
+                  ORDER BY scheduled_at DESC LIMIT 1) t"
+            ))
+            .bind(playbooks)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(pg_tick).collect::<Vec<_>>()
+        }
+        Db::Sqlite(pool) => {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM runbook_schedule_ticks t WHERE t.playbook = ?1 \
+                 ORDER BY t.scheduled_at DESC LIMIT 1"
+            );
+            let mut ticks = Vec::new();
+            for name in playbooks {
+                if let Some(row) = sqlx::query(&sql).bind(name).fetch_optional(pool).await? {
+                    ticks.push(sqlite_tick(&row));
+                }
+            }
+            ticks
+        }
+    };
     Ok(ticks.into_iter().map(|t| (t.playbook.clone(), t)).collect())
 }
 
@@ -175,19 +196,6 @@ pub async fn of_playbook(db: &Db, playbook: &str) -> Result<Vec<Tick>, DbError> 
         }
         Db::Postgres(pool) => {
             let rows = sqlx::query(&sql).bind(playbook).fetch_all(pool).await?;
-            Ok(rows.iter().map(pg_tick).collect())
-        }
-    }
-}
-
-async fn list(db: &Db, sql: &str) -> Result<Vec<Tick>, DbError> {
-    match db {
-        Db::Sqlite(pool) => {
-            let rows = sqlx::query(sql).fetch_all(pool).await?;
-            Ok(rows.iter().map(sqlite_tick).collect())
-        }
-        Db::Postgres(pool) => {
-            let rows = sqlx::query(sql).fetch_all(pool).await?;
             Ok(rows.iter().map(pg_tick).collect())
         }
     }
@@ -267,8 +275,9 @@ mod tests {
         assert_eq!(p[0].command_id, Some(42));
         assert_eq!(p[0].scheduled_at, first.scheduled_at);
         assert_eq!(p[0].fired_at, first.fired_at);
-        let latest = latest(&db).await.unwrap();
-        assert_eq!(latest.len(), 2);
+        let names = ["p", "q", "r"].map(String::from);
+        let latest = latest(&db, &names).await.unwrap();
+        assert_eq!(latest.len(), 2, "r has none");
         assert_eq!(latest["q"].outcome, Outcome::Skipped);
         assert_eq!(latest["q"].command_id, None);
     }
