@@ -3,10 +3,29 @@
 
 use rdkafka::ClientConfig;
 
-use crate::{config::KafkaConfig, secrets::Masker};
+use crate::{
+    config::{KafkaConfig, SecretError},
+    secrets::Masker,
+};
+
+/// A secret property (`kafka.secret_properties`) that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("kafka property {key}")]
+pub struct SecretPropertyError {
+    pub key: String,
+    #[source]
+    pub source: SecretError,
+}
 
 /// A client configuration for `brokers` with every configured property applied.
-pub fn client_config(k: &KafkaConfig, masker: &Masker) -> Result<ClientConfig, String> {
+///
+/// # Errors
+///
+/// A secret property's variable is not set or its file cannot be read.
+pub fn client_config(
+    k: &KafkaConfig,
+    masker: &Masker,
+) -> Result<ClientConfig, SecretPropertyError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers);
     for (key, value) in &k.properties {
@@ -15,7 +34,10 @@ pub fn client_config(k: &KafkaConfig, masker: &Masker) -> Result<ClientConfig, S
     for (key, secret) in &k.secret_properties {
         let value = secret
             .resolve(masker)
-            .map_err(|e| format!("kafka property {key}: {e}"))?;
+            .map_err(|source| SecretPropertyError {
+                key: key.clone(),
+                source,
+            })?;
         c.set(key, value);
     }
     Ok(c)
@@ -41,6 +63,20 @@ mod tests {
         assert_eq!(
             masker.mask_str("auth failed for scram-pass-9921"),
             "auth failed for ****"
+        );
+    }
+
+    #[test]
+    fn an_unset_secret_property_names_the_property_and_the_variable() {
+        let k: KafkaConfig = serde_yaml::from_str(
+            "brokers: kafka:9093\nsecret_properties: { sasl.password: { env: RUNBOOK_TEST_KAFKA_NEVER_SET } }\n",
+        )
+        .unwrap();
+        let e = client_config(&k, &Masker::default()).unwrap_err();
+        assert_eq!(e.key, "sasl.password");
+        assert_eq!(
+            crate::text::error_chain(&e),
+            "kafka property sasl.password: environment variable RUNBOOK_TEST_KAFKA_NEVER_SET is not set"
         );
     }
 }

@@ -13,15 +13,7 @@ async fn main() {
     let code = match runbook::cli::main(cli).await {
         Ok(code) => code,
         Err(e) => {
-            // Database errors repeat their cause in their own message; print each part once.
-            let mut parts: Vec<String> = Vec::new();
-            for cause in e.chain() {
-                let text = cause.to_string();
-                if !parts.iter().any(|p| p.contains(&text)) {
-                    parts.push(text);
-                }
-            }
-            eprintln!("error: {}", parts.join(": "));
+            eprintln!("error: {e:#}");
             1
         }
     };

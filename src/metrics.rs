@@ -11,6 +11,8 @@ use prometheus_client::{
 };
 use serde_json::Value as Json;
 
+use crate::status::{CommandStatus, RunStatus};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EntityLabel {
     pub entity: String,
@@ -171,7 +173,7 @@ impl Metrics {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|r| r["status"] == "pending")
+            .filter(|r| r["status"] == CommandStatus::Pending.as_str())
         {
             let priority = row["priority"].to_string();
             self.queue_depth
@@ -196,10 +198,15 @@ impl Metrics {
     /// Starts every playbook's run counters at zero, so the first failure is an increase.
     pub fn init_runs<'a>(&self, playbooks: impl Iterator<Item = &'a str>) {
         for p in playbooks {
-            for status in ["succeeded", "failed", "timed_out", "interrupted"] {
+            for status in [
+                RunStatus::Succeeded,
+                RunStatus::Failed,
+                RunStatus::TimedOut,
+                RunStatus::Interrupted,
+            ] {
                 let _ = self.runs.get_or_create(&RunLabels {
                     playbook: p.to_owned(),
-                    status: status.to_owned(),
+                    status: status.to_string(),
                 });
             }
         }

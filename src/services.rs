@@ -7,10 +7,11 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use serde_json::Value as Json;
 
 use crate::{
-    config::Config,
+    config::{Config, SecretError},
     secrets::Masker,
     store::{runs, Db, DbError},
     template::{Dialect, Templates},
+    text::error_chain,
 };
 
 /// Why a named datasource is not available.
@@ -18,8 +19,13 @@ use crate::{
 pub enum DatasourceError {
     #[error("unknown datasource `{0}`")]
     Unknown(String),
-    #[error("datasource `{name}`: {reason}")]
-    Url { name: String, reason: String },
+    #[error("datasource `{name}`")]
+    Url {
+        name: String,
+        #[source]
+        source: SecretError,
+    },
+    /// The connection error's whole chain, masked: it may echo the URL, which may be a secret.
     #[error("datasource `{name}`: {message}")]
     Connect { name: String, message: String },
 }
@@ -64,9 +70,9 @@ impl Services {
         let url = ds
             .url_ref()
             .resolve(&self.masker)
-            .map_err(|reason| DatasourceError::Url {
+            .map_err(|source| DatasourceError::Url {
                 name: name.to_owned(),
-                reason,
+                source,
             })?;
         Ok((url, ds.read_only))
     }
@@ -92,7 +98,7 @@ impl Services {
             .await
             .map_err(|e| DatasourceError::Connect {
                 name: name.to_owned(),
-                message: self.masker.mask_str(&e.to_string()),
+                message: self.masker.mask_str(&error_chain(&e)),
             })?;
         pools.insert(name.to_owned(), db.clone());
         Ok(db)

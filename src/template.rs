@@ -27,17 +27,36 @@ pub enum Dialect {
     Postgres,
 }
 
+/// SQLite's "now" in the store's timestamp format (UTC, RFC 3339 with milliseconds), which
+/// compares as text with the store's timestamp columns. The one place the format is spelled.
+pub const SQLITE_NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// SQLite's "now" moved by a modifier: a literal such as `'+1.500 seconds'` or a bound parameter
+/// such as `?3` holding one.
+pub fn sqlite_now_plus(modifier: &str) -> String {
+    let open = SQLITE_NOW
+        .strip_suffix(')')
+        .expect("SQLITE_NOW ends with `)`");
+    format!("{open}, {modifier})")
+}
+
 impl Dialect {
+    /// SQL for "now", comparable with the store's timestamp columns.
+    pub fn now(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "NOW()",
+            Dialect::Sqlite => SQLITE_NOW,
+        }
+    }
+
     /// SQL for "now minus `d`", comparable with the store's timestamp columns.
     pub fn ago(self, d: Dur) -> String {
         let ms = d.0.as_millis();
         match self {
             Dialect::Postgres => format!("(NOW() - INTERVAL '{ms} milliseconds')"),
-            Dialect::Sqlite => format!(
-                "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-{}.{:03} seconds')",
-                ms / 1000,
-                ms % 1000
-            ),
+            Dialect::Sqlite => {
+                sqlite_now_plus(&format!("'-{}.{:03} seconds'", ms / 1000, ms % 1000))
+            }
         }
     }
 
@@ -487,6 +506,16 @@ mod tests {
             .render_sql("SELECT {{ x | safe }}", &ctx, Dialect::Postgres)
             .unwrap();
         assert_eq!(q.sql, "SELECT $1");
+    }
+
+    #[test]
+    fn sqlite_now_takes_a_modifier() {
+        assert_eq!(
+            sqlite_now_plus("?3"),
+            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3)"
+        );
+        assert_eq!(Dialect::Sqlite.now(), SQLITE_NOW);
+        assert_eq!(Dialect::Postgres.now(), "NOW()");
     }
 
     #[test]

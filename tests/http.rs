@@ -106,7 +106,7 @@ async fn notify_posts_to_the_named_channel() {
         .await
         .unwrap();
     assert_eq!(out.code, 1, "{out:?}");
-    assert_eq!(out.run()["steps"]["tell"]["status"], "ok");
+    assert_eq!(out.run()["steps"]["tell"]["status"], "succeeded");
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert_eq!(
@@ -147,7 +147,7 @@ steps:
     assert_eq!(out.code, 1, "{out:?}");
     let run = out.run();
     assert_eq!(run["steps"]["up"]["rows"][0]["job"], "prometheus");
-    assert_eq!(run["steps"]["check"]["status"], "ok");
+    assert_eq!(run["steps"]["check"]["status"], "succeeded");
     assert_eq!(run["failed_step"], "bad");
     assert_run_error(&run, "Prometheus rejected");
 }

@@ -81,6 +81,35 @@ steps:
 }
 
 #[test]
+fn comparing_a_step_status_with_ok_is_flagged_where_it_stands() {
+    let w = Workdir::new();
+    w.playbook(
+        "old",
+        r#"name: old
+steps:
+  - id: check
+    sql: SELECT 1 AS one
+  - id: after
+    when: "steps.check.status == 'ok'"
+    sql: "SELECT {{ steps.check.status == 'succeeded' }} AS fine"
+"#,
+    );
+    let out = w.run(&["validate"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let lines: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("runbooks/"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{out:?}");
+    assert!(
+        lines[0].starts_with("runbooks/old.yaml:6:5:")
+            && lines[0].contains("step status `ok` is spelled `succeeded`"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_clean_folder_validates_and_lists() {
     let w = Workdir::new();
     w.playbook(

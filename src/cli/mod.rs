@@ -92,10 +92,10 @@ impl Setup {
     pub async fn store(&self) -> Result<Db> {
         let db = Db::connect(&self.store_url, false, 8)
             .await
-            .map_err(|e| anyhow::anyhow!(self.masker.mask_str(&e.to_string())))?;
+            .map_err(|e| anyhow::anyhow!(self.masker.mask_str(&crate::text::error_chain(&e))))?;
         db.migrate()
             .await
-            .map_err(|e| anyhow::anyhow!(self.masker.mask_str(&e.to_string())))?;
+            .map_err(|e| anyhow::anyhow!(self.masker.mask_str(&crate::text::error_chain(&e))))?;
         Ok(db)
     }
 }

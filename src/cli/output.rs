@@ -8,6 +8,7 @@ use super::Format;
 use crate::{
     engine::{Observer, RunOutcome, StepEvent},
     playbook::Catalog,
+    status::{RunStatus, StepEventStatus},
     stream::ops::Op,
 };
 
@@ -25,9 +26,9 @@ impl Printer {
         match self.format {
             Format::Json => println!("{}", json!({ "event": "run", "run": o })),
             Format::Human => {
-                let mark = match o.status.as_str() {
-                    "succeeded" => "✔",
-                    "planned" => "○",
+                let mark = match o.status {
+                    RunStatus::Succeeded => "✔",
+                    RunStatus::Planned => "○",
                     _ => "✘",
                 };
                 let mut line = format!(
@@ -57,33 +58,33 @@ impl Observer for Printer {
             .duration_ms
             .map(|d| format!(" {d} ms"))
             .unwrap_or_default();
-        let _ = match e.status.as_str() {
-            "started" => writeln!(out, "{indent}▸ {} ({})", e.step, e.kind),
-            "succeeded" => writeln!(
+        let _ = match e.status {
+            StepEventStatus::Started => writeln!(out, "{indent}▸ {} ({})", e.step, e.kind),
+            StepEventStatus::Succeeded => writeln!(
                 out,
                 "{indent}✔ {}{dur}  {}",
                 e.step,
                 e.summary.as_deref().unwrap_or("")
             ),
-            "planned" => Ok(()),
-            "waiting" => writeln!(
+            StepEventStatus::Planned => Ok(()),
+            StepEventStatus::Waiting => writeln!(
                 out,
                 "{indent}⏸ {} waiting for approval: {}",
                 e.step,
                 e.summary.as_deref().unwrap_or("")
             ),
-            "skipped" => writeln!(
+            StepEventStatus::Skipped => writeln!(
                 out,
                 "{indent}↷ {} skipped ({})",
                 e.step,
                 e.summary.as_deref().unwrap_or("")
             ),
-            "plan" => {
+            StepEventStatus::Plan => {
                 let input = e.input.clone().unwrap_or(Json::Null);
                 let text = plan_text(&input);
                 writeln!(out, "{indent}  would run: {text}")
             }
-            _ => writeln!(
+            StepEventStatus::Failed => writeln!(
                 out,
                 "{indent}✘ {}{dur}  {}",
                 e.step,

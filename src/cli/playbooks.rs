@@ -164,7 +164,7 @@ pub(super) async fn run(
     if let Err(errors) =
         crate::playbook::resolve_params(&catalog.get(&name).expect("checked above").params, &params)
     {
-        for e in errors {
+        for e in errors.0 {
             eprintln!("error: {e}");
         }
         return Ok(EXIT_USAGE);
@@ -187,13 +187,11 @@ pub(super) async fn run(
     match engine.run(req, observer.clone()).await {
         Ok(outcome) => {
             observer.outcome(&outcome);
-            Ok(
-                if outcome.status == "succeeded" || outcome.status == "planned" {
-                    0
-                } else {
-                    EXIT_FAILED
-                },
-            )
+            Ok(if outcome.status.is_success() {
+                0
+            } else {
+                EXIT_FAILED
+            })
         }
         Err(e) if e.is_usage() => {
             eprintln!("error: {e}");

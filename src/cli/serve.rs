@@ -6,12 +6,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use super::{parse_size, Setup};
-use crate::{process::app::App, server, store::runs};
+use crate::{process::app::App, server, status::RunStatus, store::runs};
 
 pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: bool) -> Result<i32> {
     let store = setup.store().await?;
-    let tokens = server::Tokens::from_config(&setup.config, &setup.masker)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let tokens = server::Tokens::from_config(&setup.config, &setup.masker)?;
     let max_body = parse_size(setup.config.server.max_body.as_deref().unwrap_or("1MiB"))?;
     let (mut app, diags) = App::build(
         store,
@@ -58,7 +57,7 @@ pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: boo
         let running = runs::list_runs(store, None, 20).await.unwrap_or_default();
         let ids: Vec<String> = running
             .iter()
-            .filter(|r| r["status"] == "running")
+            .filter(|r| r["status"] == RunStatus::Running.as_str())
             .map(|r| r["id"].to_string())
             .collect();
         eprintln!("grace period over; runs still going: {}", ids.join(", "));

@@ -51,13 +51,7 @@ pub(super) async fn runs(setup: &Setup, cmd: RunsCommand) -> Result<i32> {
             }
         },
         RunsCommand::Cancel { id } => {
-            let r = db
-                .sql(
-                    "UPDATE runbook_runs SET status = 'cancel_requested' WHERE id = $1 AND status IN ('running', 'waiting_approval', 'queued')",
-                    vec![json!(id)],
-                )
-                .await?;
-            if r.rows_affected == 0 {
+            if !runs::request_cancel(&db, id).await? {
                 eprintln!("error: run {id} is not running");
                 return Ok(EXIT_USAGE);
             }

@@ -113,23 +113,68 @@ pub struct Secret {
     pub token_file: Option<PathBuf>,
 }
 
+/// Why a secret or a URL named in the config could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {var} is not set")]
+    NotSet { var: String },
+    #[error("environment variable {var} is not valid UTF-8")]
+    NotUnicode { var: String },
+    #[error("cannot read {}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no token, token_env or token_file given")]
+    NoToken,
+    #[error("neither url nor url_env is given")]
+    NoUrl,
+    #[error("neither env nor file is given")]
+    NoEnvOrFile,
+}
+
+/// The value of environment variable `var`.
+fn env_var(var: &str) -> Result<String, SecretError> {
+    std::env::var(var).map_err(|e| match e {
+        std::env::VarError::NotPresent => SecretError::NotSet {
+            var: var.to_owned(),
+        },
+        std::env::VarError::NotUnicode(_) => SecretError::NotUnicode {
+            var: var.to_owned(),
+        },
+    })
+}
+
+/// A secret file's contents without surrounding whitespace (editors add a final newline).
+fn secret_file(path: &Path) -> Result<String, SecretError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.trim().to_owned()),
+        Err(source) => Err(SecretError::Unreadable {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 impl Secret {
     /// Reads the secret and registers it for masking.
-    pub fn resolve(&self, masker: &Masker) -> Result<String, String> {
+    ///
+    /// # Errors
+    ///
+    /// The variable is not set, the file cannot be read, or no source is given.
+    pub fn resolve(&self, masker: &Masker) -> Result<String, SecretError> {
         let value = if let Some(v) = &self.token {
             tracing::warn!(
                 "A literal token is configured; use token_env or token_file outside local trials."
             );
             v.clone()
         } else if let Some(var) = &self.token_env {
-            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+            env_var(var)?
         } else if let Some(file) = &self.token_file {
-            std::fs::read_to_string(file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?
-                .trim()
-                .to_owned()
+            secret_file(file)?
         } else {
-            return Err("no token, token_env or token_file given".into());
+            return Err(SecretError::NoToken);
         };
         masker.add(&value);
         Ok(value)
@@ -148,7 +193,11 @@ pub struct UrlRef {
 
 impl UrlRef {
     /// Reads the URL; a URL from the environment is a secret (it may carry credentials).
-    pub fn resolve(&self, masker: &Masker) -> Result<String, String> {
+    ///
+    /// # Errors
+    ///
+    /// The variable is not set, or neither `url` nor `url_env` is given.
+    pub fn resolve(&self, masker: &Masker) -> Result<String, SecretError> {
         match (&self.url, &self.url_env) {
             (Some(u), _) => {
                 if let Some(pw) = url_password(u) {
@@ -157,15 +206,14 @@ impl UrlRef {
                 Ok(u.clone())
             }
             (None, Some(var)) => {
-                let u = std::env::var(var)
-                    .map_err(|_| format!("environment variable {var} is not set"))?;
+                let u = env_var(var)?;
                 masker.add(&u);
                 if let Some(pw) = url_password(&u) {
                     masker.add(&pw);
                 }
                 Ok(u)
             }
-            (None, None) => Err("neither url nor url_env is given".into()),
+            (None, None) => Err(SecretError::NoUrl),
         }
     }
 }
@@ -254,13 +302,19 @@ pub struct EnvOrFile {
 }
 
 impl EnvOrFile {
-    pub fn resolve(&self, masker: &Masker) -> Result<String, String> {
-        Secret {
-            token: None,
-            token_env: self.env.clone(),
-            token_file: self.file.clone(),
-        }
-        .resolve(masker)
+    /// Reads the secret and registers it for masking.
+    ///
+    /// # Errors
+    ///
+    /// The variable is not set, the file cannot be read, or neither is given.
+    pub fn resolve(&self, masker: &Masker) -> Result<String, SecretError> {
+        let value = match (&self.env, &self.file) {
+            (Some(var), _) => env_var(var)?,
+            (None, Some(file)) => secret_file(file)?,
+            (None, None) => return Err(SecretError::NoEnvOrFile),
+        };
+        masker.add(&value);
+        Ok(value)
     }
 }
 
@@ -401,7 +455,7 @@ impl Config {
     /// reaching any output (a template reading it, an error echoing a URL) is masked. Secrets
     /// that cannot be read now are skipped here; the feature that needs one reports it.
     pub fn register_secrets(&self, masker: &Masker) {
-        let quiet = |r: Result<String, String>| drop(r);
+        let quiet = |r: Result<String, SecretError>| drop(r);
         for t in &self.auth.tokens {
             match &t.token {
                 Some(literal) => masker.add(literal),
@@ -482,5 +536,61 @@ mod tests {
             m.mask_str("postgres://u:hunter22@h/db"),
             "postgres://u:****@h/db"
         );
+    }
+
+    #[test]
+    fn a_secret_from_an_unset_variable_names_it() {
+        let var = "RUNBOOK_TEST_SECRET_THAT_IS_NEVER_SET";
+        let secret = Secret {
+            token_env: Some(var.into()),
+            ..Secret::default()
+        };
+        let e = secret.resolve(&Masker::default()).unwrap_err();
+        assert!(
+            matches!(&e, SecretError::NotSet { var: v } if v == var),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("environment variable {var} is not set")
+        );
+        let url = UrlRef {
+            url: None,
+            url_env: Some(var.into()),
+        };
+        let e = url.resolve(&Masker::default()).unwrap_err();
+        assert!(matches!(e, SecretError::NotSet { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn an_unreadable_secret_file_names_the_file_once_and_keeps_the_cause() {
+        let path = PathBuf::from("/nonexistent/runbook-token");
+        let secret = EnvOrFile {
+            env: None,
+            file: Some(path.clone()),
+        };
+        let e = secret.resolve(&Masker::default()).unwrap_err();
+        assert_eq!(e.to_string(), "cannot read /nonexistent/runbook-token");
+        let cause = std::error::Error::source(&e).expect("the io error is the source");
+        assert_eq!(
+            cause.downcast_ref::<std::io::Error>().map(|io| io.kind()),
+            Some(std::io::ErrorKind::NotFound)
+        );
+    }
+
+    #[test]
+    fn a_secret_with_no_source_says_which_keys_it_takes() {
+        let m = Masker::default();
+        let e = Secret::default().resolve(&m).unwrap_err();
+        assert_eq!(e.to_string(), "no token, token_env or token_file given");
+        let e = UrlRef::default().resolve(&m).unwrap_err();
+        assert_eq!(e.to_string(), "neither url nor url_env is given");
+        let e = EnvOrFile {
+            env: None,
+            file: None,
+        }
+        .resolve(&m)
+        .unwrap_err();
+        assert_eq!(e.to_string(), "neither env nor file is given");
     }
 }

@@ -1,7 +1,9 @@
 //! The engine: shared state (store, templates, HTTP client, datasource pools, playbooks) and the
 //! run loop in [`run`].
 
+mod events;
 mod run;
+mod step;
 
 use std::{
     path::Path,
@@ -24,8 +26,8 @@ use crate::{
 pub enum EngineError {
     #[error("unknown playbook `{0}` (see `runbook list`)")]
     UnknownPlaybook(String),
-    #[error("{}", .0.join("\n"))]
-    Params(Vec<String>),
+    #[error(transparent)]
+    Params(#[from] crate::playbook::ParamProblems),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -89,3 +91,6 @@ impl Engine {
         crate::playbook::load(dir, &Self::compile_env(config))
     }
 }
+
+#[cfg(test)]
+mod tests;

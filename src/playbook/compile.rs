@@ -208,7 +208,7 @@ fn compile_triggers(c: &mut Compiler, raw: &RawTriggers) -> Triggers {
         for (j, text) in m.matchers.iter().enumerate() {
             match LabelMatcher::parse(text) {
                 Ok(mm) => matchers.push(mm),
-                Err(e) => c.err(&format!("{at}.matchers[{j}]"), e),
+                Err(e) => c.err(&format!("{at}.matchers[{j}]"), crate::text::error_chain(&e)),
             }
         }
         if m.labels.is_empty() && m.matchers.is_empty() {
@@ -453,6 +453,9 @@ fn check(c: &mut Compiler, at: &str, src: &str, flavour: Flavour, scope: &Scope)
         let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
         c.err(at, format!("template syntax error: {}{detail}", e.kind()));
         return;
+    }
+    for problem in super::lint::step_status_ok(src) {
+        c.err(at, problem);
     }
     let mut vars = vars;
     vars.sort();

@@ -4,6 +4,23 @@ use std::collections::BTreeMap;
 
 use regex::Regex;
 
+/// Why a matcher's text does not parse; each names the matcher as written.
+#[derive(Debug, thiserror::Error)]
+pub enum MatcherError {
+    #[error("matcher `{text}` has no operator (use =, !=, =~ or !~)")]
+    NoOperator { text: String },
+    #[error("matcher `{text}` has no label name")]
+    NoLabelName { text: String },
+    #[error("matcher `{text}`: unknown operator (use =, !=, =~ or !~)")]
+    UnknownOperator { text: String },
+    #[error("matcher `{text}`: bad regex")]
+    BadRegex {
+        text: String,
+        #[source]
+        source: regex::Error,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub enum LabelMatcher {
     Eq(String, String),
@@ -14,26 +31,32 @@ pub enum LabelMatcher {
 
 impl LabelMatcher {
     /// Parses one matcher; regexes are anchored as in Alertmanager.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    ///
+    /// # Errors
+    ///
+    /// The text lacks a label name or an operator, or its regex does not compile.
+    pub fn parse(text: &str) -> Result<Self, MatcherError> {
         let text = text.trim();
         let name_end = text
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .ok_or_else(|| format!("matcher `{text}` has no operator (use =, !=, =~ or !~)"))?;
+            .ok_or_else(|| MatcherError::NoOperator { text: text.into() })?;
         let (name, rest) = text.split_at(name_end);
         if name.is_empty() {
-            return Err(format!("matcher `{text}` has no label name"));
+            return Err(MatcherError::NoLabelName { text: text.into() });
         }
         let (op, value) = ["=~", "!~", "!=", "="]
             .iter()
             .find_map(|op| rest.strip_prefix(op).map(|v| (*op, v.trim())))
-            .ok_or_else(|| format!("matcher `{text}`: unknown operator (use =, !=, =~ or !~)"))?;
+            .ok_or_else(|| MatcherError::UnknownOperator { text: text.into() })?;
         let value = match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
             Some(v) => v.replace("\\\"", "\"").replace("\\\\", "\\"),
             None => value.to_owned(),
         };
         let regex = || {
-            Regex::new(&format!("^(?:{value})$"))
-                .map_err(|e| format!("matcher `{text}`: bad regex: {e}"))
+            Regex::new(&format!("^(?:{value})$")).map_err(|source| MatcherError::BadRegex {
+                text: text.into(),
+                source,
+            })
         };
         Ok(match op {
             "=" => LabelMatcher::Eq(name.into(), value),
@@ -92,13 +115,32 @@ mod tests {
     }
 
     #[test]
-    fn rejects_bad_matchers() {
-        assert!(LabelMatcher::parse("alertname")
-            .unwrap_err()
-            .contains("no operator"));
-        assert!(LabelMatcher::parse(r#"a=~"(""#)
-            .unwrap_err()
-            .contains("bad regex"));
-        assert!(LabelMatcher::parse(r#"=~"x""#).is_err());
+    fn rejects_bad_matchers_naming_each() {
+        let e = LabelMatcher::parse(" alertname ").unwrap_err();
+        assert!(matches!(&e, MatcherError::NoOperator { text } if text == "alertname"));
+        assert_eq!(
+            e.to_string(),
+            "matcher `alertname` has no operator (use =, !=, =~ or !~)"
+        );
+        let e = LabelMatcher::parse(r#"=~"x""#).unwrap_err();
+        assert_eq!(e.to_string(), r#"matcher `=~"x"` has no label name"#);
+        let e = LabelMatcher::parse(r#"env<"prod""#).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"matcher `env<"prod"`: unknown operator (use =, !=, =~ or !~)"#
+        );
+    }
+
+    #[test]
+    fn a_bad_regex_names_the_matcher_and_keeps_the_regex_error_as_its_cause() {
+        let e = LabelMatcher::parse(r#"a=~"(""#).unwrap_err();
+        assert_eq!(e.to_string(), r#"matcher `a=~"("`: bad regex"#);
+        let cause = std::error::Error::source(&e).expect("the regex error is the source");
+        assert!(cause.to_string().contains("unclosed group"), "{cause}");
+        let whole = crate::text::error_chain(&e);
+        assert!(
+            whole.starts_with(r#"matcher `a=~"("`: bad regex: regex parse error"#),
+            "{whole}"
+        );
     }
 }

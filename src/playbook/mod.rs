@@ -1,6 +1,7 @@
 //! Playbooks: the raw YAML mirror, the pure compile phase, and the compiled form the engine runs.
 
 mod compile;
+mod lint;
 mod locate;
 mod matcher;
 mod params;
@@ -17,7 +18,7 @@ use serde_json::Value as Json;
 
 pub use compile::{compile_source, CompileEnv};
 pub use matcher::{AlertMatcher, LabelMatcher};
-pub use params::resolve_params;
+pub use params::{resolve_params, ParamProblems};
 pub use raw::{Missed, OnInterrupt, ParamType, ResolvedPolicy};
 pub use schedule::Schedule;
 

@@ -8,8 +8,42 @@ use serde_json::Value as Json;
 use super::{ParamSpec, ParamType};
 use crate::duration::Dur;
 
+/// Why a value does not fit its parameter's type.
+#[derive(Debug, thiserror::Error)]
+pub enum ParamError {
+    #[error("expected {expected}, got `{got}`")]
+    Text { expected: &'static str, got: String },
+    #[error("expected {expected}, got {got}")]
+    Yaml { expected: &'static str, got: String },
+    #[error(transparent)]
+    Duration(#[from] crate::duration::DurationError),
+}
+
+/// One problem with a run's parameters.
+#[derive(Debug, thiserror::Error)]
+pub enum ParamProblem {
+    #[error("unknown parameter `{name}` (this playbook takes: {known})")]
+    Unknown { name: String, known: String },
+    #[error("parameter `{name}`: {source}")]
+    Invalid {
+        name: String,
+        #[source]
+        source: ParamError,
+    },
+    #[error("parameter `{name}` is required ({expected})")]
+    Required {
+        name: String,
+        expected: &'static str,
+    },
+}
+
+/// Every problem with a run's parameters, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ParamProblems(pub Vec<ParamProblem>);
+
 /// Checks a YAML value against a parameter type and converts it to JSON.
-pub fn coerce_yaml(ty: ParamType, v: &serde_yaml::Value) -> Result<Json, String> {
+pub fn coerce_yaml(ty: ParamType, v: &serde_yaml::Value) -> Result<Json, ParamError> {
     use serde_yaml::Value as Y;
     match (ty, v) {
         (ParamType::String, Y::String(s)) => Ok(Json::String(s.clone())),
@@ -21,39 +55,41 @@ pub fn coerce_yaml(ty: ParamType, v: &serde_yaml::Value) -> Result<Json, String>
         (ParamType::Boolean, Y::Bool(b)) => Ok(Json::Bool(*b)),
         (ty, Y::String(s)) => coerce_text(ty, s),
         (ParamType::Duration, Y::Number(n)) if n.is_u64() => Ok(Json::String(format!("{}s", n))),
-        (ty, other) => Err(format!(
-            "expected {}, got {}",
-            type_name(ty),
-            serde_yaml::to_string(other).unwrap_or_default().trim()
-        )),
+        (ty, other) => Err(ParamError::Yaml {
+            expected: type_name(ty),
+            got: serde_yaml::to_string(other)
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        }),
     }
 }
 
 /// Parses a parameter given as text (`--param k=v`, alert labels) into its type.
-pub fn coerce_text(ty: ParamType, s: &str) -> Result<Json, String> {
+pub fn coerce_text(ty: ParamType, s: &str) -> Result<Json, ParamError> {
+    let wrong = || ParamError::Text {
+        expected: type_name(ty),
+        got: s.to_owned(),
+    };
     match ty {
         ParamType::String => Ok(Json::String(s.to_owned())),
-        ParamType::Integer => s
-            .trim()
-            .parse::<i64>()
-            .map(Json::from)
-            .map_err(|_| format!("expected an integer, got `{s}`")),
+        ParamType::Integer => s.trim().parse::<i64>().map(Json::from).map_err(|_| wrong()),
         ParamType::Number => s
             .trim()
             .parse::<f64>()
             .ok()
             .and_then(serde_json::Number::from_f64)
             .map(Json::Number)
-            .ok_or_else(|| format!("expected a number, got `{s}`")),
+            .ok_or_else(wrong),
         ParamType::Boolean => match s.trim() {
             "true" | "yes" | "1" => Ok(Json::Bool(true)),
             "false" | "no" | "0" => Ok(Json::Bool(false)),
-            _ => Err(format!("expected true or false, got `{s}`")),
+            _ => Err(wrong()),
         },
-        ParamType::Duration => s
-            .parse::<Dur>()
-            .map(|_| Json::String(s.trim().to_owned()))
-            .map_err(|e| e.to_string()),
+        ParamType::Duration => {
+            s.parse::<Dur>()?;
+            Ok(Json::String(s.trim().to_owned()))
+        }
     }
 }
 
@@ -71,46 +107,46 @@ fn type_name(ty: ParamType) -> &'static str {
 pub fn resolve_params(
     specs: &[ParamSpec],
     overrides: &BTreeMap<String, String>,
-) -> Result<serde_json::Map<String, Json>, Vec<String>> {
+) -> Result<serde_json::Map<String, Json>, ParamProblems> {
     let mut out = serde_json::Map::new();
-    let mut errors = Vec::new();
-    for (k, _) in overrides {
+    let mut problems = Vec::new();
+    for k in overrides.keys() {
         if !specs.iter().any(|s| &s.name == k) {
             let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-            errors.push(format!(
-                "unknown parameter `{k}` (this playbook takes: {})",
-                if known.is_empty() {
+            problems.push(ParamProblem::Unknown {
+                name: k.clone(),
+                known: if known.is_empty() {
                     "none".to_owned()
                 } else {
                     known.join(", ")
-                }
-            ));
+                },
+            });
         }
     }
     for spec in specs {
-        match overrides.get(&spec.name) {
-            Some(text) => match coerce_text(spec.ty, text) {
+        match (overrides.get(&spec.name), &spec.default) {
+            (Some(text), _) => match coerce_text(spec.ty, text) {
                 Ok(v) => {
                     out.insert(spec.name.clone(), v);
                 }
-                Err(e) => errors.push(format!("parameter `{}`: {e}", spec.name)),
+                Err(source) => problems.push(ParamProblem::Invalid {
+                    name: spec.name.clone(),
+                    source,
+                }),
             },
-            None => match &spec.default {
-                Some(v) => {
-                    out.insert(spec.name.clone(), v.clone());
-                }
-                None => errors.push(format!(
-                    "parameter `{}` is required ({})",
-                    spec.name,
-                    type_name(spec.ty)
-                )),
-            },
+            (None, Some(v)) => {
+                out.insert(spec.name.clone(), v.clone());
+            }
+            (None, None) => problems.push(ParamProblem::Required {
+                name: spec.name.clone(),
+                expected: type_name(spec.ty),
+            }),
         }
     }
-    if errors.is_empty() {
+    if problems.is_empty() {
         Ok(out)
     } else {
-        Err(errors)
+        Err(ParamProblems(problems))
     }
 }
 
@@ -141,9 +177,10 @@ mod tests {
             coerce_text(ParamType::Duration, "30m").unwrap(),
             Json::from("30m")
         );
-        assert!(coerce_text(ParamType::Integer, "4x")
+        let err = coerce_text(ParamType::Integer, "4x")
             .unwrap_err()
-            .contains("`4x`"));
+            .to_string();
+        assert_eq!(err, "expected an integer, got `4x`");
         assert!(coerce_text(ParamType::Duration, "soon").is_err());
         let yaml: serde_yaml::Value = serde_yaml::from_str("300").unwrap();
         assert_eq!(
@@ -171,7 +208,12 @@ mod tests {
             ("nope".to_owned(), "1".to_owned()),
             ("stuck_after".to_owned(), "later".to_owned()),
         ]);
-        let errors = resolve_params(&specs, &bad).unwrap_err();
+        let errors: Vec<String> = resolve_params(&specs, &bad)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].contains("unknown parameter `nope`"), "{errors:?}");
         assert!(

@@ -18,7 +18,9 @@ use serde_json::{json, Value as Json};
 use crate::{
     config::{HttpHandler, PlaybookHandler, RawHandler, SimulateHandler, SqlHandler},
     duration::Dur,
+    engine::RunRequest,
     services::Services,
+    status::ErrorType,
     stream::queue::{Claimed, Event},
     template::context,
 };
@@ -81,15 +83,15 @@ impl RawHandler {
 /// Why a command failed, in the seed's terms: an exception-like type name, and whether a retry can help.
 #[derive(Debug, Clone)]
 pub struct HandlerError {
-    pub error_type: String,
+    pub error_type: ErrorType,
     pub message: String,
     pub retryable: bool,
 }
 
 impl HandlerError {
-    pub fn new(error_type: &str, message: impl Into<String>, retryable: bool) -> Self {
+    pub fn new(error_type: ErrorType, message: impl Into<String>, retryable: bool) -> Self {
         HandlerError {
-            error_type: error_type.to_owned(),
+            error_type,
             message: message.into(),
             retryable,
         }
@@ -155,7 +157,7 @@ impl Handlers {
         match self.get(&cmd.command_type) {
             Some(h) => h.handle(cmd).await,
             None => Err(HandlerError::new(
-                "UnknownCommandTypeException",
+                ErrorType::UnknownCommandTypeException,
                 format!(
                     "no handler for command type `{}` (streaming.handlers)",
                     cmd.command_type
@@ -245,10 +247,12 @@ async fn handle_config(
             }
             if fastrand::f64() < error_rate.unwrap_or(0.0) {
                 let ty = error_type
-                    .clone()
-                    .unwrap_or_else(|| "TimeoutException".into());
-                let retryable = ty != "ValidationException";
-                return Err(HandlerError::new(&ty, format!("simulated {ty}"), retryable));
+                    .as_deref()
+                    .map(ErrorType::from)
+                    .unwrap_or(ErrorType::TimeoutException);
+                let retryable = ty.is_retryable();
+                let message = format!("simulated {ty}");
+                return Err(HandlerError::new(ty, message, retryable));
             }
             Ok(vec![event(cmd, json!({ "simulated": true }))])
         }
@@ -268,9 +272,9 @@ async fn handle_config(
                 .map_err(|e| {
                     let masked = services.masker.mask_str(&crate::text::error_chain(&e));
                     if e.is_timeout() {
-                        HandlerError::new("TimeoutException", masked, true)
+                        HandlerError::new(ErrorType::TimeoutException, masked, true)
                     } else {
-                        HandlerError::new("NetworkException", masked, true)
+                        HandlerError::new(ErrorType::NetworkException, masked, true)
                     }
                 })?;
             let status = resp.status().as_u16();
@@ -282,12 +286,12 @@ async fn handle_config(
                     serde_json::from_str(&text).unwrap_or(json!({ "status": status })),
                 )]),
                 400..=499 => Err(HandlerError::new(
-                    "ValidationException",
+                    ErrorType::ValidationException,
                     format!("{url} answered {status}: {short}"),
                     false,
                 )),
                 _ => Err(HandlerError::new(
-                    "NetworkException",
+                    ErrorType::NetworkException,
                     format!("{url} answered {status}: {short}"),
                     true,
                 )),
@@ -296,10 +300,13 @@ async fn handle_config(
         Handler::Sql(SqlHandler { datasource, query }) => {
             let db = match datasource {
                 None => services.store.clone(),
-                Some(name) => services
-                    .datasource(name)
-                    .await
-                    .map_err(|e| HandlerError::new("NetworkException", e.to_string(), true))?,
+                Some(name) => services.datasource(name).await.map_err(|e| {
+                    HandlerError::new(
+                        ErrorType::NetworkException,
+                        crate::text::error_chain(&e),
+                        true,
+                    )
+                })?,
             };
             let ctx = context(&json!({ "command": {
                 "id": cmd.id, "entity": cmd.entity, "entity_id": cmd.entity_id, "type": cmd.command_type,
@@ -309,15 +316,19 @@ async fn handle_config(
                 .templates
                 .render_sql(query, &ctx, db.dialect())
                 .map_err(|e| {
-                    HandlerError::new("ValidationException", crate::template::message(&e), false)
+                    HandlerError::new(
+                        ErrorType::ValidationException,
+                        crate::template::message(&e),
+                        false,
+                    )
                 })?;
             let res = db.query(&q, 100).await.map_err(|e| {
                 let transient = e.is_transient();
                 HandlerError::new(
                     if transient {
-                        "NetworkException"
+                        ErrorType::NetworkException
                     } else {
-                        "SqlException"
+                        ErrorType::SqlException
                     },
                     services.masker.mask_str(&e.to_string()),
                     transient,
@@ -345,7 +356,13 @@ async fn handle_config(
                         .collect()
                 })
                 .unwrap_or_default();
-            let payload = json!({ "playbook": name, "params": params, "trigger": { "kind": "command", "command_id": cmd.id, "command_type": cmd.command_type } });
+            let payload = serde_json::to_value(RunRequest {
+                playbook: name.clone(),
+                params,
+                trigger: json!({ "kind": "command", "command_id": cmd.id, "command_type": cmd.command_type }),
+                ..Default::default()
+            })
+            .unwrap_or_default();
             let run_cmd = Claimed {
                 payload,
                 ..cmd.clone()

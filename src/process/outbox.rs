@@ -47,7 +47,8 @@ impl Sink {
         let Some(k) = kafka else {
             return Ok(Sink::Log);
         };
-        let mut c = crate::kafka::client_config(k, masker)?;
+        let mut c =
+            crate::kafka::client_config(k, masker).map_err(|e| crate::text::error_chain(&e))?;
         // Defaults the config may override: durable, ordered, and failing within seconds when the
         // broker is gone, so rows are retried by the dispatcher rather than held in memory.
         for (key, value) in [
@@ -123,10 +124,7 @@ async fn mark_sent(db: &Db, ids: &[i64]) -> Result<(), DbError> {
     if ids.is_empty() {
         return Ok(());
     }
-    let now = match db.dialect() {
-        crate::template::Dialect::Postgres => "NOW()",
-        crate::template::Dialect::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-    };
+    let now = db.dialect().now();
     let filter = match db {
         Db::Postgres(_) => "id IN (SELECT jsonb_array_elements_text($1::jsonb)::int8)",
         Db::Sqlite(_) => "id IN (SELECT value FROM json_each($1))",
@@ -144,7 +142,7 @@ async fn mark_failed(db: &Db, id: i64, attempts: i32, error: &str) -> Result<(),
     let next = match db.dialect() {
         crate::template::Dialect::Postgres => format!("NOW() + make_interval(secs => {delay})"),
         crate::template::Dialect::Sqlite => {
-            format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+{delay:.3} seconds')")
+            crate::template::sqlite_now_plus(&format!("'+{delay:.3} seconds'"))
         }
     };
     db.sql(

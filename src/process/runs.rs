@@ -3,7 +3,7 @@
 //! comes back, and the run is finished as its playbook says: marked `interrupted`, or resumed
 //! from the first step that had not succeeded.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
 
@@ -13,6 +13,7 @@ use super::handlers::{event, CommandHandler, HandlerError};
 use crate::{
     engine::{Engine, NullObserver, RunRequest},
     playbook::OnInterrupt,
+    status::{ErrorType, RunStatus},
     store::{runs, Db, DbError},
     stream::queue::{self, Claimed, Event, NewCommand},
 };
@@ -61,67 +62,35 @@ pub async fn enqueue(store: &Db, req: &RunRequest, priority: i32) -> Result<i64,
     Ok(ids[0])
 }
 
-/// The queue command of a run: the payload [`handle`] reads. Runs of one playbook share an
-/// entity, so the work-state lock keeps them one at a time.
+/// The queue command of a run. Runs of one playbook share an entity, so the work-state lock
+/// keeps them one at a time. The payload is the request, serialized.
 pub fn command(req: &RunRequest, priority: i32) -> NewCommand {
     NewCommand {
         entity: "runbook".into(),
         entity_id: req.playbook.clone(),
         command_type: RUN_COMMAND.into(),
         priority,
-        payload: json!({
-            "playbook": req.playbook, "params": req.params, "trigger": req.trigger,
-            "alert": req.alert, "alerts": req.alerts,
-        }),
+        payload: serde_json::to_value(req).unwrap_or_default(),
     }
 }
 
 fn fail(msg: impl Into<String>) -> HandlerError {
-    HandlerError {
-        error_type: "RunbookException".into(),
-        message: msg.into(),
-        retryable: false,
-    }
+    HandlerError::new(ErrorType::RunbookException, msg, false)
 }
 
 async fn handle(engine: &Engine, cmd: &Claimed) -> Result<Json, HandlerError> {
-    let p = &cmd.payload;
-    let playbook = p["playbook"]
-        .as_str()
-        .ok_or_else(|| fail("runbook.run command without `playbook`"))?
-        .to_owned();
-    let params: BTreeMap<String, String> =
-        serde_json::from_value(p["params"].clone()).unwrap_or_default();
-    let transient = |e: DbError| HandlerError {
-        error_type: "NetworkException".into(),
-        message: e.to_string(),
-        retryable: true,
-    };
+    let mut req: RunRequest = serde_json::from_value(cmd.payload.clone())
+        .map_err(|e| fail(format!("runbook.run command: {e}")))?;
+    req.command_id = Some(cmd.id);
+    let playbook = req.playbook.clone();
+    let transient =
+        |e: DbError| HandlerError::new(ErrorType::NetworkException, e.to_string(), true);
     let store = &engine.services().store;
-    let existing = store
-        .sql(
-            "SELECT id, status FROM runbook_runs WHERE command_id = $1 ORDER BY id DESC LIMIT 1",
-            vec![json!(cmd.id)],
-        )
+    let existing = runs::latest_for_command(store, cmd.id)
         .await
-        .map_err(transient)?
-        .rows;
-    let mut req = RunRequest {
-        playbook: playbook.clone(),
-        params,
-        trigger: p["trigger"].clone(),
-        alert: p.get("alert").filter(|a| !a.is_null()).cloned(),
-        alerts: p["alerts"].as_array().cloned().unwrap_or_default(),
-        command_id: Some(cmd.id),
-        ..Default::default()
-    };
-    if let Some(run) = existing.first() {
-        let run_id = run["id"].as_i64().unwrap_or_default();
-        let status = run["status"].as_str().unwrap_or("");
-        if !matches!(
-            status,
-            "running" | "waiting_approval" | "cancel_requested" | "queued"
-        ) {
+        .map_err(transient)?;
+    if let Some((run_id, status)) = existing {
+        if status.is_final() {
             // Finished before the crash, only the acknowledgement was lost.
             return Ok(json!({ "run_id": run_id, "status": status }));
         }
@@ -135,11 +104,11 @@ async fn handle(engine: &Engine, cmd: &Claimed) -> Result<Json, HandlerError> {
                 "the process running it stopped; found on attempt {} of its command",
                 cmd.attempts
             );
-            runs::finish_run(store, run_id, "interrupted", None, Some(&why))
+            runs::finish_run(store, run_id, RunStatus::Interrupted, None, Some(&why))
                 .await
                 .map_err(transient)?;
             tracing::warn!(run_id, playbook = %playbook, "Run interrupted by a crash; marked interrupted.");
-            return Ok(json!({ "run_id": run_id, "status": "interrupted" }));
+            return Ok(json!({ "run_id": run_id, "status": RunStatus::Interrupted }));
         }
         tracing::warn!(run_id, playbook = %playbook, "Run interrupted by a crash; resuming.");
         req.resume = Some(run_id);
@@ -149,4 +118,47 @@ async fn handle(engine: &Engine, cmd: &Claimed) -> Result<Json, HandlerError> {
         .await
         .map_err(|e| fail(e.to_string()))?;
     Ok(json!({ "run_id": outcome.run_id, "status": outcome.status, "error": outcome.error }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_payloads_keep_their_json_shape() {
+        let req = RunRequest {
+            playbook: "p".into(),
+            params: [("a".to_owned(), "1".to_owned())].into(),
+            trigger: json!({ "kind": "api", "by": "x" }),
+            alert: Some(json!({ "labels": { "alertname": "A" } })),
+            alerts: vec![json!({ "labels": {} })],
+            dry_run: true,
+            command_id: Some(3),
+            resume: Some(4),
+        };
+        // What enqueue wrote before the payload was a struct.
+        let written = json!({
+            "playbook": req.playbook, "params": req.params, "trigger": req.trigger,
+            "alert": req.alert, "alerts": req.alerts,
+        });
+        assert_eq!(serde_json::to_value(&req).unwrap(), written);
+        let back: RunRequest = serde_json::from_value(written).unwrap();
+        assert_eq!(
+            (&back.playbook, &back.params, &back.trigger),
+            (&req.playbook, &req.params, &req.trigger)
+        );
+        assert_eq!((&back.alert, &back.alerts), (&req.alert, &req.alerts));
+        assert_eq!(
+            (back.dry_run, back.command_id, back.resume),
+            (false, None, None)
+        );
+        // Without an alert (null or missing) and without alerts, as cron, the API and
+        // `playbook:` handlers queue it.
+        let bare: RunRequest = serde_json::from_value(
+            json!({ "playbook": "p", "params": {}, "trigger": { "kind": "schedule" }, "alert": null }),
+        )
+        .unwrap();
+        assert_eq!((bare.alert, bare.alerts.len()), (None, 0));
+        assert!(serde_json::from_value::<RunRequest>(json!({ "params": {} })).is_err());
+    }
 }

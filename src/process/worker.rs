@@ -19,6 +19,7 @@ use super::handlers::{self, backoff, Handlers};
 use crate::{
     metrics::{EntityLabel, ErrorLabels, Metrics},
     services::Services,
+    status::ErrorType,
     stream::{
         queue::{self, Ack, Claimed, Failure, Lock},
         Settings,
@@ -306,11 +307,11 @@ async fn execute(
                                 .map(|s| s.to_string())
                                 .or_else(|| panic.downcast_ref::<String>().cloned())
                                 .unwrap_or_default();
-                            Err(handlers::HandlerError {
-                                error_type: "PanicException".into(),
-                                message: format!("the handler panicked: {what}"),
-                                retryable: false,
-                            })
+                            Err(handlers::HandlerError::new(
+                                ErrorType::PanicException,
+                                format!("the handler panicked: {what}"),
+                                false,
+                            ))
                         });
                     (c, outcome)
                 }
@@ -348,7 +349,7 @@ async fn execute(
                     .worker_error
                     .get_or_create(&ErrorLabels {
                         entity: c.entity.clone(),
-                        error_type: e.error_type.clone(),
+                        error_type: e.error_type.to_string(),
                     })
                     .inc();
                 let retry_in = (e.retryable && (c.attempts as u32) <= settings.max_retries)

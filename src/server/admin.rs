@@ -203,7 +203,7 @@ pub async fn runs_create(
     body: Result<Json<NewRun>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     let who = s.tokens.authorize(&headers, Role::Operator)?;
-    let Json(body) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let Json(body) = body?;
     let catalog = s.engine.catalog();
     let pb = catalog
         .get(&body.playbook)
@@ -220,8 +220,10 @@ pub async fn runs_create(
             )
         })
         .collect();
-    crate::playbook::resolve_params(&pb.params, &params)
-        .map_err(|e| AppError::BadRequest(e.join("; ")))?;
+    crate::playbook::resolve_params(&pb.params, &params).map_err(|e| {
+        let problems: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+        AppError::BadRequest(problems.join("; "))
+    })?;
     let req = RunRequest {
         playbook: pb.name.clone(),
         params,

@@ -32,6 +32,14 @@ pub struct Principal {
     pub role: Role,
 }
 
+/// A configured token whose role is not one of the three.
+#[derive(Debug, thiserror::Error)]
+#[error("auth.tokens `{name}`: unknown role `{role}` (viewer, operator, PlatformAdmin)")]
+pub struct UnknownRole {
+    pub name: String,
+    pub role: String,
+}
+
 #[derive(Default)]
 pub struct Tokens {
     tokens: Vec<(String, Principal)>,
@@ -39,14 +47,16 @@ pub struct Tokens {
 
 impl Tokens {
     /// Resolves the configured tokens; ones that cannot be read are skipped with a warning.
-    pub fn from_config(config: &Config, masker: &Masker) -> Result<Tokens, String> {
+    ///
+    /// # Errors
+    ///
+    /// A token names a role that does not exist.
+    pub fn from_config(config: &Config, masker: &Masker) -> Result<Tokens, UnknownRole> {
         let mut tokens = Vec::new();
         for t in &config.auth.tokens {
-            let role = Role::parse(&t.role).ok_or_else(|| {
-                format!(
-                    "auth.tokens `{}`: unknown role `{}` (viewer, operator, PlatformAdmin)",
-                    t.name, t.role
-                )
+            let role = Role::parse(&t.role).ok_or_else(|| UnknownRole {
+                name: t.name.clone(),
+                role: t.role.clone(),
             })?;
             match t.secret().resolve(masker) {
                 Ok(secret) => tokens.push((
@@ -56,7 +66,10 @@ impl Tokens {
                         role,
                     },
                 )),
-                Err(e) => tracing::warn!(token = %t.name, error = %e, "API token not available."),
+                Err(e) => {
+                    let error = crate::text::error_chain(&e);
+                    tracing::warn!(token = %t.name, %error, "API token not available.");
+                }
             }
         }
         Ok(Tokens { tokens })
@@ -92,4 +105,36 @@ impl Tokens {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_role_names_the_token_and_the_role() {
+        let config = Config::parse(
+            std::path::Path::new("runbook.yaml"),
+            "auth:\n  tokens:\n    - { name: ci, role: root, token_env: RUNBOOK_TEST_CI_TOKEN }\n",
+        )
+        .unwrap();
+        let e = Tokens::from_config(&config, &Masker::default())
+            .err()
+            .expect("an unknown role is refused");
+        assert_eq!(
+            e.to_string(),
+            "auth.tokens `ci`: unknown role `root` (viewer, operator, PlatformAdmin)"
+        );
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_read_is_skipped() {
+        let config = Config::parse(
+            std::path::Path::new("runbook.yaml"),
+            "auth:\n  tokens:\n    - { name: ci, role: viewer, token_env: RUNBOOK_TEST_TOKEN_NEVER_SET }\n",
+        )
+        .unwrap();
+        let tokens = Tokens::from_config(&config, &Masker::default()).unwrap();
+        assert!(tokens.tokens.is_empty());
+    }
 }

@@ -17,6 +17,8 @@ pub enum AppError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -27,6 +29,18 @@ impl AppError {
     }
 }
 
+impl From<axum::extract::rejection::JsonRejection> for AppError {
+    /// A body over the size limit is a 413, like the router's own limit; any other rejection
+    /// (not JSON, a wrong or missing field) is a 400 that says what is wrong.
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::TooLarge(e.body_text())
+        } else {
+            AppError::BadRequest(e.body_text())
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -34,6 +48,7 @@ impl IntoResponse for AppError {
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Internal(detail) => {
                 // Logged once here; the caller sees no internals.
                 tracing::error!(error = %detail, "Request failed.");

@@ -370,10 +370,9 @@ async fn a_body_over_max_body_is_413() {
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", a.text);
 }
 
-/// Fails today: `runs_create` (src/server/admin.rs) turns every `JsonRejection` into
-/// `AppError::BadRequest`, so a body over the limit answers 400 "length limit exceeded".
+/// `runs_create` once turned every `JsonRejection` into a 400, so a body over the limit
+/// answered 400 "length limit exceeded" instead of 413.
 #[tokio::test]
-#[ignore = "POST /api/runs answers 400, not 413, to a body over max_body (runs_create maps every JsonRejection to BadRequest)"]
 async fn a_run_body_over_max_body_is_413() {
     let fx = fixture().await;
     let big = format!(

@@ -4,10 +4,9 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::json;
 
 use super::{StepCx, StepError, StepOutput};
-use crate::duration::Dur;
+use crate::{duration::Dur, status::StepEventStatus, store::runs};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -58,12 +57,9 @@ pub struct Input {
 pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
     let db = &cx.services.store;
     let run_id = cx.run.id;
-    db.sql(
-        "UPDATE runbook_runs SET status = 'waiting_approval', waiting_step = $2 WHERE id = $1",
-        vec![json!(run_id), json!(cx.step_id)],
-    )
-    .await
-    .map_err(|e| StepError::fatal(e.to_string()))?;
+    runs::set_waiting(db, run_id, cx.step_id)
+        .await
+        .map_err(|e| StepError::fatal(e.to_string()))?;
     tracing::info!(run_id, step = cx.step_id, text = %i.text, "Waiting for approval.");
     cx.run.observer.step_event(&super::StepEvent {
         run_id,
@@ -71,7 +67,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         step: cx.step_id.to_owned(),
         kind: "approve",
         depth: cx.run.depth,
-        status: "waiting".into(),
+        status: StepEventStatus::Waiting,
         duration_ms: None,
         summary: Some(format!(
             "{} (answer with `runbook runs approve {run_id}` or `--reject`, within {})",
@@ -82,15 +78,10 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
     });
     let deadline = Instant::now() + i.timeout.as_std();
     let decision = loop {
-        let rows = db
-            .sql(
-                "SELECT decision, actor, comment FROM runbook_approvals WHERE run_id = $1 AND step_id = $2 ORDER BY id DESC LIMIT 1",
-                vec![json!(run_id), json!(cx.step_id)],
-            )
+        let answer = runs::decision(db, run_id, cx.step_id)
             .await
-            .map_err(|e| StepError::fatal(e.to_string()))?
-            .rows;
-        if let Some(row) = rows.into_iter().next() {
+            .map_err(|e| StepError::fatal(e.to_string()))?;
+        if let Some(row) = answer {
             break Some(row);
         }
         if Instant::now() >= deadline {
@@ -98,7 +89,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let _ = db.sql("UPDATE runbook_runs SET status = 'running', waiting_step = NULL WHERE id = $1 AND status = 'waiting_approval'", vec![json!(run_id)]).await;
+    let _ = runs::resume_waiting(db, run_id).await;
     match decision {
         Some(row) if row["decision"] == "approved" => Ok(StepOutput::value(row)),
         Some(row) => Err(StepError::fatal(format!(

@@ -8,6 +8,7 @@ use serde_json::{json, Value as Json};
 use super::short::FromShort;
 use super::Yaml;
 use super::{StepCx, StepError, StepOutput};
+use crate::status::RunStatus;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -77,9 +78,9 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         .launcher
         .run_child(&i.playbook, i.params, cx.run)
         .await
-        .map_err(StepError::fatal)?;
+        .map_err(|e| StepError::fatal(crate::text::error_chain(e.as_ref())))?;
     let out = json!({ "run_id": outcome.run_id, "status": outcome.status, "steps": outcome.steps });
-    if outcome.status != "succeeded" {
+    if outcome.status != RunStatus::Succeeded {
         return Err(StepError::fatal(format!(
             "playbook `{}` (run {}) {}: {}",
             i.playbook,

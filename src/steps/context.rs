@@ -9,7 +9,10 @@ use minijinja::Value;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use crate::services::Services;
+use crate::{
+    services::Services,
+    status::{RunStatus, StepEventStatus},
+};
 
 /// What a step sees while it runs.
 pub struct StepCx<'a> {
@@ -29,14 +32,17 @@ pub trait Launcher: Send + Sync {
         name: &'a str,
         params: BTreeMap<String, String>,
         parent: &'a RunMeta,
-    ) -> BoxFuture<'a, Result<ChildOutcome, String>>;
+    ) -> BoxFuture<'a, Result<ChildOutcome, LaunchError>>;
 }
+
+/// Why a child run could not start (an unknown playbook, bad parameters, the store).
+pub type LaunchError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a child run ended.
 #[derive(Debug, Clone)]
 pub struct ChildOutcome {
     pub run_id: i64,
-    pub status: String,
+    pub status: RunStatus,
     pub error: Option<String>,
     pub steps: Json,
 }
@@ -66,8 +72,9 @@ pub struct StepEvent {
     pub step: String,
     pub kind: &'static str,
     pub depth: u32,
-    /// `started`, `succeeded`, `failed`, `skipped`, `planned`.
-    pub status: String,
+    /// `started`, `succeeded`, `failed`, `skipped`, `planned`; `plan` (a dry run's input),
+    /// `waiting` (for an approval).
+    pub status: StepEventStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -122,8 +122,8 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
             "no Kafka configured: set `kafka.brokers` in the config",
         ));
     };
-    let mut config =
-        crate::kafka::client_config(kc, &cx.services.masker).map_err(StepError::fatal)?;
+    let mut config = crate::kafka::client_config(kc, &cx.services.masker)
+        .map_err(|e| StepError::fatal(crate::text::error_chain(&e)))?;
     // Shorter than the step's own deadline, so an unreachable broker reports its error.
     let timeout = cx.timeout.mul_f64(0.8).min(Duration::from_secs(30));
     if i.op == KafkaOp::TopicConfigs {

@@ -24,7 +24,9 @@ use std::{collections::BTreeSet, time::Duration};
 use serde::Serialize;
 use serde_json::Value as Json;
 
-pub use context::{ChildOutcome, Launcher, NullObserver, Observer, RunMeta, StepCx, StepEvent};
+pub use context::{
+    ChildOutcome, LaunchError, Launcher, NullObserver, Observer, RunMeta, StepCx, StepEvent,
+};
 
 use crate::duration::Dur;
 use schemars::JsonSchema;

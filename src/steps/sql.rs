@@ -55,7 +55,7 @@ impl SqlStep {
             Some(name) => cx
                 .services
                 .datasource_dialect(name)
-                .map_err(|e| StepError::fatal(e.to_string()))?,
+                .map_err(|e| StepError::fatal(crate::text::error_chain(&e)))?,
         };
         let q = cx
             .services
@@ -120,7 +120,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         cx.services
             .datasource(&i.datasource)
             .await
-            .map_err(|e| StepError::retryable(e.to_string()))?
+            .map_err(|e| StepError::retryable(crate::text::error_chain(&e)))?
     };
     let q = crate::template::BoundSql {
         sql: i.sql.clone(),

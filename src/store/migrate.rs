@@ -25,7 +25,7 @@
 
 use sqlx::{PgConnection, SqliteConnection};
 
-use super::{Db, DbError};
+use super::{Db, DbError, SqlxError};
 
 /// One step of the store's schema, in both dialects.
 #[derive(Clone, Copy, Debug)]
@@ -85,7 +85,7 @@ pub async fn run(db: &Db, list: &[Migration]) -> Result<(), DbError> {
     match db {
         Db::Sqlite(pool) => {
             // Without the write lock first: a current store (the usual case) needs no writer.
-            let mut conn = pool.acquire().await.map_err(DbError::Migrate)?;
+            let mut conn = pool.acquire().await.map_err(DbError::migrate)?;
             if let Some(recorded) = sqlite_recorded(&mut conn).await? {
                 if next(&recorded, list)?.is_none() {
                     return Ok(());
@@ -96,23 +96,23 @@ pub async fn run(db: &Db, list: &[Migration]) -> Result<(), DbError> {
                 let mut tx = pool
                     .begin_with("BEGIN IMMEDIATE")
                     .await
-                    .map_err(DbError::Migrate)?;
+                    .map_err(DbError::migrate)?;
                 sqlx::raw_sql(SQLITE_TABLE)
                     .execute(&mut *tx)
                     .await
-                    .map_err(DbError::Migrate)?;
+                    .map_err(DbError::migrate)?;
                 let recorded = sqlx::query_scalar(RECORDED)
                     .fetch_all(&mut *tx)
                     .await
-                    .map_err(DbError::Migrate)?;
+                    .map_err(DbError::migrate)?;
                 let Some(m) = next(&recorded, list)? else {
-                    tx.commit().await.map_err(DbError::Migrate)?;
+                    tx.commit().await.map_err(DbError::migrate)?;
                     return Ok(());
                 };
                 let failed = |source| DbError::MigrationFailed {
                     version: m.version,
                     name: m.name,
-                    source,
+                    source: SqlxError(source),
                 };
                 sqlx::raw_sql(m.sqlite)
                     .execute(&mut *tx)
@@ -131,7 +131,7 @@ pub async fn run(db: &Db, list: &[Migration]) -> Result<(), DbError> {
             }
         }
         Db::Postgres(pool) => {
-            let mut conn = pool.acquire().await.map_err(DbError::Migrate)?;
+            let mut conn = pool.acquire().await.map_err(DbError::migrate)?;
             if let Some(recorded) = pg_recorded(&mut conn).await? {
                 if next(&recorded, list)?.is_none() {
                     return Ok(());
@@ -139,28 +139,28 @@ pub async fn run(db: &Db, list: &[Migration]) -> Result<(), DbError> {
             }
             drop(conn);
             loop {
-                let mut tx = pool.begin().await.map_err(DbError::Migrate)?;
+                let mut tx = pool.begin().await.map_err(DbError::migrate)?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(PG_LOCK)
                     .execute(&mut *tx)
                     .await
-                    .map_err(DbError::Migrate)?;
+                    .map_err(DbError::migrate)?;
                 sqlx::raw_sql(PG_TABLE)
                     .execute(&mut *tx)
                     .await
-                    .map_err(DbError::Migrate)?;
+                    .map_err(DbError::migrate)?;
                 let recorded = sqlx::query_scalar(RECORDED)
                     .fetch_all(&mut *tx)
                     .await
-                    .map_err(DbError::Migrate)?;
+                    .map_err(DbError::migrate)?;
                 let Some(m) = next(&recorded, list)? else {
-                    tx.commit().await.map_err(DbError::Migrate)?;
+                    tx.commit().await.map_err(DbError::migrate)?;
                     return Ok(());
                 };
                 let failed = |source| DbError::MigrationFailed {
                     version: m.version,
                     name: m.name,
-                    source,
+                    source: SqlxError(source),
                 };
                 sqlx::raw_sql(m.postgres)
                     .execute(&mut *tx)
@@ -189,14 +189,14 @@ async fn sqlite_recorded(conn: &mut SqliteConnection) -> Result<Option<Vec<i64>>
     )
     .fetch_one(&mut *conn)
     .await
-    .map_err(DbError::Migrate)?;
+    .map_err(DbError::migrate)?;
     if !exists {
         return Ok(None);
     }
     let recorded = sqlx::query_scalar(RECORDED)
         .fetch_all(&mut *conn)
         .await
-        .map_err(DbError::Migrate)?;
+        .map_err(DbError::migrate)?;
     Ok(Some(recorded))
 }
 
@@ -206,14 +206,14 @@ async fn pg_recorded(conn: &mut PgConnection) -> Result<Option<Vec<i64>>, DbErro
         sqlx::query_scalar("SELECT to_regclass('runbook_schema_migrations') IS NOT NULL")
             .fetch_one(&mut *conn)
             .await
-            .map_err(DbError::Migrate)?;
+            .map_err(DbError::migrate)?;
     if !exists {
         return Ok(None);
     }
     let recorded = sqlx::query_scalar(RECORDED)
         .fetch_all(&mut *conn)
         .await
-        .map_err(DbError::Migrate)?;
+        .map_err(DbError::migrate)?;
     Ok(Some(recorded))
 }
 

@@ -18,22 +18,27 @@ use sqlx::{
 
 use crate::template::{BoundSql, Dialect};
 
-/// Why a database call failed.
+/// Why a database call failed. Each variant's message leaves its cause to the error chain.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot open database {url}: {source}")]
-    Connect { url: String, source: sqlx::Error },
+    #[error("cannot open database {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: SqlxError,
+    },
     #[error("unsupported database URL `{0}` (use sqlite://FILE or postgres://USER@HOST/DB)")]
     Scheme(String),
     #[error(transparent)]
-    Query(#[from] sqlx::Error),
-    #[error("migrating the store failed: {0}")]
-    Migrate(sqlx::Error),
-    #[error("store migration {name} (version {version}) failed: {source}")]
+    Query(SqlxError),
+    #[error("migrating the store failed")]
+    Migrate(#[source] SqlxError),
+    #[error("store migration {name} (version {version}) failed")]
     MigrationFailed {
         version: i64,
         name: &'static str,
-        source: sqlx::Error,
+        #[source]
+        source: SqlxError,
     },
     #[error(
         "the store's schema is at version {found}, but this runbook binary knows migrations only \
@@ -42,12 +47,43 @@ pub enum DbError {
     SchemaTooNew { found: i64, known: i64 },
 }
 
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        DbError::Query(SqlxError(e))
+    }
+}
+
+impl DbError {
+    fn migrate(e: sqlx::Error) -> Self {
+        DbError::Migrate(SqlxError(e))
+    }
+}
+
+/// A sqlx error as one link of an error chain. sqlx writes its cause into its own message
+/// (`error communicating with database: Connection refused`) and returns that same cause as its
+/// source; this link's source is the cause below that one, so a chain printed with `{:#}` names
+/// each cause once.
+#[derive(Debug)]
+pub struct SqlxError(pub sqlx::Error);
+
+impl std::fmt::Display for SqlxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SqlxError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()?.source()
+    }
+}
+
 impl DbError {
     /// Whether trying again may help (the server was unreachable or busy), as opposed to a bad query.
     pub fn is_transient(&self) -> bool {
         match self {
             DbError::Connect { .. } => true,
-            DbError::Query(e) => {
+            DbError::Query(SqlxError(e)) => {
                 matches!(
                     e,
                     sqlx::Error::Io(_)
@@ -155,9 +191,9 @@ pub fn redact_url(url: &str) -> String {
 impl Db {
     /// Opens a pool. SQLite files are created on first use and run in WAL mode.
     pub async fn connect(url: &str, read_only: bool, max_connections: u32) -> Result<Db, DbError> {
-        let connect_err = |source| DbError::Connect {
+        let connect_err = |e| DbError::Connect {
             url: redact_url(url),
-            source,
+            source: SqlxError(e),
         };
         if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
@@ -405,6 +441,67 @@ mod tests {
         assert_eq!(
             dollar_to_question("SELECT $1, '$2' WHERE a = $10"),
             "SELECT ?1, '$2' WHERE a = ?10"
+        );
+    }
+
+    /// The chain as `main` prints it: `{:#}` joins every link, repeating none.
+    fn chain(e: DbError) -> String {
+        format!("{:#}", anyhow::Error::from(e))
+    }
+
+    #[test]
+    fn a_connect_error_names_its_cause_once() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = DbError::Connect {
+            url: "postgres://u@h/db".into(),
+            source: SqlxError(sqlx::Error::Io(refused)),
+        };
+        assert!(e.is_transient());
+        assert_eq!(
+            chain(e),
+            "cannot open database postgres://u@h/db: error communicating with database: refused"
+        );
+    }
+
+    #[test]
+    fn query_and_migrate_errors_name_their_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let e = DbError::from(sqlx::Error::Io(io));
+        assert!(e.is_transient());
+        assert_eq!(
+            e.to_string(),
+            "error communicating with database: broken pipe"
+        );
+        assert_eq!(chain(e), "error communicating with database: broken pipe");
+        let e = DbError::migrate(sqlx::Error::Protocol("bad frame".into()));
+        assert!(!e.is_transient());
+        assert_eq!(
+            chain(e),
+            "migrating the store failed: encountered unexpected or invalid data: bad frame"
+        );
+        let e = DbError::MigrationFailed {
+            version: 2,
+            name: "0002_run_note",
+            source: SqlxError(sqlx::Error::Protocol("bad frame".into())),
+        };
+        assert_eq!(
+            chain(e),
+            "store migration 0002_run_note (version 2) failed: encountered unexpected or invalid data: bad frame"
+        );
+    }
+
+    #[test]
+    fn causes_below_the_one_sqlx_names_stay_in_the_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("certificate expired")]
+        struct Expired;
+        #[derive(Debug, thiserror::Error)]
+        #[error("handshake failed")]
+        struct Handshake(#[source] Expired);
+        let e = DbError::from(sqlx::Error::Tls(Box::new(Handshake(Expired))));
+        assert_eq!(
+            chain(e),
+            "error occurred while attempting to establish a TLS connection: handshake failed: certificate expired"
         );
     }
 }

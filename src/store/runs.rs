@@ -1,4 +1,5 @@
-//! Run records: every run, every step attempt, and the audit log of mutations.
+//! Run records: every run, every step attempt, approvals, and the audit log of mutations. The
+//! only module that reads or writes the runs, attempts and approvals tables.
 //!
 //! Everything written here has passed through the [`crate::secrets::Masker`] first.
 
@@ -6,20 +7,16 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value as Json};
 
 use super::{Db, DbError};
-use crate::template::Dialect;
+use crate::{
+    status::{RunStatus, StepStatus},
+    template::Dialect,
+};
 
 /// A timestamp parameter `$n` in the store's column type.
 fn ts(d: Dialect, n: usize) -> String {
     match d {
         Dialect::Postgres => format!("${n}::timestamptz"),
         Dialect::Sqlite => format!("${n}"),
-    }
-}
-
-fn now_sql(d: Dialect) -> &'static str {
-    match d {
-        Dialect::Postgres => "NOW()",
-        Dialect::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
     }
 }
 
@@ -35,7 +32,7 @@ pub struct NewRun<'a> {
     pub dry_run: bool,
     pub parent_id: Option<i64>,
     pub command_id: Option<i64>,
-    pub status: &'a str,
+    pub status: RunStatus,
 }
 
 /// One attempt of one step (one element of a `for_each`, one poll of an `until`).
@@ -44,7 +41,7 @@ pub struct Attempt<'a> {
     pub step_id: &'a str,
     pub attempt: u32,
     pub item: Option<usize>,
-    pub status: &'a str,
+    pub status: StepStatus,
     pub input: &'a Json,
     pub output: &'a Json,
     pub error: Option<&'a str>,
@@ -57,12 +54,12 @@ fn first_id(r: super::SqlResult) -> Result<i64, DbError> {
         .first()
         .and_then(|row| row.get("id"))
         .and_then(Json::as_i64)
-        .ok_or_else(|| DbError::Query(sqlx::Error::RowNotFound))
+        .ok_or_else(|| DbError::from(sqlx::Error::RowNotFound))
 }
 
 pub async fn create_run(db: &Db, run: NewRun<'_>) -> Result<i64, DbError> {
-    let started = if run.status == "running" {
-        now_sql(db.dialect())
+    let started = if run.status == RunStatus::Running {
+        db.dialect().now()
     } else {
         "NULL"
     };
@@ -90,8 +87,8 @@ pub async fn succeeded_steps(
     let rows = db
         .sql(
             "SELECT step_id, output, duration_ms FROM runbook_step_attempts \
-             WHERE run_id = $1 AND status = 'succeeded' AND item IS NULL ORDER BY id",
-            vec![json!(run_id)],
+             WHERE run_id = $1 AND status = $2 AND item IS NULL ORDER BY id",
+            vec![json!(run_id), json!(StepStatus::Succeeded)],
         )
         .await?
         .rows;
@@ -100,7 +97,7 @@ pub async fn succeeded_steps(
         let id = r["step_id"].as_str().unwrap_or_default().to_owned();
         out.insert(
             id,
-            json!({ "status": "ok", "rows": r["output"]["rows"], "output": r["output"]["output"], "error": null, "duration_ms": r["duration_ms"] }),
+            json!({ "status": StepStatus::Succeeded, "rows": r["output"]["rows"], "output": r["output"]["output"], "error": null, "duration_ms": r["duration_ms"] }),
         );
     }
     Ok(out)
@@ -109,11 +106,11 @@ pub async fn succeeded_steps(
 pub async fn finish_run(
     db: &Db,
     id: i64,
-    status: &str,
+    status: RunStatus,
     failed_step: Option<&str>,
     error: Option<&str>,
 ) -> Result<(), DbError> {
-    let now = now_sql(db.dialect());
+    let now = db.dialect().now();
     db.sql(
         &format!("UPDATE runbook_runs SET status = $2, failed_step = $3, error = $4, finished_at = {now} WHERE id = $1"),
         vec![json!(id), json!(status), json!(failed_step), json!(error)],
@@ -213,9 +210,8 @@ pub async fn decide(
         .await?
         .rows;
     let run = rows.first().ok_or(DecideError::NoRun(run_id))?;
-    let (Some("waiting_approval"), Some(step)) =
-        (run["status"].as_str(), run["waiting_step"].as_str())
-    else {
+    let waiting = run["status"].as_str() == Some(RunStatus::WaitingApproval.as_str());
+    let Some(step) = run["waiting_step"].as_str().filter(|_| waiting) else {
         return Err(DecideError::NotWaiting(
             run_id,
             run["status"].as_str().unwrap_or("?").to_owned(),
@@ -236,4 +232,103 @@ pub async fn decide(
     )
     .await?;
     Ok(step.to_owned())
+}
+
+/// Whether an operator asked run `id` to stop.
+pub async fn cancel_requested(db: &Db, id: i64) -> Result<bool, DbError> {
+    let rows = db
+        .sql(
+            "SELECT status FROM runbook_runs WHERE id = $1",
+            vec![json!(id)],
+        )
+        .await?
+        .rows;
+    Ok(
+        rows.first().and_then(|r| r["status"].as_str())
+            == Some(RunStatus::CancelRequested.as_str()),
+    )
+}
+
+/// Asks run `id` to stop before its next step; `false` when it is not running (or waiting, or
+/// queued), so there is nothing to cancel.
+pub async fn request_cancel(db: &Db, id: i64) -> Result<bool, DbError> {
+    let cancellable: Vec<RunStatus> = RunStatus::ALL
+        .iter()
+        .copied()
+        .filter(|s| s.is_cancellable())
+        .collect();
+    let placeholders: Vec<String> = (0..cancellable.len())
+        .map(|i| format!("${}", i + 3))
+        .collect();
+    let mut params = vec![json!(id), json!(RunStatus::CancelRequested)];
+    params.extend(cancellable.iter().map(|s| json!(s)));
+    let r = db
+        .sql(
+            &format!(
+                "UPDATE runbook_runs SET status = $2 WHERE id = $1 AND status IN ({})",
+                placeholders.join(", ")
+            ),
+            params,
+        )
+        .await?;
+    Ok(r.rows_affected > 0)
+}
+
+/// Marks run `id` as waiting for an operator's answer at `step`.
+pub async fn set_waiting(db: &Db, id: i64, step: &str) -> Result<(), DbError> {
+    db.sql(
+        "UPDATE runbook_runs SET status = $3, waiting_step = $2 WHERE id = $1",
+        vec![json!(id), json!(step), json!(RunStatus::WaitingApproval)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks run `id` as running again after a wait for approval, unless it was cancelled meanwhile.
+pub async fn resume_waiting(db: &Db, id: i64) -> Result<(), DbError> {
+    db.sql(
+        "UPDATE runbook_runs SET status = $2, waiting_step = NULL WHERE id = $1 AND status = $3",
+        vec![
+            json!(id),
+            json!(RunStatus::Running),
+            json!(RunStatus::WaitingApproval),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The latest answer to the `approve` step `step` of run `run_id`: `{decision, actor, comment}`.
+pub async fn decision(db: &Db, run_id: i64, step: &str) -> Result<Option<Json>, DbError> {
+    let rows = db
+        .sql(
+            "SELECT decision, actor, comment FROM runbook_approvals WHERE run_id = $1 AND step_id = $2 ORDER BY id DESC LIMIT 1",
+            vec![json!(run_id), json!(step)],
+        )
+        .await?
+        .rows;
+    Ok(rows.into_iter().next())
+}
+
+/// The latest run a queue command started: its id and status.
+pub async fn latest_for_command(
+    db: &Db,
+    command_id: i64,
+) -> Result<Option<(i64, RunStatus)>, DbError> {
+    let rows = db
+        .sql(
+            "SELECT id, status FROM runbook_runs WHERE command_id = $1 ORDER BY id DESC LIMIT 1",
+            vec![json!(command_id)],
+        )
+        .await?
+        .rows;
+    let Some(run) = rows.first() else {
+        return Ok(None);
+    };
+    let status = run["status"]
+        .as_str()
+        .unwrap_or_default()
+        .parse::<RunStatus>()
+        .map_err(|e| DbError::from(sqlx::Error::Decode(Box::new(e))))?;
+    Ok(Some((run["id"].as_i64().unwrap_or_default(), status)))
 }

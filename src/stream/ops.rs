@@ -9,6 +9,7 @@ use super::Settings;
 use crate::{
     config::StreamingConfig,
     duration::Dur,
+    status::CommandStatus,
     store::{Audit, Db, DbError},
     template::Dialect,
 };
@@ -133,10 +134,10 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
         } => {
             let limit = limit.unwrap_or(20).clamp(1, 1000);
             let offset = offset.unwrap_or(0).max(0);
-            let params = vec![json!(entity), json!(error_type)];
+            let params = vec![json!(entity), json!(error_type), json!(CommandStatus::Dlq)];
             let total = db
                 .sql(
-                    "SELECT COUNT(*) AS n FROM command_queue WHERE status = 'dlq' \
+                    "SELECT COUNT(*) AS n FROM command_queue WHERE status = $3 \
                      AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT))",
                     params.clone(),
                 )
@@ -146,8 +147,8 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
             let rows = db
                 .sql(
                     "SELECT id, entity, entity_id, command_type, priority, payload, attempts, error_type, error_message, created_at, updated_at \
-                     FROM command_queue WHERE status = 'dlq' AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT)) \
-                     ORDER BY id LIMIT $3 OFFSET $4",
+                     FROM command_queue WHERE status = $3 AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT)) \
+                     ORDER BY id LIMIT $4 OFFSET $5",
                     p,
                 )
                 .await?;
@@ -156,15 +157,20 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
             )
         }
         Op::DlqRetry { entity, error_type } => {
-            let now = now(d);
+            let now = d.now();
             let n = db
                 .mutate_audited(
                     &format!(
-                        "UPDATE command_queue SET status = 'pending', attempts = 0, error_message = NULL, error_type = NULL, \
+                        "UPDATE command_queue SET status = $3, attempts = 0, error_message = NULL, error_type = NULL, \
                          run_at = {now}, updated_at = {now}, locked_by = NULL, locked_until = NULL \
-                         WHERE status = 'dlq' AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT))"
+                         WHERE status = $4 AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT))"
                     ),
-                    vec![json!(entity), json!(error_type)],
+                    vec![
+                        json!(entity),
+                        json!(error_type),
+                        json!(CommandStatus::Pending),
+                        json!(CommandStatus::Dlq),
+                    ],
                     audit("dlq_retry"),
                 )
                 .await?;
@@ -172,18 +178,20 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
         }
         Op::DlqCleanup { older_than } => {
             let sql = format!(
-                "DELETE FROM command_queue WHERE status = 'dlq' AND updated_at < {}",
+                "DELETE FROM command_queue WHERE status = $1 AND updated_at < {}",
                 ago(d, *older_than)
             );
-            Ok(json!({ "deleted": db.mutate_audited(&sql, vec![], audit("dlq_cleanup")).await? }))
+            let params = vec![json!(CommandStatus::Dlq)];
+            Ok(json!({ "deleted": db.mutate_audited(&sql, params, audit("dlq_cleanup")).await? }))
         }
         Op::PurgeCompleted { older_than } => {
             let sql = format!(
-                "DELETE FROM command_queue WHERE status = 'completed' AND updated_at < {}",
+                "DELETE FROM command_queue WHERE status = $1 AND updated_at < {}",
                 ago(d, *older_than)
             );
+            let params = vec![json!(CommandStatus::Completed)];
             Ok(
-                json!({ "deleted": db.mutate_audited(&sql, vec![], audit("purge_completed")).await? }),
+                json!({ "deleted": db.mutate_audited(&sql, params, audit("purge_completed")).await? }),
             )
         }
         Op::ReleaseStaleLocks { older_than } => {
@@ -254,13 +262,6 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
     }
 }
 
-fn now(d: Dialect) -> &'static str {
-    match d {
-        Dialect::Postgres => "NOW()",
-        Dialect::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-    }
-}
-
 async fn set(
     db: &Db,
     base: &StreamingConfig,
@@ -268,10 +269,11 @@ async fn set(
     audit: Audit<'_>,
 ) -> Result<Json, OpError> {
     let before = Settings::load(db, base).await?;
-    let (cast, now) = match db.dialect() {
-        Dialect::Postgres => ("$2::jsonb", "NOW()"),
-        Dialect::Sqlite => ("$2", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
+    let cast = match db.dialect() {
+        Dialect::Postgres => "$2::jsonb",
+        Dialect::Sqlite => "$2",
     };
+    let now = db.dialect().now();
     for (key, value) in changes {
         let sql = format!(
             "INSERT INTO runtime_settings (key, value, updated_at, updated_by) VALUES ($1, {cast}, {now}, $3) \
@@ -359,23 +361,26 @@ pub async fn queue_stats(db: &Db, base: &StreamingConfig) -> Result<Json, DbErro
     let depth = db
         .sql(
             "SELECT priority, status, COUNT(*) AS count FROM command_queue \
-             WHERE status IN ('pending', 'processing') GROUP BY priority, status ORDER BY priority DESC, status",
-            vec![],
+             WHERE status IN ($1, $2) GROUP BY priority, status ORDER BY priority DESC, status",
+            vec![
+                json!(CommandStatus::Pending),
+                json!(CommandStatus::Processing),
+            ],
         )
         .await?
         .rows;
     let oldest = db
         .sql(
-            "SELECT MIN(created_at) AS oldest FROM command_queue WHERE status = 'pending'",
-            vec![],
+            "SELECT MIN(created_at) AS oldest FROM command_queue WHERE status = $1",
+            vec![json!(CommandStatus::Pending)],
         )
         .await?
         .rows;
     let dlq = db
         .sql(
             "SELECT COALESCE(error_type, 'Unknown') AS error_type, COUNT(*) AS count FROM command_queue \
-             WHERE status = 'dlq' GROUP BY COALESCE(error_type, 'Unknown') ORDER BY count DESC",
-            vec![],
+             WHERE status = $1 GROUP BY COALESCE(error_type, 'Unknown') ORDER BY count DESC",
+            vec![json!(CommandStatus::Dlq)],
         )
         .await?
         .rows;
@@ -406,8 +411,8 @@ pub async fn queue_stats(db: &Db, base: &StreamingConfig) -> Result<Json, DbErro
             .sum()
     };
     Ok(json!({
-        "pending": sum(&depth, Some("pending")),
-        "processing": sum(&depth, Some("processing")),
+        "pending": sum(&depth, Some(CommandStatus::Pending.as_str())),
+        "processing": sum(&depth, Some(CommandStatus::Processing.as_str())),
         "depth": depth,
         "oldest_pending": oldest.first().map(|r| r["oldest"].clone()).unwrap_or(Json::Null),
         "dlq": { "total": sum(&dlq, None), "by_error_type": dlq },

@@ -11,13 +11,25 @@
 //! SQLite has a single writer, so its `UPDATE ... RETURNING` is already exclusive. A completion or
 //! failure from a worker whose lease was taken over matches no row and is refused.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 use sqlx::Row;
 
-use crate::store::{Db, DbError, Tx};
+use crate::{
+    status::{CommandStatus, ErrorType},
+    store::{Db, DbError, Tx},
+    template::{sqlite_now_plus, SQLITE_NOW},
+};
+
+// The statuses spliced into the statements below. They are literals in the SQL text, not bound
+// values, so the planners can use the partial indexes on `status = 'pending'` and
+// `status = 'processing'`; each statement's text is built once.
+const PENDING: &str = CommandStatus::Pending.as_str();
+const PROCESSING: &str = CommandStatus::Processing.as_str();
+const COMPLETED: &str = CommandStatus::Completed.as_str();
+const DLQ: &str = CommandStatus::Dlq.as_str();
 
 /// A command to enqueue.
 #[derive(Debug, Clone)]
@@ -60,7 +72,7 @@ pub struct Failure {
     pub id: i64,
     pub entity: String,
     pub entity_id: String,
-    pub error_type: String,
+    pub error_type: ErrorType,
     pub message: String,
     /// `Some(delay)`: back to pending after the delay; `None`: to the DLQ.
     pub retry_in: Option<Duration>,
@@ -84,8 +96,6 @@ fn secs(d: Duration) -> f64 {
 fn sqlite_in(d: Duration) -> String {
     format!("+{:.3} seconds", d.as_secs_f64())
 }
-
-const SQLITE_NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 fn parse_ts(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
@@ -219,36 +229,39 @@ pub async fn claim_locked(
 ) -> Result<Vec<(Claimed, Lock)>, DbError> {
     match db {
         Db::Postgres(pool) => {
-            let rows = sqlx::query(
-                "WITH c AS ( \
-                   UPDATE command_queue SET status = 'processing', locked_by = $1, \
-                          locked_until = NOW() + make_interval(secs => $3), attempts = attempts + 1, updated_at = NOW() \
-                   WHERE id IN (SELECT id FROM command_queue WHERE status = 'pending' AND run_at <= NOW() \
-                                ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                   RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at), \
-                 first AS ( \
-                   SELECT DISTINCT ON (entity, entity_id) id, entity, entity_id FROM c \
-                   WHERE NOT (command_type = ANY($5)) ORDER BY entity, entity_id, priority DESC, id), \
-                 l AS ( \
-                   INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
-                   SELECT entity, entity_id, 'updating', NOW(), $1, id, FALSE, NOW() FROM first \
-                   ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = NOW(), \
-                      locked_by = EXCLUDED.locked_by, command_id = EXCLUDED.command_id, \
-                      takeover = (work_state.state = 'updating'), \
-                      expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = NOW() \
-                   WHERE work_state.state <> 'updating' OR work_state.locked_at < NOW() - make_interval(secs => $4) \
-                   RETURNING command_id, takeover) \
-                 SELECT c.id, c.entity, c.entity_id, c.command_type, c.priority, c.payload, c.attempts, c.created_at, \
-                        c.command_type = ANY($5) AS shared, l.command_id IS NOT NULL AS locked, COALESCE(l.takeover, FALSE) AS takeover \
-                 FROM c LEFT JOIN l ON l.command_id = c.id ORDER BY c.priority DESC, c.id",
-            )
-            .bind(worker)
-            .bind(limit as i64)
-            .bind(secs(lease))
-            .bind(secs(ttl))
-            .bind(shared)
-            .fetch_all(pool)
-            .await?;
+            static SQL: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "WITH c AS ( \
+                       UPDATE command_queue SET status = '{PROCESSING}', locked_by = $1, \
+                              locked_until = NOW() + make_interval(secs => $3), attempts = attempts + 1, updated_at = NOW() \
+                       WHERE id IN (SELECT id FROM command_queue WHERE status = '{PENDING}' AND run_at <= NOW() \
+                                    ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                       RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at), \
+                     first AS ( \
+                       SELECT DISTINCT ON (entity, entity_id) id, entity, entity_id FROM c \
+                       WHERE NOT (command_type = ANY($5)) ORDER BY entity, entity_id, priority DESC, id), \
+                     l AS ( \
+                       INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
+                       SELECT entity, entity_id, 'updating', NOW(), $1, id, FALSE, NOW() FROM first \
+                       ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = NOW(), \
+                          locked_by = EXCLUDED.locked_by, command_id = EXCLUDED.command_id, \
+                          takeover = (work_state.state = 'updating'), \
+                          expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = NOW() \
+                       WHERE work_state.state <> 'updating' OR work_state.locked_at < NOW() - make_interval(secs => $4) \
+                       RETURNING command_id, takeover) \
+                     SELECT c.id, c.entity, c.entity_id, c.command_type, c.priority, c.payload, c.attempts, c.created_at, \
+                            c.command_type = ANY($5) AS shared, l.command_id IS NOT NULL AS locked, COALESCE(l.takeover, FALSE) AS takeover \
+                     FROM c LEFT JOIN l ON l.command_id = c.id ORDER BY c.priority DESC, c.id"
+                )
+            });
+            let rows = sqlx::query(&SQL)
+                .bind(worker)
+                .bind(limit as i64)
+                .bind(secs(lease))
+                .bind(secs(ttl))
+                .bind(shared)
+                .fetch_all(pool)
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| {
@@ -269,19 +282,23 @@ pub async fn claim_locked(
                 .collect())
         }
         Db::Sqlite(pool) => {
+            static CLAIM: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "UPDATE command_queue SET status = '{PROCESSING}', locked_by = ?1, \
+                            locked_until = {until}, attempts = attempts + 1, updated_at = {SQLITE_NOW} \
+                     WHERE id IN (SELECT id FROM command_queue WHERE status = '{PENDING}' AND run_at <= {SQLITE_NOW} \
+                                  ORDER BY priority DESC, run_at, id LIMIT ?2) \
+                     RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at",
+                    until = sqlite_now_plus("?3"),
+                )
+            });
             let mut tx = pool.begin().await?;
-            let rows = sqlx::query(&format!(
-                "UPDATE command_queue SET status = 'processing', locked_by = ?1, \
-                        locked_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3), attempts = attempts + 1, updated_at = {SQLITE_NOW} \
-                 WHERE id IN (SELECT id FROM command_queue WHERE status = 'pending' AND run_at <= {SQLITE_NOW} \
-                              ORDER BY priority DESC, run_at, id LIMIT ?2) \
-                 RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at"
-            ))
-            .bind(worker)
-            .bind(limit as i64)
-            .bind(sqlite_in(lease))
-            .fetch_all(&mut *tx)
-            .await?;
+            let rows = sqlx::query(&CLAIM)
+                .bind(worker)
+                .bind(limit as i64)
+                .bind(sqlite_in(lease))
+                .fetch_all(&mut *tx)
+                .await?;
             let mut claimed: Vec<Claimed> = rows
                 .iter()
                 .map(|r| Claimed {
@@ -306,24 +323,28 @@ pub async fn claim_locked(
                     .iter()
                     .map(|c| json!([c.entity, c.entity_id, c.id]))
                     .collect();
-                sqlx::query(&format!(
-                    "INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
-                     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'updating', {SQLITE_NOW}, ?2, json_extract(value, '$[2]'), 0, {SQLITE_NOW} \
-                     FROM json_each(?1) WHERE true \
-                     ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = {SQLITE_NOW}, locked_by = excluded.locked_by, \
-                        command_id = excluded.command_id, takeover = (work_state.state = 'updating'), \
-                        expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = {SQLITE_NOW} \
-                     WHERE work_state.state <> 'updating' OR work_state.locked_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3) \
-                     RETURNING command_id, takeover"
-                ))
-                .bind(Json::Array(items).to_string())
-                .bind(worker)
-                .bind(format!("-{:.3} seconds", ttl.as_secs_f64()))
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1) != 0))
-                .collect()
+                static LOCK: LazyLock<String> = LazyLock::new(|| {
+                    format!(
+                        "INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
+                         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'updating', {SQLITE_NOW}, ?2, json_extract(value, '$[2]'), 0, {SQLITE_NOW} \
+                         FROM json_each(?1) WHERE true \
+                         ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = {SQLITE_NOW}, locked_by = excluded.locked_by, \
+                            command_id = excluded.command_id, takeover = (work_state.state = 'updating'), \
+                            expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = {SQLITE_NOW} \
+                         WHERE work_state.state <> 'updating' OR work_state.locked_at < {expired} \
+                         RETURNING command_id, takeover",
+                        expired = sqlite_now_plus("?3"),
+                    )
+                });
+                sqlx::query(&LOCK)
+                    .bind(Json::Array(items).to_string())
+                    .bind(worker)
+                    .bind(format!("-{:.3} seconds", ttl.as_secs_f64()))
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1) != 0))
+                    .collect()
             };
             tx.commit().await?;
             Ok(claimed
@@ -351,28 +372,35 @@ pub async fn defer(db: &Db, worker: &str, ids: &[i64], delay: Duration) -> Resul
     }
     match db {
         Db::Postgres(pool) => {
-            sqlx::query(
-                "UPDATE command_queue SET status = 'pending', attempts = attempts - 1, locked_by = NULL, locked_until = NULL, \
-                        run_at = NOW() + make_interval(secs => $3), updated_at = NOW() \
-                 WHERE id = ANY($1) AND locked_by = $2 AND status = 'processing'",
-            )
-            .bind(ids)
-            .bind(worker)
-            .bind(secs(delay))
-            .execute(pool)
-            .await?;
+            static SQL: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "UPDATE command_queue SET status = '{PENDING}', attempts = attempts - 1, locked_by = NULL, locked_until = NULL, \
+                            run_at = NOW() + make_interval(secs => $3), updated_at = NOW() \
+                     WHERE id = ANY($1) AND locked_by = $2 AND status = '{PROCESSING}'"
+                )
+            });
+            sqlx::query(&SQL)
+                .bind(ids)
+                .bind(worker)
+                .bind(secs(delay))
+                .execute(pool)
+                .await?;
         }
         Db::Sqlite(pool) => {
-            sqlx::query(&format!(
-                "UPDATE command_queue SET status = 'pending', attempts = attempts - 1, locked_by = NULL, locked_until = NULL, \
-                        run_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3), updated_at = {SQLITE_NOW} \
-                 WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND status = 'processing'"
-            ))
-            .bind(json!(ids).to_string())
-            .bind(worker)
-            .bind(sqlite_in(delay))
-            .execute(pool)
-            .await?;
+            static SQL: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "UPDATE command_queue SET status = '{PENDING}', attempts = attempts - 1, locked_by = NULL, locked_until = NULL, \
+                            run_at = {run_at}, updated_at = {SQLITE_NOW} \
+                     WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND status = '{PROCESSING}'",
+                    run_at = sqlite_now_plus("?3"),
+                )
+            });
+            sqlx::query(&SQL)
+                .bind(json!(ids).to_string())
+                .bind(worker)
+                .bind(sqlite_in(delay))
+                .execute(pool)
+                .await?;
         }
     }
     Ok(())
@@ -382,6 +410,14 @@ pub async fn defer(db: &Db, worker: &str, ids: &[i64], delay: Duration) -> Resul
 /// and the release of the entities' locks. Returns the ids whose completion was accepted; a
 /// command whose lease another worker took over is refused (its events are not written).
 pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> {
+    /// Completions on PostgreSQL, alone or in the batch's transaction.
+    static COMPLETE_PG: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "UPDATE command_queue SET status = '{COMPLETED}', completed_at = NOW(), updated_at = NOW(), \
+                    locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
+             WHERE id = ANY($1) AND locked_by = $2 AND status = '{PROCESSING}' RETURNING id"
+        )
+    });
     let done_ids: Vec<i64> = ack.completed.iter().map(|(id, _, _)| *id).collect();
     let lock_ids = &ack.locked;
     match db {
@@ -393,49 +429,44 @@ pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> 
             if done_ids.is_empty() {
                 return Ok(Vec::new());
             }
-            Ok(sqlx::query_scalar(
-                "UPDATE command_queue SET status = 'completed', completed_at = NOW(), updated_at = NOW(), \
-                        locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
-                 WHERE id = ANY($1) AND locked_by = $2 AND status = 'processing' RETURNING id",
-            )
-            .bind(&done_ids)
-            .bind(worker)
-            .fetch_all(pool)
-            .await?)
+            Ok(sqlx::query_scalar(&COMPLETE_PG)
+                .bind(&done_ids)
+                .bind(worker)
+                .fetch_all(pool)
+                .await?)
         }
         Db::Postgres(pool) if ack.events.is_empty() && ack.failed.is_empty() => {
             if done_ids.is_empty() {
                 return Ok(Vec::new());
             }
-            Ok(sqlx::query_scalar(
-                "WITH done AS ( \
-                   UPDATE command_queue SET status = 'completed', completed_at = NOW(), updated_at = NOW(), \
-                          locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
-                   WHERE id = ANY($1) AND locked_by = $2 AND status = 'processing' RETURNING id, entity, entity_id), \
-                 released AS ( \
-                   UPDATE work_state w SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = NOW() \
-                   FROM done WHERE w.entity = done.entity AND w.entity_id = done.entity_id AND w.command_id = done.id RETURNING 1) \
-                 SELECT id FROM done",
-            )
-            .bind(&done_ids)
-            .bind(worker)
-            .fetch_all(pool)
-            .await?)
+            static SQL: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "WITH done AS ( \
+                       UPDATE command_queue SET status = '{COMPLETED}', completed_at = NOW(), updated_at = NOW(), \
+                              locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
+                       WHERE id = ANY($1) AND locked_by = $2 AND status = '{PROCESSING}' RETURNING id, entity, entity_id), \
+                     released AS ( \
+                       UPDATE work_state w SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = NOW() \
+                       FROM done WHERE w.entity = done.entity AND w.entity_id = done.entity_id AND w.command_id = done.id RETURNING 1) \
+                     SELECT id FROM done"
+                )
+            });
+            Ok(sqlx::query_scalar(&SQL)
+                .bind(&done_ids)
+                .bind(worker)
+                .fetch_all(pool)
+                .await?)
         }
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
             let accepted: Vec<i64> = if done_ids.is_empty() {
                 Vec::new()
             } else {
-                sqlx::query_scalar(
-                    "UPDATE command_queue SET status = 'completed', completed_at = NOW(), updated_at = NOW(), \
-                            locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
-                     WHERE id = ANY($1) AND locked_by = $2 AND status = 'processing' RETURNING id",
-                )
-                .bind(&done_ids)
-                .bind(worker)
-                .fetch_all(&mut *tx)
-                .await?
+                sqlx::query_scalar(&COMPLETE_PG)
+                    .bind(&done_ids)
+                    .bind(worker)
+                    .fetch_all(&mut *tx)
+                    .await?
             };
             let events: Vec<&Event> = ack
                 .events
@@ -458,22 +489,29 @@ pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> 
                 .await?;
             }
             if !ack.failed.is_empty() {
+                static FAIL: LazyLock<String> = LazyLock::new(|| {
+                    format!(
+                        "UPDATE command_queue q SET status = CASE WHEN u.retry THEN '{PENDING}' ELSE '{DLQ}' END, \
+                                run_at = CASE WHEN u.retry THEN NOW() + make_interval(secs => u.delay) ELSE q.run_at END, \
+                                error_type = u.etype, error_message = u.msg, locked_by = NULL, locked_until = NULL, updated_at = NOW() \
+                         FROM UNNEST($1::int8[], $2::bool[], $3::float8[], $4::text[], $5::text[]) AS u(id, retry, delay, etype, msg) \
+                         WHERE q.id = u.id AND q.locked_by = $6 AND q.status = '{PROCESSING}'"
+                    )
+                });
                 let f = &ack.failed;
-                sqlx::query(
-                    "UPDATE command_queue q SET status = CASE WHEN u.retry THEN 'pending' ELSE 'dlq' END, \
-                            run_at = CASE WHEN u.retry THEN NOW() + make_interval(secs => u.delay) ELSE q.run_at END, \
-                            error_type = u.etype, error_message = u.msg, locked_by = NULL, locked_until = NULL, updated_at = NOW() \
-                     FROM UNNEST($1::int8[], $2::bool[], $3::float8[], $4::text[], $5::text[]) AS u(id, retry, delay, etype, msg) \
-                     WHERE q.id = u.id AND q.locked_by = $6 AND q.status = 'processing'",
-                )
-                .bind(f.iter().map(|x| x.id).collect::<Vec<_>>())
-                .bind(f.iter().map(|x| x.retry_in.is_some()).collect::<Vec<_>>())
-                .bind(f.iter().map(|x| x.retry_in.map(secs).unwrap_or(0.0)).collect::<Vec<_>>())
-                .bind(f.iter().map(|x| x.error_type.as_str()).collect::<Vec<_>>())
-                .bind(f.iter().map(|x| x.message.as_str()).collect::<Vec<_>>())
-                .bind(worker)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(&FAIL)
+                    .bind(f.iter().map(|x| x.id).collect::<Vec<_>>())
+                    .bind(f.iter().map(|x| x.retry_in.is_some()).collect::<Vec<_>>())
+                    .bind(
+                        f.iter()
+                            .map(|x| x.retry_in.map(secs).unwrap_or(0.0))
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(f.iter().map(|x| x.error_type.as_str()).collect::<Vec<_>>())
+                    .bind(f.iter().map(|x| x.message.as_str()).collect::<Vec<_>>())
+                    .bind(worker)
+                    .execute(&mut *tx)
+                    .await?;
             }
             if !lock_ids.is_empty() {
                 sqlx::query(
@@ -492,15 +530,18 @@ pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> 
             let accepted: Vec<i64> = if done_ids.is_empty() {
                 Vec::new()
             } else {
-                sqlx::query_scalar(&format!(
-                    "UPDATE command_queue SET status = 'completed', completed_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW}, \
-                            locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
-                     WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND status = 'processing' RETURNING id"
-                ))
-                .bind(json!(done_ids).to_string())
-                .bind(worker)
-                .fetch_all(&mut *tx)
-                .await?
+                static COMPLETE: LazyLock<String> = LazyLock::new(|| {
+                    format!(
+                        "UPDATE command_queue SET status = '{COMPLETED}', completed_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW}, \
+                                locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
+                         WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND status = '{PROCESSING}' RETURNING id"
+                    )
+                });
+                sqlx::query_scalar(&COMPLETE)
+                    .bind(json!(done_ids).to_string())
+                    .bind(worker)
+                    .fetch_all(&mut *tx)
+                    .await?
             };
             let events: Vec<&Event> = ack
                 .events
@@ -521,18 +562,18 @@ pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> 
             for f in &ack.failed {
                 let (status, run_at) = match f.retry_in {
                     Some(d) => (
-                        "pending",
-                        format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '{}')", sqlite_in(d)),
+                        CommandStatus::Pending,
+                        sqlite_now_plus(&format!("'{}'", sqlite_in(d))),
                     ),
-                    None => ("dlq", "run_at".to_owned()),
+                    None => (CommandStatus::Dlq, "run_at".to_owned()),
                 };
                 sqlx::query(&format!(
                     "UPDATE command_queue SET status = ?1, run_at = {run_at}, error_type = ?2, error_message = ?3, \
                             locked_by = NULL, locked_until = NULL, updated_at = {SQLITE_NOW} \
-                     WHERE id = ?4 AND locked_by = ?5 AND status = 'processing'"
+                     WHERE id = ?4 AND locked_by = ?5 AND status = '{PROCESSING}'"
                 ))
-                .bind(status)
-                .bind(&f.error_type)
+                .bind(status.as_str())
+                .bind(f.error_type.as_str())
                 .bind(&f.message)
                 .bind(f.id)
                 .bind(worker)
@@ -540,13 +581,16 @@ pub async fn ack(db: &Db, worker: &str, ack: &Ack) -> Result<Vec<i64>, DbError> 
                 .await?;
             }
             if !lock_ids.is_empty() {
-                sqlx::query(&format!(
-                    "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = {SQLITE_NOW} \
-                     WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
-                ))
-                .bind(json!(lock_ids).to_string())
-                .execute(&mut *tx)
-                .await?;
+                static RELEASE: LazyLock<String> = LazyLock::new(|| {
+                    format!(
+                        "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = {SQLITE_NOW} \
+                         WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
+                    )
+                });
+                sqlx::query(&RELEASE)
+                    .bind(json!(lock_ids).to_string())
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok(accepted)
@@ -574,22 +618,29 @@ pub async fn heartbeat(db: &Db, worker: &str, ids: &[i64], lease: Duration) -> R
             .await?;
         }
         Db::Sqlite(pool) => {
-            sqlx::query(
-                "UPDATE command_queue SET locked_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3) \
-                 WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2",
-            )
-            .bind(json!(ids).to_string())
-            .bind(worker)
-            .bind(sqlite_in(lease))
-            .execute(pool)
-            .await?;
-            sqlx::query(&format!(
-                "UPDATE work_state SET locked_at = {SQLITE_NOW} \
-                 WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
-            ))
-            .bind(json!(ids).to_string())
-            .execute(pool)
-            .await?;
+            static RENEW: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "UPDATE command_queue SET locked_until = {until} \
+                         WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2",
+                    until = sqlite_now_plus("?3"),
+                )
+            });
+            sqlx::query(&RENEW)
+                .bind(json!(ids).to_string())
+                .bind(worker)
+                .bind(sqlite_in(lease))
+                .execute(pool)
+                .await?;
+            static TOUCH: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                        "UPDATE work_state SET locked_at = {SQLITE_NOW} \
+                         WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
+                )
+            });
+            sqlx::query(&TOUCH)
+                .bind(json!(ids).to_string())
+                .execute(pool)
+                .await?;
         }
     }
     Ok(())
@@ -603,16 +654,20 @@ pub async fn rescue(db: &Db, max_retries: u32) -> Result<(u64, u64), DbError> {
     match db {
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
-            let ids: Vec<i64> = sqlx::query_scalar(
-                "UPDATE command_queue SET status = CASE WHEN attempts > $1 THEN 'dlq' ELSE 'pending' END, \
-                        error_type = 'LeaseExpiredException', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
-                        locked_by = NULL, locked_until = NULL, run_at = NOW(), updated_at = NOW() \
-                 WHERE id IN (SELECT id FROM command_queue WHERE status = 'processing' AND locked_until < NOW() FOR UPDATE SKIP LOCKED) \
-                 RETURNING id",
-            )
-            .bind(max_retries as i32)
-            .fetch_all(&mut *tx)
-            .await?;
+            static SQL: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "UPDATE command_queue SET status = CASE WHEN attempts > $1 THEN '{DLQ}' ELSE '{PENDING}' END, \
+                            error_type = '{expired}', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
+                            locked_by = NULL, locked_until = NULL, run_at = NOW(), updated_at = NOW() \
+                     WHERE id IN (SELECT id FROM command_queue WHERE status = '{PROCESSING}' AND locked_until < NOW() FOR UPDATE SKIP LOCKED) \
+                     RETURNING id",
+                    expired = ErrorType::LeaseExpiredException,
+                )
+            });
+            let ids: Vec<i64> = sqlx::query_scalar(&SQL)
+                .bind(max_retries as i32)
+                .fetch_all(&mut *tx)
+                .await?;
             let released = if ids.is_empty() {
                 0
             } else {
@@ -631,27 +686,34 @@ pub async fn rescue(db: &Db, max_retries: u32) -> Result<(u64, u64), DbError> {
         }
         Db::Sqlite(pool) => {
             let mut tx = pool.begin().await?;
-            let ids: Vec<i64> = sqlx::query_scalar(&format!(
-                "UPDATE command_queue SET status = CASE WHEN attempts > ?1 THEN 'dlq' ELSE 'pending' END, \
-                        error_type = 'LeaseExpiredException', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
-                        locked_by = NULL, locked_until = NULL, run_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW} \
-                 WHERE status = 'processing' AND locked_until < {SQLITE_NOW} RETURNING id"
-            ))
-            .bind(max_retries as i32)
-            .fetch_all(&mut *tx)
-            .await?;
+            static RESCUE: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "UPDATE command_queue SET status = CASE WHEN attempts > ?1 THEN '{DLQ}' ELSE '{PENDING}' END, \
+                            error_type = '{expired}', error_message = 'lease of ' || COALESCE(locked_by, '?') || ' expired', \
+                            locked_by = NULL, locked_until = NULL, run_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW} \
+                     WHERE status = '{PROCESSING}' AND locked_until < {SQLITE_NOW} RETURNING id",
+                    expired = ErrorType::LeaseExpiredException,
+                )
+            });
+            let ids: Vec<i64> = sqlx::query_scalar(&RESCUE)
+                .bind(max_retries as i32)
+                .fetch_all(&mut *tx)
+                .await?;
             let released = if ids.is_empty() {
                 0
             } else {
-                sqlx::query(&format!(
-                    "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, \
-                            expiries = expiries + 1, updated_at = {SQLITE_NOW} \
-                     WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
-                ))
-                .bind(json!(ids).to_string())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
+                static RELEASE: LazyLock<String> = LazyLock::new(|| {
+                    format!(
+                        "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, \
+                                expiries = expiries + 1, updated_at = {SQLITE_NOW} \
+                         WHERE command_id IN (SELECT value FROM json_each(?1)) AND state = 'updating'"
+                    )
+                });
+                sqlx::query(&RELEASE)
+                    .bind(json!(ids).to_string())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
             };
             tx.commit().await?;
             Ok((ids.len() as u64, released))
