@@ -463,7 +463,7 @@ fn step_timeout(step: &Step) -> Duration {
         StepKind::Approve(a) => {
             a.timeout.as_std().max(step.timeout.as_std()) + Duration::from_secs(5)
         }
-        StepKind::Wait(w) => w.as_std().max(step.timeout.as_std()) + Duration::from_secs(1),
+        StepKind::Wait(w) => w.0.as_std().max(step.timeout.as_std()) + Duration::from_secs(1),
         _ => step.timeout.as_std(),
     }
 }

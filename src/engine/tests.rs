@@ -194,7 +194,7 @@ fn retry_delay_doubles_and_stops() {
         continue_on_error: false,
         for_each: None,
         until: None,
-        kind: StepKind::Wait(Dur::from_secs(1)),
+        kind: StepKind::from_raw(serde_yaml::from_str("{id: s, wait: 1s}").unwrap()).unwrap(),
     };
     let transient = StepError::retryable("refused");
     let delays: Vec<Option<Duration>> = (1..=4)

@@ -29,11 +29,7 @@ use crate::{
 
 /// What compile may check names against: the config's datasources and notify channels. Empty
 /// sets mean "the config names none". (The shell allowlist is checked when a shell step runs.)
-#[derive(Debug, Default, Clone)]
-pub struct CompileEnv {
-    pub datasources: BTreeSet<String>,
-    pub channels: BTreeSet<String>,
-}
+pub type CompileEnv = crate::steps::Names;
 
 struct Compiler<'a> {
     path: &'a Path,
@@ -340,7 +336,7 @@ fn compile_step(
     for (sub, src, flavour) in kind.templates() {
         check(c, &format!("{at}.{sub}"), src, flavour, &base);
     }
-    for (sub, problem) in kind.check_names(&c.env.datasources, &c.env.channels) {
+    for (sub, problem) in kind.check_names(c.env) {
         c.err(&format!("{at}.{sub}"), problem);
     }
     if let StepKind::Playbook(call) = &kind {

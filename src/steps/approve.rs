@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{StepCx, StepError, StepOutput};
+use super::{CompileError, Flavour, Kind, StepCx, StepError, StepOutput};
 use crate::{duration::Dur, status::StepEventStatus, store::runs};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -28,15 +28,22 @@ pub struct ApproveStep {
     pub timeout: Dur,
 }
 
-impl ApproveStep {
-    pub fn compile(r: RawApprove) -> Self {
-        ApproveStep {
+impl Kind for ApproveStep {
+    type Raw = RawApprove;
+    type Input = Input;
+
+    fn compile(r: RawApprove) -> Result<Self, CompileError> {
+        Ok(ApproveStep {
             text: r.text,
             timeout: r.timeout.unwrap_or(DEFAULT_TIMEOUT),
-        }
+        })
     }
 
-    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+    fn templates(&self) -> Vec<(String, &str, Flavour)> {
+        vec![("approve.text".into(), self.text.as_str(), Flavour::Text)]
+    }
+
+    fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         Ok(Input {
             text: cx
                 .services
@@ -45,6 +52,10 @@ impl ApproveStep {
                 .map_err(StepError::template)?,
             timeout: self.timeout,
         })
+    }
+
+    async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        execute(i, cx).await
     }
 }
 

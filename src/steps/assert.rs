@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::short::FromShort;
-use super::{StepCx, StepError, StepOutput};
+use super::{CompileError, Flavour, Kind, StepCx, StepError, StepOutput};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -32,8 +32,26 @@ pub struct AssertStep {
     pub message: Option<String>,
 }
 
-impl AssertStep {
-    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+impl Kind for AssertStep {
+    type Raw = RawAssert;
+    type Input = Input;
+
+    fn compile(r: RawAssert) -> Result<Self, CompileError> {
+        Ok(AssertStep {
+            that: r.that,
+            message: r.message,
+        })
+    }
+
+    fn templates(&self) -> Vec<(String, &str, Flavour)> {
+        let mut v = vec![("assert".into(), self.that.as_str(), Flavour::Expr)];
+        if let Some(m) = &self.message {
+            v.push(("assert.message".into(), m.as_str(), Flavour::Text));
+        }
+        v
+    }
+
+    fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         let t = &cx.services.templates;
         let holds = t
             .eval_bool(&self.that, cx.ctx)
@@ -49,6 +67,10 @@ impl AssertStep {
             holds,
             message,
         })
+    }
+
+    async fn execute(i: Input, _cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        execute(i)
     }
 }
 

@@ -7,8 +7,9 @@ use serde_json::{json, Value as Json};
 
 use super::short::FromShort;
 use super::Yaml;
-use super::{StepCx, StepError, StepOutput};
+use super::{CompileError, Flavour, Kind, StepCx, StepError, StepOutput};
 use crate::status::RunStatus;
+use crate::template::Templates;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -37,8 +38,28 @@ pub struct CallStep {
     pub params: BTreeMap<String, serde_yaml::Value>,
 }
 
-impl CallStep {
-    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+impl Kind for CallStep {
+    type Raw = RawCall;
+    type Input = Input;
+
+    fn compile(r: RawCall) -> Result<Self, CompileError> {
+        Ok(CallStep {
+            name: r.name,
+            params: r.params,
+        })
+    }
+
+    fn templates(&self) -> Vec<(String, &str, Flavour)> {
+        let mut out = Vec::new();
+        for (k, v) in &self.params {
+            let mut strings = Vec::new();
+            Templates::tree_strings(v, format!("playbook.params.{k}"), &mut strings);
+            out.extend(strings.into_iter().map(|(p, src)| (p, src, Flavour::Value)));
+        }
+        out
+    }
+
+    fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         let params = self
             .params
             .iter()
@@ -59,6 +80,10 @@ impl CallStep {
             playbook: self.name.clone(),
             params,
         })
+    }
+
+    async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        execute(i, cx).await
     }
 }
 

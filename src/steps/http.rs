@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Value as Json};
 
 use super::Yaml;
-use super::{Flavour, StepCx, StepError, StepOutput};
+use super::{CompileError, Flavour, Kind, StepCx, StepError, StepOutput};
 use crate::{
     template::Templates,
     text::{error_chain, truncate},
@@ -67,8 +67,11 @@ pub struct HttpStep {
     pub expect: Vec<u16>,
 }
 
-impl HttpStep {
-    pub fn compile(r: RawHttp) -> Result<Self, (String, String)> {
+impl Kind for HttpStep {
+    type Raw = RawHttp;
+    type Input = Input;
+
+    fn compile(r: RawHttp) -> Result<Self, CompileError> {
         let method_text = r.method.unwrap_or_else(|| {
             if r.json.is_some() || r.body.is_some() {
                 "POST".into()
@@ -108,7 +111,7 @@ impl HttpStep {
         })
     }
 
-    pub fn templates(&self) -> Vec<(String, &str, Flavour)> {
+    fn templates(&self) -> Vec<(String, &str, Flavour)> {
         let mut v = vec![("http.url".to_string(), self.url.as_str(), Flavour::Url)];
         v.extend(
             self.headers
@@ -131,7 +134,7 @@ impl HttpStep {
         v
     }
 
-    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+    fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         let t = &cx.services.templates;
         let url = t
             .render_url(&self.url, cx.ctx)
@@ -167,6 +170,10 @@ impl HttpStep {
             body,
             expect: self.expect.clone(),
         })
+    }
+
+    async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        execute(i, cx).await
     }
 }
 

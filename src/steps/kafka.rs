@@ -13,7 +13,7 @@ use rdkafka::{
 use serde::Serialize;
 use serde_json::{json, Value as Json};
 
-use super::{Flavour, StepCx, StepError, StepOutput};
+use super::{CompileError, Flavour, Kind, StepCx, StepError, StepOutput};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -44,8 +44,11 @@ pub struct KafkaStep {
     pub group: Option<String>,
 }
 
-impl KafkaStep {
-    pub fn compile(r: RawKafka) -> Result<Self, (String, String)> {
+impl Kind for KafkaStep {
+    type Raw = RawKafka;
+    type Input = Input;
+
+    fn compile(r: RawKafka) -> Result<Self, CompileError> {
         let op = match r.op.as_str() {
             "list_topics" => KafkaOp::ListTopics,
             "describe_topic" => KafkaOp::DescribeTopic,
@@ -77,7 +80,7 @@ impl KafkaStep {
         })
     }
 
-    pub fn templates(&self) -> Vec<(String, &str, Flavour)> {
+    fn templates(&self) -> Vec<(String, &str, Flavour)> {
         let mut v = Vec::new();
         if let Some(t) = &self.topic {
             v.push(("kafka.topic".into(), t.as_str(), Flavour::Text));
@@ -88,7 +91,7 @@ impl KafkaStep {
         v
     }
 
-    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+    fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         let r = |s: &Option<String>| {
             s.as_ref()
                 .map(|s| cx.services.templates.render(s, cx.ctx))
@@ -100,6 +103,10 @@ impl KafkaStep {
             topic: r(&self.topic)?,
             group: r(&self.group)?,
         })
+    }
+
+    async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        execute(i, cx).await
     }
 }
 

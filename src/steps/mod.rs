@@ -11,6 +11,7 @@ mod call;
 mod context;
 mod http;
 mod kafka;
+mod names;
 mod notify;
 mod promql;
 mod runtime;
@@ -18,8 +19,9 @@ mod shell;
 mod short;
 mod sql;
 mod tcp_check;
+mod wait;
 
-use std::{collections::BTreeSet, time::Duration};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -29,6 +31,7 @@ pub use context::{
 };
 
 use crate::duration::Dur;
+pub use names::Names;
 use schemars::JsonSchema;
 use serde::Deserialize;
 pub use short::ShortOr;
@@ -122,6 +125,35 @@ pub enum Flavour {
     Value,
 }
 
+/// A step kind's compile errors: the sub-path under the step (`.runtime.op`) and the message.
+pub type CompileError = (String, String);
+
+/// What every step kind provides, each in its own file: its compiled form from its raw YAML,
+/// the templates it holds (for `runbook validate`), the config names it refers to, its rendered
+/// input (recorded, and printed by `--dry-run`), and how that input executes.
+pub trait Kind: Sized {
+    type Raw;
+    type Input: Serialize;
+
+    fn compile(raw: Self::Raw) -> Result<Self, CompileError>;
+
+    /// Every template with its sub-path and flavour.
+    fn templates(&self) -> Vec<(String, &str, Flavour)>;
+
+    /// Problems with names that must exist in the config.
+    fn check_names(&self, _names: &Names) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Fills the templates; executes nothing.
+    fn render(&self, cx: &StepCx<'_>) -> Result<Self::Input, StepError>;
+
+    fn execute(
+        input: Self::Input,
+        cx: &StepCx<'_>,
+    ) -> impl std::future::Future<Output = Result<StepOutput, StepError>> + Send;
+}
+
 /// A compiled step kind.
 #[derive(Debug)]
 pub enum StepKind {
@@ -132,7 +164,7 @@ pub enum StepKind {
     Runtime(runtime::RuntimeStep),
     Shell(shell::ShellStep),
     TcpCheck(tcp_check::TcpCheckStep),
-    Wait(Dur),
+    Wait(wait::WaitStep),
     Assert(assert::AssertStep),
     Approve(approve::ApproveStep),
     Notify(notify::NotifyStep),
@@ -195,16 +227,36 @@ pub enum Rendered {
     Runtime(runtime::Input),
     Shell(shell::Input),
     TcpCheck(tcp_check::Input),
-    Wait { wait: Dur },
+    Wait(wait::Input),
     Assert(assert::Input),
     Approve(approve::Input),
     Notify(notify::Input),
     Playbook(call::Input),
 }
 
+/// Applies `$e` to the kind inside a `StepKind`, whatever it is.
+macro_rules! each_kind {
+    ($kind:expr, $s:ident => $e:expr) => {
+        match $kind {
+            StepKind::Sql($s) => $e,
+            StepKind::Promql($s) => $e,
+            StepKind::Http($s) => $e,
+            StepKind::Kafka($s) => $e,
+            StepKind::Runtime($s) => $e,
+            StepKind::Shell($s) => $e,
+            StepKind::TcpCheck($s) => $e,
+            StepKind::Wait($s) => $e,
+            StepKind::Assert($s) => $e,
+            StepKind::Approve($s) => $e,
+            StepKind::Notify($s) => $e,
+            StepKind::Playbook($s) => $e,
+        }
+    };
+}
+
 impl StepKind {
     /// Compiles the one kind a raw step names. Errors carry a sub-path (`.sql.query`) and a message.
-    pub fn from_raw(s: RawStep) -> Result<StepKind, (String, String)> {
+    pub fn from_raw(s: RawStep) -> Result<StepKind, CompileError> {
         let mut kinds: Vec<&str> = Vec::new();
         macro_rules! seen {
             ($($f:ident),*) => { $( if s.$f.is_some() { kinds.push(stringify!($f)); } )* };
@@ -227,43 +279,32 @@ impl StepKind {
             _ => return Err((format!(".{}", kinds[1]), format!("step `{}` has several kinds: {}", s.id, kinds.join(", ")))),
         }
         Ok(match s {
-            RawStep { sql: Some(r), .. } => StepKind::Sql(sql::SqlStep::compile(r.0)),
+            RawStep { sql: Some(r), .. } => StepKind::Sql(Kind::compile(r.0)?),
             RawStep {
                 promql: Some(r), ..
-            } => StepKind::Promql(promql::PromqlStep::compile(r.0)),
-            RawStep { http: Some(r), .. } => StepKind::Http(http::HttpStep::compile(r)?),
-            RawStep { kafka: Some(r), .. } => StepKind::Kafka(kafka::KafkaStep::compile(r)?),
+            } => StepKind::Promql(Kind::compile(r.0)?),
+            RawStep { http: Some(r), .. } => StepKind::Http(Kind::compile(r)?),
+            RawStep { kafka: Some(r), .. } => StepKind::Kafka(Kind::compile(r)?),
             RawStep {
                 runtime: Some(r), ..
-            } => StepKind::Runtime(runtime::RuntimeStep::compile(r)?),
-            RawStep { shell: Some(r), .. } => StepKind::Shell(shell::ShellStep::compile(r)?),
+            } => StepKind::Runtime(Kind::compile(r)?),
+            RawStep { shell: Some(r), .. } => StepKind::Shell(Kind::compile(r)?),
             RawStep {
                 tcp_check: Some(r), ..
-            } => StepKind::TcpCheck(tcp_check::TcpCheckStep {
-                address: r.0.address,
-            }),
-            RawStep { wait: Some(d), .. } => StepKind::Wait(d),
+            } => StepKind::TcpCheck(Kind::compile(r.0)?),
+            RawStep { wait: Some(d), .. } => StepKind::Wait(Kind::compile(d)?),
             RawStep {
                 assert: Some(r), ..
-            } => StepKind::Assert(assert::AssertStep {
-                that: r.0.that,
-                message: r.0.message,
-            }),
+            } => StepKind::Assert(Kind::compile(r.0)?),
             RawStep {
                 approve: Some(r), ..
-            } => StepKind::Approve(approve::ApproveStep::compile(r)),
+            } => StepKind::Approve(Kind::compile(r)?),
             RawStep {
                 notify: Some(r), ..
-            } => StepKind::Notify(notify::NotifyStep {
-                to: r.to,
-                text: r.text,
-            }),
+            } => StepKind::Notify(Kind::compile(r)?),
             RawStep {
                 playbook: Some(r), ..
-            } => StepKind::Playbook(call::CallStep {
-                name: r.0.name,
-                params: r.0.params,
-            }),
+            } => StepKind::Playbook(Kind::compile(r.0)?),
             _ => unreachable!("exactly one kind was counted above"),
         })
     }
@@ -287,72 +328,12 @@ impl StepKind {
 
     /// Every template the kind holds, with its sub-path and flavour, for validation.
     pub fn templates(&self) -> Vec<(String, &str, Flavour)> {
-        match self {
-            StepKind::Sql(s) => vec![("sql".into(), s.query.as_str(), Flavour::Sql)],
-            StepKind::Promql(s) => vec![("promql".into(), s.query.as_str(), Flavour::Text)],
-            StepKind::Http(s) => s.templates(),
-            StepKind::Kafka(s) => s.templates(),
-            StepKind::Runtime(s) => s.templates(),
-            StepKind::Shell(s) => s
-                .argv
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (format!("shell[{i}]"), a.as_str(), Flavour::Text))
-                .collect(),
-            StepKind::TcpCheck(s) => vec![("tcp_check".into(), s.address.as_str(), Flavour::Text)],
-            StepKind::Wait(_) => vec![],
-            StepKind::Assert(s) => {
-                let mut v = vec![("assert".into(), s.that.as_str(), Flavour::Expr)];
-                if let Some(m) = &s.message {
-                    v.push(("assert.message".into(), m.as_str(), Flavour::Text));
-                }
-                v
-            }
-            StepKind::Approve(s) => vec![("approve.text".into(), s.text.as_str(), Flavour::Text)],
-            StepKind::Notify(s) => vec![("notify.text".into(), s.text.as_str(), Flavour::Text)],
-            StepKind::Playbook(s) => {
-                let mut out = Vec::new();
-                for (k, v) in &s.params {
-                    let mut strings = Vec::new();
-                    crate::template::Templates::tree_strings(
-                        v,
-                        format!("playbook.params.{k}"),
-                        &mut strings,
-                    );
-                    out.extend(strings.into_iter().map(|(p, src)| (p, src, Flavour::Value)));
-                }
-                out
-            }
-        }
+        each_kind!(self, s => s.templates())
     }
 
     /// Names that must exist in the config: datasources and notify channels.
-    pub fn check_names(
-        &self,
-        datasources: &BTreeSet<String>,
-        channels: &BTreeSet<String>,
-    ) -> Vec<(String, String)> {
-        match self {
-            StepKind::Sql(s) => match &s.datasource {
-                Some(d) if !datasources.contains(d) => vec![(
-                    "sql.datasource".into(),
-                    format!(
-                        "unknown datasource `{d}` (the config's `datasources` names: {})",
-                        list(datasources)
-                    ),
-                )],
-                _ => vec![],
-            },
-            StepKind::Notify(s) if !channels.contains(&s.to) => vec![(
-                "notify.to".into(),
-                format!(
-                    "unknown notify channel `{}` (the config's `notify` names: {})",
-                    s.to,
-                    list(channels)
-                ),
-            )],
-            _ => vec![],
-        }
+    pub fn check_names(&self, names: &Names) -> Vec<(String, String)> {
+        each_kind!(self, s => s.check_names(names))
     }
 
     /// Fills the templates; executes nothing.
@@ -365,7 +346,7 @@ impl StepKind {
             StepKind::Runtime(s) => Rendered::Runtime(s.render(cx)?),
             StepKind::Shell(s) => Rendered::Shell(s.render(cx)?),
             StepKind::TcpCheck(s) => Rendered::TcpCheck(s.render(cx)?),
-            StepKind::Wait(d) => Rendered::Wait { wait: *d },
+            StepKind::Wait(s) => Rendered::Wait(s.render(cx)?),
             StepKind::Assert(s) => Rendered::Assert(s.render(cx)?),
             StepKind::Approve(s) => Rendered::Approve(s.render(cx)?),
             StepKind::Notify(s) => Rendered::Notify(s.render(cx)?),
@@ -376,29 +357,18 @@ impl StepKind {
     /// Executes a rendered input.
     pub async fn execute(&self, input: Rendered, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
         match input {
-            Rendered::Sql(i) => sql::execute(i, cx).await,
-            Rendered::Promql(i) => promql::execute(i, cx).await,
-            Rendered::Http(i) => http::execute(i, cx).await,
-            Rendered::Kafka(i) => kafka::execute(i, cx).await,
-            Rendered::Runtime(i) => runtime::execute(i, cx).await,
-            Rendered::Shell(i) => shell::execute(i, cx).await,
-            Rendered::TcpCheck(i) => tcp_check::execute(i, cx).await,
-            Rendered::Wait { wait } => {
-                tokio::time::sleep(wait.as_std()).await;
-                Ok(StepOutput::value(Json::from(wait.to_string())))
-            }
-            Rendered::Assert(i) => assert::execute(i),
-            Rendered::Approve(i) => approve::execute(i, cx).await,
-            Rendered::Notify(i) => notify::execute(i, cx).await,
-            Rendered::Playbook(i) => call::execute(i, cx).await,
+            Rendered::Sql(i) => sql::SqlStep::execute(i, cx).await,
+            Rendered::Promql(i) => promql::PromqlStep::execute(i, cx).await,
+            Rendered::Http(i) => http::HttpStep::execute(i, cx).await,
+            Rendered::Kafka(i) => kafka::KafkaStep::execute(i, cx).await,
+            Rendered::Runtime(i) => runtime::RuntimeStep::execute(i, cx).await,
+            Rendered::Shell(i) => shell::ShellStep::execute(i, cx).await,
+            Rendered::TcpCheck(i) => tcp_check::TcpCheckStep::execute(i, cx).await,
+            Rendered::Wait(i) => wait::WaitStep::execute(i, cx).await,
+            Rendered::Assert(i) => assert::AssertStep::execute(i, cx).await,
+            Rendered::Approve(i) => approve::ApproveStep::execute(i, cx).await,
+            Rendered::Notify(i) => notify::NotifyStep::execute(i, cx).await,
+            Rendered::Playbook(i) => call::CallStep::execute(i, cx).await,
         }
-    }
-}
-
-fn list(set: &BTreeSet<String>) -> String {
-    if set.is_empty() {
-        "none".into()
-    } else {
-        set.iter().cloned().collect::<Vec<_>>().join(", ")
     }
 }

@@ -4,7 +4,11 @@
 use serde::Serialize;
 use serde_json::json;
 
-use super::{http::send, StepCx, StepError, StepOutput};
+use super::{
+    http::send,
+    names::{self, Names},
+    CompileError, Flavour, Kind, StepCx, StepError, StepOutput,
+};
 use crate::config::WebhookFormat;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -25,8 +29,36 @@ pub struct NotifyStep {
     pub text: String,
 }
 
-impl NotifyStep {
-    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+impl Kind for NotifyStep {
+    type Raw = RawNotify;
+    type Input = Input;
+
+    fn compile(r: RawNotify) -> Result<Self, CompileError> {
+        Ok(NotifyStep {
+            to: r.to,
+            text: r.text,
+        })
+    }
+
+    fn templates(&self) -> Vec<(String, &str, Flavour)> {
+        vec![("notify.text".into(), self.text.as_str(), Flavour::Text)]
+    }
+
+    fn check_names(&self, names: &Names) -> Vec<(String, String)> {
+        if names.channels.contains(&self.to) {
+            return vec![];
+        }
+        vec![(
+            "notify.to".into(),
+            format!(
+                "unknown notify channel `{}` (the config's `notify` names: {})",
+                self.to,
+                names::list(&names.channels)
+            ),
+        )]
+    }
+
+    fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         Ok(Input {
             to: self.to.clone(),
             text: cx
@@ -35,6 +67,10 @@ impl NotifyStep {
                 .render(&self.text, cx.ctx)
                 .map_err(StepError::template)?,
         })
+    }
+
+    async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        execute(i, cx).await
     }
 }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 
 use super::short::FromShort;
-use super::{http::send, StepCx, StepError, StepOutput};
+use super::{http::send, CompileError, Flavour, Kind, StepCx, StepError, StepOutput};
 use crate::duration::Dur;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -42,16 +42,23 @@ pub struct PromqlStep {
     pub step: Option<Dur>,
 }
 
-impl PromqlStep {
-    pub fn compile(r: RawPromql) -> Self {
-        PromqlStep {
+impl Kind for PromqlStep {
+    type Raw = RawPromql;
+    type Input = Input;
+
+    fn compile(r: RawPromql) -> Result<Self, CompileError> {
+        Ok(PromqlStep {
             query: r.query,
             range: r.range,
             step: r.step,
-        }
+        })
     }
 
-    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+    fn templates(&self) -> Vec<(String, &str, Flavour)> {
+        vec![("promql".into(), self.query.as_str(), Flavour::Text)]
+    }
+
+    fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         let query = cx
             .services
             .templates
@@ -70,6 +77,10 @@ impl PromqlStep {
             range: self.range,
             step: self.step,
         })
+    }
+
+    async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        execute(i, cx).await
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::{Flavour, StepCx, StepError, StepOutput};
+use super::{CompileError, Flavour, Kind, StepCx, StepError, StepOutput};
 use crate::{
     stream::ops::{self, Op, OpError},
     template::Templates,
@@ -27,10 +27,11 @@ pub struct RuntimeStep {
     pub args: BTreeMap<String, serde_yaml::Value>,
 }
 
-impl RuntimeStep {
-    pub fn compile(
-        mut args: BTreeMap<String, serde_yaml::Value>,
-    ) -> Result<Self, (String, String)> {
+impl Kind for RuntimeStep {
+    type Raw = BTreeMap<String, serde_yaml::Value>;
+    type Input = Input;
+
+    fn compile(mut args: BTreeMap<String, serde_yaml::Value>) -> Result<Self, CompileError> {
         let names: Vec<&str> = ops::OPS.iter().map(|(n, _)| *n).collect();
         let op = match args.remove("op") {
             Some(serde_yaml::Value::String(op)) => op,
@@ -63,7 +64,7 @@ impl RuntimeStep {
         Ok(RuntimeStep { op, args })
     }
 
-    pub fn templates(&self) -> Vec<(String, &str, Flavour)> {
+    fn templates(&self) -> Vec<(String, &str, Flavour)> {
         let mut out = Vec::new();
         for (k, v) in &self.args {
             let mut strings = Vec::new();
@@ -73,7 +74,7 @@ impl RuntimeStep {
         out
     }
 
-    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+    fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         let mut map = serde_json::Map::new();
         map.insert("op".into(), Json::String(self.op.clone()));
         for (k, v) in &self.args {
@@ -88,6 +89,10 @@ impl RuntimeStep {
         let op: Op = serde_json::from_value(Json::Object(map))
             .map_err(|e| StepError::fatal(format!("runtime op `{}`: {e}", self.op)))?;
         Ok(Input { op })
+    }
+
+    async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        execute(i, cx).await
     }
 }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
-use super::{StepCx, StepError, StepOutput};
+use super::{CompileError, Flavour, Kind, StepCx, StepError, StepOutput};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::{
@@ -75,8 +75,11 @@ pub struct ShellStep {
     pub max_output: usize,
 }
 
-impl ShellStep {
-    pub fn compile(r: RawShell) -> Result<Self, (String, String)> {
+impl Kind for ShellStep {
+    type Raw = RawShell;
+    type Input = Input;
+
+    fn compile(r: RawShell) -> Result<Self, CompileError> {
         if r.argv.is_empty() {
             return Err((
                 ".shell".into(),
@@ -95,7 +98,15 @@ impl ShellStep {
         })
     }
 
-    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+    fn templates(&self) -> Vec<(String, &str, Flavour)> {
+        self.argv
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("shell[{i}]"), a.as_str(), Flavour::Text))
+            .collect()
+    }
+
+    fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         let mut argv = Vec::with_capacity(self.argv.len());
         let mut after_double_dash = false;
         for template in &self.argv {
@@ -119,6 +130,10 @@ impl ShellStep {
             argv,
             max_output: self.max_output,
         })
+    }
+
+    async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        execute(i, cx).await
     }
 }
 

@@ -4,7 +4,10 @@ use serde::Serialize;
 use serde_json::{json, Value as Json};
 
 use super::short::FromShort;
-use super::{StepCx, StepError, StepOutput};
+use super::{
+    names::{self, Names},
+    CompileError, Flavour, Kind, StepCx, StepError, StepOutput,
+};
 use crate::template::Dialect;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -40,16 +43,36 @@ pub struct SqlStep {
     pub max_rows: usize,
 }
 
-impl SqlStep {
-    pub fn compile(r: RawSql) -> Self {
-        SqlStep {
+impl Kind for SqlStep {
+    type Raw = RawSql;
+    type Input = Input;
+
+    fn compile(r: RawSql) -> Result<Self, CompileError> {
+        Ok(SqlStep {
             datasource: r.datasource,
             query: r.query,
             max_rows: r.max_rows.unwrap_or(DEFAULT_MAX_ROWS),
+        })
+    }
+
+    fn templates(&self) -> Vec<(String, &str, Flavour)> {
+        vec![("sql".into(), self.query.as_str(), Flavour::Sql)]
+    }
+
+    fn check_names(&self, names: &Names) -> Vec<(String, String)> {
+        match &self.datasource {
+            Some(d) if !names.datasources.contains(d) => vec![(
+                "sql.datasource".into(),
+                format!(
+                    "unknown datasource `{d}` (the config's `datasources` names: {})",
+                    names::list(&names.datasources)
+                ),
+            )],
+            _ => vec![],
         }
     }
 
-    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+    fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         let dialect = match &self.datasource {
             None => cx.services.store.dialect(),
             Some(name) => cx
@@ -69,6 +92,10 @@ impl SqlStep {
             params: q.params,
             max_rows: self.max_rows,
         })
+    }
+
+    async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        execute(i, cx).await
     }
 }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::short::FromShort;
-use super::{StepCx, StepError, StepOutput};
+use super::{CompileError, Flavour, Kind, StepCx, StepError, StepOutput};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -28,14 +28,29 @@ pub struct TcpCheckStep {
     pub address: String,
 }
 
-impl TcpCheckStep {
-    pub fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+impl Kind for TcpCheckStep {
+    type Raw = RawTcpCheck;
+    type Input = Input;
+
+    fn compile(r: RawTcpCheck) -> Result<Self, CompileError> {
+        Ok(TcpCheckStep { address: r.address })
+    }
+
+    fn templates(&self) -> Vec<(String, &str, Flavour)> {
+        vec![("tcp_check".into(), self.address.as_str(), Flavour::Text)]
+    }
+
+    fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
         let address = cx
             .services
             .templates
             .render(&self.address, cx.ctx)
             .map_err(StepError::template)?;
         Ok(Input { address })
+    }
+
+    async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        execute(i, cx).await
     }
 }
 

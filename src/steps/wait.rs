@@ -1,0 +1,37 @@
+//! `wait`: pause the run for a fixed time (`wait: 30s`).
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use super::{CompileError, Flavour, Kind, StepCx, StepError, StepOutput};
+use crate::duration::Dur;
+
+#[derive(Debug)]
+pub struct WaitStep(pub Dur);
+
+#[derive(Debug, Serialize)]
+pub struct Input {
+    pub wait: Dur,
+}
+
+impl Kind for WaitStep {
+    type Raw = Dur;
+    type Input = Input;
+
+    fn compile(d: Dur) -> Result<Self, CompileError> {
+        Ok(WaitStep(d))
+    }
+
+    fn templates(&self) -> Vec<(String, &str, Flavour)> {
+        Vec::new()
+    }
+
+    fn render(&self, _cx: &StepCx<'_>) -> Result<Input, StepError> {
+        Ok(Input { wait: self.0 })
+    }
+
+    async fn execute(i: Input, _cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        tokio::time::sleep(i.wait.as_std()).await;
+        Ok(StepOutput::value(Json::from(i.wait.to_string())))
+    }
+}
