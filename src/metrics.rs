@@ -75,6 +75,8 @@ pub struct Metrics {
     pub runs: Family<RunLabels, Counter>,
     pub step_duration: Family<StepLabels, Histogram, fn() -> Histogram>,
     pub webhook_requests: Family<OutcomeLabel, Counter>,
+    /// Seconds from a schedule tick's time to this process firing it (catch-ups included).
+    pub scheduler_lag: Histogram,
 }
 
 impl Default for Metrics {
@@ -98,6 +100,7 @@ impl Metrics {
             runs: Family::default(),
             step_duration: Family::new_with_constructor(step_histogram as fn() -> Histogram),
             webhook_requests: Family::default(),
+            scheduler_lag: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 300.0]),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +157,11 @@ impl Metrics {
             "runbook_webhook_requests",
             "Alertmanager webhook requests by outcome",
             m.webhook_requests.clone(),
+        );
+        registry.register(
+            "runbook_scheduler_lag_seconds",
+            "Time from a schedule tick's time to this process firing it",
+            m.scheduler_lag.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -10,5 +10,6 @@ mod migrations;
 mod postgres;
 mod runtime;
 mod safety;
+mod scheduler;
 mod util;
 mod validate;

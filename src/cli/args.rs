@@ -72,10 +72,12 @@ pub enum Command {
     },
     /// Print the JSON Schema of the playbook format (for editors' YAML language servers).
     Schema,
-    /// Next fire times of scheduled playbooks.
+    /// Scheduled playbooks: zone, last recorded tick (from the store) and next fire times.
     Schedule {
         #[arg(long, default_value_t = 3)]
         count: usize,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
     },
     /// Recorded runs.
     Runs {

@@ -120,7 +120,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::List { output } => playbooks::list(&setup, output),
-        Command::Schedule { count } => playbooks::schedule(&setup, count),
+        Command::Schedule { count, output } => playbooks::schedule(&setup, count, output).await,
         Command::Run {
             name,
             params,

@@ -177,6 +177,56 @@ pub fn list(catalog: &Catalog, format: Format) {
     }
 }
 
+/// `runbook schedule`: per scheduled playbook its zone, last recorded tick and next fire times.
+pub fn schedule(items: &[Json], format: Format) {
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(items).unwrap_or_default()
+        );
+        return;
+    }
+    if items.is_empty() {
+        println!("no scheduled playbooks");
+        return;
+    }
+    for item in items {
+        let text = |k: &str| item[k].as_str().unwrap_or("").to_owned();
+        println!(
+            "{:<22} {:<20} {} (missed: {})",
+            text("name"),
+            text("schedule"),
+            text("timezone"),
+            text("missed")
+        );
+        let last = &item["last"];
+        let last = if last == &Json::Bool(false) {
+            "(the store could not be read)".to_owned()
+        } else if last.is_null() {
+            "never".to_owned()
+        } else {
+            let command = last["command_id"]
+                .as_i64()
+                .map(|id| format!(", command {id}"))
+                .unwrap_or_default();
+            format!(
+                "{}, fired {} ({}{command})",
+                last["scheduled_at"].as_str().unwrap_or(""),
+                last["fired_at"].as_str().unwrap_or(""),
+                last["outcome"].as_str().unwrap_or("")
+            )
+        };
+        println!("{:<22} last  {last}", "");
+        let next: Vec<&str> = item["next"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Json::as_str)
+            .collect();
+        println!("{:<22} next  {}", "", next.join("  "));
+    }
+}
+
 fn matcher_text(m: &crate::playbook::LabelMatcher) -> String {
     use crate::playbook::LabelMatcher as M;
     match m {

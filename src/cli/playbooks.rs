@@ -13,6 +13,7 @@ use crate::{
     metrics::Metrics,
     playbook::Catalog,
     services::Services,
+    store::{runs, ticks},
 };
 
 pub(super) fn validate(setup: &Setup, path: Option<&Path>) -> i32 {
@@ -58,27 +59,65 @@ pub(super) fn list(setup: &Setup, format: Format) -> Result<i32> {
     Ok(0)
 }
 
-pub(super) fn schedule(setup: &Setup, count: usize) -> Result<i32> {
+pub(super) async fn schedule(setup: &Setup, count: usize, format: Format) -> Result<i32> {
     let catalog = match load_catalog(setup) {
         Ok(c) => c,
         Err(diags) => return Ok(print_diags(&diags)),
     };
-    let mut any = false;
-    for pb in catalog.playbooks.values() {
-        if let Some(s) = &pb.triggers.schedule {
-            any = true;
-            let next: Vec<String> = s
-                .upcoming(chrono::Utc::now(), count)
-                .iter()
-                .map(|t| t.to_rfc3339())
-                .collect();
-            println!("{:<24} {:<20} {}", pb.name, s.expr, next.join("  "));
+    let scheduled: Vec<_> = catalog
+        .playbooks
+        .values()
+        .filter_map(|p| p.triggers.schedule.as_ref().map(|s| (p, s)))
+        .collect();
+    // The last ticks come from the store; without it the schedule is still shown.
+    let latest = if scheduled.is_empty() {
+        Some(Default::default())
+    } else {
+        let names: Vec<String> = scheduled.iter().map(|(p, _)| p.name.clone()).collect();
+        match last_ticks(setup, &names).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("warning: recorded ticks not shown: {e:#}");
+                None
+            }
         }
-    }
-    if !any {
-        println!("no scheduled playbooks");
-    }
+    };
+    let now = chrono::Utc::now();
+    let items: Vec<serde_json::Value> = scheduled
+        .iter()
+        .map(|(p, s)| {
+            let last = latest.as_ref().map(|l| {
+                l.get(&p.name).map(|t: &ticks::Tick| {
+                    json!({
+                        "scheduled_at": runs::timestamp(t.scheduled_at),
+                        "fired_at": runs::timestamp(t.fired_at),
+                        "outcome": t.outcome.as_str(),
+                        "command_id": t.command_id,
+                    })
+                })
+            });
+            json!({
+                "name": p.name,
+                "schedule": s.expr,
+                "timezone": s.tz.name(),
+                "missed": s.missed,
+                // `false` when the store could not be read.
+                "last": last.map_or(json!(false), |l| json!(l)),
+                "next": s.upcoming(now, count).iter()
+                    .map(|t| t.with_timezone(&s.tz).to_rfc3339())
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    output::schedule(&items, format);
     Ok(0)
+}
+
+async fn last_ticks(setup: &Setup, names: &[String]) -> Result<BTreeMap<String, ticks::Tick>> {
+    let db = setup.store().await?;
+    let latest = ticks::latest(&db, names).await;
+    db.close().await;
+    Ok(latest?)
 }
 
 pub(super) async fn run(

@@ -8,7 +8,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
-    str::FromStr,
 };
 
 use regex::Regex;
@@ -213,21 +212,34 @@ fn compile_triggers(c: &mut Compiler, raw: &RawTriggers) -> Triggers {
         }
         triggers.alerts.push(AlertMatcher { matchers });
     }
-    if let Some(expr) = &raw.schedule {
-        match cron::Schedule::from_str(expr) {
-            Ok(cron) => triggers.schedule = Some(Schedule { expr: expr.clone(), cron }),
+    let tz = match raw.timezone.as_deref() {
+        None => Some(chrono_tz::Tz::UTC),
+        Some(name) if name.eq_ignore_ascii_case("utc") => Some(chrono_tz::Tz::UTC),
+        Some(name) => match name.parse::<chrono_tz::Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                c.err(
+                    "on.timezone",
+                    format!("unknown timezone `{name}`: use an IANA name such as `Europe/Berlin`, or `UTC`"),
+                );
+                None
+            }
+        },
+    };
+    match &raw.schedule {
+        Some(expr) => match Schedule::parse(expr, tz.unwrap_or_default(), raw.missed.unwrap_or_default()) {
+            Ok(schedule) => triggers.schedule = Some(schedule),
             Err(e) => c.err(
                 "on.schedule",
                 format!("bad cron expression `{expr}`: {e} (six or seven fields, seconds first: `0 0 3 * * SUN`)"),
             ),
-        }
-    }
-    if let Some(tz) = &raw.timezone {
-        if !tz.eq_ignore_ascii_case("utc") {
-            c.err(
-                "on.timezone",
-                format!("timezone `{tz}` is not supported; schedules run in UTC"),
-            );
+        },
+        None => {
+            for (key, given) in [("timezone", raw.timezone.is_some()), ("missed", raw.missed.is_some())] {
+                if given {
+                    c.err(&format!("on.{key}"), format!("`{key}` applies to `schedule`, which this playbook does not have"));
+                }
+            }
         }
     }
     triggers

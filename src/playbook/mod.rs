@@ -5,6 +5,7 @@ mod lint;
 mod locate;
 mod matcher;
 mod params;
+mod schedule;
 mod scope;
 pub mod raw;
 
@@ -18,7 +19,8 @@ use serde_json::Value as Json;
 pub use compile::{compile_source, CompileEnv};
 pub use matcher::{AlertMatcher, LabelMatcher};
 pub use params::{resolve_params, ParamProblems};
-pub use raw::{OnInterrupt, ParamType, ResolvedPolicy};
+pub use raw::{Missed, OnInterrupt, ParamType, ResolvedPolicy};
+pub use schedule::Schedule;
 
 use crate::{diagnostics::Diagnostic, duration::Dur, steps::StepKind};
 
@@ -42,25 +44,6 @@ pub struct Triggers {
     pub alerts: Vec<AlertMatcher>,
     pub resolved: ResolvedPolicy,
     pub schedule: Option<Schedule>,
-}
-
-/// A cron schedule with the text it came from.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    pub expr: String,
-    pub cron: cron::Schedule,
-}
-
-impl Schedule {
-    /// The next `count` fire times strictly after `now` (UTC). The caller passes the time, so the
-    /// schedule's arithmetic is tested at any instant without waiting for it.
-    pub fn upcoming(
-        &self,
-        now: chrono::DateTime<chrono::Utc>,
-        count: usize,
-    ) -> Vec<chrono::DateTime<chrono::Utc>> {
-        self.cron.after(&now).take(count).collect()
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -239,32 +222,4 @@ pub struct PlaybookCall {
     pub path: PathBuf,
     pub at: (usize, usize),
     pub target: String,
-}
-
-#[cfg(test)]
-mod tests {
-    use std::str::FromStr;
-
-    use chrono::{TimeZone, Utc};
-
-    use super::Schedule;
-
-    #[test]
-    fn weekly_schedule_fires_on_sundays_at_three() {
-        let expr = "0 0 3 * * SUN";
-        let s = Schedule {
-            expr: expr.into(),
-            cron: cron::Schedule::from_str(expr).unwrap(),
-        };
-        // Saturday 2026-11-28 12:00 UTC.
-        let now = Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap();
-        let next = s.upcoming(now, 2);
-        assert_eq!(
-            next[0],
-            Utc.with_ymd_and_hms(2026, 11, 29, 3, 0, 0).unwrap()
-        );
-        assert_eq!(next[1], Utc.with_ymd_and_hms(2026, 12, 6, 3, 0, 0).unwrap());
-        // A fire time is never "now" itself: a tick at 03:00:00 schedules the next week.
-        assert_eq!(s.upcoming(next[0], 1)[0], next[1]);
-    }
 }

@@ -63,12 +63,27 @@ pub struct RawTriggers {
     /// What a resolved notification does: `skip` (default) or `run`.
     #[serde(default)]
     pub resolved: Option<ResolvedPolicy>,
-    /// Cron expression with a seconds field first, e.g. `0 0 3 * * SUN`.
+    /// Cron expression with a seconds field first, e.g. `0 0 3 * * SUN`; `runbook serve` runs it.
     #[serde(default)]
     pub schedule: Option<String>,
-    /// IANA-style fixed zone for the schedule; only `UTC` is supported.
+    /// IANA zone whose wall clock the schedule is read on, e.g. `Europe/Berlin` (default `UTC`).
     #[serde(default)]
     pub timezone: Option<String>,
+    /// Ticks that fell due while no `runbook serve` was running: `run_once` (default) gives one
+    /// catch-up run for all of them, `skip` none; either way every tick is recorded.
+    #[serde(default)]
+    pub missed: Option<Missed>,
+}
+
+/// What a schedule does about the ticks it missed.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missed {
+    /// One catch-up run, at once, for however many ticks were missed.
+    #[default]
+    RunOnce,
+    /// No run: the missed ticks are recorded as skipped, and the schedule goes on from the next one.
+    Skip,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq, serde::Serialize)]

@@ -1,6 +1,6 @@
 //! The composition root of `runbook serve`: builds the services, the engine and the handler
-//! registry from a config and a store, and starts the workers and the outbox dispatcher. The
-//! CLI and the tests build the same [`App`].
+//! registry from a config and a store, and starts the workers, the scheduler and the outbox
+//! dispatcher. The CLI and the tests build the same [`App`].
 
 use std::{path::Path, sync::Arc};
 
@@ -11,6 +11,7 @@ use super::{
     handlers::{CommandHandler, HandlerConfigError, Handlers},
     outbox,
     runs::{RunHandler, RUN_COMMAND},
+    scheduler::{Scheduler, SystemClock},
     worker::{WorkerCx, Workers},
 };
 use crate::{
@@ -69,8 +70,8 @@ impl App {
         ))
     }
 
-    /// Starts the workers (unless `workers` is false) and the outbox dispatcher on `tasks`; they
-    /// stop when `shutdown` is cancelled, after finishing the work in hand.
+    /// Starts the workers (unless `workers` is false), the scheduler and the outbox dispatcher on
+    /// `tasks`; they stop when `shutdown` is cancelled, after finishing the work in hand.
     pub fn start(&mut self, workers: bool, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
         let config = &self.services.config;
         if let Some(handlers) = self.handlers.take() {
@@ -82,6 +83,9 @@ impl App {
                 tasks.spawn(Workers::new(cx, handlers).run(shutdown.clone()));
             }
         }
+        tasks.spawn(
+            Scheduler::new(self.engine.clone(), Arc::new(SystemClock)).run(shutdown.clone()),
+        );
         if let Some(sink) = self.sink.take() {
             tasks.spawn(outbox::run(
                 self.services.store.clone(),

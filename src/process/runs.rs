@@ -56,22 +56,22 @@ pub fn priority_for(severity: Option<&str>) -> i32 {
     }
 }
 
-/// Enqueues a run; returns the command id. Runs of one playbook share an entity, so the
-/// work-state lock keeps them one at a time. The payload is the request, serialized.
+/// Enqueues a run; returns the command id.
 pub async fn enqueue(store: &Db, req: &RunRequest, priority: i32) -> Result<i64, DbError> {
-    let payload = serde_json::to_value(req).unwrap_or_default();
-    let ids = queue::enqueue(
-        store,
-        &[NewCommand {
-            entity: "runbook".into(),
-            entity_id: req.playbook.clone(),
-            command_type: RUN_COMMAND.into(),
-            priority,
-            payload,
-        }],
-    )
-    .await?;
+    let ids = queue::enqueue(store, &[command(req, priority)]).await?;
     Ok(ids[0])
+}
+
+/// The queue command of a run. Runs of one playbook share an entity, so the work-state lock
+/// keeps them one at a time. The payload is the request, serialized.
+pub fn command(req: &RunRequest, priority: i32) -> NewCommand {
+    NewCommand {
+        entity: "runbook".into(),
+        entity_id: req.playbook.clone(),
+        command_type: RUN_COMMAND.into(),
+        priority,
+        payload: serde_json::to_value(req).unwrap_or_default(),
+    }
 }
 
 fn fail(msg: impl Into<String>) -> HandlerError {

@@ -450,7 +450,7 @@ async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) {
     }
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
         .ok()

@@ -4,6 +4,7 @@
 mod decode;
 pub mod migrate;
 pub mod runs;
+pub mod ticks;
 
 use std::{str::FromStr, time::Duration};
 
@@ -147,6 +148,23 @@ impl Audit<'_> {
     }
 }
 
+/// A transaction on either backend, for writes to several tables that stand or fall together
+/// (a schedule tick and its run's command). Dropped without [`Tx::commit`], it rolls back.
+pub enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self {
+            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
 /// Rows and counts of one statement.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SqlResult {
@@ -228,6 +246,14 @@ impl Db {
     /// schema is newer than this binary knows.
     pub async fn migrate(&self) -> Result<(), DbError> {
         migrate::run(self, migrate::MIGRATIONS).await
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
     }
 
     /// Runs one bound statement and returns up to `max_rows` rows as JSON objects.

@@ -32,7 +32,7 @@ use sqlx::Row;
 
 use crate::{
     status::{CommandStatus, ErrorType},
-    store::{Db, DbError},
+    store::{Db, DbError, Tx},
     template::{sqlite_now_plus, SQLITE_NOW},
 };
 
@@ -336,6 +336,39 @@ pub async fn enqueue(db: &Db, commands: &[NewCommand]) -> Result<Vec<i64>, DbErr
             Ok(rows.iter().map(|r| r.get::<i64, _>(0)).collect())
         }
     }
+}
+
+/// Enqueues one command inside the caller's transaction, so it stands or falls with the caller's
+/// other writes (a schedule tick: [`crate::store::ticks`]); returns its id.
+pub async fn enqueue_in(tx: &mut Tx, c: &NewCommand) -> Result<i64, DbError> {
+    Ok(match tx {
+        Tx::Postgres(tx) => {
+            sqlx::query_scalar(
+                "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) \
+                 VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING id",
+            )
+            .bind(&c.entity)
+            .bind(&c.entity_id)
+            .bind(&c.command_type)
+            .bind(c.priority)
+            .bind(c.payload.to_string())
+            .fetch_one(&mut **tx)
+            .await?
+        }
+        Tx::Sqlite(tx) => {
+            sqlx::query_scalar(
+                "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+            )
+            .bind(&c.entity)
+            .bind(&c.entity_id)
+            .bind(&c.command_type)
+            .bind(c.priority)
+            .bind(c.payload.to_string())
+            .fetch_one(&mut **tx)
+            .await?
+        }
+    })
 }
 
 /// Claims up to `limit` commands and takes their entities' work-state locks in one go: on
