@@ -86,6 +86,8 @@ status_enum! {
         Interrupted = "interrupted",
         /// A dry run that planned every step.
         Planned = "planned",
+        /// A trigger that a guard or the pause held back: recorded with the reason, never run.
+        Skipped = "skipped",
     }
 }
 

@@ -127,6 +127,7 @@ fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) 
         guard,
         timeout: raw.timeout.unwrap_or(DEFAULT_PLAYBOOK_TIMEOUT),
         on_interrupt: raw.on_interrupt.unwrap_or(super::OnInterrupt::Interrupted),
+        changes_things: own_steps_change(&steps, &on_failure, true),
         steps,
         on_failure,
     };
@@ -243,6 +244,15 @@ fn compile_triggers(c: &mut Compiler, raw: &RawTriggers) -> Triggers {
         }
     }
     triggers
+}
+
+/// Whether any step of `steps` or `on_failure` changes something; a `playbook:` call counts as
+/// a change when `calls_change` (until the catalog resolves it, [`super::Catalog::resolve_changes`]).
+pub(super) fn own_steps_change(steps: &[Step], on_failure: &[Step], calls_change: bool) -> bool {
+    steps
+        .iter()
+        .chain(on_failure)
+        .any(|s| !s.kind.is_read() || (calls_change && s.kind.calls().is_some()))
 }
 
 fn compile_guard(c: &mut Compiler, raw: Option<&RawGuard>) -> Guard {

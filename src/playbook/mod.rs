@@ -37,6 +37,10 @@ pub struct Playbook {
     pub on_interrupt: OnInterrupt,
     pub steps: Vec<Step>,
     pub on_failure: Vec<Step>,
+    /// Whether a run may change something: some step (of `steps` or `on_failure`) is not a read
+    /// (see `Kind::is_read`), or calls a playbook that changes things. Computed at load; the
+    /// global pause holds runs of playbooks that change things.
+    pub changes_things: bool,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +122,53 @@ pub struct Catalog {
 impl Catalog {
     pub fn get(&self, name: &str) -> Option<&Playbook> {
         self.playbooks.get(name)
+    }
+
+    /// Sets every playbook's `changes_things` with its `playbook:` calls followed across the
+    /// catalog: a call of a playbook that changes things (or of one not in the catalog) is a
+    /// change; a cycle adds nothing.
+    pub fn resolve_changes(&mut self) {
+        let names: Vec<String> = self.playbooks.keys().cloned().collect();
+        let mut known = BTreeMap::new();
+        for name in &names {
+            let changes = self.changes(name, &mut known, &mut Vec::new());
+            known.insert(name.clone(), changes);
+        }
+        for (name, changes) in known {
+            if let Some(p) = self.playbooks.get_mut(&name) {
+                p.changes_things = changes;
+            }
+        }
+    }
+
+    fn changes(
+        &self,
+        name: &str,
+        known: &mut BTreeMap<String, bool>,
+        path: &mut Vec<String>,
+    ) -> bool {
+        if let Some(&c) = known.get(name) {
+            return c;
+        }
+        let Some(pb) = self.playbooks.get(name) else {
+            return true;
+        };
+        if path.iter().any(|p| p == name) {
+            return false;
+        }
+        if compile::own_steps_change(&pb.steps, &pb.on_failure, false) {
+            return true;
+        }
+        path.push(name.to_owned());
+        let calls: Vec<&str> = pb
+            .steps
+            .iter()
+            .chain(&pb.on_failure)
+            .filter_map(|s| s.kind.calls())
+            .collect();
+        let changes = calls.into_iter().any(|c| self.changes(c, known, path));
+        path.pop();
+        changes
     }
 
     /// Playbooks whose alert matchers match `labels`.
@@ -213,6 +264,7 @@ pub fn load(path: &Path, env: &CompileEnv) -> (Catalog, Vec<Diagnostic>) {
         }
     }
     diags.sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
+    catalog.resolve_changes();
     (catalog, diags)
 }
 
@@ -222,4 +274,74 @@ pub struct PlaybookCall {
     pub path: PathBuf,
     pub at: (usize, usize),
     pub target: String,
+}
+
+#[cfg(test)]
+mod changes_tests {
+    use super::*;
+
+    /// The shipped playbooks, with the repository's config: the debug-* ones only read, so the
+    /// global pause lets them run; every other one changes something or tells someone.
+    #[test]
+    fn shipped_playbooks_are_classified() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let config = crate::config::Config::load(&root.join("runbook.yaml")).unwrap();
+        let env = CompileEnv {
+            datasources: config.datasources.keys().cloned().collect(),
+            channels: config.notify.keys().cloned().collect(),
+        };
+        let (catalog, diags) = load(&root.join("runbooks"), &env);
+        assert!(diags.is_empty(), "{diags:?}");
+        let reads: Vec<&str> = catalog
+            .playbooks
+            .values()
+            .filter(|p| !p.changes_things)
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            reads,
+            [
+                "debug-db-performance",
+                "debug-kafka-status",
+                "debug-worker-status"
+            ]
+        );
+        assert!(catalog.playbooks.len() > reads.len() + 5);
+    }
+
+    fn compiled(name: &str, yaml: &str) -> Playbook {
+        let path = PathBuf::from(format!("runbooks/{name}.yaml"));
+        let env = CompileEnv {
+            channels: ["ops".to_owned()].into(),
+            ..Default::default()
+        };
+        compile_source(&path, yaml, &env).unwrap().0
+    }
+
+    #[test]
+    fn calls_are_followed_across_the_catalog() {
+        let mut catalog = Catalog::default();
+        for (name, yaml) in [
+            ("reader", "name: reader\nsteps:\n  - id: a\n    sql: SELECT 1\n"),
+            ("writer", "name: writer\nsteps:\n  - id: a\n    runtime: { op: dlq_retry }\n"),
+            ("calls-reader", "name: calls-reader\nsteps:\n  - id: a\n    playbook: reader\n"),
+            ("calls-writer", "name: calls-writer\nsteps:\n  - id: a\n    playbook: calls-reader\n  - id: b\n    playbook: writer\n"),
+            ("loop-a", "name: loop-a\nsteps:\n  - id: a\n    playbook: loop-b\n"),
+            ("loop-b", "name: loop-b\nsteps:\n  - id: a\n    playbook: loop-a\n"),
+            ("calls-missing", "name: calls-missing\nsteps:\n  - id: a\n    playbook: nowhere\n"),
+            ("get", "name: get\nsteps:\n  - id: a\n    http: { url: 'http://x/', method: HEAD }\n"),
+            ("post", "name: post\nsteps:\n  - id: a\n    http: { url: 'http://x/', method: POST }\n"),
+            ("pages", "name: pages\nsteps:\n  - id: a\n    wait: 1s\non_failure:\n  - id: b\n    notify: { to: ops, text: x }\n"),
+        ] {
+            catalog.playbooks.insert(name.into(), compiled(name, yaml));
+        }
+        // Before resolution a call counts as a change.
+        assert!(catalog.get("calls-reader").unwrap().changes_things);
+        catalog.resolve_changes();
+        let changes = |n: &str| catalog.get(n).unwrap().changes_things;
+        assert!(!changes("reader") && !changes("calls-reader") && !changes("get"));
+        assert!(!changes("loop-a") && !changes("loop-b"));
+        assert!(changes("writer") && changes("calls-writer") && changes("calls-missing"));
+        assert!(changes("post") && changes("pages"));
+    }
 }

@@ -39,6 +39,11 @@ impl Kind for ApproveStep {
         })
     }
 
+    /// Asking a person counts as a change: it is there because what follows changes things.
+    fn is_read(&self) -> bool {
+        false
+    }
+
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
         vec![("approve.text".into(), self.text.as_str(), Flavour::Text)]
     }

@@ -43,6 +43,10 @@ impl Kind for AssertStep {
         })
     }
 
+    fn is_read(&self) -> bool {
+        true
+    }
+
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
         let mut v = vec![("assert".into(), self.that.as_str(), Flavour::Expr)];
         if let Some(m) = &self.message {

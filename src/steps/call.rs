@@ -49,6 +49,12 @@ impl Kind for CallStep {
         })
     }
 
+    /// The call itself reads; whether the child changes things is decided across the catalog
+    /// (`Playbook::changes_things`).
+    fn is_read(&self) -> bool {
+        true
+    }
+
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
         let mut out = Vec::new();
         for (k, v) in &self.params {

@@ -111,6 +111,11 @@ impl Kind for HttpStep {
         })
     }
 
+    /// GET and HEAD read; every other method may change something.
+    fn is_read(&self) -> bool {
+        self.method == reqwest::Method::GET || self.method == reqwest::Method::HEAD
+    }
+
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
         let mut v = vec![("http.url".to_string(), self.url.as_str(), Flavour::Url)];
         v.extend(

@@ -80,6 +80,16 @@ impl Kind for KafkaStep {
         })
     }
 
+    /// Every Kafka op this version has is an admin read.
+    fn is_read(&self) -> bool {
+        match self.op {
+            KafkaOp::ListTopics
+            | KafkaOp::DescribeTopic
+            | KafkaOp::TopicConfigs
+            | KafkaOp::ConsumerLag => true,
+        }
+    }
+
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
         let mut v = Vec::new();
         if let Some(t) = &self.topic {

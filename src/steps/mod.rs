@@ -140,6 +140,10 @@ pub trait Kind: Sized {
     /// Every template with its sub-path and flavour.
     fn templates(&self) -> Vec<(String, &str, Flavour)>;
 
+    /// Whether the step only reads (diagnosis), as opposed to changing something or telling
+    /// someone. The global pause lets runs whose every step reads go on.
+    fn is_read(&self) -> bool;
+
     /// Problems with names that must exist in the config.
     fn check_names(&self, _names: &Names) -> Vec<(String, String)> {
         Vec::new()
@@ -329,6 +333,19 @@ impl StepKind {
     /// Every template the kind holds, with its sub-path and flavour, for validation.
     pub fn templates(&self) -> Vec<(String, &str, Flavour)> {
         each_kind!(self, s => s.templates())
+    }
+
+    /// Whether the step only reads (see [`Kind::is_read`]).
+    pub fn is_read(&self) -> bool {
+        each_kind!(self, s => s.is_read())
+    }
+
+    /// The playbook a `playbook:` step calls.
+    pub fn calls(&self) -> Option<&str> {
+        match self {
+            StepKind::Playbook(c) => Some(&c.name),
+            _ => None,
+        }
     }
 
     /// Names that must exist in the config: datasources and notify channels.

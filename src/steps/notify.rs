@@ -40,6 +40,11 @@ impl Kind for NotifyStep {
         })
     }
 
+    /// A message to people is a change (it pages, posts, opens incidents).
+    fn is_read(&self) -> bool {
+        false
+    }
+
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
         vec![("notify.text".into(), self.text.as_str(), Flavour::Text)]
     }

@@ -54,6 +54,10 @@ impl Kind for PromqlStep {
         })
     }
 
+    fn is_read(&self) -> bool {
+        true
+    }
+
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
         vec![("promql".into(), self.query.as_str(), Flavour::Text)]
     }

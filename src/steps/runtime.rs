@@ -64,6 +64,11 @@ impl Kind for RuntimeStep {
         Ok(RuntimeStep { op, args })
     }
 
+    /// `queue_stats` and `dlq_list` read; every other op changes the runtime.
+    fn is_read(&self) -> bool {
+        matches!(self.op.as_str(), "queue_stats" | "dlq_list")
+    }
+
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
         let mut out = Vec::new();
         for (k, v) in &self.args {

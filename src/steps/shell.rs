@@ -98,6 +98,10 @@ impl Kind for ShellStep {
         })
     }
 
+    fn is_read(&self) -> bool {
+        false
+    }
+
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
         self.argv
             .iter()

@@ -55,6 +55,11 @@ impl Kind for SqlStep {
         })
     }
 
+    /// A statement that only reads (see [`is_read_statement`]).
+    fn is_read(&self) -> bool {
+        is_read_statement(&self.query)
+    }
+
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
         vec![("sql".into(), self.query.as_str(), Flavour::Sql)]
     }
@@ -107,6 +112,29 @@ pub struct Input {
     pub params: Vec<Json>,
     #[serde(skip)]
     pub max_rows: usize,
+}
+
+/// Statements that read for the global pause: `SELECT`, `WITH` without a data-modifying
+/// statement, `SHOW`, `VALUES`, `TABLE`, and `EXPLAIN` without `ANALYZE` (which runs the
+/// statement); `SELECT ... INTO` creates a table. `PRAGMA` can write, so it is not a read here.
+/// A `SELECT` of a function that changes things (`pg_terminate_backend`) still counts as a read.
+pub fn is_read_statement(sql: &str) -> bool {
+    match first_word(sql).as_str() {
+        "SELECT" => !contains_word(sql, &["INTO"]),
+        "WITH" => !contains_word(sql, &["INSERT", "UPDATE", "DELETE", "MERGE", "INTO"]),
+        "SHOW" | "VALUES" | "TABLE" => true,
+        "EXPLAIN" => !contains_word(sql, &["ANALYZE", "ANALYSE"]),
+        _ => false,
+    }
+}
+
+fn first_word(sql: &str) -> String {
+    sql.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("--"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("")
+        .to_ascii_uppercase()
 }
 
 /// Statements that only read; anything else is audited.
@@ -212,5 +240,30 @@ mod tests {
         ));
         assert!(!is_read_only("DELETE FROM command_queue"));
         assert!(!is_read_only("VACUUM"));
+    }
+
+    #[test]
+    fn reads_for_the_pause() {
+        for read in [
+            "-- depth\nSELECT status, COUNT(*) FROM command_queue GROUP BY status",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "select 1",
+            "SHOW work_mem",
+            "EXPLAIN SELECT * FROM command_queue",
+            "VALUES (1)",
+        ] {
+            assert!(is_read_statement(read), "{read}");
+        }
+        for change in [
+            "WITH d AS (DELETE FROM t RETURNING 1) SELECT count(*) FROM d",
+            "UPDATE command_queue SET status = 'pending'",
+            "SELECT * INTO backup FROM command_queue",
+            "EXPLAIN ANALYZE DELETE FROM command_queue",
+            "PRAGMA journal_mode = DELETE",
+            "VACUUM",
+            "INSERT INTO t VALUES (1)",
+        ] {
+            assert!(!is_read_statement(change), "{change}");
+        }
     }
 }

@@ -36,6 +36,10 @@ impl Kind for TcpCheckStep {
         Ok(TcpCheckStep { address: r.address })
     }
 
+    fn is_read(&self) -> bool {
+        true
+    }
+
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
         vec![("tcp_check".into(), self.address.as_str(), Flavour::Text)]
     }

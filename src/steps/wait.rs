@@ -22,6 +22,10 @@ impl Kind for WaitStep {
         Ok(WaitStep(d))
     }
 
+    fn is_read(&self) -> bool {
+        true
+    }
+
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
         Vec::new()
     }

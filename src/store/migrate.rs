@@ -54,6 +54,7 @@ macro_rules! migration {
 pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_initial"),
     migration!(2, "0002_schedule_ticks"),
+    migration!(3, "0003_triggers"),
 ];
 
 /// The advisory lock that serialises PostgreSQL replicas migrating at once (the key the

@@ -1,8 +1,11 @@
 //! Databases: the embedded store (SQLite by default, PostgreSQL when the URL says so) and named
 //! datasources, behind one [`Db`] handle that runs bound SQL and returns rows as JSON.
 
+pub mod alerts;
 mod decode;
+pub mod guards;
 pub mod migrate;
+pub mod pause;
 pub mod runs;
 pub mod ticks;
 

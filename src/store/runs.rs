@@ -332,3 +332,56 @@ pub async fn latest_for_command(
         .map_err(|e| DbError::from(sqlx::Error::Decode(Box::new(e))))?;
     Ok(Some((run["id"].as_i64().unwrap_or_default(), status)))
 }
+
+/// Records a run inside the transaction that decided it (the guards' admission), created at
+/// `now`. A `skipped` run is finished at once with `error` saying why.
+pub async fn create_run_in(
+    tx: &mut super::Tx,
+    run: NewRun<'_>,
+    now: DateTime<Utc>,
+    error: Option<&str>,
+) -> Result<i64, DbError> {
+    use super::guards::{ts_param, tx_sql};
+    let finished = if run.status.is_final() {
+        ts_param(tx, 8)
+    } else {
+        "NULL".to_owned()
+    };
+    let (created, json) = (ts_param(tx, 8), |n: usize| match tx {
+        super::Tx::Postgres(_) => format!("CAST(${n} AS JSONB)"),
+        super::Tx::Sqlite(_) => format!("${n}"),
+    });
+    let sql = format!(
+        "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, command_id, \
+         created_at, finished_at, error) VALUES ($1, {}, {}, $4, $5, $6, $7, {created}, {finished}, $9) RETURNING id",
+        json(2),
+        json(3)
+    );
+    let params = vec![
+        json!(run.playbook),
+        json!(run.trigger.to_string()),
+        json!(run.params.to_string()),
+        json!(run.status),
+        json!(run.dry_run),
+        run.parent_id.map(Json::from).unwrap_or(Json::Null),
+        run.command_id.map(Json::from).unwrap_or(Json::Null),
+        json!(timestamp(now)),
+        json!(error),
+    ];
+    let rows = tx_sql(tx, &sql, params).await?;
+    rows.first()
+        .and_then(|r| r["id"].as_i64())
+        .ok_or_else(|| DbError::from(sqlx::Error::RowNotFound))
+}
+
+/// Marks a queued run as running; `false` when it is not queued any more (cancelled meanwhile).
+pub async fn start_queued(db: &Db, id: i64) -> Result<bool, DbError> {
+    let now = db.dialect().now();
+    let r = db
+        .sql(
+            &format!("UPDATE runbook_runs SET status = $2, started_at = {now} WHERE id = $1 AND status = $3"),
+            vec![json!(id), json!(RunStatus::Running), json!(RunStatus::Queued)],
+        )
+        .await?;
+    Ok(r.rows_affected == 1)
+}

@@ -74,8 +74,11 @@ pub struct Claim {
 
 /// Inserts the tick's row in a new transaction. `None` when the row is there already (another
 /// replica fired the tick): nothing was written and nothing is to be done.
+///
+/// The transaction is the playbook's guard transaction ([`super::guards::begin`]), so the run
+/// the tick starts is admitted under the playbook's guards like any other.
 pub async fn claim(db: &Db, tick: &NewTick<'_>) -> Result<Option<Claim>, DbError> {
-    let mut tx = db.begin().await?;
+    let mut tx = super::guards::begin(db, &[tick.playbook]).await?;
     let taken = match &mut tx {
         Tx::Sqlite(tx) => sqlx::query(
             "INSERT INTO runbook_schedule_ticks (playbook, scheduled_at, fired_at, outcome, fired_by) \
