@@ -51,6 +51,13 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+// Triggers: the Alertmanager receiver and the guards.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    pub playbook: String,
+    pub guard: String,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new([
         0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -77,6 +84,11 @@ pub struct Metrics {
     pub webhook_requests: Family<OutcomeLabel, Counter>,
     /// Seconds from a schedule tick's time to this process firing it (catch-ups included).
     pub scheduler_lag: Histogram,
+    /// Alerts received by the receiver, by outcome (`started`, `duplicate`, `skipped`,
+    /// `paused`, `unmatched`, `resolved_skip`, `error`).
+    pub alerts_received: Family<OutcomeLabel, Counter>,
+    /// Triggers a guard (or the pause) recorded as `skipped`, by playbook and guard.
+    pub guard_refusals: Family<GuardLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -101,6 +113,8 @@ impl Metrics {
             step_duration: Family::new_with_constructor(step_histogram as fn() -> Histogram),
             webhook_requests: Family::default(),
             scheduler_lag: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 300.0]),
+            alerts_received: Family::default(),
+            guard_refusals: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -163,6 +177,32 @@ impl Metrics {
             "Time from a schedule tick's time to this process firing it",
             m.scheduler_lag.clone(),
         );
+        registry.register(
+            "runbook_alerts_received",
+            "Alerts received from Alertmanager, by outcome (unmatched: no playbook matched)",
+            m.alerts_received.clone(),
+        );
+        registry.register(
+            "runbook_guard_refusals",
+            "Triggers recorded as skipped by a guard or the pause, by playbook and guard",
+            m.guard_refusals.clone(),
+        );
+        for outcome in [
+            "accepted",
+            "unauthorized",
+            "bad_request",
+            "too_large",
+            "unavailable",
+        ] {
+            let _ = m.webhook_requests.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            });
+        }
+        for outcome in ["started", "unmatched"] {
+            let _ = m.alerts_received.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            });
+        }
         Metrics { registry, ..m }
     }
 

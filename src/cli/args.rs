@@ -59,6 +59,28 @@ pub enum Command {
         dry_run: bool,
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Format,
+        /// Start even when a guard (concurrency, cooldown, max_runs_per_hour) or the global pause
+        /// would hold the run back; written to the audit log.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pause every new run that changes things (read-only playbooks still run; alerts are still recorded).
+    Pause {
+        /// Why, shown by `runbook status` and in every skipped run.
+        #[arg(long, default_value = "paused by an operator")]
+        reason: String,
+    },
+    /// End the global pause.
+    Resume,
+    /// The global pause (reason, who, since) and the runs queued and running.
+    Status {
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Alerts: `runbook alert fire NAME` posts a webhook as Alertmanager would.
+    Alert {
+        #[command(subcommand)]
+        command: AlertCommand,
     },
     /// Check playbooks and print every problem as path:line:col: message.
     Validate {
@@ -93,6 +115,30 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertCommand {
+    /// Post an Alertmanager webhook (version 4) for one alert to `runbook serve` and print the
+    /// runs it started.
+    Fire {
+        /// The alert's name (the `alertname` label).
+        name: String,
+        /// A label, `key=value` (repeatable).
+        #[arg(long = "label", short = 'l', value_name = "K=V")]
+        labels: Vec<String>,
+        /// An annotation, `key=value` (repeatable).
+        #[arg(long = "annotation", short = 'a', value_name = "K=V")]
+        annotations: Vec<String>,
+        /// Send it resolved (endsAt now; startsAt is the one of the last `fire` of this alert).
+        #[arg(long)]
+        resolve: bool,
+        /// The receiver's URL [default: http://<server.listen>/api/webhooks/alertmanager].
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
     },
 }
 

@@ -7,8 +7,9 @@ mod output;
 mod playbooks;
 mod serve;
 mod streaming;
+mod triggers;
 
-pub use args::{Cli, Command, DlqCommand, Format, Global, QueueCommand, RunsCommand};
+pub use args::{AlertCommand, Cli, Command, DlqCommand, Format, Global, QueueCommand, RunsCommand};
 
 use std::{
     collections::BTreeMap,
@@ -126,7 +127,12 @@ pub async fn main(cli: Cli) -> Result<i32> {
             params,
             dry_run,
             output,
-        } => playbooks::run(&setup, name, params, dry_run, output).await,
+            force,
+        } => playbooks::run(&setup, name, params, dry_run, output, force).await,
+        Command::Pause { reason } => triggers::pause(&setup, &reason).await,
+        Command::Resume => triggers::resume(&setup).await,
+        Command::Status { output } => triggers::status(&setup, output).await,
+        Command::Alert { command } => triggers::alert(&setup, command).await,
         Command::Runs { command } => {
             streaming::runs(
                 &setup,

@@ -126,6 +126,7 @@ pub(super) async fn run(
     params: Vec<String>,
     dry_run: bool,
     format: Format,
+    force: bool,
 ) -> Result<i32> {
     let (catalog, params) = match runnable(setup, &name, &params) {
         Ok(ready) => ready,
@@ -139,13 +140,19 @@ pub(super) async fn run(
     ));
     let engine = Engine::new(services, Arc::new(Metrics::new()), catalog);
     let observer = Arc::new(output::Printer::new(format));
-    let req = RunRequest {
+    let mut req = RunRequest {
         playbook: name,
         params,
         trigger: json!({ "kind": "cli" }),
         dry_run,
         ..Default::default()
     };
+    if !dry_run {
+        match super::triggers::admit_cli(&engine, &req, force).await? {
+            Ok(run_id) => req.resume = Some(run_id),
+            Err(code) => return Ok(code),
+        }
+    }
     match engine.run(req, observer.clone()).await {
         Ok(outcome) => {
             observer.outcome(&outcome);

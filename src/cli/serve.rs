@@ -11,6 +11,7 @@ use crate::{process::app::App, server, status::RunStatus, store::runs};
 pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: bool) -> Result<i32> {
     let store = setup.store().await?;
     let tokens = server::Tokens::from_config(&setup.config, &setup.masker)?;
+    let receiver = server::receiver::ReceiverAuth::from_config(&setup.config, &setup.masker);
     let max_body = parse_size(setup.config.server.max_body.as_deref().unwrap_or("1MiB"))?;
     let (mut app, diags) = App::build(
         store,
@@ -29,6 +30,8 @@ pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: boo
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     println!("listening on http://{local}");
+    eprintln!("{}", receiver.describe());
+    tracing::info!(receiver = %receiver.describe(), "Alert receiver.");
     tracing::info!(%local, playbooks = app.engine.catalog().playbooks.len(), "Serving.");
 
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -39,6 +42,7 @@ pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: boo
         services: app.services.clone(),
         metrics: app.metrics.clone(),
         tokens,
+        receiver,
     });
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {

@@ -74,8 +74,39 @@ fn default_listen() -> String {
 pub struct AuthConfig {
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// The Alertmanager receiver's bearer token, or `insecure: true` to accept notifications
+    /// without one.
     #[serde(default)]
-    pub receiver: Option<Secret>,
+    pub receiver: Option<ReceiverConfig>,
+}
+
+/// `auth.receiver`: the token Alertmanager sends (`token`, `token_env` or `token_file`), or
+/// `insecure: true`. With neither, the receiver refuses every notification.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Accept notifications without a token (a trial on one machine only).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+impl ReceiverConfig {
+    /// The token's source; `None` when none is given.
+    pub fn secret(&self) -> Option<Secret> {
+        (self.token.is_some() || self.token_env.is_some() || self.token_file.is_some()).then(|| {
+            Secret {
+                token: self.token.clone(),
+                token_env: self.token_env.clone(),
+                token_file: self.token_file.clone(),
+            }
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -462,8 +493,11 @@ impl Config {
                 None => quiet(t.secret().resolve(masker)),
             }
         }
-        if let Some(r) = &self.auth.receiver {
-            quiet(r.resolve(masker));
+        if let Some(r) = self.auth.receiver.as_ref().and_then(ReceiverConfig::secret) {
+            match &r.token {
+                Some(literal) => masker.add(literal),
+                None => quiet(r.resolve(masker)),
+            }
         }
         for ds in self.datasources.values() {
             quiet(ds.url_ref().resolve(masker));

@@ -55,7 +55,9 @@ impl App {
 
         let runs: Arc<dyn CommandHandler> = Arc::new(RunHandler::new(engine.clone()));
         let mut handlers = Handlers::default();
-        handlers.register(RUN_COMMAND, runs.clone(), true);
+        // Not exclusive: a playbook's guard.concurrency decides at admission how many of its
+        // runs go at once (see runs::admit), not one work-state lock per playbook.
+        handlers.register(RUN_COMMAND, runs.clone(), false);
         handlers.register_config(&config.streaming.handlers, &services, &runs)?;
         let sink = outbox::Sink::from_config(config.kafka.as_ref(), &services.masker)?;
         Ok((

@@ -5,16 +5,25 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Value as Json};
-
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use serde::Serialize;
+use serde_json::{json, Value as Json};
 
 use super::handlers::{event, CommandHandler, HandlerError};
 use crate::{
     engine::{Engine, NullObserver, RunRequest},
-    playbook::OnInterrupt,
+    metrics::{GuardLabels, Metrics},
+    playbook::{resolve_params, OnInterrupt, ParamProblems, Playbook},
+    services::Services,
     status::{ErrorType, RunStatus},
-    store::{runs, Db, DbError},
+    store::{
+        alerts,
+        guards::{self, Limits, Scope},
+        pause,
+        runs::{self, NewRun},
+        Audit, Db, DbError, Tx, AUDIT,
+    },
     stream::queue::{self, Claimed, Event, NewCommand},
 };
 
@@ -56,14 +65,15 @@ pub fn priority_for(severity: Option<&str>) -> i32 {
     }
 }
 
-/// Enqueues a run; returns the command id.
+/// Enqueues a run without its guards (a `streaming.handlers` playbook); returns the command id.
 pub async fn enqueue(store: &Db, req: &RunRequest, priority: i32) -> Result<i64, DbError> {
     let ids = queue::enqueue(store, &[command(req, priority)]).await?;
     Ok(ids[0])
 }
 
-/// The queue command of a run. Runs of one playbook share an entity, so the work-state lock
-/// keeps them one at a time. The payload is the request, serialized.
+/// The queue command of a run. The command type is not exclusive: how many runs of a playbook
+/// go at once is its `guard.concurrency`, decided when the run is admitted ([`admit`]). The
+/// payload is the request, serialized.
 pub fn command(req: &RunRequest, priority: i32) -> NewCommand {
     NewCommand {
         entity: "runbook".into(),
@@ -90,6 +100,10 @@ async fn handle(engine: &Engine, cmd: &Claimed) -> Result<Json, HandlerError> {
         .await
         .map_err(transient)?;
     if let Some((run_id, status)) = existing {
+        if status == RunStatus::Queued {
+            // Admitted and recorded with its command: this is its start.
+            return start_admitted(engine, req, run_id).await;
+        }
         if status.is_final() {
             // Finished before the crash, only the acknowledgement was lost.
             return Ok(json!({ "run_id": run_id, "status": status }));
@@ -118,6 +132,237 @@ async fn handle(engine: &Engine, cmd: &Claimed) -> Result<Json, HandlerError> {
         .await
         .map_err(|e| fail(e.to_string()))?;
     Ok(json!({ "run_id": outcome.run_id, "status": outcome.status, "error": outcome.error }))
+}
+
+/// Runs a run admitted as `queued`, unless it was cancelled before it started.
+async fn start_admitted(
+    engine: &Engine,
+    mut req: RunRequest,
+    run_id: i64,
+) -> Result<Json, HandlerError> {
+    let store = &engine.services().store;
+    let transient =
+        |e: DbError| HandlerError::new(ErrorType::NetworkException, e.to_string(), true);
+    if !runs::start_queued(store, run_id).await.map_err(transient)? {
+        runs::finish_run(
+            store,
+            run_id,
+            RunStatus::Cancelled,
+            None,
+            Some("cancelled before it started"),
+        )
+        .await
+        .map_err(transient)?;
+        return Ok(json!({ "run_id": run_id, "status": RunStatus::Cancelled }));
+    }
+    req.resume = Some(run_id);
+    let outcome = engine
+        .run(req, Arc::new(NullObserver))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(json!({ "run_id": outcome.run_id, "status": outcome.status, "error": outcome.error }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admission: every start of a playbook run (an alert, a schedule tick, `POST /api/runs`,
+// `runbook run`) passes here. In one store transaction that serialises the playbook's deciders
+// (`guards::begin`), it checks the once-per-alert key, counts what the guards need, reads the
+// global pause, and records the run: `queued` with its `runbook.run` command, or `skipped` with
+// the reason. Nothing is queued behind a guard.
+
+/// The alert occurrence a trigger comes from: the key of its one run, and its cooldown scope.
+#[derive(Clone, Copy, Debug)]
+pub struct AlertKey<'a> {
+    pub fingerprint: &'a str,
+    pub starts_at: &'a str,
+    /// `firing` or `resolved`.
+    pub kind: &'a str,
+}
+
+/// One trigger to admit.
+pub struct Admit<'a> {
+    pub req: &'a RunRequest,
+    pub priority: i32,
+    pub alert: Option<AlertKey<'a>>,
+    /// Whether the run goes on the queue; `runbook run` runs it in its own process.
+    pub queue: bool,
+    /// `--force`: no guard and no pause applies; the actor is written to the audit log.
+    pub forced_by: Option<&'a str>,
+    pub now: DateTime<Utc>,
+}
+
+/// What a trigger became.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Admission {
+    /// Recorded `queued` (with its command when it goes on the queue).
+    Queued {
+        run_id: i64,
+        command_id: Option<i64>,
+    },
+    /// Recorded `skipped`: a guard or the pause held it.
+    Skipped {
+        run_id: i64,
+        guard: &'static str,
+        reason: String,
+    },
+    /// This alert occurrence already has its run (a repeat, a retry, the other HA member).
+    Duplicate { run_id: i64 },
+}
+
+impl Admission {
+    pub fn run_id(&self) -> i64 {
+        match self {
+            Admission::Queued { run_id, .. }
+            | Admission::Skipped { run_id, .. }
+            | Admission::Duplicate { run_id } => *run_id,
+        }
+    }
+}
+
+/// Why a trigger could not even be decided.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error(transparent)]
+    Params(#[from] ParamProblems),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// The playbook's guard in the store's terms.
+pub fn limits(pb: &Playbook) -> Limits {
+    Limits {
+        concurrency: pb.guard.concurrency,
+        cooldown: pb.guard.cooldown.map(|d| d.as_std()),
+        max_runs_per_hour: pb.guard.max_runs_per_hour,
+    }
+}
+
+/// Admits one trigger in its own transaction.
+pub async fn admit(
+    services: &Services,
+    pb: &Playbook,
+    a: &Admit<'_>,
+) -> Result<Admission, AdmitError> {
+    let mut tx = guards::begin(&services.store, &[pb.name.as_str()]).await?;
+    let admission = admit_in(&mut tx, services, pb, a).await?;
+    tx.commit().await?;
+    Ok(admission)
+}
+
+/// Admits one trigger inside `tx`, which must come from [`guards::begin`] for `pb`.
+pub async fn admit_in(
+    tx: &mut Tx,
+    services: &Services,
+    pb: &Playbook,
+    a: &Admit<'_>,
+) -> Result<Admission, AdmitError> {
+    let params = resolve_params(&pb.params, &a.req.params)?;
+    if let Some(k) = a.alert {
+        if let Some(run_id) =
+            alerts::run_for(tx, &pb.name, k.fingerprint, k.starts_at, k.kind).await?
+        {
+            return Ok(Admission::Duplicate { run_id });
+        }
+    }
+    let refusal = match a.forced_by {
+        Some(actor) => {
+            let audit = Audit {
+                actor,
+                op: "run_forced",
+                filter: json!({ "playbook": pb.name, "trigger": a.req.trigger }),
+            };
+            guards::tx_sql(tx, AUDIT, audit.params(1)).await?;
+            None
+        }
+        None => decide(tx, pb, a).await?.err(),
+    };
+    let masker = &services.masker;
+    let command_id = match (&refusal, a.queue) {
+        (None, true) => Some(queue::enqueue_in(tx, &command(a.req, a.priority)).await?),
+        _ => None,
+    };
+    let run = NewRun {
+        playbook: &pb.name,
+        trigger: masker.mask_json(&a.req.trigger),
+        params: masker.mask_json(&serde_json::Value::Object(params)),
+        dry_run: false,
+        parent_id: None,
+        command_id,
+        status: if refusal.is_some() {
+            RunStatus::Skipped
+        } else {
+            RunStatus::Queued
+        },
+    };
+    let reason = refusal.as_ref().map(ToString::to_string);
+    let run_id = runs::create_run_in(tx, run, a.now, reason.as_deref()).await?;
+    if let Some(k) = a.alert {
+        alerts::record_run(
+            tx,
+            &pb.name,
+            k.fingerprint,
+            k.starts_at,
+            k.kind,
+            run_id,
+            a.now,
+        )
+        .await?;
+    }
+    Ok(match refusal {
+        None => Admission::Queued { run_id, command_id },
+        Some(r) => Admission::Skipped {
+            run_id,
+            guard: r.guard(),
+            reason: r.to_string(),
+        },
+    })
+}
+
+/// The guards and the pause, counted and decided inside `tx`.
+async fn decide(
+    tx: &mut Tx,
+    pb: &Playbook,
+    a: &Admit<'_>,
+) -> Result<Result<(), guards::Refusal>, DbError> {
+    let limits = limits(pb);
+    let scope = match a.alert {
+        Some(k) => Scope::Alert {
+            fingerprint: k.fingerprint,
+            kind: k.kind,
+        },
+        None => Scope::Playbook,
+    };
+    let window = guards::window(&limits, scope);
+    let counts = guards::counts(tx, &pb.name, scope, window, a.now).await?;
+    let paused = pause::get_in(tx).await?;
+    Ok(guards::decide(
+        &limits,
+        window,
+        scope,
+        &counts,
+        paused.as_ref(),
+        pb.changes_things,
+    ))
+}
+
+/// Counts a skipped trigger in `runbook_guard_refusals_total` and logs it.
+pub fn note(metrics: &Metrics, playbook: &str, admission: &Admission) {
+    if let Admission::Skipped {
+        run_id,
+        guard,
+        reason,
+    } = admission
+    {
+        metrics
+            .guard_refusals
+            .get_or_create(&GuardLabels {
+                playbook: playbook.to_owned(),
+                guard: (*guard).to_owned(),
+            })
+            .inc();
+        tracing::info!(playbook, run_id, guard, %reason, "Run skipped.");
+    }
 }
 
 #[cfg(test)]

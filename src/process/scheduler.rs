@@ -33,7 +33,6 @@ use crate::{
         ticks::{self, NewTick, Outcome},
         DbError,
     },
-    stream::queue,
 };
 
 /// Where the scheduler reads the time.
@@ -196,9 +195,16 @@ impl Scheduler {
                 }),
                 ..Default::default()
             };
-            let id =
-                queue::enqueue_in(claim.tx(), &runs::command(&req, priority_for(None))).await?;
-            claim.commit(Some(id)).await?;
+            let Some(admission) = self.admit(claim.tx(), playbook, &req, fired_at).await? else {
+                claim.commit(None).await?;
+                continue;
+            };
+            let id = match &admission {
+                runs::Admission::Queued { command_id, .. } => *command_id,
+                _ => None,
+            };
+            claim.commit(id).await?;
+            runs::note(self.engine.metrics(), playbook, &admission);
             let lag = (fired_at - scheduled_at).to_std().unwrap_or_default();
             self.engine
                 .metrics()
@@ -213,6 +219,7 @@ impl Scheduler {
                 scheduled_at = %scheduled_at,
                 fired_at = %fired_at,
                 outcome = outcome.as_str(),
+                run_id = admission.run_id(),
                 command_id = id,
                 "Schedule tick fired."
             );
@@ -227,6 +234,39 @@ impl Scheduler {
             );
         }
         Ok(())
+    }
+}
+
+impl Scheduler {
+    /// Admits a tick's run under the playbook's guards, in the tick's transaction; `None` when
+    /// the playbook left the catalog meanwhile.
+    async fn admit(
+        &self,
+        tx: &mut crate::store::Tx,
+        playbook: &str,
+        req: &RunRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Option<runs::Admission>, DbError> {
+        let catalog = self.engine.catalog();
+        let Some(pb) = catalog.get(playbook) else {
+            return Ok(None);
+        };
+        let admit = runs::Admit {
+            req,
+            priority: priority_for(None),
+            alert: None,
+            queue: true,
+            forced_by: None,
+            now,
+        };
+        match runs::admit_in(tx, self.engine.services(), pb, &admit).await {
+            Ok(a) => Ok(Some(a)),
+            Err(runs::AdmitError::Db(e)) => Err(e),
+            Err(runs::AdmitError::Params(e)) => {
+                tracing::error!(playbook, error = %e, "Scheduled run not started: its parameters do not resolve.");
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -312,7 +352,10 @@ mod tests {
     fn catalog(playbooks: &[(&str, &str)]) -> Catalog {
         let mut catalog = Catalog::default();
         for (name, on) in playbooks {
-            let yaml = format!("name: {name}\non:\n{on}\nsteps:\n  - id: one\n    wait: 1s\n");
+            // Runs are never worked off here: a concurrency above the ticks keeps every run.
+            let yaml = format!(
+                "name: {name}\non:\n{on}\nguard: {{ concurrency: 100 }}\nsteps:\n  - id: one\n    wait: 1s\n"
+            );
             let path = format!("{name}.yaml");
             let (pb, _) = compile_source(Path::new(&path), &yaml, &CompileEnv::default())
                 .unwrap_or_else(|d| panic!("{d:?}"));
@@ -353,6 +396,47 @@ mod tests {
             .await
             .unwrap()
             .rows
+    }
+
+    #[tokio::test]
+    async fn a_tick_over_its_playbooks_guard_is_recorded_with_a_skipped_run() {
+        let mut catalog = Catalog::default();
+        let yaml =
+            "name: busy\non:\n  schedule: '0 * * * * *'\nsteps:\n  - id: one\n    wait: 1s\n";
+        let (pb, _) = compile_source(Path::new("busy.yaml"), yaml, &CompileEnv::default()).unwrap();
+        catalog.playbooks.insert(pb.name.clone(), pb);
+        let (_dir, engine) = engine(catalog).await;
+        let clock = Arc::new(Hand(Mutex::new(at(10, 0, 30))));
+        let mut scheduler = Scheduler::new(engine.clone(), clock.clone());
+        for secs in [61, 121] {
+            clock.set(at(10, 0, 0) + chrono::Duration::seconds(secs));
+            scheduler.pass().await.unwrap();
+        }
+        // The first tick's run is still queued (no worker here), so concurrency 1 holds the second.
+        let ticks = recorded(&engine, "busy").await;
+        assert_eq!(ticks.len(), 2);
+        assert!(
+            ticks[0].command_id.is_some() && ticks[1].command_id.is_none(),
+            "{ticks:?}"
+        );
+        let runs = engine
+            .services()
+            .store
+            .sql("SELECT status, error FROM runbook_runs ORDER BY id", vec![])
+            .await
+            .unwrap()
+            .rows;
+        assert_eq!(runs[0]["status"], "queued");
+        assert_eq!(runs[1]["status"], "skipped");
+        assert_eq!(
+            runs[1]["error"],
+            "guard.concurrency: 1 run(s) of this playbook already queued or running (limit 1)"
+        );
+        assert_eq!(
+            commands(&engine).await.len(),
+            1,
+            "nothing queued behind the guard"
+        );
     }
 
     #[tokio::test]

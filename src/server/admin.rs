@@ -14,6 +14,7 @@ use super::{auth::Role, AppError, Shared};
 use crate::{
     duration::Dur,
     engine::RunRequest,
+    process::runs as runs_process,
     store::runs,
     stream::ops::{self, Op, OpError},
 };
@@ -230,14 +231,43 @@ pub async fn runs_create(
         trigger: json!({ "kind": "api", "by": who.name }),
         ..Default::default()
     };
-    let command_id =
-        crate::process::runs::enqueue(&s.services.store, &req, body.priority.unwrap_or(3))
-            .await
-            .map_err(AppError::internal)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "command_id": command_id, "playbook": pb.name })),
-    ))
+    let admit = runs_process::Admit {
+        req: &req,
+        priority: body.priority.unwrap_or(3),
+        alert: None,
+        queue: true,
+        forced_by: None,
+        now: chrono::Utc::now(),
+    };
+    let admission = runs_process::admit(&s.services, pb, &admit)
+        .await
+        .map_err(AppError::internal)?;
+    runs_process::note(&s.metrics, &pb.name, &admission);
+    match admission {
+        runs_process::Admission::Queued { run_id, command_id } => Ok((
+            StatusCode::ACCEPTED,
+            Json(
+                json!({ "command_id": command_id, "run_id": run_id, "playbook": pb.name, "status": "queued" }),
+            ),
+        )),
+        // A guard or the pause held it: recorded as a skipped run, answered 409 with the reason.
+        other => Ok((
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": { "status": 409, "message": skipped_message(&other) },
+                "run_id": other.run_id(), "playbook": pb.name, "status": "skipped",
+            })),
+        )),
+    }
+}
+
+fn skipped_message(a: &runs_process::Admission) -> String {
+    match a {
+        runs_process::Admission::Skipped { reason, .. } => {
+            format!("run {} skipped: {reason}", a.run_id())
+        }
+        _ => format!("run {} already recorded", a.run_id()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -287,4 +317,72 @@ pub async fn run_approve(
     Ok(Json(
         json!({ "run_id": id, "step": step, "decision": decision }),
     ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PauseBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /api/pause` (`{"reason": ...}`, optional): holds every new run that changes things.
+pub async fn pause(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, AppError> {
+    let who = s.tokens.authorize(&headers, Role::Operator)?;
+    let b: PauseBody = if body.iter().all(u8::is_ascii_whitespace) {
+        PauseBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| AppError::BadRequest(format!("pause: {e}")))?
+    };
+    let reason = b.reason.unwrap_or_else(|| "paused by an operator".into());
+    let by = format!("api:{}", who.name);
+    let paused = crate::store::pause::pause(&s.services.store, &reason, &by, chrono::Utc::now())
+        .await
+        .map_err(AppError::internal)?;
+    tracing::warn!(reason = %paused.reason, by = %paused.by, "Runs paused.");
+    Ok(Json(json!({ "paused": paused })))
+}
+
+/// `POST /api/resume`: ends the pause.
+pub async fn resume(State(s): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
+    let who = s.tokens.authorize(&headers, Role::Operator)?;
+    let by = format!("api:{}", who.name);
+    let was = crate::store::pause::resume(&s.services.store, &by)
+        .await
+        .map_err(AppError::internal)?;
+    tracing::warn!(by = %by, "Runs resumed.");
+    Ok(Json(json!({ "paused": null, "was_paused": was })))
+}
+
+/// `GET /api/status`: the pause (or null) and the runs not yet over, by status.
+pub async fn status(State(s): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, AppError> {
+    s.tokens.authorize(&headers, Role::Operator)?;
+    let store = &s.services.store;
+    let paused = crate::store::pause::get(store)
+        .await
+        .map_err(AppError::internal)?;
+    let open = crate::store::guards::open_runs(store)
+        .await
+        .map_err(AppError::internal)?;
+    Ok(Json(
+        json!({ "paused": paused, "runs": open_counts(&open) }),
+    ))
+}
+
+/// `{queued, running, waiting_approval, cancel_requested}` from rows of status and count.
+pub fn open_counts(rows: &[Value]) -> Value {
+    let mut out = serde_json::Map::new();
+    for st in crate::store::guards::open_statuses() {
+        let n = rows
+            .iter()
+            .find(|r| r["status"] == st.as_str())
+            .and_then(|r| r["count"].as_i64())
+            .unwrap_or(0);
+        out.insert(st.as_str().into(), json!(n));
+    }
+    Value::Object(out)
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod error;
+pub mod receiver;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +19,7 @@ use axum::{
 };
 use tokio_util::sync::CancellationToken;
 
+pub use admin::open_counts as admin_open_counts;
 pub use auth::{Role, Tokens};
 pub use error::AppError;
 
@@ -29,6 +31,8 @@ pub struct AppState {
     pub services: Arc<Services>,
     pub metrics: Arc<Metrics>,
     pub tokens: Tokens,
+    /// Who may post Alertmanager notifications.
+    pub receiver: receiver::ReceiverAuth,
 }
 
 pub type Shared = Arc<AppState>;
@@ -53,6 +57,12 @@ pub fn router(state: Shared, max_body: usize) -> Router {
         .route("/api/runs", get(admin::runs_list).post(admin::runs_create))
         .route("/api/runs/{id}", get(admin::run_show))
         .route("/api/runs/{id}/approve", post(admin::run_approve))
+        // Triggers: the Alertmanager receiver, received alerts, the global pause.
+        .route("/api/webhooks/alertmanager", post(receiver::receive))
+        .route("/api/alerts", get(receiver::list).post(receiver::receive))
+        .route("/api/pause", post(admin::pause))
+        .route("/api/resume", post(admin::resume))
+        .route("/api/status", get(admin::status))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

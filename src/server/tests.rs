@@ -73,6 +73,7 @@ async fn fixture() -> Fixture {
         services: app.services.clone(),
         metrics: app.metrics.clone(),
         tokens,
+        receiver: super::receiver::ReceiverAuth::Insecure,
     });
     Fixture {
         router: router(state, MAX_BODY),

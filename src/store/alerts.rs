@@ -227,3 +227,19 @@ pub async fn list(
     }
     Ok(rows)
 }
+
+/// The startsAt of the newest occurrence of an alert (by fingerprint), for `runbook alert fire
+/// --resolve`, which resolves the occurrence it fired.
+pub async fn latest_start(db: &Db, fingerprint: &str) -> Result<Option<String>, DbError> {
+    let rows = db
+        .sql(
+            "SELECT starts_at FROM runbook_alerts WHERE fingerprint = $1 ORDER BY starts_at DESC LIMIT 1",
+            vec![json!(fingerprint)],
+        )
+        .await?
+        .rows;
+    Ok(rows
+        .first()
+        .and_then(|r| r["starts_at"].as_str())
+        .map(str::to_owned))
+}
