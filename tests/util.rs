@@ -219,11 +219,16 @@ pub struct Server {
 impl Workdir {
     /// Starts `runbook serve` with `args` before the subcommand and waits until it listens.
     pub fn serve(&self, global: &[&str]) -> Server {
+        self.serve_at(global, "127.0.0.1:0")
+    }
+
+    /// Starts `runbook serve` listening on `listen` (a fixed address survives a restart).
+    pub fn serve_at(&self, global: &[&str], listen: &str) -> Server {
         use std::io::{BufRead, BufReader};
         let log = self.path().join(format!("serve-{}.log", fastrand::u32(..)));
         let mut cmd = self.command();
         cmd.args(global)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .env("RUNBOOK_LOG", "info");
         // A workdir's own RUNBOOK_LOG wins over the default.
         if let Some((k, v)) = self.env.iter().rev().find(|(k, _)| k == "RUNBOOK_LOG") {
@@ -285,6 +290,15 @@ impl Drop for Server {
             self.stop();
         }
     }
+}
+
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or panics with `what` after `secs`.

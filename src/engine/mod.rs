@@ -1,6 +1,7 @@
 //! The engine: shared state (store, templates, HTTP client, datasource pools, playbooks) and the
 //! run loop in [`run`].
 
+mod alert;
 mod events;
 mod run;
 mod step;

@@ -81,6 +81,7 @@ impl Engine {
             if let Some(reason) = self.cancel_requested(meta.id).await {
                 return Some((step.id.clone(), reason));
             }
+            self.refresh_alert(state).await;
             let result = self.run_step(step, meta, state).await;
             state.set_step(&step.id, &result);
             if result.failed() && !step.continue_on_error {

@@ -1,0 +1,957 @@
+//! Alerts start playbooks: `runbook serve` as Alertmanager's webhook receiver (real Alertmanagers
+//! started here), once per alert occurrence however often it arrives, guards enforced at
+//! admission across processes and replicas, and the global pause.
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::Duration,
+};
+
+use serde_json::{json, Value as Json};
+
+use crate::util::{
+    eventually, free_port, get_json, post_empty, post_json, rows, scalar, send, store,
+    until_scalar, PgDb, Server, Workdir,
+};
+
+const RECEIVER: &str = "receiver-secret-123";
+const VIEWER: &str = "viewer-token-111";
+const OPERATOR: &str = "operator-token-222";
+
+/// The Alertmanager tests share the machine's two cores: one at a time.
+static ALERTMANAGERS: Mutex<()> = Mutex::new(());
+
+const CONFIG: &str = r#"
+auth:
+  receiver: { token: receiver-secret-123 }
+  tokens:
+    - { name: v, role: viewer, token: viewer-token-111 }
+    - { name: ops, role: operator, token: operator-token-222 }
+server: { max_body: 8KiB }
+streaming:
+  poll_interval: 50ms
+"#;
+
+/// Changes things (a runtime op), runs on firing and on resolved, and records what it saw.
+const FIX_QUEUE: &str = r#"name: fix-queue
+on:
+  alerts:
+    - alertname: QueueDepthHigh
+  resolved: run
+guard: { concurrency: 100000 }
+steps:
+  - id: seen
+    assert:
+      that: "alert.labels.alertname == 'QueueDepthHigh'"
+      message: "{{ alert.status }} {{ alert.labels.instance }} {{ alert.startsAt }} {{ alert.fingerprint }} {{ alerts | length }} {{ alert.externalURL }}"
+  - id: release
+    runtime: { op: release_stale_locks, older_than: 1h }
+"#;
+
+/// Only reads; the default `resolved: skip`.
+const LOOK_QUEUE: &str = r#"name: look-queue
+on:
+  alerts:
+    - matchers: ['alertname=~"Queue.*"', 'severity!="info"']
+guard: { concurrency: 100000 }
+steps:
+  - id: depth
+    sql: SELECT COUNT(*) AS n FROM command_queue
+"#;
+
+fn workdir() -> Workdir {
+    let w = Workdir::new();
+    w.config(CONFIG);
+    w.playbook("fix-queue", FIX_QUEUE);
+    w.playbook("look-queue", LOOK_QUEUE);
+    w
+}
+
+/// A workdir whose servers run no workers: runs stay `queued`, as recorded.
+fn no_workers() -> Workdir {
+    let w = Workdir::new();
+    w.config(&format!("{CONFIG}  workers: false\n"));
+    w.playbook("fix-queue", FIX_QUEUE);
+    w.playbook("look-queue", LOOK_QUEUE);
+    w
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// One alert as Alertmanager's webhook carries it.
+fn alert(labels: Json, starts_at: &str, resolved_at: Option<&str>) -> Json {
+    json!({
+        "status": if resolved_at.is_some() { "resolved" } else { "firing" },
+        "labels": labels, "annotations": { "summary": "queue too deep" },
+        "startsAt": starts_at, "endsAt": resolved_at.unwrap_or("0001-01-01T00:00:00Z"),
+        "generatorURL": "http://prometheus/graph", "fingerprint": "",
+    })
+}
+
+fn notification(alerts: Vec<Json>) -> Json {
+    let status = if alerts.iter().all(|a| a["status"] == "resolved") {
+        "resolved"
+    } else {
+        "firing"
+    };
+    json!({
+        "version": "4", "groupKey": "{}:{alertname=\"QueueDepthHigh\"}", "truncatedAlerts": 0,
+        "status": status, "receiver": "runbook", "groupLabels": {}, "commonLabels": {},
+        "commonAnnotations": {}, "externalURL": "http://alertmanager:9093", "alerts": alerts,
+    })
+}
+
+async fn post_webhook(server: &Server, body: &Json) -> (u16, Json) {
+    post_json(
+        &format!("{}/api/webhooks/alertmanager", server.base),
+        Some(RECEIVER),
+        body,
+    )
+    .await
+}
+
+/// A real Alertmanager on a free loopback port, without clustering, sending every alert at once
+/// to `webhook` with the receiver's token; stopped when dropped.
+struct Alertmanager {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    async fn start(webhook: &str) -> Alertmanager {
+        let bin = std::env::var("RUNBOOK_TEST_ALERTMANAGER_BIN").expect(
+            "RUNBOOK_TEST_ALERTMANAGER_BIN names the Alertmanager binary (scripts/test sets it)",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "route:\n  receiver: runbook\n  group_by: ['...']\n  group_wait: 0s\n  group_interval: 100ms\n  repeat_interval: 1h\n\
+             receivers:\n  - name: runbook\n    webhook_configs:\n      - url: {webhook}\n        send_resolved: true\n\
+             \x20       http_config:\n          authorization: {{ type: Bearer, credentials: {RECEIVER} }}\n"
+        );
+        std::fs::write(dir.path().join("am.yml"), config).unwrap();
+        let port = free_port();
+        let child = Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("am.yml").display()
+            ))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("am.log")).unwrap())
+            .spawn()
+            .expect("start alertmanager");
+        let base = format!("http://127.0.0.1:{port}");
+        let ready = format!("{base}/-/ready");
+        eventually(15, "alertmanager to be ready", || {
+            let ready = ready.clone();
+            async move {
+                let r = reqwest::get(&ready).await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+        Alertmanager {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+
+    /// Posts alerts to its API (`/api/v2/alerts`), as Prometheus does.
+    async fn post(&self, alerts: &Json) {
+        let (status, text) = send(
+            reqwest::Method::POST,
+            &format!("{}/api/v2/alerts", self.base),
+            None,
+            Some(alerts),
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A step's recorded output text, per run, for runs of `playbook` in id order.
+async fn messages(db: &runbook::store::Db, playbook: &str) -> Vec<String> {
+    rows(
+        db,
+        &format!(
+            "SELECT a.output FROM runbook_step_attempts a JOIN runbook_runs r ON r.id = a.run_id \
+             WHERE r.playbook = '{playbook}' AND a.step_id = 'seen' ORDER BY r.id"
+        ),
+    )
+    .await
+    .into_iter()
+    .map(|r| r["output"].to_string())
+    .collect()
+}
+
+#[tokio::test]
+async fn alertmanager_fires_and_resolves_and_the_right_runs_happen_once() {
+    let _one = ALERTMANAGERS.lock().unwrap_or_else(|e| e.into_inner());
+    let w = workdir();
+    let url = w.sqlite_url();
+    let server = w.serve(&["--store", &url]);
+    eventually(5, "the receiver mode in the log", || async {
+        server
+            .log()
+            .contains("alert receiver: bearer token required")
+            .then_some(())
+    })
+    .await;
+    let am = Alertmanager::start(&format!("{}/api/webhooks/alertmanager", server.base)).await;
+    let starts = now();
+    let labels = json!({ "alertname": "QueueDepthHigh", "instance": "a", "severity": "critical" });
+    am.post(
+        &json!([{ "labels": labels, "startsAt": starts, "annotations": { "summary": "deep" } }]),
+    )
+    .await;
+    let db = store(&url).await;
+    until_scalar(
+        10,
+        "both playbooks ran",
+        &db,
+        "SELECT COUNT(*) AS n FROM runbook_runs WHERE status = 'succeeded'",
+        |n| n == 2,
+    )
+    .await;
+    let fired = messages(&db, "fix-queue").await;
+    assert_eq!(fired.len(), 1);
+    assert!(fired[0].contains("firing a "), "{fired:?}");
+    assert!(
+        fired[0].contains(&starts),
+        "the alert's startsAt: {fired:?}"
+    );
+    // Critical: the run's command had the top priority.
+    let priorities = rows(&db, "SELECT DISTINCT priority FROM command_queue").await;
+    assert_eq!(priorities, [json!({"priority": 10})]);
+
+    // Resolve: Alertmanager sends it with send_resolved; fix-queue runs once more, look-queue not.
+    am.post(&json!([{ "labels": labels, "startsAt": starts, "endsAt": now() }]))
+        .await;
+    until_scalar(
+        10,
+        "the resolved run",
+        &db,
+        "SELECT COUNT(*) AS n FROM runbook_runs WHERE status = 'succeeded'",
+        |n| n == 3,
+    )
+    .await;
+    let all = messages(&db, "fix-queue").await;
+    assert!(all[1].contains("resolved a "), "{all:?}");
+    // Nothing more arrives (no repeats within repeat_interval).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = rows(
+        &db,
+        "SELECT playbook, COUNT(*) AS n FROM runbook_runs GROUP BY playbook ORDER BY playbook",
+    )
+    .await;
+    assert_eq!(
+        counts,
+        [
+            json!({"playbook": "fix-queue", "n": 2}),
+            json!({"playbook": "look-queue", "n": 1})
+        ]
+    );
+    let alert = rows(
+        &db,
+        "SELECT status, resolved_at IS NOT NULL AS resolved, matched FROM runbook_alerts",
+    )
+    .await;
+    assert_eq!(
+        alert,
+        [json!({"status": "resolved", "resolved": 1, "matched": 1})]
+    );
+    let (status, listed) = get_json(
+        &format!("{}/api/alerts?status=resolved", server.base),
+        Some(VIEWER),
+    )
+    .await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed[0]["runs"].as_array().unwrap().len(), 3, "{listed}");
+}
+
+#[tokio::test]
+async fn one_notification_five_times_starts_one_run_and_unmatched_alerts_are_recorded() {
+    let w = no_workers();
+    let url = w.sqlite_url();
+    let server = w.serve(&["--store", &url]);
+    let starts = now();
+    let body = notification(vec![alert(
+        json!({"alertname": "QueueDepthHigh", "instance": "b", "severity": "info"}),
+        &starts,
+        None,
+    )]);
+    let mut run_ids = Vec::new();
+    for i in 0..5 {
+        let (status, answer) = post_webhook(&server, &body).await;
+        assert_eq!(status, 200, "{answer}");
+        let a = &answer["alerts"][0];
+        // severity=info: only fix-queue matches (look-queue excludes it).
+        assert_eq!(a["playbooks"].as_array().unwrap().len(), 1, "{answer}");
+        let p = &a["playbooks"][0];
+        assert_eq!(
+            p["outcome"],
+            if i == 0 { "started" } else { "duplicate" },
+            "{answer}"
+        );
+        run_ids.push(p["run_id"].as_i64().unwrap());
+    }
+    assert!(run_ids.iter().all(|&id| id == run_ids[0]), "{run_ids:?}");
+    let db = store(&url).await;
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) AS n FROM runbook_runs").await,
+        1
+    );
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) AS n FROM command_queue").await,
+        1
+    );
+    assert_eq!(
+        scalar(&db, "SELECT notifications AS n FROM runbook_alerts").await,
+        5
+    );
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) AS n FROM runbook_alert_notifications").await,
+        5
+    );
+    let run = rows(&db, "SELECT status, trigger FROM runbook_runs").await;
+    assert_eq!(run[0]["status"], "queued");
+    let trigger = &run[0]["trigger"];
+    assert_eq!(trigger["kind"], "alert");
+    assert_eq!(trigger["fingerprint"].as_str().unwrap().len(), 16);
+
+    // An alert nothing matches: recorded, counted, listed.
+    let other = notification(vec![alert(json!({"alertname": "DiskFull"}), &starts, None)]);
+    let (status, answer) = post_webhook(&server, &other).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["alerts"][0]["outcome"], "unmatched", "{answer}");
+    let (status, listed) = get_json(
+        &format!("{}/api/alerts?unmatched=true", server.base),
+        Some(VIEWER),
+    )
+    .await;
+    assert_eq!(status, 200, "{listed}");
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alertname"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["DiskFull"]);
+    let (status, listed) = get_json(
+        &format!("{}/api/alerts?status=firing&unmatched=false", server.base),
+        Some(VIEWER),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(listed[0]["alertname"], "QueueDepthHigh", "{listed}");
+    assert_eq!(listed[0]["runs"][0]["run_id"], run_ids[0]);
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("runbook_alerts_received_total{outcome=\"unmatched\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("runbook_alerts_received_total{outcome=\"duplicate\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("runbook_webhook_requests_total{outcome=\"accepted\"} 6"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_ha_pair_of_alertmanagers_delivering_to_two_replicas_starts_one_run() {
+    let _one = ALERTMANAGERS.lock().unwrap_or_else(|e| e.into_inner());
+    let pg = PgDb::new().await;
+    let w = no_workers();
+    let a = w.serve(&["--store", &pg.url]);
+    let b = w.serve(&["--store", &pg.url]);
+    let am1 = Alertmanager::start(&format!("{}/api/webhooks/alertmanager", a.base)).await;
+    let am2 = Alertmanager::start(&format!("{}/api/webhooks/alertmanager", b.base)).await;
+    let starts = now();
+    let alerts = json!([{ "labels": { "alertname": "QueueDepthHigh", "instance": "ha", "severity": "warning" }, "startsAt": starts }]);
+    tokio::join!(am1.post(&alerts), am2.post(&alerts));
+    let db = store(&pg.url).await;
+    until_scalar(
+        10,
+        "both notifications recorded",
+        &db,
+        "SELECT COUNT(*) AS n FROM runbook_alert_notifications",
+        |n| n == 2,
+    )
+    .await;
+    let runs = rows(
+        &db,
+        "SELECT playbook, COUNT(*) AS n FROM runbook_runs GROUP BY playbook ORDER BY playbook",
+    )
+    .await;
+    assert_eq!(
+        runs,
+        [
+            json!({"playbook": "fix-queue", "n": 1}),
+            json!({"playbook": "look-queue", "n": 1})
+        ]
+    );
+    let outcomes: Vec<String> = rows(
+        &db,
+        "SELECT outcomes FROM runbook_alert_notifications ORDER BY id",
+    )
+    .await
+    .iter()
+    .map(|r| {
+        r["outcomes"][0]["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    })
+    .collect();
+    assert_eq!(outcomes, ["started", "duplicate"]);
+    drop((a, b));
+}
+
+/// A client that retries like Alertmanager: on a connection error or a 5xx, again after a pause.
+async fn deliver(url: &str, body: &Json) -> usize {
+    let client = reqwest::Client::new();
+    for attempt in 1.. {
+        let sent = client
+            .post(url)
+            .bearer_auth(RECEIVER)
+            .json(body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => return attempt,
+            Ok(r) if r.status().is_client_error() => {
+                panic!("{url} refused: {}", r.text().await.unwrap_or_default())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+        assert!(attempt < 400, "{url} did not come back");
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn a_server_killed_during_a_burst_of_1000_alerts_loses_none_and_doubles_none() {
+    let w = no_workers();
+    let url = w.sqlite_url();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = w.serve_at(&["--store", &url], &listen);
+    let webhook = format!("http://{listen}/api/webhooks/alertmanager");
+    let starts = now();
+    // 100 notifications of 10 alerts, each alert its own instance.
+    let bodies: Vec<Json> = (0..100)
+        .map(|n| {
+            notification((0..10).map(|i| alert(json!({"alertname": "QueueDepthHigh", "instance": format!("i{}", n * 10 + i), "severity": "info"}), &starts, None)).collect())
+        })
+        .collect();
+    let client = tokio::spawn(async move {
+        let mut retried = 0;
+        for b in &bodies {
+            retried += deliver(&webhook, b).await - 1;
+        }
+        retried
+    });
+    let db = store(&url).await;
+    until_scalar(
+        20,
+        "a third of the burst",
+        &db,
+        "SELECT COUNT(*) AS n FROM runbook_alert_runs",
+        |n| n >= 300,
+    )
+    .await;
+    server.kill_hard();
+    let _restarted = w.serve_at(&["--store", &url], &listen);
+    let retried = client.await.unwrap();
+    assert!(
+        retried > 0,
+        "the client never had to retry: the kill landed after the burst"
+    );
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) AS n FROM runbook_alert_runs").await,
+        1000
+    );
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) AS n FROM runbook_runs").await,
+        1000
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(DISTINCT fingerprint) AS n FROM runbook_alerts"
+        )
+        .await,
+        1000
+    );
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) AS n FROM command_queue").await,
+        1000
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) AS n FROM runbook_runs r JOIN command_queue c ON c.id = r.command_id"
+        )
+        .await,
+        1000,
+        "each run has its command"
+    );
+}
+
+const SCALE: &str = r#"name: scale
+on:
+  alerts:
+    - alertname: Backlog
+guard: { concurrency: 2 }
+steps:
+  - id: scale
+    runtime: { op: scale_workers, concurrency: 4 }
+"#;
+
+#[tokio::test]
+async fn two_replicas_deciding_at_once_admit_only_concurrency_runs() {
+    let pg = PgDb::new().await;
+    let w = no_workers();
+    w.playbook("scale", SCALE);
+    let a = w.serve(&["--store", &pg.url]);
+    let b = w.serve(&["--store", &pg.url]);
+    let starts = now();
+    let posts = (0..20).map(|i| {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let url = format!("{base}/api/webhooks/alertmanager");
+        let body = notification(vec![alert(
+            json!({"alertname": "Backlog", "shard": i.to_string()}),
+            &starts,
+            None,
+        )]);
+        async move { post_json(&url, Some(RECEIVER), &body).await }
+    });
+    for (status, answer) in futures::future::join_all(posts).await {
+        assert_eq!(status, 200, "{answer}");
+    }
+    let db = store(&pg.url).await;
+    let by_status = rows(
+        &db,
+        "SELECT status, COUNT(*) AS n FROM runbook_runs GROUP BY status ORDER BY status",
+    )
+    .await;
+    assert_eq!(
+        by_status,
+        [
+            json!({"status": "queued", "n": 2}),
+            json!({"status": "skipped", "n": 18})
+        ]
+    );
+    let reasons = rows(
+        &db,
+        "SELECT DISTINCT error FROM runbook_runs WHERE status = 'skipped'",
+    )
+    .await;
+    assert_eq!(
+        reasons,
+        [
+            json!({"error": "guard.concurrency: 2 run(s) of this playbook already queued or running (limit 2)"})
+        ]
+    );
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) AS n FROM command_queue").await,
+        2
+    );
+    let metrics = format!("{}{}", a.metrics().await, b.metrics().await);
+    let refused: i64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("runbook_guard_refusals_total{") && l.contains("playbook=\"scale\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(refused, 18);
+}
+
+const COOL: &str = r#"name: cool
+on:
+  alerts:
+    - alertname: Cool
+guard: { concurrency: 10, cooldown: 1h }
+steps:
+  - id: reset
+    runtime: { op: set_lock_ttl, ttl: 5m }
+"#;
+
+const HOURLY: &str = r#"name: hourly
+guard: { concurrency: 10, max_runs_per_hour: 2 }
+steps:
+  - id: look
+    sql: SELECT 1 AS one
+"#;
+
+const ONE: &str = r#"name: one
+steps:
+  - id: retry
+    runtime: { op: dlq_retry }
+"#;
+
+#[tokio::test]
+async fn guards_skip_with_their_reason_and_the_pause_holds_only_changing_runs() {
+    let w = no_workers();
+    w.playbook("cool", COOL);
+    w.playbook("hourly", HOURLY);
+    w.playbook("one", ONE);
+    let url = w.sqlite_url();
+    let server = w.serve(&["--store", &url]);
+    let db = store(&url).await;
+
+    // Cooldown per fingerprint: the same alert firing again (a new startsAt) is skipped; another
+    // alert is not.
+    let fire = |instance: &str, starts: &str| {
+        notification(vec![alert(
+            json!({"alertname": "Cool", "instance": instance}),
+            starts,
+            None,
+        )])
+    };
+    let (_, first) = post_webhook(&server, &fire("x", "2026-01-01T00:00:00Z")).await;
+    assert_eq!(
+        first["alerts"][0]["playbooks"][0]["outcome"], "started",
+        "{first}"
+    );
+    let (_, again) = post_webhook(&server, &fire("x", "2026-01-01T00:10:00Z")).await;
+    let p = &again["alerts"][0]["playbooks"][0];
+    assert_eq!(
+        (p["outcome"].as_str(), p["guard"].as_str()),
+        (Some("skipped"), Some("cooldown")),
+        "{again}"
+    );
+    assert!(
+        p["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("guard.cooldown: a run started within the last 1h for alert "),
+        "{again}"
+    );
+    let (_, other) = post_webhook(&server, &fire("y", "2026-01-01T00:10:00Z")).await;
+    assert_eq!(
+        other["alerts"][0]["playbooks"][0]["outcome"], "started",
+        "{other}"
+    );
+
+    // max_runs_per_hour through the API: the third is recorded skipped and answered 409.
+    let runs_url = format!("{}/api/runs", server.base);
+    for _ in 0..2 {
+        let (status, body) =
+            post_json(&runs_url, Some(OPERATOR), &json!({"playbook": "hourly"})).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["status"], "queued");
+    }
+    let (status, body) = post_json(&runs_url, Some(OPERATOR), &json!({"playbook": "hourly"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["status"], "skipped");
+    assert_eq!(
+        body["error"]["message"],
+        format!(
+            "run {} skipped: guard.max_runs_per_hour: 2 run(s) in the last hour (limit 2)",
+            body["run_id"]
+        )
+    );
+
+    // Concurrency through the CLI: `one` (default concurrency 1) has a queued run, so `runbook
+    // run one` is skipped; --force runs it with an audit record.
+    let (status, body) = post_json(&runs_url, Some(OPERATOR), &json!({"playbook": "one"})).await;
+    assert_eq!(status, 202, "{body}");
+    let out = w.run(&["--store", &url, "run", "one"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("skipped: guard.concurrency: 1 run(s) of this playbook already queued or running (limit 1)"), "{out:?}");
+    let out = w.run(&["--store", &url, "run", "one", "--force"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) AS n FROM runbook_audit WHERE op = 'run_forced'"
+        )
+        .await,
+        1
+    );
+
+    // The pause: alerts are still recorded, a changing playbook is skipped, a read-only one runs.
+    let out = w.run(&["--store", &url, "pause", "--reason", "database failover"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = w.run(&["--store", &url, "status"]);
+    assert!(
+        out.stdout.contains("PAUSED since") && out.stdout.contains("database failover"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("queued 5"), "{out:?}");
+    let paused = notification(vec![alert(
+        json!({"alertname": "QueueDepthHigh", "instance": "p", "severity": "warning"}),
+        &now(),
+        None,
+    )]);
+    let (status, answer) = post_webhook(&server, &paused).await;
+    assert_eq!(status, 200, "{answer}");
+    let outcomes: Vec<(String, String)> = answer["alerts"][0]["playbooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["playbook"].as_str().unwrap().to_owned(),
+                p["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("fix-queue".to_owned(), "paused".to_owned()),
+            ("look-queue".to_owned(), "started".to_owned())
+        ]
+    );
+    assert_eq!(answer["alerts"][0]["outcome"], "started");
+    let out = w.run(&["--store", &url, "run", "hourly"]);
+    assert_eq!(out.code, 1, "max_runs_per_hour still holds: {out:?}");
+
+    // The API: viewers may not pause; operators see and end it.
+    let (status, _) = post_empty(&format!("{}/api/resume", server.base), Some(VIEWER)).await;
+    assert_eq!(status, 403);
+    let (status, st) = get_json(&format!("{}/api/status", server.base), Some(OPERATOR)).await;
+    assert_eq!(status, 200, "{st}");
+    assert_eq!(st["paused"]["reason"], "database failover");
+    assert_eq!(st["runs"]["queued"], 6, "{st}");
+    let (status, _) = post_empty(&format!("{}/api/resume", server.base), Some(OPERATOR)).await;
+    assert_eq!(status, 200);
+    let (_, st) = get_json(&format!("{}/api/status", server.base), Some(OPERATOR)).await;
+    assert_eq!(st["paused"], Json::Null);
+    let (status, p) = post_json(
+        &format!("{}/api/pause", server.base),
+        Some(OPERATOR),
+        &json!({"reason": "again"}),
+    )
+    .await;
+    assert_eq!(
+        (status, p["paused"]["by"].as_str()),
+        (200, Some("api:ops")),
+        "{p}"
+    );
+    let audit = rows(
+        &db,
+        "SELECT actor, op FROM runbook_audit WHERE op IN ('pause', 'resume') ORDER BY id",
+    )
+    .await;
+    assert_eq!(audit.len(), 3, "{audit:?}");
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_a_json_error_each() {
+    let w = no_workers();
+    let pg = PgDb::new().await;
+    let server = w.serve(&["--store", &pg.url]);
+    let hook = format!("{}/api/webhooks/alertmanager", server.base);
+    let body = notification(vec![alert(
+        json!({"alertname": "QueueDepthHigh"}),
+        &now(),
+        None,
+    )]);
+    let (status, e) = post_json(&hook, None, &body).await;
+    assert_eq!(status, 401, "{e}");
+    assert_eq!(
+        e["error"]["message"],
+        "a bearer token (auth.receiver) is required"
+    );
+    let (status, e) = post_json(&hook, Some("wrong"), &body).await;
+    assert_eq!(
+        (status, e["error"]["message"].as_str()),
+        (401, Some("wrong receiver token"))
+    );
+    let mut bad = body.clone();
+    bad["alerts"][0]["startsAt"] = json!("yesterday");
+    let (status, e) = post_json(&hook, Some(RECEIVER), &bad).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("webhook body at `alerts[0].startsAt`: "),
+        "{e}"
+    );
+    let big = notification(
+        (0..60)
+            .map(|i| {
+                alert(
+                    json!({"alertname": "QueueDepthHigh", "i": i.to_string()}),
+                    &now(),
+                    None,
+                )
+            })
+            .collect(),
+    );
+    let (status, e) = post_json(&format!("{}/api/alerts", server.base), Some(RECEIVER), &big).await;
+    assert_eq!(status, 413, "{e}");
+    assert_eq!(e["error"]["status"], 413);
+
+    // The store goes away: 503, and nothing is recorded; back, the same notification goes in.
+    let admin = sqlx::PgPool::connect(&crate::util::pg_server())
+        .await
+        .unwrap();
+    let name = pg.url.rsplit('/').next().unwrap().to_owned();
+    let moved = format!("{name}_away");
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&name)
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (status, e) = post_json(&hook, Some(RECEIVER), &body).await;
+    assert_eq!(status, 503, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("store unavailable, nothing was recorded; send it again"),
+        "{e}"
+    );
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let _ = moved;
+    let (status, e) = post_json(&hook, Some(RECEIVER), &body).await;
+    assert_eq!(status, 200, "{e}");
+    let metrics = server.metrics().await;
+    for outcome in [
+        "unauthorized\"} 2",
+        "bad_request\"} 1",
+        "too_large\"} 1",
+        "unavailable\"} 1",
+        "accepted\"} 1",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "runbook_webhook_requests_total{{outcome=\"{outcome}"
+            )),
+            "{outcome}: {metrics}"
+        );
+    }
+
+    // Closed by default: no auth.receiver refuses every notification and says how to configure it.
+    let closed = Workdir::new();
+    closed.playbook("look-queue", LOOK_QUEUE);
+    let url = closed.sqlite_url();
+    let server = closed.serve(&["--store", &url]);
+    let (status, e) = post_json(
+        &format!("{}/api/alerts", server.base),
+        Some(RECEIVER),
+        &body,
+    )
+    .await;
+    assert_eq!(status, 401, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("auth.receiver.insecure: true"),
+        "{e}"
+    );
+    assert!(
+        server.log().contains("alert receiver: closed"),
+        "{}",
+        server.log()
+    );
+    let open = Workdir::new();
+    open.config("auth:\n  receiver: { insecure: true }\n");
+    open.playbook("look-queue", LOOK_QUEUE);
+    let url = open.sqlite_url();
+    let server = open.serve(&["--store", &url]);
+    let (status, e) = post_json(&format!("{}/api/alerts", server.base), None, &body).await;
+    assert_eq!(status, 200, "{e}");
+    assert!(
+        server.log().contains("alert receiver: INSECURE"),
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+async fn alert_fire_posts_what_alertmanager_would_and_resolves_the_same_occurrence() {
+    let w = no_workers();
+    let url = w.sqlite_url();
+    let server = w.serve(&["--store", &url]);
+    let hook = format!("{}/api/webhooks/alertmanager", server.base);
+    let out = w.run(&[
+        "--store",
+        &url,
+        "alert",
+        "fire",
+        "QueueDepthHigh",
+        "--label",
+        "instance=c",
+        "--label",
+        "severity=critical",
+        "--annotation",
+        "summary=deep",
+        "--url",
+        &hook,
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("fix-queue: started run"), "{out:?}");
+    assert!(out.stdout.contains("look-queue: started run"), "{out:?}");
+    let out = w.run(&[
+        "--store",
+        &url,
+        "alert",
+        "fire",
+        "QueueDepthHigh",
+        "--label",
+        "instance=c",
+        "--label",
+        "severity=critical",
+        "--resolve",
+        "--url",
+        &hook,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let answer = out.json();
+    let outcomes: Vec<&str> = answer["alerts"][0]["playbooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["started", "resolved_skip"], "{answer}");
+    let db = store(&url).await;
+    // One occurrence: the resolve kept the startsAt of the fire.
+    let alerts = rows(&db, "SELECT status, labels FROM runbook_alerts").await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["status"], "resolved");
+    let kinds = rows(
+        &db,
+        "SELECT playbook, kind FROM runbook_alert_runs ORDER BY playbook, kind",
+    )
+    .await;
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+}
