@@ -955,3 +955,62 @@ async fn alert_fire_posts_what_alertmanager_would_and_resolves_the_same_occurren
     .await;
     assert_eq!(kinds.len(), 3, "{kinds:?}");
 }
+
+const WATCH: &str = r#"name: watch
+on:
+  alerts:
+    - alertname: Watch
+guard: { concurrency: 10 }
+steps:
+  - id: hold
+    wait: 1500ms
+  - id: seen
+    assert:
+      that: "alert.status == 'resolved'"
+      message: "ended {{ alert.endsAt }}"
+"#;
+
+#[tokio::test]
+async fn a_resolve_arriving_while_the_run_goes_on_is_visible_to_its_next_step() {
+    let w = workdir();
+    w.playbook("watch", WATCH);
+    let url = w.sqlite_url();
+    let server = w.serve(&["--store", &url]);
+    let db = store(&url).await;
+    let starts = now();
+    let labels = json!({"alertname": "Watch", "instance": "w"});
+    let (status, answer) = post_webhook(
+        &server,
+        &notification(vec![alert(labels.clone(), &starts, None)]),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    until_scalar(
+        10,
+        "the run to start",
+        &db,
+        "SELECT COUNT(*) AS n FROM runbook_runs WHERE status = 'running'",
+        |n| n == 1,
+    )
+    .await;
+    let ends = now();
+    let (status, answer) = post_webhook(
+        &server,
+        &notification(vec![alert(labels, &starts, Some(&ends))]),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["alerts"][0]["outcome"], "resolved_skip", "{answer}");
+    until_scalar(
+        10,
+        "the run to end",
+        &db,
+        "SELECT COUNT(*) AS n FROM runbook_runs WHERE finished_at IS NOT NULL",
+        |n| n == 1,
+    )
+    .await;
+    let run = rows(&db, "SELECT status, error FROM runbook_runs").await;
+    assert_eq!(run[0]["status"], "succeeded", "{run:?}");
+    let seen = messages(&db, "watch").await;
+    assert!(seen[0].contains(&format!("ended {ends}")), "{seen:?}");
+}

@@ -114,6 +114,58 @@ mod tests {
         assert!(LabelMatcher::parse(r#"missing!~".+""#).unwrap().matches(&l));
     }
 
+    fn holds(matcher: &str, l: &BTreeMap<String, String>) -> bool {
+        LabelMatcher::parse(matcher).unwrap().matches(l)
+    }
+
+    #[test]
+    fn each_operator_as_alertmanager_has_it() {
+        let l = labels(&[("severity", "critical"), ("job", "api-server")]);
+        // =
+        assert!(holds(r#"severity="critical""#, &l));
+        assert!(!holds(r#"severity="crit""#, &l));
+        assert!(
+            holds(r#"missing="""#, &l),
+            "a missing label is the empty string"
+        );
+        // !=
+        assert!(holds(r#"severity!="warning""#, &l));
+        assert!(!holds(r#"severity!="critical""#, &l));
+        assert!(!holds(r#"missing!="""#, &l));
+        // =~
+        assert!(holds(r#"job=~"api-.*""#, &l));
+        assert!(holds(r#"severity=~"critical|page""#, &l));
+        assert!(!holds(r#"severity=~"warning|info""#, &l));
+        assert!(holds(r#"missing=~".*""#, &l));
+        // !~
+        assert!(holds(r#"job!~"db-.*""#, &l));
+        assert!(!holds(r#"job!~"api-.*""#, &l));
+        assert!(!holds(r#"missing!~".*""#, &l));
+    }
+
+    #[test]
+    fn regexes_are_anchored_at_both_ends() {
+        let l = labels(&[("alertname", "StreamingQueueDepthHigh")]);
+        assert!(
+            !holds(r#"alertname=~"Queue""#, &l),
+            "a substring is not a match"
+        );
+        assert!(
+            !holds(r#"alertname=~"Streaming""#, &l),
+            "a prefix is not a match"
+        );
+        assert!(
+            !holds(r#"alertname=~"DepthHigh""#, &l),
+            "a suffix is not a match"
+        );
+        assert!(holds(r#"alertname=~".*Queue.*""#, &l));
+        // An alternation is anchored as a whole, not only its first branch.
+        assert!(!holds(r#"alertname=~"Foo|Streaming""#, &l));
+        assert!(holds(r#"alertname!~"Queue""#, &l), "!~ is anchored too");
+        // Equality is exact, not a pattern.
+        assert!(!holds(r#"alertname="Streaming.*""#, &l));
+    }
+
     #[test]
     fn rejects_bad_matchers_naming_each() {
         let e = LabelMatcher::parse(" alertname ").unwrap_err();
