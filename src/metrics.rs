@@ -177,15 +177,21 @@ impl Metrics {
             "Time from a schedule tick's time to this process firing it",
             m.scheduler_lag.clone(),
         );
+        m.register_triggers(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// The receiver's and the guards' metrics, with the outcomes a dashboard expects at zero.
+    fn register_triggers(&self, registry: &mut Registry) {
         registry.register(
             "runbook_alerts_received",
             "Alerts received from Alertmanager, by outcome (unmatched: no playbook matched)",
-            m.alerts_received.clone(),
+            self.alerts_received.clone(),
         );
         registry.register(
             "runbook_guard_refusals",
             "Triggers recorded as skipped by a guard or the pause, by playbook and guard",
-            m.guard_refusals.clone(),
+            self.guard_refusals.clone(),
         );
         for outcome in [
             "accepted",
@@ -194,16 +200,15 @@ impl Metrics {
             "too_large",
             "unavailable",
         ] {
-            let _ = m.webhook_requests.get_or_create(&OutcomeLabel {
+            let _ = self.webhook_requests.get_or_create(&OutcomeLabel {
                 outcome: outcome.to_owned(),
             });
         }
         for outcome in ["started", "unmatched"] {
-            let _ = m.alerts_received.get_or_create(&OutcomeLabel {
+            let _ = self.alerts_received.get_or_create(&OutcomeLabel {
                 outcome: outcome.to_owned(),
             });
         }
-        Metrics { registry, ..m }
     }
 
     /// Sets the queue gauges from `queue_stats`.

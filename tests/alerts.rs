@@ -613,15 +613,12 @@ steps:
 "#;
 
 #[tokio::test]
-async fn guards_skip_with_their_reason_and_the_pause_holds_only_changing_runs() {
+async fn cooldown_and_max_runs_per_hour_skip_with_their_reason() {
     let w = no_workers();
     w.playbook("cool", COOL);
     w.playbook("hourly", HOURLY);
-    w.playbook("one", ONE);
     let url = w.sqlite_url();
     let server = w.serve(&["--store", &url]);
-    let db = store(&url).await;
-
     // Cooldown per fingerprint: the same alert firing again (a new startsAt) is skipped; another
     // alert is not.
     let fire = |instance: &str, starts: &str| {
@@ -643,11 +640,9 @@ async fn guards_skip_with_their_reason_and_the_pause_holds_only_changing_runs() 
         (Some("skipped"), Some("cooldown")),
         "{again}"
     );
+    let reason = p["reason"].as_str().unwrap();
     assert!(
-        p["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("guard.cooldown: a run started within the last 1h for alert "),
+        reason.starts_with("guard.cooldown: a run started within the last 1h for alert "),
         "{again}"
     );
     let (_, other) = post_webhook(&server, &fire("y", "2026-01-01T00:10:00Z")).await;
@@ -655,45 +650,91 @@ async fn guards_skip_with_their_reason_and_the_pause_holds_only_changing_runs() 
         other["alerts"][0]["playbooks"][0]["outcome"], "started",
         "{other}"
     );
+    let db = store(&url).await;
+    let skipped = rows(
+        &db,
+        "SELECT playbook, error, command_id FROM runbook_runs WHERE status = 'skipped'",
+    )
+    .await;
+    assert_eq!(
+        skipped,
+        [json!({"playbook": "cool", "error": reason, "command_id": null})]
+    );
 
     // max_runs_per_hour through the API: the third is recorded skipped and answered 409.
     let runs_url = format!("{}/api/runs", server.base);
     for _ in 0..2 {
         let (status, body) =
             post_json(&runs_url, Some(OPERATOR), &json!({"playbook": "hourly"})).await;
-        assert_eq!(status, 202, "{body}");
-        assert_eq!(body["status"], "queued");
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (202, Some("queued")),
+            "{body}"
+        );
     }
     let (status, body) = post_json(&runs_url, Some(OPERATOR), &json!({"playbook": "hourly"})).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["status"], "skipped");
-    assert_eq!(
-        body["error"]["message"],
-        format!(
-            "run {} skipped: guard.max_runs_per_hour: 2 run(s) in the last hour (limit 2)",
-            body["run_id"]
-        )
+    let expected = format!(
+        "run {} skipped: guard.max_runs_per_hour: 2 run(s) in the last hour (limit 2)",
+        body["run_id"]
     );
+    assert_eq!(body["error"]["message"], expected);
+    let metrics = server.metrics().await;
+    for line in [
+        "runbook_guard_refusals_total{playbook=\"cool\",guard=\"cooldown\"} 1",
+        "runbook_guard_refusals_total{playbook=\"hourly\",guard=\"max_runs_per_hour\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
+}
 
-    // Concurrency through the CLI: `one` (default concurrency 1) has a queued run, so `runbook
-    // run one` is skipped; --force runs it with an audit record.
-    let (status, body) = post_json(&runs_url, Some(OPERATOR), &json!({"playbook": "one"})).await;
+#[tokio::test]
+async fn runbook_run_is_guarded_and_force_is_audited() {
+    let w = no_workers();
+    w.playbook("one", ONE);
+    let url = w.sqlite_url();
+    let server = w.serve(&["--store", &url]);
+    // `one` (default concurrency 1) has a queued run, so `runbook run one` is skipped.
+    let (status, body) = post_json(
+        &format!("{}/api/runs", server.base),
+        Some(OPERATOR),
+        &json!({"playbook": "one"}),
+    )
+    .await;
     assert_eq!(status, 202, "{body}");
     let out = w.run(&["--store", &url, "run", "one"]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("skipped: guard.concurrency: 1 run(s) of this playbook already queued or running (limit 1)"), "{out:?}");
+    let reason =
+        "skipped: guard.concurrency: 1 run(s) of this playbook already queued or running (limit 1)";
+    assert!(out.stderr.contains(reason), "{out:?}");
+    assert!(out.stderr.contains("--force"), "{out:?}");
+    // --force runs it, with an audit record naming who.
     let out = w.run(&["--store", &url, "run", "one", "--force"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(
-        scalar(
-            &db,
-            "SELECT COUNT(*) AS n FROM runbook_audit WHERE op = 'run_forced'"
-        )
-        .await,
-        1
+    let db = store(&url).await;
+    let forced = rows(
+        &db,
+        "SELECT actor, filter FROM runbook_audit WHERE op = 'run_forced'",
+    )
+    .await;
+    assert_eq!(forced.len(), 1, "{forced:?}");
+    assert!(
+        forced[0]["actor"].as_str().unwrap().starts_with("cli:"),
+        "{forced:?}"
     );
+    let runs = rows(&db, "SELECT status, trigger FROM runbook_runs ORDER BY id").await;
+    let statuses: Vec<&str> = runs.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["queued", "skipped", "succeeded"]);
+}
 
-    // The pause: alerts are still recorded, a changing playbook is skipped, a read-only one runs.
+#[tokio::test]
+async fn the_pause_holds_only_changing_runs_and_alerts_are_still_recorded() {
+    let w = no_workers();
+    w.playbook("one", ONE);
+    w.playbook("hourly", HOURLY);
+    let url = w.sqlite_url();
+    let server = w.serve(&["--store", &url]);
     let out = w.run(&["--store", &url, "pause", "--reason", "database failover"]);
     assert_eq!(out.code, 0, "{out:?}");
     let out = w.run(&["--store", &url, "status"]);
@@ -701,71 +742,83 @@ async fn guards_skip_with_their_reason_and_the_pause_holds_only_changing_runs() 
         out.stdout.contains("PAUSED since") && out.stdout.contains("database failover"),
         "{out:?}"
     );
-    assert!(out.stdout.contains("queued 5"), "{out:?}");
-    let paused = notification(vec![alert(
-        json!({"alertname": "QueueDepthHigh", "instance": "p", "severity": "warning"}),
-        &now(),
-        None,
-    )]);
-    let (status, answer) = post_webhook(&server, &paused).await;
+    let labels = json!({"alertname": "QueueDepthHigh", "instance": "p", "severity": "warning"});
+    let (status, answer) =
+        post_webhook(&server, &notification(vec![alert(labels, &now(), None)])).await;
     assert_eq!(status, 200, "{answer}");
-    let outcomes: Vec<(String, String)> = answer["alerts"][0]["playbooks"]
+    let outcomes: Vec<(&str, &str)> = answer["alerts"][0]["playbooks"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| {
             (
-                p["playbook"].as_str().unwrap().to_owned(),
-                p["outcome"].as_str().unwrap().to_owned(),
+                p["playbook"].as_str().unwrap(),
+                p["outcome"].as_str().unwrap(),
             )
         })
         .collect();
     assert_eq!(
         outcomes,
-        [
-            ("fix-queue".to_owned(), "paused".to_owned()),
-            ("look-queue".to_owned(), "started".to_owned())
-        ]
+        [("fix-queue", "paused"), ("look-queue", "started")]
     );
-    assert_eq!(answer["alerts"][0]["outcome"], "started");
+    let reason = answer["alerts"][0]["playbooks"][0]["reason"]
+        .as_str()
+        .unwrap();
+    assert!(
+        reason.starts_with("runs are paused: database failover (by cli:"),
+        "{answer}"
+    );
+    // The CLI too: a changing playbook is skipped, a read-only one runs.
+    let out = w.run(&["--store", &url, "run", "one"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("runs are paused: database failover"),
+        "{out:?}"
+    );
     let out = w.run(&["--store", &url, "run", "hourly"]);
-    assert_eq!(out.code, 1, "max_runs_per_hour still holds: {out:?}");
+    assert_eq!(out.code, 0, "{out:?}");
 
-    // The API: viewers may not pause; operators see and end it.
+    // The API: viewers may not; operators see the pause and end it.
     let (status, _) = post_empty(&format!("{}/api/resume", server.base), Some(VIEWER)).await;
     assert_eq!(status, 403);
     let (status, st) = get_json(&format!("{}/api/status", server.base), Some(OPERATOR)).await;
     assert_eq!(status, 200, "{st}");
     assert_eq!(st["paused"]["reason"], "database failover");
-    assert_eq!(st["runs"]["queued"], 6, "{st}");
+    assert_eq!(st["runs"]["queued"], 1, "{st}");
     let (status, _) = post_empty(&format!("{}/api/resume", server.base), Some(OPERATOR)).await;
     assert_eq!(status, 200);
     let (_, st) = get_json(&format!("{}/api/status", server.base), Some(OPERATOR)).await;
     assert_eq!(st["paused"], Json::Null);
-    let (status, p) = post_json(
-        &format!("{}/api/pause", server.base),
-        Some(OPERATOR),
-        &json!({"reason": "again"}),
-    )
-    .await;
+    let out = w.run(&["--store", &url, "run", "one"]);
+    assert_eq!(out.code, 0, "resumed: {out:?}");
+    let pause = format!("{}/api/pause", server.base);
+    let (status, p) = post_json(&pause, Some(OPERATOR), &json!({"reason": "again"})).await;
     assert_eq!(
         (status, p["paused"]["by"].as_str()),
         (200, Some("api:ops")),
         "{p}"
     );
+    let db = store(&url).await;
     let audit = rows(
         &db,
-        "SELECT actor, op FROM runbook_audit WHERE op IN ('pause', 'resume') ORDER BY id",
+        "SELECT op FROM runbook_audit WHERE op IN ('pause', 'resume') ORDER BY id",
     )
     .await;
-    assert_eq!(audit.len(), 3, "{audit:?}");
+    assert_eq!(
+        audit,
+        [
+            json!({"op": "pause"}),
+            json!({"op": "resume"}),
+            json!({"op": "pause"})
+        ]
+    );
 }
 
 #[tokio::test]
 async fn bad_requests_are_refused_with_a_json_error_each() {
     let w = no_workers();
-    let pg = PgDb::new().await;
-    let server = w.serve(&["--store", &pg.url]);
+    let url = w.sqlite_url();
+    let server = w.serve(&["--store", &url]);
     let hook = format!("{}/api/webhooks/alertmanager", server.base);
     let body = notification(vec![alert(
         json!({"alertname": "QueueDepthHigh"}),
@@ -787,11 +840,9 @@ async fn bad_requests_are_refused_with_a_json_error_each() {
     bad["alerts"][0]["startsAt"] = json!("yesterday");
     let (status, e) = post_json(&hook, Some(RECEIVER), &bad).await;
     assert_eq!(status, 400, "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
     assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("webhook body at `alerts[0].startsAt`: "),
+        message.starts_with("webhook body at `alerts[0].startsAt`: "),
         "{e}"
     );
     let big = notification(
@@ -808,14 +859,40 @@ async fn bad_requests_are_refused_with_a_json_error_each() {
     let (status, e) = post_json(&format!("{}/api/alerts", server.base), Some(RECEIVER), &big).await;
     assert_eq!(status, 413, "{e}");
     assert_eq!(e["error"]["status"], 413);
+    let db = store(&url).await;
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) AS n FROM runbook_alert_notifications").await,
+        0
+    );
+    let metrics = server.metrics().await;
+    for outcome in [
+        "unauthorized\"} 2",
+        "bad_request\"} 1",
+        "too_large\"} 1",
+        "accepted\"} 0",
+    ] {
+        let line = format!("runbook_webhook_requests_total{{outcome=\"{outcome}");
+        assert!(metrics.contains(&line), "{outcome}: {metrics}");
+    }
+}
 
-    // The store goes away: 503, and nothing is recorded; back, the same notification goes in.
+#[tokio::test]
+async fn an_unreachable_store_is_a_503_and_alertmanagers_retry_goes_in() {
+    let w = no_workers();
+    let pg = PgDb::new().await;
+    let server = w.serve(&["--store", &pg.url]);
+    let hook = format!("{}/api/webhooks/alertmanager", server.base);
+    let body = notification(vec![alert(
+        json!({"alertname": "QueueDepthHigh"}),
+        &now(),
+        None,
+    )]);
     let admin = sqlx::PgPool::connect(&crate::util::pg_server())
         .await
         .unwrap();
     let name = pg.url.rsplit('/').next().unwrap().to_owned();
-    let moved = format!("{name}_away");
-    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+    let connections = |allow: bool| format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}");
+    sqlx::query(&connections(false))
         .execute(&admin)
         .await
         .unwrap();
@@ -826,37 +903,37 @@ async fn bad_requests_are_refused_with_a_json_error_each() {
         .unwrap();
     let (status, e) = post_json(&hook, Some(RECEIVER), &body).await;
     assert_eq!(status, 503, "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
     assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("store unavailable, nothing was recorded; send it again"),
+        message.starts_with("store unavailable, nothing was recorded; send it again"),
         "{e}"
     );
-    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+    sqlx::query(&connections(true))
         .execute(&admin)
         .await
         .unwrap();
-    let _ = moved;
     let (status, e) = post_json(&hook, Some(RECEIVER), &body).await;
     assert_eq!(status, 200, "{e}");
+    assert_eq!(e["alerts"][0]["outcome"], "started", "{e}");
+    let db = store(&pg.url).await;
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) AS n FROM runbook_alert_notifications").await,
+        1
+    );
     let metrics = server.metrics().await;
-    for outcome in [
-        "unauthorized\"} 2",
-        "bad_request\"} 1",
-        "too_large\"} 1",
-        "unavailable\"} 1",
-        "accepted\"} 1",
-    ] {
-        assert!(
-            metrics.contains(&format!(
-                "runbook_webhook_requests_total{{outcome=\"{outcome}"
-            )),
-            "{outcome}: {metrics}"
-        );
+    for outcome in ["unavailable\"} 1", "accepted\"} 1"] {
+        let line = format!("runbook_webhook_requests_total{{outcome=\"{outcome}");
+        assert!(metrics.contains(&line), "{outcome}: {metrics}");
     }
+}
 
-    // Closed by default: no auth.receiver refuses every notification and says how to configure it.
+#[tokio::test]
+async fn the_receiver_is_closed_by_default_and_says_how_to_open_it() {
+    let body = notification(vec![alert(
+        json!({"alertname": "QueueDepthHigh"}),
+        &now(),
+        None,
+    )]);
     let closed = Workdir::new();
     closed.playbook("look-queue", LOOK_QUEUE);
     let url = closed.sqlite_url();
@@ -868,11 +945,9 @@ async fn bad_requests_are_refused_with_a_json_error_each() {
     )
     .await;
     assert_eq!(status, 401, "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
     assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("auth.receiver.insecure: true"),
+        message.contains("auth.receiver.token_env") && message.contains("insecure: true"),
         "{e}"
     );
     assert!(
