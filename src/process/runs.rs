@@ -100,8 +100,9 @@ async fn handle(engine: &Engine, cmd: &Claimed) -> Result<Json, HandlerError> {
         .await
         .map_err(transient)?;
     if let Some((run_id, status)) = existing {
-        if status == RunStatus::Queued {
-            // Admitted and recorded with its command: this is its start.
+        if status == RunStatus::Queued || status == RunStatus::CancelRequested {
+            // Admitted and recorded with its command: this is its start (or, cancelled while it
+            // waited, its end).
             return start_admitted(engine, req, run_id).await;
         }
         if status.is_final() {

@@ -143,6 +143,7 @@ pub async fn playbooks(
             json!({
                 "name": p.name, "description": p.description,
                 "schedule": p.triggers.schedule.as_ref().map(|s| s.expr.clone()),
+                "changes_things": p.changes_things,
                 "params": p.params.iter().map(|x| json!({ "name": x.name, "type": x.ty, "default": x.default })).collect::<Vec<_>>(),
             })
         })

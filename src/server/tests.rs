@@ -298,6 +298,7 @@ async fn playbooks_lists_the_loaded_playbook() {
             "name": "hello",
             "description": "Says hello.",
             "schedule": null,
+            "changes_things": false,
             "params": [{ "name": "who", "type": "string", "default": "world" }],
         }])
     );
