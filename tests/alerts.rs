@@ -4,7 +4,6 @@
 
 use std::{
     process::{Child, Command, Stdio},
-    sync::Mutex,
     time::Duration,
 };
 
@@ -20,7 +19,7 @@ const VIEWER: &str = "viewer-token-111";
 const OPERATOR: &str = "operator-token-222";
 
 /// The Alertmanager tests share the machine's two cores: one at a time.
-static ALERTMANAGERS: Mutex<()> = Mutex::new(());
+static ALERTMANAGERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CONFIG: &str = r#"
 auth:
@@ -203,7 +202,7 @@ async fn messages(db: &runbook::store::Db, playbook: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn alertmanager_fires_and_resolves_and_the_right_runs_happen_once() {
-    let _one = ALERTMANAGERS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ALERTMANAGERS.lock().await;
     let w = workdir();
     let url = w.sqlite_url();
     let server = w.serve(&["--store", &url]);
@@ -379,7 +378,7 @@ async fn one_notification_five_times_starts_one_run_and_unmatched_alerts_are_rec
 
 #[tokio::test]
 async fn an_ha_pair_of_alertmanagers_delivering_to_two_replicas_starts_one_run() {
-    let _one = ALERTMANAGERS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ALERTMANAGERS.lock().await;
     let pg = PgDb::new().await;
     let w = no_workers();
     let a = w.serve(&["--store", &pg.url]);
