@@ -971,8 +971,15 @@ async fn the_receiver_is_closed_by_default_and_says_how_to_open_it() {
 #[tokio::test]
 async fn alert_fire_posts_what_alertmanager_would_and_resolves_the_same_occurrence() {
     let w = no_workers();
+    // The server listens where the config says, which is where `alert fire` sends by default.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = CONFIG.replace(
+        "max_body: 8KiB",
+        &format!("max_body: 8KiB, listen: \"{listen}\""),
+    );
+    w.config(&format!("{config}  workers: false\n"));
     let url = w.sqlite_url();
-    let server = w.serve(&["--store", &url]);
+    let server = w.serve_at(&["--store", &url], &listen);
     let hook = format!("{}/api/webhooks/alertmanager", server.base);
     let out = w.run(&[
         "--store",
@@ -986,8 +993,6 @@ async fn alert_fire_posts_what_alertmanager_would_and_resolves_the_same_occurren
         "severity=critical",
         "--annotation",
         "summary=deep",
-        "--url",
-        &hook,
     ]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("fix-queue: started run"), "{out:?}");
