@@ -423,6 +423,19 @@ async fn an_ha_pair_of_alertmanagers_delivering_to_two_replicas_starts_one_run()
     })
     .collect();
     assert_eq!(outcomes, ["started", "duplicate"]);
+    let alerts_url = format!("{}/api/alerts?status=firing&unmatched=false", b.base);
+    let (status, listed) = get_json(&alerts_url, Some(VIEWER)).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(
+        (
+            listed[0]["notifications"].as_i64(),
+            listed[0]["matched"].as_bool()
+        ),
+        (Some(2), Some(true)),
+        "{listed}"
+    );
+    assert_eq!(listed[0]["labels"]["instance"], "ha", "{listed}");
+    assert_eq!(listed[0]["runs"].as_array().unwrap().len(), 2, "{listed}");
     drop((a, b));
 }
 

@@ -43,6 +43,11 @@ pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: boo
         metrics: app.metrics.clone(),
         tokens,
         receiver,
+        ingest: server::receiver::Ingest::start(
+            app.engine.clone(),
+            app.services.clone(),
+            app.metrics.clone(),
+        ),
     });
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {

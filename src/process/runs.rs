@@ -335,7 +335,7 @@ async fn decide(
         None => Scope::Playbook,
     };
     let window = guards::window(&limits, scope);
-    let counts = guards::counts(tx, &pb.name, scope, window, a.now).await?;
+    let counts = guards::counts(tx, &pb.name, &limits, scope, window, a.now).await?;
     let paused = pause::get_in(tx).await?;
     Ok(guards::decide(
         &limits,

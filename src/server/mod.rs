@@ -33,6 +33,8 @@ pub struct AppState {
     pub tokens: Tokens,
     /// Who may post Alertmanager notifications.
     pub receiver: receiver::ReceiverAuth,
+    /// The writer that records them.
+    pub ingest: receiver::Ingest,
 }
 
 pub type Shared = Arc<AppState>;

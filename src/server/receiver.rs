@@ -6,7 +6,7 @@
 //! never lost, and 503 when the store cannot be reached, so Alertmanager tries again. Runs happen
 //! on the queue, not in the request. `GET /api/alerts` lists what was received.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     body::Bytes,
@@ -18,15 +18,17 @@ use axum::{
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{auth::Role, AppError, Shared};
 use crate::{
     config::Config,
-    engine::RunRequest,
-    metrics::OutcomeLabel,
+    engine::{Engine, RunRequest},
+    metrics::{Metrics, OutcomeLabel},
     playbook::{Playbook, ResolvedPolicy},
     process::runs::{self, priority_for, Admission, Admit, AdmitError, AlertKey},
     secrets::Masker,
+    services::Services,
     store::{alerts, guards, DbError},
 };
 
@@ -220,14 +222,13 @@ pub async fn receive(
             return AppError::BadRequest(message).into_response();
         }
     };
-    match record(&s, &notification).await {
+    match s.ingest.submit(notification).await {
         Ok(answer) => {
             count("accepted");
             (StatusCode::OK, Json(answer)).into_response()
         }
-        Err(e) => {
+        Err(message) => {
             count("unavailable");
-            let message = s.services.masker.mask_str(&crate::text::error_chain(&e));
             tracing::warn!(error = %message, "Alert notification not recorded; answering 503.");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -296,81 +297,192 @@ fn prepare<'a>(n: &'a Notification, catalog: &'a crate::playbook::Catalog) -> Ve
         .collect()
 }
 
-/// Records the notification and starts its runs in one transaction; the answer.
-async fn record(s: &Shared, n: &Notification) -> Result<Value, DbError> {
-    let catalog = s.engine.catalog();
-    let prepared = prepare(n, &catalog);
-    let group: Vec<Value> = prepared.iter().map(|p| p.value.clone()).collect();
-    let mut names: Vec<&str> = prepared
-        .iter()
-        .flat_map(|p| p.matched.iter().map(|pb| pb.name.as_str()))
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    let now = Utc::now();
-    let mut tx = guards::begin(&s.services.store, &names).await?;
-    let mut outcomes = Vec::new();
-    let mut noted = Vec::new();
-    for p in &prepared {
-        let row = alerts::AlertRow {
-            fingerprint: &p.fingerprint,
-            starts_at: &p.starts_at,
-            alertname: p.alert.labels.get("alertname").map_or("", String::as_str),
-            labels: s.services.masker.mask_json(&json!(p.alert.labels)),
-            annotations: s.services.masker.mask_json(&json!(p.alert.annotations)),
-            status: p.alert.status.as_str(),
-            ends_at: p.ends_at.as_deref(),
-            generator_url: &p.alert.generator_url,
-            matched: !p.matched.is_empty(),
+/// Notifications a batch takes at most.
+const MAX_BATCH: usize = 64;
+
+/// The process's one writer of notifications. Requests queue here and are recorded in batches,
+/// each batch in one transaction (under the guard locks of every playbook its alerts match), so a
+/// burst costs one commit per batch instead of one per notification, and the requests waiting
+/// hold no store connection. A quiet receiver records each notification on its own.
+pub struct Ingest {
+    jobs: mpsc::Sender<Job>,
+}
+
+struct Job {
+    notification: Notification,
+    reply: oneshot::Sender<Result<Value, String>>,
+}
+
+/// What the writer uses.
+struct Writer {
+    engine: Arc<Engine>,
+    services: Arc<Services>,
+    metrics: Arc<Metrics>,
+}
+
+impl Ingest {
+    /// Starts the writer task; it ends when the last [`Ingest`] handle is dropped.
+    pub fn start(engine: Arc<Engine>, services: Arc<Services>, metrics: Arc<Metrics>) -> Ingest {
+        let (jobs, rx) = mpsc::channel(4096);
+        let writer = Writer {
+            engine,
+            services,
+            metrics,
         };
-        alerts::upsert_in(&mut tx, &row, now).await?;
-        let mut playbooks = Vec::new();
-        for pb in &p.matched {
-            let outcome = start(&mut tx, s, n, p, pb, &group, now).await?;
-            if let Some(a) = outcome.1 {
-                noted.push((pb.name.clone(), a));
+        tokio::spawn(writer.run(rx));
+        Ingest { jobs }
+    }
+
+    /// Records a notification: its answer once committed, or why it was not recorded.
+    async fn submit(&self, notification: Notification) -> Result<Value, String> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            notification,
+            reply,
+        };
+        let gone = || "the receiver's writer has stopped".to_owned();
+        self.jobs.send(job).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
-            playbooks.push(outcome.0);
+            let notifications: Vec<&Notification> = batch.iter().map(|j| &j.notification).collect();
+            match self.record(&notifications).await {
+                Ok(answers) => {
+                    for (job, answer) in batch.into_iter().zip(answers) {
+                        let _ = job.reply.send(Ok(answer));
+                    }
+                }
+                Err(e) => {
+                    let message = self.services.masker.mask_str(&crate::text::error_chain(&e));
+                    for job in batch {
+                        let _ = job.reply.send(Err(message.clone()));
+                    }
+                }
+            }
         }
-        outcomes.push(json!({
-            "fingerprint": p.fingerprint, "alertname": row.alertname, "status": p.alert.status,
-            "starts_at": p.starts_at, "outcome": alert_outcome(&playbooks), "playbooks": playbooks,
-        }));
     }
-    let record = alerts::NewNotification {
-        receiver: &n.receiver,
-        status: n.status.as_str(),
-        group_key: &n.group_key,
-        external_url: &n.external_url,
-        alerts: n.alerts.len(),
-        truncated_alerts: n.truncated_alerts,
-        outcomes: json!(outcomes),
-    };
-    let id = alerts::record_notification(&mut tx, &record, now).await?;
-    tx.commit().await?;
-    for (playbook, admission) in &noted {
-        runs::note(&s.metrics, playbook, admission);
+
+    /// Records a batch of notifications and starts their runs in one transaction; the answers.
+    async fn record(&self, batch: &[&Notification]) -> Result<Vec<Value>, DbError> {
+        let catalog = self.engine.catalog();
+        let prepared: Vec<Vec<Prepared>> = batch.iter().map(|n| prepare(n, &catalog)).collect();
+        let mut names: Vec<&str> = prepared
+            .iter()
+            .flatten()
+            .flat_map(|p| p.matched.iter().map(|pb| pb.name.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let now = Utc::now();
+        let mut tx = guards::begin(&self.services.store, &names).await?;
+        // Alert rows in key order, so two writers never wait on each other's rows.
+        let mut by_key: Vec<&Prepared> = prepared.iter().flatten().collect();
+        by_key.sort_by(|a, b| (&a.fingerprint, &a.starts_at).cmp(&(&b.fingerprint, &b.starts_at)));
+        for p in by_key {
+            alerts::upsert_in(&mut tx, &alert_row(self, p), now).await?;
+        }
+        let mut recorded = Vec::new();
+        for (n, p) in batch.iter().zip(&prepared) {
+            recorded.push(self.record_one(&mut tx, n, p, now).await?);
+        }
+        tx.commit().await?;
+        let mut answers = Vec::new();
+        for (n, (answer, noted)) in batch.iter().zip(recorded) {
+            self.publish(n, &answer, &noted);
+            answers.push(answer);
+        }
+        Ok(answers)
     }
-    for o in &outcomes {
-        let outcome = o["outcome"].as_str().unwrap_or("error").to_owned();
-        s.metrics
-            .alerts_received
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
+
+    /// One notification's admissions and its row; its answer and the admissions to count.
+    async fn record_one(
+        &self,
+        tx: &mut crate::store::Tx,
+        n: &Notification,
+        prepared: &[Prepared<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<(Value, Vec<(String, Admission)>), DbError> {
+        let group: Vec<Value> = prepared.iter().map(|p| p.value.clone()).collect();
+        let (mut outcomes, mut noted) = (Vec::new(), Vec::new());
+        for p in prepared {
+            let mut playbooks = Vec::new();
+            for pb in &p.matched {
+                let (answer, admission) = start(tx, self, n, p, pb, &group, now).await?;
+                if let Some(a) = admission {
+                    noted.push((pb.name.clone(), a));
+                }
+                playbooks.push(answer);
+            }
+            outcomes.push(json!({
+                "fingerprint": p.fingerprint, "alertname": p.alert.labels.get("alertname"),
+                "status": p.alert.status, "starts_at": p.starts_at,
+                "outcome": alert_outcome(&playbooks), "playbooks": playbooks,
+            }));
+        }
+        let record = alerts::NewNotification {
+            receiver: &n.receiver,
+            status: n.status.as_str(),
+            group_key: &n.group_key,
+            external_url: &n.external_url,
+            alerts: n.alerts.len(),
+            truncated_alerts: n.truncated_alerts,
+            outcomes: json!(outcomes),
+        };
+        let id = alerts::record_notification(tx, &record, now).await?;
+        let answer = json!({ "notification_id": id, "status": n.status, "alerts": outcomes });
+        Ok((answer, noted))
     }
-    tracing::info!(
-        notification = id,
-        alerts = n.alerts.len(),
-        status = n.status.as_str(),
-        "Alert notification recorded."
-    );
-    Ok(json!({ "notification_id": id, "status": n.status, "alerts": outcomes }))
+
+    /// After the commit: the metrics and the log line of one notification.
+    fn publish(&self, n: &Notification, answer: &Value, noted: &[(String, Admission)]) {
+        for (playbook, admission) in noted {
+            runs::note(&self.metrics, playbook, admission);
+        }
+        for o in answer["alerts"].as_array().into_iter().flatten() {
+            let outcome = o["outcome"].as_str().unwrap_or("error").to_owned();
+            self.metrics
+                .alerts_received
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc();
+        }
+        tracing::info!(
+            notification = answer["notification_id"].as_i64(),
+            alerts = n.alerts.len(),
+            status = n.status.as_str(),
+            "Alert notification recorded."
+        );
+    }
+}
+
+fn alert_row<'a>(s: &Writer, p: &'a Prepared<'_>) -> alerts::AlertRow<'a> {
+    alerts::AlertRow {
+        fingerprint: &p.fingerprint,
+        starts_at: &p.starts_at,
+        alertname: p.alert.labels.get("alertname").map_or("", String::as_str),
+        labels: s.services.masker.mask_json(&json!(p.alert.labels)),
+        annotations: s.services.masker.mask_json(&json!(p.alert.annotations)),
+        status: p.alert.status.as_str(),
+        ends_at: p.ends_at.as_deref(),
+        generator_url: &p.alert.generator_url,
+        matched: !p.matched.is_empty(),
+    }
 }
 
 /// One alert's trigger of one playbook: what it became, and the admission (for the metrics).
 async fn start(
     tx: &mut crate::store::Tx,
-    s: &Shared,
+    s: &Writer,
     n: &Notification,
     p: &Prepared<'_>,
     pb: &Playbook,

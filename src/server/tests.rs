@@ -74,6 +74,11 @@ async fn fixture() -> Fixture {
         metrics: app.metrics.clone(),
         tokens,
         receiver: super::receiver::ReceiverAuth::Insecure,
+        ingest: super::receiver::Ingest::start(
+            app.engine.clone(),
+            app.services.clone(),
+            app.metrics.clone(),
+        ),
     });
     Fixture {
         router: router(state, MAX_BODY),

@@ -210,9 +210,12 @@ pub fn open_statuses() -> Vec<RunStatus> {
 }
 
 /// Counts what [`decide`] needs for `playbook`, at time `now`, inside the deciding transaction.
+/// Each count stops at the limit it is compared with (a cooldown at 1), so deciding costs the
+/// same however many runs the playbook has.
 pub async fn counts(
     tx: &mut Tx,
     playbook: &str,
+    limits: &Limits,
     scope: Scope<'_>,
     window: Option<Duration>,
     now: DateTime<Utc>,
@@ -222,23 +225,23 @@ pub async fn counts(
     let mut params = vec![json!(playbook)];
     params.extend(open.iter().map(|s| json!(s)));
     let sql = format!(
-        "SELECT COUNT(*) AS n FROM runbook_runs WHERE playbook = $1 AND NOT dry_run AND status IN ({})",
+        "SELECT 1 FROM runbook_runs WHERE playbook = $1 AND NOT dry_run AND status IN ({})",
         list.join(", ")
     );
-    let open = count(tx, &sql, params).await?;
-    let hour_ago = timestamp(now - chrono::Duration::hours(1));
-    let sql = format!(
-        "SELECT COUNT(*) AS n FROM runbook_runs WHERE playbook = $1 AND NOT dry_run \
-         AND status <> $2 AND created_at >= {}",
-        ts_param(tx, 3)
-    );
-    let skipped = json!(RunStatus::Skipped);
-    let last_hour = count(
-        tx,
-        &sql,
-        vec![json!(playbook), skipped.clone(), json!(hour_ago)],
-    )
-    .await?;
+    let open = count(tx, &sql, params, limits.concurrency).await?;
+    let last_hour = match limits.max_runs_per_hour {
+        None => 0,
+        Some(max) => {
+            let hour_ago = timestamp(now - chrono::Duration::hours(1));
+            let sql = format!(
+                "SELECT 1 FROM runbook_runs WHERE playbook = $1 AND NOT dry_run \
+                 AND status <> $2 AND created_at >= {}",
+                ts_param(tx, 3)
+            );
+            let params = vec![json!(playbook), json!(RunStatus::Skipped), json!(hour_ago)];
+            count(tx, &sql, params, max).await?
+        }
+    };
     let in_cooldown = match window {
         None => 0,
         Some(w) => {
@@ -263,15 +266,15 @@ async fn cooldown_count(
     match scope {
         Scope::Playbook => {
             let sql = format!(
-                "SELECT COUNT(*) AS n FROM runbook_runs WHERE playbook = $1 AND NOT dry_run \
+                "SELECT 1 FROM runbook_runs WHERE playbook = $1 AND NOT dry_run \
                  AND status <> $2 AND created_at >= {}",
                 ts_param(tx, 3)
             );
-            count(tx, &sql, vec![json!(playbook), skipped, json!(since)]).await
+            count(tx, &sql, vec![json!(playbook), skipped, json!(since)], 1).await
         }
         Scope::Alert { fingerprint, kind } => {
             let sql = format!(
-                "SELECT COUNT(*) AS n FROM runbook_alert_runs a JOIN runbook_runs r ON r.id = a.run_id \
+                "SELECT 1 FROM runbook_alert_runs a JOIN runbook_runs r ON r.id = a.run_id \
                  WHERE a.playbook = $1 AND a.fingerprint = $2 AND a.kind = $3 AND r.status <> $4 \
                  AND a.decided_at >= {}",
                 ts_param(tx, 5)
@@ -283,13 +286,15 @@ async fn cooldown_count(
                 skipped,
                 json!(since),
             ];
-            count(tx, &sql, params).await
+            count(tx, &sql, params, 1).await
         }
     }
 }
 
-async fn count(tx: &mut Tx, sql: &str, params: Vec<Json>) -> Result<i64, DbError> {
-    let rows = tx_sql(tx, sql, params).await?;
+/// The rows `select` gives, counted up to `cap`.
+async fn count(tx: &mut Tx, select: &str, params: Vec<Json>, cap: u32) -> Result<i64, DbError> {
+    let sql = format!("SELECT COUNT(*) AS n FROM ({select} LIMIT {cap}) t");
+    let rows = tx_sql(tx, &sql, params).await?;
     Ok(rows.first().and_then(|r| r["n"].as_i64()).unwrap_or(0))
 }
 
