@@ -37,7 +37,23 @@ pub struct ErrorTypeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RunLabels {
     pub playbook: String,
+    /// What started the run: one of [`RUN_TRIGGERS`], or `other`.
+    pub trigger: String,
     pub status: String,
+}
+
+/// The values of `runbook_runs_total{trigger}`: a run request's `trigger.kind`.
+pub const RUN_TRIGGERS: &[&str] = &["cli", "api", "alert", "schedule", "playbook", "command"];
+
+/// The `trigger` label of a run from its request's `trigger` (`{"kind": ...}`): its kind when it
+/// is one of [`RUN_TRIGGERS`], else `other`, so the label's values stay few.
+pub fn run_trigger(trigger: &Json) -> &'static str {
+    let kind = trigger["kind"].as_str().unwrap_or_default();
+    RUN_TRIGGERS
+        .iter()
+        .find(|t| **t == kind)
+        .copied()
+        .unwrap_or("other")
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,7 +161,7 @@ impl Metrics {
         );
         registry.register(
             "runbook_runs",
-            "Playbook runs by playbook and final status",
+            "Playbook runs by playbook, trigger and final status",
             m.runs.clone(),
         );
         registry.register(
@@ -195,19 +211,24 @@ impl Metrics {
             .set(stats["outbox_unsent"].as_i64().unwrap_or(0));
     }
 
-    /// Starts every playbook's run counters at zero, so the first failure is an increase.
+    /// Starts every playbook's run counters at zero for each trigger a server sees (all but
+    /// `cli`, whose runs are counted by the `runbook run` process), so the first failure is an
+    /// increase. Idempotent: a reload calls it again for the playbooks it added.
     pub fn init_runs<'a>(&self, playbooks: impl Iterator<Item = &'a str>) {
         for p in playbooks {
-            for status in [
-                RunStatus::Succeeded,
-                RunStatus::Failed,
-                RunStatus::TimedOut,
-                RunStatus::Interrupted,
-            ] {
-                let _ = self.runs.get_or_create(&RunLabels {
-                    playbook: p.to_owned(),
-                    status: status.to_string(),
-                });
+            for trigger in RUN_TRIGGERS.iter().filter(|t| **t != "cli") {
+                for status in [
+                    RunStatus::Succeeded,
+                    RunStatus::Failed,
+                    RunStatus::TimedOut,
+                    RunStatus::Interrupted,
+                ] {
+                    let _ = self.runs.get_or_create(&RunLabels {
+                        playbook: p.to_owned(),
+                        trigger: (*trigger).to_owned(),
+                        status: status.to_string(),
+                    });
+                }
             }
         }
     }

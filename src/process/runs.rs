@@ -132,6 +132,7 @@ mod tests {
             trigger: json!({ "kind": "api", "by": "x" }),
             alert: Some(json!({ "labels": { "alertname": "A" } })),
             alerts: vec![json!({ "labels": {} })],
+            version: None,
             dry_run: true,
             command_id: Some(3),
             resume: Some(4),

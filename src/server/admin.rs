@@ -12,8 +12,10 @@ use serde_json::{json, Value};
 
 use super::{auth::Role, AppError, Shared};
 use crate::{
+    diagnostics::Diagnostic,
     duration::Dur,
     engine::RunRequest,
+    playbook::Catalog,
     store::runs,
     stream::ops::{self, Op, OpError},
 };
@@ -129,24 +131,58 @@ pub async fn stats(State(s): State<Shared>, headers: HeaderMap) -> Result<Json<V
     Ok(Json(out))
 }
 
+/// `GET /api/playbooks`: every playbook served, with its version and validation state, and every
+/// file that never loaded, with its problems.
 pub async fn playbooks(
     State(s): State<Shared>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
     s.tokens.authorize(&headers, Role::Viewer)?;
-    let catalog = s.engine.catalog();
-    let list: Vec<Value> = catalog
+    Ok(Json(json!(playbook_list(
+        &s.engine.catalog(),
+        &s.engine.problems()
+    ))))
+}
+
+/// The playbooks of `catalog`, each `valid` when its file has none of `problems` (else it serves
+/// its last good version and lists the file's `errors` as `path:line:col: message`), then the
+/// files with problems that serve no version (`loaded: false`).
+fn playbook_list(catalog: &Catalog, problems: &[Diagnostic]) -> Vec<Value> {
+    let errors_of = |path: &std::path::Path| -> Vec<String> {
+        problems
+            .iter()
+            .filter(|d| d.path == path)
+            .map(ToString::to_string)
+            .collect()
+    };
+    let mut list: Vec<Value> = catalog
         .playbooks
         .values()
         .map(|p| {
+            let errors = errors_of(&p.path);
             json!({
                 "name": p.name, "description": p.description,
+                "path": p.path, "version": catalog.versions.get(&p.name).map(|v| &v.hash),
+                "loaded": true, "valid": errors.is_empty(), "errors": errors,
                 "schedule": p.triggers.schedule.as_ref().map(|s| s.expr.clone()),
                 "params": p.params.iter().map(|x| json!({ "name": x.name, "type": x.ty, "default": x.default })).collect::<Vec<_>>(),
             })
         })
         .collect();
-    Ok(Json(json!(list)))
+    let mut unloaded: Vec<&std::path::Path> = problems
+        .iter()
+        .map(|d| d.path.as_path())
+        .filter(|path| !catalog.playbooks.values().any(|p| p.path == *path))
+        .collect();
+    unloaded.dedup();
+    for path in unloaded {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        list.push(json!({
+            "name": name, "path": path, "version": null,
+            "loaded": false, "valid": false, "errors": errors_of(path),
+        }));
+    }
+    list
 }
 
 #[derive(Deserialize)]
@@ -224,19 +260,20 @@ pub async fn runs_create(
         let problems: Vec<String> = e.0.iter().map(ToString::to_string).collect();
         AppError::BadRequest(problems.join("; "))
     })?;
-    let req = RunRequest {
+    let mut req = RunRequest {
         playbook: pb.name.clone(),
         params,
         trigger: json!({ "kind": "api", "by": who.name }),
         ..Default::default()
     };
+    s.engine.pin(&mut req).await.map_err(AppError::internal)?;
     let command_id =
         crate::process::runs::enqueue(&s.services.store, &req, body.priority.unwrap_or(3))
             .await
             .map_err(AppError::internal)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "command_id": command_id, "playbook": pb.name })),
+        Json(json!({ "command_id": command_id, "playbook": pb.name, "version": req.version })),
     ))
 }
 

@@ -5,6 +5,7 @@ mod decode;
 pub mod migrate;
 pub mod runs;
 pub mod ticks;
+pub mod versions;
 
 use std::{str::FromStr, time::Duration};
 

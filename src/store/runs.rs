@@ -8,6 +8,7 @@ use serde_json::{json, Value as Json};
 
 use super::{Db, DbError};
 use crate::{
+    duration::Dur,
     status::{RunStatus, StepStatus},
     template::Dialect,
 };
@@ -33,6 +34,8 @@ pub struct NewRun<'a> {
     pub parent_id: Option<i64>,
     pub command_id: Option<i64>,
     pub status: RunStatus,
+    /// The content hash of the playbook version it runs (`runbook_playbook_versions`).
+    pub version: Option<&'a str>,
 }
 
 /// One attempt of one step (one element of a `for_each`, one poll of an `until`).
@@ -64,8 +67,8 @@ pub async fn create_run(db: &Db, run: NewRun<'_>) -> Result<i64, DbError> {
         "NULL"
     };
     let sql = format!(
-        "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, command_id, started_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, {started}) RETURNING id"
+        "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, command_id, version, started_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {started}) RETURNING id"
     );
     let params = vec![
         json!(run.playbook),
@@ -75,6 +78,7 @@ pub async fn create_run(db: &Db, run: NewRun<'_>) -> Result<i64, DbError> {
         json!(run.dry_run),
         run.parent_id.map(Json::from).unwrap_or(Json::Null),
         run.command_id.map(Json::from).unwrap_or(Json::Null),
+        json!(run.version),
     ];
     first_id(db.sql(&sql, params).await?)
 }
@@ -155,7 +159,7 @@ pub async fn audit(db: &Db, actor: &str, op: &str, filter: Json, rows: u64) -> R
 pub async fn list_runs(db: &Db, playbook: Option<&str>, limit: i64) -> Result<Vec<Json>, DbError> {
     let r = db
         .sql(
-            "SELECT id, playbook, status, trigger, dry_run, failed_step, error, created_at, started_at, finished_at \
+            "SELECT id, playbook, status, trigger, dry_run, failed_step, error, version, created_at, started_at, finished_at \
              FROM runbook_runs WHERE (CAST($1 AS TEXT) IS NULL OR playbook = CAST($1 AS TEXT)) ORDER BY id DESC LIMIT $2",
             vec![json!(playbook), json!(limit)],
         )
@@ -232,6 +236,23 @@ pub async fn decide(
     )
     .await?;
     Ok(step.to_owned())
+}
+
+/// The statement that deletes the runs that finished longer than `older_than` ago (their step
+/// attempts and approvals go with them: the foreign keys cascade). Runs not yet finished stay.
+pub fn prune_sql(d: Dialect, older_than: Dur) -> (String, Vec<Json>) {
+    let finals: Vec<Json> = RunStatus::ALL
+        .iter()
+        .filter(|s| s.is_final())
+        .map(|s| json!(s))
+        .collect();
+    let placeholders: Vec<String> = (1..=finals.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "DELETE FROM runbook_runs WHERE finished_at < {} AND status IN ({})",
+        d.ago(older_than),
+        placeholders.join(", ")
+    );
+    (sql, finals)
 }
 
 /// Whether an operator asked run `id` to stop.
