@@ -28,6 +28,18 @@ pub struct Global {
     /// Store URL: sqlite://FILE or postgres://USER@HOST/DB [default: sqlite://runbook.db].
     #[arg(long, global = true, env = "RUNBOOK_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// Log lines on stderr as text, or as one JSON object a line (with the run's and the step's
+    /// span fields); `RUNBOOK_LOG` sets the level.
+    #[arg(long, global = true, env = "RUNBOOK_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]

@@ -179,4 +179,6 @@ impl Engine {
 }
 
 #[cfg(test)]
+mod pinned_tests;
+#[cfg(test)]
 mod tests;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
+use tracing::Instrument;
 
 use super::{
     events::{event, summarize},
@@ -81,7 +82,9 @@ impl Engine {
             if let Some(reason) = self.cancel_requested(meta.id).await {
                 return Some((step.id.clone(), reason));
             }
-            let result = self.run_step(step, meta, state).await;
+            // Every line logged inside the step carries its id (and the run's, from the run's span).
+            let span = tracing::info_span!("step", step = %step.id);
+            let result = self.run_step(step, meta, state).instrument(span).await;
             state.set_step(&step.id, &result);
             if result.failed() && !step.continue_on_error {
                 return Some((step.id.clone(), result.error.unwrap_or_default()));
