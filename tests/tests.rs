@@ -8,6 +8,7 @@ mod kafka;
 mod layers;
 mod migrations;
 mod postgres;
+mod reload;
 mod runtime;
 mod safety;
 mod scheduler;
