@@ -103,6 +103,9 @@ async fn an_edit_takes_effect_without_a_restart_and_a_broken_edit_keeps_the_last
     assert_eq!(enqueue(&server).await, v1);
     let run = finished_run(&server, 1).await;
     assert_eq!((&run["version"], steps_of(&run)), (&json!(v1), vec!["one"]));
+    let metrics = server.metrics().await;
+    let counted = "runbook_runs_total{playbook=\"p\",trigger=\"api\",status=\"succeeded\"} 1\n";
+    assert!(metrics.contains(counted), "{metrics}");
 
     // An edit: served within about two seconds (the folder is looked at every second).
     std::fs::write(&path, text("two")).unwrap();

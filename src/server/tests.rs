@@ -271,6 +271,21 @@ async fn metrics_are_openmetrics_and_show_the_queue_depth() {
         a.text
     );
     assert!(a.text.ends_with("# EOF\n"), "{}", a.text);
+    // An empty queue reports 0 for the priorities runs use, rather than no series.
+    assert!(
+        a.text
+            .contains("core_stream_cmd_queue_depth{priority=\"3\"} 0\n"),
+        "{}",
+        a.text
+    );
+    // Run counters start at 0 per playbook, trigger and status.
+    assert!(
+        a.text.contains(
+            "runbook_runs_total{playbook=\"hello\",trigger=\"alert\",status=\"failed\"} 0\n"
+        ),
+        "{}",
+        a.text
+    );
 
     // The gauge is read from the queue at each scrape.
     let run = fx
@@ -291,11 +306,18 @@ async fn playbooks_lists_the_loaded_playbook() {
     let fx = fixture().await;
     let a = fx.get("/api/playbooks", Some(VIEWER)).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let path = a.json[0]["path"].as_str().unwrap().to_owned();
+    assert!(path.ends_with("runbooks/hello.yaml"), "{path}");
     assert_eq!(
         a.json,
         json!([{
             "name": "hello",
             "description": "Says hello.",
+            "path": path,
+            "version": crate::store::versions::hash(PLAYBOOK),
+            "loaded": true,
+            "valid": true,
+            "errors": [],
             "schedule": null,
             "params": [{ "name": "who", "type": "string", "default": "world" }],
         }])
