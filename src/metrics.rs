@@ -111,14 +111,20 @@ fn depth_by_priority(stats: &Json, seen: &mut BTreeSet<i64>) -> BTreeMap<i64, i6
         *depth.entry(priority).or_default() += row["count"].as_i64().unwrap_or(0);
     }
     seen.extend(depth.keys().copied());
-    seen.iter().map(|p| (*p, depth.get(p).copied().unwrap_or(0))).collect()
+    seen.iter()
+        .map(|p| (*p, depth.get(p).copied().unwrap_or(0)))
+        .collect()
 }
 
 /// DLQ commands per error type from `queue_stats`, with 0 for every error type in `seen`; the
 /// error types found are added to `seen`.
 fn dlq_by_error_type(stats: &Json, seen: &mut BTreeSet<String>) -> BTreeMap<String, i64> {
     let mut size: BTreeMap<String, i64> = BTreeMap::new();
-    for row in stats["dlq"]["by_error_type"].as_array().into_iter().flatten() {
+    for row in stats["dlq"]["by_error_type"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let error_type = row["error_type"].as_str().unwrap_or("Unknown").to_owned();
         *size.entry(error_type).or_default() += row["count"].as_i64().unwrap_or(0);
     }

@@ -67,7 +67,11 @@ async fn weekly_vacuum_removes_old_completed_and_dlq_rows_and_reports_counts() {
         audits,
         vec![
             json!({ "op": "purge_completed", "rows": 3 }),
-            json!({ "op": "dlq_cleanup", "rows": 1 })
+            json!({ "op": "dlq_cleanup", "rows": 1 }),
+            // Retention (tests/retention.rs): nothing old enough in a fresh store.
+            json!({ "op": "prune_records", "rows": 0 }),
+            json!({ "op": "prune_records", "rows": 0 }),
+            json!({ "op": "prune_records", "rows": 0 })
         ]
     );
     // The run and its steps are recorded.
@@ -83,8 +87,14 @@ async fn weekly_vacuum_removes_old_completed_and_dlq_rows_and_reports_counts() {
         .map(|s| s["step_id"].as_str().unwrap())
         .collect();
     assert_eq!(
-        &steps[..4],
-        ["before", "purge_completed", "clean_dlq", "report"]
+        &steps[..5],
+        [
+            "before",
+            "purge_completed",
+            "clean_dlq",
+            "prune_records",
+            "report"
+        ]
     );
     assert_eq!(run["steps"][1]["output"]["output"]["deleted"], 3);
 }

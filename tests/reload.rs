@@ -117,13 +117,21 @@ async fn an_edit_takes_effect_without_a_restart_and_a_broken_edit_keeps_the_last
     assert_eq!((&run["version"], steps_of(&run)), (&json!(v2), vec!["two"]));
 
     // A broken edit (line 5: `retry` given a sequence) and a new broken file.
-    std::fs::write(&path, "name: p\nsteps:\n  - id: three\n    wait: 1ms\n    retry: [\n").unwrap();
+    std::fs::write(
+        &path,
+        "name: p\nsteps:\n  - id: three\n    wait: 1ms\n    retry: [\n",
+    )
+    .unwrap();
     w.playbook("q", "name: q\nsteps:\n  - id: a\n    sleep: 1s\n");
     let p = eventually(5, "p to show its error", || async {
         listed(&server, "p").await.filter(|p| p["valid"] == false)
     })
     .await;
-    assert_eq!((&p["version"], &p["loaded"]), (&json!(v2), &json!(true)), "{p}");
+    assert_eq!(
+        (&p["version"], &p["loaded"]),
+        (&json!(v2), &json!(true)),
+        "{p}"
+    );
     let errors = p["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{p}");
     let error = errors[0].as_str().unwrap();
@@ -134,7 +142,11 @@ async fn an_edit_takes_effect_without_a_restart_and_a_broken_edit_keeps_the_last
         "{error}"
     );
     let q = eventually(5, "q to be listed", || listed(&server, "q")).await;
-    assert_eq!((&q["loaded"], &q["valid"]), (&json!(false), &json!(false)), "{q}");
+    assert_eq!(
+        (&q["loaded"], &q["valid"]),
+        (&json!(false), &json!(false)),
+        "{q}"
+    );
     let q_error = q["errors"][0].as_str().unwrap();
     assert!(
         q_error.starts_with("runbooks/q.yaml:4:5: steps[0]: unknown field `sleep`"),
@@ -145,7 +157,9 @@ async fn an_edit_takes_effect_without_a_restart_and_a_broken_edit_keeps_the_last
     let run = finished_run(&server, 3).await;
     assert_eq!(steps_of(&run), ["two"]);
     assert!(
-        server.log().contains("its last good version is still served"),
+        server
+            .log()
+            .contains("its last good version is still served"),
         "{}",
         server.log()
     );

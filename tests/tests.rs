@@ -9,6 +9,7 @@ mod layers;
 mod migrations;
 mod postgres;
 mod reload;
+mod retention;
 mod runtime;
 mod safety;
 mod scheduler;

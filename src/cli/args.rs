@@ -30,7 +30,13 @@ pub struct Global {
     pub store: Option<String>,
     /// Log lines on stderr as text, or as one JSON object a line (with the run's and the step's
     /// span fields); `RUNBOOK_LOG` sets the level.
-    #[arg(long, global = true, env = "RUNBOOK_LOG_FORMAT", value_enum, default_value_t)]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNBOOK_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
     pub log_format: LogFormat,
 }
 

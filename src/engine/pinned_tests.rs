@@ -77,11 +77,17 @@ async fn a_pinned_run_runs_its_version_after_the_catalog_moves_on() {
     assert_eq!(serde_json::to_value(&pinned).unwrap()["version"], json!(h1));
 
     e.set_catalog(catalog(V2));
-    assert_eq!(ran(&e, pinned.clone()).await, (Some(h1.clone()), vec!["one".into()]));
+    assert_eq!(
+        ran(&e, pinned.clone()).await,
+        (Some(h1.clone()), vec!["one".into()])
+    );
     // Again, from the compiled cache.
     assert_eq!(ran(&e, pinned).await, (Some(h1), vec!["one".into()]));
     // Unpinned: the catalog's version, stored so the hash leads to its text.
-    assert_eq!(ran(&e, request()).await, (Some(h2.clone()), vec!["two".into()]));
+    assert_eq!(
+        ran(&e, request()).await,
+        (Some(h2.clone()), vec!["two".into()])
+    );
     let stored = versions::get(&e.services().store, &h2).await.unwrap();
     assert_eq!(stored.map(|v| v.text), Some(V2.to_owned()));
 }

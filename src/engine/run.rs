@@ -168,7 +168,10 @@ impl Engine {
                     versions::save(&self.services.store, v).await?;
                 }
                 let hash = current.map(|v| v.hash.clone());
-                Ok((Resolved::Current(catalog.clone(), req.playbook.clone()), hash))
+                Ok((
+                    Resolved::Current(catalog.clone(), req.playbook.clone()),
+                    hash,
+                ))
             }
         }
     }

@@ -314,17 +314,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let env = CompileEnv::default();
         write(dir.path(), "a", GOOD);
-        write(dir.path(), "b", "name: b\nsteps:\n  - id: s\n    wait: 1ms\n");
+        write(
+            dir.path(),
+            "b",
+            "name: b\nsteps:\n  - id: s\n    wait: 1ms\n",
+        );
         let (first, diags) = load(dir.path(), &env);
         assert!(diags.is_empty(), "{diags:?}");
         let good_hash = first.versions["a"].hash.clone();
 
         // `a` breaks, `b` changes, `c` is new and broken.
         write(dir.path(), "a", "name: a\nsteps:\n  - id: s\n    wait: [\n");
-        write(dir.path(), "b", "name: b\nsteps:\n  - id: t\n    wait: 2ms\n");
+        write(
+            dir.path(),
+            "b",
+            "name: b\nsteps:\n  - id: t\n    wait: 2ms\n",
+        );
         write(dir.path(), "c", "name: c\nstep: []\n");
         let (next, diags) = reload(dir.path(), &first, &env);
-        assert_eq!(next.versions["a"].hash, good_hash, "a keeps its last good version");
+        assert_eq!(
+            next.versions["a"].hash, good_hash,
+            "a keeps its last good version"
+        );
         assert_eq!(next.get("a").unwrap().steps[0].id, "s");
         assert_eq!(next.get("b").unwrap().steps[0].id, "t", "b takes its edit");
         assert!(next.get("c").is_none(), "c never loaded");
@@ -336,7 +347,11 @@ mod tests {
         assert!(diags.iter().all(|d| d.line > 0), "{diags:?}");
 
         // Fixed, `a` takes the new text; a deleted file's playbook goes.
-        write(dir.path(), "a", "name: a\nsteps:\n  - id: u\n    wait: 1ms\n");
+        write(
+            dir.path(),
+            "a",
+            "name: a\nsteps:\n  - id: u\n    wait: 1ms\n",
+        );
         std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
         let (last, _) = reload(dir.path(), &next, &env);
         assert_eq!(last.get("a").unwrap().steps[0].id, "u");
@@ -353,6 +368,9 @@ mod tests {
         let gone = dir.path().join("gone");
         let (next, diags) = reload(&gone, &first, &env);
         assert_eq!(next.playbooks.len(), 1);
-        assert!(diags[0].message.starts_with("cannot read playbooks"), "{diags:?}");
+        assert!(
+            diags[0].message.starts_with("cannot read playbooks"),
+            "{diags:?}"
+        );
     }
 }

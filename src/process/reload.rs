@@ -64,13 +64,20 @@ pub fn changes(old: &Catalog, new: &Catalog) -> Vec<(String, Change)> {
     let hash = |c: &Catalog, name: &str| c.versions.get(name).map(|v| v.hash.clone());
     let mut out = Vec::new();
     for name in new.playbooks.keys() {
-        match (old.playbooks.contains_key(name), hash(old, name) == hash(new, name)) {
+        match (
+            old.playbooks.contains_key(name),
+            hash(old, name) == hash(new, name),
+        ) {
             (false, _) => out.push((name.clone(), Change::Added)),
             (true, false) => out.push((name.clone(), Change::Changed)),
             (true, true) => {}
         }
     }
-    for name in old.playbooks.keys().filter(|n| !new.playbooks.contains_key(*n)) {
+    for name in old
+        .playbooks
+        .keys()
+        .filter(|n| !new.playbooks.contains_key(*n))
+    {
         out.push((name.clone(), Change::Removed));
     }
     out
@@ -110,8 +117,7 @@ pub async fn run(
 /// Loads `dir` again and installs the result in `engine`, logging what changed and every problem.
 pub fn reload(engine: &Engine, dir: &Path) {
     let previous = engine.catalog();
-    let (catalog, problems) =
-        Engine::reload_playbooks(dir, &engine.services().config, &previous);
+    let (catalog, problems) = Engine::reload_playbooks(dir, &engine.services().config, &previous);
     for (name, change) in changes(&previous, &catalog) {
         let version = catalog.versions.get(&name).map(|v| short(&v.hash));
         match change {

@@ -119,7 +119,10 @@ mod tests {
         assert_eq!(get(&db, &v.hash).await.unwrap(), Some(v.clone()));
         assert_eq!(get(&db, &hash("other")).await.unwrap(), None);
         let n = db
-            .sql("SELECT COUNT(*) AS n FROM runbook_playbook_versions", vec![])
+            .sql(
+                "SELECT COUNT(*) AS n FROM runbook_playbook_versions",
+                vec![],
+            )
             .await
             .unwrap();
         assert_eq!(n.rows[0]["n"], 1);
