@@ -4,6 +4,7 @@
 mod events;
 mod run;
 mod step;
+mod watch;
 
 use std::{
     path::Path,
@@ -47,6 +48,8 @@ pub struct Engine {
     services: Arc<Services>,
     metrics: Arc<Metrics>,
     catalog: RwLock<Arc<Catalog>>,
+    /// The runs going in this process, for a cancel made here.
+    live: watch::Live,
 }
 
 impl Engine {
@@ -55,6 +58,7 @@ impl Engine {
             services,
             metrics,
             catalog: RwLock::new(Arc::new(catalog)),
+            live: Default::default(),
         }
     }
 

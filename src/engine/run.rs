@@ -12,15 +12,12 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
-use super::{
-    step::{RunState, CANCELLED},
-    Engine, EngineError,
-};
+use super::{step::RunState, Engine, EngineError};
 use crate::{
     metrics::RunLabels,
     playbook::{resolve_params, Playbook},
     status::RunStatus,
-    steps::{ChildOutcome, Launcher, Observer, RunMeta},
+    steps::{Cancel, ChildOutcome, Launcher, Observer, RunMeta},
     store::runs::{self, NewRun},
     stream::Settings,
 };
@@ -74,7 +71,19 @@ impl Engine {
         req: RunRequest,
         observer: Arc<dyn Observer>,
     ) -> Result<RunOutcome, EngineError> {
-        self.run_at_depth(req, observer, None, 0).await
+        let cancel = self.live.new_run();
+        self.run_at_depth(req, observer, None, 0, cancel).await
+    }
+
+    /// Stops run `id` where it is, if it runs in this process (its watcher would see the
+    /// store's `cancel_requested` within a second anyway). `false` when it does not run here.
+    pub fn cancel_here(&self, id: i64, reason: &str) -> bool {
+        self.live.cancel(id, reason)
+    }
+
+    /// Stops every run of this process, and any it would start (Ctrl-C on `runbook run`).
+    pub fn cancel_all_here(&self, reason: &str) {
+        self.live.cancel_all(reason);
     }
 
     /// A `playbook:` step's child run.
@@ -96,6 +105,7 @@ impl Engine {
             parent.observer.clone(),
             Some(parent.id),
             parent.depth + 1,
+            parent.cancel.child(),
         ))
         .await
     }
@@ -106,6 +116,7 @@ impl Engine {
         observer: Arc<dyn Observer>,
         parent: Option<i64>,
         depth: u32,
+        cancel: Cancel,
     ) -> Result<RunOutcome, EngineError> {
         let catalog = self.catalog();
         let pb = catalog
@@ -119,7 +130,11 @@ impl Engine {
             dry_run: req.dry_run,
             depth,
             observer,
+            cancel,
         };
+        let store = &self.services.store;
+        let lease = self.services.config.streaming.run_lease.as_std();
+        let watched = self.live.enter(store, run_id, &meta.cancel, lease).await;
         let mut state = self.context(pb, &req, params, run_id, done).await?;
 
         let started = Instant::now();
@@ -130,6 +145,8 @@ impl Engine {
             self.run_on_failure(pb, &meta, &mut state, step, error)
                 .await;
         }
+        // The run's own end is not news to its watcher.
+        drop(watched);
         let (failed_step, error) = match failed {
             Some((s, e)) => (
                 Some(s).filter(|s| !s.is_empty()),
@@ -227,10 +244,11 @@ impl Engine {
         match tokio::time::timeout(pb.timeout.as_std(), body).await {
             Ok(None) if meta.dry_run => (RunStatus::Planned, None),
             Ok(None) => (RunStatus::Succeeded, None),
-            Ok(Some((step, error))) if error == CANCELLED => {
-                (RunStatus::Cancelled, Some((step, error)))
-            }
-            Ok(Some(failed)) => (RunStatus::Failed, Some(failed)),
+            // Stopped where it was: the step it stopped in, and the cancel's reason.
+            Ok(Some((step, error))) => match meta.cancel.reason() {
+                Some(reason) => (RunStatus::Cancelled, Some((step, reason))),
+                None => (RunStatus::Failed, Some((step, error))),
+            },
             Err(_) => (
                 RunStatus::TimedOut,
                 Some((
