@@ -249,8 +249,8 @@ pub fn runs_list(rows: &[Json], format: Format) {
         return;
     }
     println!(
-        "{:>6}  {:<22} {:<17} {:<10} {:<25} {}",
-        "ID", "PLAYBOOK", "STATUS", "TRIGGER", "STARTED", "ERROR"
+        "{:>6}  {:<22} {:<17} {:<10} {:<25} ERROR",
+        "ID", "PLAYBOOK", "STATUS", "TRIGGER", "STARTED"
     );
     for r in rows {
         println!(
