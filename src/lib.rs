@@ -8,13 +8,13 @@
 //! | layer | modules | what it holds |
 //! |---|---|---|
 //! | leaf types | [`duration`], [`diagnostics`], [`status`], [`text`], [`secrets`], [`template`], [`metrics`], [`config`], [`kafka`] | durations, `path:line:col` problems, run/step/command statuses and error types (one spelling for Rust, SQL and JSON), masking, minijinja in text/SQL/URL flavours, Prometheus metrics, `runbook.yaml`, Kafka client settings |
-//! | store | [`store`] | SQLite or PostgreSQL pools, migrations, rows as JSON, run records and the audit log |
+//! | store | [`store`] | SQLite or PostgreSQL pools, versioned migrations, rows as JSON, run records, schedule ticks and the audit log |
 //! | services | [`services`] | the clients built once per process: store, datasource pools, HTTP client, templates, masker |
 //! | streaming data | [`stream`] | `command_queue`, `work_state`, `outbox_final` rows, DLQ and settings operations |
 //! | steps | [`steps`] | one file per step kind: its YAML form, compile, render, execute |
 //! | playbook | [`playbook`], [`schema`] | the YAML mirror, the pure compile phase, alert matchers, the catalog; the JSON Schema |
-//! | engine | [`engine`] | the run loop: `when`, `for_each`, `until`, retries, timeouts, `on_failure`, records |
-//! | processes | [`process`] | workers and command handlers, playbook runs as commands, the outbox dispatcher, the app that wires them |
+//! | engine | [`engine`] | the run loop (open, context, deadline, `on_failure`, record) and the step loop (`when`, `for_each`, `until`, `retry`), events |
+//! | processes | [`process`] | workers and command handlers, playbook runs as commands, the cron scheduler, the outbox dispatcher, the app that wires them |
 //! | faces | [`server`], [`cli`] | the HTTP API (axum) and the command line (clap; the only `anyhow`) |
 //!
 //! # Two data paths
@@ -57,7 +57,7 @@ pub(crate) mod steps;
 pub(crate) mod playbook;
 pub(crate) mod schema;
 pub(crate) mod engine;
-// Processes: workers, handlers, the outbox dispatcher, the app that wires them.
+// Processes: workers, handlers, the scheduler, the outbox dispatcher, the app that wires them.
 pub mod process;
 // Faces.
 pub mod server;

@@ -356,7 +356,7 @@ steps:
 }
 
 #[tokio::test]
-async fn approve_waits_for_an_operator_and_a_rejection_fails_the_run() {
+async fn approve_waits_for_an_operator_and_a_rejection_stops_the_run() {
     let w = Workdir::new();
     w.playbook(
         "gate",
@@ -395,6 +395,15 @@ async fn approve_waits_for_an_operator_and_a_rejection_fails_the_run() {
         if reject {
             assert_eq!(output.status.code(), Some(1), "{stdout}");
             assert!(stdout.contains("rejected by alice: not now"), "{stdout}");
+            let run = &rows(
+                &db,
+                "SELECT status, failed_step, error FROM runbook_runs WHERE id = 2",
+            )
+            .await[0];
+            assert_eq!(
+                run,
+                &json!({ "status": "cancelled", "failed_step": "ask", "error": "rejected by alice: not now" })
+            );
         } else {
             assert_eq!(output.status.code(), Some(0), "{stdout}");
         }

@@ -6,6 +6,7 @@ mod engine;
 mod http;
 mod kafka;
 mod layers;
+mod lifecycle;
 mod logs;
 mod migrations;
 mod postgres;

@@ -138,10 +138,11 @@ pub enum RunsCommand {
         reject: bool,
         #[arg(long)]
         comment: Option<String>,
-        #[arg(long, default_value = "cli")]
-        actor: String,
+        /// Who answers, as recorded (default `cli:$USER`).
+        #[arg(long)]
+        actor: Option<String>,
     },
-    /// Ask a running run to stop before its next step.
+    /// Stop a running run where it is (it ends `cancelled`).
     Cancel { id: i64 },
 }
 

@@ -388,6 +388,10 @@ pub struct StreamingConfig {
     /// How long a claim lasts without a heartbeat; a crashed worker's commands return after it.
     #[serde(default = "d_lease")]
     pub lease: Dur,
+    /// How long a playbook run counts as alive without renewing its lease; a run whose process
+    /// died is taken for dead after it.
+    #[serde(default = "d_lease")]
+    pub run_lease: Dur,
     /// How often an idle worker looks for work.
     #[serde(default = "d_poll")]
     pub poll_interval: Dur,

@@ -4,6 +4,7 @@
 mod events;
 mod run;
 mod step;
+mod watch;
 
 use std::{
     collections::HashMap,
@@ -62,6 +63,8 @@ pub struct Engine {
     /// Versions that queued runs are pinned to and the catalog no longer holds, compiled from
     /// the store's text, by content hash.
     pinned: Mutex<HashMap<String, Arc<Playbook>>>,
+    /// The runs going in this process, for a cancel made here.
+    live: watch::Live,
 }
 
 /// The most pinned versions kept compiled; past it the cache starts afresh.
@@ -75,6 +78,7 @@ impl Engine {
             catalog: RwLock::new(Arc::new(catalog)),
             problems: RwLock::default(),
             pinned: Mutex::default(),
+            live: Default::default(),
         }
     }
 

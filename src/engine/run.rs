@@ -12,17 +12,14 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
-use super::{
-    step::{RunState, CANCELLED},
-    Engine, EngineError,
-};
 use tracing::Instrument;
 
+use super::{step::RunState, Engine, EngineError};
 use crate::{
     metrics::{run_trigger, RunLabels},
     playbook::{resolve_params, Catalog, Playbook},
     status::RunStatus,
-    steps::{ChildOutcome, Launcher, Observer, RunMeta},
+    steps::{Cancel, ChildOutcome, Launcher, Observer, RunMeta},
     store::{
         runs::{self, NewRun},
         versions,
@@ -74,6 +71,16 @@ pub struct RunOutcome {
     pub steps: Json,
 }
 
+/// A run just recorded (or resumed): what [`Engine::run_opened`] goes on with.
+struct Opened {
+    run_id: i64,
+    /// What its steps already did (a resumed run).
+    done: Map<String, Json>,
+    params: Map<String, Json>,
+    depth: u32,
+    cancel: Cancel,
+}
+
 /// How the steps of a run ended: the status, and the failed step with its error.
 type Ending = (RunStatus, Option<(String, String)>);
 
@@ -104,7 +111,19 @@ impl Engine {
         req: RunRequest,
         observer: Arc<dyn Observer>,
     ) -> Result<RunOutcome, EngineError> {
-        self.run_at_depth(req, observer, None, 0).await
+        let cancel = self.live.new_run();
+        self.run_at_depth(req, observer, None, 0, cancel).await
+    }
+
+    /// Stops run `id` where it is, if it runs in this process (its watcher would see the
+    /// store's `cancel_requested` within a second anyway). `false` when it does not run here.
+    pub fn cancel_here(&self, id: i64, reason: &str) -> bool {
+        self.live.cancel(id, reason)
+    }
+
+    /// Stops every run of this process, and any it would start (Ctrl-C on `runbook run`).
+    pub fn cancel_all_here(&self, reason: &str) {
+        self.live.cancel_all(reason);
     }
 
     /// A `playbook:` step's child run.
@@ -126,6 +145,7 @@ impl Engine {
             parent.observer.clone(),
             Some(parent.id),
             parent.depth + 1,
+            parent.cancel.child(),
         ))
         .await
     }
@@ -136,6 +156,7 @@ impl Engine {
         observer: Arc<dyn Observer>,
         parent: Option<i64>,
         depth: u32,
+        cancel: Cancel,
     ) -> Result<RunOutcome, EngineError> {
         let (pb, version) = self.resolve(&req).await?;
         let pb = &*pb;
@@ -144,7 +165,14 @@ impl Engine {
             .open_run(pb, &req, &params, parent, version.as_deref())
             .await?;
         let span = tracing::info_span!("run", run_id, playbook = %pb.name);
-        self.run_opened(pb, req, observer, (run_id, done), params, depth)
+        let opened = Opened {
+            run_id,
+            done,
+            params,
+            depth,
+            cancel,
+        };
+        self.run_opened(pb, req, observer, opened)
             .instrument(span)
             .await
     }
@@ -182,9 +210,13 @@ impl Engine {
         pb: &Playbook,
         req: RunRequest,
         observer: Arc<dyn Observer>,
-        (run_id, done): (i64, Map<String, Json>),
-        params: Map<String, Json>,
-        depth: u32,
+        Opened {
+            run_id,
+            done,
+            params,
+            depth,
+            cancel,
+        }: Opened,
     ) -> Result<RunOutcome, EngineError> {
         let meta = RunMeta {
             id: run_id,
@@ -192,7 +224,11 @@ impl Engine {
             dry_run: req.dry_run,
             depth,
             observer,
+            cancel,
         };
+        let store = &self.services.store;
+        let lease = self.services.config.streaming.run_lease.as_std();
+        let watched = self.live.enter(store, run_id, &meta.cancel, lease).await;
         let mut state = self.context(pb, &req, params, run_id, done).await?;
 
         let started = Instant::now();
@@ -204,6 +240,8 @@ impl Engine {
             self.run_on_failure(pb, &meta, &mut state, step, error)
                 .await;
         }
+        // The run's own end is not news to its watcher.
+        drop(watched);
         let (failed_step, error) = match failed {
             Some((s, e)) => (
                 Some(s).filter(|s| !s.is_empty()),
@@ -304,10 +342,11 @@ impl Engine {
         match tokio::time::timeout(pb.timeout.as_std(), body).await {
             Ok(None) if meta.dry_run => (RunStatus::Planned, None),
             Ok(None) => (RunStatus::Succeeded, None),
-            Ok(Some((step, error))) if error == CANCELLED => {
-                (RunStatus::Cancelled, Some((step, error)))
-            }
-            Ok(Some(failed)) => (RunStatus::Failed, Some(failed)),
+            // Stopped where it was: the step it stopped in, and the cancel's reason.
+            Ok(Some((step, error))) => match meta.cancel.reason() {
+                Some(reason) => (RunStatus::Cancelled, Some((step, reason))),
+                None => (RunStatus::Failed, Some((step, error))),
+            },
             Err(_) => (
                 RunStatus::TimedOut,
                 Some((

@@ -93,6 +93,10 @@ impl App {
                     metrics: self.metrics.clone(),
                 };
                 tasks.spawn(Workers::new(cx, handlers).run(shutdown.clone()));
+                tasks.spawn(super::runs::reap_dead_runs(
+                    self.engine.clone(),
+                    shutdown.clone(),
+                ));
             }
         }
         tasks.spawn(

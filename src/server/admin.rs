@@ -16,6 +16,7 @@ use crate::{
     duration::Dur,
     engine::RunRequest,
     playbook::Catalog,
+    status::RunStatus,
     store::runs,
     stream::ops::{self, Op, OpError},
 };
@@ -323,5 +324,30 @@ pub async fn run_approve(
     let decision = if d.reject { "rejected" } else { "approved" };
     Ok(Json(
         json!({ "run_id": id, "step": step, "decision": decision }),
+    ))
+}
+
+/// `POST /api/runs/{id}/cancel` (role operator): asks the run to stop where it is; audited as
+/// `api:<token name>`. Its process sees it within a second; when it runs in this process it
+/// stops at once. The run ends `cancelled`.
+pub async fn run_cancel(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, AppError> {
+    let who = s.tokens.authorize(&headers, Role::Operator)?;
+    let actor = format!("api:{}", who.name);
+    match runs::cancel(&s.services.store, id, &actor).await {
+        Ok(()) => {}
+        Err(runs::CancelError::NoRun(_)) => return Err(AppError::NotFound(format!("no run {id}"))),
+        Err(e @ runs::CancelError::NotRunning(..)) => {
+            return Err(AppError::BadRequest(e.to_string()))
+        }
+        Err(runs::CancelError::Db(e)) => return Err(AppError::internal(e)),
+    }
+    let here = s.engine.cancel_here(id, &format!("cancelled by {actor}"));
+    tracing::info!(run_id = id, actor = %actor, in_this_process = here, "Run cancel requested.");
+    Ok(Json(
+        json!({ "run_id": id, "status": RunStatus::CancelRequested, "by": actor }),
     ))
 }

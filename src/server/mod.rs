@@ -53,6 +53,7 @@ pub fn router(state: Shared, max_body: usize) -> Router {
         .route("/api/runs", get(admin::runs_list).post(admin::runs_create))
         .route("/api/runs/{id}", get(admin::run_show))
         .route("/api/runs/{id}/approve", post(admin::run_approve))
+        .route("/api/runs/{id}/cancel", post(admin::run_cancel))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

@@ -92,7 +92,7 @@ impl Kind for HttpStep {
                 "give either `json` or `body`, not both".into(),
             ));
         }
-        for (k, _) in &r.headers {
+        for k in r.headers.keys() {
             if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
                 return Err((
                     format!(".http.headers.{k}"),
