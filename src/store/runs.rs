@@ -256,46 +256,6 @@ pub fn prune_sql(d: Dialect, older_than: Dur) -> (String, Vec<Json>) {
     (sql, finals)
 }
 
-/// Whether an operator asked run `id` to stop.
-pub async fn cancel_requested(db: &Db, id: i64) -> Result<bool, DbError> {
-    let rows = db
-        .sql(
-            "SELECT status FROM runbook_runs WHERE id = $1",
-            vec![json!(id)],
-        )
-        .await?
-        .rows;
-    Ok(
-        rows.first().and_then(|r| r["status"].as_str())
-            == Some(RunStatus::CancelRequested.as_str()),
-    )
-}
-
-/// Asks run `id` to stop before its next step; `false` when it is not running (or waiting, or
-/// queued), so there is nothing to cancel.
-pub async fn request_cancel(db: &Db, id: i64) -> Result<bool, DbError> {
-    let cancellable: Vec<RunStatus> = RunStatus::ALL
-        .iter()
-        .copied()
-        .filter(|s| s.is_cancellable())
-        .collect();
-    let placeholders: Vec<String> = (0..cancellable.len())
-        .map(|i| format!("${}", i + 3))
-        .collect();
-    let mut params = vec![json!(id), json!(RunStatus::CancelRequested)];
-    params.extend(cancellable.iter().map(|s| json!(s)));
-    let r = db
-        .sql(
-            &format!(
-                "UPDATE runbook_runs SET status = $2 WHERE id = $1 AND status IN ({})",
-                placeholders.join(", ")
-            ),
-            params,
-        )
-        .await?;
-    Ok(r.rows_affected > 0)
-}
-
 /// Marks run `id` as waiting for an operator's answer at `step`.
 pub async fn set_waiting(db: &Db, id: i64, step: &str) -> Result<(), DbError> {
     db.sql(
