@@ -67,7 +67,11 @@ async fn weekly_vacuum_removes_old_completed_and_dlq_rows_and_reports_counts() {
         audits,
         vec![
             json!({ "op": "purge_completed", "rows": 3 }),
-            json!({ "op": "dlq_cleanup", "rows": 1 })
+            json!({ "op": "dlq_cleanup", "rows": 1 }),
+            // Retention (tests/retention.rs): nothing old enough in a fresh store.
+            json!({ "op": "prune_records", "rows": 0 }),
+            json!({ "op": "prune_records", "rows": 0 }),
+            json!({ "op": "prune_records", "rows": 0 })
         ]
     );
     // The run and its steps are recorded.
@@ -83,8 +87,14 @@ async fn weekly_vacuum_removes_old_completed_and_dlq_rows_and_reports_counts() {
         .map(|s| s["step_id"].as_str().unwrap())
         .collect();
     assert_eq!(
-        &steps[..4],
-        ["before", "purge_completed", "clean_dlq", "report"]
+        &steps[..5],
+        [
+            "before",
+            "purge_completed",
+            "clean_dlq",
+            "prune_records",
+            "report"
+        ]
     );
     assert_eq!(run["steps"][1]["output"]["output"]["deleted"], 3);
 }
@@ -346,7 +356,7 @@ steps:
 }
 
 #[tokio::test]
-async fn approve_waits_for_an_operator_and_a_rejection_fails_the_run() {
+async fn approve_waits_for_an_operator_and_a_rejection_stops_the_run() {
     let w = Workdir::new();
     w.playbook(
         "gate",
@@ -385,6 +395,15 @@ async fn approve_waits_for_an_operator_and_a_rejection_fails_the_run() {
         if reject {
             assert_eq!(output.status.code(), Some(1), "{stdout}");
             assert!(stdout.contains("rejected by alice: not now"), "{stdout}");
+            let run = &rows(
+                &db,
+                "SELECT status, failed_step, error FROM runbook_runs WHERE id = 2",
+            )
+            .await[0];
+            assert_eq!(
+                run,
+                &json!({ "status": "cancelled", "failed_step": "ask", "error": "rejected by alice: not now" })
+            );
         } else {
             assert_eq!(output.status.code(), Some(0), "{stdout}");
         }

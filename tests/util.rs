@@ -106,7 +106,12 @@ impl Workdir {
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_runbook"));
         cmd.current_dir(self.path());
-        for var in ["RUNBOOK_CONFIG", "RUNBOOK_RUNBOOKS", "RUNBOOK_STORE"] {
+        for var in [
+            "RUNBOOK_CONFIG",
+            "RUNBOOK_RUNBOOKS",
+            "RUNBOOK_STORE",
+            "RUNBOOK_LOG_FORMAT",
+        ] {
             cmd.env_remove(var);
         }
         for (k, v) in &self.env {

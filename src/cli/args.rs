@@ -28,6 +28,24 @@ pub struct Global {
     /// Store URL: sqlite://FILE or postgres://USER@HOST/DB [default: sqlite://runbook.db].
     #[arg(long, global = true, env = "RUNBOOK_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// Log lines on stderr as text, or as one JSON object a line (with the run's and the step's
+    /// span fields); `RUNBOOK_LOG` sets the level.
+    #[arg(
+        long,
+        global = true,
+        env = "RUNBOOK_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
@@ -166,10 +184,11 @@ pub enum RunsCommand {
         reject: bool,
         #[arg(long)]
         comment: Option<String>,
-        #[arg(long, default_value = "cli")]
-        actor: String,
+        /// Who answers, as recorded (default `cli:$USER`).
+        #[arg(long)]
+        actor: Option<String>,
     },
-    /// Ask a running run to stop before its next step.
+    /// Stop a running run where it is (it ends `cancelled`).
     Cancel { id: i64 },
 }
 

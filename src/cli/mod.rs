@@ -9,7 +9,9 @@ mod serve;
 mod streaming;
 mod triggers;
 
-pub use args::{AlertCommand, Cli, Command, DlqCommand, Format, Global, QueueCommand, RunsCommand};
+pub use args::{
+    AlertCommand, Cli, Command, DlqCommand, Format, Global, LogFormat, QueueCommand, RunsCommand,
+};
 
 use std::{
     collections::BTreeMap,
@@ -98,6 +100,28 @@ impl Setup {
             .await
             .map_err(|e| anyhow::anyhow!(self.masker.mask_str(&crate::text::error_chain(&e))))?;
         Ok(db)
+    }
+}
+
+/// Sends the engine's logs to stderr at the level `RUNBOOK_LOG` says (default `warn`): as text,
+/// coloured only when stderr is a terminal, or as one JSON object a line whose `span` and `spans`
+/// carry the run's `run_id` and `playbook` and the step's `step`.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUNBOOK_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
     }
 }
 

@@ -290,6 +290,7 @@ pub fn run_show(run: &Json, format: Format) {
             run["failed_step"].as_str().unwrap_or("-")
         );
     }
+    approvals(run);
     for s in run["steps"].as_array().into_iter().flatten() {
         let item = s["item"]
             .as_i64()
@@ -318,6 +319,23 @@ pub fn run_show(run: &Json, format: Format) {
             }
             println!("      output {out}");
         }
+    }
+}
+
+/// `approval  ask  rejected by alice at ...: not now`, one line per answer.
+fn approvals(run: &Json) {
+    for a in run["approvals"].as_array().into_iter().flatten() {
+        let comment = a["comment"]
+            .as_str()
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default();
+        println!(
+            "approval {}  {} by {} at {}{comment}",
+            a["step_id"].as_str().unwrap_or(""),
+            a["decision"].as_str().unwrap_or(""),
+            a["actor"].as_str().unwrap_or(""),
+            a["at"].as_str().unwrap_or("")
+        );
     }
 }
 

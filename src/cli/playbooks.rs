@@ -1,6 +1,13 @@
 //! Commands on playbooks: `validate`, `list`, `schedule`, `run`.
 
-use std::{collections::BTreeMap, path::Path, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -138,7 +145,7 @@ pub(super) async fn run(
         setup.config.clone(),
         setup.masker.clone(),
     ));
-    let engine = Engine::new(services, Arc::new(Metrics::new()), catalog);
+    let engine = Arc::new(Engine::new(services, Arc::new(Metrics::new()), catalog));
     let observer = Arc::new(output::Printer::new(format));
     let mut req = RunRequest {
         playbook: name,
@@ -153,10 +160,16 @@ pub(super) async fn run(
             Err(code) => return Ok(code),
         }
     }
-    match engine.run(req, observer.clone()).await {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let on_ctrl_c = tokio::spawn(cancel_on_ctrl_c(engine.clone(), interrupted.clone()));
+    let result = engine.run(req, observer.clone()).await;
+    on_ctrl_c.abort();
+    match result {
         Ok(outcome) => {
             observer.outcome(&outcome);
-            Ok(if outcome.status.is_success() {
+            Ok(if interrupted.load(Ordering::SeqCst) {
+                EXIT_INTERRUPTED
+            } else if outcome.status.is_success() {
                 0
             } else {
                 EXIT_FAILED
@@ -167,6 +180,25 @@ pub(super) async fn run(
             Ok(EXIT_USAGE)
         }
         Err(e) => Err(e).context("the run could not start"),
+    }
+}
+
+/// Exit code of `run` after Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// The first Ctrl-C cancels the run, which stops where it is and is recorded `cancelled`; a
+/// second one exits at once (the run's lease then expires, and `runbook serve` marks it
+/// `interrupted`).
+async fn cancel_on_ctrl_c(engine: Arc<Engine>, interrupted: Arc<AtomicBool>) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    interrupted.store(true, Ordering::SeqCst);
+    eprintln!("Ctrl-C: cancelling the run; press Ctrl-C again to quit at once");
+    engine.cancel_all_here("cancelled by Ctrl-C");
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!("Ctrl-C again: quitting without recording the run's end");
+        std::process::exit(EXIT_INTERRUPTED);
     }
 }
 

@@ -39,24 +39,44 @@ pub(super) async fn runs(setup: &Setup, cmd: RunsCommand) -> Result<i32> {
             reject,
             comment,
             actor,
-        } => match runs::decide(&db, id, !reject, &actor, comment.as_deref()).await {
-            Ok(step) => println!(
-                "run {id} {} at step `{step}`",
-                if reject { "rejected" } else { "approved" }
+        } => {
+            let actor = actor.unwrap_or_else(cli_actor);
+            return decide(&db, id, reject, &actor, comment.as_deref()).await;
+        }
+        RunsCommand::Cancel { id } => match runs::cancel(&db, id, &cli_actor()).await {
+            Ok(()) => println!(
+                "run {id}: cancel requested; it stops within a second, where it is (a statement \
+                 or request in flight finishes first)"
             ),
-            Err(runs::DecideError::Db(e)) => return Err(e.into()),
+            Err(runs::CancelError::Db(e)) => return Err(e.into()),
             Err(e) => {
                 eprintln!("error: {e}");
                 return Ok(EXIT_USAGE);
             }
         },
-        RunsCommand::Cancel { id } => {
-            if !runs::request_cancel(&db, id).await? {
-                eprintln!("error: run {id} is not running");
-                return Ok(EXIT_USAGE);
-            }
-            runs::audit(&db, "cli", "run_cancel", json!({ "run_id": id }), 1).await?;
-            println!("run {id}: cancel requested; it stops before its next step");
+    }
+    Ok(0)
+}
+
+/// Who the CLI acts as in audit records: `cli:<user>`.
+fn cli_actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+/// `runs approve ID [--reject] [--comment TEXT]`.
+async fn decide(db: &Db, id: i64, reject: bool, actor: &str, comment: Option<&str>) -> Result<i32> {
+    match runs::decide(db, id, !reject, actor, comment).await {
+        Ok(step) => println!(
+            "run {id} {} at step `{step}`",
+            if reject { "rejected" } else { "approved" }
+        ),
+        Err(runs::DecideError::Db(e)) => return Err(e.into()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_USAGE);
         }
     }
     Ok(0)
@@ -84,11 +104,7 @@ pub(super) async fn dlq(setup: &Setup, cmd: DlqCommand) -> Result<i32> {
         }
         DlqCommand::Cleanup { older_than } => (Op::DlqCleanup { older_than }, Format::Human),
     };
-    let actor = format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    );
-    let out = ops::run(&db, &setup.config.streaming, &op, &actor).await?;
+    let out = ops::run(&db, &setup.config.streaming, &op, &cli_actor()).await?;
     let out: Json = setup.masker.mask_json(&out);
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),

@@ -419,12 +419,48 @@ pub struct StreamingConfig {
     /// How long a claim lasts without a heartbeat; a crashed worker's commands return after it.
     #[serde(default = "d_lease")]
     pub lease: Dur,
+    /// How long a playbook run counts as alive without renewing its lease; a run whose process
+    /// died is taken for dead after it.
+    #[serde(default = "d_lease")]
+    pub run_lease: Dur,
     /// How often an idle worker looks for work.
     #[serde(default = "d_poll")]
     pub poll_interval: Dur,
     /// Whether `runbook serve` runs workers (a replica may serve only the API and the scheduler).
     #[serde(default = "d_true")]
     pub workers: bool,
+    /// How long the `prune_records` runtime op keeps the engine's records.
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// How long records are kept before `prune_records` deletes them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Finished runs, with their step attempts and approvals (and the playbook versions only
+    /// they ran).
+    #[serde(default = "d_keep_runs")]
+    pub runs: Dur,
+    /// Schedule ticks (each playbook's newest is always kept).
+    #[serde(default = "d_keep_ticks")]
+    pub ticks: Dur,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            runs: d_keep_runs(),
+            ticks: d_keep_ticks(),
+        }
+    }
+}
+
+fn d_keep_runs() -> Dur {
+    Dur::from_secs(30 * 86_400)
+}
+fn d_keep_ticks() -> Dur {
+    Dur::from_secs(7 * 86_400)
 }
 
 fn d_lease() -> Dur {

@@ -12,21 +12,24 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
-use super::{
-    step::{RunState, CANCELLED},
-    Engine, EngineError,
-};
+use tracing::Instrument;
+
+use super::{step::RunState, Engine, EngineError};
 use crate::{
-    metrics::RunLabels,
-    playbook::{resolve_params, Playbook},
+    metrics::{run_trigger, RunLabels},
+    playbook::{resolve_params, Catalog, Playbook},
     status::RunStatus,
-    steps::{ChildOutcome, Launcher, Observer, RunMeta},
-    store::runs::{self, NewRun},
+    steps::{Cancel, ChildOutcome, Launcher, Observer, RunMeta},
+    store::{
+        runs::{self, NewRun},
+        versions,
+    },
     stream::Settings,
 };
 
 /// What starts a run. Serialized, it is the payload of a `runbook.run` queue command:
-/// `{"playbook", "params", "trigger", "alert", "alerts"}`; the other fields are not queued.
+/// `{"playbook", "params", "trigger", "alert", "alerts", "version"}`; the other fields are not
+/// queued.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunRequest {
     pub playbook: String,
@@ -41,6 +44,10 @@ pub struct RunRequest {
     pub alert: Option<Json>,
     #[serde(default)]
     pub alerts: Vec<Json>,
+    /// The content hash of the playbook version to run ([`Engine::pin`]); without one (a
+    /// command queued before versions were kept, a direct run) the catalog's current version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     #[serde(skip)]
     pub dry_run: bool,
     /// The queue command carrying this run, when a worker runs it.
@@ -64,8 +71,38 @@ pub struct RunOutcome {
     pub steps: Json,
 }
 
+/// A run just recorded (or resumed): what [`Engine::run_opened`] goes on with.
+struct Opened {
+    run_id: i64,
+    /// What its steps already did (a resumed run).
+    done: Map<String, Json>,
+    params: Map<String, Json>,
+    depth: u32,
+    cancel: Cancel,
+}
+
 /// How the steps of a run ended: the status, and the failed step with its error.
 type Ending = (RunStatus, Option<(String, String)>);
+
+/// The playbook a run runs: the catalog's current version, or the version the run was pinned to
+/// when the catalog has moved on since.
+enum Resolved {
+    Current(Arc<Catalog>, String),
+    Pinned(Arc<Playbook>),
+}
+
+impl std::ops::Deref for Resolved {
+    type Target = Playbook;
+
+    fn deref(&self) -> &Playbook {
+        match self {
+            Resolved::Current(catalog, name) => catalog
+                .get(name)
+                .expect("a resolved playbook is in its catalog"),
+            Resolved::Pinned(pb) => pb,
+        }
+    }
+}
 
 impl Engine {
     /// Runs a playbook to its end and records it. Errors are reasons it could not start.
@@ -74,7 +111,19 @@ impl Engine {
         req: RunRequest,
         observer: Arc<dyn Observer>,
     ) -> Result<RunOutcome, EngineError> {
-        self.run_at_depth(req, observer, None, 0).await
+        let cancel = self.live.new_run();
+        self.run_at_depth(req, observer, None, 0, cancel).await
+    }
+
+    /// Stops run `id` where it is, if it runs in this process (its watcher would see the
+    /// store's `cancel_requested` within a second anyway). `false` when it does not run here.
+    pub fn cancel_here(&self, id: i64, reason: &str) -> bool {
+        self.live.cancel(id, reason)
+    }
+
+    /// Stops every run of this process, and any it would start (Ctrl-C on `runbook run`).
+    pub fn cancel_all_here(&self, reason: &str) {
+        self.live.cancel_all(reason);
     }
 
     /// A `playbook:` step's child run.
@@ -96,6 +145,7 @@ impl Engine {
             parent.observer.clone(),
             Some(parent.id),
             parent.depth + 1,
+            parent.cancel.child(),
         ))
         .await
     }
@@ -106,30 +156,92 @@ impl Engine {
         observer: Arc<dyn Observer>,
         parent: Option<i64>,
         depth: u32,
+        cancel: Cancel,
     ) -> Result<RunOutcome, EngineError> {
-        let catalog = self.catalog();
-        let pb = catalog
-            .get(&req.playbook)
-            .ok_or_else(|| EngineError::UnknownPlaybook(req.playbook.clone()))?;
+        let (pb, version) = self.resolve(&req).await?;
+        let pb = &*pb;
         let params = resolve_params(&pb.params, &req.params)?;
-        let (run_id, done) = self.open_run(pb, &req, &params, parent).await?;
+        let (run_id, done) = self
+            .open_run(pb, &req, &params, parent, version.as_deref())
+            .await?;
+        let span = tracing::info_span!("run", run_id, playbook = %pb.name);
+        let opened = Opened {
+            run_id,
+            done,
+            params,
+            depth,
+            cancel,
+        };
+        self.run_opened(pb, req, observer, opened)
+            .instrument(span)
+            .await
+    }
+
+    /// The playbook `req` runs and the hash of its version. A version the catalog holds is
+    /// stored first if the request was not pinned (a direct run), so the run record's hash
+    /// always leads to the text it ran.
+    async fn resolve(&self, req: &RunRequest) -> Result<(Resolved, Option<String>), EngineError> {
+        let catalog = self.catalog();
+        let current = catalog.versions.get(&req.playbook);
+        match &req.version {
+            Some(hash) if current.is_none_or(|v| &v.hash != hash) => {
+                let pb = self.pinned(&req.playbook, hash).await?;
+                Ok((Resolved::Pinned(pb), Some(hash.clone())))
+            }
+            pinned => {
+                if catalog.get(&req.playbook).is_none() {
+                    return Err(EngineError::UnknownPlaybook(req.playbook.clone()));
+                }
+                if let (None, Some(v)) = (pinned, current) {
+                    versions::save(&self.services.store, v).await?;
+                }
+                let hash = current.map(|v| v.hash.clone());
+                Ok((
+                    Resolved::Current(catalog.clone(), req.playbook.clone()),
+                    hash,
+                ))
+            }
+        }
+    }
+
+    /// A recorded run, from its context to its end (in the run's span).
+    async fn run_opened(
+        &self,
+        pb: &Playbook,
+        req: RunRequest,
+        observer: Arc<dyn Observer>,
+        Opened {
+            run_id,
+            done,
+            params,
+            depth,
+            cancel,
+        }: Opened,
+    ) -> Result<RunOutcome, EngineError> {
         let meta = RunMeta {
             id: run_id,
             playbook: pb.name.clone(),
             dry_run: req.dry_run,
             depth,
             observer,
+            cancel,
         };
+        let store = &self.services.store;
+        let lease = self.services.config.streaming.run_lease.as_std();
+        let watched = self.live.enter(store, run_id, &meta.cancel, lease).await;
         let mut state = self.context(pb, &req, params, run_id, done).await?;
 
         let started = Instant::now();
-        tracing::info!(run_id, playbook = %pb.name, dry_run = req.dry_run, "Run started.");
+        // run_id and playbook are the fields of the run's span, on every line logged inside it.
+        tracing::info!(dry_run = req.dry_run, "Run started.");
         let (status, failed) = self.run_body(pb, &meta, &mut state).await;
         // A cancel is deliberate: it does not page anyone through on_failure.
         if let Some((step, error)) = failed.as_ref().filter(|_| status != RunStatus::Cancelled) {
             self.run_on_failure(pb, &meta, &mut state, step, error)
                 .await;
         }
+        // The run's own end is not news to its watcher.
+        drop(watched);
         let (failed_step, error) = match failed {
             Some((s, e)) => (
                 Some(s).filter(|s| !s.is_empty()),
@@ -148,11 +260,12 @@ impl Engine {
         if !req.dry_run {
             let labels = RunLabels {
                 playbook: pb.name.clone(),
+                trigger: run_trigger(&req.trigger).to_owned(),
                 status: status.to_string(),
             };
             self.metrics.runs.get_or_create(&labels).inc();
         }
-        tracing::info!(run_id, playbook = %pb.name, status = %status, "Run finished.");
+        tracing::info!(status = %status, "Run finished.");
         Ok(RunOutcome {
             run_id,
             playbook: pb.name.clone(),
@@ -171,6 +284,7 @@ impl Engine {
         req: &RunRequest,
         params: &Map<String, Json>,
         parent: Option<i64>,
+        version: Option<&str>,
     ) -> Result<(i64, Map<String, Json>), EngineError> {
         let store = &self.services.store;
         if let Some(id) = req.resume {
@@ -185,6 +299,7 @@ impl Engine {
             parent_id: parent,
             command_id: req.command_id,
             status: RunStatus::Running,
+            version,
         };
         Ok((runs::create_run(store, new).await?, Map::new()))
     }
@@ -227,10 +342,11 @@ impl Engine {
         match tokio::time::timeout(pb.timeout.as_std(), body).await {
             Ok(None) if meta.dry_run => (RunStatus::Planned, None),
             Ok(None) => (RunStatus::Succeeded, None),
-            Ok(Some((step, error))) if error == CANCELLED => {
-                (RunStatus::Cancelled, Some((step, error)))
-            }
-            Ok(Some(failed)) => (RunStatus::Failed, Some(failed)),
+            // Stopped where it was: the step it stopped in, and the cancel's reason.
+            Ok(Some((step, error))) => match meta.cancel.reason() {
+                Some(reason) => (RunStatus::Cancelled, Some((step, reason))),
+                None => (RunStatus::Failed, Some((step, error))),
+            },
             Err(_) => (
                 RunStatus::TimedOut,
                 Some((

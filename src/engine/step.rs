@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
+use tracing::Instrument;
 
 use super::{
     events::{event, summarize},
@@ -14,14 +15,11 @@ use super::{
 use crate::{
     metrics::StepLabels,
     playbook::{ForEach, Step},
-    status::{StepEventStatus, StepStatus},
+    status::{RunStatus, StepEventStatus, StepStatus},
     steps::{RunMeta, StepCx, StepError, StepEvent, StepKind, StepOutput},
     store::runs::{self, Attempt},
     template::{context, to_json},
 };
-
-/// The error of a run an operator cancelled.
-pub(super) const CANCELLED: &str = "cancelled by an operator";
 
 /// One step's result as later steps read it: `steps.<id>.{status,rows,output,error,duration_ms}`.
 #[derive(Debug, Clone, Serialize)]
@@ -78,12 +76,19 @@ impl Engine {
             {
                 continue;
             }
-            if let Some(reason) = self.cancel_requested(meta.id).await {
+            if let Some(reason) = self.stop_requested(meta).await {
                 return Some((step.id.clone(), reason));
             }
             self.refresh_alert(state).await;
-            let result = self.run_step(step, meta, state).await;
+            // Every line logged inside the step carries its id (and the run's, from the run's span).
+            let span = tracing::info_span!("step", step = %step.id);
+            let result = self.run_step(step, meta, state).instrument(span).await;
             state.set_step(&step.id, &result);
+            // A step cut short by a cancel stops the run, `continue_on_error` or not.
+            let cancelled = meta.cancel.reason().filter(|_| result.failed());
+            if let Some(reason) = cancelled {
+                return Some((step.id.clone(), reason));
+            }
             if result.failed() && !step.continue_on_error {
                 return Some((step.id.clone(), result.error.unwrap_or_default()));
             }
@@ -91,11 +96,21 @@ impl Engine {
         None
     }
 
-    async fn cancel_requested(&self, run_id: i64) -> Option<String> {
-        runs::cancel_requested(&self.services.store, run_id)
-            .await
-            .ok()?
-            .then(|| CANCELLED.to_owned())
+    /// Why the run must stop before its next step, if it must: its cancel fired, or the store
+    /// says an operator asked (read here too, so a cancel made just before a step is never
+    /// late by the watcher's second).
+    async fn stop_requested(&self, meta: &RunMeta) -> Option<String> {
+        if let Some(reason) = meta.cancel.reason() {
+            return Some(reason);
+        }
+        let standing = runs::standing(&self.services.store, meta.id).await.ok()??;
+        let reason = (standing.status == RunStatus::CancelRequested).then(|| {
+            standing
+                .error
+                .unwrap_or_else(|| "cancelled by an operator".to_owned())
+        })?;
+        meta.cancel.cancel(reason.clone());
+        Some(reason)
     }
 
     async fn run_step(&self, step: &Step, meta: &RunMeta, state: &mut RunState) -> StepResult {
@@ -287,7 +302,7 @@ impl Engine {
                     until.expr, until.within
                 ));
             }
-            tokio::time::sleep(until.every.as_std()).await;
+            meta.cancel.sleep(until.every.as_std()).await?;
         }
     }
 
@@ -311,6 +326,10 @@ impl Engine {
         };
         let mut attempt = 0;
         loop {
+            // A cancelled run starts no attempt: no next `for_each` item, `until` check or retry.
+            if let Some(reason) = meta.cancel.reason() {
+                return Err(reason);
+            }
             attempt += 1;
             let started_at = Utc::now();
             let started = Instant::now();
@@ -334,7 +353,7 @@ impl Engine {
                 Some(delay) => {
                     let message = self.services.masker.mask_str(&err.to_string());
                     tracing::warn!(run_id = meta.id, step = %step.id, attempt, error = %message, "Step failed; retrying.");
-                    tokio::time::sleep(delay).await;
+                    meta.cancel.sleep(delay).await?;
                 }
                 None => {
                     let suffix = if attempt > 1 {

@@ -22,7 +22,12 @@ pub use params::{resolve_params, ParamProblems};
 pub use raw::{Missed, OnInterrupt, ParamType, ResolvedPolicy};
 pub use schedule::Schedule;
 
-use crate::{diagnostics::Diagnostic, duration::Dur, steps::StepKind};
+use crate::{
+    diagnostics::Diagnostic,
+    duration::Dur,
+    steps::StepKind,
+    store::versions::{self, Version},
+};
 
 /// A validated playbook, ready to run.
 #[derive(Debug)]
@@ -117,6 +122,9 @@ pub const DEFAULT_PLAYBOOK_TIMEOUT: Dur = Dur::from_secs(900);
 #[derive(Debug, Default)]
 pub struct Catalog {
     pub playbooks: BTreeMap<String, Playbook>,
+    /// The text and content hash each playbook was compiled from, by name: what a run enqueued
+    /// now is pinned to (a catalog built by hand may have none).
+    pub versions: BTreeMap<String, Version>,
 }
 
 impl Catalog {
@@ -169,6 +177,31 @@ impl Catalog {
         let changes = calls.into_iter().any(|c| self.changes(c, known, path));
         path.pop();
         changes
+    }
+
+    /// Adds a compiled playbook with the text it was compiled from.
+    pub fn insert(&mut self, pb: Playbook, text: &str) {
+        let version = Version {
+            hash: versions::hash(text),
+            name: pb.name.clone(),
+            text: text.to_owned(),
+        };
+        self.versions.insert(pb.name.clone(), version);
+        self.playbooks.insert(pb.name.clone(), pb);
+    }
+
+    /// Removes the playbook compiled from file `path`, if any.
+    fn remove_path(&mut self, path: &Path) {
+        let names: Vec<String> = self
+            .playbooks
+            .values()
+            .filter(|p| p.path == path)
+            .map(|p| p.name.clone())
+            .collect();
+        for name in names {
+            self.playbooks.remove(&name);
+            self.versions.remove(&name);
+        }
     }
 
     /// Playbooks whose alert matchers match `labels`.
@@ -243,7 +276,7 @@ pub fn load(path: &Path, env: &CompileEnv) -> (Catalog, Vec<Diagnostic>) {
                 }
                 seen.insert(pb.name.clone(), file.clone());
                 calls.extend(pb_calls);
-                catalog.playbooks.insert(pb.name.clone(), pb);
+                catalog.insert(pb, &text);
             }
             Err(mut d) => {
                 // A file with errors still claims its name, so a call to it is not reported as unknown.
@@ -343,5 +376,125 @@ mod changes_tests {
         assert!(!changes("loop-a") && !changes("loop-b"));
         assert!(changes("writer") && changes("calls-writer") && changes("calls-missing"));
         assert!(changes("post") && changes("pages"));
+    }
+}
+
+/// Loads `path` again after an edit, keeping the last good version of every playbook whose file
+/// now has problems: a file with any diagnostic serves what `previous` compiled from it (compiled
+/// again from its stored text), a new file with problems stays out, a deleted file's playbook goes.
+/// When the folder itself cannot be read, `previous` is kept whole. Returns the catalog to serve
+/// and every problem of the new load (the API shows them next to the versions still served).
+pub fn reload(path: &Path, previous: &Catalog, env: &CompileEnv) -> (Catalog, Vec<Diagnostic>) {
+    let (mut catalog, diags) = load(path, env);
+    if diags.iter().any(|d| d.path == path && !path.is_file()) {
+        return (recompiled(previous, |_| true, env), diags);
+    }
+    let broken: Vec<&Path> = diags.iter().map(|d| d.path.as_path()).collect();
+    for file in &broken {
+        catalog.remove_path(file);
+    }
+    let kept = recompiled(
+        previous,
+        |p| broken.contains(&p.path.as_path()) && !catalog.playbooks.contains_key(&p.name),
+        env,
+    );
+    for (name, pb) in kept.playbooks {
+        if let Some(v) = kept.versions.get(&name) {
+            catalog.insert(pb, &v.text);
+        }
+    }
+    catalog.resolve_changes();
+    (catalog, diags)
+}
+
+/// The playbooks of `catalog` that `keep` selects, compiled again from their versions' text.
+fn recompiled(catalog: &Catalog, keep: impl Fn(&Playbook) -> bool, env: &CompileEnv) -> Catalog {
+    let mut out = Catalog::default();
+    for pb in catalog.playbooks.values().filter(|p| keep(p)) {
+        let Some(v) = catalog.versions.get(&pb.name) else {
+            continue;
+        };
+        // It compiled before with this text and this config, so it compiles again.
+        if let Ok((again, _)) = compile_source(&pb.path, &v.text, env) {
+            out.insert(again, &v.text);
+        }
+    }
+    out.resolve_changes();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "name: a\nsteps:\n  - id: s\n    wait: 1ms\n";
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(format!("{name}.yaml")), text).unwrap();
+    }
+
+    #[test]
+    fn a_reload_keeps_the_last_good_version_of_a_broken_file_and_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = CompileEnv::default();
+        write(dir.path(), "a", GOOD);
+        write(
+            dir.path(),
+            "b",
+            "name: b\nsteps:\n  - id: s\n    wait: 1ms\n",
+        );
+        let (first, diags) = load(dir.path(), &env);
+        assert!(diags.is_empty(), "{diags:?}");
+        let good_hash = first.versions["a"].hash.clone();
+
+        // `a` breaks, `b` changes, `c` is new and broken.
+        write(dir.path(), "a", "name: a\nsteps:\n  - id: s\n    wait: [\n");
+        write(
+            dir.path(),
+            "b",
+            "name: b\nsteps:\n  - id: t\n    wait: 2ms\n",
+        );
+        write(dir.path(), "c", "name: c\nstep: []\n");
+        let (next, diags) = reload(dir.path(), &first, &env);
+        assert_eq!(
+            next.versions["a"].hash, good_hash,
+            "a keeps its last good version"
+        );
+        assert_eq!(next.get("a").unwrap().steps[0].id, "s");
+        assert_eq!(next.get("b").unwrap().steps[0].id, "t", "b takes its edit");
+        assert!(next.get("c").is_none(), "c never loaded");
+        let files: Vec<String> = diags
+            .iter()
+            .map(|d| d.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(files.contains(&"a.yaml".to_owned()) && files.contains(&"c.yaml".to_owned()));
+        assert!(diags.iter().all(|d| d.line > 0), "{diags:?}");
+
+        // Fixed, `a` takes the new text; a deleted file's playbook goes.
+        write(
+            dir.path(),
+            "a",
+            "name: a\nsteps:\n  - id: u\n    wait: 1ms\n",
+        );
+        std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+        let (last, _) = reload(dir.path(), &next, &env);
+        assert_eq!(last.get("a").unwrap().steps[0].id, "u");
+        assert_ne!(last.versions["a"].hash, good_hash);
+        assert!(last.get("b").is_none());
+    }
+
+    #[test]
+    fn a_folder_that_cannot_be_read_keeps_every_playbook() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = CompileEnv::default();
+        write(dir.path(), "a", GOOD);
+        let (first, _) = load(dir.path(), &env);
+        let gone = dir.path().join("gone");
+        let (next, diags) = reload(&gone, &first, &env);
+        assert_eq!(next.playbooks.len(), 1);
+        assert!(
+            diags[0].message.starts_with("cannot read playbooks"),
+            "{diags:?}"
+        );
     }
 }

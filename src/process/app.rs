@@ -1,22 +1,25 @@
 //! The composition root of `runbook serve`: builds the services, the engine and the handler
-//! registry from a config and a store, and starts the workers, the scheduler and the outbox
-//! dispatcher. The CLI and the tests build the same [`App`].
+//! registry from a config and a store, and starts the workers, the scheduler, the outbox
+//! dispatcher and the playbooks watcher. The CLI and the tests build the same [`App`].
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     handlers::{CommandHandler, HandlerConfigError, Handlers},
-    outbox,
+    outbox, reload,
     runs::{RunHandler, RUN_COMMAND},
     scheduler::{Scheduler, SystemClock},
     worker::{WorkerCx, Workers},
 };
 use crate::{
-    config::Config, diagnostics::Diagnostic, engine::Engine, metrics::Metrics, secrets::Masker,
-    services::Services, store::Db,
+    config::Config, diagnostics::Diagnostic, engine::Engine, metrics::Metrics, playbook::Catalog,
+    secrets::Masker, services::Services, store::Db,
 };
 
 /// Why the processes cannot be built from this config.
@@ -35,21 +38,27 @@ pub struct App {
     pub engine: Arc<Engine>,
     handlers: Option<Handlers>,
     sink: Option<outbox::Sink>,
+    /// The playbooks folder, watched for edits, and what it looked like when it was loaded.
+    runbooks: PathBuf,
+    seen: reload::Fingerprint,
 }
 
 impl App {
     /// Builds the app on a migrated store; returns it with the problems of playbooks that did
-    /// not load (they do not stop the others).
+    /// not load (they do not stop the others). A file with problems is left out, as a reload
+    /// leaves out a new file with problems.
     pub fn build(
         store: Db,
         config: Arc<Config>,
         masker: Masker,
         runbooks: &Path,
     ) -> Result<(App, Vec<Diagnostic>), AppError> {
-        let (catalog, diags) = Engine::load_playbooks(runbooks, &config);
+        let seen = reload::fingerprint(runbooks);
+        let (catalog, diags) = Engine::reload_playbooks(runbooks, &config, &Catalog::default());
         let services = Arc::new(Services::new(store, config.clone(), masker));
         let metrics = Arc::new(Metrics::new());
         let engine = Arc::new(Engine::new(services.clone(), metrics.clone(), catalog));
+        engine.set_problems(diags.clone());
         let names: Vec<String> = engine.catalog().playbooks.keys().cloned().collect();
         metrics.init_runs(names.iter().map(String::as_str));
 
@@ -67,13 +76,16 @@ impl App {
                 engine,
                 handlers: Some(handlers),
                 sink: Some(sink),
+                runbooks: runbooks.to_owned(),
+                seen,
             },
             diags,
         ))
     }
 
-    /// Starts the workers (unless `workers` is false), the scheduler and the outbox dispatcher on
-    /// `tasks`; they stop when `shutdown` is cancelled, after finishing the work in hand.
+    /// Starts the workers (unless `workers` is false), the scheduler, the outbox dispatcher and
+    /// the playbooks watcher on `tasks`; they stop when `shutdown` is cancelled, after finishing
+    /// the work in hand.
     pub fn start(&mut self, workers: bool, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
         let config = &self.services.config;
         if let Some(handlers) = self.handlers.take() {
@@ -83,11 +95,21 @@ impl App {
                     metrics: self.metrics.clone(),
                 };
                 tasks.spawn(Workers::new(cx, handlers).run(shutdown.clone()));
+                tasks.spawn(super::runs::reap_dead_runs(
+                    self.engine.clone(),
+                    shutdown.clone(),
+                ));
             }
         }
         tasks.spawn(
             Scheduler::new(self.engine.clone(), Arc::new(SystemClock)).run(shutdown.clone()),
         );
+        tasks.spawn(reload::run(
+            self.engine.clone(),
+            self.runbooks.clone(),
+            self.seen.take(),
+            shutdown.clone(),
+        ));
         if let Some(sink) = self.sink.take() {
             tasks.spawn(outbox::run(
                 self.services.store.clone(),

@@ -1,14 +1,16 @@
 //! Playbook runs as commands on the queue (`runbook.run`): the API (`POST /api/runs`) enqueues
 //! one, a worker runs it. If the process running it dies, the lease expires, the command
 //! comes back, and the run is finished as its playbook says: marked `interrupted`, or resumed
-//! from the first step that had not succeeded.
+//! from the first step that had not succeeded. Every run, CLI runs included, also renews a lease
+//! of its own in its record; [`reap_dead_runs`] ends those whose lease expired.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{json, Value as Json};
+use tokio_util::sync::CancellationToken;
 
 use super::handlers::{event, CommandHandler, HandlerError};
 use crate::{
@@ -133,6 +135,82 @@ async fn handle(engine: &Engine, cmd: &Claimed) -> Result<Json, HandlerError> {
         .await
         .map_err(|e| fail(e.to_string()))?;
     Ok(json!({ "run_id": outcome.run_id, "status": outcome.status, "error": outcome.error }))
+}
+
+/// What becomes of an open run whose lease the reaper looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its lease is fresh (or it has none: recorded before leases): it is running somewhere.
+    Alive,
+    /// Its process died: it ends `interrupted`.
+    Interrupt,
+    /// Its process died after an operator asked it to stop: it ends `cancelled`.
+    Cancel,
+    /// Its process died, and its command comes back through the queue to resume it.
+    Resume,
+}
+
+/// The lease-expiry decision for one open run, at `now` by the store's clock. `resumes` is
+/// whether its playbook says `on_interrupt: resume`.
+pub fn verdict(run: &runs::OpenRun, now: DateTime<Utc>, resumes: bool) -> Verdict {
+    match run.lease_until {
+        None => Verdict::Alive,
+        Some(until) if until >= now => Verdict::Alive,
+        Some(_) if run.status == RunStatus::CancelRequested => Verdict::Cancel,
+        Some(_) if resumes && run.command_id.is_some() => Verdict::Resume,
+        Some(_) => Verdict::Interrupt,
+    }
+}
+
+/// Ends the open runs whose lease expired (their process died: a crash, a kill, Ctrl-C twice),
+/// as [`verdict`] says, each with an audit record by `actor`. Returns how many it ended.
+pub async fn reap(engine: &Engine, actor: &str) -> Result<usize, DbError> {
+    let store = &engine.services().store;
+    let (open, now) = runs::open_runs(store).await?;
+    let Some(now) = now else {
+        return Ok(0);
+    };
+    let catalog = engine.catalog();
+    let mut ended = 0;
+    for run in &open {
+        let resumes = catalog
+            .get(&run.playbook)
+            .is_some_and(|p| p.on_interrupt == OnInterrupt::Resume);
+        let expired = run.lease_until.map(runs::timestamp).unwrap_or_default();
+        let (to, why) = match verdict(run, now, resumes) {
+            Verdict::Alive | Verdict::Resume => continue,
+            Verdict::Interrupt => (
+                RunStatus::Interrupted,
+                format!("the process running it stopped: its lease expired at {expired}"),
+            ),
+            Verdict::Cancel => (
+                RunStatus::Cancelled,
+                format!("cancelled; the process running it had stopped (its lease expired at {expired})"),
+            ),
+        };
+        if runs::end_dead(store, run, to, &why, actor).await? {
+            tracing::warn!(run_id = run.id, playbook = %run.playbook, status = %to, expired = %expired, "Run's lease expired; its process is gone.");
+            ended += 1;
+        }
+    }
+    Ok(ended)
+}
+
+/// Looks for runs whose process died, twice per `streaming.run_lease` (at most every five
+/// seconds), until `shutdown`.
+pub async fn reap_dead_runs(engine: Arc<Engine>, shutdown: CancellationToken) {
+    let lease = engine.services().config.streaming.run_lease.as_std();
+    let every = (lease / 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    let actor = format!("serve:{}-{}", super::worker::hostname(), std::process::id());
+    while !shutdown.is_cancelled() {
+        if let Err(e) = reap(&engine, &actor).await {
+            tracing::warn!(error = %e, "Looking for runs whose process died failed.");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
 }
 
 /// Runs a run admitted as `queued`, unless it was cancelled before it started.
@@ -290,6 +368,7 @@ pub async fn admit_in(
         dry_run: false,
         parent_id: None,
         command_id,
+        version: a.req.version.as_deref(),
         status: if refusal.is_some() {
             RunStatus::Skipped
         } else {
@@ -370,6 +449,68 @@ pub fn note(metrics: &Metrics, playbook: &str, admission: &Admission) {
 mod tests {
     use super::*;
 
+    fn open(
+        status: RunStatus,
+        command_id: Option<i64>,
+        lease_until: Option<&str>,
+    ) -> runs::OpenRun {
+        runs::OpenRun {
+            id: 1,
+            playbook: "p".into(),
+            status,
+            command_id,
+            lease_until: lease_until.map(|t| t.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn only_a_run_whose_lease_expired_is_taken_for_dead() {
+        let now: DateTime<Utc> = "2026-03-01T12:00:00Z".parse().unwrap();
+        let fresh = Some("2026-03-01T12:00:05Z");
+        let expired = Some("2026-03-01T11:59:59.999Z");
+        let running = RunStatus::Running;
+        // A run going in another terminal renews its lease: never taken for dead.
+        assert_eq!(
+            verdict(&open(running, None, fresh), now, false),
+            Verdict::Alive
+        );
+        assert_eq!(
+            verdict(
+                &open(running, None, Some("2026-03-01T12:00:00Z")),
+                now,
+                false
+            ),
+            Verdict::Alive
+        );
+        // Recorded before leases: left alone.
+        assert_eq!(
+            verdict(&open(running, None, None), now, false),
+            Verdict::Alive
+        );
+        assert_eq!(
+            verdict(&open(running, None, expired), now, false),
+            Verdict::Interrupt
+        );
+        let waiting = open(RunStatus::WaitingApproval, None, expired);
+        assert_eq!(verdict(&waiting, now, false), Verdict::Interrupt);
+        // A resumable run comes back through its command; a CLI run (no command) cannot.
+        assert_eq!(
+            verdict(&open(running, Some(9), expired), now, true),
+            Verdict::Resume
+        );
+        assert_eq!(
+            verdict(&open(running, None, expired), now, true),
+            Verdict::Interrupt
+        );
+        assert_eq!(
+            verdict(&open(running, Some(9), expired), now, false),
+            Verdict::Interrupt
+        );
+        // Asked to stop before it died: it ends as asked.
+        let asked = open(RunStatus::CancelRequested, Some(9), expired);
+        assert_eq!(verdict(&asked, now, true), Verdict::Cancel);
+    }
+
     #[test]
     fn run_payloads_keep_their_json_shape() {
         let req = RunRequest {
@@ -378,6 +519,7 @@ mod tests {
             trigger: json!({ "kind": "api", "by": "x" }),
             alert: Some(json!({ "labels": { "alertname": "A" } })),
             alerts: vec![json!({ "labels": {} })],
+            version: None,
             dry_run: true,
             command_id: Some(3),
             resume: Some(4),

@@ -167,6 +167,7 @@ impl Scheduler {
         pass: &mut Pass,
     ) -> Result<(), DbError> {
         let store = &self.engine.services().store;
+        let version = self.version(playbook, plan).await?;
         let mut skipped: Vec<DateTime<Utc>> = Vec::new();
         for &(scheduled_at, outcome) in plan {
             let fired_at = self.clock.now();
@@ -193,6 +194,7 @@ impl Scheduler {
                     "scheduled_at": store_runs::timestamp(scheduled_at),
                     "catch_up": outcome == Outcome::CatchUp,
                 }),
+                version: version.clone(),
                 ..Default::default()
             };
             let Some(admission) = self.admit(claim.tx(), playbook, &req, fired_at).await? else {
@@ -267,6 +269,24 @@ impl Scheduler {
                 Ok(None)
             }
         }
+    }
+
+    /// The version the runs of `plan` are pinned to, stored before any tick is claimed (a claim
+    /// holds SQLite's write lock until it commits); `None` when the plan runs nothing.
+    async fn version(
+        &self,
+        playbook: &str,
+        plan: &[(DateTime<Utc>, Outcome)],
+    ) -> Result<Option<String>, DbError> {
+        if plan.iter().all(|(_, o)| *o == Outcome::Skipped) {
+            return Ok(None);
+        }
+        let mut req = RunRequest {
+            playbook: playbook.to_owned(),
+            ..Default::default()
+        };
+        self.engine.pin(&mut req).await?;
+        Ok(req.version)
     }
 }
 

@@ -12,9 +12,12 @@ use serde_json::{json, Value};
 
 use super::{auth::Role, AppError, Shared};
 use crate::{
+    diagnostics::Diagnostic,
     duration::Dur,
     engine::RunRequest,
+    playbook::Catalog,
     process::runs as runs_process,
+    status::RunStatus,
     store::runs,
     stream::ops::{self, Op, OpError},
 };
@@ -130,25 +133,59 @@ pub async fn stats(State(s): State<Shared>, headers: HeaderMap) -> Result<Json<V
     Ok(Json(out))
 }
 
+/// `GET /api/playbooks`: every playbook served, with its version and validation state, and every
+/// file that never loaded, with its problems.
 pub async fn playbooks(
     State(s): State<Shared>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
     s.tokens.authorize(&headers, Role::Viewer)?;
-    let catalog = s.engine.catalog();
-    let list: Vec<Value> = catalog
+    Ok(Json(json!(playbook_list(
+        &s.engine.catalog(),
+        &s.engine.problems()
+    ))))
+}
+
+/// The playbooks of `catalog`, each `valid` when its file has none of `problems` (else it serves
+/// its last good version and lists the file's `errors` as `path:line:col: message`), then the
+/// files with problems that serve no version (`loaded: false`).
+fn playbook_list(catalog: &Catalog, problems: &[Diagnostic]) -> Vec<Value> {
+    let errors_of = |path: &std::path::Path| -> Vec<String> {
+        problems
+            .iter()
+            .filter(|d| d.path == path)
+            .map(ToString::to_string)
+            .collect()
+    };
+    let mut list: Vec<Value> = catalog
         .playbooks
         .values()
         .map(|p| {
+            let errors = errors_of(&p.path);
             json!({
                 "name": p.name, "description": p.description,
+                "path": p.path, "version": catalog.versions.get(&p.name).map(|v| &v.hash),
+                "loaded": true, "valid": errors.is_empty(), "errors": errors,
                 "schedule": p.triggers.schedule.as_ref().map(|s| s.expr.clone()),
                 "changes_things": p.changes_things,
                 "params": p.params.iter().map(|x| json!({ "name": x.name, "type": x.ty, "default": x.default })).collect::<Vec<_>>(),
             })
         })
         .collect();
-    Ok(Json(json!(list)))
+    let mut unloaded: Vec<&std::path::Path> = problems
+        .iter()
+        .map(|d| d.path.as_path())
+        .filter(|path| !catalog.playbooks.values().any(|p| p.path == *path))
+        .collect();
+    unloaded.dedup();
+    for path in unloaded {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        list.push(json!({
+            "name": name, "path": path, "version": null,
+            "loaded": false, "valid": false, "errors": errors_of(path),
+        }));
+    }
+    list
 }
 
 #[derive(Deserialize)]
@@ -226,12 +263,13 @@ pub async fn runs_create(
         let problems: Vec<String> = e.0.iter().map(ToString::to_string).collect();
         AppError::BadRequest(problems.join("; "))
     })?;
-    let req = RunRequest {
+    let mut req = RunRequest {
         playbook: pb.name.clone(),
         params,
         trigger: json!({ "kind": "api", "by": who.name }),
         ..Default::default()
     };
+    s.engine.pin(&mut req).await.map_err(AppError::internal)?;
     let admit = runs_process::Admit {
         req: &req,
         priority: body.priority.unwrap_or(3),
@@ -248,7 +286,7 @@ pub async fn runs_create(
         runs_process::Admission::Queued { run_id, command_id } => Ok((
             StatusCode::ACCEPTED,
             Json(
-                json!({ "command_id": command_id, "run_id": run_id, "playbook": pb.name, "status": "queued" }),
+                json!({ "command_id": command_id, "run_id": run_id, "playbook": pb.name, "status": "queued", "version": req.version }),
             ),
         )),
         // A guard or the pause held it: recorded as a skipped run, answered 409 with the reason.
@@ -317,6 +355,31 @@ pub async fn run_approve(
     let decision = if d.reject { "rejected" } else { "approved" };
     Ok(Json(
         json!({ "run_id": id, "step": step, "decision": decision }),
+    ))
+}
+
+/// `POST /api/runs/{id}/cancel` (role operator): asks the run to stop where it is; audited as
+/// `api:<token name>`. Its process sees it within a second; when it runs in this process it
+/// stops at once. The run ends `cancelled`.
+pub async fn run_cancel(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, AppError> {
+    let who = s.tokens.authorize(&headers, Role::Operator)?;
+    let actor = format!("api:{}", who.name);
+    match runs::cancel(&s.services.store, id, &actor).await {
+        Ok(()) => {}
+        Err(runs::CancelError::NoRun(_)) => return Err(AppError::NotFound(format!("no run {id}"))),
+        Err(e @ runs::CancelError::NotRunning(..)) => {
+            return Err(AppError::BadRequest(e.to_string()))
+        }
+        Err(runs::CancelError::Db(e)) => return Err(AppError::internal(e)),
+    }
+    let here = s.engine.cancel_here(id, &format!("cancelled by {actor}"));
+    tracing::info!(run_id = id, actor = %actor, in_this_process = here, "Run cancel requested.");
+    Ok(Json(
+        json!({ "run_id": id, "status": RunStatus::CancelRequested, "by": actor }),
     ))
 }
 

@@ -59,6 +59,7 @@ pub fn router(state: Shared, max_body: usize) -> Router {
         .route("/api/runs", get(admin::runs_list).post(admin::runs_create))
         .route("/api/runs/{id}", get(admin::run_show))
         .route("/api/runs/{id}/approve", post(admin::run_approve))
+        .route("/api/runs/{id}/cancel", post(admin::run_cancel))
         // Triggers: the Alertmanager receiver, received alerts, the global pause.
         .route("/api/webhooks/alertmanager", post(receiver::receive))
         .route("/api/alerts", get(receiver::list).post(receiver::receive))

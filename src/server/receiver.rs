@@ -384,6 +384,17 @@ impl Writer {
             .collect();
         names.sort_unstable();
         names.dedup();
+        // Each run is pinned to the version of its playbook served now, stored before the
+        // transaction (as the scheduler does: SQLite's write lock is held until the commit).
+        let mut versions = BTreeMap::new();
+        for name in &names {
+            let mut req = RunRequest {
+                playbook: (*name).to_owned(),
+                ..Default::default()
+            };
+            self.engine.pin(&mut req).await?;
+            versions.insert((*name).to_owned(), req.version);
+        }
         let now = Utc::now();
         let mut tx = guards::begin(&self.services.store, &names).await?;
         // Alert rows in key order, so two writers never wait on each other's rows.
@@ -394,7 +405,14 @@ impl Writer {
         }
         let mut recorded = Vec::new();
         for (n, p) in batch.iter().zip(&prepared) {
-            recorded.push(self.record_one(&mut tx, n, p, now).await?);
+            let group: Vec<Value> = p.iter().map(|a| a.value.clone()).collect();
+            let cx = Cx {
+                n,
+                group: &group,
+                versions: &versions,
+                now,
+            };
+            recorded.push(self.record_one(&mut tx, &cx, p).await?);
         }
         tx.commit().await?;
         let mut answers = Vec::new();
@@ -409,16 +427,15 @@ impl Writer {
     async fn record_one(
         &self,
         tx: &mut crate::store::Tx,
-        n: &Notification,
+        cx: &Cx<'_>,
         prepared: &[Prepared<'_>],
-        now: DateTime<Utc>,
     ) -> Result<(Value, Vec<(String, Admission)>), DbError> {
-        let group: Vec<Value> = prepared.iter().map(|p| p.value.clone()).collect();
+        let (n, now) = (cx.n, cx.now);
         let (mut outcomes, mut noted) = (Vec::new(), Vec::new());
         for p in prepared {
             let mut playbooks = Vec::new();
             for pb in &p.matched {
-                let (answer, admission) = start(tx, self, n, p, pb, &group, now).await?;
+                let (answer, admission) = start(tx, self, cx, p, pb).await?;
                 if let Some(a) = admission {
                     noted.push((pb.name.clone(), a));
                 }
@@ -479,16 +496,25 @@ fn alert_row<'a>(s: &Writer, p: &'a Prepared<'_>) -> alerts::AlertRow<'a> {
     }
 }
 
+/// What the runs of one notification share.
+struct Cx<'a> {
+    n: &'a Notification,
+    /// The notification's alerts, as templates see them (`alerts`).
+    group: &'a [Value],
+    /// The version each matched playbook's runs are pinned to.
+    versions: &'a BTreeMap<String, Option<String>>,
+    now: DateTime<Utc>,
+}
+
 /// One alert's trigger of one playbook: what it became, and the admission (for the metrics).
 async fn start(
     tx: &mut crate::store::Tx,
     s: &Writer,
-    n: &Notification,
+    cx: &Cx<'_>,
     p: &Prepared<'_>,
     pb: &Playbook,
-    group: &[Value],
-    now: DateTime<Utc>,
 ) -> Result<(Value, Option<Admission>), DbError> {
+    let (n, now) = (cx.n, cx.now);
     let status = p.alert.status;
     if status == AlertStatus::Resolved && pb.triggers.resolved == ResolvedPolicy::Skip {
         let answer = json!({ "playbook": pb.name, "outcome": "resolved_skip",
@@ -503,7 +529,8 @@ async fn start(
             "receiver": n.receiver, "group_key": n.group_key,
         }),
         alert: Some(p.value.clone()),
-        alerts: group.to_vec(),
+        alerts: cx.group.to_vec(),
+        version: cx.versions.get(&pb.name).cloned().flatten(),
         ..Default::default()
     };
     let admit = Admit {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::{router, AppState, Tokens};
-use crate::{config::Config, process::app::App, secrets::Masker, store::Db};
+use crate::{config::Config, process::app::App, secrets::Masker, status::RunStatus, store::Db};
 
 const VIEWER: &str = "viewer-token-111";
 const OPERATOR: &str = "operator-token-222";
@@ -277,6 +277,21 @@ async fn metrics_are_openmetrics_and_show_the_queue_depth() {
         a.text
     );
     assert!(a.text.ends_with("# EOF\n"), "{}", a.text);
+    // An empty queue reports 0 for the priorities runs use, rather than no series.
+    assert!(
+        a.text
+            .contains("core_stream_cmd_queue_depth{priority=\"3\"} 0\n"),
+        "{}",
+        a.text
+    );
+    // Run counters start at 0 per playbook, trigger and status.
+    assert!(
+        a.text.contains(
+            "runbook_runs_total{playbook=\"hello\",trigger=\"alert\",status=\"failed\"} 0\n"
+        ),
+        "{}",
+        a.text
+    );
 
     // The gauge is read from the queue at each scrape.
     let run = fx
@@ -297,11 +312,18 @@ async fn playbooks_lists_the_loaded_playbook() {
     let fx = fixture().await;
     let a = fx.get("/api/playbooks", Some(VIEWER)).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let path = a.json[0]["path"].as_str().unwrap().to_owned();
+    assert!(path.ends_with("runbooks/hello.yaml"), "{path}");
     assert_eq!(
         a.json,
         json!([{
             "name": "hello",
             "description": "Says hello.",
+            "path": path,
+            "version": crate::store::versions::hash(PLAYBOOK),
+            "loaded": true,
+            "valid": true,
+            "errors": [],
             "schedule": null,
             "changes_things": false,
             "params": [{ "name": "who", "type": "string", "default": "world" }],
@@ -462,5 +484,62 @@ async fn dlq_list_answers_with_total_elements() {
     assert_eq!(
         a.json["content"][0]["payload"]["email"], "****",
         "sensitive fields are masked"
+    );
+}
+
+#[tokio::test]
+async fn cancel_needs_an_operator_and_a_run_that_has_not_ended() {
+    let fx = fixture().await;
+    let new_run = |status: RunStatus| crate::store::runs::NewRun {
+        playbook: "hello",
+        trigger: json!({ "kind": "cli" }),
+        params: json!({}),
+        dry_run: false,
+        parent_id: None,
+        command_id: None,
+        status,
+        version: None,
+    };
+    let running = crate::store::runs::create_run(&fx.store, new_run(RunStatus::Running))
+        .await
+        .unwrap();
+    let done = crate::store::runs::create_run(&fx.store, new_run(RunStatus::Succeeded))
+        .await
+        .unwrap();
+    let cancel = |id: i64| format!("/api/runs/{id}/cancel");
+
+    let a = fx.post(&cancel(running), None, "").await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "a bearer token is required");
+    let a = fx.post(&cancel(running), Some(VIEWER), "").await;
+    assert_error(&a, StatusCode::FORBIDDEN, "this call needs Operator");
+    let a = fx.post(&cancel(4242), Some(OPERATOR), "").await;
+    assert_error(&a, StatusCode::NOT_FOUND, "no run 4242");
+    let a = fx.post(&cancel(done), Some(OPERATOR), "").await;
+    assert_error(
+        &a,
+        StatusCode::BAD_REQUEST,
+        &format!("run {done} is succeeded; only a run that is running or waiting for approval can be cancelled"),
+    );
+    assert_eq!(
+        fx.count("SELECT COUNT(*) AS n FROM runbook_audit").await,
+        0,
+        "a refused cancel changes nothing"
+    );
+
+    let a = fx.post(&cancel(running), Some(OPERATOR), "").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        a.json,
+        json!({ "run_id": running, "status": "cancel_requested", "by": "api:ops" })
+    );
+    let run = fx.get(&format!("/api/runs/{running}"), Some(VIEWER)).await;
+    assert_eq!(run.json["status"], "cancel_requested");
+    assert_eq!(run.json["error"], "cancelled by api:ops");
+    assert_eq!(
+        fx.count(
+            "SELECT COUNT(*) AS n FROM runbook_audit WHERE actor = 'api:ops' AND op = 'run_cancel'"
+        )
+        .await,
+        1
     );
 }

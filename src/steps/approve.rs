@@ -1,5 +1,6 @@
 //! `approve`: pause the run until an operator approves or rejects it (`runbook runs approve ID`,
-//! `POST /api/runs/{id}/approve`), or the timeout passes, which rejects.
+//! `POST /api/runs/{id}/approve`), the timeout passes (the step fails), or the run is cancelled.
+//! A rejection stops the run: it ends `cancelled`.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use serde::Deserialize;
 pub struct RawApprove {
     /// What the operator is asked.
     pub text: String,
-    /// How long to wait for an answer (default 1h); no answer rejects.
+    /// How long to wait for an answer (default 1h); without one the step fails.
     #[serde(default)]
     pub timeout: Option<Dur>,
 }
@@ -86,39 +87,91 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         status: StepEventStatus::Waiting,
         duration_ms: None,
         summary: Some(format!(
-            "{} (answer with `runbook runs approve {run_id}` or `--reject`, within {})",
-            i.text, i.timeout
+            "{} ({}, within {})",
+            i.text,
+            how_to_answer(run_id),
+            i.timeout
         )),
         error: None,
         input: None,
     });
-    let deadline = Instant::now() + i.timeout.as_std();
-    let decision = loop {
-        let answer = runs::decision(db, run_id, cx.step_id)
+    let decision = wait_for_decision(cx, i.timeout.as_std()).await;
+    let _ = runs::resume_waiting(db, run_id).await;
+    match decision? {
+        Some(row) if row["decision"] == "approved" => Ok(StepOutput::value(row)),
+        Some(row) => {
+            // A rejection stops the run, as a cancel does: nothing after this step runs.
+            let reason = rejection(&row);
+            cx.run.cancel.cancel(reason.clone());
+            Err(StepError::fatal(reason))
+        }
+        None => Err(StepError::fatal(format!(
+            "timed out after {} waiting for approval (nobody answered with {})",
+            i.timeout,
+            how_to_answer(run_id)
+        ))),
+    }
+}
+
+/// Where an operator answers.
+fn how_to_answer(run_id: i64) -> String {
+    format!(
+        "`runbook runs approve {run_id}` or `--reject`, or `POST /api/runs/{run_id}/approve` \
+         (role operator)"
+    )
+}
+
+/// `rejected by <actor>[: <comment>]`.
+fn rejection(row: &serde_json::Value) -> String {
+    format!(
+        "rejected by {}{}",
+        row["actor"].as_str().unwrap_or("?"),
+        row["comment"]
+            .as_str()
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default()
+    )
+}
+
+/// Looks for an answer every half second until `timeout`; `None` when none came. A cancelled
+/// run stops waiting at once, with the cancel's reason as the error.
+async fn wait_for_decision(
+    cx: &StepCx<'_>,
+    timeout: Duration,
+) -> Result<Option<serde_json::Value>, StepError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let answer = runs::decision(&cx.services.store, cx.run.id, cx.step_id)
             .await
             .map_err(|e| StepError::fatal(e.to_string()))?;
-        if let Some(row) = answer {
-            break Some(row);
+        if answer.is_some() {
+            return Ok(answer);
         }
-        if Instant::now() >= deadline {
-            break None;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let _ = runs::resume_waiting(db, run_id).await;
-    match decision {
-        Some(row) if row["decision"] == "approved" => Ok(StepOutput::value(row)),
-        Some(row) => Err(StepError::fatal(format!(
-            "rejected by {}{}",
-            row["actor"].as_str().unwrap_or("?"),
-            row["comment"]
-                .as_str()
-                .map(|c| format!(": {c}"))
-                .unwrap_or_default()
-        ))),
-        None => Err(StepError::fatal(format!(
-            "no approval within {}",
-            i.timeout
-        ))),
+        cx.run
+            .cancel
+            .sleep(left.min(Duration::from_millis(500)))
+            .await
+            .map_err(StepError::fatal)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_rejection_names_who_and_why() {
+        let row = json!({ "decision": "rejected", "actor": "alice", "comment": "not now" });
+        assert_eq!(rejection(&row), "rejected by alice: not now");
+        let row = json!({ "decision": "rejected", "actor": "api:ops", "comment": null });
+        assert_eq!(rejection(&row), "rejected by api:ops");
+        assert!(how_to_answer(7).contains("`runbook runs approve 7`"));
+        assert!(how_to_answer(7).contains("POST /api/runs/7/approve"));
     }
 }

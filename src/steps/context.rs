@@ -2,12 +2,17 @@
 //! context, its deadline, and a [`Launcher`] for `playbook:` steps, which is how a step reaches
 //! the engine without importing it.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use futures::future::BoxFuture;
 use minijinja::Value;
 use serde::Serialize;
 use serde_json::Value as Json;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     services::Services,
@@ -55,6 +60,9 @@ pub struct RunMeta {
     pub dry_run: bool,
     pub depth: u32,
     pub observer: Arc<dyn Observer>,
+    /// Fired when the run must stop where it is: an operator's cancel, a rejected approval,
+    /// Ctrl-C. Every wait of the engine and of the steps gives way to it.
+    pub cancel: Cancel,
 }
 
 impl RunMeta {
@@ -93,4 +101,95 @@ pub struct NullObserver;
 
 impl Observer for NullObserver {
     fn step_event(&self, _: &StepEvent) {}
+}
+
+/// A run's cancellation: a token every wait is `select!`ed with, and the reason it was fired
+/// for. A child run's `Cancel` fires with its parent's.
+#[derive(Clone, Default)]
+pub struct Cancel(Arc<CancelInner>);
+
+#[derive(Default)]
+struct CancelInner {
+    token: CancellationToken,
+    reason: OnceLock<String>,
+    parent: Option<Cancel>,
+}
+
+impl Cancel {
+    /// A cancellation that also fires when this one does (and keeps this one's reason then).
+    pub fn child(&self) -> Cancel {
+        Cancel(Arc::new(CancelInner {
+            token: self.0.token.child_token(),
+            reason: OnceLock::new(),
+            parent: Some(self.clone()),
+        }))
+    }
+
+    /// Fires it; the first reason given is kept.
+    pub fn cancel(&self, reason: impl Into<String>) {
+        let _ = self.0.reason.set(reason.into());
+        self.0.token.cancel();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.token.is_cancelled()
+    }
+
+    /// Why it fired (its own reason, else its parent's); `None` while it has not.
+    pub fn reason(&self) -> Option<String> {
+        if !self.is_cancelled() {
+            return None;
+        }
+        self.0
+            .reason
+            .get()
+            .cloned()
+            .or_else(|| self.0.parent.as_ref().and_then(Cancel::reason))
+            .or_else(|| Some("cancelled".to_owned()))
+    }
+
+    /// Resolves when it fires.
+    pub async fn cancelled(&self) {
+        self.0.token.cancelled().await
+    }
+
+    /// Sleeps for `d`, or less when it fires first: then the reason is the error.
+    pub async fn sleep(&self, d: Duration) -> Result<(), String> {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(()),
+            _ = self.0.token.cancelled() => Err(self.reason().unwrap_or_default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cancel_cuts_a_sleep_short_and_reaches_children_with_its_reason() {
+        let run = Cancel::default();
+        let child = run.child();
+        assert_eq!(run.reason(), None);
+        assert_eq!(run.sleep(Duration::from_millis(1)).await, Ok(()));
+        let canceller = run.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            canceller.cancel("cancelled by cli:alice");
+            canceller.cancel("a second reason is ignored");
+        });
+        let started = std::time::Instant::now();
+        let slept = child.sleep(Duration::from_secs(3600)).await;
+        assert_eq!(slept, Err("cancelled by cli:alice".to_owned()));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(run.reason().as_deref(), Some("cancelled by cli:alice"));
+        // A child fired on its own does not stop its parent.
+        let other = Cancel::default();
+        other.child().cancel("child only");
+        assert!(!other.is_cancelled());
+    }
 }

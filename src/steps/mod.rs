@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 pub use context::{
-    ChildOutcome, LaunchError, Launcher, NullObserver, Observer, RunMeta, StepCx, StepEvent,
+    Cancel, ChildOutcome, LaunchError, Launcher, NullObserver, Observer, RunMeta, StepCx, StepEvent,
 };
 
 use crate::duration::Dur;

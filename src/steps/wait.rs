@@ -1,4 +1,4 @@
-//! `wait`: pause the run for a fixed time (`wait: 30s`).
+//! `wait`: pause the run for a fixed time (`wait: 30s`), or until it is cancelled.
 
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -34,8 +34,13 @@ impl Kind for WaitStep {
         Ok(Input { wait: self.0 })
     }
 
-    async fn execute(i: Input, _cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
-        tokio::time::sleep(i.wait.as_std()).await;
+    /// Sleeps, unless the run is cancelled first: then the step fails with the reason.
+    async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        cx.run
+            .cancel
+            .sleep(i.wait.as_std())
+            .await
+            .map_err(StepError::fatal)?;
         Ok(StepOutput::value(Json::from(i.wait.to_string())))
     }
 }

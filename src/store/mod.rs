@@ -8,6 +8,7 @@ pub mod migrate;
 pub mod pause;
 pub mod runs;
 pub mod ticks;
+pub mod versions;
 
 use std::{str::FromStr, time::Duration};
 

@@ -8,6 +8,7 @@ use serde_json::{json, Value as Json};
 
 use super::{Db, DbError};
 use crate::{
+    duration::Dur,
     status::{RunStatus, StepStatus},
     template::Dialect,
 };
@@ -33,6 +34,8 @@ pub struct NewRun<'a> {
     pub parent_id: Option<i64>,
     pub command_id: Option<i64>,
     pub status: RunStatus,
+    /// The content hash of the playbook version it runs (`runbook_playbook_versions`).
+    pub version: Option<&'a str>,
 }
 
 /// One attempt of one step (one element of a `for_each`, one poll of an `until`).
@@ -64,8 +67,8 @@ pub async fn create_run(db: &Db, run: NewRun<'_>) -> Result<i64, DbError> {
         "NULL"
     };
     let sql = format!(
-        "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, command_id, started_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, {started}) RETURNING id"
+        "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, command_id, version, started_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {started}) RETURNING id"
     );
     let params = vec![
         json!(run.playbook),
@@ -75,6 +78,7 @@ pub async fn create_run(db: &Db, run: NewRun<'_>) -> Result<i64, DbError> {
         json!(run.dry_run),
         run.parent_id.map(Json::from).unwrap_or(Json::Null),
         run.command_id.map(Json::from).unwrap_or(Json::Null),
+        json!(run.version),
     ];
     first_id(db.sql(&sql, params).await?)
 }
@@ -155,7 +159,7 @@ pub async fn audit(db: &Db, actor: &str, op: &str, filter: Json, rows: u64) -> R
 pub async fn list_runs(db: &Db, playbook: Option<&str>, limit: i64) -> Result<Vec<Json>, DbError> {
     let r = db
         .sql(
-            "SELECT id, playbook, status, trigger, dry_run, failed_step, error, created_at, started_at, finished_at \
+            "SELECT id, playbook, status, trigger, dry_run, failed_step, error, version, created_at, started_at, finished_at \
              FROM runbook_runs WHERE (CAST($1 AS TEXT) IS NULL OR playbook = CAST($1 AS TEXT)) ORDER BY id DESC LIMIT $2",
             vec![json!(playbook), json!(limit)],
         )
@@ -163,7 +167,7 @@ pub async fn list_runs(db: &Db, playbook: Option<&str>, limit: i64) -> Result<Ve
     Ok(r.rows)
 }
 
-/// A run with its step attempts, or `None`.
+/// A run with its step attempts and the answers to its `approve` steps, or `None`.
 pub async fn get_run(db: &Db, id: i64) -> Result<Option<Json>, DbError> {
     let run = db
         .sql("SELECT * FROM runbook_runs WHERE id = $1", vec![json!(id)])
@@ -179,6 +183,7 @@ pub async fn get_run(db: &Db, id: i64) -> Result<Option<Json>, DbError> {
         )
         .await?;
     run["steps"] = Json::Array(steps.rows);
+    run["approvals"] = Json::Array(approvals(db, id).await?);
     Ok(Some(run))
 }
 
@@ -234,44 +239,21 @@ pub async fn decide(
     Ok(step.to_owned())
 }
 
-/// Whether an operator asked run `id` to stop.
-pub async fn cancel_requested(db: &Db, id: i64) -> Result<bool, DbError> {
-    let rows = db
-        .sql(
-            "SELECT status FROM runbook_runs WHERE id = $1",
-            vec![json!(id)],
-        )
-        .await?
-        .rows;
-    Ok(
-        rows.first().and_then(|r| r["status"].as_str())
-            == Some(RunStatus::CancelRequested.as_str()),
-    )
-}
-
-/// Asks run `id` to stop before its next step; `false` when it is not running (or waiting, or
-/// queued), so there is nothing to cancel.
-pub async fn request_cancel(db: &Db, id: i64) -> Result<bool, DbError> {
-    let cancellable: Vec<RunStatus> = RunStatus::ALL
+/// The statement that deletes the runs that finished longer than `older_than` ago (their step
+/// attempts and approvals go with them: the foreign keys cascade). Runs not yet finished stay.
+pub fn prune_sql(d: Dialect, older_than: Dur) -> (String, Vec<Json>) {
+    let finals: Vec<Json> = RunStatus::ALL
         .iter()
-        .copied()
-        .filter(|s| s.is_cancellable())
+        .filter(|s| s.is_final())
+        .map(|s| json!(s))
         .collect();
-    let placeholders: Vec<String> = (0..cancellable.len())
-        .map(|i| format!("${}", i + 3))
-        .collect();
-    let mut params = vec![json!(id), json!(RunStatus::CancelRequested)];
-    params.extend(cancellable.iter().map(|s| json!(s)));
-    let r = db
-        .sql(
-            &format!(
-                "UPDATE runbook_runs SET status = $2 WHERE id = $1 AND status IN ({})",
-                placeholders.join(", ")
-            ),
-            params,
-        )
-        .await?;
-    Ok(r.rows_affected > 0)
+    let placeholders: Vec<String> = (1..=finals.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "DELETE FROM runbook_runs WHERE finished_at < {} AND status IN ({})",
+        d.ago(older_than),
+        placeholders.join(", ")
+    );
+    (sql, finals)
 }
 
 /// Marks run `id` as waiting for an operator's answer at `step`.
@@ -353,7 +335,7 @@ pub async fn create_run_in(
     });
     let sql = format!(
         "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, command_id, \
-         created_at, finished_at, error) VALUES ($1, {}, {}, $4, $5, $6, $7, {created}, {finished}, $9) RETURNING id",
+         created_at, finished_at, error, version) VALUES ($1, {}, {}, $4, $5, $6, $7, {created}, {finished}, $9, $10) RETURNING id",
         json(2),
         json(3)
     );
@@ -367,6 +349,7 @@ pub async fn create_run_in(
         run.command_id.map(Json::from).unwrap_or(Json::Null),
         json!(timestamp(now)),
         json!(error),
+        json!(run.version),
     ];
     let rows = tx_sql(tx, &sql, params).await?;
     rows.first()
@@ -384,4 +367,219 @@ pub async fn start_queued(db: &Db, id: i64) -> Result<bool, DbError> {
         )
         .await?;
     Ok(r.rows_affected == 1)
+}
+
+/// A status column's text as a [`RunStatus`].
+fn run_status(v: &Json) -> Result<RunStatus, DbError> {
+    v.as_str()
+        .unwrap_or_default()
+        .parse::<RunStatus>()
+        .map_err(|e| DbError::from(sqlx::Error::Decode(Box::new(e))))
+}
+
+/// A timestamp column (RFC 3339 text on both backends, as rows decode it).
+fn run_time(v: &Json) -> Option<DateTime<Utc>> {
+    v.as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Why an operator's cancel was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no run {0}")]
+    NoRun(i64),
+    #[error("run {0} is {1}; only a run that is running or waiting for approval can be cancelled")]
+    NotRunning(i64, RunStatus),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Asks run `id` to stop, on behalf of `actor` (`cli:<user>`, `api:<token name>`), with its audit
+/// record. The run's own process sees it within a second (its watcher reads the status), stops
+/// where it is and ends `cancelled` with the reason `cancelled by <actor>`.
+pub async fn cancel(db: &Db, id: i64, actor: &str) -> Result<(), CancelError> {
+    let rows = db
+        .sql(
+            "SELECT status FROM runbook_runs WHERE id = $1",
+            vec![json!(id)],
+        )
+        .await?
+        .rows;
+    let status = run_status(&rows.first().ok_or(CancelError::NoRun(id))?["status"])?;
+    if !status.is_cancellable() {
+        return Err(CancelError::NotRunning(id, status));
+    }
+    let audit = super::Audit {
+        actor,
+        op: "run_cancel",
+        filter: json!({ "run_id": id }),
+    };
+    let changed = db
+        .mutate_audited(
+            "UPDATE runbook_runs SET status = $2, error = $3 WHERE id = $1 AND status = $4",
+            vec![
+                json!(id),
+                json!(RunStatus::CancelRequested),
+                json!(format!("cancelled by {actor}")),
+                json!(status),
+            ],
+            audit,
+        )
+        .await?;
+    if changed == 0 {
+        // It ended (or changed) between the read and the update: say how it stands now.
+        let rows = db
+            .sql(
+                "SELECT status FROM runbook_runs WHERE id = $1",
+                vec![json!(id)],
+            )
+            .await?
+            .rows;
+        let now = run_status(&rows.first().ok_or(CancelError::NoRun(id))?["status"])?;
+        if now != RunStatus::CancelRequested {
+            return Err(CancelError::NotRunning(id, now));
+        }
+    }
+    Ok(())
+}
+
+/// Where a run stands, as its watcher reads it: the status, and the record's error (the reason,
+/// once an operator asked it to stop).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standing {
+    pub status: RunStatus,
+    pub error: Option<String>,
+}
+
+fn standing_of(rows: Vec<Json>) -> Result<Option<Standing>, DbError> {
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    Ok(Some(Standing {
+        status: run_status(&row["status"])?,
+        error: row["error"].as_str().map(str::to_owned),
+    }))
+}
+
+/// Run `id`'s status and error: one read by primary key.
+pub async fn standing(db: &Db, id: i64) -> Result<Option<Standing>, DbError> {
+    let rows = db
+        .sql(
+            "SELECT status, error FROM runbook_runs WHERE id = $1",
+            vec![json!(id)],
+        )
+        .await?
+        .rows;
+    standing_of(rows)
+}
+
+/// Renews run `id`'s lease: `heartbeat_at` is now and `lease_until` now plus `lease`, by the
+/// store's clock (so replicas whose clocks differ agree). Returns where the run stands.
+pub async fn heartbeat(
+    db: &Db,
+    id: i64,
+    lease: std::time::Duration,
+) -> Result<Option<Standing>, DbError> {
+    let d = db.dialect();
+    let (until, param) = match d {
+        Dialect::Postgres => (
+            "NOW() + make_interval(secs => $2)".to_owned(),
+            json!(lease.as_secs_f64()),
+        ),
+        Dialect::Sqlite => (
+            crate::template::sqlite_now_plus("$2"),
+            json!(format!("+{:.3} seconds", lease.as_secs_f64())),
+        ),
+    };
+    let sql = format!(
+        "UPDATE runbook_runs SET heartbeat_at = {now}, lease_until = {until} WHERE id = $1 \
+         RETURNING status, error",
+        now = d.now()
+    );
+    standing_of(db.sql(&sql, vec![json!(id), param]).await?.rows)
+}
+
+/// A run that has not ended, as the reaper of dead runs sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenRun {
+    pub id: i64,
+    pub playbook: String,
+    pub status: RunStatus,
+    pub command_id: Option<i64>,
+    /// `None` for a run recorded before leases, or not yet renewed once.
+    pub lease_until: Option<DateTime<Utc>>,
+}
+
+/// The runs that have not ended (running, waiting for approval, asked to stop), and the store's
+/// clock now (`None` when there are none).
+pub async fn open_runs(db: &Db) -> Result<(Vec<OpenRun>, Option<DateTime<Utc>>), DbError> {
+    let open = [
+        RunStatus::Running,
+        RunStatus::WaitingApproval,
+        RunStatus::CancelRequested,
+    ];
+    let sql = format!(
+        "SELECT id, playbook, status, command_id, lease_until, {} AS now FROM runbook_runs \
+         WHERE status IN ($1, $2, $3) ORDER BY id",
+        db.dialect().now()
+    );
+    let rows = db
+        .sql(&sql, open.iter().map(|s| json!(s)).collect())
+        .await?
+        .rows;
+    let now = rows.first().and_then(|r| run_time(&r["now"]));
+    let runs = rows
+        .iter()
+        .map(|r| {
+            Ok(OpenRun {
+                id: r["id"].as_i64().unwrap_or_default(),
+                playbook: r["playbook"].as_str().unwrap_or_default().to_owned(),
+                status: run_status(&r["status"])?,
+                command_id: r["command_id"].as_i64(),
+                lease_until: run_time(&r["lease_until"]),
+            })
+        })
+        .collect::<Result<_, DbError>>()?;
+    Ok((runs, now))
+}
+
+/// Ends a run whose lease expired (`status` becomes `to`, with `error`), unless it renewed its
+/// lease or changed status meanwhile; audited as `actor`. Returns whether it was ended.
+pub async fn end_dead(
+    db: &Db,
+    run: &OpenRun,
+    to: RunStatus,
+    error: &str,
+    actor: &str,
+) -> Result<bool, DbError> {
+    let now = db.dialect().now();
+    let audit = super::Audit {
+        actor,
+        op: "run_dead",
+        filter: json!({ "run_id": run.id, "status": to }),
+    };
+    let changed = db
+        .mutate_audited(
+            &format!(
+                "UPDATE runbook_runs SET status = $2, error = $3, finished_at = {now} \
+                 WHERE id = $1 AND status = $4 AND lease_until < {now}"
+            ),
+            vec![json!(run.id), json!(to), json!(error), json!(run.status)],
+            audit,
+        )
+        .await?;
+    Ok(changed > 0)
+}
+
+/// The answers to a run's `approve` steps, oldest first: `{step_id, decision, actor, comment, at}`.
+pub async fn approvals(db: &Db, run_id: i64) -> Result<Vec<Json>, DbError> {
+    Ok(db
+        .sql(
+            "SELECT step_id, decision, actor, comment, at FROM runbook_approvals \
+             WHERE run_id = $1 ORDER BY id",
+            vec![json!(run_id)],
+        )
+        .await?
+        .rows)
 }

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{runs::timestamp, Db, DbError, Tx};
+use crate::{duration::Dur, template::Dialect};
 
 /// What a fired tick did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +149,19 @@ impl Claim {
         }
         self.tx.commit().await
     }
+}
+
+/// The statement that deletes the ticks fired longer than `older_than` ago, except each
+/// playbook's newest: the scheduler counts missed ticks from it, so a playbook that fires less
+/// often than the retention still gets its catch-up run after a downtime.
+pub fn prune_sql(d: Dialect, older_than: Dur) -> (String, Vec<serde_json::Value>) {
+    let sql = format!(
+        "DELETE FROM runbook_schedule_ticks WHERE fired_at < {} \
+         AND scheduled_at < (SELECT MAX(n.scheduled_at) FROM runbook_schedule_ticks n \
+                             WHERE n.playbook = runbook_schedule_ticks.playbook)",
+        d.ago(older_than)
+    );
+    (sql, vec![])
 }
 
 const COLUMNS: &str = "t.playbook, t.scheduled_at, t.fired_at, t.outcome, t.command_id, t.fired_by";

@@ -2,15 +2,17 @@
 //! the `runtime` step kind, the CLI and the admin API. Every mutation writes its audit record in
 //! the same transaction as the change.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
-use serde_json::{json, Value as Json};
+use serde_json::{json, Map, Value as Json};
 
 use super::Settings;
 use crate::{
-    config::StreamingConfig,
+    config::{Retention, StreamingConfig},
     duration::Dur,
     status::CommandStatus,
-    store::{Audit, Db, DbError},
+    store::{self, Audit, Db, DbError},
     template::Dialect,
 };
 
@@ -64,6 +66,11 @@ pub enum Op {
         #[serde(default)]
         tables: Option<Vec<String>>,
     },
+    /// Deletes records older than `streaming.retention` says (or `keep` overrides, by table).
+    PruneRecords {
+        #[serde(default)]
+        keep: BTreeMap<String, Dur>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
@@ -98,6 +105,35 @@ pub const OPS: &[(&str, &[&str])] = &[
     ),
     ("set_lock_ttl", &["ttl"]),
     ("maintenance", &["action", "tables"]),
+    ("prune_records", &["keep"]),
+];
+
+/// A table `prune_records` prunes: its name (the key of `keep`), how long the config's
+/// `streaming.retention` keeps its rows, and its owning module's DELETE statement.
+struct Pruned {
+    name: &'static str,
+    kept: fn(&Retention) -> Dur,
+    statement: fn(Dialect, Dur) -> (String, Vec<Json>),
+}
+
+/// What `prune_records` prunes, in order (playbook versions after the runs that ran them). One
+/// more table is one more line.
+const PRUNED: &[Pruned] = &[
+    Pruned {
+        name: "runs",
+        kept: |r| r.runs,
+        statement: store::runs::prune_sql,
+    },
+    Pruned {
+        name: "ticks",
+        kept: |r| r.ticks,
+        statement: store::ticks::prune_sql,
+    },
+    Pruned {
+        name: "playbook_versions",
+        kept: |r| r.runs,
+        statement: store::versions::prune_sql,
+    },
 ];
 
 /// The runtime's own tables, the only ones maintenance touches.
@@ -166,7 +202,58 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
         Op::Maintenance { action, tables } => {
             maintenance(db, *action, tables.as_deref(), actor).await
         }
+        Op::PruneRecords { keep } => {
+            prune_records(db, prune_plan(&base.retention, keep)?, actor).await
+        }
     }
+}
+
+/// How long each table of [`PRUNED`] keeps its rows: `keep`'s duration for it, else the
+/// config's. An unknown table or a zero duration is refused.
+fn prune_plan(
+    retention: &Retention,
+    keep: &BTreeMap<String, Dur>,
+) -> Result<Vec<(&'static Pruned, Dur)>, OpError> {
+    let names: Vec<&str> = PRUNED.iter().map(|p| p.name).collect();
+    if let Some(bad) = keep.keys().find(|k| !names.contains(&k.as_str())) {
+        return Err(OpError::Invalid(format!(
+            "prune_records: unknown table `{bad}` in keep (known: {})",
+            names.join(", ")
+        )));
+    }
+    let plan: Vec<(&Pruned, Dur)> = PRUNED
+        .iter()
+        .map(|p| (p, keep.get(p.name).copied().unwrap_or((p.kept)(retention))))
+        .collect();
+    if let Some((p, _)) = plan.iter().find(|(_, d)| d.0.is_zero()) {
+        return Err(OpError::Invalid(format!(
+            "prune_records: keep.{} must be above zero",
+            p.name
+        )));
+    }
+    Ok(plan)
+}
+
+/// Deletes each table's rows older than its retention, each deletion with its audit record
+/// (`{table, older_than}` and the rows deleted) in one transaction.
+async fn prune_records(
+    db: &Db,
+    plan: Vec<(&'static Pruned, Dur)>,
+    actor: &str,
+) -> Result<Json, OpError> {
+    let (mut deleted, mut older_than) = (Map::new(), Map::new());
+    for (p, keep) in plan {
+        let (sql, params) = (p.statement)(db.dialect(), keep);
+        let audit = Audit {
+            actor,
+            op: "prune_records",
+            filter: json!({ "table": p.name, "older_than": keep.to_string() }),
+        };
+        let n = db.mutate_audited(&sql, params, audit).await?;
+        deleted.insert(p.name.into(), json!(n));
+        older_than.insert(p.name.into(), json!(keep.to_string()));
+    }
+    Ok(json!({ "deleted": deleted, "older_than": older_than }))
 }
 
 /// One page of the DLQ (20 by default, at most 1000), optionally of one entity or error type,
@@ -516,6 +603,40 @@ mod tests {
         assert_eq!(
             invalid(retry_policy_changes(None, None)),
             "set_retry_policy needs maxRetries and/or maxBackoffMs"
+        );
+    }
+
+    fn plan_of(keep: &[(&str, u64)]) -> Result<Vec<(&'static str, u64)>, OpError> {
+        let keep = keep
+            .iter()
+            .map(|(k, secs)| (k.to_string(), Dur::from_secs(*secs)))
+            .collect();
+        let plan = prune_plan(&Retention::default(), &keep)?;
+        Ok(plan.iter().map(|(p, d)| (p.name, d.0.as_secs())).collect())
+    }
+
+    #[test]
+    fn prune_records_keeps_what_the_config_says_unless_told_otherwise() {
+        let day = 86_400;
+        assert_eq!(
+            plan_of(&[]).unwrap(),
+            [
+                ("runs", 30 * day),
+                ("ticks", 7 * day),
+                ("playbook_versions", 30 * day)
+            ]
+        );
+        assert_eq!(plan_of(&[("ticks", 60)]).unwrap()[1], ("ticks", 60));
+        let unknown = match plan_of(&[("notes", 60)]) {
+            Err(OpError::Invalid(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            unknown,
+            "prune_records: unknown table `notes` in keep (known: runs, ticks, playbook_versions)"
+        );
+        assert!(
+            matches!(plan_of(&[("runs", 0)]), Err(OpError::Invalid(m)) if m == "prune_records: keep.runs must be above zero")
         );
     }
 

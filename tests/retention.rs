@@ -1,0 +1,207 @@
+//! Retention: the weekly vacuum's `prune_records` deletes finished runs (with their attempts and
+//! approvals), schedule ticks and playbook versions past `streaming.retention`, keeps what is
+//! recent, unfinished or still needed, and audits each deletion; on SQLite and PostgreSQL.
+
+use serde_json::{json, Value as Json};
+
+use runbook::store::Db;
+
+use crate::util::{rows, scalar, store, PgDb, Workdir};
+
+/// `days` ago in the store's timestamp type.
+fn ago(db: &Db, days: u32) -> String {
+    match db {
+        Db::Sqlite(_) => format!("strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-{days} days')"),
+        Db::Postgres(_) => format!("(NOW() - INTERVAL '{days} days')"),
+    }
+}
+
+/// A run of `playbook` in `status`, finished `days` ago (or not finished), with one step attempt
+/// and one approval; returns its id.
+async fn run(db: &Db, playbook: &str, status: &str, finished: Option<u32>, version: &str) -> i64 {
+    let finished_at = finished.map_or("NULL".to_owned(), |d| ago(db, d));
+    let sql = format!(
+        "INSERT INTO runbook_runs (playbook, trigger, params, status, finished_at, version) \
+         VALUES ($1, '{{}}', '{{}}', $2, {finished_at}, $3) RETURNING id"
+    );
+    let id = db
+        .sql(&sql, vec![json!(playbook), json!(status), json!(version)])
+        .await
+        .unwrap()
+        .rows[0]["id"]
+        .as_i64()
+        .unwrap();
+    let started = ago(db, finished.unwrap_or(0) + 1);
+    db.sql(
+        &format!(
+            "INSERT INTO runbook_step_attempts (run_id, step_id, attempt, status, started_at, duration_ms) \
+             VALUES ($1, 's', 1, 'succeeded', {started}, 5)"
+        ),
+        vec![json!(id)],
+    )
+    .await
+    .unwrap();
+    db.sql(
+        "INSERT INTO runbook_approvals (run_id, step_id, decision, actor) VALUES ($1, 's', 'approved', 'cli')",
+        vec![json!(id)],
+    )
+    .await
+    .unwrap();
+    id
+}
+
+async fn tick(db: &Db, playbook: &str, days: u32) {
+    let at = ago(db, days);
+    db.sql(
+        &format!(
+            "INSERT INTO runbook_schedule_ticks (playbook, scheduled_at, fired_at, outcome, fired_by) \
+             VALUES ($1, {at}, {at}, 'run', 'test')"
+        ),
+        vec![json!(playbook)],
+    )
+    .await
+    .unwrap();
+}
+
+async fn version(db: &Db, hash: &str, days: u32) {
+    let at = ago(db, days);
+    db.sql(
+        &format!(
+            "INSERT INTO runbook_playbook_versions (hash, name, text, first_seen) VALUES ($1, 'p', 'name: p', {at})"
+        ),
+        vec![json!(hash)],
+    )
+    .await
+    .unwrap();
+}
+
+async fn strings(db: &Db, sql: &str) -> Vec<Json> {
+    rows(db, sql)
+        .await
+        .into_iter()
+        .map(|r| r.as_object().unwrap().values().next().unwrap().clone())
+        .collect()
+}
+
+async fn prunes_what_retention_says(url: &str) {
+    let w = Workdir::new();
+    w.shipped("weekly-vacuum");
+    // Runs kept 30 days (the default), ticks 3 days.
+    let config = std::fs::read_to_string(w.path().join("runbook.yaml")).unwrap();
+    assert!(
+        config.contains("\nstreaming:\n"),
+        "the shipped config has a streaming section"
+    );
+    let config = config.replacen(
+        "\nstreaming:\n",
+        "\nstreaming:\n  retention: { ticks: 3d }\n",
+        1,
+    );
+    w.config(&config);
+    assert_eq!(w.run(&["--store", url, "queue", "stats"]).code, 0);
+    let db = store(url).await;
+    let old = run(&db, "p", "succeeded", Some(40), "v-old").await;
+    run(&db, "p", "failed", Some(31), "v-old").await;
+    let recent = run(&db, "p", "failed", Some(2), "v-kept").await;
+    let open = run(&db, "p", "waiting_approval", None, "v-kept").await;
+    for (playbook, days) in [("a", 10), ("a", 9), ("a", 1), ("b", 5), ("c", 8), ("c", 6)] {
+        tick(&db, playbook, days).await;
+    }
+    for (hash, days) in [
+        ("v-old", 40),
+        ("v-kept", 40),
+        ("v-queued", 40),
+        ("v-new", 1),
+    ] {
+        version(&db, hash, days).await;
+    }
+    w.enqueue(
+        url,
+        "runbook",
+        "p",
+        "runbook.run",
+        r#"{"playbook": "p", "version": "v-queued"}"#,
+    );
+
+    let out = w.run(&["--store", url, "run", "weekly-vacuum", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let pruned = &out.run()["steps"]["prune_records"]["output"];
+    assert_eq!(
+        pruned["deleted"],
+        json!({ "runs": 2, "ticks": 3, "playbook_versions": 1 }),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("pruned 2 runs and 3 schedule ticks"),
+        "{out:?}"
+    );
+
+    // The finished runs older than 30 days went, with their attempts and approvals.
+    let left = scalar(
+        &db,
+        &format!("SELECT COUNT(*) FROM runbook_runs WHERE id IN ({old}, {recent}, {open})"),
+    )
+    .await;
+    assert_eq!(left, 2);
+    let orphans = "SELECT COUNT(*) FROM runbook_step_attempts a WHERE NOT EXISTS (SELECT 1 FROM runbook_runs r WHERE r.id = a.run_id)";
+    assert_eq!(scalar(&db, orphans).await, 0);
+    let approvals = scalar(&db, "SELECT COUNT(*) FROM runbook_approvals").await;
+    assert_eq!(approvals, 2);
+    // Ticks older than 3 days went, except each playbook's newest.
+    let ticks = strings(
+        &db,
+        "SELECT playbook || ':' || CAST(COUNT(*) AS TEXT) FROM runbook_schedule_ticks GROUP BY playbook ORDER BY playbook",
+    )
+    .await;
+    assert_eq!(ticks, [json!("a:1"), json!("b:1"), json!("c:1")]);
+    // Versions: the one only pruned runs ran went; one a kept run ran, one a queued command
+    // waits for, and a recent one stay (with weekly-vacuum's own).
+    let versions = strings(
+        &db,
+        "SELECT hash FROM runbook_playbook_versions WHERE name = 'p' ORDER BY hash",
+    )
+    .await;
+    assert_eq!(
+        versions,
+        [json!("v-kept"), json!("v-new"), json!("v-queued")]
+    );
+    // Each table's deletion is audited with its row count.
+    let audits = rows(
+        &db,
+        "SELECT actor, filter, rows FROM runbook_audit WHERE op = 'prune_records' ORDER BY id",
+    )
+    .await;
+    let filters: Vec<(Json, Json)> = audits
+        .iter()
+        .map(|a| (a["filter"]["table"].clone(), a["rows"].clone()))
+        .collect();
+    assert_eq!(
+        filters,
+        [
+            (json!("runs"), json!(2)),
+            (json!("ticks"), json!(3)),
+            (json!("playbook_versions"), json!(1))
+        ]
+    );
+    assert_eq!(audits[1]["filter"]["older_than"], "3days");
+    assert!(
+        audits[0]["actor"]
+            .as_str()
+            .unwrap()
+            .contains("weekly-vacuum"),
+        "{audits:?}"
+    );
+    db.close().await;
+}
+
+#[tokio::test]
+async fn prune_records_on_sqlite() {
+    let w = Workdir::new();
+    prunes_what_retention_says(&w.sqlite_url()).await;
+}
+
+#[tokio::test]
+async fn prune_records_on_postgres() {
+    let pg = PgDb::new().await;
+    prunes_what_retention_says(&pg.url).await;
+}
