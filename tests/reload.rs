@@ -183,7 +183,12 @@ async fn a_run_enqueued_before_an_edit_runs_the_text_it_was_enqueued_with() {
     let v2 = hash(&text("two"));
     serves(&api, &v2, 5).await;
     let (_, runs) = get_json(&format!("{}/api/runs", api.base), Some(OPS_TOKEN)).await;
-    assert_eq!(runs, json!([]), "no worker ran it yet");
+    // Recorded when it was admitted, with the version it was enqueued with; no worker ran it yet.
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+    assert_eq!(
+        (&runs[0]["status"], &runs[0]["version"]),
+        (&json!("queued"), &json!(v1))
+    );
 
     let worker = w.serve(&["--store", &pg.url]);
     let run = finished_run(&worker, 1).await;
