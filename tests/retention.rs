@@ -75,6 +75,38 @@ async fn version(db: &Db, hash: &str, days: u32) {
     .unwrap();
 }
 
+/// A notification received `days` ago carrying one alert occurrence (fingerprint `fp`), last
+/// received then, with the key of the run it started (`run_id`).
+async fn notification(db: &Db, fp: &str, days: u32, run_id: i64) {
+    let at = ago(db, days);
+    let (t, f) = match db {
+        Db::Sqlite(_) => ("1", "'[]'"),
+        Db::Postgres(_) => ("TRUE", "'[]'::jsonb"),
+    };
+    let statements = [
+        format!(
+            "INSERT INTO runbook_alert_notifications (received_at, receiver, status, group_key, external_url, alerts, outcomes) \
+             VALUES ({at}, 'runbook', 'firing', $1, '', 1, {f})"
+        ),
+        format!(
+            "INSERT INTO runbook_alerts (fingerprint, starts_at, alertname, labels, annotations, status, generator_url, first_received_at, last_received_at, matched) \
+             VALUES ($1, '2026-01-01T00:00:00Z', 'A', '{{}}', '{{}}', 'firing', '', {at}, {at}, {t})"
+        ),
+    ];
+    for sql in statements {
+        db.sql(&sql, vec![json!(fp)]).await.unwrap();
+    }
+    db.sql(
+        &format!(
+            "INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) \
+             VALUES ('p', $1, '2026-01-01T00:00:00Z', 'firing', $2, {at})"
+        ),
+        vec![json!(fp), json!(run_id)],
+    )
+    .await
+    .unwrap();
+}
+
 async fn strings(db: &Db, sql: &str) -> Vec<Json> {
     rows(db, sql)
         .await
@@ -94,7 +126,7 @@ async fn prunes_what_retention_says(url: &str) {
     );
     let config = config.replacen(
         "\nstreaming:\n",
-        "\nstreaming:\n  retention: { ticks: 3d }\n",
+        "\nstreaming:\n  retention: { ticks: 3d, notifications: 5d }\n",
         1,
     );
     w.config(&config);
@@ -107,6 +139,8 @@ async fn prunes_what_retention_says(url: &str) {
     for (playbook, days) in [("a", 10), ("a", 9), ("a", 1), ("b", 5), ("c", 8), ("c", 6)] {
         tick(&db, playbook, days).await;
     }
+    notification(&db, "old-alert", 6, old).await;
+    notification(&db, "new-alert", 1, recent).await;
     for (hash, days) in [
         ("v-old", 40),
         ("v-kept", 40),
@@ -128,11 +162,12 @@ async fn prunes_what_retention_says(url: &str) {
     let pruned = &out.run()["steps"]["prune_records"]["output"];
     assert_eq!(
         pruned["deleted"],
-        json!({ "runs": 2, "ticks": 3, "playbook_versions": 1 }),
+        json!({ "runs": 2, "ticks": 3, "playbook_versions": 1, "notifications": 1, "alerts": 1, "alert_runs": 1 }),
         "{out:?}"
     );
     assert!(
-        out.stdout.contains("pruned 2 runs and 3 schedule ticks"),
+        out.stdout
+            .contains("pruned 2 runs, 3 schedule ticks and 1 alert notifications"),
         "{out:?}"
     );
 
@@ -165,6 +200,17 @@ async fn prunes_what_retention_says(url: &str) {
         versions,
         [json!("v-kept"), json!("v-new"), json!("v-queued")]
     );
+    // Notifications and alert occurrences older than 5 days went, with the old run key.
+    for table in [
+        "runbook_alert_notifications",
+        "runbook_alerts",
+        "runbook_alert_runs",
+    ] {
+        let n = scalar(&db, &format!("SELECT COUNT(*) FROM {table}")).await;
+        assert_eq!(n, 1, "{table}");
+    }
+    let kept = strings(&db, "SELECT fingerprint FROM runbook_alert_runs").await;
+    assert_eq!(kept, [json!("new-alert")]);
     // Each table's deletion is audited with its row count.
     let audits = rows(
         &db,
@@ -180,7 +226,10 @@ async fn prunes_what_retention_says(url: &str) {
         [
             (json!("runs"), json!(2)),
             (json!("ticks"), json!(3)),
-            (json!("playbook_versions"), json!(1))
+            (json!("playbook_versions"), json!(1)),
+            (json!("notifications"), json!(1)),
+            (json!("alerts"), json!(1)),
+            (json!("alert_runs"), json!(1))
         ]
     );
     assert_eq!(audits[1]["filter"]["older_than"], "3days");

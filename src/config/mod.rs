@@ -445,6 +445,9 @@ pub struct Retention {
     /// Schedule ticks (each playbook's newest is always kept).
     #[serde(default = "d_keep_ticks")]
     pub ticks: Dur,
+    /// Alertmanager notifications, the alert occurrences they carried, and their run keys.
+    #[serde(default = "d_keep_ticks")]
+    pub notifications: Dur,
 }
 
 impl Default for Retention {
@@ -452,6 +455,7 @@ impl Default for Retention {
         Retention {
             runs: d_keep_runs(),
             ticks: d_keep_ticks(),
+            notifications: d_keep_ticks(),
         }
     }
 }

@@ -6,6 +6,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
+use crate::{duration::Dur, template::Dialect};
+
 use super::{
     guards::{ts_param, tx_sql},
     runs::timestamp,
@@ -242,4 +244,35 @@ pub async fn latest_start(db: &Db, fingerprint: &str) -> Result<Option<String>, 
         .first()
         .and_then(|r| r["starts_at"].as_str())
         .map(str::to_owned))
+}
+
+/// The statement that deletes the notifications received longer than `older_than` ago.
+pub fn prune_notifications_sql(d: Dialect, older_than: Dur) -> (String, Vec<Json>) {
+    let sql = format!(
+        "DELETE FROM runbook_alert_notifications WHERE received_at < {}",
+        d.ago(older_than)
+    );
+    (sql, vec![])
+}
+
+/// The statement that deletes the alert occurrences last received longer than `older_than` ago,
+/// with the keys that gave them their runs (a repeat of so old an occurrence is a new one).
+pub fn prune_alerts_sql(d: Dialect, older_than: Dur) -> (String, Vec<Json>) {
+    let sql = format!(
+        "DELETE FROM runbook_alerts WHERE last_received_at < {}",
+        d.ago(older_than)
+    );
+    (sql, vec![])
+}
+
+/// The statement that deletes the run keys of occurrences no longer recorded and older than
+/// `older_than`.
+pub fn prune_alert_runs_sql(d: Dialect, older_than: Dur) -> (String, Vec<Json>) {
+    let sql = format!(
+        "DELETE FROM runbook_alert_runs WHERE decided_at < {} AND NOT EXISTS \
+         (SELECT 1 FROM runbook_alerts a WHERE a.fingerprint = runbook_alert_runs.fingerprint \
+          AND a.starts_at = runbook_alert_runs.starts_at)",
+        d.ago(older_than)
+    );
+    (sql, vec![])
 }

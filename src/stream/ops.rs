@@ -134,6 +134,21 @@ const PRUNED: &[Pruned] = &[
         kept: |r| r.runs,
         statement: store::versions::prune_sql,
     },
+    Pruned {
+        name: "notifications",
+        kept: |r| r.notifications,
+        statement: store::alerts::prune_notifications_sql,
+    },
+    Pruned {
+        name: "alerts",
+        kept: |r| r.notifications,
+        statement: store::alerts::prune_alerts_sql,
+    },
+    Pruned {
+        name: "alert_runs",
+        kept: |r| r.notifications,
+        statement: store::alerts::prune_alert_runs_sql,
+    },
 ];
 
 /// The runtime's own tables, the only ones maintenance touches.
@@ -623,7 +638,10 @@ mod tests {
             [
                 ("runs", 30 * day),
                 ("ticks", 7 * day),
-                ("playbook_versions", 30 * day)
+                ("playbook_versions", 30 * day),
+                ("notifications", 7 * day),
+                ("alerts", 7 * day),
+                ("alert_runs", 7 * day)
             ]
         );
         assert_eq!(plan_of(&[("ticks", 60)]).unwrap()[1], ("ticks", 60));
@@ -633,7 +651,7 @@ mod tests {
         };
         assert_eq!(
             unknown,
-            "prune_records: unknown table `notes` in keep (known: runs, ticks, playbook_versions)"
+            "prune_records: unknown table `notes` in keep (known: runs, ticks, playbook_versions, notifications, alerts, alert_runs)"
         );
         assert!(
             matches!(plan_of(&[("runs", 0)]), Err(OpError::Invalid(m)) if m == "prune_records: keep.runs must be above zero")
