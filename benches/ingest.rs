@@ -1,9 +1,14 @@
 //! Webhook ingest, measured side by side with the store's raw durable insert rate in one run.
 //!
-//! For each backend (SQLite file, PostgreSQL), `runbook serve` (the real binary, workers off, so
-//! only ingest is measured) receives Alertmanager notifications from `CLIENTS` concurrent clients
-//! on loopback, one alert each with its own fingerprint, every one matching a playbook: each answer
-//! 2xx means the notification, the alert, its run record and its queue command were committed.
+//! For each backend (SQLite file, PostgreSQL) and each scenario, `runbook serve` (the real binary,
+//! workers off, so only ingest is measured) receives Alertmanager notifications from `CLIENTS`
+//! concurrent clients on loopback, one alert each with its own fingerprint, every one matching a
+//! playbook: each answer 2xx means the notification, the alert and its run record (queued with its
+//! queue command, or skipped by a guard with the reason) were committed. Scenarios:
+//! - `storm`: alerts spread over 20 playbooks with their default guards (one run at a time), as
+//!   an alert storm meets remediation: most alerts are recorded and skipped.
+//! - `admit-all`: one playbook whose guard admits every alert (`concurrency: 1000000`); with the
+//!   workers off every run stays queued, so each admission counts a growing number of open runs.
 //! Next to it, the same clients write the same rows straight to a fresh store, one transaction per
 //! notification (the "raw" rate; on SQLite with `synchronous=FULL`). Then the same server at a fixed
 //! 1,000 notifications/s for its latency, its RSS idle and under load, and its time from start to
@@ -93,19 +98,41 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
+#[derive(Clone, Copy)]
+struct Scenario {
+    name: &'static str,
+    playbooks: usize,
+    guard: &'static str,
+}
+
+const SCENARIOS: [Scenario; 2] = [
+    Scenario {
+        name: "storm",
+        playbooks: 20,
+        guard: "",
+    },
+    Scenario {
+        name: "admit-all",
+        playbooks: 1,
+        guard: "guard: { concurrency: 1000000 }\n",
+    },
+];
+
 /// Starts `runbook serve` without workers on `url`; returns once `/readyz` answers 200.
-async fn serve(url: &str) -> Server {
+async fn serve(url: &str, scenario: Scenario) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "auth:\n  receiver: {{ token: {TOKEN} }}\nserver: {{ max_body: 1MiB }}\nstreaming: {{ workers: false }}\n"
     );
     std::fs::write(dir.path().join("runbook.yaml"), config).unwrap();
     std::fs::create_dir(dir.path().join("runbooks")).unwrap();
-    std::fs::write(
-        dir.path().join("runbooks/ingest.yaml"),
-        "name: ingest\ndescription: Matches every bench alert.\non:\n  alerts:\n    - alertname: IngestBench\nguard: { concurrency: 1000000 }\nsteps:\n  - id: ok\n    assert: 'true'\n",
-    )
-    .unwrap();
+    for k in 0..scenario.playbooks {
+        let text = format!(
+            "name: ingest-{k}\ndescription: Matches bench alerts IngestBench{k}.\non:\n  alerts:\n    - alertname: IngestBench{k}\n{}steps:\n  - id: ok\n    assert: 'true'\n",
+            scenario.guard
+        );
+        std::fs::write(dir.path().join(format!("runbooks/ingest-{k}.yaml")), text).unwrap();
+    }
     // The store is migrated before the clock starts: start-up is measured on a store that exists.
     let db = Db::connect(url, false, 2).await.unwrap();
     db.migrate().await.unwrap();
@@ -166,21 +193,22 @@ fn stop(mut child: Child) {
 }
 
 /// An Alertmanager webhook (version 4) with one firing alert whose labels make fingerprint `i`.
-fn notification(i: usize, starts_at: &str) -> Json {
+fn notification(i: usize, starts_at: &str, playbooks: usize) -> Json {
+    let name = format!("IngestBench{}", i % playbooks);
     let fingerprint = format!(
         "{:016x}",
         0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1)
     );
     json!({
         "version": "4", "receiver": "runbook", "status": "firing",
-        "groupKey": format!("{{}}:{{alertname=\"IngestBench\", n=\"{i}\"}}"),
+        "groupKey": format!("{{}}:{{alertname=\"{name}\", n=\"{i}\"}}"),
         "truncatedAlerts": 0, "externalURL": "http://alertmanager:9093",
-        "groupLabels": { "alertname": "IngestBench" },
-        "commonLabels": { "alertname": "IngestBench", "n": i.to_string() },
+        "groupLabels": { "alertname": name },
+        "commonLabels": { "alertname": name, "n": i.to_string() },
         "commonAnnotations": {},
         "alerts": [{
             "status": "firing",
-            "labels": { "alertname": "IngestBench", "n": i.to_string(), "severity": "warning" },
+            "labels": { "alertname": name, "n": i.to_string(), "severity": "warning" },
             "annotations": { "summary": "bench" },
             "startsAt": starts_at, "endsAt": "0001-01-01T00:00:00Z",
             "generatorURL": "http://prometheus:9090/graph", "fingerprint": fingerprint,
@@ -207,7 +235,7 @@ impl Load {
 }
 
 /// Posts `n` notifications, numbered from `first`, from `CLIENTS` clients as fast as answers come.
-async fn flood(base: &str, first: usize, n: usize, starts_at: &str) -> Load {
+async fn flood(base: &str, first: usize, n: usize, starts_at: &str, playbooks: usize) -> Load {
     let client = reqwest::Client::new();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(first));
     let started = Instant::now();
@@ -230,7 +258,7 @@ async fn flood(base: &str, first: usize, n: usize, starts_at: &str) -> Load {
                 let ok = client
                     .post(&url)
                     .bearer_auth(TOKEN)
-                    .json(&notification(i, &starts_at))
+                    .json(&notification(i, &starts_at, playbooks))
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success());
@@ -255,7 +283,7 @@ async fn flood(base: &str, first: usize, n: usize, starts_at: &str) -> Load {
 }
 
 /// Posts at a fixed rate, each request on its own task (so a slow answer does not delay the next).
-async fn steady(base: &str, first: usize, starts_at: &str) -> Load {
+async fn steady(base: &str, first: usize, starts_at: &str, playbooks: usize) -> Load {
     let client = reqwest::Client::new();
     let url = format!("{base}/api/webhooks/alertmanager");
     let total = (RATE * RATE_SECS) as usize;
@@ -265,7 +293,11 @@ async fn steady(base: &str, first: usize, starts_at: &str) -> Load {
     let started = Instant::now();
     for i in first..first + total {
         tick.tick().await;
-        let (client, url, body) = (client.clone(), url.clone(), notification(i, starts_at));
+        let (client, url, body) = (
+            client.clone(),
+            url.clone(),
+            notification(i, starts_at, playbooks),
+        );
         tasks.spawn(async move {
             let t = Instant::now();
             let ok = client
@@ -357,7 +389,7 @@ async fn raw_rate(backend: &str, url: &str) -> f64 {
 }
 
 fn raw_rows(i: usize) -> (String, Json, Json, Json) {
-    let body = notification(i, "2026-11-29T03:00:00Z");
+    let body = notification(i, "2026-11-29T03:00:00Z", 1);
     let alert = body["alerts"][0].clone();
     let fingerprint = alert["fingerprint"].as_str().unwrap().to_owned();
     let outcomes = json!([{ "fingerprint": fingerprint, "outcome": "started",
@@ -402,11 +434,12 @@ async fn raw_pg(pool: &sqlx::PgPool, i: usize) {
 
 #[tokio::main]
 async fn main() {
-    println!("webhook ingest: {N} notifications from {CLIENTS} clients, one alert each, every alert starting a run (workers off)");
-    println!("raw: the same rows, one transaction per notification, same clients (SQLite: synchronous=FULL)\n");
+    println!("webhook ingest: {N} notifications from {CLIENTS} clients, one alert each, each alert recording its run (workers off)");
+    println!("raw: the same rows (a queued run and its command), one transaction per notification, same clients (SQLite: synchronous=FULL)\n");
     println!(
-        "{:<9} {:>10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:<9} {:<10} {:>10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "backend",
+        "scenario",
         "runbook/s",
         "p50 ms",
         "p99 ms",
@@ -423,44 +456,52 @@ async fn main() {
         if only.as_deref().is_some_and(|o| o != backend) {
             continue;
         }
-        let store = fresh(backend).await;
-        let server = serve(&store.url).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let pid = server.child.id();
-        let idle = proc_kib(pid, "VmRSS:") / 1024.0;
-        let starts_at = "2026-11-29T03:00:00Z";
-        let load = flood(&server.base, 0, N, starts_at).await;
-        let fixed = steady(&server.base, N, starts_at).await;
-        let peak = proc_kib(pid, "VmHWM:") / 1024.0;
-        stop(server.child);
-        let runs = count(&store.url, "SELECT COUNT(*) AS n FROM runbook_runs").await;
-        let expected = (N + (RATE * RATE_SECS) as usize) as i64;
-        assert_eq!(
-            load.failed + fixed.failed,
-            0,
-            "{backend}: answers that were not 2xx"
-        );
-        assert_eq!(
-            runs, expected,
-            "{backend}: every notification records one run"
-        );
-        drop_store(store).await;
         let raw_store = fresh(backend).await;
         let raw = raw_rate(backend, &raw_store.url).await;
         drop_store(raw_store).await;
-        println!(
-            "{backend:<9} {:>10.0} {:>8.1} {:>8.1} {:>10.0} {:>6.2}x {:>9.1} {:>9.1} {:>5.1} MiB {:>5.1} MiB {:>6.0} ms",
-            load.per_sec,
-            load.percentile(0.5),
-            load.percentile(0.99),
-            raw,
-            load.per_sec / raw,
-            fixed.percentile(0.5),
-            fixed.percentile(0.99),
-            idle,
-            peak,
-            server.ready.as_secs_f64() * 1000.0,
-        );
+        for scenario in SCENARIOS {
+            measure(backend, scenario, raw).await;
+        }
     }
     println!("\nratio: runbook / raw; @1k: latency at a fixed {RATE} notifications/s for {RATE_SECS} s; ready: start to /readyz 200 on an existing store");
+}
+
+async fn measure(backend: &str, scenario: Scenario, raw: f64) {
+    let store = fresh(backend).await;
+    let server = serve(&store.url, scenario).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = server.child.id();
+    let idle = proc_kib(pid, "VmRSS:") / 1024.0;
+    let starts_at = "2026-11-29T03:00:00Z";
+    let load = flood(&server.base, 0, N, starts_at, scenario.playbooks).await;
+    let fixed = steady(&server.base, N, starts_at, scenario.playbooks).await;
+    let peak = proc_kib(pid, "VmHWM:") / 1024.0;
+    let ready = server.ready;
+    stop(server.child);
+    let runs = count(&store.url, "SELECT COUNT(*) AS n FROM runbook_runs").await;
+    let expected = (N + (RATE * RATE_SECS) as usize) as i64;
+    assert_eq!(
+        load.failed + fixed.failed,
+        0,
+        "{backend}: answers that were not 2xx"
+    );
+    assert_eq!(
+        runs, expected,
+        "{backend}: every notification records one run"
+    );
+    drop_store(store).await;
+    println!(
+        "{backend:<9} {:<10} {:>10.0} {:>8.1} {:>8.1} {:>10.0} {:>6.2}x {:>9.1} {:>9.1} {:>5.1} MiB {:>5.1} MiB {:>6.0} ms",
+        scenario.name,
+        load.per_sec,
+        load.percentile(0.5),
+        load.percentile(0.99),
+        raw,
+        load.per_sec / raw,
+        fixed.percentile(0.5),
+        fixed.percentile(0.99),
+        idle,
+        peak,
+        ready.as_secs_f64() * 1000.0,
+    );
 }
