@@ -26,6 +26,11 @@ use std::{
 use runbook::store::Db;
 use serde_json::{json, Value as Json};
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{drop_store, fresh, proc_mib};
+
 /// Notifications per throughput measurement.
 const N: usize = 4_000;
 /// Concurrent clients, for runbook and the raw inserts alike.
@@ -34,62 +39,6 @@ const CLIENTS: usize = 8;
 const RATE: u64 = 1_000;
 const RATE_SECS: u64 = 3;
 const TOKEN: &str = "bench-receiver-token-0123456789";
-
-struct Store {
-    url: String,
-    cleanup: Option<String>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-fn pg_server() -> String {
-    std::env::var("RUNBOOK_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-async fn fresh(backend: &str) -> Store {
-    if backend == "sqlite" {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-        return Store {
-            url,
-            cleanup: None,
-            _dir: Some(dir),
-        };
-    }
-    let server = pg_server();
-    let name = format!("runbook_ingest_{}", fastrand::u32(..));
-    let admin = sqlx::PgPool::connect(&server).await.expect("PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let base = server.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-    Store {
-        url: format!("{base}/{name}"),
-        cleanup: Some(name),
-        _dir: None,
-    }
-}
-
-async fn drop_store(s: Store) {
-    if let Some(name) = s.cleanup {
-        let admin = sqlx::PgPool::connect(&pg_server()).await.unwrap();
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&admin)
-            .await;
-    }
-}
-
-fn proc_kib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .unwrap_or(f64::NAN)
-}
 
 struct Server {
     child: Child,
@@ -471,11 +420,11 @@ async fn measure(backend: &str, scenario: Scenario, raw: f64) {
     let server = serve(&store.url, scenario).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = server.child.id();
-    let idle = proc_kib(pid, "VmRSS:") / 1024.0;
+    let idle = proc_mib(pid, "VmRSS:");
     let starts_at = "2026-11-29T03:00:00Z";
     let load = flood(&server.base, 0, N, starts_at, scenario.playbooks).await;
     let fixed = steady(&server.base, N, starts_at, scenario.playbooks).await;
-    let peak = proc_kib(pid, "VmHWM:") / 1024.0;
+    let peak = proc_mib(pid, "VmHWM:");
     let ready = server.ready;
     stop(server.child);
     let runs = count(&store.url, "SELECT COUNT(*) AS n FROM runbook_runs").await;

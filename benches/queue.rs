@@ -24,55 +24,14 @@ use runbook::{
 };
 use serde_json::json;
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{drop_store, fresh, proc_mib};
+
 const N: usize = 20_000;
 const BATCHES: [u32; 4] = [1, 20, 100, 500];
 const CONCURRENCY: u32 = 10;
-
-struct Store {
-    url: String,
-    cleanup: Option<String>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-fn pg_server() -> String {
-    std::env::var("RUNBOOK_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-async fn fresh(backend: &str) -> Store {
-    if backend == "sqlite" {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-        return Store {
-            url,
-            cleanup: None,
-            _dir: Some(dir),
-        };
-    }
-    let server = pg_server();
-    let name = format!("runbook_bench_{}", fastrand::u32(..));
-    let admin = sqlx::PgPool::connect(&server).await.expect("PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let base = server.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-    Store {
-        url: format!("{base}/{name}"),
-        cleanup: Some(name),
-        _dir: None,
-    }
-}
-
-async fn drop_store(s: Store) {
-    if let Some(name) = s.cleanup {
-        let admin = sqlx::PgPool::connect(&pg_server()).await.unwrap();
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&admin)
-            .await;
-    }
-}
 
 async fn fill(db: &Db) {
     let all: Vec<NewCommand> = (0..N)
@@ -114,17 +73,6 @@ async fn unfinished(db: &Db) -> i64 {
     .rows[0]["n"]
         .as_i64()
         .unwrap()
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 /// Starts `runbook serve` on `url` with `config`; returns the child once it listens.
@@ -169,7 +117,7 @@ async fn runbook_rate(url: &str, batch: u32, exclusive: bool) -> (f64, f64) {
     while unfinished(&db).await > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rss = peak_rss_mib(child.id());
+    let rss = proc_mib(child.id(), "VmHWM:");
     stop(child);
     let completed = db
         .sql(
