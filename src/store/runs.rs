@@ -395,10 +395,8 @@ pub enum CancelError {
     Db(#[from] DbError),
 }
 
-/// Asks run `id` to stop, on behalf of `actor` (`cli:<user>`, `api:<token name>`), with its audit
-/// record. The run's own process sees it within a second (its watcher reads the status), stops
-/// where it is and ends `cancelled` with the reason `cancelled by <actor>`.
-pub async fn cancel(db: &Db, id: i64, actor: &str) -> Result<(), CancelError> {
+/// Run `id`'s status, for [`cancel`].
+async fn status_of(db: &Db, id: i64) -> Result<RunStatus, CancelError> {
     let rows = db
         .sql(
             "SELECT status FROM runbook_runs WHERE id = $1",
@@ -406,7 +404,16 @@ pub async fn cancel(db: &Db, id: i64, actor: &str) -> Result<(), CancelError> {
         )
         .await?
         .rows;
-    let status = run_status(&rows.first().ok_or(CancelError::NoRun(id))?["status"])?;
+    Ok(run_status(
+        &rows.first().ok_or(CancelError::NoRun(id))?["status"],
+    )?)
+}
+
+/// Asks run `id` to stop, on behalf of `actor` (`cli:<user>`, `api:<token name>`), with its audit
+/// record. The run's own process sees it within a second (its watcher reads the status), stops
+/// where it is and ends `cancelled` with the reason `cancelled by <actor>`.
+pub async fn cancel(db: &Db, id: i64, actor: &str) -> Result<(), CancelError> {
+    let status = status_of(db, id).await?;
     if !status.is_cancellable() {
         return Err(CancelError::NotRunning(id, status));
     }
@@ -429,14 +436,7 @@ pub async fn cancel(db: &Db, id: i64, actor: &str) -> Result<(), CancelError> {
         .await?;
     if changed == 0 {
         // It ended (or changed) between the read and the update: say how it stands now.
-        let rows = db
-            .sql(
-                "SELECT status FROM runbook_runs WHERE id = $1",
-                vec![json!(id)],
-            )
-            .await?
-            .rows;
-        let now = run_status(&rows.first().ok_or(CancelError::NoRun(id))?["status"])?;
+        let now = status_of(db, id).await?;
         if now != RunStatus::CancelRequested {
             return Err(CancelError::NotRunning(id, now));
         }
