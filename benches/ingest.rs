@@ -9,6 +9,7 @@
 //!   an alert storm meets remediation: most alerts are recorded and skipped.
 //! - `admit-all`: one playbook whose guard admits every alert (`concurrency: 1000000`); with the
 //!   workers off every run stays queued, so each admission counts a growing number of open runs.
+//!
 //! Next to it, the same clients write the same rows straight to a fresh store, one transaction per
 //! notification (the "raw" rate; on SQLite with `synchronous=FULL`). Then the same server at a fixed
 //! 1,000 notifications/s for its latency, its RSS idle and under load, and its time from start to
