@@ -601,6 +601,94 @@ async fn two_replicas_deciding_at_once_admit_only_concurrency_runs() {
     assert_eq!(refused, 18);
 }
 
+/// One notification whose alerts are admitted together: a repeat inside it is a duplicate of its
+/// first delivery, guards count the runs admitted before them in the same batch, a resolve kept.
+async fn one_batch_decides_in_order(url: &str, w: &Workdir) {
+    let server = w.serve(&["--store", url]);
+    let starts = now();
+    let shard = |i: u32| json!({"alertname": "Backlog", "shard": i.to_string()});
+    let body = notification(vec![
+        alert(shard(1), &starts, None),
+        alert(shard(1), &starts, None),
+        alert(shard(2), &starts, None),
+        alert(shard(3), &starts, None),
+        alert(shard(1), &starts, Some(&starts)),
+    ]);
+    let (status, answer) = post_webhook(&server, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let outcomes: Vec<&str> = answer["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["playbooks"][0]["outcome"].as_str().unwrap())
+        .collect();
+    // `scale` takes two at once and skips resolves: shard 1, its repeat, shard 2, shard 3 (a third
+    // open run), shard 1 resolved.
+    assert_eq!(
+        outcomes,
+        [
+            "started",
+            "duplicate",
+            "started",
+            "skipped",
+            "resolved_skip"
+        ],
+        "{answer}"
+    );
+    let first = &answer["alerts"][0]["playbooks"][0]["run_id"];
+    assert_eq!(answer["alerts"][1]["playbooks"][0]["run_id"], *first);
+    assert_eq!(
+        answer["alerts"][3]["playbooks"][0]["reason"],
+        "guard.concurrency: 2 run(s) of this playbook already queued or running (limit 2)"
+    );
+    let db = store(url).await;
+    let by_status = rows(
+        &db,
+        "SELECT status, COUNT(*) AS n FROM runbook_runs GROUP BY status ORDER BY status",
+    )
+    .await;
+    assert_eq!(
+        by_status,
+        [
+            json!({"status": "queued", "n": 2}),
+            json!({"status": "skipped", "n": 1})
+        ]
+    );
+    // Each run's command is its own, and each key names its run.
+    let linked = rows(
+        &db,
+        "SELECT COUNT(*) AS n FROM runbook_runs r JOIN command_queue c ON c.id = r.command_id \
+         WHERE r.status = 'queued' AND c.entity_id = r.playbook",
+    )
+    .await;
+    assert_eq!(linked, [json!({"n": 2})]);
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) AS n FROM runbook_alert_runs k JOIN runbook_runs r ON r.id = k.run_id"
+        )
+        .await,
+        3
+    );
+    let shard1 = rows(
+        &db,
+        "SELECT status, notifications FROM runbook_alerts WHERE CAST(labels AS TEXT) LIKE '%\"1\"%'",
+    )
+    .await;
+    assert_eq!(shard1, [json!({"status": "resolved", "notifications": 3})]);
+}
+
+#[tokio::test]
+async fn one_notifications_alerts_are_decided_one_after_the_other_in_one_batch() {
+    let w = no_workers();
+    w.playbook("scale", SCALE);
+    one_batch_decides_in_order(&w.sqlite_url(), &w).await;
+    let pg = PgDb::new().await;
+    let w = no_workers();
+    w.playbook("scale", SCALE);
+    one_batch_decides_in_order(&pg.url, &w).await;
+}
+
 const COOL: &str = r#"name: cool
 on:
   alerts:

@@ -4,12 +4,16 @@
 //! from the first step that had not succeeded. Every run, CLI runs included, also renews a lease
 //! of its own in its record; [`reap_dead_runs`] ends those whose lease expired.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::Serialize;
-use serde_json::{json, Value as Json};
+use serde_json::{json, Value, Value as Json};
 use tokio_util::sync::CancellationToken;
 
 use super::handlers::{event, CommandHandler, HandlerError};
@@ -20,8 +24,8 @@ use crate::{
     services::Services,
     status::{ErrorType, RunStatus},
     store::{
-        alerts,
-        guards::{self, Limits, Scope},
+        alerts::{self, RunKey},
+        guards::{self, Counts, Limits, Scope},
         pause,
         runs::{self, NewRun},
         Audit, Db, DbError, Tx, AUDIT,
@@ -336,94 +340,303 @@ pub async fn admit_in(
     pb: &Playbook,
     a: &Admit<'_>,
 ) -> Result<Admission, AdmitError> {
-    let params = resolve_params(&pb.params, &a.req.params)?;
-    if let Some(k) = a.alert {
-        if let Some(run_id) =
-            alerts::run_for(tx, &pb.name, k.fingerprint, k.starts_at, k.kind).await?
-        {
-            return Ok(Admission::Duplicate { run_id });
+    let mut decided = admit_all_in(tx, services, &[(pb, a)]).await?;
+    Ok(decided.pop().expect("one admission per trigger")?)
+}
+
+/// Admits a batch of triggers inside `tx`, which must come from [`guards::begin`] for all their
+/// playbooks; one answer per trigger, in order (a trigger whose parameters do not resolve gets
+/// its problems and records nothing). The batch is decided as if its triggers came one after the
+/// other: each run admitted counts for the guards of the triggers after it, and a repeat of an
+/// alert occurrence within the batch is a duplicate of the first. Whatever the batch's size, the
+/// store sees a fixed number of statements: the keys already taken, per playbook what its guards
+/// count, the pause, then the commands, the runs and the keys, each written in one statement.
+pub async fn admit_all_in(
+    tx: &mut Tx,
+    services: &Services,
+    triggers: &[(&Playbook, &Admit<'_>)],
+) -> Result<Vec<Result<Admission, ParamProblems>>, DbError> {
+    let params: Vec<_> = triggers
+        .iter()
+        .map(|(pb, a)| resolve_params(&pb.params, &a.req.params))
+        .collect();
+    let keys: Vec<Option<RunKey>> = triggers
+        .iter()
+        .map(|(pb, a)| {
+            a.alert.map(|k| RunKey {
+                playbook: pb.name.clone(),
+                fingerprint: k.fingerprint.to_owned(),
+                starts_at: k.starts_at.to_owned(),
+                kind: k.kind.to_owned(),
+            })
+        })
+        .collect();
+    let mut wanted: Vec<RunKey> = keys.iter().flatten().cloned().collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let taken = alerts::runs_for(tx, &wanted).await?;
+    let deciding = |i: usize| {
+        params[i].is_ok()
+            && triggers[i].1.forced_by.is_none()
+            && keys[i].as_ref().is_none_or(|k| !taken.contains_key(k))
+    };
+    let mut states = HashMap::new();
+    for (i, (pb, a)) in triggers.iter().enumerate() {
+        if deciding(i) && !states.contains_key(pb.name.as_str()) {
+            let mine: Vec<usize> = (0..triggers.len())
+                .filter(|&j| deciding(j) && triggers[j].0.name == pb.name)
+                .collect();
+            let state = GuardState::count(tx, pb, &mine, triggers, a.now).await?;
+            states.insert(pb.name.as_str(), state);
         }
     }
-    let refusal = match a.forced_by {
-        Some(actor) => {
+    let paused = if states.is_empty() {
+        None
+    } else {
+        pause::get_in(tx).await?
+    };
+
+    // Decided one after the other, in memory.
+    let mut decisions = Vec::with_capacity(triggers.len());
+    let mut records: Vec<Record> = Vec::new();
+    let mut in_batch: HashMap<&RunKey, usize> = HashMap::new();
+    for (i, ((pb, a), params)) in triggers.iter().zip(params).enumerate() {
+        let params = match params {
+            Ok(p) => p,
+            Err(e) => {
+                decisions.push(Decision::Problems(e));
+                continue;
+            }
+        };
+        if let Some(k) = &keys[i] {
+            if let Some(&run_id) = taken.get(k) {
+                decisions.push(Decision::Duplicate(Slot::Stored(run_id)));
+                continue;
+            }
+            if let Some(&r) = in_batch.get(k) {
+                decisions.push(Decision::Duplicate(Slot::Batch(r)));
+                continue;
+            }
+        }
+        let state = states.get_mut(pb.name.as_str());
+        let refusal = match (a.forced_by, &state) {
+            (None, Some(state)) => state.decide(pb, a, paused.as_ref()).err(),
+            _ => None,
+        };
+        if let (None, Some(state)) = (&refusal, state) {
+            state.admitted(a);
+        }
+        if let Some(k) = &keys[i] {
+            in_batch.insert(k, records.len());
+        }
+        decisions.push(Decision::Record(records.len()));
+        records.push(Record {
+            trigger: i,
+            params,
+            refusal,
+        });
+    }
+
+    // Written: the commands of the runs that go on the queue, the runs, the alerts' keys.
+    let queued: Vec<usize> = (0..records.len())
+        .filter(|&r| records[r].refusal.is_none() && triggers[records[r].trigger].1.queue)
+        .collect();
+    let commands: Vec<NewCommand> = queued
+        .iter()
+        .map(|&r| {
+            let a = triggers[records[r].trigger].1;
+            command(a.req, a.priority)
+        })
+        .collect();
+    let command_ids = queue::enqueue_all_in(tx, &commands).await?;
+    let mut command_of = vec![None; records.len()];
+    for (&r, id) in queued.iter().zip(command_ids) {
+        command_of[r] = Some(id);
+    }
+    let masker = &services.masker;
+    let runs: Vec<(NewRun, Option<String>)> = records
+        .iter()
+        .zip(&command_of)
+        .map(|(rec, &command_id)| {
+            let (pb, a) = triggers[rec.trigger];
+            let run = NewRun {
+                playbook: &pb.name,
+                trigger: masker.mask_json(&a.req.trigger),
+                params: masker.mask_json(&Value::Object(rec.params.clone())),
+                dry_run: false,
+                parent_id: None,
+                command_id,
+                version: a.req.version.as_deref(),
+                status: if rec.refusal.is_some() {
+                    RunStatus::Skipped
+                } else {
+                    RunStatus::Queued
+                },
+            };
+            (run, rec.refusal.as_ref().map(ToString::to_string))
+        })
+        .collect();
+    let run_ids = if runs.is_empty() {
+        Vec::new()
+    } else {
+        runs::create_runs_in(tx, &runs, triggers[0].1.now).await?
+    };
+    let keyed: Vec<(RunKey, i64)> = records
+        .iter()
+        .zip(&run_ids)
+        .filter_map(|(rec, &id)| Some((keys[rec.trigger].clone()?, id)))
+        .collect();
+    if !keyed.is_empty() {
+        alerts::record_runs(tx, &keyed, triggers[0].1.now).await?;
+    }
+    for rec in &records {
+        let (pb, a) = triggers[rec.trigger];
+        if let Some(actor) = a.forced_by {
             let audit = Audit {
                 actor,
                 op: "run_forced",
                 filter: json!({ "playbook": pb.name, "trigger": a.req.trigger }),
             };
             guards::tx_sql(tx, AUDIT, audit.params(1)).await?;
-            None
         }
-        None => decide(tx, pb, a).await?.err(),
-    };
-    let masker = &services.masker;
-    let command_id = match (&refusal, a.queue) {
-        (None, true) => Some(queue::enqueue_in(tx, &command(a.req, a.priority)).await?),
-        _ => None,
-    };
-    let run = NewRun {
-        playbook: &pb.name,
-        trigger: masker.mask_json(&a.req.trigger),
-        params: masker.mask_json(&serde_json::Value::Object(params)),
-        dry_run: false,
-        parent_id: None,
-        command_id,
-        version: a.req.version.as_deref(),
-        status: if refusal.is_some() {
-            RunStatus::Skipped
-        } else {
-            RunStatus::Queued
-        },
-    };
-    let reason = refusal.as_ref().map(ToString::to_string);
-    let run_id = runs::create_run_in(tx, run, a.now, reason.as_deref()).await?;
-    if let Some(k) = a.alert {
-        alerts::record_run(
-            tx,
-            &pb.name,
-            k.fingerprint,
-            k.starts_at,
-            k.kind,
-            run_id,
-            a.now,
-        )
-        .await?;
     }
-    Ok(match refusal {
-        None => Admission::Queued { run_id, command_id },
-        Some(r) => Admission::Skipped {
-            run_id,
-            guard: r.guard(),
-            reason: r.to_string(),
-        },
-    })
+
+    Ok(decisions
+        .into_iter()
+        .map(|d| match d {
+            Decision::Problems(e) => Err(e),
+            Decision::Duplicate(Slot::Stored(run_id)) => Ok(Admission::Duplicate { run_id }),
+            Decision::Duplicate(Slot::Batch(r)) => Ok(Admission::Duplicate { run_id: run_ids[r] }),
+            Decision::Record(r) => {
+                let run_id = run_ids[r];
+                Ok(match &records[r].refusal {
+                    None => Admission::Queued {
+                        run_id,
+                        command_id: command_of[r],
+                    },
+                    Some(refusal) => Admission::Skipped {
+                        run_id,
+                        guard: refusal.guard(),
+                        reason: refusal.to_string(),
+                    },
+                })
+            }
+        })
+        .collect())
 }
 
-/// The guards and the pause, counted and decided inside `tx`.
-async fn decide(
-    tx: &mut Tx,
-    pb: &Playbook,
-    a: &Admit<'_>,
-) -> Result<Result<(), guards::Refusal>, DbError> {
-    let limits = limits(pb);
-    let scope = match a.alert {
-        Some(k) => Scope::Alert {
-            fingerprint: k.fingerprint,
-            kind: k.kind,
-        },
-        None => Scope::Playbook,
-    };
-    let window = guards::window(&limits, scope);
-    let counts = guards::counts(tx, &pb.name, &limits, scope, window, a.now).await?;
-    let paused = pause::get_in(tx).await?;
-    Ok(guards::decide(
-        &limits,
-        window,
-        scope,
-        &counts,
-        paused.as_ref(),
-        pb.changes_things,
-    ))
+/// A trigger of a batch, decided: what [`admit_all_in`] answers once the batch is written.
+enum Decision {
+    Problems(ParamProblems),
+    Duplicate(Slot),
+    /// Recorded as the batch's run number `n`.
+    Record(usize),
+}
+
+/// The run an alert occurrence already has: stored before, or recorded earlier in the batch.
+enum Slot {
+    Stored(i64),
+    Batch(usize),
+}
+
+/// A run the batch records: its trigger, its resolved parameters and why a guard held it.
+struct Record {
+    trigger: usize,
+    params: serde_json::Map<String, Value>,
+    refusal: Option<guards::Refusal>,
+}
+
+/// What one playbook's guards decide on, counted once per batch and kept up to date as the
+/// batch admits runs.
+struct GuardState {
+    limits: Limits,
+    counts: Counts,
+    /// Alerts (fingerprint, kind) with a run of the playbook inside their cooldown window.
+    cooled: HashSet<(String, String)>,
+}
+
+impl GuardState {
+    /// Counts for the triggers `mine` of `pb`.
+    async fn count(
+        tx: &mut Tx,
+        pb: &Playbook,
+        mine: &[usize],
+        triggers: &[(&Playbook, &Admit<'_>)],
+        now: DateTime<Utc>,
+    ) -> Result<GuardState, DbError> {
+        let limits = limits(pb);
+        let by_playbook = mine.iter().any(|&i| triggers[i].1.alert.is_none());
+        let window = if by_playbook { limits.cooldown } else { None };
+        let counts = guards::counts(tx, &pb.name, &limits, Scope::Playbook, window, now).await?;
+        let mut alerts: Vec<(String, String)> = mine
+            .iter()
+            .filter_map(|&i| triggers[i].1.alert)
+            .map(|k| (k.fingerprint.to_owned(), k.kind.to_owned()))
+            .collect();
+        alerts.sort_unstable();
+        alerts.dedup();
+        let scope = Scope::Alert {
+            fingerprint: "",
+            kind: "",
+        };
+        let cooled = match guards::window(&limits, scope).filter(|_| !alerts.is_empty()) {
+            Some(w) => {
+                let since =
+                    runs::timestamp(now - chrono::Duration::from_std(w).unwrap_or_default());
+                guards::alerts_in_cooldown(tx, &pb.name, &alerts, &since).await?
+            }
+            None => HashSet::new(),
+        };
+        Ok(GuardState {
+            limits,
+            counts,
+            cooled,
+        })
+    }
+
+    /// The guards and the pause, for one trigger.
+    fn decide(
+        &self,
+        pb: &Playbook,
+        a: &Admit<'_>,
+        paused: Option<&guards::Paused>,
+    ) -> Result<(), guards::Refusal> {
+        let (scope, in_cooldown) = match a.alert {
+            Some(k) => {
+                let key = (k.fingerprint.to_owned(), k.kind.to_owned());
+                let scope = Scope::Alert {
+                    fingerprint: k.fingerprint,
+                    kind: k.kind,
+                };
+                (scope, i64::from(self.cooled.contains(&key)))
+            }
+            None => (Scope::Playbook, self.counts.in_cooldown),
+        };
+        let counts = Counts {
+            in_cooldown,
+            ..self.counts
+        };
+        let window = guards::window(&self.limits, scope);
+        guards::decide(
+            &self.limits,
+            window,
+            scope,
+            &counts,
+            paused,
+            pb.changes_things,
+        )
+    }
+
+    /// A run admitted: it counts for the triggers after it.
+    fn admitted(&mut self, a: &Admit<'_>) {
+        self.counts.open += 1;
+        self.counts.last_hour += 1;
+        self.counts.in_cooldown += 1;
+        if let Some(k) = a.alert {
+            self.cooled
+                .insert((k.fingerprint.to_owned(), k.kind.to_owned()));
+        }
+    }
 }
 
 /// Counts a skipped trigger in `runbook_guard_refusals_total` and logs it.

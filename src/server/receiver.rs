@@ -25,11 +25,11 @@ use crate::{
     config::Config,
     engine::{Engine, RunRequest},
     metrics::{Metrics, OutcomeLabel},
-    playbook::{Playbook, ResolvedPolicy},
-    process::runs::{self, priority_for, Admission, Admit, AdmitError, AlertKey},
+    playbook::{ParamProblems, Playbook, ResolvedPolicy},
+    process::runs::{self, priority_for, Admission, Admit, AlertKey},
     secrets::Masker,
     services::Services,
-    store::{alerts, guards, DbError},
+    store::{alerts, guards, versions, DbError},
 };
 
 /// Alertmanager's webhook payload, version 4.
@@ -374,6 +374,8 @@ impl Writer {
     }
 
     /// Records a batch of notifications and starts their runs in one transaction; the answers.
+    /// The store sees a fixed number of statements per batch, whatever its size (see
+    /// [`runs::admit_all_in`]): a burst costs a few round trips and one commit per batch.
     async fn record(&self, batch: &[&Notification]) -> Result<Vec<Value>, DbError> {
         let catalog = self.engine.catalog();
         let prepared: Vec<Vec<Prepared>> = batch.iter().map(|n| prepare(n, &catalog)).collect();
@@ -384,81 +386,134 @@ impl Writer {
             .collect();
         names.sort_unstable();
         names.dedup();
-        // Each run is pinned to the version of its playbook served now, stored before the
-        // transaction (as the scheduler does: SQLite's write lock is held until the commit).
-        let mut versions = BTreeMap::new();
-        for name in &names {
-            let mut req = RunRequest {
-                playbook: (*name).to_owned(),
-                ..Default::default()
-            };
-            self.engine.pin(&mut req).await?;
-            versions.insert((*name).to_owned(), req.version);
-        }
+        // Each run is pinned to the version of its playbook served now, stored with it.
+        let versions: Vec<&versions::Version> = names
+            .iter()
+            .filter_map(|n| catalog.versions.get(*n))
+            .collect();
         let now = Utc::now();
         let mut tx = guards::begin(&self.services.store, &names).await?;
-        // Alert rows in key order, so two writers never wait on each other's rows.
-        let mut by_key: Vec<&Prepared> = prepared.iter().flatten().collect();
-        by_key.sort_by(|a, b| (&a.fingerprint, &a.starts_at).cmp(&(&b.fingerprint, &b.starts_at)));
-        for p in by_key {
-            alerts::upsert_in(&mut tx, &alert_row(self, p), now).await?;
+        versions::save_all_in(&mut tx, &versions).await?;
+        alerts::upsert_all_in(&mut tx, &self.alert_rows(&prepared), now).await?;
+
+        // Every (notification, alert, playbook) that is a trigger, admitted as one batch.
+        let groups: Vec<Vec<Value>> = prepared
+            .iter()
+            .map(|p| p.iter().map(|a| a.value.clone()).collect())
+            .collect();
+        let mut plans = Vec::new();
+        for (k, (n, alerts)) in batch.iter().zip(&prepared).enumerate() {
+            for p in alerts {
+                for pb in &p.matched {
+                    if p.alert.status == AlertStatus::Resolved
+                        && pb.triggers.resolved == ResolvedPolicy::Skip
+                    {
+                        continue;
+                    }
+                    let version = catalog.versions.get(&pb.name).map(|v| v.hash.clone());
+                    plans.push((p, *pb, request(n, p, pb, &groups[k], version)));
+                }
+            }
         }
-        let mut recorded = Vec::new();
-        for (n, p) in batch.iter().zip(&prepared) {
-            let group: Vec<Value> = p.iter().map(|a| a.value.clone()).collect();
-            let cx = Cx {
-                n,
-                group: &group,
-                versions: &versions,
+        let admits: Vec<Admit> = plans
+            .iter()
+            .map(|(p, _, req)| Admit {
+                req,
+                priority: priority_for(p.alert.labels.get("severity").map(String::as_str)),
+                alert: Some(AlertKey {
+                    fingerprint: &p.fingerprint,
+                    starts_at: &p.starts_at,
+                    kind: p.alert.status.as_str(),
+                }),
+                queue: true,
+                forced_by: None,
                 now,
-            };
-            recorded.push(self.record_one(&mut tx, &cx, p).await?);
-        }
-        tx.commit().await?;
+            })
+            .collect();
+        let pairs: Vec<(&Playbook, &Admit)> =
+            plans.iter().map(|(_, pb, _)| *pb).zip(&admits).collect();
+        let mut decided = runs::admit_all_in(&mut tx, &self.services, &pairs)
+            .await?
+            .into_iter();
+
+        // The answers, in the order the triggers were planned.
         let mut answers = Vec::new();
-        for (n, (answer, noted)) in batch.iter().zip(recorded) {
-            self.publish(n, &answer, &noted);
-            answers.push(answer);
+        let mut records = Vec::new();
+        let mut noted = Vec::new();
+        for (n, alerts) in batch.iter().zip(&prepared) {
+            let mut outcomes = Vec::new();
+            let mut admitted = Vec::new();
+            for p in alerts {
+                let mut playbooks = Vec::new();
+                for pb in &p.matched {
+                    if p.alert.status == AlertStatus::Resolved
+                        && pb.triggers.resolved == ResolvedPolicy::Skip
+                    {
+                        playbooks.push(json!({ "playbook": pb.name, "outcome": "resolved_skip",
+                            "reason": "the playbook's on.resolved is skip" }));
+                        continue;
+                    }
+                    let admission = decided.next().expect("one admission per trigger");
+                    let answer = answer(&pb.name, &admission);
+                    if let Ok(a) = admission {
+                        admitted.push((pb.name.clone(), a));
+                    }
+                    playbooks.push(answer);
+                }
+                outcomes.push(json!({
+                    "fingerprint": p.fingerprint, "alertname": p.alert.labels.get("alertname"),
+                    "status": p.alert.status, "starts_at": p.starts_at,
+                    "outcome": alert_outcome(&playbooks), "playbooks": playbooks,
+                }));
+            }
+            records.push(alerts::NewNotification {
+                receiver: &n.receiver,
+                status: n.status.as_str(),
+                group_key: &n.group_key,
+                external_url: &n.external_url,
+                alerts: n.alerts.len(),
+                truncated_alerts: n.truncated_alerts,
+                outcomes: json!(outcomes),
+            });
+            answers.push(json!({ "status": n.status, "alerts": outcomes }));
+            noted.push(admitted);
+        }
+        let ids = alerts::record_notifications(&mut tx, &records, now).await?;
+        tx.commit().await?;
+        for (((n, answer), id), admitted) in batch.iter().zip(&mut answers).zip(ids).zip(noted) {
+            answer["notification_id"] = json!(id);
+            self.publish(n, answer, &admitted);
         }
         Ok(answers)
     }
 
-    /// One notification's admissions and its row; its answer and the admissions to count.
-    async fn record_one(
-        &self,
-        tx: &mut crate::store::Tx,
-        cx: &Cx<'_>,
-        prepared: &[Prepared<'_>],
-    ) -> Result<(Value, Vec<(String, Admission)>), DbError> {
-        let (n, now) = (cx.n, cx.now);
-        let (mut outcomes, mut noted) = (Vec::new(), Vec::new());
-        for p in prepared {
-            let mut playbooks = Vec::new();
-            for pb in &p.matched {
-                let (answer, admission) = start(tx, self, cx, p, pb).await?;
-                if let Some(a) = admission {
-                    noted.push((pb.name.clone(), a));
+    /// The batch's alert occurrences, one row each (the repeats of a batch merged as the store
+    /// would merge them one after the other), in key order.
+    fn alert_rows<'a>(&self, prepared: &'a [Vec<Prepared<'_>>]) -> Vec<alerts::AlertRow<'a>> {
+        let mut rows: BTreeMap<(&str, &str), alerts::AlertRow<'a>> = BTreeMap::new();
+        for p in prepared.iter().flatten() {
+            let new = alert_row(self, p);
+            match rows.entry((&p.fingerprint, &p.starts_at)) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(new);
                 }
-                playbooks.push(answer);
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    let row = o.get_mut();
+                    let (status, ends_at) = if row.status == "resolved" {
+                        (row.status, row.ends_at)
+                    } else {
+                        (new.status, new.ends_at)
+                    };
+                    *row = alerts::AlertRow {
+                        status,
+                        ends_at,
+                        seen: row.seen + 1,
+                        ..new
+                    };
+                }
             }
-            outcomes.push(json!({
-                "fingerprint": p.fingerprint, "alertname": p.alert.labels.get("alertname"),
-                "status": p.alert.status, "starts_at": p.starts_at,
-                "outcome": alert_outcome(&playbooks), "playbooks": playbooks,
-            }));
         }
-        let record = alerts::NewNotification {
-            receiver: &n.receiver,
-            status: n.status.as_str(),
-            group_key: &n.group_key,
-            external_url: &n.external_url,
-            alerts: n.alerts.len(),
-            truncated_alerts: n.truncated_alerts,
-            outcomes: json!(outcomes),
-        };
-        let id = alerts::record_notification(tx, &record, now).await?;
-        let answer = json!({ "notification_id": id, "status": n.status, "alerts": outcomes });
-        Ok((answer, noted))
+        rows.into_values().collect()
     }
 
     /// After the commit: the metrics and the log line of one notification.
@@ -493,88 +548,55 @@ fn alert_row<'a>(s: &Writer, p: &'a Prepared<'_>) -> alerts::AlertRow<'a> {
         ends_at: p.ends_at.as_deref(),
         generator_url: &p.alert.generator_url,
         matched: !p.matched.is_empty(),
+        seen: 1,
     }
 }
 
-/// What the runs of one notification share.
-struct Cx<'a> {
-    n: &'a Notification,
-    /// The notification's alerts, as templates see them (`alerts`).
-    group: &'a [Value],
-    /// The version each matched playbook's runs are pinned to.
-    versions: &'a BTreeMap<String, Option<String>>,
-    now: DateTime<Utc>,
-}
-
-/// One alert's trigger of one playbook: what it became, and the admission (for the metrics).
-async fn start(
-    tx: &mut crate::store::Tx,
-    s: &Writer,
-    cx: &Cx<'_>,
+/// The run request of one alert's trigger of one playbook.
+fn request(
+    n: &Notification,
     p: &Prepared<'_>,
     pb: &Playbook,
-) -> Result<(Value, Option<Admission>), DbError> {
-    let (n, now) = (cx.n, cx.now);
-    let status = p.alert.status;
-    if status == AlertStatus::Resolved && pb.triggers.resolved == ResolvedPolicy::Skip {
-        let answer = json!({ "playbook": pb.name, "outcome": "resolved_skip",
-            "reason": "the playbook's on.resolved is skip" });
-        return Ok((answer, None));
-    }
-    let req = RunRequest {
+    group: &[Value],
+    version: Option<String>,
+) -> RunRequest {
+    RunRequest {
         playbook: pb.name.clone(),
         trigger: json!({
             "kind": "alert", "fingerprint": p.fingerprint, "starts_at": p.starts_at,
-            "status": status, "alertname": p.alert.labels.get("alertname"),
+            "status": p.alert.status, "alertname": p.alert.labels.get("alertname"),
             "receiver": n.receiver, "group_key": n.group_key,
         }),
         alert: Some(p.value.clone()),
-        alerts: cx.group.to_vec(),
-        version: cx.versions.get(&pb.name).cloned().flatten(),
+        alerts: group.to_vec(),
+        version,
         ..Default::default()
-    };
-    let admit = Admit {
-        req: &req,
-        priority: priority_for(p.alert.labels.get("severity").map(String::as_str)),
-        alert: Some(AlertKey {
-            fingerprint: &p.fingerprint,
-            starts_at: &p.starts_at,
-            kind: status.as_str(),
-        }),
-        queue: true,
-        forced_by: None,
-        now,
-    };
-    let admission = match runs::admit_in(tx, &s.services, pb, &admit).await {
-        Ok(a) => a,
-        Err(AdmitError::Db(e)) => return Err(e),
-        Err(AdmitError::Params(e)) => {
-            let answer =
-                json!({ "playbook": pb.name, "outcome": "error", "reason": e.to_string() });
-            return Ok((answer, None));
+    }
+}
+
+/// What one trigger became, as the receiver answers it.
+fn answer(playbook: &str, admission: &Result<Admission, ParamProblems>) -> Value {
+    match admission {
+        Err(e) => json!({ "playbook": playbook, "outcome": "error", "reason": e.to_string() }),
+        Ok(Admission::Queued { run_id, command_id }) => {
+            json!({ "playbook": playbook, "outcome": "started", "run_id": run_id, "command_id": command_id })
         }
-    };
-    let answer = match &admission {
-        Admission::Queued { run_id, command_id } => {
-            json!({ "playbook": pb.name, "outcome": "started", "run_id": run_id, "command_id": command_id })
-        }
-        Admission::Skipped {
+        Ok(Admission::Skipped {
             run_id,
             guard,
             reason,
-        } => {
+        }) => {
             let outcome = if *guard == "paused" {
                 "paused"
             } else {
                 "skipped"
             };
-            json!({ "playbook": pb.name, "outcome": outcome, "run_id": run_id, "guard": guard, "reason": reason })
+            json!({ "playbook": playbook, "outcome": outcome, "run_id": run_id, "guard": guard, "reason": reason })
         }
-        Admission::Duplicate { run_id } => {
-            json!({ "playbook": pb.name, "outcome": "duplicate", "run_id": run_id })
+        Ok(Admission::Duplicate { run_id }) => {
+            json!({ "playbook": playbook, "outcome": "duplicate", "run_id": run_id })
         }
-    };
-    Ok((answer, Some(admission)))
+    }
 }
 
 /// An alert's outcome from its playbooks' (the first that applies): `started`, `duplicate`,

@@ -3,13 +3,15 @@
 //! an occurrence one run per playbook and per firing/resolved (`runbook_alert_runs`). Everything
 //! the receiver writes happens in one transaction ([`super::guards::begin`]).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
 use crate::{duration::Dur, template::Dialect};
 
 use super::{
-    guards::{ts_param, tx_sql},
+    batch::{self, Col},
     runs::timestamp,
     Db, DbError, Tx,
 };
@@ -28,98 +30,144 @@ pub struct AlertRow<'a> {
     pub ends_at: Option<&'a str>,
     pub generator_url: &'a str,
     pub matched: bool,
+    /// How many deliveries of it this row stands for.
+    pub seen: u32,
 }
 
-/// Records an alert occurrence, or updates it when it was seen before. A resolve is kept: an
-/// older firing notification delivered late does not make it firing again.
-pub async fn upsert_in(tx: &mut Tx, a: &AlertRow<'_>, now: DateTime<Utc>) -> Result<(), DbError> {
-    let resolved = a.status == "resolved";
-    let (t, r) = (ts_param(tx, 10), ts_param(tx, 11));
-    let json = |n: usize| match tx {
-        Tx::Postgres(_) => format!("CAST(${n} AS JSONB)"),
-        Tx::Sqlite(_) => format!("${n}"),
-    };
-    let (labels, annotations) = (json(4), json(5));
-    let sql = format!(
+/// Records alert occurrences, or updates those seen before, in one statement per batch. Each
+/// occurrence appears once in `rows` (the caller merges the repeats of a batch into one row whose
+/// `seen` counts them), in key order, so two writers never wait on each other's rows. A resolve is
+/// kept: an older firing notification delivered late does not make it firing again.
+pub async fn upsert_all_in(
+    tx: &mut Tx,
+    rows: &[AlertRow<'_>],
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    use Col::{Json as J, Plain as P, Timestamp as T};
+    let cols = [P, P, P, J, J, P, P, P, P, T, T, T, P];
+    let now = timestamp(now);
+    let values: Vec<Vec<Json>> = rows
+        .iter()
+        .map(|a| {
+            let resolved = if a.status == "resolved" {
+                json!(now)
+            } else {
+                Json::Null
+            };
+            vec![
+                json!(a.fingerprint),
+                json!(a.starts_at),
+                json!(a.alertname),
+                json!(a.labels.to_string()),
+                json!(a.annotations.to_string()),
+                json!(a.status),
+                json!(a.ends_at),
+                json!(a.generator_url),
+                json!(a.matched),
+                json!(now),
+                json!(now),
+                resolved,
+                json!(a.seen),
+            ]
+        })
+        .collect();
+    batch::values(
+        tx,
         "INSERT INTO runbook_alerts (fingerprint, starts_at, alertname, labels, annotations, status, \
-         ends_at, generator_url, matched, first_received_at, last_received_at, resolved_at) \
-         VALUES ($1, $2, $3, {labels}, {annotations}, $6, $7, $8, $9, {t}, {t}, {r}) \
-         ON CONFLICT (fingerprint, starts_at) DO UPDATE SET \
+         ends_at, generator_url, matched, first_received_at, last_received_at, resolved_at, notifications) VALUES",
+        &[],
+        &cols,
+        &values,
+        "ON CONFLICT (fingerprint, starts_at) DO UPDATE SET \
          status = CASE WHEN runbook_alerts.resolved_at IS NULL THEN excluded.status ELSE runbook_alerts.status END, \
          ends_at = CASE WHEN runbook_alerts.resolved_at IS NULL THEN excluded.ends_at ELSE runbook_alerts.ends_at END, \
          resolved_at = COALESCE(runbook_alerts.resolved_at, excluded.resolved_at), \
          labels = excluded.labels, annotations = excluded.annotations, matched = excluded.matched, \
-         last_received_at = excluded.last_received_at, notifications = runbook_alerts.notifications + 1"
-    );
-    let params = vec![
-        json!(a.fingerprint),
-        json!(a.starts_at),
-        json!(a.alertname),
-        json!(a.labels.to_string()),
-        json!(a.annotations.to_string()),
-        json!(a.status),
-        json!(a.ends_at),
-        json!(a.generator_url),
-        json!(a.matched),
-        json!(timestamp(now)),
-        if resolved {
-            json!(timestamp(now))
-        } else {
-            Json::Null
-        },
-    ];
-    tx_sql(tx, &sql, params).await?;
+         last_received_at = excluded.last_received_at, \
+         notifications = runbook_alerts.notifications + excluded.notifications",
+    )
+    .await?;
     Ok(())
 }
 
-/// The run already recorded for this occurrence, playbook and kind (`firing`/`resolved`).
-pub async fn run_for(
-    tx: &mut Tx,
-    playbook: &str,
-    fingerprint: &str,
-    starts_at: &str,
-    kind: &str,
-) -> Result<Option<i64>, DbError> {
-    let rows = tx_sql(
-        tx,
-        "SELECT run_id FROM runbook_alert_runs WHERE playbook = $1 AND fingerprint = $2 \
-         AND starts_at = $3 AND kind = $4",
-        vec![
-            json!(playbook),
-            json!(fingerprint),
-            json!(starts_at),
-            json!(kind),
-        ],
-    )
-    .await?;
-    Ok(rows.first().and_then(|r| r["run_id"].as_i64()))
+/// The key of an alert occurrence's one run per playbook and kind (`firing`/`resolved`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunKey {
+    pub playbook: String,
+    pub fingerprint: String,
+    pub starts_at: String,
+    pub kind: String,
 }
 
-/// Takes the occurrence's key for `run_id`. Fails on a key already taken: the caller checked
-/// [`run_for`] under the guard's lock, so that cannot happen unless the lock was not held.
-pub async fn record_run(
+impl RunKey {
+    fn params(&self) -> Vec<Json> {
+        vec![
+            json!(self.playbook),
+            json!(self.fingerprint),
+            json!(self.starts_at),
+            json!(self.kind),
+        ]
+    }
+}
+
+/// The runs already recorded for `keys`, in one statement per batch.
+pub async fn runs_for(tx: &mut Tx, keys: &[RunKey]) -> Result<HashMap<RunKey, i64>, DbError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<Vec<Json>> = keys.iter().map(RunKey::params).collect();
+    let found = batch::values(
+        tx,
+        "SELECT playbook, fingerprint, starts_at, kind, run_id FROM runbook_alert_runs \
+         WHERE (playbook, fingerprint, starts_at, kind) IN (VALUES",
+        &[],
+        &[Col::Plain; 4],
+        &rows,
+        ")",
+    )
+    .await?;
+    let text = |v: &Json| v.as_str().unwrap_or_default().to_owned();
+    Ok(found
+        .iter()
+        .filter_map(|r| {
+            let key = RunKey {
+                playbook: text(&r["playbook"]),
+                fingerprint: text(&r["fingerprint"]),
+                starts_at: text(&r["starts_at"]),
+                kind: text(&r["kind"]),
+            };
+            Some((key, r["run_id"].as_i64()?))
+        })
+        .collect())
+}
+
+/// Takes each occurrence's key for its run. Fails on a key already taken: the caller checked
+/// [`runs_for`] under the guard's lock, so that cannot happen unless the lock was not held.
+pub async fn record_runs(
     tx: &mut Tx,
-    playbook: &str,
-    fingerprint: &str,
-    starts_at: &str,
-    kind: &str,
-    run_id: i64,
+    taken: &[(RunKey, i64)],
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
-    let sql = format!(
-        "INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) \
-         VALUES ($1, $2, $3, $4, $5, {})",
-        ts_param(tx, 6)
-    );
-    let params = vec![
-        json!(playbook),
-        json!(fingerprint),
-        json!(starts_at),
-        json!(kind),
-        json!(run_id),
-        json!(timestamp(now)),
-    ];
-    tx_sql(tx, &sql, params).await?;
+    let now = timestamp(now);
+    let rows: Vec<Vec<Json>> = taken
+        .iter()
+        .map(|(key, run_id)| {
+            let mut row = key.params();
+            row.extend([json!(run_id), json!(now)]);
+            row
+        })
+        .collect();
+    let mut cols = vec![Col::Plain; 5];
+    cols.push(Col::Timestamp);
+    batch::values(
+        tx,
+        "INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) VALUES",
+        &[],
+        &cols,
+        &rows,
+        "",
+    )
+    .await?;
     Ok(())
 }
 
@@ -135,37 +183,40 @@ pub struct NewNotification<'a> {
     pub outcomes: Json,
 }
 
-/// Records a notification with each alert's outcome; its id.
-pub async fn record_notification(
+/// Records notifications, each with its alerts' outcomes; their ids, in order.
+pub async fn record_notifications(
     tx: &mut Tx,
-    n: &NewNotification<'_>,
+    all: &[NewNotification<'_>],
     now: DateTime<Utc>,
-) -> Result<i64, DbError> {
-    let outcomes = match tx {
-        Tx::Postgres(_) => "CAST($8 AS JSONB)",
-        Tx::Sqlite(_) => "$8",
-    };
-    let sql = format!(
+) -> Result<Vec<i64>, DbError> {
+    use Col::{Json as J, Plain as P, Timestamp as T};
+    let now = timestamp(now);
+    let rows: Vec<Vec<Json>> = all
+        .iter()
+        .map(|n| {
+            vec![
+                json!(now),
+                json!(n.receiver),
+                json!(n.status),
+                json!(n.group_key),
+                json!(n.external_url),
+                json!(n.alerts),
+                json!(n.truncated_alerts),
+                json!(n.outcomes.to_string()),
+            ]
+        })
+        .collect();
+    let returned = batch::values(
+        tx,
         "INSERT INTO runbook_alert_notifications (received_at, receiver, status, group_key, \
-         external_url, alerts, truncated_alerts, outcomes) VALUES ({}, $2, $3, $4, $5, $6, $7, {outcomes}) \
-         RETURNING id",
-        ts_param(tx, 1)
-    );
-    let params = vec![
-        json!(timestamp(now)),
-        json!(n.receiver),
-        json!(n.status),
-        json!(n.group_key),
-        json!(n.external_url),
-        json!(n.alerts),
-        json!(n.truncated_alerts),
-        json!(n.outcomes.to_string()),
-    ];
-    let rows = tx_sql(tx, &sql, params).await?;
-    Ok(rows
-        .first()
-        .and_then(|r| r["id"].as_i64())
-        .unwrap_or_default())
+         external_url, alerts, truncated_alerts, outcomes) VALUES",
+        &[],
+        &[T, P, P, P, P, P, P, J],
+        &rows,
+        "RETURNING id",
+    )
+    .await?;
+    batch::ids(&returned, all.len())
 }
 
 /// The current `status` and `ends_at` of an occurrence (one primary-key read), for a run it

@@ -5,12 +5,14 @@
 //! database decide one at a time), SQLite starts the transaction with `BEGIN IMMEDIATE` (the
 //! file's write lock, so processes sharing the file decide one at a time).
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
 
-use super::{bind_pg, bind_sqlite, decode, dollar_to_question, runs::timestamp, Db, DbError, Tx};
+use super::{
+    batch::Col, bind_pg, bind_sqlite, decode, dollar_to_question, runs::timestamp, Db, DbError, Tx,
+};
 use crate::status::RunStatus;
 
 /// A transaction in which the guards of `playbooks` are decided: nobody else decides for them
@@ -289,6 +291,32 @@ async fn cooldown_count(
             count(tx, &sql, params, 1).await
         }
     }
+}
+
+/// Of the alerts `keys` (fingerprint, kind), those with a run of `playbook` (not skipped) decided
+/// since `since`: the per-alert cooldown of a whole batch in one statement.
+pub async fn alerts_in_cooldown(
+    tx: &mut Tx,
+    playbook: &str,
+    keys: &[(String, String)],
+    since: &str,
+) -> Result<HashSet<(String, String)>, DbError> {
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let head = format!(
+        "SELECT DISTINCT a.fingerprint, a.kind FROM runbook_alert_runs a JOIN runbook_runs r ON r.id = a.run_id \
+         WHERE a.playbook = $1 AND r.status <> $2 AND a.decided_at >= {} AND (a.fingerprint, a.kind) IN (VALUES",
+        ts_param(tx, 3)
+    );
+    let fixed = [json!(playbook), json!(RunStatus::Skipped), json!(since)];
+    let rows: Vec<Vec<Json>> = keys.iter().map(|(f, k)| vec![json!(f), json!(k)]).collect();
+    let found = super::batch::values(tx, &head, &fixed, &[Col::Plain; 2], &rows, ")").await?;
+    let text = |v: &Json| v.as_str().unwrap_or_default().to_owned();
+    Ok(found
+        .iter()
+        .map(|r| (text(&r["fingerprint"]), text(&r["kind"])))
+        .collect())
 }
 
 /// The rows `select` gives, counted up to `cap`.

@@ -2,6 +2,7 @@
 //! datasources, behind one [`Db`] handle that runs bound SQL and returns rows as JSON.
 
 pub mod alerts;
+pub mod batch;
 mod decode;
 pub mod guards;
 pub mod migrate;

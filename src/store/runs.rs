@@ -315,46 +315,50 @@ pub async fn latest_for_command(
     Ok(Some((run["id"].as_i64().unwrap_or_default(), status)))
 }
 
-/// Records a run inside the transaction that decided it (the guards' admission), created at
-/// `now`. A `skipped` run is finished at once with `error` saying why.
-pub async fn create_run_in(
+/// Records runs decided in `tx` (queued or skipped: a final status gets `finished_at`), each with
+/// its error (a skipped run's reason), in one statement per batch; their ids, in order.
+pub async fn create_runs_in(
     tx: &mut super::Tx,
-    run: NewRun<'_>,
+    runs: &[(NewRun<'_>, Option<String>)],
     now: DateTime<Utc>,
-    error: Option<&str>,
-) -> Result<i64, DbError> {
-    use super::guards::{ts_param, tx_sql};
-    let finished = if run.status.is_final() {
-        ts_param(tx, 8)
-    } else {
-        "NULL".to_owned()
-    };
-    let (created, json) = (ts_param(tx, 8), |n: usize| match tx {
-        super::Tx::Postgres(_) => format!("CAST(${n} AS JSONB)"),
-        super::Tx::Sqlite(_) => format!("${n}"),
-    });
-    let sql = format!(
+) -> Result<Vec<i64>, DbError> {
+    use super::batch::{self, Col};
+    let now = timestamp(now);
+    let rows: Vec<Vec<Json>> = runs
+        .iter()
+        .map(|(run, error)| {
+            let finished = if run.status.is_final() {
+                json!(now)
+            } else {
+                Json::Null
+            };
+            vec![
+                json!(run.playbook),
+                json!(run.trigger.to_string()),
+                json!(run.params.to_string()),
+                json!(run.status),
+                json!(run.dry_run),
+                run.parent_id.map(Json::from).unwrap_or(Json::Null),
+                run.command_id.map(Json::from).unwrap_or(Json::Null),
+                json!(now),
+                finished,
+                json!(error),
+                json!(run.version),
+            ]
+        })
+        .collect();
+    use Col::{Json as J, Plain as P, Timestamp as T};
+    let returned = batch::values(
+        tx,
         "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, command_id, \
-         created_at, finished_at, error, version) VALUES ($1, {}, {}, $4, $5, $6, $7, {created}, {finished}, $9, $10) RETURNING id",
-        json(2),
-        json(3)
-    );
-    let params = vec![
-        json!(run.playbook),
-        json!(run.trigger.to_string()),
-        json!(run.params.to_string()),
-        json!(run.status),
-        json!(run.dry_run),
-        run.parent_id.map(Json::from).unwrap_or(Json::Null),
-        run.command_id.map(Json::from).unwrap_or(Json::Null),
-        json!(timestamp(now)),
-        json!(error),
-        json!(run.version),
-    ];
-    let rows = tx_sql(tx, &sql, params).await?;
-    rows.first()
-        .and_then(|r| r["id"].as_i64())
-        .ok_or_else(|| DbError::from(sqlx::Error::RowNotFound))
+         created_at, finished_at, error, version) VALUES",
+        &[],
+        &[P, J, J, P, P, P, P, T, T, P, P],
+        &rows,
+        "RETURNING id",
+    )
+    .await?;
+    batch::ids(&returned, runs.len())
 }
 
 /// Marks a queued run as running; `false` when it is not queued any more (cancelled meanwhile).

@@ -39,6 +39,29 @@ pub async fn save(db: &Db, v: &Version) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Stores the versions not stored yet inside `tx`, in one statement: the transaction that records
+/// the runs pinned to them, so a run never names a version the store lacks.
+pub async fn save_all_in(tx: &mut super::Tx, all: &[&Version]) -> Result<(), DbError> {
+    use super::batch::{self, Col};
+    let mut rows: Vec<Vec<Json>> = all
+        .iter()
+        .map(|v| vec![json!(v.hash), json!(v.name), json!(v.text)])
+        .collect();
+    // In hash order, so two writers never wait on each other's rows.
+    rows.sort_by(|a, b| a[0].as_str().cmp(&b[0].as_str()));
+    rows.dedup_by(|a, b| a[0] == b[0]);
+    batch::values(
+        tx,
+        "INSERT INTO runbook_playbook_versions (hash, name, text) VALUES",
+        &[],
+        &[Col::Plain; 3],
+        &rows,
+        "ON CONFLICT DO NOTHING",
+    )
+    .await?;
+    Ok(())
+}
+
 /// The version with content hash `hash`, if it is stored.
 pub async fn get(db: &Db, hash: &str) -> Result<Option<Version>, DbError> {
     let rows = db

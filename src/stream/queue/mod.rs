@@ -338,37 +338,32 @@ pub async fn enqueue(db: &Db, commands: &[NewCommand]) -> Result<Vec<i64>, DbErr
     }
 }
 
-/// Enqueues one command inside the caller's transaction, so it stands or falls with the caller's
-/// other writes (a schedule tick: [`crate::store::ticks`]); returns its id.
-pub async fn enqueue_in(tx: &mut Tx, c: &NewCommand) -> Result<i64, DbError> {
-    Ok(match tx {
-        Tx::Postgres(tx) => {
-            sqlx::query_scalar(
-                "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) \
-                 VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING id",
-            )
-            .bind(&c.entity)
-            .bind(&c.entity_id)
-            .bind(&c.command_type)
-            .bind(c.priority)
-            .bind(c.payload.to_string())
-            .fetch_one(&mut **tx)
-            .await?
-        }
-        Tx::Sqlite(tx) => {
-            sqlx::query_scalar(
-                "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
-            )
-            .bind(&c.entity)
-            .bind(&c.entity_id)
-            .bind(&c.command_type)
-            .bind(c.priority)
-            .bind(c.payload.to_string())
-            .fetch_one(&mut **tx)
-            .await?
-        }
-    })
+/// Enqueues commands inside `tx` (the transaction that records what they are for), in one
+/// statement per batch; their ids, in order.
+pub async fn enqueue_all_in(tx: &mut Tx, commands: &[NewCommand]) -> Result<Vec<i64>, DbError> {
+    use crate::store::batch::{self, Col};
+    let rows: Vec<Vec<Json>> = commands
+        .iter()
+        .map(|c| {
+            vec![
+                json!(c.entity),
+                json!(c.entity_id),
+                json!(c.command_type),
+                json!(c.priority),
+                json!(c.payload.to_string()),
+            ]
+        })
+        .collect();
+    let returned = batch::values(
+        tx,
+        "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) VALUES",
+        &[],
+        &[Col::Plain, Col::Plain, Col::Plain, Col::Plain, Col::Json],
+        &rows,
+        "RETURNING id",
+    )
+    .await?;
+    batch::ids(&returned, commands.len())
 }
 
 /// Claims up to `limit` commands and takes their entities' work-state locks in one go: on
