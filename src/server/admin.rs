@@ -323,7 +323,7 @@ pub async fn run_approve(
     headers: HeaderMap,
     Path(id): Path<i64>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, AppError> {
+) -> Result<(StatusCode, Json<Value>), AppError> {
     let who = s.tokens.authorize(&headers, Role::Operator)?;
     // An empty body approves; anything else must be a decision, whatever its Content-Type says,
     // so `{"reject": true}` can never be read as an approval.
@@ -348,14 +348,40 @@ pub async fn run_approve(
         Ok(step) => step,
         Err(runs::DecideError::NoRun(_)) => return Err(AppError::NotFound(format!("no run {id}"))),
         Err(e @ runs::DecideError::NotWaiting(..)) => {
-            return Err(AppError::BadRequest(e.to_string()))
+            return Ok((StatusCode::CONFLICT, conflict(e.to_string(), None)))
+        }
+        Err(e @ runs::DecideError::AlreadyDecided { .. }) => {
+            let decided = match &e {
+                runs::DecideError::AlreadyDecided {
+                    step,
+                    decision,
+                    actor,
+                    at,
+                    ..
+                } => json!({ "step": step, "decision": decision, "by": actor, "at": at }),
+                _ => Value::Null,
+            };
+            return Ok((
+                StatusCode::CONFLICT,
+                conflict(e.to_string(), Some(decided)),
+            ));
         }
         Err(runs::DecideError::Db(e)) => return Err(AppError::internal(e)),
     };
     let decision = if d.reject { "rejected" } else { "approved" };
-    Ok(Json(
-        json!({ "run_id": id, "step": step, "decision": decision }),
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "run_id": id, "step": step, "decision": decision })),
     ))
+}
+
+/// A 409 in the API's error shape; `decided` is the answer that came first, when there was one.
+fn conflict(message: String, decided: Option<Value>) -> Json<Value> {
+    let mut body = json!({ "error": { "status": 409, "message": message } });
+    if let Some(d) = decided {
+        body["decided"] = d;
+    }
+    Json(body)
 }
 
 /// `POST /api/runs/{id}/cancel` (role operator): asks the run to stop where it is; audited as

@@ -19,6 +19,8 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -49,6 +51,7 @@ impl IntoResponse for AppError {
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(detail) => {
                 // Logged once here; the caller sees no internals.
                 tracing::error!(error = %detail, "Request failed.");

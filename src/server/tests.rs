@@ -12,7 +12,7 @@ use axum::{
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use super::{router, AppState, Tokens};
+use super::{router, AppState, Limits, Tokens};
 use crate::{config::Config, process::app::App, secrets::Masker, status::RunStatus, store::Db};
 
 const VIEWER: &str = "viewer-token-111";
@@ -81,7 +81,15 @@ async fn fixture() -> Fixture {
         ),
     });
     Fixture {
-        router: router(state, MAX_BODY),
+        router: router(
+            state,
+            &Limits {
+                max_body: MAX_BODY,
+                header_read_timeout: std::time::Duration::from_secs(10),
+                request_timeout: std::time::Duration::from_secs(60),
+                max_connections: 16,
+            },
+        ),
         store,
         _dir: dir,
     }
