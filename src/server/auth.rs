@@ -222,7 +222,13 @@ mod tests {
             tokens.authorize(&h, Role::Viewer).map(|p| p.name)
         };
         assert_eq!(call("operator-token").unwrap(), "ops");
-        for wrong in ["operator-toke", "operator-tokenx", "", "x", "OPERATOR-TOKEN"] {
+        for wrong in [
+            "operator-toke",
+            "operator-tokenx",
+            "",
+            "x",
+            "OPERATOR-TOKEN",
+        ] {
             assert!(call(wrong).is_err(), "`{wrong}` is not the token");
         }
     }

@@ -211,10 +211,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
         (true, StatusCode::METHOD_NOT_ALLOWED) => {
             format!("{method} is not allowed on {path} (the Allow header lists what is)")
         }
-        (true, _) => status
-            .canonical_reason()
-            .unwrap_or("error")
-            .to_lowercase(),
+        (true, _) => status.canonical_reason().unwrap_or("error").to_lowercase(),
     };
     parts.headers.remove(header::CONTENT_TYPE);
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -297,7 +294,8 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
