@@ -55,9 +55,10 @@ async fn the_first_answer_wins(store_url: &str) {
     for round in 0..25 {
         let id = waiting_run(&db).await;
         let url = format!("{}/api/runs/{id}/approve", server.base);
+        let (yes, no) = (json!({}), json!({ "reject": true }));
         let (approve, reject) = tokio::join!(
-            post_json(&url, Some(ALICE), &json!({})),
-            post_json(&url, Some(BOB), &json!({ "reject": true }))
+            post_json(&url, Some(ALICE), &yes),
+            post_json(&url, Some(BOB), &no)
         );
         let mut statuses = [approve.0, reject.0];
         statuses.sort_unstable();
@@ -86,11 +87,13 @@ async fn the_first_answer_wins(store_url: &str) {
             vec![json!({ "decision": won.0, "actor": won.1 })],
             "one answer recorded"
         );
-        let audits = scalar(
-            &db,
-            "SELECT COUNT(*) FROM runbook_audit WHERE op IN ('run_approved', 'run_rejected')",
+        let audits =
+            "SELECT COUNT(*) FROM runbook_audit WHERE op IN ('run_approved', 'run_rejected')";
+        assert_eq!(
+            scalar(&db, audits).await,
+            round + 1,
+            "one audit record a run"
         );
-        assert_eq!(audits.await, round + 1, "one audit record a run");
     }
 }
 
@@ -261,11 +264,10 @@ async fn sigterm_and_sighup_on_runbook_run_record_the_run_cancelled() {
             &json!({ "status": "cancelled", "failed_step": "nap", "error": format!("cancelled by {name}") }),
             "{stderr}"
         );
-        let after = scalar(
-            &db,
-            &format!("SELECT COUNT(*) FROM runbook_step_attempts WHERE run_id = {id} AND step_id = 'after'"),
+        let after = format!(
+            "SELECT COUNT(*) FROM runbook_step_attempts WHERE run_id = {id} AND step_id = 'after'"
         );
-        assert_eq!(after.await, 0, "nothing ran after the signal");
+        assert_eq!(scalar(&db, &after).await, 0, "nothing ran after the signal");
     }
 }
 
