@@ -87,6 +87,16 @@ async fn the_first_answer_wins(store_url: &str) {
             vec![json!({ "decision": won.0, "actor": won.1 })],
             "one answer recorded"
         );
+        let run = rows(
+            &db,
+            &format!("SELECT status, waiting_step FROM runbook_runs WHERE id = {id}"),
+        )
+        .await;
+        assert_eq!(
+            run,
+            vec![json!({ "status": "running", "waiting_step": null })],
+            "the wait is over"
+        );
         let audits =
             "SELECT COUNT(*) FROM runbook_audit WHERE op IN ('run_approved', 'run_rejected')";
         assert_eq!(
@@ -154,6 +164,11 @@ async fn connections_that_never_send_headers_do_not_exhaust_the_server() {
         asked.elapsed() < Duration::from_secs(30),
         "{:?}",
         asked.elapsed()
+    );
+    assert!(
+        server.log().contains("Connection cap reached"),
+        "{}",
+        server.log()
     );
 
     // The idle connections were closed by the server, not left hanging.

@@ -274,7 +274,17 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let graceful = GracefulShutdown::new();
+    let mut at_cap = false;
     loop {
+        // Said once each time the cap is reached, not once per client that waits.
+        let full = permits.available_permits() == 0;
+        if full && !at_cap {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                "Connection cap reached; new clients wait in the listen backlog (server.max_connections)."
+            );
+        }
+        at_cap = full;
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(p) => p,

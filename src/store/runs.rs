@@ -245,6 +245,13 @@ pub async fn decide(
         drop(tx);
         return Err(not_decided(db, run_id).await);
     };
+    // The wait is over, as `resume_waiting` leaves it.
+    tx_sql(
+        &mut tx,
+        "UPDATE runbook_runs SET waiting_step = NULL WHERE id = $1",
+        vec![json!(run_id)],
+    )
+    .await?;
     tx_sql(
         &mut tx,
         "INSERT INTO runbook_approvals (run_id, step_id, decision, actor, comment) VALUES ($1, $2, $3, $4, $5)",
