@@ -154,7 +154,9 @@ pub(super) async fn run(
         }
     }
     let stopped = Arc::new(std::sync::Mutex::new(None));
-    let on_signal = tokio::spawn(cancel_on_signal(engine.clone(), stopped.clone()));
+    // Listening starts here, before the run does, so no signal finds the default action.
+    let signals = Signals::listen();
+    let on_signal = tokio::spawn(cancel_on_signal(signals, engine.clone(), stopped.clone()));
     let result = engine.run(req, observer.clone()).await;
     on_signal.abort();
     let stopped = stopped.lock().ok().and_then(|s| *s);
@@ -208,8 +210,8 @@ impl Stop {
     }
 }
 
-/// The stopping signals, listened to from the moment the run starts (a signal before that has
-/// its default effect).
+/// The stopping signals SIGTERM and SIGHUP, listened to from the moment the run is about to
+/// start (a signal before that has its default effect); Ctrl-C through tokio's own listener.
 struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
@@ -268,8 +270,11 @@ impl Signals {
 /// is and is recorded `cancelled` (`cancelled by SIGTERM`); `run` then exits 128 + the signal's
 /// number. A second one exits at once (the run's lease then expires, and `runbook serve` marks
 /// it `interrupted`).
-async fn cancel_on_signal(engine: Arc<Engine>, stopped: Arc<std::sync::Mutex<Option<Stop>>>) {
-    let mut signals = Signals::listen();
+async fn cancel_on_signal(
+    mut signals: Signals,
+    engine: Arc<Engine>,
+    stopped: Arc<std::sync::Mutex<Option<Stop>>>,
+) {
     let first = signals.next().await;
     if let Ok(mut s) = stopped.lock() {
         *s = Some(first);
