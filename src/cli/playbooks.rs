@@ -1,13 +1,6 @@
 //! Commands on playbooks: `validate`, `list`, `schedule`, `run`.
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-};
+use std::{collections::BTreeMap, io::Write, path::Path, sync::Arc};
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -160,15 +153,18 @@ pub(super) async fn run(
             Err(code) => return Ok(code),
         }
     }
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let on_ctrl_c = tokio::spawn(cancel_on_ctrl_c(engine.clone(), interrupted.clone()));
+    let stopped = Arc::new(std::sync::Mutex::new(None));
+    // Listening starts here, before the run does, so no signal finds the default action.
+    let signals = Signals::listen();
+    let on_signal = tokio::spawn(cancel_on_signal(signals, engine.clone(), stopped.clone()));
     let result = engine.run(req, observer.clone()).await;
-    on_ctrl_c.abort();
+    on_signal.abort();
+    let stopped = stopped.lock().ok().and_then(|s| *s);
     match result {
         Ok(outcome) => {
             observer.outcome(&outcome);
-            Ok(if interrupted.load(Ordering::SeqCst) {
-                EXIT_INTERRUPTED
+            Ok(if let Some(signal) = stopped {
+                signal.exit_code()
             } else if outcome.status.is_success() {
                 0
             } else {
@@ -186,20 +182,118 @@ pub(super) async fn run(
 /// Exit code of `run` after Ctrl-C (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: i32 = 130;
 
-/// The first Ctrl-C cancels the run, which stops where it is and is recorded `cancelled`; a
-/// second one exits at once (the run's lease then expires, and `runbook serve` marks it
-/// `interrupted`).
-async fn cancel_on_ctrl_c(engine: Arc<Engine>, interrupted: Arc<AtomicBool>) {
-    if tokio::signal::ctrl_c().await.is_err() {
-        return;
+/// A signal that stops `runbook run`: Ctrl-C (SIGINT), SIGTERM (a service manager, `kill`, a
+/// container stopping) or SIGHUP (the terminal closed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    CtrlC,
+    Term,
+    Hangup,
+}
+
+impl Stop {
+    fn name(self) -> &'static str {
+        match self {
+            Stop::CtrlC => "Ctrl-C",
+            Stop::Term => "SIGTERM",
+            Stop::Hangup => "SIGHUP",
+        }
     }
-    interrupted.store(true, Ordering::SeqCst);
-    eprintln!("Ctrl-C: cancelling the run; press Ctrl-C again to quit at once");
-    engine.cancel_all_here("cancelled by Ctrl-C");
-    if tokio::signal::ctrl_c().await.is_ok() {
-        eprintln!("Ctrl-C again: quitting without recording the run's end");
-        std::process::exit(EXIT_INTERRUPTED);
+
+    /// 128 + the signal's number, as shells report it.
+    fn exit_code(self) -> i32 {
+        match self {
+            Stop::CtrlC => EXIT_INTERRUPTED,
+            Stop::Term => 143,
+            Stop::Hangup => 129,
+        }
     }
+}
+
+/// The stopping signals SIGTERM and SIGHUP, listened to from the moment the run is about to
+/// start (a signal before that has its default effect); Ctrl-C through tokio's own listener.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn listen() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                hangup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// The next stopping signal; pending forever when none can be listened to.
+    async fn next(&mut self) -> Stop {
+        #[cfg(unix)]
+        async fn or_never(s: Option<&mut tokio::signal::unix::Signal>) {
+            let received = match s {
+                Some(s) => s.recv().await.is_some(),
+                None => false,
+            };
+            if !received {
+                std::future::pending::<()>().await;
+            }
+        }
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                () = ctrl_c => Stop::CtrlC,
+                () = or_never(self.term.as_mut()) => Stop::Term,
+                () = or_never(self.hangup.as_mut()) => Stop::Hangup,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            ctrl_c.await;
+            Stop::CtrlC
+        }
+    }
+}
+
+/// The first stopping signal (Ctrl-C, SIGTERM or SIGHUP) cancels the run, which stops where it
+/// is and is recorded `cancelled` (`cancelled by SIGTERM`); `run` then exits 128 + the signal's
+/// number. A second one exits at once (the run's lease then expires, and `runbook serve` marks
+/// it `interrupted`).
+async fn cancel_on_signal(
+    mut signals: Signals,
+    engine: Arc<Engine>,
+    stopped: Arc<std::sync::Mutex<Option<Stop>>>,
+) {
+    let first = signals.next().await;
+    if let Ok(mut s) = stopped.lock() {
+        *s = Some(first);
+    }
+    // Cancelled before anything is written: after SIGHUP the terminal may be gone, and a
+    // failed write must not stop the cancel.
+    engine.cancel_all_here(&format!("cancelled by {}", first.name()));
+    let _ = writeln!(
+        std::io::stderr(),
+        "{}: cancelling the run; send it again to quit at once",
+        first.name()
+    );
+    let again = signals.next().await;
+    let _ = writeln!(
+        std::io::stderr(),
+        "{} again: quitting without recording the run's end",
+        again.name()
+    );
+    std::process::exit(again.exit_code());
 }
 
 /// Everything `run` checks before it touches the store: the `--param`s parse, playbook `name`

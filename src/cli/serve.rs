@@ -13,6 +13,7 @@ pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: boo
     let tokens = server::Tokens::from_config(&setup.config, &setup.masker)?;
     let receiver = server::receiver::ReceiverAuth::from_config(&setup.config, &setup.masker);
     let max_body = parse_size(setup.config.server.max_body.as_deref().unwrap_or("1MiB"))?;
+    let limits = server::Limits::from_config(&setup.config.server, max_body);
     let (mut app, diags) = App::build(
         store,
         setup.config.clone(),
@@ -32,7 +33,14 @@ pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: boo
     println!("listening on http://{local}");
     eprintln!("{}", receiver.describe());
     tracing::info!(receiver = %receiver.describe(), "Alert receiver.");
-    tracing::info!(%local, playbooks = app.engine.catalog().playbooks.len(), "Serving.");
+    tracing::info!(
+        %local,
+        playbooks = app.engine.catalog().playbooks.len(),
+        max_connections = limits.max_connections,
+        header_read_timeout = ?limits.header_read_timeout,
+        request_timeout = ?limits.request_timeout,
+        "Serving."
+    );
 
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -51,7 +59,7 @@ pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: boo
     });
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {
-        if let Err(e) = server::serve(listener, state, max_body, http_shutdown).await {
+        if let Err(e) = server::serve(listener, state, limits, http_shutdown).await {
             tracing::error!(error = %e, "HTTP server stopped.");
         }
     });

@@ -54,6 +54,18 @@ pub struct ServerConfig {
     pub listen: String,
     #[serde(default)]
     pub max_body: Option<String>,
+    /// How long a client may take to send a request's headers, from the moment it connects (or
+    /// finished its last request); then the connection is closed. Default 10s.
+    #[serde(default)]
+    pub header_read_timeout: Option<Dur>,
+    /// How long one request may take, reading its body included; then it is answered 503.
+    /// Default 60s.
+    #[serde(default)]
+    pub request_timeout: Option<Dur>,
+    /// Connections open at once; past it new ones wait in the listen backlog. Default: half the
+    /// process's open-file limit.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +73,9 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             max_body: None,
+            header_read_timeout: None,
+            request_timeout: None,
+            max_connections: None,
         }
     }
 }

@@ -38,30 +38,58 @@ pub struct DlqQuery {
     size: Option<i64>,
 }
 
+/// The largest `size` of a DLQ page.
+const MAX_PAGE_SIZE: i64 = 1000;
+/// The largest `page` number: ten million entries deep at the largest size, far past any DLQ.
+const MAX_PAGE: i64 = 10_000;
+
+/// Where a page starts: `page * size`, both checked against their bounds first.
+///
+/// # Errors
+///
+/// `page` or `size` out of bounds, named in the message.
+fn page_offset(page: i64, size: i64) -> Result<i64, AppError> {
+    if !(1..=MAX_PAGE_SIZE).contains(&size) {
+        return Err(AppError::BadRequest(format!(
+            "size: {size} is out of bounds; give 1 to {MAX_PAGE_SIZE}"
+        )));
+    }
+    if !(0..=MAX_PAGE).contains(&page) {
+        return Err(AppError::BadRequest(format!(
+            "page: {page} is out of bounds; give 0 to {MAX_PAGE} (pages count from 0)"
+        )));
+    }
+    page.checked_mul(size).ok_or_else(|| {
+        AppError::BadRequest(format!("page: {page} pages of {size} is past the end"))
+    })
+}
+
 /// `GET /api/admin/streaming/dlq?entity=&errorType=&page=&size=`: a page of DLQ entries, with
-/// `totalElements` at the top level and sensitive payload fields masked.
+/// `totalElements` at the top level and sensitive payload fields masked. `page` counts from 0
+/// (at most 10000), `size` is 1 to 1000 (default 20); out of bounds is a 400 naming which.
 pub async fn dlq_list(
     State(s): State<Shared>,
     headers: HeaderMap,
     Query(q): Query<DlqQuery>,
 ) -> Result<Json<Value>, AppError> {
     s.tokens.authorize(&headers, Role::PlatformAdmin)?;
-    let size = q.size.unwrap_or(20).clamp(1, 1000);
-    let page = q.page.unwrap_or(0).max(0);
+    let size = q.size.unwrap_or(20);
+    let page = q.page.unwrap_or(0);
+    let offset = page_offset(page, size)?;
     let op = Op::DlqList {
         entity: q.entity,
         error_type: q.error_type,
         limit: Some(size),
-        offset: Some(page * size),
+        offset: Some(offset),
     };
     let out = ops::run(&s.services.store, &s.services.config.streaming, &op, "api")
         .await
         .map_err(op_error)?;
-    let total = out["totalElements"].as_i64().unwrap_or(0);
+    let total = out["totalElements"].as_i64().unwrap_or(0).max(0);
     Ok(Json(s.services.masker.mask_json(&json!({
         "content": out["content"],
         "totalElements": total,
-        "totalPages": (total + size - 1) / size,
+        "totalPages": total.div_euclid(size) + i64::from(total.rem_euclid(size) > 0),
         "page": page,
         "size": size,
     }))))
@@ -323,7 +351,7 @@ pub async fn run_approve(
     headers: HeaderMap,
     Path(id): Path<i64>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, AppError> {
+) -> Result<(StatusCode, Json<Value>), AppError> {
     let who = s.tokens.authorize(&headers, Role::Operator)?;
     // An empty body approves; anything else must be a decision, whatever its Content-Type says,
     // so `{"reject": true}` can never be read as an approval.
@@ -348,14 +376,37 @@ pub async fn run_approve(
         Ok(step) => step,
         Err(runs::DecideError::NoRun(_)) => return Err(AppError::NotFound(format!("no run {id}"))),
         Err(e @ runs::DecideError::NotWaiting(..)) => {
-            return Err(AppError::BadRequest(e.to_string()))
+            return Ok((StatusCode::CONFLICT, conflict(e.to_string(), None)))
+        }
+        Err(e @ runs::DecideError::AlreadyDecided { .. }) => {
+            let decided = match &e {
+                runs::DecideError::AlreadyDecided {
+                    step,
+                    decision,
+                    actor,
+                    at,
+                    ..
+                } => json!({ "step": step, "decision": decision, "by": actor, "at": at }),
+                _ => Value::Null,
+            };
+            return Ok((StatusCode::CONFLICT, conflict(e.to_string(), Some(decided))));
         }
         Err(runs::DecideError::Db(e)) => return Err(AppError::internal(e)),
     };
     let decision = if d.reject { "rejected" } else { "approved" };
-    Ok(Json(
-        json!({ "run_id": id, "step": step, "decision": decision }),
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "run_id": id, "step": step, "decision": decision })),
     ))
+}
+
+/// A 409 in the API's error shape; `decided` is the answer that came first, when there was one.
+fn conflict(message: String, decided: Option<Value>) -> Json<Value> {
+    let mut body = json!({ "error": { "status": 409, "message": message } });
+    if let Some(d) = decided {
+        body["decided"] = d;
+    }
+    Json(body)
 }
 
 /// `POST /api/runs/{id}/cancel` (role operator): asks the run to stop where it is; audited as

@@ -19,6 +19,10 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     TooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -30,13 +34,14 @@ impl AppError {
 }
 
 impl From<axum::extract::rejection::JsonRejection> for AppError {
-    /// A body over the size limit is a 413, like the router's own limit; any other rejection
-    /// (not JSON, a wrong or missing field) is a 400 that says what is wrong.
+    /// A body over the size limit is a 413, like the router's own limit; a body not declared
+    /// `application/json` is a 415; any other rejection (not JSON, a wrong or missing field) is
+    /// a 400 that says what is wrong.
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            AppError::TooLarge(e.body_text())
-        } else {
-            AppError::BadRequest(e.body_text())
+        match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => AppError::TooLarge(e.body_text()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => AppError::UnsupportedMediaType(e.body_text()),
+            _ => AppError::BadRequest(e.body_text()),
         }
     }
 }
@@ -49,6 +54,8 @@ impl IntoResponse for AppError {
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(detail) => {
                 // Logged once here; the caller sees no internals.
                 tracing::error!(error = %detail, "Request failed.");

@@ -20,7 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{auth::Role, AppError, Shared};
+use super::{
+    auth::{Digest, Role},
+    AppError, Shared,
+};
 use crate::{
     config::Config,
     engine::{Engine, RunRequest},
@@ -114,7 +117,8 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// Who may post notifications: the configured token, anyone (`insecure: true`), or nobody.
 pub enum ReceiverAuth {
-    Token(String),
+    /// The token's digest.
+    Token(Digest),
     Insecure,
     /// Why every notification is refused.
     Closed(String),
@@ -130,7 +134,7 @@ impl ReceiverAuth {
             );
         };
         match r.secret().map(|s| s.resolve(masker)) {
-            Some(Ok(token)) => ReceiverAuth::Token(token),
+            Some(Ok(token)) => ReceiverAuth::Token(Digest::of(token.trim())),
             Some(Err(e)) => ReceiverAuth::Closed(format!(
                 "the receiver token cannot be read ({}); fix auth.receiver",
                 crate::text::error_chain(&e)
@@ -154,30 +158,21 @@ impl ReceiverAuth {
         }
     }
 
-    fn check(&self, headers: &HeaderMap) -> Result<(), AppError> {
+    pub(super) fn check(&self, headers: &HeaderMap) -> Result<(), AppError> {
         let token = match self {
             ReceiverAuth::Insecure => return Ok(()),
             ReceiverAuth::Closed(why) => return Err(AppError::Unauthorized(why.clone())),
             ReceiverAuth::Token(t) => t,
         };
-        let presented = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                AppError::Unauthorized("a bearer token (auth.receiver) is required".into())
-            })?;
-        if constant_time_eq(token.as_bytes(), presented.trim().as_bytes()) {
+        let presented = super::auth::bearer(headers).ok_or_else(|| {
+            AppError::Unauthorized("a bearer token (auth.receiver) is required".into())
+        })?;
+        if token.matches(&Digest::of(presented)) {
             Ok(())
         } else {
             Err(AppError::Unauthorized("wrong receiver token".into()))
         }
     }
-}
-
-/// Compares without an early exit on the first differing byte (the length is not secret).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A JSON error in the shape of [`AppError`]'s, for statuses it has no variant for.
@@ -676,12 +671,21 @@ mod tests {
     }
 
     #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"secret-token", b"secret-token"));
-        assert!(!constant_time_eq(b"secret-token", b"secret-tokeN"));
-        assert!(!constant_time_eq(b"secret-token", b"secret"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
+    fn the_receiver_token_matches_only_itself() {
+        let auth = ReceiverAuth::Token(Digest::of("secret-token"));
+        let call = |token: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                axum::http::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            );
+            auth.check(&h).is_ok()
+        };
+        assert!(call("secret-token"));
+        for wrong in ["secret-tokeN", "secret", "secret-token-", "", "x"] {
+            assert!(!call(wrong), "`{wrong}` is not the token");
+        }
+        assert!(auth.check(&HeaderMap::new()).is_err());
     }
 
     #[test]

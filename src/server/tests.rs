@@ -12,7 +12,7 @@ use axum::{
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use super::{router, AppState, Tokens};
+use super::{router, AppState, Limits, Tokens};
 use crate::{config::Config, process::app::App, secrets::Masker, status::RunStatus, store::Db};
 
 const VIEWER: &str = "viewer-token-111";
@@ -81,7 +81,15 @@ async fn fixture() -> Fixture {
         ),
     });
     Fixture {
-        router: router(state, MAX_BODY),
+        router: router(
+            state,
+            &Limits {
+                max_body: MAX_BODY,
+                header_read_timeout: std::time::Duration::from_secs(10),
+                request_timeout: std::time::Duration::from_secs(60),
+                max_connections: 16,
+            },
+        ),
         store,
         _dir: dir,
     }
@@ -542,4 +550,178 @@ async fn cancel_needs_an_operator_and_a_run_that_has_not_ended() {
         .await,
         1
     );
+}
+
+/// Once, `Path` and `Query` rejections (text/plain) came before the token check, so a caller
+/// without a token learnt which routes and parameters exist. Now any `/api/` request without a
+/// valid token is a 401, whatever its path, method, query or body.
+#[tokio::test]
+async fn without_a_token_every_api_request_is_401_whatever_its_path_or_query() {
+    let fx = fixture().await;
+    let cases = [
+        (Method::GET, "/api/no-such-route"),
+        (Method::GET, "/api"),
+        (Method::GET, "/api/runs/not-a-number"),
+        (Method::POST, "/api/runs/not-a-number/approve"),
+        (Method::GET, "/api/admin/streaming/dlq?page=abc&size=-4"),
+        (Method::GET, "/api/runs?limit=many"),
+        (Method::PUT, "/api/runs"),
+        (Method::GET, "/api/runs/1/approve"),
+        (
+            Method::DELETE,
+            "/api/admin/streaming/dlq/cleanup?olderThan=forever",
+        ),
+    ];
+    for (method, uri) in cases {
+        for token in [None, Some("not-a-token")] {
+            let a = fx.call(method.clone(), uri, token, Some("{not json")).await;
+            let says = if token.is_none() {
+                "a bearer token is required"
+            } else {
+                "unknown token"
+            };
+            assert_error(&a, StatusCode::UNAUTHORIZED, says);
+            assert_eq!(
+                a.headers[header::WWW_AUTHENTICATE],
+                "Bearer",
+                "{method} {uri}"
+            );
+        }
+    }
+    // Over the body limit, too.
+    let a = fx
+        .call(
+            Method::POST,
+            "/api/runs/1/approve",
+            None,
+            Some(&decision_of(MAX_BODY + 1)),
+        )
+        .await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "a bearer token is required");
+}
+
+/// The router's own answers (404, 405) were empty and the extractors' rejections text/plain;
+/// every error answer is now JSON in the API's shape.
+#[tokio::test]
+async fn every_error_answer_is_json() {
+    let fx = fixture().await;
+    let a = fx.get("/api/no-such-route", Some(VIEWER)).await;
+    assert_error(
+        &a,
+        StatusCode::NOT_FOUND,
+        "no such endpoint: GET /api/no-such-route",
+    );
+    let a = fx.get("/no-such-page", None).await;
+    assert_error(
+        &a,
+        StatusCode::NOT_FOUND,
+        "no such endpoint: GET /no-such-page",
+    );
+
+    let a = fx
+        .call(Method::PUT, "/api/runs", Some(OPERATOR), None)
+        .await;
+    assert_error(
+        &a,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "PUT is not allowed on /api/runs",
+    );
+    assert!(a.headers.contains_key(header::ALLOW), "{:?}", a.headers);
+    let a = fx.call(Method::POST, "/healthz", None, None).await;
+    assert_error(
+        &a,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "POST is not allowed on /healthz",
+    );
+
+    let a = fx.get("/api/runs/not-a-number", Some(VIEWER)).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "Cannot parse");
+    let a = fx.get("/api/runs?limit=many", Some(VIEWER)).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "limit");
+
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/runs")
+        .header(header::AUTHORIZATION, format!("Bearer {OPERATOR}"))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(r#"{"playbook": "hello"}"#))
+        .unwrap();
+    let resp = fx.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let json: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(json["error"]["status"], 415, "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Content-Type"),
+        "{json}"
+    );
+
+    let a = fx
+        .post(
+            "/api/runs/1/approve",
+            Some(OPERATOR),
+            &decision_of(MAX_BODY + 1),
+        )
+        .await;
+    assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "length limit exceeded");
+    assert_eq!(fx.count("SELECT COUNT(*) AS n FROM command_queue").await, 0);
+}
+
+/// `page * size` once overflowed: `page=9223372036854775807&size=2` answered the first page
+/// labelled as that page. Page and size are bounded, and out of bounds is a 400 naming which.
+#[tokio::test]
+async fn dlq_paging_is_bounded_and_names_the_parameter_at_fault() {
+    let fx = fixture().await;
+    let dlq = "/api/admin/streaming/dlq";
+    fx.dead_letter("u1", "TimeoutException", json!({})).await;
+    fx.dead_letter("u2", "TimeoutException", json!({})).await;
+    fx.dead_letter("u3", "TimeoutException", json!({})).await;
+
+    for (query, says) in [
+        (
+            "page=9223372036854775807&size=2",
+            "page: 9223372036854775807 is out of bounds",
+        ),
+        ("page=-1", "page: -1 is out of bounds"),
+        ("page=10001&size=1000", "page: 10001 is out of bounds"),
+        ("size=0", "size: 0 is out of bounds"),
+        ("size=1001", "size: 1001 is out of bounds"),
+        (
+            "size=-9223372036854775808",
+            "size: -9223372036854775808 is out of bounds",
+        ),
+        ("page=99999999999999999999", "page"),
+    ] {
+        let a = fx.get(&format!("{dlq}?{query}"), Some(ADMIN)).await;
+        assert_error(&a, StatusCode::BAD_REQUEST, says);
+    }
+
+    let a = fx.get(&format!("{dlq}?page=1&size=2"), Some(ADMIN)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        (
+            &a.json["page"],
+            &a.json["size"],
+            &a.json["totalElements"],
+            &a.json["totalPages"]
+        ),
+        (&json!(1), &json!(2), &json!(3), &json!(2))
+    );
+    let ids: Vec<&Value> = a.json["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["entity_id"])
+        .collect();
+    assert_eq!(ids, [&json!("u3")]);
+    let a = fx
+        .get(&format!("{dlq}?page=10000&size=1000"), Some(ADMIN))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["content"], json!([]));
 }

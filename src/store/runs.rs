@@ -194,12 +194,26 @@ pub enum DecideError {
     NoRun(i64),
     #[error("run {0} is {1}, not waiting for approval")]
     NotWaiting(i64, String),
+    /// Someone answered first: the wait is over, and this answer was not recorded.
+    #[error("run {run_id} was already {decision} by {actor} at {at} (step `{step}`); this answer was not recorded")]
+    AlreadyDecided {
+        run_id: i64,
+        step: String,
+        decision: String,
+        actor: String,
+        at: String,
+    },
     #[error(transparent)]
     Db(#[from] DbError),
 }
 
 /// Records an operator's answer to the `approve` step a run waits at, with its audit record.
 /// Returns the step answered.
+///
+/// The first answer wins: one transaction moves the run from `waiting_approval` back to
+/// `running` (an update guarded by the waiting state, so of two answers at the same moment
+/// only one changes the row) and records the answer and its audit record. The later one is
+/// refused with [`DecideError::AlreadyDecided`], naming who decided what and when.
 pub async fn decide(
     db: &Db,
     run_id: i64,
@@ -207,36 +221,96 @@ pub async fn decide(
     actor: &str,
     comment: Option<&str>,
 ) -> Result<String, DecideError> {
-    let rows = db
-        .sql(
-            "SELECT status, waiting_step FROM runbook_runs WHERE id = $1",
-            vec![json!(run_id)],
-        )
-        .await?
-        .rows;
-    let run = rows.first().ok_or(DecideError::NoRun(run_id))?;
-    let waiting = run["status"].as_str() == Some(RunStatus::WaitingApproval.as_str());
-    let Some(step) = run["waiting_step"].as_str().filter(|_| waiting) else {
-        return Err(DecideError::NotWaiting(
-            run_id,
-            run["status"].as_str().unwrap_or("?").to_owned(),
-        ));
-    };
+    use super::guards::tx_sql;
     let decision = if approve { "approved" } else { "rejected" };
-    db.sql(
+    // The guarded update comes first, so on SQLite the transaction takes the write lock before
+    // it reads anything (a read first could not be upgraded once another answer committed).
+    let mut tx = db.begin().await?;
+    let claimed = tx_sql(
+        &mut tx,
+        "UPDATE runbook_runs SET status = $2 \
+         WHERE id = $1 AND status = $3 AND waiting_step IS NOT NULL RETURNING waiting_step",
+        vec![
+            json!(run_id),
+            json!(RunStatus::Running),
+            json!(RunStatus::WaitingApproval),
+        ],
+    )
+    .await?;
+    let Some(step) = claimed
+        .first()
+        .and_then(|r| r["waiting_step"].as_str())
+        .map(str::to_owned)
+    else {
+        drop(tx);
+        return Err(not_decided(db, run_id).await);
+    };
+    // The wait is over, as `resume_waiting` leaves it.
+    tx_sql(
+        &mut tx,
+        "UPDATE runbook_runs SET waiting_step = NULL WHERE id = $1",
+        vec![json!(run_id)],
+    )
+    .await?;
+    tx_sql(
+        &mut tx,
         "INSERT INTO runbook_approvals (run_id, step_id, decision, actor, comment) VALUES ($1, $2, $3, $4, $5)",
         vec![json!(run_id), json!(step), json!(decision), json!(actor), json!(comment)],
     )
     .await?;
-    audit(
-        db,
+    let record = super::Audit {
         actor,
-        &format!("run_{decision}"),
-        json!({ "run_id": run_id, "step": step }),
-        1,
-    )
-    .await?;
-    Ok(step.to_owned())
+        op: &format!("run_{decision}"),
+        filter: json!({ "run_id": run_id, "step": step }),
+    };
+    tx_sql(&mut tx, super::AUDIT, record.params(1)).await?;
+    tx.commit().await?;
+    Ok(step)
+}
+
+/// Why run `run_id` took no answer: it does not exist, it has ended, someone answered its wait
+/// first (it is still going, and its latest answer says who), or it is not waiting at all.
+async fn not_decided(db: &Db, run_id: i64) -> DecideError {
+    let run = match db
+        .sql(
+            "SELECT status FROM runbook_runs WHERE id = $1",
+            vec![json!(run_id)],
+        )
+        .await
+    {
+        Ok(r) => r.rows,
+        Err(e) => return e.into(),
+    };
+    let Some(run) = run.first() else {
+        return DecideError::NoRun(run_id);
+    };
+    let status = run["status"].as_str().unwrap_or("?").to_owned();
+    if run_status(&run["status"]).map_or(true, |s| s.is_final()) {
+        return DecideError::NotWaiting(run_id, status);
+    }
+    let latest = match db
+        .sql(
+            "SELECT step_id, decision, actor, at FROM runbook_approvals WHERE run_id = $1 ORDER BY id DESC LIMIT 1",
+            vec![json!(run_id)],
+        )
+        .await
+    {
+        Ok(r) => r.rows,
+        Err(e) => return e.into(),
+    };
+    match latest.first() {
+        Some(a) => {
+            let text = |k: &str| a[k].as_str().unwrap_or("?").to_owned();
+            DecideError::AlreadyDecided {
+                run_id,
+                step: text("step_id"),
+                decision: text("decision"),
+                actor: text("actor"),
+                at: text("at"),
+            }
+        }
+        None => DecideError::NotWaiting(run_id, status),
+    }
 }
 
 /// The statement that deletes the runs that finished longer than `older_than` ago (their step
