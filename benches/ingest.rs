@@ -1,8 +1,8 @@
 //! Webhook ingest, measured side by side with the store's raw durable insert rate in one run.
 //!
 //! For each backend (SQLite file, PostgreSQL) and each scenario, `runbook serve` (the real binary,
-//! workers off, so only ingest is measured) receives Alertmanager notifications from `CLIENTS`
-//! concurrent clients on loopback, one alert each with its own fingerprint, every one matching a
+//! workers off, so only ingest is measured) receives Alertmanager notifications from 8 and from
+//! 64 concurrent clients on loopback, one alert each with its own fingerprint, every one matching a
 //! playbook: each answer 2xx means the notification, the alert and its run record (queued with its
 //! queue command, or skipped by a guard with the reason) were committed. Scenarios:
 //! - `storm`: alerts spread over 20 playbooks with their default guards (one run at a time), as
@@ -34,8 +34,9 @@ use common::{drop_store, fresh, proc_mib};
 
 /// Notifications per throughput measurement.
 const N: usize = 4_000;
-/// Concurrent clients, for runbook and the raw inserts alike.
-const CLIENTS: usize = 8;
+/// Concurrent clients, for runbook and the raw inserts alike: a few, as one Alertmanager pair
+/// sends, and many, as a storm from several sends.
+const CLIENTS: [usize; 2] = [8, 64];
 /// The fixed rate of the latency measurement, and for how long.
 const RATE: u64 = 1_000;
 const RATE_SECS: u64 = 3;
@@ -185,12 +186,19 @@ impl Load {
 }
 
 /// Posts `n` notifications, numbered from `first`, from `CLIENTS` clients as fast as answers come.
-async fn flood(base: &str, first: usize, n: usize, starts_at: &str, playbooks: usize) -> Load {
+async fn flood(
+    base: &str,
+    clients: usize,
+    first: usize,
+    n: usize,
+    starts_at: &str,
+    playbooks: usize,
+) -> Load {
     let client = reqwest::Client::new();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(first));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
+    for _ in 0..clients {
         let (client, next, url, starts_at) = (
             client.clone(),
             next.clone(),
@@ -285,7 +293,7 @@ async fn count(url: &str, sql: &str) -> i64 {
 
 /// One transaction per notification writing what the receiver writes for it: the notification,
 /// the alert, its run key, the run record and the run's queue command.
-async fn raw_rate(backend: &str, url: &str) -> f64 {
+async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
     let db = Db::connect(url, false, 2).await.unwrap();
     db.migrate().await.unwrap();
     db.close().await;
@@ -299,11 +307,11 @@ async fn raw_rate(backend: &str, url: &str) -> f64 {
             .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30));
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(CLIENTS as u32)
+            .max_connections(clients as u32)
             .connect_with(opts)
             .await
             .unwrap();
-        for _ in 0..CLIENTS {
+        for _ in 0..clients {
             let (pool, next) = (pool.clone(), next.clone());
             tasks.spawn(async move {
                 loop {
@@ -317,11 +325,11 @@ async fn raw_rate(backend: &str, url: &str) -> f64 {
         }
     } else {
         let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(CLIENTS as u32)
+            .max_connections(clients as u32)
             .connect(url)
             .await
             .unwrap();
-        for _ in 0..CLIENTS {
+        for _ in 0..clients {
             let (pool, next) = (pool.clone(), next.clone());
             tasks.spawn(async move {
                 loop {
@@ -384,12 +392,13 @@ async fn raw_pg(pool: &sqlx::PgPool, i: usize) {
 
 #[tokio::main]
 async fn main() {
-    println!("webhook ingest: {N} notifications from {CLIENTS} clients, one alert each, each alert recording its run (workers off)");
+    println!("webhook ingest: {N} notifications from {CLIENTS:?} clients, one alert each, each alert recording its run (workers off)");
     println!("raw: the same rows (a queued run and its command), one transaction per notification, same clients (SQLite: synchronous=FULL)\n");
     println!(
-        "{:<9} {:<10} {:>10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:<9} {:<10} {:>7} {:>10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "backend",
         "scenario",
+        "clients",
         "runbook/s",
         "p50 ms",
         "p99 ms",
@@ -406,24 +415,26 @@ async fn main() {
         if only.as_deref().is_some_and(|o| o != backend) {
             continue;
         }
-        let raw_store = fresh(backend).await;
-        let raw = raw_rate(backend, &raw_store.url).await;
-        drop_store(raw_store).await;
-        for scenario in SCENARIOS {
-            measure(backend, scenario, raw).await;
+        for clients in CLIENTS {
+            let raw_store = fresh(backend).await;
+            let raw = raw_rate(backend, &raw_store.url, clients).await;
+            drop_store(raw_store).await;
+            for scenario in SCENARIOS {
+                measure(backend, scenario, clients, raw).await;
+            }
         }
     }
     println!("\nratio: runbook / raw; @1k: latency at a fixed {RATE} notifications/s for {RATE_SECS} s; ready: start to /readyz 200 on an existing store");
 }
 
-async fn measure(backend: &str, scenario: Scenario, raw: f64) {
+async fn measure(backend: &str, scenario: Scenario, clients: usize, raw: f64) {
     let store = fresh(backend).await;
     let server = serve(&store.url, scenario).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = server.child.id();
     let idle = proc_mib(pid, "VmRSS:");
     let starts_at = "2026-11-29T03:00:00Z";
-    let load = flood(&server.base, 0, N, starts_at, scenario.playbooks).await;
+    let load = flood(&server.base, clients, 0, N, starts_at, scenario.playbooks).await;
     let fixed = steady(&server.base, N, starts_at, scenario.playbooks).await;
     let peak = proc_mib(pid, "VmHWM:");
     let ready = server.ready;
@@ -441,7 +452,7 @@ async fn measure(backend: &str, scenario: Scenario, raw: f64) {
     );
     drop_store(store).await;
     println!(
-        "{backend:<9} {:<10} {:>10.0} {:>8.1} {:>8.1} {:>10.0} {:>6.2}x {:>9.1} {:>9.1} {:>5.1} MiB {:>5.1} MiB {:>6.0} ms",
+        "{backend:<9} {:<10} {clients:>7} {:>10.0} {:>8.1} {:>8.1} {:>10.0} {:>6.2}x {:>9.1} {:>9.1} {:>5.1} MiB {:>5.1} MiB {:>6.0} ms",
         scenario.name,
         load.per_sec,
         load.percentile(0.5),
