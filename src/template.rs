@@ -228,7 +228,11 @@ fn uuid_value(v: &Value) -> Result<Json, Error> {
     let text = v.as_str().map(str::trim).unwrap_or_default();
     let groups: Vec<&str> = text.split('-').collect();
     let shape = groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12];
-    if shape && groups.iter().all(|g| g.chars().all(|c| c.is_ascii_hexdigit())) {
+    if shape
+        && groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
+    {
         Ok(Json::from(text.to_ascii_lowercase()))
     } else {
         Err(Error::new(
@@ -580,7 +584,9 @@ mod tests {
     #[test]
     fn typed_filters_bind_with_their_type() {
         let t = Templates::new();
-        let ctx = cx(json!({ "id": "0E9B0C36-5D6B-4A8E-9F3A-1B2C3D4E5F60", "at": "2024-05-01T14:00:00+02:00" }));
+        let ctx = cx(
+            json!({ "id": "0E9B0C36-5D6B-4A8E-9F3A-1B2C3D4E5F60", "at": "2024-05-01T14:00:00+02:00" }),
+        );
         let q = t
             .render_sql(
                 "SELECT * FROM t WHERE id = {{ id | uuid }} AND at > {{ at | timestamptz }} LIMIT {{ '5' | int }}",

@@ -45,15 +45,15 @@ async fn a_timed_out_pg_sleep_is_cancelled_on_the_server() {
     );
     let out = w.run(&["--store", &pg.url, "run", "sleepy", "-o", "json"]);
     assert_eq!(out.code, 1, "{out:?}");
+    // The CLI has exited; the server must not go on sleeping for two minutes.
+    let db = store(&pg.url).await;
+    until_no_statement_with(&db, &mark, 10).await;
     let error = out.run()["error"].as_str().unwrap_or_default().to_owned();
     assert!(
         error.contains("timed out after 2s")
             && error.contains("cancelled on the database and nothing it did was committed"),
         "{error}"
     );
-    // The CLI has exited; the server must not go on sleeping for two minutes.
-    let db = store(&pg.url).await;
-    until_no_statement_with(&db, &mark, 10).await;
 }
 
 #[tokio::test]
@@ -114,8 +114,16 @@ steps:
     );
     let tries = |id: &str, all: &[Value]| all.iter().filter(|a| a["step_id"] == id).count();
     let all = attempts(&w, &pg.url, &run);
-    assert_eq!(tries("once", &all), 1, "a change without `idempotent` runs once: {all:?}");
-    assert_eq!(tries("again", &all), 2, "an idempotent change is retried: {all:?}");
+    assert_eq!(
+        tries("once", &all),
+        1,
+        "a change without `idempotent` runs once: {all:?}"
+    );
+    assert_eq!(
+        tries("again", &all),
+        2,
+        "an idempotent change is retried: {all:?}"
+    );
 
     // Once nothing runs any more, no insert has committed, and each try left an audit record
     // that says it was rolled back.
@@ -133,7 +141,10 @@ steps:
                 Value::String(s) => serde_json::from_str(s).unwrap(),
                 other => other.clone(),
             };
-            (r["op"].as_str().unwrap().to_owned(), filter["outcome"].clone())
+            (
+                r["op"].as_str().unwrap().to_owned(),
+                filter["outcome"].clone(),
+            )
         })
         .collect();
     assert_eq!(
@@ -186,7 +197,11 @@ steps:
         "{run}"
     );
     // The interrupted insert holds no lock: the next write goes through, and only it committed.
-    assert_eq!(run["steps"]["count"]["rows"], json!([{ "total": 1, "slow": 0 }]), "{run}");
+    assert_eq!(
+        run["steps"]["count"]["rows"],
+        json!([{ "total": 1, "slow": 0 }]),
+        "{run}"
+    );
 }
 
 #[test]
@@ -303,7 +318,11 @@ async fn a_50_mb_http_answer_is_cut() {
     );
     // The first 64 KiB, and how long the text read was.
     let body = output["body"].as_str().unwrap_or_default();
-    assert!(body.len() < 64 * 1024 + 100 && body.ends_with(" bytes)"), "{}", body.len());
+    assert!(
+        body.len() < 64 * 1024 + 100 && body.ends_with(" bytes)"),
+        "{}",
+        body.len()
+    );
 }
 
 #[tokio::test]
@@ -392,8 +411,18 @@ steps:
     assert_eq!(steps["since"]["rows"], json!([{ "qty": 5 }]));
     // A value that is not a UUID fails the step with a message, not a database error.
     let out = w.run(&[
-        "--store", &pg.url, "run", "orders", "-p", "id=42", "-p", "since=2024-05-01T00:00:00Z",
-        "-p", "min_qty=1", "-o", "json",
+        "--store",
+        &pg.url,
+        "run",
+        "orders",
+        "-p",
+        "id=42",
+        "-p",
+        "since=2024-05-01T00:00:00Z",
+        "-p",
+        "min_qty=1",
+        "-o",
+        "json",
     ]);
     assert_eq!(out.code, 1, "{out:?}");
     crate::util::assert_run_error(&out.run(), "`42` is not a UUID");

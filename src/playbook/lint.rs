@@ -64,8 +64,9 @@ mod tests {
 
     #[test]
     fn warns_of_retry_on_a_change_that_is_not_idempotent() {
-        assert!(retry_of_a_change("purge", 3, false)
-            .is_some_and(|w| w.contains("`idempotent: true`")));
+        assert!(
+            retry_of_a_change("purge", 3, false).is_some_and(|w| w.contains("`idempotent: true`"))
+        );
         assert_eq!(retry_of_a_change("purge", 1, false), None);
         assert_eq!(retry_of_a_change("depth", 3, true), None);
     }

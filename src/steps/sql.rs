@@ -270,7 +270,8 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         let store = cx.services.store.clone();
         let (actor, op, filter) = (actor.clone(), op.clone(), filter(outcome));
         // Written by a task of its own, so the record is made even if this step is dropped.
-        let task = tokio::spawn(async move { runs::audit(&store, &actor, &op, filter, rows).await });
+        let task =
+            tokio::spawn(async move { runs::audit(&store, &actor, &op, filter, rows).await });
         async move {
             match task.await {
                 Ok(Ok(())) => Ok(()),
@@ -313,11 +314,10 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
 fn step_error(i: &Input, cx: &StepCx<'_>, e: StatementError, no_retry: bool) -> StepError {
     let (msg, transient) = match &e {
         StatementError::Stopped { .. } => {
-            let why = cx
-                .run
-                .cancel
-                .reason()
-                .unwrap_or_else(|| format!("timed out after {}", crate::duration::Dur(cx.timeout)));
+            let why =
+                cx.run.cancel.reason().unwrap_or_else(|| {
+                    format!("timed out after {}", crate::duration::Dur(cx.timeout))
+                });
             (format!("{why}: {e}"), true)
         }
         StatementError::Failed { source, outcome } => {

@@ -636,7 +636,9 @@ mod capped_tests {
 
     #[test]
     fn an_output_over_the_cap_keeps_its_leading_rows_and_says_what_was_cut() {
-        let rows: Vec<Json> = (0..1000).map(|i| json!({ "n": i, "pad": "x".repeat(100) })).collect();
+        let rows: Vec<Json> = (0..1000)
+            .map(|i| json!({ "n": i, "pad": "x".repeat(100) }))
+            .collect();
         let whole = json!({ "rows": rows, "output": { "row_count": 1000 } });
         assert_eq!(capped_output(&whole, usize::MAX), whole);
         let capped = capped_output(&whole, 20_000);

@@ -22,7 +22,9 @@ use std::{
 use futures::TryStreamExt;
 use sqlx::{pool::PoolConnection, Database, Either, Executor, PgPool, Row, SqlitePool};
 
-use super::{bind_pg, bind_sqlite, decode, dollar_to_question, Audit, Db, DbError, SqlResult, AUDIT};
+use super::{
+    bind_pg, bind_sqlite, decode, dollar_to_question, Audit, Db, DbError, SqlResult, AUDIT,
+};
 use crate::template::BoundSql;
 
 /// One statement of a playbook and how to run it.
@@ -336,8 +338,8 @@ async fn pg_work(
     let mut out = SqlResult::default();
     let drained = {
         #[allow(deprecated)]
-        let mut stream = bind_pg(sqlx::query(&st.q.sql).persistent(false), &st.q.params)
-            .fetch_many(&mut *conn);
+        let mut stream =
+            bind_pg(sqlx::query(&st.q.sql).persistent(false), &st.q.params).fetch_many(&mut *conn);
         let mut drained = true;
         while let Some(item) = stream
             .try_next()
