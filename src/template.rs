@@ -194,6 +194,72 @@ fn sum_filter(values: Value, kwargs: minijinja::value::Kwargs) -> Result<Value, 
     })
 }
 
+/// A value bound with a PostgreSQL type (`{{ x | uuid }}`, `{{ x | timestamptz }}`): its
+/// placeholder is cast to the type (`$1::uuid`), so it compares with a column of that type. On
+/// SQLite, and outside SQL, it is the checked value in its usual text form.
+#[derive(Debug)]
+struct Typed {
+    value: Json,
+    pg_type: &'static str,
+}
+
+impl Object for Typed {}
+
+/// `| timestamptz`: RFC 3339 text (or Unix seconds) as UTC with milliseconds, the store's form.
+fn timestamptz_value(v: &Value) -> Result<Json, Error> {
+    let at = match v.as_i64() {
+        Some(secs) => chrono::DateTime::from_timestamp(secs, 0),
+        None => v
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s.trim()).ok())
+            .map(|t| t.with_timezone(&chrono::Utc)),
+    };
+    at.map(|t| Json::from(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("`{v}` is not a timestamp: give RFC 3339 text such as 2024-05-01T12:00:00Z, or Unix seconds"),
+            )
+        })
+}
+
+/// `| uuid`: 8-4-4-4-12 hexadecimal digits, lower-cased.
+fn uuid_value(v: &Value) -> Result<Json, Error> {
+    let text = v.as_str().map(str::trim).unwrap_or_default();
+    let groups: Vec<&str> = text.split('-').collect();
+    let shape = groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12];
+    if shape
+        && groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        Ok(Json::from(text.to_ascii_lowercase()))
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("`{v}` is not a UUID (8-4-4-4-12 hexadecimal digits)"),
+        ))
+    }
+}
+
+/// Adds the typed-bind filters: in SQL they bind with their type, elsewhere they check and
+/// normalise the value.
+fn add_typed_filters(env: &mut Environment<'static>, in_sql: bool) {
+    fn typed(in_sql: bool, value: Json, pg_type: &'static str) -> Value {
+        if in_sql {
+            Value::from_object(Typed { value, pg_type })
+        } else {
+            Value::from_serialize(&value)
+        }
+    }
+    env.add_filter("timestamptz", move |v: Value| {
+        Ok(typed(in_sql, timestamptz_value(&v)?, "timestamptz"))
+    });
+    env.add_filter("uuid", move |v: Value| {
+        Ok(typed(in_sql, uuid_value(&v)?, "uuid"))
+    });
+}
+
 /// The shared template environments, built once.
 pub struct Templates {
     text: Environment<'static>,
@@ -213,6 +279,7 @@ fn base_env() -> Environment<'static> {
     env.set_keep_trailing_newline(true);
     env.add_filter("seconds", |v: Value| parse_dur(&v).map(|d| d.as_secs_f64()));
     env.add_filter("sum", sum_filter);
+    add_typed_filters(&mut env, false);
     env
 }
 
@@ -250,14 +317,20 @@ impl Templates {
             dialect_now()?;
             Ok(Value::from_object(SqlFragment(name)))
         });
+        add_typed_filters(&mut sql, true);
         sql.set_formatter(|out, _state, value| {
             if let Some(frag) = value.downcast_object_ref::<SqlFragment>() {
                 return write(out, &frag.0);
             }
+            let typed = value.downcast_object_ref::<Typed>();
             let placeholder = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
                 Some(Capture::Sql { dialect, params }) => {
-                    params.push(to_json(value));
-                    Ok(dialect.placeholder(params.len()))
+                    params.push(typed.map_or_else(|| to_json(value), |t| t.value.clone()));
+                    let p = dialect.placeholder(params.len());
+                    Ok(match (typed, *dialect) {
+                        (Some(t), Dialect::Postgres) => format!("{p}::{}", t.pg_type),
+                        _ => p,
+                    })
                 }
                 _ => Err(Error::new(
                     ErrorKind::InvalidOperation,
@@ -506,6 +579,46 @@ mod tests {
             .render_sql("SELECT {{ x | safe }}", &ctx, Dialect::Postgres)
             .unwrap();
         assert_eq!(q.sql, "SELECT $1");
+    }
+
+    #[test]
+    fn typed_filters_bind_with_their_type() {
+        let t = Templates::new();
+        let ctx = cx(
+            json!({ "id": "0E9B0C36-5D6B-4A8E-9F3A-1B2C3D4E5F60", "at": "2024-05-01T14:00:00+02:00" }),
+        );
+        let q = t
+            .render_sql(
+                "SELECT * FROM t WHERE id = {{ id | uuid }} AND at > {{ at | timestamptz }} LIMIT {{ '5' | int }}",
+                &ctx,
+                Dialect::Postgres,
+            )
+            .unwrap();
+        assert_eq!(
+            q.sql,
+            "SELECT * FROM t WHERE id = $1::uuid AND at > $2::timestamptz LIMIT $3"
+        );
+        assert_eq!(
+            q.params,
+            vec![
+                json!("0e9b0c36-5d6b-4a8e-9f3a-1b2c3d4e5f60"),
+                json!("2024-05-01T12:00:00.000Z"),
+                json!(5)
+            ]
+        );
+        let q = t
+            .render_sql("SELECT {{ at | timestamptz }}", &ctx, Dialect::Sqlite)
+            .unwrap();
+        assert_eq!(q.sql, "SELECT ?1");
+        assert_eq!(q.params, vec![json!("2024-05-01T12:00:00.000Z")]);
+        let bad = t
+            .render_sql("SELECT {{ 'x' | uuid }}", &ctx, Dialect::Postgres)
+            .unwrap_err();
+        assert!(message(&bad).contains("is not a UUID"), "{}", message(&bad));
+        assert_eq!(
+            t.render("{{ at | timestamptz }}", &ctx).unwrap(),
+            "2024-05-01T12:00:00.000Z"
+        );
     }
 
     #[test]

@@ -17,5 +17,6 @@ mod runtime;
 mod safety;
 mod scheduler;
 mod server_hardening;
+mod sql_hardening;
 mod util;
 mod validate;

@@ -25,6 +25,9 @@ pub(super) fn validate(setup: &Setup, path: Option<&Path>) -> i32 {
     for d in &diags {
         println!("{d}");
     }
+    for d in catalog.playbooks.values().flat_map(|p| &p.warnings) {
+        println!("warning: {d}");
+    }
     if diags.is_empty() {
         if files == 0 {
             eprintln!("no playbooks found in {}", path.display());

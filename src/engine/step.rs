@@ -397,10 +397,14 @@ impl Engine {
         }
         let result = match tokio::time::timeout(cx.timeout, step.kind.execute(rendered, cx)).await {
             Ok(r) => r,
-            Err(_) => Err(StepError::retryable(format!(
-                "timed out after {}",
-                crate::duration::Dur(cx.timeout)
-            ))),
+            Err(_) => {
+                let msg = format!("timed out after {}", crate::duration::Dur(cx.timeout));
+                Err(if step.kind.retries_safely() {
+                    StepError::retryable(msg)
+                } else {
+                    StepError::fatal(msg)
+                })
+            }
         };
         (input, result)
     }

@@ -35,6 +35,8 @@ struct Compiler<'a> {
     path: &'a Path,
     loc: Locations,
     diags: Vec<Diagnostic>,
+    /// Findings that do not stop the playbook from loading.
+    warnings: Vec<Diagnostic>,
     templates: Templates,
     env: &'a CompileEnv,
 }
@@ -43,6 +45,10 @@ impl Compiler<'_> {
     fn err(&mut self, at: &str, message: impl Into<String>) {
         let pos = self.loc.at(at);
         self.diags.push(Diagnostic::new(self.path, pos, message));
+    }
+    fn warn(&mut self, at: &str, message: impl Into<String>) {
+        let pos = self.loc.at(at);
+        self.warnings.push(Diagnostic::new(self.path, pos, message));
     }
 }
 
@@ -73,6 +79,7 @@ pub fn compile_source(
         path,
         loc: Locations::index(text),
         diags: Vec::new(),
+        warnings: Vec::new(),
         templates: Templates::new(),
         env,
     };
@@ -128,6 +135,7 @@ fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) 
         timeout: raw.timeout.unwrap_or(DEFAULT_PLAYBOOK_TIMEOUT),
         on_interrupt: raw.on_interrupt.unwrap_or(super::OnInterrupt::Interrupted),
         changes_things: own_steps_change(&steps, &on_failure, true),
+        warnings: std::mem::take(&mut c.warnings),
         steps,
         on_failure,
     };
@@ -348,6 +356,9 @@ fn compile_step(
     }
     for (sub, problem) in kind.check_names(c.env) {
         c.err(&format!("{at}.{sub}"), problem);
+    }
+    if let Some(w) = super::lint::retry_of_a_change(&id, retry.attempts, kind.retries_safely()) {
+        c.warn(&format!("{at}.retry"), w);
     }
     if let StepKind::Playbook(call) = &kind {
         calls.push(PlaybookCall {

@@ -45,9 +45,31 @@ pub fn step_status_ok(src: &str) -> Vec<String> {
         .collect()
 }
 
+/// A warning for a step with `retry` whose kind must not run twice: a `sql` statement that
+/// changes things without `idempotent: true` is never retried, so its `retry` does nothing.
+pub fn retry_of_a_change(step: &str, attempts: u32, retries_safely: bool) -> Option<String> {
+    (attempts > 1 && !retries_safely).then(|| {
+        format!(
+            "step `{step}` has `retry` but its statement changes things and is not marked \
+             `idempotent: true`, so it is never retried (a timed-out or failed change may have \
+             done its work); add `idempotent: true` to the `sql` step if running it twice is safe, \
+             or remove `retry`"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warns_of_retry_on_a_change_that_is_not_idempotent() {
+        assert!(
+            retry_of_a_change("purge", 3, false).is_some_and(|w| w.contains("`idempotent: true`"))
+        );
+        assert_eq!(retry_of_a_change("purge", 1, false), None);
+        assert_eq!(retry_of_a_change("depth", 3, true), None);
+    }
 
     #[test]
     fn flags_comparisons_of_step_status_with_ok() {

@@ -46,6 +46,8 @@ pub struct Playbook {
     /// (see `Kind::is_read`), or calls a playbook that changes things. Computed at load; the
     /// global pause holds runs of playbooks that change things.
     pub changes_things: bool,
+    /// Findings of `runbook validate` that do not stop the playbook from running.
+    pub warnings: Vec<Diagnostic>,
 }
 
 #[derive(Debug, Default)]

@@ -17,6 +17,11 @@ pub enum ParamError {
     Yaml { expected: &'static str, got: String },
     #[error(transparent)]
     Duration(#[from] crate::duration::DurationError),
+    #[error(
+        "contains a NUL character (\\u0000), which PostgreSQL text cannot hold and no program \
+         argument can carry: remove it"
+    )]
+    Nul,
 }
 
 /// One problem with a run's parameters.
@@ -46,7 +51,7 @@ pub struct ParamProblems(pub Vec<ParamProblem>);
 pub fn coerce_yaml(ty: ParamType, v: &serde_yaml::Value) -> Result<Json, ParamError> {
     use serde_yaml::Value as Y;
     match (ty, v) {
-        (ParamType::String, Y::String(s)) => Ok(Json::String(s.clone())),
+        (ParamType::String, Y::String(s)) => coerce_text(ParamType::String, s),
         (ParamType::String, Y::Number(n)) => Ok(Json::String(n.to_string())),
         (ParamType::Integer, Y::Number(n)) if n.is_i64() || n.is_u64() => {
             Ok(serde_json::to_value(n).unwrap_or_default())
@@ -67,6 +72,9 @@ pub fn coerce_yaml(ty: ParamType, v: &serde_yaml::Value) -> Result<Json, ParamEr
 
 /// Parses a parameter given as text (`--param k=v`, alert labels) into its type.
 pub fn coerce_text(ty: ParamType, s: &str) -> Result<Json, ParamError> {
+    if s.contains('\0') {
+        return Err(ParamError::Nul);
+    }
     let wrong = || ParamError::Text {
         expected: type_name(ty),
         got: s.to_owned(),

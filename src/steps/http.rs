@@ -219,13 +219,23 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
     } else if let Some(b) = i.body {
         req = req.body(b);
     }
-    let (status, headers, body) = send(req, &cx.services.masker).await?;
+    let Answer {
+        status,
+        headers,
+        body,
+        cut,
+    } = send_capped(req, &cx.services.masker).await?;
     let ok = if i.expect.is_empty() {
         (200..300).contains(&status)
     } else {
         i.expect.contains(&status)
     };
-    let parsed: Option<Json> = serde_json::from_str(&body).ok();
+    // A cut body is not parsed: the start of a JSON document is not one.
+    let parsed: Option<Json> = if cut {
+        None
+    } else {
+        serde_json::from_str(&body).ok()
+    };
     let body_json = parsed
         .clone()
         .unwrap_or_else(|| Json::String(truncate(&body, MAX_TEXT)));
@@ -246,18 +256,55 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         Some(Json::Array(items)) => items.clone(),
         _ => Vec::new(),
     };
-    Ok(StepOutput {
-        rows,
-        output: json!({ "status": status, "headers": headers, "body": body_json }),
-    })
+    let mut output = json!({ "status": status, "headers": headers, "body": body_json });
+    if cut {
+        output["truncated"] = Json::Bool(true);
+        output["truncated_reason"] = Json::String(format!(
+            "the answer is larger than {} MiB: only that much was read, and `body` is its first {} KiB as text",
+            MAX_BODY / (1024 * 1024),
+            MAX_TEXT / 1024
+        ));
+    }
+    Ok(StepOutput { rows, output })
 }
 
-/// Sends a request; connection problems and timeouts are retryable.
+/// The most bytes of an answer's body read. An `http` step keeps the start of a longer body
+/// and says it was cut; a Prometheus or notification answer that long is an error.
+pub const MAX_BODY: usize = 10 * 1024 * 1024;
+
+/// An answer: status, the headers steps see, the body (at most [`MAX_BODY`] bytes of it), and
+/// whether the body went on past that.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Json,
+    pub body: String,
+    pub cut: bool,
+}
+
+/// Sends a request; connection problems and timeouts are retryable. An answer longer than
+/// [`MAX_BODY`] is an error.
 pub async fn send(
     req: reqwest::RequestBuilder,
     masker: &crate::secrets::Masker,
 ) -> Result<(u16, Json, String), StepError> {
-    let resp = req.send().await.map_err(|e| {
+    let a = send_capped(req, masker).await?;
+    if a.cut {
+        return Err(StepError::fatal(format!(
+            "the answer (status {}) is larger than {} MiB, more than runbook reads",
+            a.status,
+            MAX_BODY / (1024 * 1024)
+        )));
+    }
+    Ok((a.status, a.headers, a.body))
+}
+
+/// Sends a request and reads at most [`MAX_BODY`] bytes of the answer, chunk by chunk, so a
+/// huge answer is never held whole.
+pub async fn send_capped(
+    req: reqwest::RequestBuilder,
+    masker: &crate::secrets::Masker,
+) -> Result<Answer, StepError> {
+    let mut resp = req.send().await.map_err(|e| {
         let msg = masker.mask_str(&format!("request failed: {}", error_chain(&e)));
         if e.is_builder() {
             StepError::fatal(msg)
@@ -277,9 +324,25 @@ pub async fn send(
             )
         })
         .collect();
-    let body = resp
-        .text()
+    let mut body: Vec<u8> = Vec::new();
+    let mut cut = false;
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|e| StepError::retryable(format!("reading the answer failed: {e}")))?;
-    Ok((status, Json::Object(headers), body))
+        .map_err(|e| StepError::retryable(format!("reading the answer failed: {e}")))?
+    {
+        let room = MAX_BODY - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            cut = true;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Answer {
+        status,
+        headers: Json::Object(headers),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        cut,
+    })
 }

@@ -340,6 +340,15 @@ impl StepKind {
         each_kind!(self, s => s.is_read())
     }
 
+    /// Whether running the step again after a timeout or a transient failure is safe: not for
+    /// a `sql` statement that changes things unless it says `idempotent: true`.
+    pub fn retries_safely(&self) -> bool {
+        match self {
+            StepKind::Sql(s) => s.retries_safely(),
+            _ => true,
+        }
+    }
+
     /// The playbook a `playbook:` step calls.
     pub fn calls(&self) -> Option<&str> {
         match self {

@@ -1,5 +1,7 @@
 //! `sql`: one statement on the store or a named datasource; every `{{ expr }}` is a bound value.
 
+use std::time::Duration;
+
 use serde::Serialize;
 use serde_json::{json, Value as Json};
 
@@ -8,7 +10,14 @@ use super::{
     names::{self, Names},
     CompileError, Flavour, Kind, StepCx, StepError, StepOutput,
 };
-use crate::template::Dialect;
+use crate::{
+    store::{
+        runs,
+        statement::{self, Outcome, Statement, StatementError},
+        Audit,
+    },
+    template::Dialect,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -19,9 +28,13 @@ pub struct RawSql {
     #[serde(default)]
     pub datasource: Option<String>,
     pub query: String,
-    /// Rows kept in the result (default 1000).
+    /// Rows kept in the result (default 1000, at most 100000).
     #[serde(default)]
     pub max_rows: Option<usize>,
+    /// Running the statement twice does no harm, so `retry` may run a statement that changes
+    /// things again after a timeout or a transient error (default false: it is not retried).
+    #[serde(default)]
+    pub idempotent: bool,
 }
 
 impl FromShort for RawSql {
@@ -30,17 +43,29 @@ impl FromShort for RawSql {
             datasource: None,
             query,
             max_rows: None,
+            idempotent: false,
         }
     }
 }
 
 pub const DEFAULT_MAX_ROWS: usize = 1000;
+/// The most rows a step keeps: `max_rows` above it is a validation error.
+pub const MAX_ROWS_CEILING: usize = 100_000;
 
 #[derive(Debug)]
 pub struct SqlStep {
     pub datasource: Option<String>,
     pub query: String,
     pub max_rows: usize,
+    pub idempotent: bool,
+}
+
+impl SqlStep {
+    /// Whether trying the statement again is safe: it only reads, or the playbook says running
+    /// it twice does no harm.
+    pub fn retries_safely(&self) -> bool {
+        self.idempotent || is_read_statement(&self.query)
+    }
 }
 
 impl Kind for SqlStep {
@@ -48,10 +73,21 @@ impl Kind for SqlStep {
     type Input = Input;
 
     fn compile(r: RawSql) -> Result<Self, CompileError> {
+        let max_rows = r.max_rows.unwrap_or(DEFAULT_MAX_ROWS);
+        if max_rows > MAX_ROWS_CEILING {
+            return Err((
+                ".sql.max_rows".into(),
+                format!(
+                    "max_rows {max_rows} is above the ceiling of {MAX_ROWS_CEILING} rows a step keeps: \
+                     aggregate in the query (GROUP BY, COUNT) or page through it with LIMIT/OFFSET"
+                ),
+            ));
+        }
         Ok(SqlStep {
             datasource: r.datasource,
             query: r.query,
-            max_rows: r.max_rows.unwrap_or(DEFAULT_MAX_ROWS),
+            max_rows,
+            idempotent: r.idempotent,
         })
     }
 
@@ -96,6 +132,7 @@ impl Kind for SqlStep {
             sql: q.sql,
             params: q.params,
             max_rows: self.max_rows,
+            idempotent: self.idempotent,
         })
     }
 
@@ -112,6 +149,8 @@ pub struct Input {
     pub params: Vec<Json>,
     #[serde(skip)]
     pub max_rows: usize,
+    #[serde(skip)]
+    pub idempotent: bool,
 }
 
 /// Statements that read for the global pause: `SELECT`, `WITH` without a data-modifying
@@ -137,37 +176,51 @@ fn first_word(sql: &str) -> String {
         .to_ascii_uppercase()
 }
 
-/// Statements that only read; anything else is audited.
-fn is_read_only(sql: &str) -> bool {
-    let first = sql
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with("--"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or("")
-        .to_ascii_uppercase();
-    matches!(
-        first.as_str(),
-        "SELECT" | "SHOW" | "EXPLAIN" | "VALUES" | "TABLE" | "PRAGMA"
-    ) || (first == "WITH" && !contains_word(sql, &["INSERT", "UPDATE", "DELETE"]))
-}
-
 fn contains_word(sql: &str, words: &[&str]) -> bool {
     sql.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
         .any(|w| words.iter().any(|x| w.eq_ignore_ascii_case(x)))
 }
 
-/// Statements that cannot run inside a transaction block on PostgreSQL.
+/// Statements that cannot run inside a transaction block: `VACUUM` and `... CONCURRENTLY` on
+/// PostgreSQL, `VACUUM` and `PRAGMA` (some of which refuse a transaction) on SQLite.
 fn needs_autocommit(sql: &str) -> bool {
-    let first = sql
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_ascii_uppercase();
-    first == "VACUUM" || contains_word(sql, &["CONCURRENTLY"])
+    let first = first_word(sql);
+    first == "VACUUM" || first == "PRAGMA" || contains_word(sql, &["CONCURRENTLY"])
+}
+
+/// The index of the first bound value holding a NUL character, anywhere inside it.
+fn value_with_nul(params: &[Json]) -> Option<usize> {
+    fn has_nul(v: &Json) -> bool {
+        match v {
+            Json::String(s) => s.contains('\0'),
+            Json::Array(a) => a.iter().any(has_nul),
+            Json::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    params.iter().position(has_nul)
+}
+
+/// Of an attempt's time, what is kept back from the database's limit: the database stops the
+/// statement at the deadline minus this, the step stops waiting for it at half of it before
+/// the deadline, and a cancel gets a quarter of it to be confirmed.
+fn margin(timeout: Duration) -> Duration {
+    (timeout / 5).clamp(Duration::from_millis(20), Duration::from_secs(2))
 }
 
 pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+    let deadline = tokio::time::Instant::now() + cx.timeout;
+    let margin = margin(cx.timeout);
+    let changes = !is_read_statement(&i.sql);
+    if i.dialect == Dialect::Postgres {
+        if let Some(n) = value_with_nul(&i.params) {
+            return Err(StepError::fatal(format!(
+                "bound value ${} contains a NUL character (\\u0000), which PostgreSQL text cannot hold: \
+                 remove it from the parameter or alert label it comes from",
+                n + 1
+            )));
+        }
+    }
     let on_store = i.datasource == "store" && !cx.services.has_datasource("store");
     let db = if on_store {
         cx.services.store.clone()
@@ -181,45 +234,74 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         sql: i.sql.clone(),
         params: i.params.clone(),
     };
-    let read_only = is_read_only(&i.sql);
-    let filter = json!({ "datasource": i.datasource, "sql": i.sql, "params": i.params });
+    let autocommit = needs_autocommit(&i.sql);
+    let filter = |outcome: Outcome| {
+        cx.services.masker.mask_json(&json!({
+            "datasource": i.datasource, "sql": i.sql, "params": i.params, "outcome": outcome,
+        }))
+    };
     let op = format!("sql:{}", cx.step_id);
     let actor = cx.run.actor();
     // On the store a change and its audit record commit together; another database cannot share
     // the store's transaction, so there the record follows the change.
-    let same_tx = on_store && !read_only && !needs_autocommit(&i.sql);
-    let result = if same_tx {
-        let audit = crate::store::Audit {
+    let same_tx = on_store && changes && !autocommit;
+    let statement = Statement {
+        q: &q,
+        max_rows: i.max_rows,
+        changes,
+        autocommit,
+        limit: deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .saturating_sub(margin),
+        audit: same_tx.then(|| Audit {
             actor: &actor,
             op: &op,
-            filter: cx.services.masker.mask_json(&filter),
-        };
-        db.query_audited(&q, i.max_rows, audit).await
-    } else {
-        db.query(&q, i.max_rows).await
+            filter: filter(Outcome::Committed),
+        }),
     };
-    let res = result.map_err(|e| {
-        let msg = format!(
-            "{} query failed: {}",
-            i.datasource,
-            cx.services.masker.mask_str(&e.to_string())
-        );
-        if e.is_transient() {
-            StepError::retryable(msg)
-        } else {
-            StepError::fatal(msg)
+    let stop = async {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline - margin / 2) => {}
+            () = cx.run.cancel.cancelled() => {}
         }
-    })?;
-    if !read_only && !same_tx {
-        cx.services
-            .audit(&actor, &op, filter, res.rows_affected)
-            .await
-            .map_err(|e| StepError::fatal(format!("audit record could not be written: {e}")))?;
+    };
+    let result = statement::run(&db, statement, stop, margin / 4).await;
+    let recorded = |outcome: Outcome, rows: u64| {
+        let store = cx.services.store.clone();
+        let (actor, op, filter) = (actor.clone(), op.clone(), filter(outcome));
+        // Written by a task of its own, so the record is made even if this step is dropped.
+        let task =
+            tokio::spawn(async move { runs::audit(&store, &actor, &op, filter, rows).await });
+        async move {
+            match task.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(StepError::fatal(format!(
+                    "audit record could not be written: {e}"
+                ))),
+                Err(e) => Err(StepError::fatal(format!(
+                    "audit record could not be written: {e}"
+                ))),
+            }
+        }
+    };
+    let res = match result {
+        Ok(res) => res,
+        Err(e) => {
+            let outcome = e.outcome();
+            let stopped = matches!(e, StatementError::Stopped { .. });
+            if changes && (stopped || outcome == Outcome::Unknown) {
+                recorded(outcome, 0).await?;
+            }
+            return Err(step_error(&i, cx, e, changes && !i.idempotent));
+        }
+    };
+    if changes && !same_tx {
+        recorded(Outcome::Committed, res.rows_affected).await?;
     }
-    let output = if read_only {
-        json!({ "row_count": res.rows.len(), "truncated": res.truncated })
-    } else {
+    let output = if changes {
         json!({ "rows_affected": res.rows_affected, "row_count": res.rows.len(), "truncated": res.truncated })
+    } else {
+        json!({ "row_count": res.rows.len(), "truncated": res.truncated })
     };
     Ok(StepOutput {
         output,
@@ -227,19 +309,70 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
     })
 }
 
+/// The step's error for a statement that failed: a timeout or a transient database error may
+/// be retried, unless the statement changes things and the step does not say it is idempotent.
+fn step_error(i: &Input, cx: &StepCx<'_>, e: StatementError, no_retry: bool) -> StepError {
+    let (msg, transient) = match &e {
+        StatementError::Stopped { .. } => {
+            let why =
+                cx.run.cancel.reason().unwrap_or_else(|| {
+                    format!("timed out after {}", crate::duration::Dur(cx.timeout))
+                });
+            (format!("{why}: {e}"), true)
+        }
+        StatementError::Failed { source, outcome } => {
+            let mut msg = format!(
+                "{} query failed: {}",
+                i.datasource,
+                cx.services.masker.mask_str(&source.to_string())
+            );
+            if *outcome == Outcome::Unknown {
+                msg.push_str(" (the connection failed while it ran: it may have committed)");
+            }
+            (msg, source.is_transient())
+        }
+    };
+    match (transient, no_retry) {
+        (true, false) => StepError::retryable(msg),
+        (true, true) => StepError::fatal(format!(
+            "{msg} (not retried: the statement changes things; give the step `idempotent: true` if running it twice is safe)"
+        )),
+        (false, _) => StepError::fatal(msg),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn classifies_statements() {
-        assert!(is_read_only("-- depth\nSELECT 1"));
-        assert!(is_read_only("WITH x AS (SELECT 1) SELECT * FROM x"));
-        assert!(!is_read_only(
-            "WITH d AS (DELETE FROM t RETURNING 1) SELECT count(*) FROM d"
-        ));
-        assert!(!is_read_only("DELETE FROM command_queue"));
-        assert!(!is_read_only("VACUUM"));
+    fn statements_that_refuse_a_transaction_run_outside_one() {
+        assert!(needs_autocommit("VACUUM (ANALYZE) command_queue"));
+        assert!(needs_autocommit("-- reclaim\nvacuum"));
+        assert!(needs_autocommit("CREATE INDEX CONCURRENTLY i ON t (a)"));
+        assert!(needs_autocommit("PRAGMA wal_checkpoint(TRUNCATE)"));
+        assert!(!needs_autocommit("DELETE FROM command_queue"));
+    }
+
+    #[test]
+    fn finds_a_nul_anywhere_in_a_bound_value() {
+        assert_eq!(value_with_nul(&[json!("a"), json!(1)]), None);
+        assert_eq!(value_with_nul(&[json!("a"), json!("b\u{0}c")]), Some(1));
+        assert_eq!(value_with_nul(&[json!({"k": ["x\u{0}"]})]), Some(0));
+    }
+
+    #[test]
+    fn max_rows_has_a_ceiling() {
+        let raw = |max_rows| RawSql {
+            datasource: None,
+            query: "SELECT 1".into(),
+            max_rows: Some(max_rows),
+            idempotent: false,
+        };
+        assert!(SqlStep::compile(raw(MAX_ROWS_CEILING)).is_ok());
+        let (at, message) = SqlStep::compile(raw(MAX_ROWS_CEILING + 1)).unwrap_err();
+        assert_eq!(at, ".sql.max_rows");
+        assert!(message.contains("ceiling of 100000"), "{message}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod guards;
 pub mod migrate;
 pub mod pause;
 pub mod runs;
+pub mod statement;
 pub mod ticks;
 pub mod versions;
 

@@ -123,6 +123,52 @@ pub async fn finish_run(
     Ok(())
 }
 
+/// The most bytes of one attempt's output (its rows and output as JSON) a run record keeps.
+pub const MAX_RECORDED_OUTPUT: usize = 4 * 1024 * 1024;
+
+fn json_len(v: &Json) -> usize {
+    serde_json::to_vec(v).map(|b| b.len()).unwrap_or(0)
+}
+
+/// An attempt's `{rows, output}` as recorded: whole when its JSON fits in `max` bytes. Otherwise
+/// the leading rows that fit with the whole `output`, or (when `output` alone does not fit) the
+/// start of the JSON text as `start`; either way `cut` says how many bytes (and rows) were left out.
+pub fn capped_output(recorded: &Json, max: usize) -> Json {
+    let len = json_len(recorded);
+    if len <= max {
+        return recorded.clone();
+    }
+    // Room for the `cut` note itself.
+    let max = max.saturating_sub(200);
+    if let Some(rows) = recorded.get("rows").and_then(Json::as_array) {
+        let output = recorded.get("output").cloned().unwrap_or(Json::Null);
+        let rest = json_len(&output) + 32;
+        if rest < max {
+            let mut budget = max - rest;
+            let mut kept = Vec::new();
+            for row in rows {
+                let n = json_len(row) + 1;
+                if n > budget {
+                    break;
+                }
+                budget -= n;
+                kept.push(row.clone());
+            }
+            let left_out = rows.len() - kept.len();
+            let mut capped = json!({ "rows": kept, "output": output });
+            let bytes_left_out = len.saturating_sub(json_len(&capped));
+            capped["cut"] = json!({ "bytes_left_out": bytes_left_out, "rows_left_out": left_out });
+            return capped;
+        }
+    }
+    let text = recorded.to_string();
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    json!({ "start": &text[..end], "cut": { "bytes_left_out": text.len() - end } })
+}
+
 pub async fn record_attempt(db: &Db, a: Attempt<'_>) -> Result<(), DbError> {
     let d = db.dialect();
     let sql = format!(
@@ -139,7 +185,7 @@ pub async fn record_attempt(db: &Db, a: Attempt<'_>) -> Result<(), DbError> {
             json!(a.item),
             json!(a.status),
             a.input.clone(),
-            a.output.clone(),
+            capped_output(a.output, MAX_RECORDED_OUTPUT),
             json!(a.error),
             json!(timestamp(a.started_at)),
             json!(a.duration_ms),
@@ -660,4 +706,32 @@ pub async fn approvals(db: &Db, run_id: i64) -> Result<Vec<Json>, DbError> {
         )
         .await?
         .rows)
+}
+
+#[cfg(test)]
+mod capped_tests {
+    use super::*;
+
+    #[test]
+    fn an_output_over_the_cap_keeps_its_leading_rows_and_says_what_was_cut() {
+        let rows: Vec<Json> = (0..1000)
+            .map(|i| json!({ "n": i, "pad": "x".repeat(100) }))
+            .collect();
+        let whole = json!({ "rows": rows, "output": { "row_count": 1000 } });
+        assert_eq!(capped_output(&whole, usize::MAX), whole);
+        let capped = capped_output(&whole, 20_000);
+        assert!(json_len(&capped) <= 20_000, "{}", json_len(&capped));
+        let kept = capped["rows"].as_array().unwrap();
+        assert!(!kept.is_empty() && kept.len() < 1000);
+        assert_eq!(kept[0]["n"], 0);
+        assert_eq!(capped["output"]["row_count"], 1000);
+        assert_eq!(capped["cut"]["rows_left_out"], 1000 - kept.len());
+        assert!(capped["cut"]["bytes_left_out"].as_u64().unwrap() > 90_000);
+        // An output too big by itself keeps the start of its text.
+        let body = json!({ "rows": [], "output": { "body": "y".repeat(50_000) } });
+        let capped = capped_output(&body, 10_000);
+        assert!(capped["start"].as_str().unwrap().starts_with('{'));
+        assert!(json_len(&capped) <= 10_000);
+        assert!(capped["cut"]["bytes_left_out"].as_u64().unwrap() > 40_000);
+    }
 }
