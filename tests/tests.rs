@@ -16,5 +16,6 @@ mod retention;
 mod runtime;
 mod safety;
 mod scheduler;
+mod templates_hardening;
 mod util;
 mod validate;
