@@ -159,7 +159,7 @@ impl Masker {
         }
         let mut all = self.secrets.write().expect("masker lock");
         for form in encoded_forms(s) {
-            if !all.iter().any(|x| *x == form) {
+            if !all.contains(&form) {
                 all.push(form);
             }
         }

@@ -324,16 +324,21 @@ impl Secrets {
     /// `text` with every whole marker replaced by its secret's value; a marker that a filter or
     /// an operation changed is an error naming the secret.
     fn reveal(&self, text: &str) -> Result<String, Error> {
-        const MANGLED: &[&str] = &["%EE%80%80", "%EE%80%81", "\\ue000", "\\ue001"];
-        let mangled = MANGLED
-            .iter()
-            .any(|m| text.to_ascii_lowercase().contains(&m.to_ascii_lowercase()));
-        if !mangled && !text.contains([SECRET_OPEN, SECRET_CLOSE]) {
+        // The markers percent-encoded (`urlencode`) or JSON-escaped, in lower case.
+        const MANGLED: &[&str] = &["%ee%80%80", "%ee%80%81", "\\ue000", "\\ue001"];
+        let may_be_encoded = text.contains(['%', '\\']);
+        if may_be_encoded && {
+            let lower = text.to_ascii_lowercase();
+            MANGLED.iter().any(|m| lower.contains(m))
+        } {
+            return Err(self.transformed(text));
+        }
+        if !text.contains([SECRET_OPEN, SECRET_CLOSE]) {
             return Ok(text.to_owned());
         }
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
-        while !mangled {
+        loop {
             let Some(open) = rest.find([SECRET_OPEN, SECRET_CLOSE]) else {
                 out.push_str(rest);
                 return Ok(out);
