@@ -8,16 +8,420 @@
 //!
 //! Undefined values are errors everywhere. `when`, `until`, `assert` and `for_each` are
 //! expressions, evaluated to values rather than rendered to text.
+//!
+//! Limits: rendering runs off the async worker threads ([`off_runtime`]), with fuel sized from
+//! the time its step has left ([`fuel_per_second`]) and a cap on what it produces
+//! ([`MAX_OUTPUT`]). Loading only parses: literals are blanked before a template is compiled for
+//! checking, so no constant expression is evaluated ([`Templates::check_template`]).
+//!
+//! Secrets (`env` entries marked `secret: true`) are [`SecretValue`] objects: they render as a
+//! marker that is replaced by the value only in the final output, so a secret can be placed
+//! whole and nothing else; a filter or operation that changes the marker is an error naming it.
 
-use std::cell::RefCell;
+use std::{
+    cell::{Cell, RefCell},
+    collections::BTreeMap,
+    fmt,
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
 
 use minijinja::{
-    value::{Object, Value},
+    value::{Object, ObjectRepr, Value},
     Environment, Error, ErrorKind, UndefinedBehavior,
 };
 use serde_json::Value as Json;
 
 use crate::duration::Dur;
+
+/// Template instructions allowed per second of the time a step has left: half of what this
+/// build runs on this machine (measured once, on a loop of simple instructions), leaving room
+/// for the expensive ones (filters over lists) and for a loaded machine.
+pub fn fuel_per_second() -> u64 {
+    static RATE: OnceLock<u64> = OnceLock::new();
+    *RATE.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_fuel(Some(u64::MAX / 4));
+        let started = Instant::now();
+        let consumed = env
+            .template_from_str("{% for i in range(20000) %}{% if i > 1 %}{% endif %}{% endfor %}")
+            .and_then(|t| t.render_captured(()))
+            .ok()
+            .and_then(|c| c.state().fuel_levels())
+            .map_or(0, |(consumed, _)| consumed);
+        let secs = started.elapsed().as_secs_f64().max(1e-6);
+        ((consumed as f64 / secs / 2.0) as u64).clamp(500_000, 50_000_000)
+    })
+}
+
+/// The least fuel a template gets, however little time is left: enough for ordinary templates.
+const MIN_FUEL: u64 = 100_000;
+
+/// The most bytes one template may produce (its text, or the size of an expression's value).
+pub const MAX_OUTPUT: usize = 1024 * 1024;
+
+/// The time a template is given when no step deadline is set (handlers, tests).
+const DEFAULT_BUDGET: Duration = Duration::from_secs(10);
+
+thread_local! {
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Renders run at most this many at once, each on a thread of its own.
+fn render_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores.clamp(1, 16))
+    })
+}
+
+/// Runs `f`, which renders or evaluates templates, off the async worker threads and with
+/// `deadline` as the time the templates inside it have: at most one render per core at once
+/// (the others wait without holding a thread), each on a thread the runtime hands its other
+/// tasks away from, so the API, health checks and shutdown keep answering however heavy a
+/// template is. Fuel sized from `deadline` ends a render that would outlast its step.
+pub async fn off_runtime<R>(deadline: Instant, f: impl FnOnce() -> R) -> R {
+    // The semaphore is never closed; without a permit the render still runs.
+    let _permit = render_slots().acquire().await.ok();
+    let run = || with_deadline(deadline, f);
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(run)
+        }
+        // A single-threaded runtime (unit tests) cannot hand its tasks away.
+        _ => run(),
+    }
+}
+
+/// Runs `f` with `deadline` as the time its templates have.
+pub fn with_deadline<R>(deadline: Instant, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Instant>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DEADLINE.with(|d| d.set(self.0));
+        }
+    }
+    let _restore = Restore(DEADLINE.with(|d| d.replace(Some(deadline))));
+    f()
+}
+
+/// The fuel a template gets now, and the time it stands for.
+fn fuel_now() -> (u64, Duration) {
+    let left = DEADLINE.with(Cell::get).map_or(DEFAULT_BUDGET, |d| {
+        d.saturating_duration_since(Instant::now())
+    });
+    let fuel = (left.as_secs_f64() * fuel_per_second() as f64) as u64;
+    (fuel.max(MIN_FUEL), left)
+}
+
+/// An error once the time templates have is over (checked where the engine's own code runs
+/// inside a render: output, `join`, the engine's filters), for work that fuel does not count.
+fn check_time() -> Result<(), Error> {
+    match DEADLINE.with(Cell::get) {
+        Some(d) if Instant::now() > d => Err(Error::new(
+            ErrorKind::OutOfFuel,
+            "the template ran past the time its step had",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `join`, with the time and size limits checked as it goes.
+fn join_filter(value: Value, joiner: Option<String>) -> Result<String, Error> {
+    check_time()?;
+    let joiner = joiner.unwrap_or_default();
+    let mut out = String::new();
+    let items: Box<dyn Iterator<Item = Value>> = match value.as_str() {
+        Some(s) => Box::new(
+            s.chars()
+                .map(|c| Value::from(c.to_string()))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        ),
+        None => Box::new(value.try_iter()?),
+    };
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push_str(&joiner);
+        }
+        if !item.is_none() && !item.is_undefined() {
+            out.push_str(&item.to_string());
+        }
+        if out.len() > MAX_OUTPUT {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "join produced more than {} KiB, the limit of what a template may produce",
+                    MAX_OUTPUT / 1024
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The start of a template, to name it in errors.
+fn excerpt(src: &str) -> String {
+    let one_line = src.split_whitespace().collect::<Vec<_>>().join(" ");
+    crate::text::truncate(&one_line, 80)
+}
+
+/// An error of a render with `fuel` for `left`: running out of fuel or over [`MAX_OUTPUT`]
+/// becomes an error naming the template and the limit.
+fn limit_error(e: Error, src: &str, fuel: u64, left: Duration, over: bool) -> Error {
+    if over {
+        return too_large(src);
+    }
+    if e.kind() == ErrorKind::OutOfFuel {
+        return Error::new(
+            ErrorKind::OutOfFuel,
+            format!(
+                "`{}` did not finish within the {} its step had left (the limit: {fuel} instructions, and that time)",
+                excerpt(src),
+                Dur(Duration::from_millis(left.as_millis() as u64))
+            ),
+        );
+    }
+    e
+}
+
+fn too_large(src: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!(
+            "`{}` produced more than {} KiB, the limit of what a template may produce",
+            excerpt(src),
+            MAX_OUTPUT / 1024
+        ),
+    )
+}
+
+/// A writer that refuses to grow past a limit.
+struct Capped {
+    buf: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > MAX_OUTPUT {
+            self.over = true;
+            return Err(std::io::Error::other("template output over its limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An approximate size of a value in bytes, counted until `limit` is passed.
+fn value_size(v: &Value, limit: usize) -> usize {
+    if let Some(s) = v.as_str() {
+        return s.len();
+    }
+    if v.downcast_object_ref::<SecretValue>().is_some() {
+        return 0;
+    }
+    match v.kind() {
+        minijinja::value::ValueKind::Seq | minijinja::value::ValueKind::Iterable => {
+            let mut total = 0;
+            if let Ok(items) = v.try_iter() {
+                for item in items {
+                    total += 1 + value_size(&item, limit);
+                    if total > limit {
+                        break;
+                    }
+                }
+            }
+            total
+        }
+        minijinja::value::ValueKind::Map => {
+            let mut total = 0;
+            if let Ok(keys) = v.try_iter() {
+                for k in keys {
+                    let item = v.get_item(&k).unwrap_or_default();
+                    total += 1 + value_size(&k, limit) + value_size(&item, limit);
+                    if total > limit {
+                        break;
+                    }
+                }
+            }
+            total
+        }
+        _ => 8,
+    }
+}
+
+const SECRET_OPEN: char = '\u{E000}';
+const SECRET_CLOSE: char = '\u{E001}';
+/// In mixed case, so that changing a marker's case (`upper`, `lower`, `title`) shows.
+const SECRET_TAG: &str = "sEcReT:";
+
+/// A secret in a template context: it renders as a marker that only the final output turns into
+/// the value, so it can be placed whole but not changed.
+pub struct SecretValue {
+    name: String,
+    value: String,
+}
+
+impl SecretValue {
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        SecretValue {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretValue({})", self.name)
+    }
+}
+
+impl Object for SecretValue {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result
+    where
+        Self: Sized + 'static,
+    {
+        write!(f, "{SECRET_OPEN}{SECRET_TAG}{}{SECRET_CLOSE}", self.name)
+    }
+}
+
+/// The secrets of a context: `env` entries that are [`SecretValue`]s, by name.
+struct Secrets(Vec<(String, String)>);
+
+impl Secrets {
+    fn of(ctx: &Value) -> Secrets {
+        match ctx.get_attr("env") {
+            Ok(env) => Self::of_env(&env),
+            Err(_) => Secrets(Vec::new()),
+        }
+    }
+
+    fn of_env(env: &Value) -> Secrets {
+        let mut found = Vec::new();
+        if let Ok(keys) = env.try_iter() {
+            for k in keys {
+                if let Ok(v) = env.get_item(&k) {
+                    if let Some(s) = v.downcast_object_ref::<SecretValue>() {
+                        found.push((s.name.clone(), s.value.clone()));
+                    }
+                }
+            }
+        }
+        Secrets(found)
+    }
+
+    /// `text` with every whole marker replaced by its secret's value; a marker that a filter or
+    /// an operation changed is an error naming the secret.
+    fn reveal(&self, text: &str) -> Result<String, Error> {
+        // The markers percent-encoded (`urlencode`) or JSON-escaped, in lower case.
+        const MANGLED: &[&str] = &["%ee%80%80", "%ee%80%81", "\\ue000", "\\ue001"];
+        let may_be_encoded = text.contains(['%', '\\']);
+        if may_be_encoded && {
+            let lower = text.to_ascii_lowercase();
+            MANGLED.iter().any(|m| lower.contains(m))
+        } {
+            return Err(self.transformed(text));
+        }
+        if !text.contains([SECRET_OPEN, SECRET_CLOSE]) {
+            return Ok(text.to_owned());
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        loop {
+            let Some(open) = rest.find([SECRET_OPEN, SECRET_CLOSE]) else {
+                out.push_str(rest);
+                return Ok(out);
+            };
+            if rest[open..].starts_with(SECRET_CLOSE) {
+                break;
+            }
+            let after = &rest[open + SECRET_OPEN.len_utf8()..];
+            let Some(close) = after.find([SECRET_OPEN, SECRET_CLOSE]) else {
+                break;
+            };
+            if !after[close..].starts_with(SECRET_CLOSE) {
+                break;
+            }
+            let Some(name) = after[..close].strip_prefix(SECRET_TAG) else {
+                break;
+            };
+            let Some((_, value)) = self.0.iter().find(|(n, _)| n == name) else {
+                break;
+            };
+            out.push_str(&rest[..open]);
+            out.push_str(value);
+            rest = &after[close + SECRET_CLOSE.len_utf8()..];
+        }
+        Err(self.transformed(text))
+    }
+
+    fn transformed(&self, text: &str) -> Error {
+        let lower = text.to_lowercase();
+        let named = self.0.iter().find(|(n, _)| {
+            let n = n.to_lowercase();
+            let reversed: String = n.chars().rev().collect();
+            lower.contains(&n) || lower.contains(&reversed)
+        });
+        let who = match named {
+            Some((n, _)) => format!("secret `env.{n}`"),
+            None => "a secret".to_owned(),
+        };
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "{who} was changed by a filter or an operation; a secret can only be placed whole, as `{{{{ env.NAME }}}}` (or joined with `~`)"
+            ),
+        )
+    }
+
+    fn reveal_json(&self, v: Json) -> Result<Json, Error> {
+        if self.0.is_empty() {
+            return Ok(v);
+        }
+        Ok(match v {
+            Json::String(s) => Json::String(self.reveal(&s)?),
+            Json::Array(items) => Json::Array(
+                items
+                    .into_iter()
+                    .map(|i| self.reveal_json(i))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Json::Object(map) => Json::Object(
+                map.into_iter()
+                    .map(|(k, v)| Ok((self.reveal(&k)?, self.reveal_json(v)?)))
+                    .collect::<Result<_, Error>>()?,
+            ),
+            other => other,
+        })
+    }
+}
+
+/// `tojson`, which refuses secrets (their JSON form would be a changed secret).
+fn tojson_filter(
+    state: &minijinja::State,
+    value: Value,
+    indent: Option<Value>,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<Value, Error> {
+    let out = minijinja::filters::tojson(&value, indent, kwargs)?;
+    let text = out.to_string();
+    if text.contains([SECRET_OPEN, SECRET_CLOSE]) {
+        let secrets = state.lookup("env").map(|env| Secrets::of_env(&env));
+        return Err(secrets.unwrap_or(Secrets(Vec::new())).transformed(&text));
+    }
+    Ok(out)
+}
 
 /// The SQL flavour of a database, for placeholders and engine-built fragments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -90,9 +494,19 @@ pub struct BoundSql {
 }
 
 enum Capture {
-    Sql { dialect: Dialect, params: Vec<Json> },
-    Url { emitted: usize, base_first: bool },
+    Sql {
+        dialect: Dialect,
+        params: Vec<Json>,
+    },
+    Url {
+        values: Vec<String>,
+        base_first: bool,
+    },
 }
+
+/// Marks where the value with an index goes in a URL's skeleton.
+const SLOT_OPEN: char = '\u{E002}';
+const SLOT_CLOSE: char = '\u{E003}';
 
 thread_local! {
     static CAPTURE: RefCell<Option<Capture>> = const { RefCell::new(None) };
@@ -152,6 +566,7 @@ fn parse_dur(v: &Value) -> Result<Dur, Error> {
 /// `sum`, with Jinja2's `attribute=` and `start=` (minijinja's own takes neither): integers stay
 /// integers, `steps.depth.rows | sum(attribute='count')` adds a column.
 fn sum_filter(values: Value, kwargs: minijinja::value::Kwargs) -> Result<Value, Error> {
+    check_time()?;
     let attribute: Option<String> = kwargs.get("attribute")?;
     let start: Option<Value> = kwargs.get("start")?;
     kwargs.assert_all_used()?;
@@ -280,7 +695,80 @@ fn base_env() -> Environment<'static> {
     env.add_filter("seconds", |v: Value| parse_dur(&v).map(|d| d.as_secs_f64()));
     env.add_filter("sum", sum_filter);
     add_typed_filters(&mut env, false);
+    env.add_filter("tojson", tojson_filter);
+    env.add_filter("join", join_filter);
+    env.set_formatter(|out, state, value| {
+        check_time()?;
+        minijinja::escape_formatter(out, state, value)
+    });
     env
+}
+
+/// `env` with fuel for the time left now: the environment, the fuel and the time.
+fn fueled(env: &Environment<'static>) -> (Environment<'static>, u64, Duration) {
+    let (fuel, left) = fuel_now();
+    let mut env = env.clone();
+    env.set_fuel(Some(fuel));
+    (env, fuel, left)
+}
+
+/// Renders `src` in `env` with fuel and the output cap.
+fn render_capped(env: &Environment<'static>, src: &str, ctx: &Value) -> Result<String, Error> {
+    let (env, fuel, left) = fueled(env);
+    let tmpl = env.template_from_str(src)?;
+    let mut out = Capped {
+        buf: Vec::new(),
+        over: false,
+    };
+    let rendered = tmpl.render_captured_to(ctx, &mut out).map(drop);
+    match rendered {
+        Ok(()) => String::from_utf8(out.buf)
+            .map_err(|_| Error::new(ErrorKind::InvalidOperation, "template output is not UTF-8")),
+        Err(e) => Err(limit_error(e, src, fuel, left, out.over)),
+    }
+}
+
+/// A template with its literals blanked (strings emptied, numbers zeroed, padded to the same
+/// width): the same syntax and variables, and nothing for the compiler's constant folding to
+/// evaluate. `in_expr` for an expression rather than a template.
+fn blank_literals(src: &str, in_expr: bool) -> Result<String, Error> {
+    use minijinja::machinery::{tokenize, Token, WhitespaceConfig};
+    let mut out = String::with_capacity(src.len());
+    let mut copied = 0;
+    let ws = WhitespaceConfig {
+        keep_trailing_newline: true,
+        ..Default::default()
+    };
+    for token in tokenize(src, in_expr, Default::default(), ws) {
+        let (token, span) = token?;
+        let blank = match token {
+            Token::Str(_) | Token::String(_) => "''",
+            Token::Int(_) | Token::Int128(_) => "0",
+            Token::Float(_) => "0.0",
+            _ => continue,
+        };
+        let (start, end) = (span.start_offset as usize, span.end_offset as usize);
+        let Some(literal) = src.get(start..end) else {
+            continue;
+        };
+        out.push_str(&src[copied..start]);
+        out.push_str(blank);
+        // Keep every line break and the width, so positions in errors stay true.
+        let mut width = blank.len();
+        for c in literal.chars() {
+            if c == '\n' {
+                out.push('\n');
+                width = 0;
+            } else if width > 0 {
+                width -= 1;
+            } else {
+                out.push(' ');
+            }
+        }
+        copied = end;
+    }
+    out.push_str(&src[copied..]);
+    Ok(out)
 }
 
 impl Templates {
@@ -319,6 +807,7 @@ impl Templates {
         });
         add_typed_filters(&mut sql, true);
         sql.set_formatter(|out, _state, value| {
+            check_time()?;
             if let Some(frag) = value.downcast_object_ref::<SqlFragment>() {
                 return write(out, &frag.0);
             }
@@ -342,69 +831,115 @@ impl Templates {
 
         let mut url = base_env();
         url.set_formatter(|out, state, value| {
-            let raw = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
-                Some(Capture::Url {
-                    emitted,
-                    base_first,
-                }) => {
-                    *emitted += 1;
-                    *emitted == 1 && *base_first
-                }
-                _ => false,
-            });
-            if raw {
-                return minijinja::escape_formatter(out, state, value);
-            }
+            check_time()?;
             let text = if value.is_undefined() || value.is_none() {
                 String::new()
             } else {
                 value.to_string()
             };
-            write(out, &percent_encode(&text))
+            let slot = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+                Some(Capture::Url { values, base_first }) => {
+                    if values.is_empty() && *base_first {
+                        // The leading base is written as it is; later values are encoded.
+                        *base_first = false;
+                        return None;
+                    }
+                    values.push(text);
+                    Some(values.len() - 1)
+                }
+                _ => None,
+            });
+            match slot {
+                Some(i) => write(out, &format!("{SLOT_OPEN}{i}{SLOT_CLOSE}")),
+                None => minijinja::escape_formatter(out, state, value),
+            }
         });
 
         Templates { text, sql, url }
     }
 
-    /// Checks template syntax without rendering.
+    /// Checks template syntax without rendering or evaluating anything.
     pub fn check_template(&self, src: &str) -> Result<(), Error> {
-        self.sql.template_from_str(src).map(|_| ())
+        let blank = blank_literals(src, false)?;
+        self.sql.template_from_str(&blank).map(|_| ())
     }
 
     /// Checks expression syntax without evaluating.
     pub fn check_expr(&self, src: &str) -> Result<(), Error> {
-        self.text.compile_expression(src).map(|_| ())
+        let blank = blank_literals(src, true)?;
+        self.text.compile_expression(&blank).map(|_| ())
     }
 
     /// Variables a template reads, as dotted paths (`steps.a.rows`).
     pub fn template_vars(&self, src: &str) -> Vec<String> {
+        let Ok(blank) = blank_literals(src, false) else {
+            return Vec::new();
+        };
         self.sql
-            .template_from_str(src)
+            .template_from_str(&blank)
             .map(|t| t.undeclared_variables(true).into_iter().collect())
             .unwrap_or_default()
     }
 
     pub fn expr_vars(&self, src: &str) -> Vec<String> {
+        let Ok(blank) = blank_literals(src, true) else {
+            return Vec::new();
+        };
         self.text
-            .compile_expression(src)
+            .compile_expression(&blank)
             .map(|e| e.undeclared_variables(true).into_iter().collect())
             .unwrap_or_default()
     }
 
     pub fn render(&self, src: &str, ctx: &Value) -> Result<String, Error> {
-        self.text.render_str(src, ctx)
+        let out = render_capped(&self.text, src, ctx)?;
+        Secrets::of(ctx).reveal(&out)
     }
 
+    /// Renders a URL: values after a leading base are percent-encoded, and in the path dots too,
+    /// so that no value adds or climbs a path segment.
     pub fn render_url(&self, src: &str, ctx: &Value) -> Result<String, Error> {
         let base_first = src.trim_start().starts_with("{{");
-        let (out, _) = with_capture(
+        let (out, capture) = with_capture(
             Capture::Url {
-                emitted: 0,
+                values: Vec::new(),
                 base_first,
             },
-            || self.url.render_str(src, ctx),
+            || render_capped(&self.url, src, ctx),
         );
-        out
+        let skeleton = out?;
+        let Capture::Url { values, .. } = capture else {
+            unreachable!("set as Url above")
+        };
+        let secrets = Secrets::of(ctx);
+        let skeleton = secrets.reveal(&skeleton)?;
+        let query_at = skeleton.find(['?', '#']).unwrap_or(skeleton.len());
+        let mut url = String::with_capacity(skeleton.len());
+        let mut rest = skeleton.as_str();
+        let mut at = 0;
+        while let Some(open) = rest.find(SLOT_OPEN) {
+            let after = &rest[open + SLOT_OPEN.len_utf8()..];
+            let close = after.find(SLOT_CLOSE).unwrap_or(after.len());
+            let value = after[..close]
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| values.get(i))
+                .map(String::as_str)
+                .unwrap_or_default();
+            let value = secrets.reveal(value)?;
+            url.push_str(&rest[..open]);
+            if at + open < query_at {
+                url.push_str(&percent_encode(&value).replace('.', "%2E"));
+            } else {
+                url.push_str(&percent_encode(&value));
+            }
+            let used = open + SLOT_OPEN.len_utf8() + close + SLOT_CLOSE.len_utf8();
+            at += used.min(rest.len());
+            rest = rest.get(used..).unwrap_or_default();
+        }
+        url.push_str(rest);
+        check_dot_segments(&url)?;
+        Ok(url)
     }
 
     pub fn render_sql(&self, src: &str, ctx: &Value, dialect: Dialect) -> Result<BoundSql, Error> {
@@ -413,20 +948,40 @@ impl Templates {
                 dialect,
                 params: Vec::new(),
             },
-            || self.sql.render_str(src, ctx),
+            || render_capped(&self.sql, src, ctx),
         );
         let sql = out?;
         let Capture::Sql { params, .. } = capture else {
             unreachable!("set as Sql above")
         };
+        let secrets = Secrets::of(ctx);
         Ok(BoundSql {
-            sql: sql.trim().to_owned(),
-            params,
+            sql: secrets.reveal(sql.trim())?,
+            params: params
+                .into_iter()
+                .map(|p| secrets.reveal_json(p))
+                .collect::<Result<_, _>>()?,
         })
     }
 
+    /// Evaluates an expression with fuel; a value over [`MAX_OUTPUT`] is an error. Secrets in
+    /// the value are still markers (see [`Templates::eval_json`]).
     pub fn eval(&self, expr: &str, ctx: &Value) -> Result<Value, Error> {
-        self.text.compile_expression(expr)?.eval(ctx)
+        let (env, fuel, left) = fueled(&self.text);
+        let value = env
+            .compile_expression(expr)?
+            .eval(ctx)
+            .map_err(|e| limit_error(e, expr, fuel, left, false))?;
+        if value_size(&value, MAX_OUTPUT) > MAX_OUTPUT {
+            return Err(too_large(expr));
+        }
+        Ok(value)
+    }
+
+    /// Evaluates an expression to JSON, with secrets placed.
+    pub fn eval_json(&self, expr: &str, ctx: &Value) -> Result<Json, Error> {
+        let v = to_json(&self.eval(expr, ctx)?);
+        Secrets::of(ctx).reveal_json(v)
     }
 
     pub fn eval_bool(&self, expr: &str, ctx: &Value) -> Result<bool, Error> {
@@ -468,7 +1023,7 @@ impl Templates {
 
     pub fn render_scalar(&self, s: &str, ctx: &Value) -> Result<Json, Error> {
         match sole_expression(s) {
-            Some(expr) => Ok(to_json(&self.eval(expr, ctx)?)),
+            Some(expr) => self.eval_json(expr, ctx),
             None if s.contains("{{") || s.contains("{%") => Ok(Json::String(self.render(s, ctx)?)),
             None => Ok(Json::String(s.to_owned())),
         }
@@ -500,6 +1055,29 @@ impl Templates {
     }
 }
 
+/// A URL whose path has a `.` or `..` segment (which HTTP clients resolve, `%2E` included) is
+/// refused: a value must not move the request to another path.
+fn check_dot_segments(url: &str) -> Result<(), Error> {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let path_start = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |i| after_scheme + i);
+    let path_end = url.find(['?', '#']).unwrap_or(url.len()).max(path_start);
+    for segment in url[path_start..path_end].split('/') {
+        let lower = segment.to_ascii_lowercase();
+        let plain = lower.replace("%2e", ".");
+        if lower.contains("%2e") && (plain == "." || plain == "..") {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "a value makes the URL path segment `{segment}`, which would move the request to another path"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `"{{ expr }}"` alone (surrounding blanks allowed) yields `expr`.
 pub fn sole_expression(s: &str) -> Option<&str> {
     let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?;
@@ -519,18 +1097,37 @@ pub fn context(ctx: &Json) -> Value {
     Value::from_serialize(ctx)
 }
 
-/// RFC 3986 unreserved characters stay; everything else is percent-encoded.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// Builds the template context from JSON, with `secrets` (name and value) added under `env` as
+/// [`SecretValue`]s.
+pub fn context_with_secrets(ctx: &Json, secrets: &BTreeMap<String, String>) -> Value {
+    if secrets.is_empty() {
+        return context(ctx);
     }
-    out
+    let mut top: BTreeMap<String, Value> = match ctx {
+        Json::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from_serialize(v)))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    let mut env: BTreeMap<String, Value> = match ctx.get("env") {
+        Some(Json::Object(map)) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from_serialize(v)))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    for (name, value) in secrets {
+        env.insert(
+            name.clone(),
+            Value::from_object(SecretValue::new(name.clone(), value.clone())),
+        );
+    }
+    top.insert("env".into(), Value::from(env));
+    Value::from(top)
 }
+
+pub use crate::secrets::percent_encode;
 
 /// A minijinja error in one line: kind and detail, without the debug dump.
 pub fn message(e: &minijinja::Error) -> String {
@@ -723,5 +1320,183 @@ mod tests {
         let mut vars = t.expr_vars("steps.depth.rows | sum(attribute='count') > params.limit");
         vars.sort();
         assert_eq!(vars, vec!["params.limit", "steps.depth.rows"]);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn secret_ctx() -> Value {
+        let secrets = BTreeMap::from([("TOKEN".to_owned(), "abc+/=defgh".to_owned())]);
+        context_with_secrets(&json!({"env": {"REGION": "eu-1"}, "params": {}}), &secrets)
+    }
+
+    #[test]
+    fn nested_loops_stop_within_the_time_left() {
+        let t = Templates::new();
+        let src =
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let started = Instant::now();
+        let e = with_deadline(started + Duration::from_millis(300), || {
+            t.render(src, &context(&json!({})))
+        })
+        .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+        let m = message(&e);
+        assert!(
+            m.contains("did not finish within") && m.contains("range(100000)"),
+            "{m}"
+        );
+        // Expensive single instructions in a loop stop at the deadline too.
+        let src = "{% for i in range(100000) %}{% set x = range(1000) | join %}{% endfor %}";
+        let started = Instant::now();
+        let e = with_deadline(started + Duration::from_millis(300), || {
+            t.render(src, &context(&json!({})))
+        })
+        .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            message(&e).contains("did not finish within"),
+            "{}",
+            message(&e)
+        );
+    }
+
+    #[test]
+    fn output_and_values_are_capped() {
+        let t = Templates::new();
+        let ctx = context(&json!({}));
+        for src in [
+            "{{ 'x' * 100000000 }}",
+            "{{ range(100000) | join('----------') }}",
+            "{{ 'x' * 10**9 }}",
+        ] {
+            assert!(t.render(src, &ctx).is_err(), "{src}");
+        }
+        let m = message(&t.render("{{ 'x' * 2000000 }}", &ctx).unwrap_err());
+        assert!(m.contains("1024 KiB") && m.contains("'x' * 2000000"), "{m}");
+        let m = message(&t.eval("'x' * 2000000", &ctx).unwrap_err());
+        assert!(m.contains("1024 KiB"), "{m}");
+        assert!(t
+            .render_scalar("{{ ['ab' * 600000, 'cd' * 600000] }}", &ctx)
+            .is_err());
+        assert_eq!(t.render("{{ 'x' * 3 }}", &ctx).unwrap(), "xxx");
+    }
+
+    #[test]
+    fn checking_evaluates_no_constant() {
+        let t = Templates::new();
+        let src =
+            "{{ params.a ~ 'x' * 100000000 }}{% if 'y' * 100000000 %}{{ 1e300 * 10 }}{% endif %}";
+        let started = Instant::now();
+        t.check_template(src).unwrap();
+        assert_eq!(t.template_vars(src), vec!["params.a"]);
+        t.check_expr("'x' * 100000000 ~ steps.a.rows").unwrap();
+        assert_eq!(
+            t.expr_vars("'x' * 100000000 ~ steps.a.rows"),
+            vec!["steps.a.rows"]
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // Syntax errors keep their lines.
+        let e = t
+            .check_template("a\n{{ 'x' *\n 100 }}\n{{ x y }}")
+            .unwrap_err();
+        assert_eq!(e.line(), Some(4), "{e:?}");
+    }
+
+    #[test]
+    fn url_path_values_cannot_climb() {
+        let t = Templates::new();
+        let ctx = context(&json!({"x": "..", "d": "a.b", "one": ".", "v": "1.5"}));
+        let m = message(
+            &t.render_url("http://h/users/{{ x }}/profile", &ctx)
+                .unwrap_err(),
+        );
+        assert!(m.contains("path segment"), "{m}");
+        assert!(t
+            .render_url("http://h/users/{{ one }}/profile", &ctx)
+            .is_err());
+        assert_eq!(
+            t.render_url("http://h/users/{{ d }}/x?v={{ v }}", &ctx)
+                .unwrap(),
+            "http://h/users/a%2Eb/x?v=1.5"
+        );
+        assert_eq!(
+            t.render_url("http://h/users/{{ x }}x/profile", &ctx)
+                .unwrap(),
+            "http://h/users/%2E%2Ex/profile"
+        );
+        assert_eq!(
+            t.render_url("http://h/a/../b", &ctx).unwrap(),
+            "http://h/a/../b"
+        );
+    }
+
+    #[test]
+    fn secrets_are_placed_whole_and_never_changed() {
+        let t = Templates::new();
+        let ctx = secret_ctx();
+        assert_eq!(
+            t.render("Bearer {{ env.TOKEN }}", &ctx).unwrap(),
+            "Bearer abc+/=defgh"
+        );
+        assert_eq!(
+            t.render("{{ 'Bearer ' ~ env.TOKEN }}", &ctx).unwrap(),
+            "Bearer abc+/=defgh"
+        );
+        assert_eq!(
+            t.render_scalar("{{ env.TOKEN }}", &ctx).unwrap(),
+            json!("abc+/=defgh")
+        );
+        assert_eq!(t.render("{{ env.REGION | upper }}", &ctx).unwrap(), "EU-1");
+        assert_eq!(
+            t.render_url("http://h/x?t={{ env.TOKEN }}", &ctx).unwrap(),
+            "http://h/x?t=abc%2B%2F%3Ddefgh"
+        );
+        let q = t
+            .render_sql("SELECT {{ env.TOKEN }}", &ctx, Dialect::Sqlite)
+            .unwrap();
+        assert_eq!(q.params, vec![json!("abc+/=defgh")]);
+        for src in [
+            "{{ env.TOKEN | upper }}",
+            "{{ env.TOKEN | lower }}",
+            "{{ (env.TOKEN ~ '') | reverse }}",
+            "{{ (env.TOKEN ~ '')[1:] }}",
+            "{{ (env.TOKEN ~ '')[:-1] }}",
+            "{{ env.TOKEN | tojson }}",
+            "{{ {'t': env.TOKEN} | tojson }}",
+            "{{ env.TOKEN | urlencode }}",
+            "{{ (env.TOKEN ~ '') | title }}",
+        ] {
+            let e = t.render(src, &ctx).expect_err(src);
+            let m = message(&e);
+            assert!(
+                m.contains("env.TOKEN") && !m.contains("defgh"),
+                "{src}: {m}"
+            );
+        }
+        for src in [
+            "{{ env.TOKEN[0] }}",
+            "{{ env.TOKEN | length }}",
+            "{{ env.TOKEN[1:] }}",
+        ] {
+            if let Ok(out) = t.render(src, &ctx) {
+                assert!(!out.contains("abc") && !out.contains('a'), "{src}: {out}");
+            }
+        }
     }
 }

@@ -18,5 +18,6 @@ mod safety;
 mod scheduler;
 mod server_hardening;
 mod sql_hardening;
+mod templates_hardening;
 mod util;
 mod validate;

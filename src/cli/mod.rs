@@ -77,13 +77,8 @@ impl Setup {
             .unwrap_or_else(|| DEFAULT_STORE.to_owned());
         let masker = Masker::new(config.streaming.sensitive_fields.clone());
         config.register_secrets(&masker);
-        if let Some(pw) = store_url
-            .split_once("://")
-            .and_then(|(_, r)| r.split_once('@'))
-            .and_then(|(c, _)| c.split_once(':'))
-        {
-            masker.add(pw.1);
-        }
+        masker.add_url(&store_url);
+        config.check_secrets(&store_url)?;
         Ok(Setup {
             config: Arc::new(config),
             runbooks,

@@ -42,10 +42,49 @@ pub struct Config {
     pub notify: BTreeMap<String, ChannelConfig>,
     #[serde(default)]
     pub shell: ShellConfig,
-    /// Environment variables templates may read as `env.NAME`.
+    /// Environment variables templates may read as `env.NAME`: a name, or
+    /// `{ name: NAME, secret: true }` for a secret (masked, and only placed whole).
     #[serde(default)]
-    pub env: Vec<String>,
+    pub env: Vec<EnvEntry>,
 }
+
+/// One `env` entry: a variable's name, or the name with `secret: true`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum EnvEntry {
+    Name(String),
+    Var(EnvVar),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVar {
+    pub name: String,
+    /// Masked wherever it would be printed or stored, and opaque in templates.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+impl EnvEntry {
+    pub fn name(&self) -> &str {
+        match self {
+            EnvEntry::Name(n) => n,
+            EnvEntry::Var(v) => &v.name,
+        }
+    }
+
+    pub fn secret(&self) -> bool {
+        matches!(self, EnvEntry::Var(EnvVar { secret: true, .. }))
+    }
+}
+
+/// A secret too short to be masked, named by where the config gives it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0}: the secret is {1} characters long; secrets must have at least {min} characters to be masked in output (use a longer one)",
+    min = crate::secrets::MIN_SECRET_LEN
+)]
+pub struct SecretTooShort(pub String, pub usize);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -246,28 +285,18 @@ impl UrlRef {
     pub fn resolve(&self, masker: &Masker) -> Result<String, SecretError> {
         match (&self.url, &self.url_env) {
             (Some(u), _) => {
-                if let Some(pw) = url_password(u) {
-                    masker.add(&pw);
-                }
+                masker.add_url(u);
                 Ok(u.clone())
             }
             (None, Some(var)) => {
                 let u = env_var(var)?;
                 masker.add(&u);
-                if let Some(pw) = url_password(&u) {
-                    masker.add(&pw);
-                }
+                masker.add_url(&u);
                 Ok(u)
             }
             (None, None) => Err(SecretError::NoUrl),
         }
     }
-}
-
-fn url_password(url: &str) -> Option<String> {
-    let rest = &url[url.find("://")? + 3..];
-    let creds = &rest[..rest.find('@')?];
-    creds.split_once(':').map(|(_, pw)| pw.to_owned())
 }
 
 #[derive(Debug, Deserialize)]
@@ -572,16 +601,98 @@ impl Config {
                 quiet(s.resolve(masker));
             }
         }
+        for value in self.secret_env().values() {
+            masker.add(value);
+        }
     }
 
-    /// The environment variables templates may read, with their current values.
+    /// Every secret the config names that can be read now, each with where it is given, and
+    /// the store URL's password: a secret shorter than [`crate::secrets::MIN_SECRET_LEN`] is
+    /// refused, naming the first such.
+    ///
+    /// # Errors
+    ///
+    /// The first secret too short to be masked.
+    pub fn check_secrets(&self, store_url: &str) -> Result<(), SecretTooShort> {
+        let scratch = Masker::default();
+        let mut found: Vec<(String, String)> = Vec::new();
+        // A literal token is taken as it is (resolving it would warn about it once more).
+        let read = |s: Secret| s.token.clone().map_or_else(|| s.resolve(&scratch), Ok);
+        for t in &self.auth.tokens {
+            if let Ok(v) = read(t.secret()) {
+                found.push((format!("auth.tokens `{}`", t.name), v));
+            }
+        }
+        if let Some(r) = self.auth.receiver.as_ref().and_then(ReceiverConfig::secret) {
+            if let Ok(v) = read(r) {
+                found.push(("auth.receiver token".into(), v));
+            }
+        }
+        let url_passwords = |what: String, url: &str, found: &mut Vec<(String, String)>| {
+            for pw in crate::secrets::url_credentials(url).1 {
+                found.push((format!("{what}: the password in the URL"), pw));
+            }
+        };
+        url_passwords("store".into(), store_url, &mut found);
+        for (name, ds) in &self.datasources {
+            if let Ok(u) = ds.url_ref().resolve(&scratch) {
+                url_passwords(format!("datasources.{name}"), &u, &mut found);
+            }
+        }
+        for (name, ch) in &self.notify {
+            if let Some(w) = &ch.webhook {
+                if let Ok(u) = w.url_ref().resolve(&scratch) {
+                    url_passwords(format!("notify.{name}.webhook"), &u, &mut found);
+                }
+            }
+            if let Some(pd) = &ch.pagerduty {
+                if let Ok(key) = std::env::var(&pd.routing_key_env) {
+                    found.push((format!("notify.{name}.pagerduty routing key"), key));
+                }
+            }
+        }
+        if let Some(k) = &self.kafka {
+            for (prop, s) in &k.secret_properties {
+                if let Ok(v) = s.resolve(&scratch) {
+                    found.push((format!("kafka.secret_properties.{prop}"), v));
+                }
+            }
+        }
+        for (name, v) in self.secret_env() {
+            found.push((format!("env {name} (secret: true)"), v));
+        }
+        match found
+            .into_iter()
+            .find(|(_, v)| v.trim().chars().count() < crate::secrets::MIN_SECRET_LEN)
+        {
+            Some((what, v)) => Err(SecretTooShort(what, v.trim().chars().count())),
+            None => Ok(()),
+        }
+    }
+
+    /// The environment variables templates may read, with their current values; secrets are
+    /// not among them (see [`Config::secret_env`]).
     pub fn template_env(&self) -> serde_json::Map<String, serde_json::Value> {
         self.env
             .iter()
-            .filter_map(|name| {
-                std::env::var(name)
+            .filter(|e| !e.secret())
+            .filter_map(|e| {
+                std::env::var(e.name())
                     .ok()
-                    .map(|v| (name.clone(), serde_json::Value::String(v)))
+                    .map(|v| (e.name().to_owned(), serde_json::Value::String(v)))
+            })
+            .collect()
+    }
+
+    /// The `env` entries marked `secret: true` that are set, with their values.
+    pub fn secret_env(&self) -> BTreeMap<String, String> {
+        self.env
+            .iter()
+            .filter(|e| e.secret())
+            .filter_map(|e| {
+                std::env::var(e.name())
+                    .ok()
+                    .map(|v| (e.name().to_owned(), v))
             })
             .collect()
     }

@@ -225,6 +225,7 @@ impl Engine {
             depth,
             observer,
             cancel,
+            deadline: Some(Instant::now() + pb.timeout.as_std()),
         };
         let store = &self.services.store;
         let lease = self.services.config.streaming.run_lease.as_std();
@@ -333,7 +334,10 @@ impl Engine {
             "env".into(),
             Json::Object(self.services.config.template_env()),
         );
-        Ok(RunState { ctx })
+        Ok(RunState {
+            ctx,
+            secrets: self.services.config.secret_env(),
+        })
     }
 
     /// The playbook's steps within its deadline.
@@ -373,11 +377,13 @@ impl Engine {
         state
             .ctx
             .insert("failed_step".into(), json!({ "id": step, "error": error }));
+        let limit = Duration::from_secs(300);
+        let meta = &RunMeta {
+            deadline: Some(Instant::now() + limit),
+            ..meta.clone()
+        };
         let cleanup = self.run_steps(&pb.on_failure, meta, state);
-        if tokio::time::timeout(Duration::from_secs(300), cleanup)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(limit, cleanup).await.is_err() {
             tracing::warn!(
                 run_id = meta.id,
                 "on_failure steps did not finish within 5 minutes."

@@ -18,7 +18,7 @@ use crate::{
     status::{RunStatus, StepEventStatus, StepStatus},
     steps::{RunMeta, StepCx, StepError, StepEvent, StepKind, StepOutput},
     store::runs::{self, Attempt},
-    template::{context, to_json},
+    template::{context_with_secrets, off_runtime, to_json},
 };
 
 /// One step's result as later steps read it: `steps.<id>.{status,rows,output,error,duration_ms}`.
@@ -48,11 +48,13 @@ impl StepResult {
 
 pub(super) struct RunState {
     pub ctx: Map<String, Json>,
+    /// The config's secret `env` entries: in templates as opaque values, never in `ctx`.
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 impl RunState {
     pub fn value(&self) -> minijinja::Value {
-        context(&Json::Object(self.ctx.clone()))
+        context_with_secrets(&Json::Object(self.ctx.clone()), &self.secrets)
     }
     pub fn set_step(&mut self, id: &str, r: &StepResult) {
         let steps = self.ctx.entry("steps").or_insert_with(|| json!({}));
@@ -115,7 +117,10 @@ impl Engine {
 
     async fn run_step(&self, step: &Step, meta: &RunMeta, state: &mut RunState) -> StepResult {
         if let Some(when) = &step.when {
-            match self.services.templates.eval_bool(when, &state.value()) {
+            let deadline = meta.deadline_within(step.timeout.as_std());
+            let templates = &self.services.templates;
+            let holds = off_runtime(deadline, || templates.eval_bool(when, &state.value())).await;
+            match holds {
                 Ok(true) => {}
                 Err(_) if meta.dry_run => {}
                 Ok(false) => {
@@ -145,7 +150,7 @@ impl Engine {
             .step_event(&event(meta, step, StepEventStatus::Started));
         let started = Instant::now();
 
-        let result = match self.for_each_items(step, state) {
+        let result = match self.for_each_items(step, meta, state).await {
             Err(e) => Err(e),
             Ok(None) => self.run_polled(step, meta, state, None).await,
             Ok(Some(items)) => self.run_items(step, meta, state, items).await,
@@ -154,15 +159,22 @@ impl Engine {
     }
 
     /// The items of a `for_each` step, or `None` for a step without one.
-    fn for_each_items(&self, step: &Step, state: &RunState) -> Result<Option<Vec<Json>>, String> {
+    async fn for_each_items(
+        &self,
+        step: &Step,
+        meta: &RunMeta,
+        state: &RunState,
+    ) -> Result<Option<Vec<Json>>, String> {
         let Some(fe) = &step.for_each else {
             return Ok(None);
         };
         let templates = &self.services.templates;
-        let list = match fe {
+        let deadline = meta.deadline_within(step.timeout.as_std());
+        let list = off_runtime(deadline, || match fe {
             ForEach::Expr(e) => templates.eval(e, &state.value()).map(|v| to_json(&v)),
             ForEach::List(l) => templates.render_tree(l, &state.value()),
-        };
+        })
+        .await;
         match list {
             Ok(Json::Array(items)) => Ok(Some(items)),
             Ok(other) => Err(format!("for_each gave {other}, not a list")),
@@ -287,11 +299,10 @@ impl Engine {
                 duration_ms: 0,
             };
             state.set_step(&step.id, &provisional);
-            match self
-                .services
-                .templates
-                .eval_bool(&until.expr, &state.value())
-            {
+            let eval_by = meta.deadline_within(step.timeout.as_std());
+            let templates = &self.services.templates;
+            let holds = off_runtime(eval_by, || templates.eval_bool(&until.expr, &state.value()));
+            match holds.await {
                 Ok(true) => return Ok(out),
                 Ok(false) => {}
                 Err(e) => return Err(format!("`until` failed: {}", crate::template::message(&e))),
@@ -376,7 +387,9 @@ impl Engine {
         meta: &RunMeta,
         cx: &StepCx<'_>,
     ) -> (Json, Result<StepOutput, StepError>) {
-        let rendered = match step.kind.render(cx) {
+        // Rendering counts against the attempt's time, off the async threads.
+        let deadline = meta.deadline_within(cx.timeout);
+        let rendered = match off_runtime(deadline, || step.kind.render(cx)).await {
             Ok(r) => r,
             // A dry run has no results of earlier steps, so a template that reads them cannot
             // render yet; say so and go on planning.
@@ -395,7 +408,8 @@ impl Engine {
             self.plan_event(meta, step, &input);
             return (input, Ok(StepOutput::default()));
         }
-        let result = match tokio::time::timeout(cx.timeout, step.kind.execute(rendered, cx)).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let result = match tokio::time::timeout(left, step.kind.execute(rendered, cx)).await {
             Ok(r) => r,
             Err(_) => {
                 let msg = format!("timed out after {}", crate::duration::Dur(cx.timeout));

@@ -482,3 +482,64 @@ fn check(c: &mut Compiler, at: &str, src: &str, flavour: Flavour, scope: &Scope)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        alloc::{GlobalAlloc, Layout, System},
+        cell::Cell,
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+
+    /// The system allocator, counting the bytes each thread asks for.
+    struct Counting;
+
+    thread_local! {
+        static ALLOCATED: Cell<u64> = const { Cell::new(0) };
+    }
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = ALLOCATED.try_with(|a| a.set(a.get() + layout.size() as u64));
+            // SAFETY: the caller's contract is passed on unchanged.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: the caller's contract is passed on unchanged.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let _ = ALLOCATED.try_with(|a| a.set(a.get() + new_size as u64));
+            // SAFETY: the caller's contract is passed on unchanged.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    #[test]
+    fn loading_evaluates_no_constant_expression() {
+        let mut yaml = String::from("name: big\nsteps:\n");
+        for i in 0..10 {
+            yaml.push_str(&format!(
+                "  - id: s{i}\n    assert: {{ that: \"'y' * 100000000 != ''\", message: \"{{{{ 'x' * 100000000 }}}}\" }}\n"
+            ));
+        }
+        let before = ALLOCATED.with(Cell::get);
+        let started = Instant::now();
+        let compiled = compile_source(Path::new("big.yaml"), &yaml, &CompileEnv::default());
+        let took = started.elapsed();
+        let allocated = ALLOCATED.with(Cell::get) - before;
+        assert!(compiled.is_ok(), "{:?}", compiled.err());
+        assert!(
+            allocated < 50_000_000,
+            "loading allocated {allocated} bytes"
+        );
+        assert!(took < Duration::from_secs(5), "loading took {took:?}");
+    }
+}

@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, OnceLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::future::BoxFuture;
@@ -63,9 +63,19 @@ pub struct RunMeta {
     /// Fired when the run must stop where it is: an operator's cancel, a rejected approval,
     /// Ctrl-C. Every wait of the engine and of the steps gives way to it.
     pub cancel: Cancel,
+    /// When the run's time is up (its playbook's `timeout`, or `on_failure`'s own): templates
+    /// get no more time than this.
+    pub deadline: Option<Instant>,
 }
 
 impl RunMeta {
+    /// The time templates have for work that may last `timeout`: that long from now, and no
+    /// later than the run's deadline.
+    pub fn deadline_within(&self, timeout: Duration) -> Instant {
+        let own = Instant::now() + timeout;
+        self.deadline.map_or(own, |run| run.min(own))
+    }
+
     /// Who a mutation made by this run is attributed to in the audit log.
     pub fn actor(&self) -> String {
         format!("run:{}:{}", self.id, self.playbook)

@@ -180,8 +180,17 @@ pub struct SqlResult {
     pub truncated: bool,
 }
 
-/// Hides a password in a database URL, for messages.
+/// Hides a password in a database URL, for messages: the userinfo's and a `password=` query
+/// parameter's.
 pub fn redact_url(url: &str) -> String {
+    let mut out = redact_userinfo(url);
+    for pw in crate::secrets::url_credentials(url).1 {
+        out = out.replace(&format!("={pw}"), "=****");
+    }
+    out
+}
+
+fn redact_userinfo(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -440,6 +449,10 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://runbook.db"), "sqlite://runbook.db");
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=disable&password=hunter2hunter2"),
+            "postgres://u@h/db?sslmode=disable&password=****"
+        );
     }
 
     #[test]
