@@ -2,6 +2,7 @@
 //! health checks.
 
 mod admin;
+mod outbox;
 mod auth;
 mod error;
 pub mod receiver;
@@ -55,6 +56,15 @@ pub fn router(state: Shared, max_body: usize) -> Router {
             delete(admin::dlq_cleanup),
         )
         .route("/api/admin/streaming/stats", get(admin::stats))
+        .route("/api/admin/streaming/outbox/parked", get(outbox::list))
+        .route(
+            "/api/admin/streaming/outbox/parked/{id}",
+            delete(outbox::drop),
+        )
+        .route(
+            "/api/admin/streaming/outbox/parked/{id}/retry",
+            post(outbox::retry),
+        )
         .route("/api/playbooks", get(admin::playbooks))
         .route("/api/runs", get(admin::runs_list).post(admin::runs_create))
         .route("/api/runs/{id}", get(admin::run_show))

@@ -17,6 +17,7 @@
 //! ([`enqueue`], [`defer`], [`heartbeat`]) for both backends side by side. The statements that
 //! carry control flow ([`claim_locked`], [`ack`], [`rescue`]) are in `postgres.rs` and `sqlite.rs`.
 
+pub mod parked;
 mod postgres;
 mod sqlite;
 
@@ -375,6 +376,11 @@ pub async fn enqueue_in(tx: &mut Tx, c: &NewCommand) -> Result<i64, DbError> {
 /// PostgreSQL one statement (one round trip, one commit), on SQLite one transaction. Command
 /// types in `shared` take no lock. Of several commands of one entity in a batch, only the first
 /// tries for the lock; the others are `Busy`.
+///
+/// Per-entity order: an exclusive command is not claimed while an older exclusive command of its
+/// entity is pending, whether that one is due or waits (a [`defer`] behind the entity's lock, a
+/// retry's backoff). So a command deferred behind its entity's lock keeps its place: a newer
+/// command of the entity cannot overtake it when the deferral moved its `run_at`.
 pub async fn claim_locked(
     db: &Db,
     worker: &str,

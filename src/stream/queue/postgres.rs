@@ -13,7 +13,9 @@ use super::{
 use crate::{status::ErrorType, store::DbError};
 
 /// The claim, the choice of which command of each entity tries for its lock (`first`), the lock
-/// upsert (`l`) and the batch order, in one statement: one round trip, one commit.
+/// upsert (`l`) and the batch order, in one statement: one round trip, one commit. An exclusive
+/// command is claimed only when no older exclusive command of its entity is pending (see
+/// [`super::claim_locked`]).
 pub(super) async fn claim_locked(
     pool: &PgPool,
     worker: &str,
@@ -27,7 +29,10 @@ pub(super) async fn claim_locked(
             "WITH c AS ( \
                UPDATE command_queue SET status = '{PROCESSING}', locked_by = $1, \
                       locked_until = NOW() + make_interval(secs => $3), attempts = attempts + 1, updated_at = NOW() \
-               WHERE id IN (SELECT id FROM command_queue WHERE status = '{PENDING}' AND run_at <= NOW() \
+               WHERE id IN (SELECT id FROM command_queue q WHERE status = '{PENDING}' AND run_at <= NOW() \
+                              AND (command_type = ANY($5) OR NOT EXISTS ( \
+                                SELECT 1 FROM command_queue o WHERE o.status = '{PENDING}' AND o.entity = q.entity \
+                                  AND o.entity_id = q.entity_id AND o.id < q.id AND NOT (o.command_type = ANY($5)))) \
                             ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
                RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at), \
              first AS ( \

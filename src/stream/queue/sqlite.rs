@@ -42,7 +42,8 @@ pub(super) fn parse_ts(s: &str) -> DateTime<Utc> {
 }
 
 /// Claims a batch, then takes the locks of its candidates (see `lock_candidates`), in one
-/// transaction.
+/// transaction. An exclusive command is claimed only when no older exclusive command of its
+/// entity is pending (see [`super::claim_locked`]).
 pub(super) async fn claim_locked(
     pool: &SqlitePool,
     worker: &str,
@@ -55,7 +56,11 @@ pub(super) async fn claim_locked(
         format!(
             "UPDATE command_queue SET status = '{PROCESSING}', locked_by = ?1, \
                     locked_until = {until}, attempts = attempts + 1, updated_at = {SQLITE_NOW} \
-             WHERE id IN (SELECT id FROM command_queue WHERE status = '{PENDING}' AND run_at <= {SQLITE_NOW} \
+             WHERE id IN (SELECT id FROM command_queue q WHERE status = '{PENDING}' AND run_at <= {SQLITE_NOW} \
+                            AND (command_type IN (SELECT value FROM json_each(?4)) OR NOT EXISTS ( \
+                              SELECT 1 FROM command_queue o WHERE o.status = '{PENDING}' AND o.entity = q.entity \
+                                AND o.entity_id = q.entity_id AND o.id < q.id \
+                                AND o.command_type NOT IN (SELECT value FROM json_each(?4)))) \
                           ORDER BY priority DESC, run_at, id LIMIT ?2) \
              RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at",
             until = sqlite_now_plus("?3"),
@@ -66,6 +71,7 @@ pub(super) async fn claim_locked(
         .bind(worker)
         .bind(limit as i64)
         .bind(later(lease))
+        .bind(serde_json::to_string(shared).unwrap_or_default())
         .fetch_all(&mut *tx)
         .await?;
     let mut batch: Vec<Claimed> = rows
