@@ -80,17 +80,27 @@ async fn a_deferred_command_keeps_its_place(db: &Db) {
     };
     assert_eq!(queue::ack(db, "w1", &done).await.unwrap(), [holder]);
 
-    // The lock is free. Whatever a worker claims first for this entity must be A.
-    let claimed = eventually(10, "a command of the entity to be claimed", || async {
+    // The lock is free. Claim as a worker does (what cannot take the lock is deferred again)
+    // until a command of the entity holds the lock: it must be A.
+    let held = eventually(10, "a command of the entity to take the lock", || async {
         let batch = queue::claim_locked(db, "w3", 10, lease, ttl, &[])
             .await
             .unwrap();
-        (!batch.is_empty()).then_some(batch)
+        let busy: Vec<i64> = batch
+            .iter()
+            .filter(|(_, l)| *l == Lock::Busy)
+            .map(|(c, _)| c.id)
+            .collect();
+        queue::defer(db, "w3", &busy, Duration::from_millis(300))
+            .await
+            .unwrap();
+        batch
+            .into_iter()
+            .find(|(_, l)| *l != Lock::Busy)
+            .map(|(c, _)| c.id)
     })
     .await;
-    let ids: Vec<i64> = claimed.iter().map(|(c, _)| c.id).collect();
-    assert_eq!(ids, [a], "B ({b}) must not overtake A ({a})");
-    assert_eq!(claimed[0].1, Lock::Held { takeover: false });
+    assert_eq!(held, a, "B ({b}) must not run before A ({a})");
     // Once A is done, B follows.
     let done = Ack {
         completed: vec![(a, "account".into(), "a1".into())],
@@ -98,11 +108,15 @@ async fn a_deferred_command_keeps_its_place(db: &Db) {
         ..Ack::default()
     };
     queue::ack(db, "w3", &done).await.unwrap();
-    let next = queue::claim_locked(db, "w4", 10, lease, ttl, &[])
-        .await
-        .unwrap();
-    let ids: Vec<i64> = next.iter().map(|(c, _)| c.id).collect();
-    assert_eq!(ids, [b]);
+    let next = eventually(10, "B to take the lock", || async {
+        let batch = queue::claim_locked(db, "w4", 10, lease, ttl, &[])
+            .await
+            .unwrap();
+        (!batch.is_empty()).then_some(batch)
+    })
+    .await;
+    let got: Vec<(i64, Lock)> = next.iter().map(|(c, l)| (c.id, *l)).collect();
+    assert_eq!(got, [(b, Lock::Held { takeover: false })]);
 }
 
 #[tokio::test]

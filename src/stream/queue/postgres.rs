@@ -13,9 +13,10 @@ use super::{
 use crate::{status::ErrorType, store::DbError};
 
 /// The claim, the choice of which command of each entity tries for its lock (`first`), the lock
-/// upsert (`l`) and the batch order, in one statement: one round trip, one commit. An exclusive
-/// command is claimed only when no older exclusive command of its entity is pending (see
-/// [`super::claim_locked`]).
+/// upsert (`l`, which passes over a command with an older exclusive command of its entity, of at
+/// least its priority, pending outside this batch) and the batch order, in one statement: one
+/// round trip, one commit. The statement sees the table as it was before it, so the batch's own
+/// commands are still `pending` to it: `NOT IN (SELECT id FROM c)` leaves them out.
 pub(super) async fn claim_locked(
     pool: &PgPool,
     worker: &str,
@@ -29,18 +30,19 @@ pub(super) async fn claim_locked(
             "WITH c AS ( \
                UPDATE command_queue SET status = '{PROCESSING}', locked_by = $1, \
                       locked_until = NOW() + make_interval(secs => $3), attempts = attempts + 1, updated_at = NOW() \
-               WHERE id IN (SELECT id FROM command_queue q WHERE status = '{PENDING}' AND run_at <= NOW() \
-                              AND (command_type = ANY($5) OR NOT EXISTS ( \
-                                SELECT 1 FROM command_queue o WHERE o.status = '{PENDING}' AND o.entity = q.entity \
-                                  AND o.entity_id = q.entity_id AND o.id < q.id AND NOT (o.command_type = ANY($5)))) \
+               WHERE id IN (SELECT id FROM command_queue WHERE status = '{PENDING}' AND run_at <= NOW() \
                             ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
                RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at), \
              first AS ( \
-               SELECT DISTINCT ON (entity, entity_id) id, entity, entity_id FROM c \
+               SELECT DISTINCT ON (entity, entity_id) id, entity, entity_id, priority FROM c \
                WHERE NOT (command_type = ANY($5)) ORDER BY entity, entity_id, priority DESC, id), \
              l AS ( \
                INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
                SELECT entity, entity_id, 'updating', NOW(), $1, id, FALSE, NOW() FROM first \
+               WHERE NOT EXISTS (SELECT 1 FROM command_queue o WHERE o.status = '{PENDING}' \
+                 AND o.entity = first.entity AND o.entity_id = first.entity_id AND o.id < first.id \
+                 AND o.priority >= first.priority \
+                 AND NOT (o.command_type = ANY($5)) AND o.id NOT IN (SELECT id FROM c)) \
                ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = NOW(), \
                   locked_by = EXCLUDED.locked_by, command_id = EXCLUDED.command_id, \
                   takeover = (work_state.state = 'updating'), \
