@@ -529,3 +529,46 @@ async fn a_poison_outbox_event_is_parked_and_only_its_entity_waits() {
     );
     assert!(audit[0]["actor"].as_str().unwrap().starts_with("cli:"));
 }
+
+#[tokio::test]
+async fn a_child_run_ends_cancelled_when_its_parent_is_cancelled() {
+    let w = Workdir::new();
+    let url = w.sqlite_url();
+    w.playbook("child", CHILD);
+    w.playbook(
+        "parent",
+        "name: parent\nsteps:\n  - id: call\n    playbook: child\n",
+    );
+    let db = store(&url).await;
+    db.migrate().await.unwrap();
+    let mut parent = w
+        .command()
+        .args(["--store", &url, "run", "parent"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start runbook run");
+    until_scalar(
+        20,
+        "the child run to start",
+        &db,
+        "SELECT COUNT(*) FROM runbook_runs WHERE playbook = 'child' AND status = 'running'",
+        |n| n == 1,
+    )
+    .await;
+    let out = w.run(&["--store", &url, "runs", "cancel", "1"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let status = tokio::task::spawn_blocking(move || parent.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let child = child_record(&w);
+    assert_eq!(child["status"], "cancelled", "{child}");
+    assert!(
+        child["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("cancelled by cli:"),
+        "{child}"
+    );
+}
