@@ -159,6 +159,8 @@ pub struct Metrics {
     pub worker_error: Family<ErrorLabels, Counter>,
     pub outbox_unsent: Gauge,
     pub outbox_sent: Counter,
+    /// Outbox events parked after `streaming.outbox_max_attempts` refusals (read from the store).
+    pub outbox_parked: Gauge,
     pub dlq_size: Family<ErrorTypeLabel, Gauge>,
     pub latency: Family<EntityLabel, Histogram, fn() -> Histogram>,
     pub lock_expiries: Counter,
@@ -190,6 +192,7 @@ impl Metrics {
             worker_error: Family::default(),
             outbox_unsent: Gauge::default(),
             outbox_sent: Counter::default(),
+            outbox_parked: Gauge::default(),
             dlq_size: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             lock_expiries: Counter::default(),
@@ -226,6 +229,11 @@ impl Metrics {
             "core_stream_outbox_sent",
             "Outbox events delivered by this process",
             m.outbox_sent.clone(),
+        );
+        registry.register(
+            "core_stream_outbox_parked",
+            "Outbox events parked after the broker refused them outbox_max_attempts times",
+            m.outbox_parked.clone(),
         );
         registry.register(
             "core_stream_dlq_size",
@@ -317,6 +325,8 @@ impl Metrics {
         }
         self.outbox_unsent
             .set(stats["outbox_unsent"].as_i64().unwrap_or(0));
+        self.outbox_parked
+            .set(stats["outbox_parked"].as_i64().unwrap_or(0));
     }
 
     /// Starts every playbook's run counters at zero for each trigger a server sees (all but

@@ -127,6 +127,9 @@ status_enum! {
         Skipped = "skipped",
         /// A dry run rendered it without running it.
         Planned = "planned",
+        /// A check of an `until` step whose condition did not hold: the attempt ran, the step
+        /// is not done. Only attempt records have it.
+        Polled = "polled",
     }
 }
 
@@ -152,6 +155,8 @@ impl From<StepStatus> for StepEventStatus {
             StepStatus::Failed => StepEventStatus::Failed,
             StepStatus::Skipped => StepEventStatus::Skipped,
             StepStatus::Planned => StepEventStatus::Planned,
+            // A poll is not the step's end: the step goes on.
+            StepStatus::Polled => StepEventStatus::Started,
         }
     }
 }
@@ -324,9 +329,14 @@ mod tests {
 
     #[test]
     fn step_events_cover_step_statuses() {
-        for &s in StepStatus::ALL {
+        // A poll is not a step's end, so no event reports it.
+        for &s in StepStatus::ALL.iter().filter(|s| **s != StepStatus::Polled) {
             assert_eq!(StepEventStatus::from(s).as_str(), s.as_str());
         }
+        assert_eq!(
+            StepEventStatus::from(StepStatus::Polled),
+            StepEventStatus::Started
+        );
     }
 
     #[test]

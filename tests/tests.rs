@@ -14,6 +14,7 @@ mod postgres;
 mod reload;
 mod retention;
 mod runtime;
+mod runtime_faults;
 mod safety;
 mod scheduler;
 mod server_hardening;

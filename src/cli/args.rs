@@ -134,6 +134,26 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Outbox events parked after the broker refused them `streaming.outbox_max_attempts` times.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Parked events, oldest first, with how many newer events of their entity wait behind each.
+    Parked {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Send a parked event again (its attempts count from 0 again).
+    Retry { id: i64 },
+    /// Delete a parked event without sending it; its entity's newer events flow again.
+    Drop { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]

@@ -166,6 +166,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
         Command::Serve { listen, no_workers } => serve::serve(&setup, listen, no_workers).await,
         Command::Queue { command } => streaming::queue(&setup, command).await,
         Command::Dlq { command } => streaming::dlq(&setup, command).await,
+        Command::Outbox { command } => streaming::outbox(&setup, command).await,
     }
 }
 

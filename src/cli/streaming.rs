@@ -1,18 +1,22 @@
 //! The streaming runtime from the shell: `queue enqueue|load|stats`, `dlq list|retry|cleanup`,
-//! and the recorded runs (`runs list|show|approve|cancel`).
+//! `outbox parked|retry|drop`, and the recorded runs (`runs list|show|approve|cancel`).
 
 use anyhow::Result;
 use serde_json::{json, Value as Json};
 
 use super::{
-    args::{DlqCommand, Format, QueueCommand, RunsCommand},
+    args::{DlqCommand, Format, OutboxCommand, QueueCommand, RunsCommand},
     output, Setup, EXIT_USAGE,
 };
 use crate::{
     store::{runs, Db},
     stream::{
         ops::{self, Op},
-        queue::{self, NewCommand},
+        queue::{
+            self,
+            parked::{self, Action, ParkedError},
+            NewCommand,
+        },
     },
 };
 
@@ -111,6 +115,59 @@ pub(super) async fn dlq(setup: &Setup, cmd: DlqCommand) -> Result<i32> {
         Format::Human => output::dlq(&op, &out),
     }
     Ok(0)
+}
+
+/// `outbox parked|retry|drop`: the events the dispatcher parked; changes are audited as
+/// `cli:<user>`.
+pub(super) async fn outbox(setup: &Setup, cmd: OutboxCommand) -> Result<i32> {
+    let db = setup.store().await?;
+    let (id, action) = match cmd {
+        OutboxCommand::Parked { limit, output } => {
+            let rows: Json = setup
+                .masker
+                .mask_json(&json!(parked::list(&db, limit).await?));
+            match output {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Format::Human => {
+                    let rows = rows.as_array().cloned().unwrap_or_default();
+                    if rows.is_empty() {
+                        println!("no parked outbox events");
+                    }
+                    for r in rows {
+                        println!(
+                            "{}  {} {}:{}  attempts {}  blocked {}  parked {}\n      error  {}",
+                            r["id"],
+                            r["topic"].as_str().unwrap_or(""),
+                            r["entity"].as_str().unwrap_or(""),
+                            r["entity_id"].as_str().unwrap_or(""),
+                            r["attempts"],
+                            r["blocked"],
+                            r["parked_at"].as_str().unwrap_or(""),
+                            r["last_error"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            return Ok(0);
+        }
+        OutboxCommand::Retry { id } => (id, Action::Retry),
+        OutboxCommand::Drop { id } => (id, Action::Drop),
+    };
+    match parked::act(&db, id, action, &cli_actor()).await {
+        Ok(()) => {
+            let done = match action {
+                Action::Retry => "goes back to the dispatcher",
+                Action::Drop => "dropped",
+            };
+            println!("outbox event {id}: {done}");
+            Ok(0)
+        }
+        Err(ParkedError::Db(e)) => Err(e.into()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(EXIT_USAGE)
+        }
+    }
 }
 
 /// `queue enqueue|load|stats`.

@@ -476,6 +476,26 @@ pub struct StreamingConfig {
     /// How long the `prune_records` runtime op keeps the engine's records.
     #[serde(default)]
     pub retention: Retention,
+    /// Tries of an outbox event the broker refuses before it is parked for an operator.
+    #[serde(default = "d_outbox_attempts")]
+    pub outbox_max_attempts: u32,
+    /// The most runs one run tree (a run and the runs its `playbook:` steps start, down all
+    /// levels) may hold, the root included.
+    #[serde(default = "d_tree_runs")]
+    pub max_runs_per_tree: u32,
+    /// How deep `playbook:` steps may nest (the root run is depth 0).
+    #[serde(default = "d_call_depth")]
+    pub max_call_depth: u32,
+}
+
+fn d_outbox_attempts() -> u32 {
+    10
+}
+fn d_tree_runs() -> u32 {
+    100
+}
+fn d_call_depth() -> u32 {
+    8
 }
 
 /// How long records are kept before `prune_records` deletes them.

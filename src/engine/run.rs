@@ -236,6 +236,14 @@ impl Engine {
         // run_id and playbook are the fields of the run's span, on every line logged inside it.
         tracing::info!(dry_run = req.dry_run, "Run started.");
         let (status, failed) = self.run_body(pb, &meta, &mut state).await;
+        if status == RunStatus::TimedOut {
+            // The deadline dropped the step in progress, and a child run it waited for with it.
+            let reason = format!(
+                "its parent run {run_id} timed out: the playbook did not finish within {}",
+                pb.timeout
+            );
+            crate::steps::close_tree(&self.services.store, run_id, &reason).await;
+        }
         // A cancel is deliberate: it does not page anyone through on_failure.
         if let Some((step, error)) = failed.as_ref().filter(|_| status != RunStatus::Cancelled) {
             self.run_on_failure(pb, &meta, &mut state, step, error)

@@ -291,21 +291,13 @@ impl Engine {
             if meta.dry_run {
                 return Ok(out);
             }
-            let provisional = StepResult {
-                status: StepStatus::Succeeded,
-                rows: out.rows.clone(),
-                output: out.output.clone(),
-                error: None,
-                duration_ms: 0,
-            };
-            state.set_step(&step.id, &provisional);
-            let eval_by = meta.deadline_within(step.timeout.as_std());
-            let templates = &self.services.templates;
-            let holds = off_runtime(eval_by, || templates.eval_bool(&until.expr, &state.value()));
-            match holds.await {
-                Ok(true) => return Ok(out),
-                Ok(false) => {}
-                Err(e) => return Err(format!("`until` failed: {}", crate::template::message(&e))),
+            // The check was made, and recorded with the attempt, by `run_retried`; later polls
+            // and steps read this poll's result.
+            state.set_step(&step.id, &provisional(&out));
+            match self.check_until(step, meta, state, &out).await {
+                Some(Ok(true)) | None => return Ok(out),
+                Some(Ok(false)) => {}
+                Some(Err(e)) => return Err(e),
             }
             if Instant::now() + until.every.as_std() > deadline {
                 return Err(format!(
@@ -346,6 +338,18 @@ impl Engine {
             let started = Instant::now();
             let (input, result) = self.attempt(step, meta, &cx).await;
             let duration_ms = started.elapsed().as_millis() as u64;
+            // An `until` step's attempt is a poll: it is the step's success only when the
+            // condition holds, and is recorded `polled` otherwise, so a resumed run runs the
+            // step again instead of taking a poll for the step's end.
+            let polled = match &result {
+                Ok(out) if !meta.dry_run => {
+                    !matches!(
+                        self.check_until(step, meta, state, out).await,
+                        Some(Ok(true)) | None
+                    )
+                }
+                _ => false,
+            };
             self.record_attempt(
                 meta,
                 step,
@@ -354,6 +358,7 @@ impl Engine {
                 duration_ms,
                 &input,
                 &result,
+                polled,
             )
             .await;
             let err = match result {
@@ -430,6 +435,27 @@ impl Engine {
         });
     }
 
+    /// Whether an `until` step's condition holds on this poll's result (`None` for a step
+    /// without `until`); an error says why it could not be evaluated.
+    async fn check_until(
+        &self,
+        step: &Step,
+        meta: &RunMeta,
+        state: &RunState,
+        out: &StepOutput,
+    ) -> Option<Result<bool, String>> {
+        let until = step.until.as_ref()?;
+        let mut ctx = state.ctx.clone();
+        let steps = ctx.entry("steps").or_insert_with(|| json!({}));
+        steps[step.id.as_str()] = serde_json::to_value(provisional(out)).unwrap_or_default();
+        let value = crate::template::context(&Json::Object(ctx));
+        let eval_by = meta.deadline_within(step.timeout.as_std());
+        let templates = &self.services.templates;
+        let holds = off_runtime(eval_by, || templates.eval_bool(&until.expr, &value)).await;
+        Some(holds.map_err(|e| format!("`until` failed: {}", crate::template::message(&e))))
+    }
+
+    /// Records one attempt; `polled` for a poll of an `until` step whose condition did not hold.
     #[allow(clippy::too_many_arguments)]
     async fn record_attempt(
         &self,
@@ -440,12 +466,15 @@ impl Engine {
         duration_ms: u64,
         input: &Json,
         result: &Result<StepOutput, StepError>,
+        polled: bool,
     ) {
         let masker = &self.services.masker;
         let (status, output, error) = match result {
             Ok(out) => (
                 if meta.dry_run {
                     StepStatus::Planned
+                } else if polled {
+                    StepStatus::Polled
                 } else {
                     StepStatus::Succeeded
                 },
@@ -476,6 +505,17 @@ impl Engine {
     }
 }
 
+/// A poll's result as the `until` condition and later polls read it.
+fn provisional(out: &StepOutput) -> StepResult {
+    StepResult {
+        status: StepStatus::Succeeded,
+        rows: out.rows.clone(),
+        output: out.output.clone(),
+        error: None,
+        duration_ms: 0,
+    }
+}
+
 /// How long to wait before attempt `attempt + 1`, or `None` when there is none: the error is
 /// fatal or the attempts are used up. The backoff doubles from `retry.backoff` (a `Retry-After`
 /// the step reports wins), capped at ten minutes.
@@ -495,13 +535,16 @@ pub(super) fn retry_delay(step: &Step, attempt: u32, err: &StepError) -> Option<
     Some(backoff.min(Duration::from_secs(600)))
 }
 
-/// The deadline of one attempt: an `approve` or `wait` step gets at least its own duration.
+/// The deadline of one attempt: an `approve` or `wait` step gets at least its own duration, a
+/// `playbook` step the time to record the end of a child run it stopped.
 fn step_timeout(step: &Step) -> Duration {
     match &step.kind {
         StepKind::Approve(a) => {
             a.timeout.as_std().max(step.timeout.as_std()) + Duration::from_secs(5)
         }
         StepKind::Wait(w) => w.0.as_std().max(step.timeout.as_std()) + Duration::from_secs(1),
+        // The step stops its child run at its own timeout and waits for it to record its end.
+        StepKind::Playbook(_) => step.timeout.as_std() + crate::steps::CHILD_GRACE,
         _ => step.timeout.as_std(),
     }
 }

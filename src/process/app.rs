@@ -115,6 +115,7 @@ impl App {
                 self.services.store.clone(),
                 self.metrics.clone(),
                 config.streaming.poll_interval.as_std(),
+                config.streaming.outbox_max_attempts,
                 sink,
                 shutdown.clone(),
             ));

@@ -6,8 +6,13 @@
 //! among replicas), rows are sent in id order, every row of an entity goes to one partition by its
 //! key, and the producer is idempotent, so the broker keeps them in order across its own retries.
 //! With no brokers configured a log sink stands in.
+//!
+//! A row the broker keeps refusing (a message over its size limit) is parked after
+//! `streaming.outbox_max_attempts` tries, keeping its `attempts` and `last_error`: it is no longer
+//! sent, and the newer rows of its entity wait behind it, so one bad row stops only its own
+//! entity. An operator retries or drops it ([`crate::stream::queue::parked`]).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use rdkafka::{
     error::KafkaError,
@@ -86,6 +91,7 @@ impl Sink {
 
 struct Row_ {
     id: i64,
+    entity: String,
     entity_id: String,
     event_type: String,
     topic: String,
@@ -109,15 +115,20 @@ impl Row_ {
             topic: r.get(3),
             payload: r.get(4),
             attempts: r.get(5),
+            entity: r.get(6),
         }
     }
 }
 
+/// Unsent rows after `after`, in id order: neither parked nor behind a parked row of their entity.
 async fn fetch(db: &Db, after: i64) -> Result<Vec<Row_>, DbError> {
     Ok(match db {
         Db::Postgres(pool) => sqlx::query(
-            "SELECT id, entity_id, event_type, topic, payload::text, attempts FROM outbox_final \
-             WHERE sent_at IS NULL AND id > $2 ORDER BY id LIMIT $1",
+            "SELECT id, entity_id, event_type, topic, payload::text, attempts, entity FROM outbox_final f \
+             WHERE sent_at IS NULL AND parked_at IS NULL AND id > $2 \
+               AND NOT EXISTS (SELECT 1 FROM outbox_final p WHERE p.parked_at IS NOT NULL AND p.sent_at IS NULL \
+                                 AND p.entity = f.entity AND p.entity_id = f.entity_id AND p.id < f.id) \
+             ORDER BY id LIMIT $1",
         )
         .bind(BATCH)
         .bind(after)
@@ -127,8 +138,11 @@ async fn fetch(db: &Db, after: i64) -> Result<Vec<Row_>, DbError> {
         .map(Row_::from_row)
         .collect(),
         Db::Sqlite(pool) => sqlx::query(
-            "SELECT id, entity_id, event_type, topic, payload, attempts FROM outbox_final \
-             WHERE sent_at IS NULL AND id > ?2 ORDER BY id LIMIT ?1",
+            "SELECT id, entity_id, event_type, topic, payload, attempts, entity FROM outbox_final f \
+             WHERE sent_at IS NULL AND parked_at IS NULL AND id > ?2 \
+               AND NOT EXISTS (SELECT 1 FROM outbox_final p WHERE p.parked_at IS NOT NULL AND p.sent_at IS NULL \
+                                 AND p.entity = f.entity AND p.entity_id = f.entity_id AND p.id < f.id) \
+             ORDER BY id LIMIT ?1",
         )
         .bind(BATCH)
         .bind(after)
@@ -157,7 +171,17 @@ async fn mark_sent(db: &Db, ids: &[i64]) -> Result<(), DbError> {
     Ok(())
 }
 
-async fn mark_failed(db: &Db, id: i64, attempts: i32, error: &str) -> Result<(), DbError> {
+/// Records a refused send; parks the row when this was its `max_attempts`th try. Returns whether
+/// it was parked.
+async fn mark_failed(
+    db: &Db,
+    id: i64,
+    attempts: i32,
+    error: &str,
+    max_attempts: u32,
+) -> Result<bool, DbError> {
+    let park = i64::from(attempts) + 1 >= i64::from(max_attempts.max(1));
+    let parked_at = if park { db.dialect().now() } else { "NULL" };
     let delay = backoff(attempts + 1, 30_000).as_secs_f64();
     let next = match db.dialect() {
         crate::template::Dialect::Postgres => format!("NOW() + make_interval(secs => {delay})"),
@@ -166,18 +190,21 @@ async fn mark_failed(db: &Db, id: i64, attempts: i32, error: &str) -> Result<(),
         }
     };
     db.sql(
-        &format!("UPDATE outbox_final SET attempts = attempts + 1, last_error = $2, next_attempt_at = {next} WHERE id = $1"),
+        &format!("UPDATE outbox_final SET attempts = attempts + 1, last_error = $2, next_attempt_at = {next}, parked_at = {parked_at} WHERE id = $1"),
         vec![json!(id), json!(error)],
     )
     .await?;
-    Ok(())
+    Ok(park)
 }
 
 /// What one round did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Round {
     pub sent: usize,
+    /// Rows refused that will be tried again.
     pub failed: usize,
+    /// Rows refused for the last time allowed, now parked.
+    pub parked: usize,
 }
 
 /// Where the dispatcher is: rows up to `cursor` have been handed to the sink, and marking the
@@ -217,14 +244,15 @@ pub async fn dispatch_once(
     metrics: &Arc<Metrics>,
     sink: &mut Sink,
     progress: &mut Progress,
+    max_attempts: u32,
 ) -> Result<Round, DbError> {
     let rows = next_rows(db, progress).await?;
     if rows.is_empty() {
         progress.settle().await?;
         return Ok(Round::default());
     }
-    let (sent, failed) = match sink {
-        Sink::Log => (log_rows(&rows), 0),
+    let (sent, failed, parked) = match sink {
+        Sink::Log => (log_rows(&rows), 0, 0),
         Sink::Kafka {
             config,
             producer: slot,
@@ -233,16 +261,19 @@ pub async fn dispatch_once(
                 return Ok(Round {
                     sent: 0,
                     failed: rows.len(),
+                    parked: 0,
                 });
             };
-            let (sent, failed) = publish(db, producer, &rows).await?;
-            if failed > 0 {
+            let out = publish(db, producer, &rows, max_attempts).await?;
+            if out.failed + out.parked > 0 {
                 *slot = None;
             }
-            (sent, failed)
+            (out.sent, out.failed, out.parked)
         }
     };
-    finish_round(db, metrics, progress, &rows, sent, failed).await
+    let mut round = finish_round(db, metrics, progress, &rows, sent, failed).await?;
+    round.parked = parked;
+    Ok(round)
 }
 
 /// The rows after the cursor; from the start once a second, and when the cursor runs dry.
@@ -288,39 +319,66 @@ fn producer<'p>(
     slot.as_ref()
 }
 
-/// Sends `rows` and waits for the broker: the ids it acknowledged, and how many rows failed
-/// (each marked failed, to be retried in a later round).
+/// What [`publish`] made of a round's rows.
+struct Published {
+    /// The ids the broker acknowledged.
+    sent: Vec<i64>,
+    /// Rows refused, marked failed, to be retried in a later round.
+    failed: usize,
+    /// Rows refused for the last time allowed, now parked.
+    parked: usize,
+}
+
+/// Sends `rows` and waits for the broker. A row the producer refuses at once (a message over
+/// the size limit) holds back the later rows of its entity in this round: they are not sent,
+/// and come again in a later round behind it.
 async fn publish(
     db: &Db,
     producer: &FutureProducer,
     rows: &[Row_],
-) -> Result<(Vec<i64>, usize), DbError> {
+    max_attempts: u32,
+) -> Result<Published, DbError> {
     // Enqueue everything first, then await the acknowledgements: one linger for the batch.
-    let pending: Vec<Result<DeliveryFuture, String>> = rows
-        .iter()
-        .map(|r| {
-            producer
-                .send_result(record(r))
-                .map_err(|(e, _)| e.to_string())
-        })
-        .collect();
-    let mut sent = Vec::with_capacity(rows.len());
-    let mut failed = 0;
-    for (r, delivery) in rows.iter().zip(pending) {
+    let mut refused: HashSet<(&str, &str)> = HashSet::new();
+    let mut pending: Vec<(&Row_, Result<DeliveryFuture, String>)> = Vec::with_capacity(rows.len());
+    for r in rows {
+        let entity = (r.entity.as_str(), r.entity_id.as_str());
+        if refused.contains(&entity) {
+            continue;
+        }
+        let delivery = producer
+            .send_result(record(r))
+            .map_err(|(e, _)| e.to_string());
+        if delivery.is_err() {
+            refused.insert(entity);
+        }
+        pending.push((r, delivery));
+    }
+    let mut out = Published {
+        sent: Vec::with_capacity(rows.len()),
+        failed: 0,
+        parked: 0,
+    };
+    for (r, delivery) in pending {
         let outcome = match delivery {
             Ok(d) => delivered(d).await,
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(()) => sent.push(r.id),
+            Ok(()) => out.sent.push(r.id),
             Err(e) => {
-                tracing::warn!(event_id = r.id, topic = %r.topic, error = %e, "Outbox event not delivered; will retry.");
-                mark_failed(db, r.id, r.attempts, &e).await?;
-                failed += 1;
+                if mark_failed(db, r.id, r.attempts, &e, max_attempts).await? {
+                    tracing::error!(event_id = r.id, topic = %r.topic, entity = %r.entity, entity_id = %r.entity_id, attempts = r.attempts + 1, error = %e,
+                        "Outbox event parked: the broker refused it outbox_max_attempts times. Its entity's newer events wait behind it; retry or drop it with `runbook outbox`.");
+                    out.parked += 1;
+                } else {
+                    tracing::warn!(event_id = r.id, topic = %r.topic, error = %e, "Outbox event not delivered; will retry.");
+                    out.failed += 1;
+                }
             }
         }
     }
-    Ok((sent, failed))
+    Ok(out)
 }
 
 /// A row as a Kafka record: keyed by its entity, with `event-id` and `event-type` headers.
@@ -380,14 +438,16 @@ async fn finish_round(
     Ok(Round {
         sent: count,
         failed,
+        parked: 0,
     })
 }
 
-/// Runs the dispatcher until `shutdown`.
+/// Runs the dispatcher until `shutdown`; a row refused `max_attempts` times is parked.
 pub async fn run(
     db: Db,
     metrics: Arc<Metrics>,
     poll: Duration,
+    max_attempts: u32,
     mut sink: Sink,
     shutdown: CancellationToken,
 ) {
@@ -415,8 +475,13 @@ pub async fn run(
                 }
             }
         }
-        match dispatch_once(&db, &metrics, &mut sink, &mut progress).await {
-            Ok(Round { sent: 0, failed: 0 }) => wait(&shutdown, poll).await,
+        match dispatch_once(&db, &metrics, &mut sink, &mut progress, max_attempts).await {
+            Ok(Round {
+                sent: 0,
+                failed: 0,
+                parked: 0,
+            }) => wait(&shutdown, poll).await,
+            // A round whose only refusals were parked goes on at once: the rows left flow.
             Ok(Round { failed: 0, .. }) => failed_rounds = 0,
             Ok(Round { failed, .. }) => {
                 failed_rounds += 1;

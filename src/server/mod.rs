@@ -7,6 +7,7 @@
 //! without a valid token learns nothing but 401, whatever its path, method or query.
 
 mod admin;
+mod outbox;
 mod auth;
 mod error;
 pub mod receiver;
@@ -112,6 +113,15 @@ pub fn router(state: Shared, limits: &Limits) -> Router {
             delete(admin::dlq_cleanup),
         )
         .route("/api/admin/streaming/stats", get(admin::stats))
+        .route("/api/admin/streaming/outbox/parked", get(outbox::list))
+        .route(
+            "/api/admin/streaming/outbox/parked/{id}",
+            delete(outbox::drop),
+        )
+        .route(
+            "/api/admin/streaming/outbox/parked/{id}/retry",
+            post(outbox::retry),
+        )
         .route("/api/playbooks", get(admin::playbooks))
         .route("/api/runs", get(admin::runs_list).post(admin::runs_create))
         .route("/api/runs/{id}", get(admin::run_show))

@@ -26,6 +26,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value as Json;
 
+pub use call::{close_tree, CHILD_GRACE};
 pub use context::{
     Cancel, ChildOutcome, LaunchError, Launcher, NullObserver, Observer, RunMeta, StepCx, StepEvent,
 };

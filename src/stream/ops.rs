@@ -533,7 +533,8 @@ pub async fn queue_stats(db: &Db, base: &StreamingConfig) -> Result<Json, DbErro
         .rows;
     let outbox = db
         .sql(
-            "SELECT COUNT(*) AS n FROM outbox_final WHERE sent_at IS NULL",
+            "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN parked_at IS NULL THEN 0 ELSE 1 END), 0) AS parked \
+             FROM outbox_final WHERE sent_at IS NULL",
             vec![],
         )
         .await?
@@ -564,6 +565,7 @@ pub async fn queue_stats(db: &Db, base: &StreamingConfig) -> Result<Json, DbErro
         "oldest_pending": oldest.first().map(|r| r["oldest"].clone()).unwrap_or(Json::Null),
         "dlq": { "total": sum(&dlq, None), "by_error_type": dlq },
         "outbox_unsent": outbox.first().map(|r| r["n"].clone()).unwrap_or(json!(0)),
+        "outbox_parked": outbox.first().map(|r| r["parked"].clone()).unwrap_or(json!(0)),
         "locks": { "held": locks[0]["held"], "expired": locks[0]["expired"], "expiries_total": locks[0]["expiries"] },
         "settings": settings,
     }))

@@ -17,6 +17,7 @@
 //! ([`enqueue`], [`defer`], [`heartbeat`]) for both backends side by side. The statements that
 //! carry control flow ([`claim_locked`], [`ack`], [`rescue`]) are in `postgres.rs` and `sqlite.rs`.
 
+pub mod parked;
 mod postgres;
 mod sqlite;
 
@@ -139,7 +140,8 @@ where
 // ---------------------------------------------------------------------------------------------
 // Decisions of a claim. PostgreSQL takes them in its one claim statement (`first`, the join with
 // `l`, `ORDER BY c.priority DESC, c.id`), SQLite here, between its two statements; both map the
-// lock statement's answer to a `Lock` with `lock_of`.
+// lock statement's answer to a `Lock` with `lock_of`, and both leave the lock to an older
+// exclusive command of the entity, of at least the same priority, pending outside the batch.
 
 /// The order a claimed batch is handled in: highest priority first, then the oldest id.
 fn sort_batch(batch: &mut [Claimed]) {
@@ -369,7 +371,14 @@ pub async fn enqueue_all_in(tx: &mut Tx, commands: &[NewCommand]) -> Result<Vec<
 /// Claims up to `limit` commands and takes their entities' work-state locks in one go: on
 /// PostgreSQL one statement (one round trip, one commit), on SQLite one transaction. Command
 /// types in `shared` take no lock. Of several commands of one entity in a batch, only the first
-/// tries for the lock; the others are `Busy`.
+/// (highest priority, then oldest) tries for the lock; the others are `Busy`.
+///
+/// Per-entity order: a command does not take its entity's lock while an older exclusive command
+/// of the entity with at least its priority is pending outside the batch, whether that one is due
+/// or waits (a [`defer`] behind the lock, a retry's backoff); it is `Busy`. So a command deferred
+/// behind its entity's lock keeps its place: a newer command of the entity cannot overtake it when
+/// the deferral moved its `run_at`; only a higher priority goes first, as it does within a batch.
+/// The check is one index probe per entity of the batch.
 pub async fn claim_locked(
     db: &Db,
     worker: &str,

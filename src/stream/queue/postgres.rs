@@ -13,7 +13,13 @@ use super::{
 use crate::{status::ErrorType, store::DbError};
 
 /// The claim, the choice of which command of each entity tries for its lock (`first`), the lock
-/// upsert (`l`) and the batch order, in one statement: one round trip, one commit.
+/// upsert (`l`, which passes over a command with an older exclusive command of its entity, of at
+/// least its priority, pending outside this batch) and the batch order, in one statement: one
+/// round trip, one commit. The statement sees the table as it was before it, so the batch's own
+/// commands are still `pending` to it: `NOT IN (SELECT id FROM c)` leaves them out. The older
+/// command is looked for with a scalar subquery (`(...) IS NULL`), not `NOT EXISTS`, which the
+/// planner may turn into an anti-join over the whole queue: this way it is one probe of
+/// `command_queue_entity_pending` per entity of the batch.
 pub(super) async fn claim_locked(
     pool: &PgPool,
     worker: &str,
@@ -31,11 +37,15 @@ pub(super) async fn claim_locked(
                             ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
                RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at), \
              first AS ( \
-               SELECT DISTINCT ON (entity, entity_id) id, entity, entity_id FROM c \
+               SELECT DISTINCT ON (entity, entity_id) id, entity, entity_id, priority FROM c \
                WHERE NOT (command_type = ANY($5)) ORDER BY entity, entity_id, priority DESC, id), \
              l AS ( \
                INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
                SELECT entity, entity_id, 'updating', NOW(), $1, id, FALSE, NOW() FROM first \
+               WHERE (SELECT o.id FROM command_queue o WHERE o.status = '{PENDING}' \
+                 AND o.entity = first.entity AND o.entity_id = first.entity_id AND o.id < first.id \
+                 AND o.priority >= first.priority \
+                 AND NOT (o.command_type = ANY($5)) AND o.id NOT IN (SELECT id FROM c) LIMIT 1) IS NULL \
                ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = NOW(), \
                   locked_by = EXCLUDED.locked_by, command_id = EXCLUDED.command_id, \
                   takeover = (work_state.state = 'updating'), \

@@ -81,25 +81,30 @@ pub(super) async fn claim_locked(
     let held = if candidates.is_empty() {
         HashMap::new()
     } else {
-        lock(&mut tx, &candidates, worker, ttl).await?
+        lock(&mut tx, &candidates, worker, ttl, shared).await?
     };
     tx.commit().await?;
     Ok(lock_outcomes(batch, shared, &held))
 }
 
-/// Takes the candidates' entity locks where they are free or expired (older than `ttl`); returns
-/// the ids that took theirs, each with whether it was a takeover.
+/// Takes the candidates' entity locks where they are free or expired (older than `ttl`), and no
+/// older exclusive command of the entity with at least the candidate's priority is pending
+/// (deferred behind the lock, or waiting for a retry: it goes first); returns the ids that took theirs, each with whether it was a takeover.
+/// The batch's own commands are `processing` by now, so only commands outside it hold one back.
 async fn lock(
     tx: &mut SqliteConnection,
     candidates: &[&Claimed],
     worker: &str,
     ttl: Duration,
+    shared: &[String],
 ) -> Result<HashMap<i64, bool>, DbError> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by, command_id, takeover, updated_at) \
              SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'updating', {SQLITE_NOW}, ?2, json_extract(value, '$[2]'), 0, {SQLITE_NOW} \
-             FROM json_each(?1) WHERE true \
+             FROM json_each(?1) WHERE NOT EXISTS (SELECT 1 FROM command_queue o WHERE o.status = '{PENDING}' \
+               AND o.entity = json_extract(value, '$[0]') AND o.entity_id = json_extract(value, '$[1]') \
+               AND o.id < json_extract(value, '$[2]') AND o.priority >= json_extract(value, '$[3]') AND o.command_type NOT IN (SELECT value FROM json_each(?4))) \
              ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = {SQLITE_NOW}, locked_by = excluded.locked_by, \
                 command_id = excluded.command_id, takeover = (work_state.state = 'updating'), \
                 expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = {SQLITE_NOW} \
@@ -110,12 +115,13 @@ async fn lock(
     });
     let items: Vec<Json> = candidates
         .iter()
-        .map(|c| serde_json::json!([c.entity, c.entity_id, c.id]))
+        .map(|c| serde_json::json!([c.entity, c.entity_id, c.id, c.priority]))
         .collect();
     Ok(sqlx::query(&SQL)
         .bind(Json::Array(items).to_string())
         .bind(worker)
         .bind(earlier(ttl))
+        .bind(serde_json::to_string(shared).unwrap_or_default())
         .fetch_all(tx)
         .await?
         .iter()
