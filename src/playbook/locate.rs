@@ -43,6 +43,28 @@ impl Locations {
     }
 }
 
+/// Where `text` first nests collections deeper than `max` (1-based line and column), read as
+/// a stream of events that stops there: parsing a deeper document costs time quadratic in its
+/// depth. `None` when it does not, or when the parser rejects the text first (the deserializer
+/// reports that error).
+pub fn too_deep(text: &str, max: usize) -> Option<(usize, usize)> {
+    let mut parser = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    loop {
+        match parser.next_token() {
+            Ok((Event::MappingStart(..) | Event::SequenceStart(..), mark)) => {
+                depth += 1;
+                if depth > max {
+                    return Some((mark.line(), mark.col() + 1));
+                }
+            }
+            Ok((Event::MappingEnd | Event::SequenceEnd, _)) => depth = depth.saturating_sub(1),
+            Ok((Event::StreamEnd, _)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
 enum Frame {
     /// `anchor`: a path whose position is the map's first key (block maps report their start late).
     Map {
@@ -136,6 +158,16 @@ impl MarkedEventReceiver for Walker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_found_where_it_starts() {
+        assert_eq!(too_deep("a:\n  b:\n    c: [1, {d: 2}]\n", 4), None);
+        assert_eq!(too_deep("a:\n  b:\n    c: [1, {d: 2}]\n", 3), Some((3, 17)));
+        let flow = format!("x: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(too_deep(&flow, 64), Some((1, 4 + 64)));
+        let block = format!("x: {}1\n", "- ".repeat(100_000));
+        assert_eq!(too_deep(&block, 64), Some((1, 4 + 2 * 63)));
+    }
 
     #[test]
     fn finds_keys_and_items() {
