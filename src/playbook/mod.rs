@@ -252,9 +252,9 @@ pub fn read_source(file: &Path) -> Result<String, Diagnostic> {
             file,
             (0, 0),
             format!(
-                "the file is larger than the limit of {} KiB for a playbook; split it into \
+                "the file is larger than the limit of {} MiB for a playbook; split it into \
                  playbooks that call each other (`playbook:` steps)",
-                MAX_FILE_BYTES / 1024
+                MAX_FILE_BYTES / (1024 * 1024)
             ),
         ));
     }

@@ -330,7 +330,8 @@ impl Db {
             Db::Sqlite(pool) => {
                 sqlx::query(
                     "INSERT INTO runbook_heartbeat (id, at, room) VALUES (1, ?1, zeroblob(?2)) \
-                     ON CONFLICT (id) DO UPDATE SET at = excluded.at, room = excluded.room",
+                     ON CONFLICT (id) DO UPDATE SET at = excluded.at, \
+                     room = zeroblob(?2 + 1 - length(runbook_heartbeat.room) % 2)",
                 )
                 .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
                 .bind(PROBE_ROOM)
@@ -472,7 +473,9 @@ impl Db {
 /// How often [`Db::ready`] writes its probe at most.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// Bytes of the SQLite probe's blob: more than a page, so that it takes overflow pages.
+/// Bytes of the SQLite probe's blob: more than a page, so that it takes overflow pages. Its
+/// length alternates between this and one more, as SQLite overwrites a row of the same size in
+/// place and would need no room at all.
 const PROBE_ROOM: i64 = 8192;
 
 type ProbeCache =
