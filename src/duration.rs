@@ -44,6 +44,12 @@ impl Dur {
     }
 }
 
+/// `Instant::now() + d`, or [`Dur::MAX`] from now for a longer `d`: a deadline never panics.
+pub fn deadline_in(d: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(d.min(Dur::MAX.0)).unwrap_or(now)
+}
+
 /// Why a text is not a duration.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid duration `{text}`: {reason} (write it like 30s, 5m, 1h30m or 7d)")]

@@ -139,10 +139,10 @@ fn queue_load_refuses_rates_that_are_not_finite() {
 
 #[test]
 fn many_processes_opening_one_fresh_store_at_once_all_succeed() {
-    for round in 0..4 {
+    for round in 0..8 {
         let w = Workdir::new();
         let store = w.sqlite_url();
-        let children: Vec<_> = (0..12)
+        let children: Vec<_> = (0..16)
             .map(|_| {
                 w.command()
                     .args(["--store", &store, "runs", "list", "-o", "json"])

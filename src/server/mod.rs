@@ -71,7 +71,7 @@ pub fn router(state: Shared, max_body: usize) -> Router {
 }
 
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
-    match s.services.store.sql("SELECT 1 AS ok", vec![]).await {
+    match s.services.store.ready().await {
         Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
