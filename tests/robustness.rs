@@ -416,6 +416,24 @@ async fn a_store_that_ran_out_of_space_takes_writes_again_without_a_restart() {
         .await;
     assert!(freed.is_ok(), "{freed:?}");
 
+    // Transactions that give up after a write (dropped, so rolled back), on every connection
+    // of the pool: none may leave its transaction open behind it, holding the write lock.
+    let mut txs = Vec::new();
+    for _ in 0..4 {
+        txs.push(app.begin().await.unwrap());
+    }
+    for tx in txs {
+        let runbook::store::Tx::Sqlite(mut tx) = tx else {
+            unreachable!("a SQLite store")
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO runbook_audit (actor, op, filter, rows) VALUES ('test', 'abandoned', '{}', 0)",
+        )
+        .execute(&mut *tx)
+        .await;
+        assert!(inserted.is_ok(), "{inserted:?}");
+    }
+
     // Every connection of the pool takes writes again, and the store says it is ready.
     let writes = futures::future::join_all((0..16).map(|_| audited_write(&app, "small"))).await;
     assert!(writes.iter().all(Result::is_ok), "{writes:?}");
@@ -428,4 +446,15 @@ async fn a_store_that_ran_out_of_space_takes_writes_again_without_a_restart() {
         .await
         .unwrap();
     assert_eq!(recorded.rows[0]["n"], 16, "the writes were committed");
+    let abandoned = operator
+        .sql(
+            "SELECT COUNT(*) AS n FROM runbook_audit WHERE op = 'abandoned'",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        abandoned.rows[0]["n"], 0,
+        "the abandoned writes were rolled back"
+    );
 }
