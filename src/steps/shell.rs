@@ -275,15 +275,16 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
                 }
             }
         };
+        // Anything the program left running goes with it.
+        group.end();
         if !read_all {
             // What the program wrote before it exited is in the pipes; a process it left
-            // behind may keep them open, so the rest is read for a short while only.
+            // behind may keep them open until it is gone, so the rest is read for a short
+            // while only.
             let _ = tokio::time::timeout(DRAIN, &mut reading).await;
         }
         status
     };
-    // Anything the program left running goes with it.
-    group.end();
     let (out, err) = (
         captured(&out, out_total, max),
         captured(&err, err_total, max),
