@@ -57,7 +57,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_triggers"),
     migration!(4, "0004_run_leases"),
     migration!(5, "0005_playbook_versions"),
-    migration!(6, "0006_heartbeat"),
+    // 6 is `0006_runtime_order`, on another line of development.
+    migration!(7, "0007_heartbeat"),
 ];
 
 /// The advisory lock that serialises PostgreSQL replicas migrating at once (the key the
