@@ -57,7 +57,6 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_triggers"),
     migration!(4, "0004_run_leases"),
     migration!(5, "0005_playbook_versions"),
-    // 6 is `0006_runtime_order`, on another line of development.
     migration!(7, "0007_heartbeat"),
 ];
 
