@@ -6,11 +6,31 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 /// A non-negative span of time written the way people write it: `500ms`, `30s`, `5m`, `1h30m`, `7d`.
-/// A bare integer means seconds.
+/// A bare integer means seconds. Never longer than [`Dur::MAX`], so adding one to a clock or a
+/// timestamp cannot overflow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Dur(pub Duration);
 
 impl Dur {
+    /// The longest duration accepted anywhere: 365 days. A longer one is refused when it is read,
+    /// with the value and this maximum in the error.
+    pub const MAX: Dur = Dur(Duration::from_secs(365 * 24 * 3600));
+
+    /// `secs` seconds, or the error a text of that many seconds gets when it is over [`Dur::MAX`].
+    pub fn checked_secs(secs: u64) -> Result<Self, DurationError> {
+        Dur::bounded(Duration::from_secs(secs), &secs.to_string())
+    }
+
+    fn bounded(d: Duration, text: &str) -> Result<Self, DurationError> {
+        if d > Dur::MAX.0 {
+            return Err(DurationError {
+                text: text.to_owned(),
+                reason: "longer than the maximum of 365d".to_owned(),
+            });
+        }
+        Ok(Dur(d))
+    }
+
     pub const fn from_secs(secs: u64) -> Self {
         Dur(Duration::from_secs(secs))
     }
@@ -22,6 +42,12 @@ impl Dur {
     pub fn as_secs_f64(self) -> f64 {
         self.0.as_secs_f64()
     }
+}
+
+/// `Instant::now() + d`, or [`Dur::MAX`] from now for a longer `d`: a deadline never panics.
+pub fn deadline_in(d: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(d.min(Dur::MAX.0)).unwrap_or(now)
 }
 
 /// Why a text is not a duration.
@@ -38,14 +64,13 @@ impl FromStr for Dur {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let trimmed = text.trim();
         if let Ok(secs) = trimmed.parse::<u64>() {
-            return Ok(Dur::from_secs(secs));
+            return Dur::bounded(Duration::from_secs(secs), text);
         }
-        humantime::parse_duration(trimmed)
-            .map(Dur)
-            .map_err(|e| DurationError {
-                text: text.to_owned(),
-                reason: e.to_string(),
-            })
+        let d = humantime::parse_duration(trimmed).map_err(|e| DurationError {
+            text: text.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Dur::bounded(d, text)
     }
 }
 
@@ -73,12 +98,11 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as 30s, 5m, 1h30m or 7d")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
-                Ok(Dur::from_secs(v))
+                Dur::checked_secs(v).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
-                u64::try_from(v)
-                    .map(Dur::from_secs)
-                    .map_err(|_| E::custom("a duration cannot be negative"))
+                let v = u64::try_from(v).map_err(|_| E::custom("a duration cannot be negative"))?;
+                Dur::checked_secs(v).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
                 v.parse().map_err(E::custom)
@@ -95,10 +119,10 @@ impl JsonSchema for Dur {
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "A duration: 500ms, 30s, 5m, 1h30m, 7d; a bare integer is seconds.",
+            "description": "A duration: 500ms, 30s, 5m, 1h30m, 7d; a bare integer is seconds. At most 365d.",
             "anyOf": [
                 { "type": "string", "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*[a-zA-Zµ]+(\\s*[0-9]+\\s*[a-zA-Zµ]+)*\\s*$" },
-                { "type": "integer", "minimum": 0 }
+                { "type": "integer", "minimum": 0, "maximum": 31_536_000 }
             ]
         })
     }
@@ -126,6 +150,26 @@ mod tests {
         let err = "five minutes".parse::<Dur>().unwrap_err().to_string();
         assert!(err.contains("`five minutes`"), "{err}");
         assert!("-5m".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn refuses_durations_over_a_year_naming_the_value_and_the_maximum() {
+        assert_eq!("365d".parse::<Dur>().unwrap(), Dur::MAX);
+        for text in [
+            "18446744073709551615s",
+            "18446744073709551615",
+            "366d",
+            "9999999999h",
+        ] {
+            let err = text.parse::<Dur>().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{text}`")), "{err}");
+            assert!(err.contains("365d"), "{err}");
+        }
+        let err = serde_yaml::from_str::<Dur>("18446744073709551615")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("365d"), "{err}");
+        assert!(serde_yaml::from_str::<Dur>("31536000").is_ok());
     }
 
     #[test]

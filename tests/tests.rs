@@ -13,6 +13,7 @@ mod migrations;
 mod postgres;
 mod reload;
 mod retention;
+mod robustness;
 mod runtime;
 mod runtime_faults;
 mod safety;

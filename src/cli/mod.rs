@@ -20,6 +20,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use output::errln;
 
 use crate::{
     config::{Config, DEFAULT_STORE},
@@ -120,16 +121,36 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-/// Runs the command; returns the process exit code.
+/// Runs the command; returns the process exit code. An error is printed here, its control
+/// characters escaped like every other line for a person, and gives exit code 1.
 pub async fn main(cli: Cli) -> Result<i32> {
+    match command(cli).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            errln!("error: {e:#}");
+            Ok(EXIT_FAILED)
+        }
+    }
+}
+
+async fn command(cli: Cli) -> Result<i32> {
     // A config that does not load is a usage error, like a playbook that does not validate.
     let setup = match Setup::load(&cli.global) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             return Ok(EXIT_USAGE);
         }
     };
+    if let Some((name, what)) = records(&cli.command) {
+        if crate::store::is_read_only_url(&setup.store_url) {
+            errln!(
+                "error: the store is opened read-only (mode=ro): `runbook {name}` {what}; use a \
+                 writable store"
+            );
+            return Ok(EXIT_USAGE);
+        }
+    }
     match cli.command {
         Command::Validate { path } => Ok(playbooks::validate(&setup, path.as_deref())),
         Command::Schema => {
@@ -170,6 +191,36 @@ pub async fn main(cli: Cli) -> Result<i32> {
     }
 }
 
+/// The commands that write to the store: their name and what they record, for the error a
+/// read-only store gives them. The others only read it, or do not open it.
+fn records(command: &Command) -> Option<(&'static str, &'static str)> {
+    match command {
+        Command::Serve { .. } => Some(("serve", "runs commands and records runs")),
+        Command::Run { .. } => Some(("run", "records runs")),
+        Command::Pause { .. } => Some(("pause", "records the pause")),
+        Command::Resume => Some(("resume", "records the end of the pause")),
+        Command::Runs {
+            command: Some(RunsCommand::Approve { .. }),
+        } => Some(("runs approve", "records the answer")),
+        Command::Runs {
+            command: Some(RunsCommand::Cancel { .. }),
+        } => Some(("runs cancel", "records the cancel")),
+        Command::Queue {
+            command: QueueCommand::Enqueue { .. },
+        } => Some(("queue enqueue", "enqueues commands")),
+        Command::Queue {
+            command: QueueCommand::Load { .. },
+        } => Some(("queue load", "enqueues commands")),
+        Command::Dlq {
+            command: DlqCommand::Retry { .. },
+        } => Some(("dlq retry", "changes the DLQ")),
+        Command::Dlq {
+            command: DlqCommand::Cleanup { .. },
+        } => Some(("dlq cleanup", "changes the DLQ")),
+        _ => None,
+    }
+}
+
 fn load_catalog(
     setup: &Setup,
 ) -> std::result::Result<crate::playbook::Catalog, Vec<crate::diagnostics::Diagnostic>> {
@@ -183,9 +234,9 @@ fn load_catalog(
 
 fn print_diags(diags: &[crate::diagnostics::Diagnostic]) -> i32 {
     for d in diags {
-        eprintln!("{d}");
+        errln!("{d}");
     }
-    eprintln!("playbooks have errors; fix them or run `runbook validate`");
+    errln!("playbooks have errors; fix them or run `runbook validate`");
     EXIT_USAGE
 }
 
@@ -214,5 +265,6 @@ fn parse_size(text: &str) -> Result<usize> {
         "MB" => 1_000_000,
         other => bail!("size `{text}`: unknown unit `{other}` (B, KiB, MiB, KB, MB)"),
     };
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .with_context(|| format!("size `{text}` is too large"))
 }

@@ -1,6 +1,11 @@
 //! What the CLI prints: for a person by default, JSON with `--output json`.
+//!
+//! Everything printed for a person goes through [`term`]: parameters, alert labels, step results
+//! and errors carry text from outside, and an escape sequence in them must not reach the
+//! terminal raw (`\e]0;title\a` retitles the window, others move the cursor or hide text). JSON
+//! output is printed as serde_json writes it, which escapes control characters in strings itself.
 
-use std::io::Write;
+use std::{borrow::Cow, io::Write};
 
 use serde_json::{json, Value as Json};
 
@@ -11,6 +16,40 @@ use crate::{
     status::{RunStatus, StepEventStatus},
     stream::ops::Op,
 };
+
+/// Text for a terminal: every control character (ESC, BEL, carriage return, DEL, the C1 codes)
+/// shown escaped as `\u{1b}`, except the newlines and tabs of multi-line text.
+pub fn term(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.contains(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `println!` for a person: the formatted line goes through [`term`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        println!("{}", $crate::cli::output::term(&format!($($arg)*)))
+    };
+}
+
+/// `eprintln!` for a person: the formatted line goes through [`term`].
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        eprintln!("{}", $crate::cli::output::term(&format!($($arg)*)))
+    };
+}
+
+pub(super) use {errln, outln};
 
 /// Prints step events as they happen: a line per step for a person, a JSON object per line for a machine.
 pub struct Printer {
@@ -40,7 +79,7 @@ impl Printer {
                 } else if let Some(err) = &o.error {
                     line.push_str(&format!(": {err}"));
                 }
-                println!("{line}");
+                outln!("{line}");
             }
         }
     }
@@ -58,6 +97,7 @@ impl Observer for Printer {
             .duration_ms
             .map(|d| format!(" {d} ms"))
             .unwrap_or_default();
+        let mut out = Term(&mut out);
         let _ = match e.status {
             StepEventStatus::Started => writeln!(out, "{indent}▸ {} ({})", e.step, e.kind),
             StepEventStatus::Succeeded => writeln!(
@@ -91,6 +131,15 @@ impl Observer for Printer {
                 e.error.as_deref().unwrap_or("")
             ),
         };
+    }
+}
+
+/// A writer that passes what is written through [`term`] (one `writeln!` is one `write_fmt`).
+struct Term<W>(W);
+
+impl<W: Write> Term<W> {
+    fn write_fmt(&mut self, args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+        self.0.write_all(term(&args.to_string()).as_bytes())
     }
 }
 
@@ -166,13 +215,13 @@ pub fn list(catalog: &Catalog, format: Format) {
         if triggers.is_empty() {
             triggers.push("manual".into());
         }
-        println!(
+        outln!(
             "{:<22} {}",
             item["name"].as_str().unwrap_or(""),
             triggers.join("; ")
         );
         if let Some(d) = item["description"].as_str().filter(|d| !d.is_empty()) {
-            println!("{:<22} {}", "", d);
+            outln!("{:<22} {}", "", d);
         }
     }
 }
@@ -187,12 +236,12 @@ pub fn schedule(items: &[Json], format: Format) {
         return;
     }
     if items.is_empty() {
-        println!("no scheduled playbooks");
+        outln!("no scheduled playbooks");
         return;
     }
     for item in items {
         let text = |k: &str| item[k].as_str().unwrap_or("").to_owned();
-        println!(
+        outln!(
             "{:<22} {:<20} {} (missed: {})",
             text("name"),
             text("schedule"),
@@ -216,14 +265,14 @@ pub fn schedule(items: &[Json], format: Format) {
                 last["outcome"].as_str().unwrap_or("")
             )
         };
-        println!("{:<22} last  {last}", "");
+        outln!("{:<22} last  {last}", "");
         let next: Vec<&str> = item["next"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(Json::as_str)
             .collect();
-        println!("{:<22} next  {}", "", next.join("  "));
+        outln!("{:<22} next  {}", "", next.join("  "));
     }
 }
 
@@ -248,12 +297,16 @@ pub fn runs_list(rows: &[Json], format: Format) {
         println!("{}", serde_json::to_string_pretty(rows).unwrap_or_default());
         return;
     }
-    println!(
+    outln!(
         "{:>6}  {:<22} {:<17} {:<10} {:<25} ERROR",
-        "ID", "PLAYBOOK", "STATUS", "TRIGGER", "STARTED"
+        "ID",
+        "PLAYBOOK",
+        "STATUS",
+        "TRIGGER",
+        "STARTED"
     );
     for r in rows {
-        println!(
+        outln!(
             "{:>6}  {:<22} {:<17} {:<10} {:<25} {}",
             r["id"].to_string(),
             r["playbook"].as_str().unwrap_or(""),
@@ -270,21 +323,21 @@ pub fn run_show(run: &Json, format: Format) {
         println!("{}", serde_json::to_string_pretty(run).unwrap_or_default());
         return;
     }
-    println!(
+    outln!(
         "run {}  {}  {}",
         run["id"],
         run["playbook"].as_str().unwrap_or(""),
         run["status"].as_str().unwrap_or("")
     );
-    println!("trigger  {}", run["trigger"]);
-    println!("params   {}", run["params"]);
-    println!(
+    outln!("trigger  {}", run["trigger"]);
+    outln!("params   {}", run["params"]);
+    outln!(
         "started  {}  finished {}",
         run["started_at"].as_str().unwrap_or("-"),
         run["finished_at"].as_str().unwrap_or("-")
     );
     if let Some(e) = run["error"].as_str() {
-        println!(
+        outln!(
             "error    {} (step {})",
             e,
             run["failed_step"].as_str().unwrap_or("-")
@@ -296,7 +349,7 @@ pub fn run_show(run: &Json, format: Format) {
             .as_i64()
             .map(|i| format!("[{i}]"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {}{} #{} {} {} ms",
             s["step_id"].as_str().unwrap_or(""),
             item,
@@ -304,9 +357,9 @@ pub fn run_show(run: &Json, format: Format) {
             s["status"].as_str().unwrap_or(""),
             s["duration_ms"]
         );
-        println!("      input  {}", s["input"]);
+        outln!("      input  {}", s["input"]);
         if let Some(e) = s["error"].as_str() {
-            println!("      error  {e}");
+            outln!("      error  {e}");
         } else {
             let mut out = s["output"].to_string();
             if out.len() > 300 {
@@ -317,7 +370,7 @@ pub fn run_show(run: &Json, format: Format) {
                 out.truncate(end);
                 out.push('…');
             }
-            println!("      output {out}");
+            outln!("      output {out}");
         }
     }
 }
@@ -329,7 +382,7 @@ fn approvals(run: &Json) {
             .as_str()
             .map(|c| format!(": {c}"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "approval {}  {} by {} at {}{comment}",
             a["step_id"].as_str().unwrap_or(""),
             a["decision"].as_str().unwrap_or(""),
@@ -344,42 +397,43 @@ pub fn queue_stats(s: &Json, format: Format) {
         println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
         return;
     }
-    println!(
+    outln!(
         "pending {}  processing {}  oldest pending {}",
         s["pending"],
         s["processing"],
         s["oldest_pending"].as_str().unwrap_or("-")
     );
     for d in s["depth"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "  priority {:>3}  {:<11} {}",
             d["priority"],
             d["status"].as_str().unwrap_or(""),
             d["count"]
         );
     }
-    println!("dlq {}", s["dlq"]["total"]);
+    outln!("dlq {}", s["dlq"]["total"]);
     for d in s["dlq"]["by_error_type"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "  {:<28} {}",
             d["error_type"].as_str().unwrap_or(""),
             d["count"]
         );
     }
-    println!("outbox unsent {}", s["outbox_unsent"]);
-    println!(
+    outln!("outbox unsent {}", s["outbox_unsent"]);
+    outln!(
         "locks held {}  expired {}",
-        s["locks"]["held"], s["locks"]["expired"]
+        s["locks"]["held"],
+        s["locks"]["expired"]
     );
-    println!("settings {}", s["settings"]);
+    outln!("settings {}", s["settings"]);
 }
 
 pub fn dlq(op: &Op, out: &Json) {
     match op {
         Op::DlqList { .. } => {
-            println!("{} in the DLQ", out["totalElements"]);
+            outln!("{} in the DLQ", out["totalElements"]);
             for c in out["content"].as_array().into_iter().flatten() {
-                println!(
+                outln!(
                     "{:>8}  {}/{}  {}  {}: {}",
                     c["id"],
                     c["entity"].as_str().unwrap_or(""),
@@ -390,6 +444,6 @@ pub fn dlq(op: &Op, out: &Json) {
                 );
             }
         }
-        _ => println!("{out}"),
+        _ => outln!("{out}"),
     }
 }

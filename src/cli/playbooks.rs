@@ -6,7 +6,10 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::{
-    args::Format, load_catalog, output, parse_params, print_diags, Setup, EXIT_FAILED, EXIT_USAGE,
+    args::Format,
+    load_catalog,
+    output::{self, errln, outln},
+    parse_params, print_diags, Setup, EXIT_FAILED, EXIT_USAGE,
 };
 use crate::{
     engine::{Engine, RunRequest},
@@ -23,17 +26,17 @@ pub(super) fn validate(setup: &Setup, path: Option<&Path>) -> i32 {
         .unwrap_or(0);
     let (catalog, diags) = crate::playbook::load(path, &Engine::compile_env(&setup.config));
     for d in &diags {
-        println!("{d}");
+        outln!("{d}");
     }
     for d in catalog.playbooks.values().flat_map(|p| &p.warnings) {
-        println!("warning: {d}");
+        outln!("warning: {d}");
     }
     if diags.is_empty() {
         if files == 0 {
-            eprintln!("no playbooks found in {}", path.display());
+            errln!("no playbooks found in {}", path.display());
             return EXIT_USAGE;
         }
-        println!(
+        outln!(
             "{} playbook{} OK",
             catalog.playbooks.len(),
             if catalog.playbooks.len() == 1 {
@@ -44,7 +47,7 @@ pub(super) fn validate(setup: &Setup, path: Option<&Path>) -> i32 {
         );
         0
     } else {
-        eprintln!(
+        errln!(
             "{} problem{} found",
             diags.len(),
             if diags.len() == 1 { "" } else { "s" }
@@ -80,7 +83,7 @@ pub(super) async fn schedule(setup: &Setup, count: usize, format: Format) -> Res
         match last_ticks(setup, &names).await {
             Ok(l) => Some(l),
             Err(e) => {
-                eprintln!("warning: recorded ticks not shown: {e:#}");
+                errln!("warning: recorded ticks not shown: {e:#}");
                 None
             }
         }
@@ -175,7 +178,7 @@ pub(super) async fn run(
             })
         }
         Err(e) if e.is_usage() => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             Ok(EXIT_USAGE)
         }
         Err(e) => Err(e).context("the run could not start"),
@@ -310,7 +313,7 @@ fn runnable(
     let params = match parse_params(params) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return Err(EXIT_USAGE);
         }
     };
@@ -321,17 +324,17 @@ fn runnable(
         .partition(|d| d.path.file_stem().and_then(|s| s.to_str()) == Some(name));
     if !own.is_empty() {
         for d in own {
-            eprintln!("{d}");
+            errln!("{d}");
         }
-        eprintln!("error: playbook `{name}` has errors and does not run");
+        errln!("error: playbook `{name}` has errors and does not run");
         return Err(EXIT_USAGE);
     }
     for d in &others {
-        eprintln!("warning: {d}");
+        errln!("warning: {d}");
     }
     let Some(playbook) = catalog.get(name) else {
         let known: Vec<&str> = catalog.playbooks.keys().map(String::as_str).collect();
-        eprintln!(
+        errln!(
             "error: unknown playbook `{name}` (known: {})",
             if known.is_empty() {
                 "none".into()
@@ -343,7 +346,7 @@ fn runnable(
     };
     if let Err(errors) = crate::playbook::resolve_params(&playbook.params, &params) {
         for e in errors.0 {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
         }
         return Err(EXIT_USAGE);
     }

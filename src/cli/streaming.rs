@@ -6,7 +6,8 @@ use serde_json::{json, Value as Json};
 
 use super::{
     args::{DlqCommand, Format, OutboxCommand, QueueCommand, RunsCommand},
-    output, Setup, EXIT_USAGE,
+    output::{self, errln, outln},
+    Setup, EXIT_USAGE,
 };
 use crate::{
     store::{runs, Db},
@@ -34,7 +35,7 @@ pub(super) async fn runs(setup: &Setup, cmd: RunsCommand) -> Result<i32> {
         RunsCommand::Show { id, output } => match runs::get_run(&db, id).await? {
             Some(run) => output::run_show(&run, output),
             None => {
-                eprintln!("error: no run {id}");
+                errln!("error: no run {id}");
                 return Ok(EXIT_USAGE);
             }
         },
@@ -48,13 +49,13 @@ pub(super) async fn runs(setup: &Setup, cmd: RunsCommand) -> Result<i32> {
             return decide(&db, id, reject, &actor, comment.as_deref()).await;
         }
         RunsCommand::Cancel { id } => match runs::cancel(&db, id, &cli_actor()).await {
-            Ok(()) => println!(
+            Ok(()) => outln!(
                 "run {id}: cancel requested; it stops within a second, where it is (a statement \
                  or request in flight finishes first)"
             ),
             Err(runs::CancelError::Db(e)) => return Err(e.into()),
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 return Ok(EXIT_USAGE);
             }
         },
@@ -73,13 +74,13 @@ fn cli_actor() -> String {
 /// `runs approve ID [--reject] [--comment TEXT]`.
 async fn decide(db: &Db, id: i64, reject: bool, actor: &str, comment: Option<&str>) -> Result<i32> {
     match runs::decide(db, id, !reject, actor, comment).await {
-        Ok(step) => println!(
+        Ok(step) => outln!(
             "run {id} {} at step `{step}`",
             if reject { "rejected" } else { "approved" }
         ),
         Err(runs::DecideError::Db(e)) => return Err(e.into()),
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return Ok(EXIT_USAGE);
         }
     }
@@ -183,7 +184,7 @@ pub(super) async fn queue(setup: &Setup, cmd: QueueCommand) -> Result<i32> {
             let payload: Json = match serde_json::from_str(&payload) {
                 Ok(p) => p,
                 Err(e) => {
-                    eprintln!("error: --payload is not JSON: {e}");
+                    errln!("error: --payload is not JSON: {e}");
                     return Ok(EXIT_USAGE);
                 }
             };
@@ -199,7 +200,7 @@ pub(super) async fn queue(setup: &Setup, cmd: QueueCommand) -> Result<i32> {
                 }],
             )
             .await?;
-            println!("{}", ids[0]);
+            outln!("{}", ids[0]);
             Ok(0)
         }
         QueueCommand::Load {
@@ -210,11 +211,12 @@ pub(super) async fn queue(setup: &Setup, cmd: QueueCommand) -> Result<i32> {
             entities,
             priority,
         } => {
-            let Ok(rate) = rate.trim_end_matches("/s").parse::<f64>() else {
-                eprintln!(
-                    "error: --rate `{rate}` must be a number of commands per second, like 200/s"
-                );
-                return Ok(EXIT_USAGE);
+            let rate = match parse_rate(&rate) {
+                Ok(r) => r,
+                Err(e) => {
+                    errln!("error: {e}");
+                    return Ok(EXIT_USAGE);
+                }
             };
             let db = setup.store().await?;
             load(
@@ -234,6 +236,17 @@ pub(super) async fn queue(setup: &Setup, cmd: QueueCommand) -> Result<i32> {
             output::queue_stats(&stats, output);
             Ok(0)
         }
+    }
+}
+
+/// `--rate 200/s`: a finite number of commands per second above zero (`inf`, `NaN`, `0` and
+/// negative rates are refused).
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().trim_end_matches("/s").trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "--rate `{text}` must be a finite number of commands per second above 0, like 200/s"
+        )),
     }
 }
 
@@ -272,9 +285,33 @@ pub(super) async fn load(
         sent += n;
     }
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "enqueued {sent} `{command_type}` commands in {secs:.1} s ({:.0}/s)",
         sent as f64 / secs
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn a_rate_is_a_finite_positive_number_per_second() {
+        assert_eq!(parse_rate("200/s"), Ok(200.0));
+        assert_eq!(parse_rate("0.5/s"), Ok(0.5));
+        for bad in [
+            "inf/s",
+            "NaN/s",
+            "-inf/s",
+            "infinity/s",
+            "0/s",
+            "-3/s",
+            "fast",
+        ] {
+            let err = parse_rate(bad).unwrap_err();
+            assert!(err.contains(&format!("`{bad}`")), "{err}");
+            assert!(err.contains("finite"), "{err}");
+        }
+    }
 }

@@ -7,7 +7,11 @@ use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use serde_json::{json, Value as Json};
 
-use super::{args::Format, parse_params, AlertCommand, Setup, EXIT_FAILED};
+use super::{
+    args::Format,
+    output::{errln, outln},
+    parse_params, AlertCommand, Setup, EXIT_FAILED,
+};
 use crate::{
     engine::{Engine, RunRequest},
     process::runs::{self, Admission, Admit},
@@ -52,8 +56,8 @@ pub(super) async fn admit_cli(
             Ok(Ok(run_id))
         }
         Admission::Skipped { run_id, reason, .. } => {
-            eprintln!("run {run_id} of {} skipped: {reason}", pb.name);
-            eprintln!(
+            errln!("run {run_id} of {} skipped: {reason}", pb.name);
+            errln!(
                 "(`runbook run {} --force` starts it anyway, with an audit record)",
                 pb.name
             );
@@ -66,8 +70,8 @@ pub(super) async fn admit_cli(
 pub(super) async fn pause(setup: &Setup, reason: &str) -> Result<i32> {
     let db = setup.store().await?;
     let p = store_pause::pause(&db, reason, &actor(), Utc::now()).await?;
-    println!("paused since {} by {}: {}", p.since, p.by, p.reason);
-    println!("runs that change things are recorded as skipped until `runbook resume`; read-only playbooks still run");
+    outln!("paused since {} by {}: {}", p.since, p.by, p.reason);
+    outln!("runs that change things are recorded as skipped until `runbook resume`; read-only playbooks still run");
     db.close().await;
     Ok(0)
 }
@@ -75,7 +79,7 @@ pub(super) async fn pause(setup: &Setup, reason: &str) -> Result<i32> {
 pub(super) async fn resume(setup: &Setup) -> Result<i32> {
     let db = setup.store().await?;
     let was = store_pause::resume(&db, &actor()).await?;
-    println!(
+    outln!(
         "{}",
         if was {
             "resumed: runs start again"
@@ -97,8 +101,8 @@ pub(super) async fn status(setup: &Setup, format: Format) -> Result<i32> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
         Format::Human => {
             match &paused {
-                Some(p) => println!("PAUSED since {} by {}: {}", p.since, p.by, p.reason),
-                None => println!("running (not paused)"),
+                Some(p) => outln!("PAUSED since {} by {}: {}", p.since, p.by, p.reason),
+                None => outln!("running (not paused)"),
             }
             let counts: Vec<String> = open
                 .as_object()
@@ -106,7 +110,7 @@ pub(super) async fn status(setup: &Setup, format: Format) -> Result<i32> {
                 .flatten()
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect();
-            println!("runs: {}", counts.join(", "));
+            outln!("runs: {}", counts.join(", "));
         }
     }
     Ok(0)
@@ -151,7 +155,7 @@ pub(super) async fn alert(setup: &Setup, command: AlertCommand) -> Result<i32> {
     let status = resp.status();
     let answer: Json = resp.json().await.unwrap_or(Json::Null);
     if !status.is_success() {
-        eprintln!(
+        errln!(
             "error: {url} answered {status}: {}",
             answer["error"]["message"].as_str().unwrap_or("")
         );
@@ -232,7 +236,7 @@ fn receiver_token(setup: &Setup) -> Result<Option<String>> {
 
 fn print_answer(answer: &Json) {
     for a in answer["alerts"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "alert {} ({}, {}): {}",
             a["alertname"].as_str().unwrap_or(""),
             a["fingerprint"].as_str().unwrap_or(""),
@@ -248,7 +252,7 @@ fn print_answer(answer: &Json) {
                 .as_str()
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "  {}: {}{run}{reason}",
                 p["playbook"].as_str().unwrap_or(""),
                 p["outcome"].as_str().unwrap_or("")

@@ -283,7 +283,7 @@ impl Engine {
         let Some(until) = &step.until else {
             return self.run_retried(step, meta, state, item).await;
         };
-        let deadline = Instant::now() + until.within.as_std();
+        let deadline = crate::duration::deadline_in(until.within.as_std());
         let mut polls = 0u32;
         loop {
             polls += 1;
@@ -299,7 +299,7 @@ impl Engine {
                 Some(Ok(false)) => {}
                 Some(Err(e)) => return Err(e),
             }
-            if Instant::now() + until.every.as_std() > deadline {
+            if crate::duration::deadline_in(until.every.as_std()) > deadline {
                 return Err(format!(
                     "`{}` still false after {polls} checks within {}",
                     until.expr, until.within
@@ -540,11 +540,13 @@ pub(super) fn retry_delay(step: &Step, attempt: u32, err: &StepError) -> Option<
 fn step_timeout(step: &Step) -> Duration {
     match &step.kind {
         StepKind::Approve(a) => {
-            a.timeout.as_std().max(step.timeout.as_std()) + Duration::from_secs(5)
+            (a.timeout.as_std().max(step.timeout.as_std())).saturating_add(Duration::from_secs(5))
         }
-        StepKind::Wait(w) => w.0.as_std().max(step.timeout.as_std()) + Duration::from_secs(1),
+        StepKind::Wait(w) => {
+            (w.0.as_std().max(step.timeout.as_std())).saturating_add(Duration::from_secs(1))
+        }
         // The step stops its child run at its own timeout and waits for it to record its end.
-        StepKind::Playbook(_) => step.timeout.as_std() + crate::steps::CHILD_GRACE,
+        StepKind::Playbook(_) => step.timeout.as_std().saturating_add(crate::steps::CHILD_GRACE),
         _ => step.timeout.as_std(),
     }
 }

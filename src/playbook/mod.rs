@@ -232,6 +232,50 @@ pub fn playbook_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The largest playbook file read: a playbook is a page or two of YAML, and parsing takes
+/// memory many times the file's size.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The deepest nesting of maps and lists in a playbook; the real ones stay under ten.
+pub const MAX_DEPTH: usize = 64;
+
+/// A playbook file's text, refused before it is parsed when it is larger than
+/// [`MAX_FILE_BYTES`] or nests deeper than [`MAX_DEPTH`].
+pub fn read_source(file: &Path) -> Result<String, Diagnostic> {
+    use std::io::Read;
+    let unreadable =
+        |e: std::io::Error| Diagnostic::new(file, (0, 0), format!("cannot read file: {e}"));
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Diagnostic::new(
+            file,
+            (0, 0),
+            format!(
+                "the file is larger than the limit of {} MiB for a playbook; split it into \
+                 playbooks that call each other (`playbook:` steps)",
+                MAX_FILE_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        unreadable(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is not UTF-8 text",
+        ))
+    })?;
+    if let Some(at) = locate::too_deep(&text, MAX_DEPTH) {
+        return Err(Diagnostic::new(
+            file,
+            at,
+            format!("maps and lists nest deeper than the limit of {MAX_DEPTH} levels here"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Loads and compiles every playbook under `path`, returning all that compiled and every
 /// problem found (in any file), so one broken file never hides another's errors.
 pub fn load(path: &Path, env: &CompileEnv) -> (Catalog, Vec<Diagnostic>) {
@@ -251,14 +295,10 @@ pub fn load(path: &Path, env: &CompileEnv) -> (Catalog, Vec<Diagnostic>) {
     let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut calls = Vec::new();
     for file in files {
-        let text = match std::fs::read_to_string(&file) {
+        let text = match read_source(&file) {
             Ok(t) => t,
-            Err(e) => {
-                diags.push(Diagnostic::new(
-                    &file,
-                    (0, 0),
-                    format!("cannot read file: {e}"),
-                ));
+            Err(d) => {
+                diags.push(d);
                 continue;
             }
         };

@@ -230,7 +230,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
 }
 
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
-    match s.services.store.sql("SELECT 1 AS ok", vec![]).await {
+    match s.services.store.ready().await {
         Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -139,7 +139,7 @@ async fn wait_for_decision(
     cx: &StepCx<'_>,
     timeout: Duration,
 ) -> Result<Option<serde_json::Value>, StepError> {
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::duration::deadline_in(timeout);
     loop {
         let answer = runs::decision(&cx.services.store, cx.run.id, cx.step_id)
             .await

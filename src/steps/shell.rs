@@ -1,7 +1,9 @@
 //! `shell`: run a program from the config's allowlist with an argv list. No shell parses
 //! anything: each element is rendered on its own and passed as one argument.
 
-use std::process::Stdio;
+use std::{process::Stdio, time::Duration};
+
+use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
 
 use serde::Serialize;
 use serde_json::json;
@@ -148,24 +150,77 @@ pub struct Input {
     pub max_output: usize,
 }
 
-async fn read_capped(mut r: impl AsyncReadExt + Unpin, max: usize) -> String {
-    let mut buf = Vec::new();
+/// How long a step's process group has between SIGTERM and SIGKILL.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// How long output is still read once the program has exited: what it wrote is in the pipe by
+/// then, and a background process it left may hold the pipe open for ever.
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// Reads up to `max` bytes into `buf` (counting the rest in `total`) until end of file.
+async fn read_capped(
+    mut r: impl AsyncReadExt + Unpin,
+    max: usize,
+    buf: &mut Vec<u8>,
+    total: &mut usize,
+) {
     let mut chunk = [0u8; 8192];
-    let mut total = 0usize;
     while let Ok(n) = r.read(&mut chunk).await {
         if n == 0 {
             break;
         }
-        total += n;
+        *total += n;
         if buf.len() < max {
             buf.extend_from_slice(&chunk[..n.min(max - buf.len())]);
         }
     }
-    let mut s = String::from_utf8_lossy(&buf).into_owned();
+}
+
+fn captured(buf: &[u8], total: usize, max: usize) -> String {
+    let mut s = String::from_utf8_lossy(buf).into_owned();
     if total > max {
         s.push_str(&format!("… ({total} bytes)"));
     }
     s
+}
+
+/// The process group a step's program runs in (it leads it: `process_group(0)`). Whatever ends
+/// the step ends the group, the program's own children too: the step finishing, its timeout, a
+/// cancel. Dropped (a timeout drops the step's future), it signals the group TERM, and KILL
+/// after [`GRACE`] on a thread of its own.
+struct Group {
+    pgid: Option<Pid>,
+}
+
+impl Group {
+    /// TERM now, KILL after the grace unless the group is gone by then.
+    fn end(&mut self) {
+        let Some(pgid) = self.pgid.take() else {
+            return;
+        };
+        if kill_process_group(pgid, Signal::TERM).is_err() {
+            return; // no process left in it
+        }
+        std::thread::spawn(move || {
+            let step = Duration::from_millis(50);
+            let mut waited = Duration::ZERO;
+            while waited < GRACE {
+                std::thread::sleep(step);
+                waited += step;
+                // Signal 0 only asks whether a process of the group is left.
+                if test_kill_process_group(pgid).is_err() {
+                    return;
+                }
+            }
+            let _ = kill_process_group(pgid, Signal::KILL);
+        });
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.end();
+    }
 }
 
 pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
@@ -182,15 +237,57 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| StepError::fatal(format!("cannot start `{program}`: {e}")))?;
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    let (out, err, status) = tokio::join!(
-        read_capped(stdout, i.max_output),
-        read_capped(stderr, i.max_output),
-        child.wait()
+    let mut group = Group {
+        pgid: child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(Pid::from_raw),
+    };
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(StepError::fatal(format!(
+            "`{program}` started without its output pipes"
+        )));
+    };
+    let max = i.max_output;
+    let (mut out, mut out_total, mut err, mut err_total) = (Vec::new(), 0, Vec::new(), 0);
+    let status = {
+        let reading = async {
+            tokio::join!(
+                read_capped(stdout, max, &mut out, &mut out_total),
+                read_capped(stderr, max, &mut err, &mut err_total)
+            )
+        };
+        tokio::pin!(reading);
+        // Output is read while the program runs, so that it never blocks on a full pipe.
+        let mut read_all = false;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = &mut reading, if !read_all => read_all = true,
+                _ = cx.run.cancel.cancelled() => {
+                    group.end();
+                    let reason = cx.run.cancel.reason().unwrap_or_else(|| "cancelled".to_owned());
+                    return Err(StepError::fatal(format!("`{program}` stopped: {reason}")));
+                }
+            }
+        };
+        // Anything the program left running goes with it.
+        group.end();
+        if !read_all {
+            // What the program wrote before it exited is in the pipes; a process it left
+            // behind may keep them open until it is gone, so the rest is read for a short
+            // while only.
+            let _ = tokio::time::timeout(DRAIN, &mut reading).await;
+        }
+        status
+    };
+    let (out, err) = (
+        captured(&out, out_total, max),
+        captured(&err, err_total, max),
     );
     let status =
         status.map_err(|e| StepError::fatal(format!("waiting for `{program}` failed: {e}")))?;

@@ -58,6 +58,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_run_leases"),
     migration!(5, "0005_playbook_versions"),
     migration!(6, "0006_runtime_order"),
+    migration!(7, "0007_heartbeat"),
 ];
 
 /// The advisory lock that serialises PostgreSQL replicas migrating at once (the key the
@@ -87,8 +88,18 @@ pub async fn run(db: &Db, list: &[Migration]) -> Result<(), DbError> {
         "migrations must be numbered upwards from 1"
     );
     match db {
+        Db::Sqlite(pool) if db.is_read_only() => check_sqlite(pool, list).await,
         Db::Sqlite(pool) => run_sqlite(pool, list).await,
         Db::Postgres(pool) => run_postgres(pool, list).await,
+    }
+}
+
+/// A read-only store is read as it is, when its schema is current; it cannot be migrated.
+async fn check_sqlite(pool: &SqlitePool, list: &[Migration]) -> Result<(), DbError> {
+    let mut conn = pool.acquire().await.map_err(DbError::migrate)?;
+    match sqlite_recorded(&mut conn).await? {
+        Some(recorded) if next(&recorded, list)?.is_none() => Ok(()),
+        _ => Err(DbError::ReadOnlyOutdated),
     }
 }
 

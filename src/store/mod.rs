@@ -18,7 +18,7 @@ use futures::TryStreamExt;
 use serde_json::Value as Json;
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous},
     Either, PgPool, SqlitePool,
 };
 
@@ -51,6 +51,13 @@ pub enum DbError {
          up to version {known}: a newer runbook upgraded it, so run that release or a later one"
     )]
     SchemaTooNew { found: i64, known: i64 },
+    #[error(
+        "the store is opened read-only (mode=ro) and its schema needs migrating: open it once \
+         without mode=ro"
+    )]
+    ReadOnlyOutdated,
+    #[error("the store does not take writes: {0}")]
+    NotWritable(String),
 }
 
 impl From<sqlx::Error> for DbError {
@@ -204,28 +211,20 @@ fn redact_userinfo(url: &str) -> String {
 }
 
 impl Db {
-    /// Opens a pool. SQLite files are created on first use and run in WAL mode.
+    /// Opens a pool. SQLite files are created on first use (readable by their owner only) and
+    /// run in WAL mode; a SQLite URL with `?mode=ro` opens the store read-only, as `read_only`
+    /// does.
     pub async fn connect(url: &str, read_only: bool, max_connections: u32) -> Result<Db, DbError> {
         let connect_err = |e| DbError::Connect {
             url: redact_url(url),
             source: SqlxError(e),
         };
         if url.starts_with("sqlite:") {
-            let opts = SqliteConnectOptions::from_str(url)
-                .map_err(connect_err)?
-                .create_if_missing(!read_only)
-                .read_only(read_only)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(max_connections.max(1))
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with(opts)
+            let opts = SqliteConnectOptions::from_str(url).map_err(connect_err)?;
+            let read_only = read_only || sqlite_mode(url) == Some("ro");
+            Db::connect_sqlite(opts, read_only, max_connections)
                 .await
-                .map_err(connect_err)?;
-            Ok(Db::Sqlite(pool))
+                .map_err(connect_err)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let mut opts = PgConnectOptions::from_str(url).map_err(connect_err)?;
             if read_only {
@@ -249,6 +248,55 @@ impl Db {
         }
     }
 
+    /// Opens a SQLite pool on `opts` with the store's settings: WAL (switched to under a busy
+    /// wait, so processes opening a fresh file at once do not fail), a busy timeout, foreign
+    /// keys, and connections that never go back to the pool inside a transaction. A new file is
+    /// created readable by its owner only (queue payloads can hold secrets); its `-wal` and
+    /// `-shm` files take the same permissions from it.
+    pub async fn connect_sqlite(
+        opts: SqliteConnectOptions,
+        read_only: bool,
+        max_connections: u32,
+    ) -> Result<Db, sqlx::Error> {
+        let opts = opts
+            .create_if_missing(!read_only)
+            .read_only(read_only)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        if !read_only {
+            create_private(opts.get_filename())?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if !read_only {
+                        wal(conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .after_release(|conn, _| Box::pin(released_cleanly(conn)))
+            .connect_with(opts)
+            .await?;
+        Ok(Db::Sqlite(pool))
+    }
+
+    /// Whether the store is open read-only (`?mode=ro`): commands that record anything refuse
+    /// to run on it.
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            Db::Sqlite(pool) => {
+                use sqlx::ConnectOptions;
+                let url = pool.connect_options().to_url_lossy();
+                url.query_pairs().any(|(k, v)| k == "mode" && v == "ro")
+            }
+            Db::Postgres(_) => false,
+        }
+    }
+
     pub fn dialect(&self) -> Dialect {
         match self {
             Db::Sqlite(_) => Dialect::Sqlite,
@@ -261,6 +309,74 @@ impl Db {
     /// schema is newer than this binary knows.
     pub async fn migrate(&self) -> Result<(), DbError> {
         migrate::run(self, migrate::MIGRATIONS).await
+    }
+
+    /// Whether the store takes writes now, for `/readyz`: a small write (the one row of
+    /// `runbook_heartbeat`), made at most once every [`PROBE_EVERY`] per store and process; the
+    /// answers in between repeat the last one. A read-only store is ready when it answers a read.
+    pub async fn ready(&self) -> Result<(), DbError> {
+        let key = self.identity();
+        if let Some(last) = probe_cache().lock().ok().and_then(|c| {
+            c.get(&key)
+                .filter(|(at, _)| at.elapsed() < PROBE_EVERY)
+                .map(|(_, r)| r.clone())
+        }) {
+            return last.map_err(DbError::NotWritable);
+        }
+        let result = self.probe().await.map_err(|e| crate::text::error_chain(&e));
+        if let Ok(mut cache) = probe_cache().lock() {
+            cache.insert(key, (std::time::Instant::now(), result.clone()));
+        }
+        result.map_err(DbError::NotWritable)
+    }
+
+    async fn probe(&self) -> Result<(), DbError> {
+        if self.is_read_only() {
+            self.sql("SELECT 1 AS ok", vec![]).await?;
+            return Ok(());
+        }
+        let now = chrono::Utc::now();
+        match self {
+            // A few pages of room, rewritten: see the migration that made the table.
+            Db::Sqlite(pool) => {
+                sqlx::query(
+                    "INSERT INTO runbook_heartbeat (id, at, room) VALUES (1, ?1, zeroblob(?2)) \
+                     ON CONFLICT (id) DO UPDATE SET at = excluded.at, \
+                     room = zeroblob(?2 + 1 - length(runbook_heartbeat.room) % 2)",
+                )
+                .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .bind(PROBE_ROOM)
+                .execute(pool)
+                .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "INSERT INTO runbook_heartbeat (id, at) VALUES (1, $1) \
+                     ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                )
+                .bind(now)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The database a pool opens, to tell stores apart within one process.
+    fn identity(&self) -> String {
+        use sqlx::ConnectOptions;
+        match self {
+            Db::Sqlite(pool) => pool.connect_options().to_url_lossy().to_string(),
+            Db::Postgres(pool) => {
+                let o = pool.connect_options();
+                format!(
+                    "postgres://{}:{}/{}",
+                    o.get_host(),
+                    o.get_port(),
+                    o.get_database().unwrap_or_default()
+                )
+            }
+        }
     }
 
     /// Starts a transaction.
@@ -363,6 +479,103 @@ impl Db {
             Db::Postgres(p) => p.close().await,
         }
     }
+}
+
+/// How often [`Db::ready`] writes its probe at most.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Bytes of the SQLite probe's blob: more than a page, so that it takes overflow pages. Its
+/// length alternates between this and one more, as SQLite overwrites a row of the same size in
+/// place and would need no room at all.
+const PROBE_ROOM: i64 = 8192;
+
+type ProbeCache =
+    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Result<(), String>)>>;
+
+fn probe_cache() -> &'static ProbeCache {
+    static CACHE: std::sync::OnceLock<ProbeCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// How long a SQLite connection waits for another writer's lock before "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a store URL opens the store read-only (`sqlite://FILE?mode=ro`).
+pub fn is_read_only_url(url: &str) -> bool {
+    url.starts_with("sqlite:") && sqlite_mode(url) == Some("ro")
+}
+
+/// The `mode` of a SQLite URL's query (`sqlite://runbook.db?mode=ro`).
+fn sqlite_mode(url: &str) -> Option<&str> {
+    let (_, query) = url.split_once('?')?;
+    query.split('&').find_map(|pair| pair.strip_prefix("mode="))
+}
+
+/// Creates the store's file, empty (SQLite takes an empty file for an empty database), readable
+/// and writable by its owner only, unless it exists. An in-memory store has no file.
+fn create_private(path: &std::path::Path) -> Result<(), sqlx::Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(sqlx::Error::Io(e)),
+    }
+}
+
+/// Switches a new connection's file to WAL. The switch needs the file's exclusive lock and
+/// SQLite does not wait for it with the busy timeout, so a second process opening a fresh file
+/// while the first switches it gets "database is locked" at once: wait and try again instead.
+async fn wal(conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `SQLITE_BUSY` or `SQLITE_LOCKED`, with or without an extended code.
+fn is_busy(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
+/// Whether a SQLite connection may go back to the pool: not while it is inside a transaction.
+/// After a write fails on a full disk (`SQLITE_FULL`, `SQLITE_IOERR`), SQLite may have rolled the
+/// transaction back itself; sqlx's own `ROLLBACK` then fails and it still counts the
+/// transaction open, so the connection's next "transaction" is a savepoint inside it that never
+/// commits, holding the write lock: every other connection got "database is locked" until the
+/// process restarted. Such a connection is closed instead, and the pool opens a fresh one.
+async fn released_cleanly(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    // A dropped transaction's rollback may still be on its way to the connection's thread;
+    // the ping returns after it.
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!("A store connection was left inside a failed transaction; closing it.");
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// `$1` → `?1`, outside quoted strings.
