@@ -193,7 +193,8 @@ async fn the_api_reads_for_viewers_and_runs_and_decides_for_operators() {
     assert_eq!(status, 200, "{stats}");
     assert_eq!(stats["dlq"]["total"], 3, "{stats}");
     assert_eq!(
-        stats["dlq"]["by_error_type"]["ValidationException"], 3,
+        stats["dlq"]["by_error_type"],
+        json!([{ "count": 3, "error_type": "ValidationException" }]),
         "{stats}"
     );
     let cli = w.run(&["queue", "stats", "-o", "json"]).json();
@@ -495,25 +496,28 @@ async fn runtime_ops_change_the_stored_settings_and_release_stale_locks() {
     assert_eq!(stored.get("maxRetries"), Some(&json!(7)), "{stored:?}");
     assert_eq!(stored.get("maxBackoffMs"), Some(&json!(1234)), "{stored:?}");
     let ttl = stored.get("lockTtl").unwrap_or_else(|| panic!("{stored:?}"));
-    assert!(
-        ttl == &json!("90s") || ttl == &json!("1m30s") || ttl == &json!(90_000),
-        "lockTtl stored as 90 seconds: {ttl}"
-    );
+    assert_eq!(ttl, &json!("1m 30s"), "lockTtl stored as 90 seconds");
     let locks: Vec<Json> = rows(&db, "SELECT entity_id FROM work_state ORDER BY entity_id")
         .await
         .into_iter()
         .map(|r| r["entity_id"].clone())
         .collect();
     assert_eq!(locks, ["idle", "young"], "only the lock older than 10m went");
-    let audits: Vec<Json> = rows(&db, "SELECT op FROM runbook_audit ORDER BY id")
+    // Each change is audited: one record per setting changed, with its previous value, and the
+    // locks released with their count.
+    let audits: Vec<Json> = rows(&db, "SELECT op, filter, rows FROM runbook_audit ORDER BY id")
         .await
         .into_iter()
-        .map(|r| r["op"].clone())
+        .map(|r| json!([r["op"], r["filter"]["key"], r["filter"]["previous"], r["rows"]]))
         .collect();
     assert_eq!(
         audits,
-        ["set_retry_policy", "set_lock_ttl", "release_stale_locks"],
-        "each change is audited"
+        vec![
+            json!(["set_retry_policy", "maxRetries", 5, 1]),
+            json!(["set_retry_policy", "maxBackoffMs", 60000, 1]),
+            json!(["set_lock_ttl", "lockTtl", "5m", 1]),
+            json!(["release_stale_locks", null, null, 1]),
+        ]
     );
 }
 
