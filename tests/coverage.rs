@@ -6,8 +6,7 @@
 use serde_json::{json, Value as Json};
 
 use crate::util::{
-    eventually, get_json, get_text, post_empty, post_json, rows, send, store,
-    until_scalar, Workdir,
+    eventually, get_json, get_text, post_empty, post_json, rows, send, store, until_scalar, Workdir,
 };
 
 const VIEWER: &str = "viewer-secret-9d1";
@@ -234,16 +233,18 @@ async fn dlq_pages_cover_every_entry_once() {
     let mut seen = Vec::new();
     for (page, expect) in [(0, 2), (1, 2), (2, 1), (3, 0)] {
         let (status, body) = get_json(
-            &format!(
-                "{}/api/admin/streaming/dlq?page={page}&size=2",
-                server.base
-            ),
+            &format!("{}/api/admin/streaming/dlq?page={page}&size=2", server.base),
             Some(ADMIN),
         )
         .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(
-            (&body["totalElements"], &body["totalPages"], &body["page"], &body["size"]),
+            (
+                &body["totalElements"],
+                &body["totalPages"],
+                &body["page"],
+                &body["size"]
+            ),
             (&json!(5), &json!(3), &json!(page), &json!(2)),
             "{body}"
         );
@@ -251,12 +252,18 @@ async fn dlq_pages_cover_every_entry_once() {
         assert_eq!(content.len(), expect, "page {page}: {body}");
         seen.extend(content.iter().map(|c| c["id"].as_i64().unwrap()));
     }
-    let all: Vec<i64> = rows(&db, "SELECT id FROM command_queue WHERE status = 'dlq' ORDER BY id")
-        .await
-        .iter()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect();
-    assert_eq!(seen, all, "the pages, in order, are the DLQ, each entry once");
+    let all: Vec<i64> = rows(
+        &db,
+        "SELECT id FROM command_queue WHERE status = 'dlq' ORDER BY id",
+    )
+    .await
+    .iter()
+    .map(|r| r["id"].as_i64().unwrap())
+    .collect();
+    assert_eq!(
+        seen, all,
+        "the pages, in order, are the DLQ, each entry once"
+    );
 }
 
 /// A line of the OpenMetrics text with this series and value.
@@ -290,10 +297,16 @@ async fn queue_depth_dlq_size_runs_and_step_durations_are_exported() {
     let metrics = server.metrics().await;
     for (series, value) in [
         ("core_stream_cmd_queue_depth{priority=\"5\"}", "4"),
-        ("core_stream_dlq_size{error_type=\"ValidationException\"}", "2"),
+        (
+            "core_stream_dlq_size{error_type=\"ValidationException\"}",
+            "2",
+        ),
         ("core_stream_dlq_size{error_type=\"TimeoutException\"}", "1"),
     ] {
-        assert!(has_sample(&metrics, series, value), "{series} {value}:\n{metrics}");
+        assert!(
+            has_sample(&metrics, series, value),
+            "{series} {value}:\n{metrics}"
+        );
     }
     db.sql(
         "UPDATE command_queue SET status = 'completed' WHERE command_type = 'nobody.handles' AND entity_id IN ('a', 'b')",
@@ -301,22 +314,33 @@ async fn queue_depth_dlq_size_runs_and_step_durations_are_exported() {
     )
     .await
     .unwrap();
-    db.sql("DELETE FROM command_queue WHERE status = 'dlq' AND error_type = 'TimeoutException'", vec![])
-        .await
-        .unwrap();
+    db.sql(
+        "DELETE FROM command_queue WHERE status = 'dlq' AND error_type = 'TimeoutException'",
+        vec![],
+    )
+    .await
+    .unwrap();
     let metrics = server.metrics().await;
     assert!(
         has_sample(&metrics, "core_stream_cmd_queue_depth{priority=\"5\"}", "2"),
         "{metrics}"
     );
     assert!(
-        has_sample(&metrics, "core_stream_dlq_size{error_type=\"TimeoutException\"}", "0"),
+        has_sample(
+            &metrics,
+            "core_stream_dlq_size{error_type=\"TimeoutException\"}",
+            "0"
+        ),
         "an emptied error type reports 0:\n{metrics}"
     );
     drop(server);
 
     // With workers: a run through the API counts in runs_total and its step in the step histogram.
-    w.config(&std::fs::read_to_string(w.path().join("runbook.yaml")).unwrap().replace("  workers: false\n", ""));
+    w.config(
+        &std::fs::read_to_string(w.path().join("runbook.yaml"))
+            .unwrap()
+            .replace("  workers: false\n", ""),
+    );
     db.sql("DELETE FROM command_queue", vec![]).await.unwrap();
     let server = w.serve(&[]);
     let (status, queued) = post_json(
@@ -394,9 +418,20 @@ async fn dlq_commands_list_retry_and_clean_up_by_their_filters() {
         ["o2"]
     );
     let out = w.run(&["dlq", "list", "--limit", "1", "-o", "json"]);
-    assert_eq!(out.json()["content"].as_array().unwrap().len(), 1, "{out:?}");
+    assert_eq!(
+        out.json()["content"].as_array().unwrap().len(),
+        1,
+        "{out:?}"
+    );
 
-    let out = w.run(&["dlq", "retry", "--entity", "user", "--error-type", "TimeoutException"]);
+    let out = w.run(&[
+        "dlq",
+        "retry",
+        "--entity",
+        "user",
+        "--error-type",
+        "TimeoutException",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     let state = rows(
         &db,
@@ -420,7 +455,11 @@ async fn dlq_commands_list_retry_and_clean_up_by_their_filters() {
         .into_iter()
         .map(|r| r["entity_id"].clone())
         .collect();
-    assert_eq!(left, ["u1", "u2", "o1"], "only the DLQ entry older than 7 days went");
+    assert_eq!(
+        left,
+        ["u1", "u2", "o1"],
+        "only the DLQ entry older than 7 days went"
+    );
 
     let audits = rows(&db, "SELECT actor, op, rows FROM runbook_audit ORDER BY id").await;
     assert_eq!(
@@ -495,21 +534,37 @@ async fn runtime_ops_change_the_stored_settings_and_release_stale_locks() {
             .collect();
     assert_eq!(stored.get("maxRetries"), Some(&json!(7)), "{stored:?}");
     assert_eq!(stored.get("maxBackoffMs"), Some(&json!(1234)), "{stored:?}");
-    let ttl = stored.get("lockTtl").unwrap_or_else(|| panic!("{stored:?}"));
+    let ttl = stored
+        .get("lockTtl")
+        .unwrap_or_else(|| panic!("{stored:?}"));
     assert_eq!(ttl, &json!("1m 30s"), "lockTtl stored as 90 seconds");
     let locks: Vec<Json> = rows(&db, "SELECT entity_id FROM work_state ORDER BY entity_id")
         .await
         .into_iter()
         .map(|r| r["entity_id"].clone())
         .collect();
-    assert_eq!(locks, ["idle", "young"], "only the lock older than 10m went");
+    assert_eq!(
+        locks,
+        ["idle", "young"],
+        "only the lock older than 10m went"
+    );
     // Each change is audited: one record per setting changed, with its previous value, and the
     // locks released with their count.
-    let audits: Vec<Json> = rows(&db, "SELECT op, filter, rows FROM runbook_audit ORDER BY id")
-        .await
-        .into_iter()
-        .map(|r| json!([r["op"], r["filter"]["key"], r["filter"]["previous"], r["rows"]]))
-        .collect();
+    let audits: Vec<Json> = rows(
+        &db,
+        "SELECT op, filter, rows FROM runbook_audit ORDER BY id",
+    )
+    .await
+    .into_iter()
+    .map(|r| {
+        json!([
+            r["op"],
+            r["filter"]["key"],
+            r["filter"]["previous"],
+            r["rows"]
+        ])
+    })
+    .collect();
     assert_eq!(
         audits,
         vec![
@@ -535,7 +590,10 @@ fn a_step_timeout_and_a_playbook_timeout_stop_the_run() {
     );
     let started = std::time::Instant::now();
     let out = w.run(&["run", "slow_step", "-o", "json"]);
-    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{out:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{out:?}"
+    );
     assert_eq!(out.code, 1, "{out:?}");
     let run = out.run();
     assert_eq!(run["status"], "failed", "{run}");
@@ -545,7 +603,10 @@ fn a_step_timeout_and_a_playbook_timeout_stop_the_run() {
 
     let started = std::time::Instant::now();
     let out = w.run(&["run", "slow_playbook", "-o", "json"]);
-    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{out:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{out:?}"
+    );
     assert_eq!(out.code, 1, "{out:?}");
     let run = out.run();
     assert_eq!(run["status"], "timed_out", "{run}");

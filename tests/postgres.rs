@@ -194,7 +194,10 @@ async fn maintenance_ops_run_the_backends_own_statements_and_are_audited() {
             OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'command_queue'::regclass) \
          ORDER BY c.relname";
     let before = rows(&pool, FILES).await;
-    assert!(before.len() > 3, "the tables and command_queue's indexes: {before:?}");
+    assert!(
+        before.len() > 3,
+        "the tables and command_queue's indexes: {before:?}"
+    );
     for store in [db.url.as_str(), "sqlite://runbook.db"] {
         let out = w.run(&["--store", store, "run", "maint", "-o", "json"]);
         assert_eq!(out.code, 1, "{out:?}");
@@ -225,7 +228,11 @@ async fn maintenance_ops_run_the_backends_own_statements_and_are_audited() {
     assert_eq!(before.len(), after.len());
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(b["name"], a["name"]);
-        assert_ne!(b["file"], a["file"], "{} was rewritten: {b} / {a}", b["name"]);
+        assert_ne!(
+            b["file"], a["file"],
+            "{} was rewritten: {b} / {a}",
+            b["name"]
+        );
     }
     eventually(20, "ANALYZE to show in pg_stat_user_tables", || async {
         (scalar(

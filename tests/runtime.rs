@@ -400,7 +400,9 @@ async fn settings_change_at_runtime_and_every_process_picks_them_up() {
         .await
         {
             let n = r["n"].as_i64().unwrap();
-            let e = most.entry(r["locked_by"].as_str().unwrap().to_owned()).or_default();
+            let e = most
+                .entry(r["locked_by"].as_str().unwrap().to_owned())
+                .or_default();
             *e = (*e).max(n);
         }
         let done = scalar(

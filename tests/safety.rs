@@ -146,7 +146,11 @@ steps:
     let audits = crate::util::rows(&db, "SELECT op, filter FROM runbook_audit").await;
     assert_eq!(audits.len(), 1, "{audits:?}");
     assert_eq!(audits[0]["op"], "sql:mark");
-    assert_eq!(audits[0]["filter"]["params"], serde_json::json!(["****"]), "{audits:?}");
+    assert_eq!(
+        audits[0]["filter"]["params"],
+        serde_json::json!(["****"]),
+        "{audits:?}"
+    );
     db.close().await;
     let raw = std::fs::read(w.path().join("runbook.db")).unwrap();
     let wal = std::fs::read(w.path().join("runbook.db-wal")).unwrap_or_default();

@@ -156,7 +156,11 @@ steps:
     assert_eq!(next.len(), 3, "{shown}");
     use chrono::Timelike;
     for t in &next {
-        assert_eq!((t.minute() % 5, t.second()), (0, 0), "{t} is not on a 5-minute mark");
+        assert_eq!(
+            (t.minute() % 5, t.second()),
+            (0, 0),
+            "{t} is not on a 5-minute mark"
+        );
     }
     for pair in next.windows(2) {
         assert_eq!(pair[1] - pair[0], chrono::Duration::minutes(5), "{next:?}");
@@ -244,8 +248,14 @@ fn global_options_work_before_or_after_the_subcommand_and_from_the_environment()
     };
     let out = w3.run(&["run", "y"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(w3.path().join("elsewhere.db").exists(), "RUNBOOK_STORE names the store");
-    assert!(!w3.path().join("runbook.db").exists(), "not the default store");
+    assert!(
+        w3.path().join("elsewhere.db").exists(),
+        "RUNBOOK_STORE names the store"
+    );
+    assert!(
+        !w3.path().join("runbook.db").exists(),
+        "not the default store"
+    );
     let w4 = Workdir {
         dir: w3.dir,
         env: vec![("RUNBOOK_CONFIG".into(), "no-such-config.yaml".into())],
@@ -265,8 +275,8 @@ fn global_options_work_before_or_after_the_subcommand_and_from_the_environment()
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert!(!lines.is_empty(), "info logs were written: {out:?}");
     for l in lines {
-        let v: serde_json::Value = serde_json::from_str(l)
-            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"));
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"));
         assert!(v.is_object(), "{l}");
     }
 }
