@@ -223,6 +223,42 @@ on_failure:
 }
 
 #[test]
+fn until_polls_until_the_condition_holds_then_the_run_goes_on() {
+    let w = Workdir::new();
+    w.config("shell: { allow: [sh] }\n");
+    // Each run of the step appends a line to `polls` and prints how many lines there are: the
+    // condition is false after the first and second runs and true after the third.
+    w.playbook(
+        "third",
+        r#"name: third
+steps:
+  - id: poll
+    until: "steps.poll.rows[0].line | int >= 3"
+    every: 50ms
+    within: 30s
+    shell: [sh, -c, "echo x >> polls; wc -l < polls"]
+  - id: after
+    assert:
+      that: "steps.poll.rows[0].line | int == 3"
+      message: "the step's result is its last run: {{ steps.poll.rows[0].line }}"
+"#,
+    );
+    let out = w.run(&["run", "third", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = out.run();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["steps"]["poll"]["status"], "succeeded", "{run}");
+    assert_eq!(run["steps"]["poll"]["output"]["stdout"], "3\n", "{run}");
+    assert_eq!(run["steps"]["after"]["status"], "succeeded", "{run}");
+    let polls = std::fs::read_to_string(w.path().join("polls")).unwrap();
+    assert_eq!(
+        polls.lines().count(),
+        3,
+        "the step ran three times and stopped once the condition held"
+    );
+}
+
+#[test]
 fn until_gives_up_after_within() {
     let w = Workdir::new();
     w.playbook(
@@ -467,5 +503,31 @@ async fn a_mutating_sql_step_and_its_audit_record_commit_together() {
     assert_eq!(
         scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE priority = 9").await,
         2
+    );
+
+    // Make the audit insert fail: the update it records must not stay either.
+    db.sql(
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON runbook_audit \
+         BEGIN SELECT RAISE(ABORT, 'audit refused'); END",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let out = w.run(&["run", "bump", "--param", "who=b", "-o", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_run_error(&out.run(), "audit refused");
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM command_queue WHERE entity_id = 'b' AND priority = 9"
+        )
+        .await,
+        0,
+        "the update was rolled back with its audit record"
+    );
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM runbook_audit").await,
+        1,
+        "no audit record was added"
     );
 }

@@ -29,6 +29,8 @@ async fn server() -> (String, Seen) {
     let app = Router::new()
         .route("/incidents/{name}", post(capture))
         .route("/hooks/slack", post(capture))
+        .route("/hooks/generic", post(capture))
+        .route("/v2/enqueue", post(capture))
         .route(
             "/fail",
             post(|| async { (axum::http::StatusCode::UNPROCESSABLE_ENTITY, "nope") }),
@@ -119,6 +121,54 @@ async fn notify_posts_to_the_named_channel() {
     assert!(
         out.stdout.contains("unknown notify channel `nobody`"),
         "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notify_reaches_pagerduty_and_a_generic_webhook_with_their_bodies() {
+    let (base, seen) = server().await;
+    let w = Workdir::new()
+        .env("PD_KEY", "pd-routing-key-5e1f")
+        .env("GENERIC_HOOK", &format!("{base}/hooks/generic"));
+    w.config(&format!(
+        "notify:\n  oncall: {{ pagerduty: {{ routing_key_env: PD_KEY, url: \"{base}/v2/enqueue\", severity: critical }} }}\n  team: {{ webhook: {{ url_env: GENERIC_HOOK }} }}\n"
+    ));
+    w.playbook(
+        "tell",
+        "name: tell\nsteps:\n  - id: page\n    notify: { to: oncall, text: \"disk full on {{ run.playbook }}\" }\n  - id: post\n    notify: { to: team, text: \"all is well\" }\n",
+    );
+    let (out, _w) = tokio::task::spawn_blocking(move || (w.run(&["run", "tell", "-o", "json"]), w))
+        .await
+        .unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = out.run();
+    let run_id = run["run_id"].clone();
+    assert_eq!(run["steps"]["page"]["output"]["channel"], "oncall", "{run}");
+    assert!(
+        !out.stdout.contains("pd-routing-key-5e1f") && !out.stderr.contains("pd-routing-key-5e1f"),
+        "the routing key is a secret: {out:?}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].0, "/v2/enqueue");
+    assert_eq!(
+        seen[0].2,
+        json!({
+            "routing_key": "pd-routing-key-5e1f",
+            "event_action": "trigger",
+            "dedup_key": format!("runbook-tell-{run_id}"),
+            "payload": {
+                "summary": "disk full on tell",
+                "source": "runbook",
+                "severity": "critical",
+                "custom_details": { "playbook": "tell", "run_id": run_id },
+            },
+        })
+    );
+    assert_eq!(seen[1].0, "/hooks/generic");
+    assert_eq!(
+        seen[1].2,
+        json!({ "text": "all is well", "playbook": "tell", "run_id": run_id, "step": "post", "channel": "team" })
     );
 }
 

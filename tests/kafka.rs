@@ -15,7 +15,7 @@ use rdkafka::{
 };
 use serde_json::json;
 
-use crate::util::{assert_run_error, scalar, store, until_scalar, Workdir};
+use crate::util::{assert_run_error, rows, scalar, store, until_scalar, Workdir};
 
 struct Broker {
     child: Child,
@@ -76,7 +76,8 @@ impl Drop for Broker {
     }
 }
 
-/// Every message of `topic` from the beginning, as (key, event-id), read until `n` arrived.
+/// Every message of `topic` from the beginning, as (key, event-id), in the order read: read until
+/// `n` arrived and then for two more quiet seconds, so a duplicate or an extra message is seen too.
 fn consume(brokers: &str, topic: &str, n: usize) -> Vec<(String, i64)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -95,8 +96,12 @@ fn consume(brokers: &str, topic: &str, n: usize) -> Vec<(String, i64)> {
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while out.len() < n && Instant::now() < deadline {
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline
+        && (out.len() < n || quiet_since.elapsed() < Duration::from_secs(2))
+    {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            quiet_since = Instant::now();
             let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
             let id = m
                 .headers()
@@ -112,7 +117,7 @@ fn consume(brokers: &str, topic: &str, n: usize) -> Vec<(String, i64)> {
     out
 }
 
-/// The first `n` events of `user-events`, read on a blocking thread.
+/// Every event of `user-events` (at least `n` are awaited), read on a blocking thread.
 async fn user_events(broker: &Broker, n: usize) -> Vec<(String, i64)> {
     let brokers = broker.addr();
     tokio::task::spawn_blocking(move || consume(&brokers, "user-events", n))
@@ -120,15 +125,60 @@ async fn user_events(broker: &Broker, n: usize) -> Vec<(String, i64)> {
         .unwrap()
 }
 
-fn assert_in_order_per_key(events: &[(String, i64)]) {
-    let mut by_key: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
-    for (k, id) in events {
-        by_key.entry(k).or_default().push(*id);
+/// The events read are exactly the outbox rows `ids`, each once; each is keyed by the entity id of
+/// the command that wrote it (`e{seq % 3}`), and per key they arrive in the order the commands were
+/// enqueued.
+async fn assert_delivered_exactly(
+    db: &runbook::store::Db,
+    events: &[(String, i64)],
+    ids: std::ops::RangeInclusive<i64>,
+) {
+    let mut got: Vec<i64> = events.iter().map(|(_, id)| *id).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        ids.clone().collect::<Vec<i64>>(),
+        "each of the events {ids:?} arrived exactly once, and nothing else: {events:?}"
+    );
+    // What the store says each event is: its entity id and the sequence number of its command.
+    let mut expected: BTreeMap<i64, (String, i64)> = BTreeMap::new();
+    for r in rows(
+        db,
+        "SELECT o.id AS id, o.entity_id AS entity_id, c.payload AS payload \
+         FROM outbox_final o JOIN command_queue c ON c.id = o.command_id",
+    )
+    .await
+    {
+        let payload: serde_json::Value = match &r["payload"] {
+            serde_json::Value::String(s) => serde_json::from_str(s).unwrap(),
+            v => v.clone(),
+        };
+        expected.insert(
+            r["id"].as_i64().unwrap(),
+            (
+                r["entity_id"].as_str().unwrap().to_owned(),
+                payload["seq"].as_i64().unwrap(),
+            ),
+        );
     }
-    for (k, ids) in by_key {
-        let mut sorted = ids.clone();
+    let mut seqs_by_key: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for (key, id) in events {
+        let (entity_id, seq) = &expected[id];
+        assert_eq!(key, entity_id, "event {id} is keyed by its entity id");
+        assert_eq!(
+            key,
+            &format!("e{}", seq % 3),
+            "event {id} belongs to the command it came from"
+        );
+        seqs_by_key.entry(key).or_default().push(*seq);
+    }
+    for (key, seqs) in seqs_by_key {
+        let mut sorted = seqs.clone();
         sorted.sort();
-        assert_eq!(ids, sorted, "events of entity {k} out of order");
+        assert_eq!(
+            seqs, sorted,
+            "events of entity {key} arrived in the order their commands were enqueued"
+        );
     }
 }
 
@@ -166,8 +216,7 @@ async fn outbox_delivers_in_order_and_survives_a_broker_outage() {
     )
     .await;
     let first = user_events(&broker, 15).await;
-    assert_eq!(first.len(), 15, "every event reached the broker once");
-    assert_in_order_per_key(&first);
+    assert_delivered_exactly(&db, &first, 1..=15).await;
 
     // Kafka goes down: commands still complete, their events wait in the outbox.
     broker.stop();
@@ -209,15 +258,7 @@ async fn outbox_delivers_in_order_and_survives_a_broker_outage() {
     )
     .await;
     let second = user_events(&broker, 15).await;
-    let mut ids: Vec<i64> = second.iter().map(|(_, id)| *id).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(
-        ids,
-        (16..=30).collect::<Vec<i64>>(),
-        "every held event was delivered"
-    );
-    assert_in_order_per_key(&second);
+    assert_delivered_exactly(&db, &second, 16..=30).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::util::{assert_run_error, scalar, store, PgDb, Workdir};
+use crate::util::{assert_run_error, eventually, rows, scalar, store, PgDb, Workdir};
 
 #[tokio::test]
 async fn rows_are_decoded_by_column_type() {
@@ -185,6 +185,19 @@ async fn maintenance_ops_run_the_backends_own_statements_and_are_audited() {
         "maint",
         "name: maint\nsteps:\n  - id: analyze\n    runtime: { op: maintenance, action: analyze }\n  - id: reindex\n    runtime: { op: maintenance, action: reindex, tables: [command_queue] }\n  - id: full\n    runtime: { op: maintenance, action: vacuum_full }\n  - id: nope\n    runtime: { op: maintenance, action: analyze, tables: [pg_class] }\n",
     );
+    // What the database itself shows of the maintenance: VACUUM FULL and REINDEX write each table
+    // and index anew (a new relfilenode), ANALYZE counts in pg_stat_user_tables.
+    assert_eq!(w.run(&["--store", &db.url, "queue", "stats"]).code, 0);
+    let pool = store(&db.url).await;
+    const FILES: &str = "SELECT c.relname AS name, c.relfilenode::bigint AS file FROM pg_class c \
+         WHERE c.relname IN ('command_queue', 'outbox_final', 'work_state') \
+            OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'command_queue'::regclass) \
+         ORDER BY c.relname";
+    let before = rows(&pool, FILES).await;
+    assert!(
+        before.len() > 3,
+        "the tables and command_queue's indexes: {before:?}"
+    );
     for store in [db.url.as_str(), "sqlite://runbook.db"] {
         let out = w.run(&["--store", store, "run", "maint", "-o", "json"]);
         assert_eq!(out.code, 1, "{out:?}");
@@ -211,7 +224,27 @@ async fn maintenance_ops_run_the_backends_own_statements_and_are_audited() {
             assert_eq!(full, json!(["VACUUM"]));
         }
     }
-    let pool = store(&db.url).await;
+    let after = rows(&pool, FILES).await;
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b["name"], a["name"]);
+        assert_ne!(
+            b["file"], a["file"],
+            "{} was rewritten: {b} / {a}",
+            b["name"]
+        );
+    }
+    eventually(20, "ANALYZE to show in pg_stat_user_tables", || async {
+        (scalar(
+            &pool,
+            "SELECT COUNT(*) FROM pg_stat_user_tables \
+             WHERE relname IN ('command_queue', 'outbox_final', 'work_state') AND analyze_count > 0",
+        )
+        .await
+            == 3)
+            .then_some(())
+    })
+    .await;
     let audited = scalar(
         &pool,
         "SELECT COUNT(*) FROM runbook_audit WHERE op = 'maintenance'",

@@ -376,6 +376,56 @@ async fn settings_change_at_runtime_and_every_process_picks_them_up() {
         .run(&["--store", &pg.url, "queue", "stats", "-o", "json"])
         .json();
     assert_eq!(stats["settings"]["workerBatchSize"], 7);
+
+    // The workers now claim and run with the new values: at concurrency 8 and batch size 7 a
+    // process keeps ceil(8 / 7) = 2 batches of at most 7 in hand, 14 commands; at the configured
+    // concurrency 4 and batch size 50 it would claim all 40 commands in one batch. The 40 arrive in
+    // one statement so the claims see them all at once.
+    let db = store(&pg.url).await;
+    db.sql(
+        "INSERT INTO command_queue (entity, entity_id, command_type) \
+         SELECT 'job', 's' || g, 'slow.work' FROM generate_series(1, 40) g",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let mut most: std::collections::BTreeMap<String, i64> = Default::default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        for r in rows(
+            &db,
+            "SELECT locked_by, COUNT(*) AS n FROM command_queue \
+             WHERE command_type = 'slow.work' AND status = 'processing' GROUP BY locked_by",
+        )
+        .await
+        {
+            let n = r["n"].as_i64().unwrap();
+            let e = most
+                .entry(r["locked_by"].as_str().unwrap().to_owned())
+                .or_default();
+            *e = (*e).max(n);
+        }
+        let done = scalar(
+            &db,
+            "SELECT COUNT(*) FROM command_queue WHERE command_type = 'slow.work' AND status = 'completed'",
+        )
+        .await;
+        if done == 40 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 40 commands did not complete within 60 s ({done} did)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(most.len(), 2, "both processes claimed commands: {most:?}");
+    for (worker, n) in &most {
+        assert_eq!(
+            *n, 14,
+            "{worker} held at most two batches of 7 at once, and did fill them: {most:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -408,12 +458,19 @@ async fn sigterm_finishes_the_batch_in_hand_and_queue_load_produces() {
         w.enqueue(&url, "job", &format!("s{i}"), "slow.work", "{}");
     }
     let mut server = w.serve(&[]);
+    // The 200 quick commands go first; then the four slow ones (3 s each) are claimed, all in one
+    // batch (batch size 50), and run four at a time (concurrency 4).
     until_scalar(
         20,
-        "slow commands to be claimed",
+        "all four slow commands to be in hand",
         &db,
         "SELECT COUNT(*) FROM command_queue WHERE command_type = 'slow.work' AND status = 'processing'",
-        |n| n > 0,
+        |n| n == 4,
+    )
+    .await;
+    let in_hand = rows(
+        &db,
+        "SELECT id FROM command_queue WHERE status = 'processing' ORDER BY id",
     )
     .await;
     let started = std::time::Instant::now();
@@ -422,16 +479,39 @@ async fn sigterm_finishes_the_batch_in_hand_and_queue_load_produces() {
         started.elapsed() < std::time::Duration::from_secs(20),
         "drained within the grace period"
     );
-    // Nothing is left half-done: what was claimed was finished and acknowledged before exit.
-    assert_eq!(
-        scalar(
+    // Every command in hand at SIGTERM was run to the end and acknowledged before exit; none went
+    // back to pending and nothing is left half-done.
+    for r in &in_hand {
+        let id = r["id"].as_i64().unwrap();
+        let st = rows(
             &db,
-            "SELECT COUNT(*) FROM command_queue WHERE status = 'processing'"
+            &format!("SELECT status, attempts FROM command_queue WHERE id = {id}"),
         )
-        .await,
-        0
+        .await;
+        assert_eq!(
+            st[0]["status"], "completed",
+            "command {id}, in hand at SIGTERM, finished before exit: {st:?}"
+        );
+    }
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE command_type = 'slow.work' AND status = 'completed'").await,
+        4,
+        "all four slow commands finished"
     );
-    assert!(scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE command_type = 'slow.work' AND status = 'completed'").await > 0);
+    // Nothing is left half-done: what is not completed was never taken up (or was put back before
+    // it ran because another command of its entity held the lock) and waits, unattempted.
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT DISTINCT status, attempts FROM command_queue WHERE status <> 'completed'"
+        )
+        .await
+        .into_iter()
+        .filter(|r| r != &json!({ "status": "pending", "attempts": 0 }))
+        .collect::<Vec<_>>(),
+        Vec::<serde_json::Value>::new(),
+        "nothing is left processing, failed or counted as attempted"
+    );
     assert!(
         server.log().contains("Workers stopped."),
         "{}",
@@ -454,21 +534,28 @@ async fn http_handler_maps_status_codes_to_error_types() {
         .route(
             "/down",
             post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "try later") }),
+        )
+        .route(
+            "/slow",
+            post(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                (StatusCode::OK, "{}")
+            }),
         );
     let base = listen(app).await;
     let w = Workdir::new();
     w.config(&format!(
-        "streaming:\n  maxRetries: 2\n  maxBackoffMs: 50\n  poll_interval: 50ms\n  handlers:\n    svc.ok: {{ http: {{ url: \"{base}/ok\" }} }}\n    svc.bad: {{ http: {{ url: \"{base}/bad\" }} }}\n    svc.down: {{ http: {{ url: \"{base}/down\" }} }}\n    svc.gone: {{ http: {{ url: \"http://127.0.0.1:1/x\", timeout: 1s }} }}\n"
+        "streaming:\n  maxRetries: 2\n  maxBackoffMs: 50\n  poll_interval: 50ms\n  handlers:\n    svc.ok: {{ http: {{ url: \"{base}/ok\" }} }}\n    svc.bad: {{ http: {{ url: \"{base}/bad\" }} }}\n    svc.down: {{ http: {{ url: \"{base}/down\" }} }}\n    svc.gone: {{ http: {{ url: \"http://127.0.0.1:1/x\" }} }}\n    svc.slow: {{ http: {{ url: \"{base}/slow\", timeout: 1s }} }}\n"
     ));
     let url = w.sqlite_url();
-    for ty in ["svc.ok", "svc.bad", "svc.down", "svc.gone"] {
+    for ty in ["svc.ok", "svc.bad", "svc.down", "svc.gone", "svc.slow"] {
         w.enqueue(&url, "user", ty, ty, "{}");
     }
     let _server = w.serve(&[]);
     let db = store(&url).await;
     until_scalar(
         30,
-        "all four to finish",
+        "all five to finish",
         &db,
         "SELECT COUNT(*) FROM command_queue WHERE status IN ('pending', 'processing')",
         |n| n == 0,
@@ -501,6 +588,13 @@ async fn http_handler_maps_status_codes_to_error_types() {
             .contains("Connection refused"),
         "{}",
         cmds[3]
+    );
+    // A service that accepts the connection and does not answer within the handler's timeout.
+    assert_eq!(
+        (cmds[4]["error_type"].as_str(), cmds[4]["attempts"].as_i64()),
+        (Some("TimeoutException"), Some(3)),
+        "a timeout: retried, {}",
+        cmds[4]
     );
     // The successful command's answer travels in its outbox event.
     let ev = rows(&db, "SELECT payload FROM outbox_final").await;
@@ -705,4 +799,64 @@ async fn a_long_playbook_run_does_not_hold_up_other_commands() {
         |n| n == 1,
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_completion_and_its_outbox_event_commit_together() {
+    let w = Workdir::new();
+    // Many retries: a returned lease must not put the command in the DLQ while the outbox refuses.
+    w.config(
+        "streaming:\n  maxRetries: 100\n  maxBackoffMs: 50\n  lease: 2s\n  poll_interval: 50ms\n  handlers:\n    user.update: { simulate: { latency: 1ms } }\n",
+    );
+    let url = w.sqlite_url();
+    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    let db = store(&url).await;
+    // The outbox refuses the event of entity `bad`: its completion must not stay either.
+    db.sql(
+        "CREATE TRIGGER refuse_event BEFORE INSERT ON outbox_final WHEN NEW.entity_id = 'bad' \
+         BEGIN SELECT RAISE(ABORT, 'outbox refused'); END",
+        vec![],
+    )
+    .await
+    .unwrap();
+    w.enqueue(&url, "user", "bad", "user.update", "{}");
+    let server = w.serve(&[]);
+    eventually(30, "the acknowledgement to fail for good", || async {
+        server
+            .log()
+            .contains("Acknowledgement failed; the leases will return these commands.")
+            .then_some(())
+    })
+    .await;
+    assert!(server.log().contains("outbox refused"), "{}", server.log());
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM command_queue WHERE entity_id = 'bad' AND status = 'completed'"
+        )
+        .await,
+        0,
+        "the completion was rolled back with its event"
+    );
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM outbox_final").await, 0);
+
+    // Once the outbox takes events again, the lease returns the command and it completes, with
+    // exactly one event.
+    db.sql("DROP TRIGGER refuse_event", vec![]).await.unwrap();
+    until_scalar(
+        30,
+        "the command to complete once the outbox accepts its event",
+        &db,
+        "SELECT COUNT(*) FROM command_queue WHERE entity_id = 'bad' AND status = 'completed'",
+        |n| n == 1,
+    )
+    .await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM outbox_final WHERE entity_id = 'bad'"
+        )
+        .await,
+        1
+    );
 }

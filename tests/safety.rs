@@ -99,9 +99,11 @@ fn hostile_alert_text_in_a_shell_step_is_one_argv_element() {
     assert_run_error(&out.run(), "`rm` is not allowed");
 }
 
-#[test]
-fn secrets_are_masked_in_output_and_run_records() {
-    let w = Workdir::new().env("MY_API_TOKEN", "tok-7f3a9c2e51");
+#[tokio::test]
+async fn secrets_are_masked_in_output_logs_run_and_audit_records() {
+    let w = Workdir::new()
+        .env("MY_API_TOKEN", "tok-7f3a9c2e51")
+        .env("RUNBOOK_LOG", "debug");
     w.config(
         r#"auth:
   tokens:
@@ -115,6 +117,8 @@ env: [MY_API_TOKEN]
 steps:
   - id: sel
     sql: "SELECT {{ env.MY_API_TOKEN }} AS t"
+  - id: mark
+    sql: "UPDATE command_queue SET error_message = {{ env.MY_API_TOKEN }} WHERE id < 0"
   - id: fail
     assert: { that: "false", message: "token is {{ env.MY_API_TOKEN }}" }
 "#,
@@ -126,9 +130,28 @@ steps:
     assert_eq!(run["error"], "token is ****");
     let shown = w.run(&["runs", "show", "1", "-o", "json"]);
     assert!(shown.stdout.contains("****"), "{shown:?}");
+    // The logs are there to be checked (the run and its steps at debug level), and hold no secret.
+    assert!(
+        out.stderr.contains("sel") && out.stderr.contains("mark"),
+        "the steps are logged: {out:?}"
+    );
+    for text in [&out.stdout, &out.stderr, &shown.stdout] {
+        assert!(!text.is_empty(), "{out:?}\n{shown:?}");
+    }
     for text in [&out.stdout, &out.stderr, &shown.stdout, &shown.stderr] {
         assert!(!text.contains("tok-7f3a9c2e51"), "secret leaked: {text}");
     }
+    // The mutation's audit record shows the bound value masked.
+    let db = crate::util::store(&w.sqlite_url()).await;
+    let audits = crate::util::rows(&db, "SELECT op, filter FROM runbook_audit").await;
+    assert_eq!(audits.len(), 1, "{audits:?}");
+    assert_eq!(audits[0]["op"], "sql:mark");
+    assert_eq!(
+        audits[0]["filter"]["params"],
+        serde_json::json!(["****"]),
+        "{audits:?}"
+    );
+    db.close().await;
     let raw = std::fs::read(w.path().join("runbook.db")).unwrap();
     let wal = std::fs::read(w.path().join("runbook.db-wal")).unwrap_or_default();
     let needle = b"tok-7f3a9c2e51";

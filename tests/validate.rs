@@ -136,8 +136,40 @@ steps:
         "{out:?}"
     );
     assert!(out.stdout.contains("Queue depth over 1000."), "{out:?}");
-    let out = w.run(&["schedule"]);
-    assert!(out.stdout.contains("0 */5 * * * *"), "{out:?}");
+    // The schedule shown is the one computed from the cron text: the next fire times fall on every
+    // fifth minute, at second 0, five minutes apart, the first within five minutes from now.
+    let before = chrono::Utc::now();
+    let out = w.run(&["schedule", "--count", "3", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let shown = out.json();
+    assert_eq!(shown[0]["name"], "backlog", "{shown}");
+    let next: Vec<chrono::DateTime<chrono::Utc>> = shown[0]["next"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no next times: {shown}"))
+        .iter()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t.as_str().unwrap())
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        })
+        .collect();
+    assert_eq!(next.len(), 3, "{shown}");
+    use chrono::Timelike;
+    for t in &next {
+        assert_eq!(
+            (t.minute() % 5, t.second()),
+            (0, 0),
+            "{t} is not on a 5-minute mark"
+        );
+    }
+    for pair in next.windows(2) {
+        assert_eq!(pair[1] - pair[0], chrono::Duration::minutes(5), "{next:?}");
+    }
+    assert!(
+        next[0] > before && next[0] <= before + chrono::Duration::minutes(5),
+        "the next tick {} is the first 5-minute mark after {before}",
+        next[0]
+    );
 }
 
 #[test]
@@ -189,10 +221,62 @@ fn global_options_work_before_or_after_the_subcommand_and_from_the_environment()
     .unwrap();
     assert_eq!(w.run(&["--runbooks", "other", "validate"]).code, 0);
     assert_eq!(w.run(&["validate", "--runbooks", "other"]).code, 0);
+    // Each global option from its environment variable, checked by its effect.
+    let listed = |out: &crate::util::Output| -> Vec<String> {
+        assert_eq!(out.code, 0, "{out:?}");
+        out.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    w.playbook("y", "name: y\nsteps:\n  - id: a\n    wait: 0s\n");
     let w2 = Workdir {
         dir: w.dir,
         env: vec![("RUNBOOK_RUNBOOKS".into(), "other".into())],
     };
-    let out = w2.run(&["list"]);
-    assert!(out.stdout.contains('x'), "{out:?}");
+    assert_eq!(listed(&w2.run(&["list", "-o", "json"])), ["x"]);
+    // The flag wins over the variable.
+    assert_eq!(
+        listed(&w2.run(&["list", "-o", "json", "--runbooks", "runbooks"])),
+        ["y"]
+    );
+    let w3 = Workdir {
+        dir: w2.dir,
+        env: vec![("RUNBOOK_STORE".into(), "sqlite://elsewhere.db".into())],
+    };
+    let out = w3.run(&["run", "y"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        w3.path().join("elsewhere.db").exists(),
+        "RUNBOOK_STORE names the store"
+    );
+    assert!(
+        !w3.path().join("runbook.db").exists(),
+        "not the default store"
+    );
+    let w4 = Workdir {
+        dir: w3.dir,
+        env: vec![("RUNBOOK_CONFIG".into(), "no-such-config.yaml".into())],
+    };
+    let out = w4.run(&["list"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("no-such-config.yaml"), "{out:?}");
+    let w5 = Workdir {
+        dir: w4.dir,
+        env: vec![
+            ("RUNBOOK_LOG_FORMAT".into(), "json".into()),
+            ("RUNBOOK_LOG".into(), "info".into()),
+        ],
+    };
+    let out = w5.run(&["run", "y"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(!lines.is_empty(), "info logs were written: {out:?}");
+    for l in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"));
+        assert!(v.is_object(), "{l}");
+    }
 }
