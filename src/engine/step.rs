@@ -342,12 +342,10 @@ impl Engine {
             // condition holds, and is recorded `polled` otherwise, so a resumed run runs the
             // step again instead of taking a poll for the step's end.
             let polled = match &result {
-                Ok(out) if !meta.dry_run => {
-                    !matches!(
-                        self.check_until(step, meta, state, out).await,
-                        Some(Ok(true)) | None
-                    )
-                }
+                Ok(out) if !meta.dry_run => !matches!(
+                    self.check_until(step, meta, state, out).await,
+                    Some(Ok(true)) | None
+                ),
                 _ => false,
             };
             self.record_attempt(
@@ -392,7 +390,10 @@ impl Engine {
         meta: &RunMeta,
         cx: &StepCx<'_>,
     ) -> (Json, Result<StepOutput, StepError>) {
-        // Rendering counts against the attempt's time, off the async threads.
+        // Rendering counts against the attempt's time, off the async threads. Its work stops at
+        // the run's deadline too; the execution is cut there by the run's own timeout, which
+        // ends the run `timed_out` rather than failing the step.
+        let own = Instant::now() + cx.timeout;
         let deadline = meta.deadline_within(cx.timeout);
         let rendered = match off_runtime(deadline, || step.kind.render(cx)).await {
             Ok(r) => r,
@@ -413,7 +414,7 @@ impl Engine {
             self.plan_event(meta, step, &input);
             return (input, Ok(StepOutput::default()));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = own.saturating_duration_since(Instant::now());
         let result = match tokio::time::timeout(left, step.kind.execute(rendered, cx)).await {
             Ok(r) => r,
             Err(_) => {
@@ -546,7 +547,10 @@ fn step_timeout(step: &Step) -> Duration {
             (w.0.as_std().max(step.timeout.as_std())).saturating_add(Duration::from_secs(1))
         }
         // The step stops its child run at its own timeout and waits for it to record its end.
-        StepKind::Playbook(_) => step.timeout.as_std().saturating_add(crate::steps::CHILD_GRACE),
+        StepKind::Playbook(_) => step
+            .timeout
+            .as_std()
+            .saturating_add(crate::steps::CHILD_GRACE),
         _ => step.timeout.as_std(),
     }
 }
