@@ -2,6 +2,7 @@
 //! real PostgreSQL server, and HTTP servers the tests start.
 
 mod alerts;
+mod chaos;
 mod docs;
 mod engine;
 mod http;
