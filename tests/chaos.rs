@@ -411,12 +411,12 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
         "name: chaos\non:\n  alerts:\n    - alertname: ChaosAlert\nguard: { concurrency: 1000000 }\nsteps:\n  - id: look\n    sql: SELECT COUNT(*) AS n FROM command_queue\n  - id: pause\n    wait: 300ms\n",
     );
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut server = w.serve_at(&["--store", &store_url], &listen);
+    let mut server = w.serve_at(&["--store", store_url.as_str()], &listen);
     let base = server.base.clone();
 
     let load = Load::start(db.clone(), base.clone());
     progress(&db, "under load", 40).await;
-    let topic = rows(&db, "SELECT DISTINCT topic FROM outbox_final").await;
+    let topic = rows(&db, "SELECT DISTINCT topic FROM outbox_final WHERE entity = 'chaos'").await;
     let topic = topic[0]["topic"].as_str().unwrap().to_owned();
     let reader = Reader::start(brokers.clone(), topic.clone());
 
@@ -473,7 +473,7 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
     // 4. The process is SIGKILLed and started again.
     server.kill_hard();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let server = w.serve_at(&["--store", &store_url], &listen);
+    let server = w.serve_at(&["--store", store_url.as_str()], &listen);
     progress(&db, "after a restart", 40).await;
 
     // The load ends; everything settles.
@@ -482,7 +482,7 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
         45,
         "every command to complete",
         &db,
-        "SELECT COUNT(*) FROM command_queue WHERE status <> 'completed'",
+        "SELECT COUNT(*) FROM command_queue WHERE status <> 'completed' AND command_type = 'chaos.touch'",
         |n| n == 0,
     )
     .await;
@@ -545,9 +545,15 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
     .map(|r| (r["entity_id"].as_str().unwrap().to_owned(), r["id"].as_i64().unwrap()))
     .collect();
     let ids: BTreeSet<i64> = all.iter().map(|(_, id)| *id).collect();
-    eventually(30, "the reader to have every event", || async {
-        let seen: BTreeSet<i64> = reader.sessions().into_iter().flatten().map(|(_, id)| id).collect();
-        ids.is_subset(&seen).then_some(())
+    let (ids_ref, reader_ref) = (&ids, &reader);
+    eventually(30, "the reader to have every event", || async move {
+        let seen: BTreeSet<i64> = reader_ref
+            .sessions()
+            .into_iter()
+            .flatten()
+            .map(|(_, id)| id)
+            .collect();
+        ids_ref.is_subset(&seen).then_some(())
     })
     .await;
     let mut expected: BTreeMap<String, Vec<i64>> = BTreeMap::new();

@@ -2,11 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use regex::{Regex, RegexBuilder};
-
-/// The compiled size a matcher's regex may reach: a label pattern needs a few KiB, and a
-/// pattern of nested repetitions (`(a{1,1000}){1,1000}`) is refused before it costs seconds.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+use regex::Regex;
 
 /// Why a matcher's text does not parse; each names the matcher as written.
 #[derive(Debug, thiserror::Error)]
@@ -57,13 +53,10 @@ impl LabelMatcher {
             None => value.to_owned(),
         };
         let regex = || {
-            RegexBuilder::new(&format!("^(?:{value})$"))
-                .size_limit(REGEX_SIZE_LIMIT)
-                .build()
-                .map_err(|source| MatcherError::BadRegex {
-                    text: text.into(),
-                    source,
-                })
+            Regex::new(&format!("^(?:{value})$")).map_err(|source| MatcherError::BadRegex {
+                text: text.into(),
+                source,
+            })
         };
         Ok(match op {
             "=" => LabelMatcher::Eq(name.into(), value),
