@@ -58,6 +58,8 @@ impl Proxy {
                     continue;
                 }
                 let (upstream, mut cut_rx) = (upstream.clone(), cut_rx.clone());
+                // Only a cut after this connection was accepted ends it.
+                cut_rx.borrow_and_update();
                 tokio::spawn(async move {
                     let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
@@ -357,6 +359,24 @@ async fn progress(db: &Db, what: &str, more: i64) {
         .await;
 }
 
+/// Waits until every command has completed; otherwise fails naming where the others stand.
+async fn settled(db: &Db, server: &crate::util::Server, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let open = "SELECT COUNT(*) FROM command_queue WHERE status <> 'completed' AND command_type = 'chaos.touch'";
+    while scalar(db, open).await > 0 {
+        if Instant::now() > deadline {
+            let left = rows(
+                db,
+                "SELECT status, error_type, error_message, COUNT(*) AS n FROM command_queue \
+                 WHERE status <> 'completed' AND command_type = 'chaos.touch' GROUP BY 1, 2, 3",
+            )
+            .await;
+            panic!("commands not completed {when}: {left:?}\n{}", server.log());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Terminates every connection of the server to its database (ours are spared).
 async fn terminate_server_connections(admin: &Db, database: &str) -> i64 {
     let r = admin
@@ -437,14 +457,7 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
     // event was sent and read, so that what the first broker acknowledged is all on record here
     // (a memory broker loses the rest); commands are enqueued again while it is down.
     load.paused.store(true, Ordering::SeqCst);
-    until_scalar(
-        30,
-        "the commands to complete before the broker stops",
-        &db,
-        "SELECT COUNT(*) FROM command_queue WHERE status <> 'completed' AND command_type = 'chaos.touch'",
-        |n| n == 0,
-    )
-    .await;
+    settled(&db, &server, "before the broker stops").await;
     until_scalar(
         30,
         "the outbox to drain before the broker stops",
@@ -478,14 +491,7 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
 
     // The load ends; everything settles.
     let accepted = load.finish().await;
-    until_scalar(
-        45,
-        "every command to complete",
-        &db,
-        "SELECT COUNT(*) FROM command_queue WHERE status <> 'completed' AND command_type = 'chaos.touch'",
-        |n| n == 0,
-    )
-    .await;
+    settled(&db, &server, "after the load").await;
     until_scalar(
         45,
         "every run to end",
