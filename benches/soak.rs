@@ -213,7 +213,20 @@ async fn main() {
     println!("latency: notification = request to 2xx answer; command = enqueued to completed (store timestamps); each over the window since the previous line\n");
     println!(
         "{:<6} {:>7} {:>8} {:>5} {:>7} {:>8} {:>8} {:>5} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7}",
-        "when", "secs", "RSS MiB", "fds", "alerts", "p50 ms", "p99 ms", "fail", "cmds", "p50 ms", "p99 ms", "runs", "queued", "unsent"
+        "when",
+        "secs",
+        "RSS MiB",
+        "fds",
+        "alerts",
+        "p50 ms",
+        "p99 ms",
+        "fail",
+        "cmds",
+        "p50 ms",
+        "p99 ms",
+        "runs",
+        "queued",
+        "unsent"
     );
 
     let window = Arc::new(Mutex::new(Window::default()));
@@ -297,12 +310,11 @@ async fn main() {
     // Answers still in flight land in the last window.
     tokio::time::sleep(Duration::from_secs(2)).await;
     sample("end", pid, &db, &window, &mut since_cmd, started).await;
-    println!(
-        "\npeak RSS {:.1} MiB (VmHWM)",
-        proc_mib(pid, "VmHWM:")
-    );
+    println!("\npeak RSS {:.1} MiB (VmHWM)", proc_mib(pid, "VmHWM:"));
 
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let _ = child.wait();
     db.close().await;
     drop_store(store).await;

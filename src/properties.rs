@@ -217,11 +217,13 @@ fn structured_playbook() -> impl Strategy<Value = Yaml> {
     let alerts = prop::collection::vec(
         prop_oneof![
             field(&["alertname", "severity", "matchers"], leaf().boxed()),
-            prop::collection::vec(leaf(), 0..3).prop_map(|m| {
-                let mut map = serde_yaml::Mapping::new();
-                map.insert("matchers".into(), Yaml::Sequence(m));
-                Yaml::Mapping(map)
-            }).boxed(),
+            prop::collection::vec(leaf(), 0..3)
+                .prop_map(|m| {
+                    let mut map = serde_yaml::Mapping::new();
+                    map.insert("matchers".into(), Yaml::Sequence(m));
+                    Yaml::Mapping(map)
+                })
+                .boxed(),
         ],
         0..3,
     )
@@ -238,8 +240,14 @@ fn structured_playbook() -> impl Strategy<Value = Yaml> {
         prop::collection::vec(step.clone(), 0..4),
         prop::collection::vec(step, 0..2),
         prop::option::of(on),
-        prop::option::of(field(&["concurrency", "cooldown", "max_per_hour"], value.clone())),
-        prop::option::of(field(&["type", "default", "description", "enum"], value.clone())),
+        prop::option::of(field(
+            &["concurrency", "cooldown", "max_per_hour"],
+            value.clone(),
+        )),
+        prop::option::of(field(
+            &["type", "default", "description", "enum"],
+            value.clone(),
+        )),
         prop::option::of(value),
     )
         .prop_map(|(name, steps, on_failure, on, guard, param, timeout)| {
@@ -290,7 +298,11 @@ fn expansion_and_nesting_bombs_end_with_an_error() {
         ));
     }
     laughs.push_str("name: laughs\nsteps: []\n");
-    let deep_flow = format!("name: deep\nsteps: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_flow = format!(
+        "name: deep\nsteps: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     // Indentation makes this text grow with the square of its depth: 1,000 levels are 1 MB.
     let deep_block: String = (0..1_000)
         .map(|i| format!("{}- \n", " ".repeat(i * 2)))
@@ -308,7 +320,10 @@ fn expansion_and_nesting_bombs_end_with_an_error() {
         assert!(diags.iter().all(|d| d.line >= 1), "{what}: {diags:?}");
         if what == "nested flow sequences" {
             assert_eq!((diags[0].line, diags[0].col), (2, 8 + 512), "{diags:?}");
-            assert!(diags[0].message.contains("nested more than 512 deep"), "{diags:?}");
+            assert!(
+                diags[0].message.contains("nested more than 512 deep"),
+                "{diags:?}"
+            );
         }
     }
     // Long is not deep: a 512 KiB scalar is read in linear time (and fails for its name).
@@ -453,8 +468,11 @@ fn pattern() -> impl Strategy<Value = String> {
         Just("api-.*".to_owned()),
         Just("é".to_owned()),
     ];
-    prop::collection::vec(prop::collection::vec(piece, 1..3).prop_map(|p| p.concat()), 1..3)
-        .prop_map(|alts| alts.join("|"))
+    prop::collection::vec(
+        prop::collection::vec(piece, 1..3).prop_map(|p| p.concat()),
+        1..3,
+    )
+    .prop_map(|alts| alts.join("|"))
 }
 
 proptest! {
@@ -529,9 +547,20 @@ fn any_json() -> impl Strategy<Value = Json> {
         let keys = prop_oneof![
             prop::sample::select(
                 &[
-                    "version", "status", "alerts", "labels", "annotations", "startsAt", "endsAt",
-                    "fingerprint", "groupKey", "receiver", "commonLabels", "externalURL",
-                    "truncatedAlerts", "generatorURL",
+                    "version",
+                    "status",
+                    "alerts",
+                    "labels",
+                    "annotations",
+                    "startsAt",
+                    "endsAt",
+                    "fingerprint",
+                    "groupKey",
+                    "receiver",
+                    "commonLabels",
+                    "externalURL",
+                    "truncatedAlerts",
+                    "generatorURL",
                 ][..]
             )
             .prop_map(str::to_owned),
@@ -551,14 +580,21 @@ fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
 
 fn timestamp() -> impl Strategy<Value = chrono::DateTime<chrono::Utc>> {
     // Year 1 to 9999, to the nanosecond.
-    (-62_135_596_800i64..253_402_300_799, 0u32..1_000_000_000).prop_map(|(s, ns)| {
-        chrono::DateTime::from_timestamp(s, ns).expect("within chrono's range")
-    })
+    (-62_135_596_800i64..253_402_300_799, 0u32..1_000_000_000)
+        .prop_map(|(s, ns)| chrono::DateTime::from_timestamp(s, ns).expect("within chrono's range"))
 }
 
 fn notification() -> impl Strategy<Value = Json> {
     let status = prop::sample::select(&["firing", "resolved"][..]);
-    let alert = (status, labels(), labels(), timestamp(), prop::option::of(timestamp()), any::<String>(), any::<String>())
+    let alert = (
+        status,
+        labels(),
+        labels(),
+        timestamp(),
+        prop::option::of(timestamp()),
+        any::<String>(),
+        any::<String>(),
+    )
         .prop_map(|(status, labels, annotations, starts, ends, url, fp)| {
             json!({
                 "status": status, "labels": labels, "annotations": annotations,
@@ -619,11 +655,17 @@ fn a_deeply_nested_body_ends_quickly() {
     let in_labels = format!(
         "{{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[{{\"labels\":{{\"a\":{deep}}}}}]}}"
     );
-    let message = bounded("parsing a nested label", || receiver::parse(in_labels.as_bytes()))
-        .expect_err("a label is a string");
-    assert!(message.starts_with("webhook body at `alerts[0].labels.a`"), "{message}");
-    let unknown = format!(
-        "{{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[],\"extra\":{deep}}}"
+    let message = bounded("parsing a nested label", || {
+        receiver::parse(in_labels.as_bytes())
+    })
+    .expect_err("a label is a string");
+    assert!(
+        message.starts_with("webhook body at `alerts[0].labels.a`"),
+        "{message}"
     );
-    let _ = bounded("parsing a nested unknown field", || receiver::parse(unknown.as_bytes()));
+    let unknown =
+        format!("{{\"version\":\"4\",\"status\":\"firing\",\"alerts\":[],\"extra\":{deep}}}");
+    let _ = bounded("parsing a nested unknown field", || {
+        receiver::parse(unknown.as_bytes())
+    });
 }

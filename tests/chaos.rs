@@ -112,7 +112,10 @@ impl Broker {
             .expect("start tansu");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the broker did not start on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "the broker did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Broker { child, port }
@@ -355,8 +358,10 @@ async fn completed(db: &Db) -> i64 {
 async fn progress(db: &Db, what: &str, more: i64) {
     let from = completed(db).await;
     let what = format!("{more} more commands to complete {what}");
-    eventually(30, &what, || async move { (completed(db).await >= from + more).then_some(()) })
-        .await;
+    eventually(30, &what, || async move {
+        (completed(db).await >= from + more).then_some(())
+    })
+    .await;
 }
 
 /// Waits until every command has completed; otherwise fails naming where the others stand.
@@ -403,9 +408,13 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
     )
     .await
     .unwrap();
-    let admin = Db::connect(&format!("{}?application_name={OWN_APP}", pg_server()), false, 1)
-        .await
-        .unwrap();
+    let admin = Db::connect(
+        &format!("{}?application_name={OWN_APP}", pg_server()),
+        false,
+        1,
+    )
+    .await
+    .unwrap();
 
     let upstream = pg_server()
         .rsplit_once('@')
@@ -436,7 +445,11 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
 
     let load = Load::start(db.clone(), base.clone());
     progress(&db, "under load", 40).await;
-    let topic = rows(&db, "SELECT DISTINCT topic FROM outbox_final WHERE entity = 'chaos'").await;
+    let topic = rows(
+        &db,
+        "SELECT DISTINCT topic FROM outbox_final WHERE entity = 'chaos'",
+    )
+    .await;
     let topic = topic[0]["topic"].as_str().unwrap().to_owned();
     let reader = Reader::start(brokers.clone(), topic.clone());
 
@@ -466,11 +479,14 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
         |n| n == 0,
     )
     .await;
-    let sent: BTreeSet<i64> = rows(&db, &format!("SELECT id FROM outbox_final WHERE topic = '{topic}'"))
-        .await
-        .iter()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect();
+    let sent: BTreeSet<i64> = rows(
+        &db,
+        &format!("SELECT id FROM outbox_final WHERE topic = '{topic}'"),
+    )
+    .await
+    .iter()
+    .map(|r| r["id"].as_i64().unwrap())
+    .collect();
     let reader_ref = &reader;
     let sent_ref = &sent;
     eventually(30, "the reader to have every sent event", || async move {
@@ -511,7 +527,11 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
 
     // Every command completed exactly once: one completion event each, whatever the number of
     // times its handler ran.
-    let commands = scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE command_type = 'chaos.touch'").await;
+    let commands = scalar(
+        &db,
+        "SELECT COUNT(*) FROM command_queue WHERE command_type = 'chaos.touch'",
+    )
+    .await;
     assert!(commands > 200, "the load ran: {commands} commands");
     let wrong = rows(
         &db,
@@ -519,7 +539,11 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
          WHERE c.command_type = 'chaos.touch' GROUP BY c.id HAVING COUNT(o.id) <> 1 ORDER BY c.id LIMIT 10",
     )
     .await;
-    assert!(wrong.is_empty(), "commands without exactly one completion: {wrong:?}\n{}", server.log());
+    assert!(
+        wrong.is_empty(),
+        "commands without exactly one completion: {wrong:?}\n{}",
+        server.log()
+    );
     let unhandled = scalar(
         &db,
         "SELECT COUNT(*) FROM command_queue c WHERE c.command_type = 'chaos.touch' \
@@ -529,15 +553,33 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
     assert_eq!(unhandled, 0, "a completed command whose handler never ran");
 
     // No run is left open, and the alerts' runs are on record.
-    let runs = rows(&db, "SELECT status, COUNT(*) AS n FROM runbook_runs GROUP BY status ORDER BY status").await;
+    let runs = rows(
+        &db,
+        "SELECT status, COUNT(*) AS n FROM runbook_runs GROUP BY status ORDER BY status",
+    )
+    .await;
     let by_status: BTreeMap<String, i64> = runs
         .iter()
-        .map(|r| (r["status"].as_str().unwrap().to_owned(), r["n"].as_i64().unwrap()))
+        .map(|r| {
+            (
+                r["status"].as_str().unwrap().to_owned(),
+                r["n"].as_i64().unwrap(),
+            )
+        })
         .collect();
-    assert!(!by_status.contains_key("running") && !by_status.contains_key("queued"), "{by_status:?}");
-    assert!(by_status.get("succeeded").copied().unwrap_or(0) > 0, "{by_status:?}");
+    assert!(
+        !by_status.contains_key("running") && !by_status.contains_key("queued"),
+        "{by_status:?}"
+    );
+    assert!(
+        by_status.get("succeeded").copied().unwrap_or(0) > 0,
+        "{by_status:?}"
+    );
     let alert_runs = scalar(&db, "SELECT COUNT(*) FROM runbook_runs").await;
-    assert!(alert_runs as u64 >= accepted, "{accepted} alerts accepted, {alert_runs} runs recorded");
+    assert!(
+        alert_runs as u64 >= accepted,
+        "{accepted} alerts accepted, {alert_runs} runs recorded"
+    );
 
     // Every event reached the broker, in per-entity order: across both brokers' sessions, each
     // entity's events, first deliveries taken, are that entity's outbox rows in id order, with
@@ -548,7 +590,12 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
     )
     .await
     .iter()
-    .map(|r| (r["entity_id"].as_str().unwrap().to_owned(), r["id"].as_i64().unwrap()))
+    .map(|r| {
+        (
+            r["entity_id"].as_str().unwrap().to_owned(),
+            r["id"].as_i64().unwrap(),
+        )
+    })
     .collect();
     let ids: BTreeSet<i64> = all.iter().map(|(_, id)| *id).collect();
     let (ids_ref, reader_ref) = (&ids, &reader);
@@ -575,7 +622,11 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
     }
     assert_eq!(delivered.len(), ENTITIES, "every entity's events arrived");
     for (k, ids) in &expected {
-        assert_eq!(delivered.get(k), Some(ids), "entity {k}: delivered in order, none missing");
+        assert_eq!(
+            delivered.get(k),
+            Some(ids),
+            "entity {k}: delivered in order, none missing"
+        );
     }
     drop(reader);
     drop(server);
