@@ -136,8 +136,11 @@ impl Drop for Broker {
 /// Reads `topic` from the beginning, continuously, on a thread of its own. Each broker lifetime
 /// is a session of its own (the restarted broker starts empty): `renew` starts a new consumer
 /// and a new session.
+/// What one consumer read: (key, event id) in the order received.
+type Session = Vec<(String, i64)>;
+
 struct Reader {
-    sessions: Arc<Mutex<Vec<Vec<(String, i64)>>>>,
+    sessions: Arc<Mutex<Vec<Session>>>,
     generation: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -194,7 +197,7 @@ impl Reader {
             .unwrap_or_default()
     }
 
-    fn sessions(&self) -> Vec<Vec<(String, i64)>> {
+    fn sessions(&self) -> Vec<Session> {
         self.sessions.lock().unwrap().clone()
     }
 }
