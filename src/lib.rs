@@ -62,3 +62,6 @@ pub mod process;
 // Faces.
 pub mod server;
 pub mod cli;
+// Properties of the input-facing code, checked over generated inputs.
+#[cfg(test)]
+mod properties;

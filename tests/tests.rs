@@ -3,6 +3,7 @@
 
 mod alerts;
 mod coverage;
+mod chaos;
 mod docs;
 mod engine;
 mod http;

@@ -106,7 +106,18 @@ impl DbError {
                 ) || e
                     .as_database_error()
                     .and_then(|d| d.code())
-                    .is_some_and(|c| c == "40001" || c == "40P01" || c == "5" || c == "6")
+                    .is_some_and(|c| {
+                        // Serialization failure, deadlock, SQLite busy/locked; PostgreSQL's
+                        // connection exceptions (08...) and operator intervention (57P01
+                        // `pg_terminate_backend` or shutdown, 57P02, 57P03): the next try, on
+                        // a new connection, may succeed.
+                        c == "40001"
+                            || c == "40P01"
+                            || c == "5"
+                            || c == "6"
+                            || c.starts_with("08")
+                            || c.starts_with("57P")
+                    })
             }
             _ => false,
         }
