@@ -28,21 +28,26 @@ mod tests {
 
     /// Every object of the schema with named properties, with where it is.
     fn objects<'a>(at: &str, schema: &'a Json, out: &mut Vec<(String, &'a Json)>) {
-        match schema {
-            Json::Object(map) => {
-                if map.contains_key("properties") {
-                    out.push((at.to_owned(), schema));
+        let Json::Object(map) = schema else { return };
+        if map.contains_key("properties") {
+            out.push((at.to_owned(), schema));
+        }
+        for (keyword, value) in map {
+            let at = format!("{at}/{keyword}");
+            match (keyword.as_str(), value) {
+                // Maps of names to schemas: a name is no keyword.
+                ("properties" | "$defs", Json::Object(named)) => {
+                    for (name, sub) in named {
+                        objects(&format!("{at}/{name}"), sub, out);
+                    }
                 }
-                for (k, v) in map {
-                    objects(&format!("{at}/{k}"), v, out);
+                (_, Json::Array(list)) => {
+                    for (i, sub) in list.iter().enumerate() {
+                        objects(&format!("{at}/{i}"), sub, out);
+                    }
                 }
+                (_, sub) => objects(&at, sub, out),
             }
-            Json::Array(items) => {
-                for (i, v) in items.iter().enumerate() {
-                    objects(&format!("{at}/{i}"), v, out);
-                }
-            }
-            _ => {}
         }
     }
 
