@@ -211,7 +211,12 @@ fn alternatives<'a>(root: &'a Json, schema: &'a Json, out: &mut Vec<&'a Json>) {
         }
     }
     for key in ["anyOf", "oneOf", "allOf"] {
-        for sub in schema.get(key).and_then(Json::as_array).into_iter().flatten() {
+        for sub in schema
+            .get(key)
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+        {
             alternatives(root, sub, out);
         }
     }
@@ -361,7 +366,10 @@ fn config_doc_and_config_schema_name_the_same_keys() {
 
     // Key tables: each dotted key leads somewhere in the schema.
     let keys = table_keys(&doc);
-    assert!(keys.iter().any(|k| k == "streaming.retention.runs"), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k == "streaming.retention.runs"),
+        "{keys:?}"
+    );
     for key in &keys {
         let mut at = vec![root];
         for part in key.split('.') {
