@@ -183,3 +183,238 @@ fn playbook_doc_names_every_runtime_and_kafka_op() {
         kafka.join(", ")
     );
 }
+
+// docs/configuration.md and `runbook schema config` describe the same keys: every key the schema
+// has is written in the document, and every key the document's key tables and YAML examples use
+// (and the repository's own runbook.yaml, and README's `# runbook.yaml` examples) is in the schema.
+
+fn repo_file(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn config_schema() -> Json {
+    let w = Workdir::new();
+    // The schema does not depend on the config, nor need one that loads.
+    w.config("no_such_key: 1\n");
+    let out = w.run(&["schema", "config"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.json()
+}
+
+/// The schemas `schema` may stand for: `$ref`s followed, `anyOf`/`oneOf`/`allOf` opened.
+fn alternatives<'a>(root: &'a Json, schema: &'a Json, out: &mut Vec<&'a Json>) {
+    if let Some(target) = schema.get("$ref").and_then(Json::as_str) {
+        let name = target.trim_start_matches("#/$defs/");
+        if let Some(def) = root.get("$defs").and_then(|d| d.get(name)) {
+            alternatives(root, def, out);
+        }
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        for sub in schema
+            .get(key)
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+        {
+            alternatives(root, sub, out);
+        }
+    }
+    out.push(schema);
+}
+
+/// The schemas of the value under `key` in an object described by `schemas`: a property, or a
+/// map's value. Empty when no alternative takes the key.
+fn child<'a>(root: &'a Json, schemas: &[&'a Json], key: &str) -> Vec<&'a Json> {
+    let mut found = Vec::new();
+    for s in schemas {
+        let mut alts = Vec::new();
+        alternatives(root, s, &mut alts);
+        for a in alts {
+            if let Some(p) = a.get("properties").and_then(|p| p.get(key)) {
+                found.push(p);
+            } else if let Some(map) = a.get("additionalProperties").filter(|m| m.is_object()) {
+                found.push(map);
+            }
+        }
+    }
+    found
+}
+
+/// The schemas of a list's items.
+fn items<'a>(root: &'a Json, schemas: &[&'a Json]) -> Vec<&'a Json> {
+    let mut found = Vec::new();
+    for s in schemas {
+        let mut alts = Vec::new();
+        alternatives(root, s, &mut alts);
+        found.extend(alts.into_iter().filter_map(|a| a.get("items")));
+    }
+    found
+}
+
+/// Walks a YAML example along the schema: the path of every key the schema does not take into
+/// `unknown`, every key it takes into `known`.
+fn check_example(
+    root: &Json,
+    schemas: &[&Json],
+    value: &serde_yaml::Value,
+    path: &str,
+    unknown: &mut Vec<String>,
+    known: &mut BTreeSet<String>,
+) {
+    match value {
+        serde_yaml::Value::Mapping(map) => {
+            for (k, v) in map {
+                let key = k.as_str().map_or_else(|| format!("{k:?}"), str::to_owned);
+                let at = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                let sub = child(root, schemas, &key);
+                if sub.is_empty() {
+                    unknown.push(at);
+                } else {
+                    known.insert(key);
+                    check_example(root, &sub, v, &at, unknown, known);
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(list) => {
+            let sub = items(root, schemas);
+            for v in list {
+                check_example(root, &sub, v, &format!("{path}[]"), unknown, known);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The YAML blocks of a Markdown text.
+fn yaml_blocks(doc: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in doc.lines() {
+        match &mut current {
+            None if line.trim_start() == "```yaml" => current = Some(String::new()),
+            Some(text) if line.trim_start() == "```" => {
+                blocks.push(std::mem::take(text));
+                current = None;
+            }
+            Some(text) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+/// The keys in the first column of the document's key tables, each as a dotted path from the
+/// config's root: a table under a heading that names a key (`` ### `streaming` ``) is relative to it.
+fn table_keys(doc: &str) -> Vec<String> {
+    let mut section = String::new();
+    let mut keys = Vec::new();
+    for line in doc.lines() {
+        if line.starts_with('#') {
+            let title = line.trim_start_matches('#').trim();
+            section = match title.strip_prefix('`').and_then(|t| t.strip_suffix('`')) {
+                Some(key) => key.to_owned(),
+                None => String::new(),
+            };
+        } else if let Some(row) = line.strip_prefix("| `") {
+            let key = row.split('`').next().unwrap_or_default();
+            keys.push(if section.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{section}.{key}")
+            });
+        }
+    }
+    keys
+}
+
+#[test]
+fn config_doc_and_config_schema_name_the_same_keys() {
+    let schema = config_schema();
+    let root = &schema;
+    let (mut props, mut values) = (BTreeSet::new(), BTreeSet::new());
+    walk(root, &mut props, &mut values);
+    // The walk itself must find the config, or an empty list would pass.
+    for key in [
+        "store",
+        "listen",
+        "receiver",
+        "token_file",
+        "workerConcurrency",
+        "retention",
+        "notifications",
+        "routing_key_env",
+        "secret_properties",
+        "exclusive",
+        "error_rate",
+        "secret",
+    ] {
+        assert!(props.contains(key), "schema walk missed `{key}`: {props:?}");
+    }
+    assert!(values.contains("slack"), "{values:?}");
+
+    let doc = repo_file("docs/configuration.md");
+    let mut unknown = Vec::new();
+    let mut documented = BTreeSet::new();
+
+    // Key tables: each dotted key leads somewhere in the schema.
+    let keys = table_keys(&doc);
+    assert!(
+        keys.iter().any(|k| k == "streaming.retention.runs"),
+        "{keys:?}"
+    );
+    for key in &keys {
+        let mut at = vec![root];
+        for part in key.split('.') {
+            at = child(root, &at, part);
+            documented.insert(part.to_owned());
+        }
+        if at.is_empty() {
+            unknown.push(format!("{key} (key table)"));
+        }
+    }
+
+    // Examples: the document's, README's `# runbook.yaml` ones and the repository's runbook.yaml.
+    let mut examples: Vec<(String, String)> = yaml_blocks(&doc)
+        .into_iter()
+        .map(|b| ("docs/configuration.md".to_owned(), b))
+        .collect();
+    examples.extend(
+        yaml_blocks(&repo_file("README.md"))
+            .into_iter()
+            .filter(|b| b.starts_with("# runbook.yaml"))
+            .map(|b| ("README.md".to_owned(), b)),
+    );
+    examples.push(("runbook.yaml".to_owned(), repo_file("runbook.yaml")));
+    assert!(examples.len() >= 8, "{examples:?}");
+    for (file, text) in &examples {
+        let value: serde_yaml::Value = serde_yaml::from_str(text)
+            .unwrap_or_else(|e| panic!("{file}: an example does not parse: {e}\n{text}"));
+        let mut bad = Vec::new();
+        check_example(root, &[root], &value, "", &mut bad, &mut documented);
+        unknown.extend(bad.into_iter().map(|k| format!("{k} ({file})")));
+    }
+    assert!(
+        unknown.is_empty(),
+        "these documented config keys are not in `runbook schema config`: {}",
+        unknown.join(", ")
+    );
+
+    let undocumented: Vec<&String> = props
+        .iter()
+        .filter(|p| !documented.contains(*p) && !doc.contains(&format!("`{p}`")))
+        .collect();
+    let values = missing(&doc, &values);
+    assert!(
+        undocumented.is_empty() && values.is_empty(),
+        "docs/configuration.md does not name (in a key table, an example or backticks) these keys \
+         of `runbook schema config`: {undocumented:?}; nor these values: {values:?}"
+    );
+}

@@ -40,6 +40,16 @@ pub struct Global {
     pub log_format: LogFormat,
 }
 
+/// The formats `runbook schema` describes.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+pub enum SchemaOf {
+    /// A playbook file.
+    #[default]
+    Playbook,
+    /// The config file, `runbook.yaml`.
+    Config,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -110,8 +120,13 @@ pub enum Command {
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Format,
     },
-    /// Print the JSON Schema of the playbook format (for editors' YAML language servers).
-    Schema,
+    /// Print the JSON Schema of the playbook format, or of the config file (for editors' YAML
+    /// language servers).
+    Schema {
+        /// Which format: `playbook` (a file under runbooks/) or `config` (`runbook.yaml`).
+        #[arg(value_enum, default_value_t)]
+        of: SchemaOf,
+    },
     /// Scheduled playbooks: zone, last recorded tick (from the store) and next fire times.
     Schedule {
         #[arg(long, default_value_t = 3)]

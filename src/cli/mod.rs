@@ -11,6 +11,7 @@ mod triggers;
 
 pub use args::{
     AlertCommand, Cli, Command, DlqCommand, Format, Global, LogFormat, QueueCommand, RunsCommand,
+    SchemaOf,
 };
 
 use std::{
@@ -134,6 +135,10 @@ pub async fn main(cli: Cli) -> Result<i32> {
 }
 
 async fn command(cli: Cli) -> Result<i32> {
+    // The schemas need no config: the config's own schema helps most when the config is broken.
+    if let Command::Schema { of } = cli.command {
+        return print_schema(of);
+    }
     // A config that does not load is a usage error, like a playbook that does not validate.
     let setup = match Setup::load(&cli.global) {
         Ok(s) => s,
@@ -153,13 +158,7 @@ async fn command(cli: Cli) -> Result<i32> {
     }
     match cli.command {
         Command::Validate { path } => Ok(playbooks::validate(&setup, path.as_deref())),
-        Command::Schema => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&crate::schema::playbook_schema())?
-            );
-            Ok(0)
-        }
+        Command::Schema { of } => print_schema(of),
         Command::List { output } => playbooks::list(&setup, output),
         Command::Schedule { count, output } => playbooks::schedule(&setup, count, output).await,
         Command::Run {
@@ -193,6 +192,16 @@ async fn command(cli: Cli) -> Result<i32> {
 
 /// The commands that write to the store: their name and what they record, for the error a
 /// read-only store gives them. The others only read it, or do not open it.
+/// `runbook schema [playbook|config]`: the format's JSON Schema, pretty-printed.
+fn print_schema(of: SchemaOf) -> Result<i32> {
+    let schema = match of {
+        SchemaOf::Playbook => crate::schema::playbook_schema(),
+        SchemaOf::Config => crate::schema::config_schema(),
+    };
+    println!("{}", serde_json::to_string_pretty(&schema)?);
+    Ok(0)
+}
+
 fn records(command: &Command) -> Option<(&'static str, &'static str)> {
     match command {
         Command::Serve { .. } => Some(("serve", "runs commands and records runs")),

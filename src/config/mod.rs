@@ -7,6 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::{diagnostics::Diagnostic, duration::Dur, secrets::Masker};
@@ -17,29 +18,43 @@ pub use handlers::{HttpHandler, PlaybookHandler, RawHandler, SimulateHandler, Sq
 
 pub const DEFAULT_STORE: &str = "sqlite://runbook.db";
 
-#[derive(Debug, Default, Deserialize)]
+/// `runbook.yaml`: where the store is, which outside systems playbooks may reach, who may call
+/// the API, and the streaming runtime's settings. Every key is optional.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The store's URL: `sqlite://FILE` or `postgres://USER@HOST/DB` (default
+    /// `sqlite://runbook.db`). `--store` and `RUNBOOK_STORE` win over it.
     #[serde(default)]
     pub store: Option<String>,
+    /// The playbooks folder, relative to the config file (default `./runbooks`).
     #[serde(default)]
     pub runbooks: Option<PathBuf>,
+    /// The HTTP server of `runbook serve`.
     #[serde(default)]
     pub server: ServerConfig,
+    /// Who may call the API and post Alertmanager notifications.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// The streaming runtime's starting settings.
     #[serde(default)]
     pub streaming: StreamingConfig,
+    /// Brokers for `kafka` steps and the outbox dispatcher; without it events go to a log sink.
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
+    /// Prometheus for `promql` steps.
     #[serde(default)]
     pub prometheus: Option<Endpoint>,
+    /// Accepted, unused in this version.
     #[serde(default)]
     pub alertmanager: Option<Endpoint>,
+    /// Named databases for `sql` steps (`sql: { datasource: NAME }`).
     #[serde(default)]
     pub datasources: BTreeMap<String, DatasourceConfig>,
+    /// Named channels for `notify` steps (`notify: { to: NAME }`).
     #[serde(default)]
     pub notify: BTreeMap<String, ChannelConfig>,
+    /// What `shell` steps may run.
     #[serde(default)]
     pub shell: ShellConfig,
     /// Environment variables templates may read as `env.NAME`: a name, or
@@ -49,16 +64,17 @@ pub struct Config {
 }
 
 /// One `env` entry: a variable's name, or the name with `secret: true`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum EnvEntry {
     Name(String),
     Var(EnvVar),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvVar {
+    /// The variable's name.
     pub name: String,
     /// Masked wherever it would be printed or stored, and opaque in templates.
     #[serde(default)]
@@ -86,11 +102,14 @@ impl EnvEntry {
 )]
 pub struct SecretTooShort(pub String, pub usize);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
+    /// The address `runbook serve` listens on (`--listen` wins). Default `127.0.0.1:8080`.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// The largest request body the API accepts: bytes with `B`, `KiB`, `MiB`, `KB` or `MB`.
+    /// Default `1MiB`.
     #[serde(default)]
     pub max_body: Option<String>,
     /// How long a client may take to send a request's headers, from the moment it connects (or
@@ -123,9 +142,10 @@ fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
+    /// API tokens; with none every protected API call is refused.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
     /// The Alertmanager receiver's bearer token, or `insecure: true` to accept notifications
@@ -136,13 +156,16 @@ pub struct AuthConfig {
 
 /// `auth.receiver`: the token Alertmanager sends (`token`, `token_env` or `token_file`), or
 /// `insecure: true`. With neither, the receiver refuses every notification.
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize, Clone, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiverConfig {
+    /// The token itself (a warning is logged: use it only for local trials).
     #[serde(default)]
     pub token: Option<String>,
+    /// The environment variable that holds the token.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// The file that holds the token (blanks around it are trimmed).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// Accept notifications without a token (a trial on one machine only).
@@ -163,15 +186,20 @@ impl ReceiverConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
+    /// Shown as the actor in audit records: `api:<name>`.
     pub name: String,
+    /// `viewer`, `operator` or `PlatformAdmin` (also `platform_admin` or `admin`).
     pub role: String,
+    /// The token itself (a warning is logged: use it only for local trials).
     #[serde(default)]
     pub token: Option<String>,
+    /// The environment variable that holds the token.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// The file that holds the token (blanks around it are trimmed).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
 }
@@ -187,7 +215,7 @@ impl TokenConfig {
 }
 
 /// A secret given literally (`token:`), by environment variable (`token_env:`) or by file (`token_file:`).
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize, Clone, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Secret {
     #[serde(default)]
@@ -267,7 +295,7 @@ impl Secret {
 }
 
 /// A URL given literally or by environment variable.
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize, Clone, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UrlRef {
     #[serde(default)]
@@ -299,13 +327,17 @@ impl UrlRef {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatasourceConfig {
+    /// The URL itself; a password in it is masked.
     #[serde(default)]
     pub url: Option<String>,
+    /// The environment variable that holds the URL (a secret as a whole).
     #[serde(default)]
     pub url_env: Option<String>,
+    /// Open the database read-only (SQLite), or with `default_transaction_read_only`
+    /// (PostgreSQL).
     #[serde(default)]
     pub read_only: bool,
 }
@@ -328,21 +360,41 @@ impl WebhookChannel {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
+    /// The service's base URL.
     pub url: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
+    /// librdkafka's `bootstrap.servers`, e.g. `kafka-1:9093,kafka-2:9093`.
     pub brokers: String,
     /// librdkafka properties; numbers and booleans are written as YAML scalars.
     #[serde(default, deserialize_with = "scalar_map")]
+    #[schemars(with = "BTreeMap<String, KafkaScalar>")]
     pub properties: BTreeMap<String, String>,
+    /// Properties whose values are read from an environment variable or a file, and masked.
     #[serde(default)]
     pub secret_properties: BTreeMap<String, EnvOrFile>,
+}
+
+/// What [`scalar_map`] accepts as a property's value: a string, a number or a boolean.
+struct KafkaScalar;
+
+impl JsonSchema for KafkaScalar {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "KafkaScalar".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A librdkafka property's value: a string, a number or a boolean.",
+            "type": ["string", "number", "boolean"]
+        })
+    }
 }
 
 /// A map whose values may be strings, numbers or booleans, read as text.
@@ -367,11 +419,13 @@ fn scalar_map<'de, D: serde::Deserializer<'de>>(
         .collect()
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvOrFile {
+    /// The environment variable that holds the value.
     #[serde(default)]
     pub env: Option<String>,
+    /// The file that holds the value.
     #[serde(default)]
     pub file: Option<PathBuf>,
 }
@@ -393,27 +447,32 @@ impl EnvOrFile {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
+    /// A webhook (Slack, Mattermost or generic JSON); used when both are given.
     #[serde(default)]
     pub webhook: Option<WebhookChannel>,
+    /// PagerDuty's Events API v2.
     #[serde(default)]
     pub pagerduty: Option<PagerDutyChannel>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookChannel {
+    /// The URL itself; a password in it is masked.
     #[serde(default)]
     pub url: Option<String>,
+    /// The environment variable that holds the URL (a secret as a whole).
     #[serde(default)]
     pub url_env: Option<String>,
+    /// The body posted: `slack` or `generic` (the default).
     #[serde(default)]
     pub format: WebhookFormat,
 }
 
-#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookFormat {
     /// `{"text": ...}`, as Slack and Mattermost incoming webhooks take it.
@@ -423,18 +482,20 @@ pub enum WebhookFormat {
     Generic,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PagerDutyChannel {
+    /// The environment variable that holds the Events API v2 routing key.
     pub routing_key_env: String,
     /// Events API v2 endpoint (default https://events.pagerduty.com/v2/enqueue).
     #[serde(default)]
     pub url: Option<String>,
+    /// The events' severity (default `error`).
     #[serde(default)]
     pub severity: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShellConfig {
     /// Program names (argv[0]) a shell step may run.
@@ -443,21 +504,28 @@ pub struct ShellConfig {
 }
 
 /// The streaming runtime's settings, with the seed's metamodel names.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamingConfig {
+    /// Commands a worker process runs at once.
     #[serde(default = "d_concurrency", rename = "workerConcurrency")]
     pub worker_concurrency: u32,
+    /// Commands claimed per batch.
     #[serde(default = "d_batch", rename = "workerBatchSize")]
     pub worker_batch_size: u32,
+    /// Tries before a failing command goes to the DLQ.
     #[serde(default = "d_retries", rename = "maxRetries")]
     pub max_retries: u32,
+    /// Cap of the retry backoff, in milliseconds.
     #[serde(default = "d_backoff", rename = "maxBackoffMs")]
     pub max_backoff_ms: u64,
+    /// Age after which a work-state lock may be taken over.
     #[serde(default = "d_ttl", rename = "lockTtl")]
     pub lock_ttl: Dur,
+    /// Payload field names masked in logs, DLQ listings, API answers and run records.
     #[serde(default)]
     pub sensitive_fields: Vec<String>,
+    /// What a worker does with each command type.
     #[serde(default)]
     pub handlers: BTreeMap<String, RawHandler>,
     /// How long a claim lasts without a heartbeat; a crashed worker's commands return after it.
@@ -499,7 +567,7 @@ fn d_call_depth() -> u32 {
 }
 
 /// How long records are kept before `prune_records` deletes them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     /// Finished runs, with their step attempts and approvals (and the playbook versions only
