@@ -689,6 +689,29 @@ async fn one_notifications_alerts_are_decided_one_after_the_other_in_one_batch()
     one_batch_decides_in_order(&pg.url, &w).await;
 }
 
+#[tokio::test]
+async fn batches_of_one_size_record_queued_and_skipped_runs_alike_on_postgres() {
+    // A statement is prepared once per text: a first batch whose run has no `finished_at`
+    // (queued) must not fix the types a later batch of the same size (skipped) binds.
+    let pg = PgDb::new().await;
+    let w = no_workers();
+    w.playbook("scale", SCALE);
+    let server = w.serve(&["--store", &pg.url]);
+    let starts = now();
+    let mut outcomes = Vec::new();
+    for i in 0..4 {
+        let body = notification(vec![alert(
+            json!({"alertname": "Backlog", "shard": i.to_string()}),
+            &starts,
+            None,
+        )]);
+        let (status, answer) = post_webhook(&server, &body).await;
+        assert_eq!(status, 200, "{answer}");
+        outcomes.push(answer["alerts"][0]["playbooks"][0]["outcome"].clone());
+    }
+    assert_eq!(outcomes, ["started", "started", "skipped", "skipped"]);
+}
+
 const COOL: &str = r#"name: cool
 on:
   alerts:

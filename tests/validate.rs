@@ -280,3 +280,21 @@ fn global_options_work_before_or_after_the_subcommand_and_from_the_environment()
         assert!(v.is_object(), "{l}");
     }
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() {
+    let w = Workdir::new();
+    // `runbook schema | true`: the reader is gone before the schema is written.
+    let mut child = w
+        .command()
+        .args(["schema"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start runbook schema");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

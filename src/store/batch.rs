@@ -22,8 +22,13 @@ pub enum Col {
 impl Col {
     fn place(self, tx: &Tx, n: usize) -> String {
         match (self, tx) {
-            (Col::Json, Tx::Postgres(_)) => format!("CAST(${n} AS JSONB)"),
-            (Col::Timestamp, Tx::Postgres(_)) => format!("CAST(${n} AS TIMESTAMPTZ)"),
+            // Typed as text first: a statement is prepared once per text, and a NULL bound
+            // first would otherwise have PostgreSQL infer the cast's type for the parameter,
+            // which a text value bound later does not match.
+            (Col::Json, Tx::Postgres(_)) => format!("CAST(CAST(${n} AS TEXT) AS JSONB)"),
+            (Col::Timestamp, Tx::Postgres(_)) => {
+                format!("CAST(CAST(${n} AS TEXT) AS TIMESTAMPTZ)")
+            }
             _ => format!("${n}"),
         }
     }
