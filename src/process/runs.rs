@@ -567,7 +567,7 @@ impl GuardState {
         let limits = limits(pb);
         let by_playbook = mine.iter().any(|&i| triggers[i].1.alert.is_none());
         let window = if by_playbook { limits.cooldown } else { None };
-        let counts = guards::counts(tx, &pb.name, &limits, Scope::Playbook, window, now).await?;
+        let counts = guards::counts(tx, &pb.name, &limits, window, now).await?;
         let mut alerts: Vec<(String, String)> = mine
             .iter()
             .filter_map(|&i| triggers[i].1.alert)

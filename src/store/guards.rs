@@ -211,14 +211,14 @@ pub fn open_statuses() -> Vec<RunStatus> {
         .collect()
 }
 
-/// Counts what [`decide`] needs for `playbook`, at time `now`, inside the deciding transaction.
+/// Counts what [`decide`] needs for `playbook` as a whole (the cooldown per playbook; the per-alert
+/// cooldown of a batch is [`alerts_in_cooldown`]), at time `now`, inside the deciding transaction.
 /// Each count stops at the limit it is compared with (a cooldown at 1), so deciding costs the
 /// same however many runs the playbook has.
 pub async fn counts(
     tx: &mut Tx,
     playbook: &str,
     limits: &Limits,
-    scope: Scope<'_>,
     window: Option<Duration>,
     now: DateTime<Utc>,
 ) -> Result<Counts, DbError> {
@@ -233,22 +233,13 @@ pub async fn counts(
     let open = count(tx, &sql, params, limits.concurrency).await?;
     let last_hour = match limits.max_runs_per_hour {
         None => 0,
-        Some(max) => {
-            let hour_ago = timestamp(now - chrono::Duration::hours(1));
-            let sql = format!(
-                "SELECT 1 FROM runbook_runs WHERE playbook = $1 AND NOT dry_run \
-                 AND status <> $2 AND created_at >= {}",
-                ts_param(tx, 3)
-            );
-            let params = vec![json!(playbook), json!(RunStatus::Skipped), json!(hour_ago)];
-            count(tx, &sql, params, max).await?
-        }
+        Some(max) => started_since(tx, playbook, now - chrono::Duration::hours(1), max).await?,
     };
     let in_cooldown = match window {
         None => 0,
         Some(w) => {
-            let since = timestamp(now - chrono::Duration::from_std(w).unwrap_or_default());
-            cooldown_count(tx, playbook, scope, &since).await?
+            let since = now - chrono::Duration::from_std(w).unwrap_or_default();
+            started_since(tx, playbook, since, 1).await?
         }
     };
     Ok(Counts {
@@ -258,39 +249,24 @@ pub async fn counts(
     })
 }
 
-async fn cooldown_count(
+/// Runs of `playbook` (not skipped) created since `since`, counted up to `cap`.
+async fn started_since(
     tx: &mut Tx,
     playbook: &str,
-    scope: Scope<'_>,
-    since: &str,
+    since: DateTime<Utc>,
+    cap: u32,
 ) -> Result<i64, DbError> {
-    let skipped = json!(RunStatus::Skipped);
-    match scope {
-        Scope::Playbook => {
-            let sql = format!(
-                "SELECT 1 FROM runbook_runs WHERE playbook = $1 AND NOT dry_run \
-                 AND status <> $2 AND created_at >= {}",
-                ts_param(tx, 3)
-            );
-            count(tx, &sql, vec![json!(playbook), skipped, json!(since)], 1).await
-        }
-        Scope::Alert { fingerprint, kind } => {
-            let sql = format!(
-                "SELECT 1 FROM runbook_alert_runs a JOIN runbook_runs r ON r.id = a.run_id \
-                 WHERE a.playbook = $1 AND a.fingerprint = $2 AND a.kind = $3 AND r.status <> $4 \
-                 AND a.decided_at >= {}",
-                ts_param(tx, 5)
-            );
-            let params = vec![
-                json!(playbook),
-                json!(fingerprint),
-                json!(kind),
-                skipped,
-                json!(since),
-            ];
-            count(tx, &sql, params, 1).await
-        }
-    }
+    let sql = format!(
+        "SELECT 1 FROM runbook_runs WHERE playbook = $1 AND NOT dry_run \
+         AND status <> $2 AND created_at >= {}",
+        ts_param(tx, 3)
+    );
+    let params = vec![
+        json!(playbook),
+        json!(RunStatus::Skipped),
+        json!(timestamp(since)),
+    ];
+    count(tx, &sql, params, cap).await
 }
 
 /// Of the alerts `keys` (fingerprint, kind), those with a run of `playbook` (not skipped) decided
