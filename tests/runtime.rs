@@ -420,10 +420,13 @@ async fn settings_change_at_runtime_and_every_process_picks_them_up() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(most.len(), 2, "both processes claimed commands: {most:?}");
+    // Each of the two claim loops fills a batch of 7, so a process holds 14 from the start. On
+    // PostgreSQL a loop acknowledges a finished batch while it claims the next, so for a moment a
+    // loop may show two batches as processing: never more than 4 batches of 7, never 40 at once.
     for (worker, n) in &most {
-        assert_eq!(
-            *n, 14,
-            "{worker} held at most two batches of 7 at once, and did fill them: {most:?}"
+        assert!(
+            (14..=28).contains(n),
+            "{worker} held two batches of 7, and at most four while acknowledging: {most:?}"
         );
     }
 }
