@@ -47,7 +47,11 @@ async fn backlog(db: &runbook::store::Db, pg: bool) {
             "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
         )
     };
-    for (status, at, n) in [("pending", old, 30), ("pending", now, 1070), ("dlq", now, 5)] {
+    for (status, at, n) in [
+        ("pending", old, 30),
+        ("pending", now, 1070),
+        ("dlq", now, 5),
+    ] {
         let insert = format!(
             "INSERT INTO command_queue (entity, entity_id, command_type, status, priority, created_at, updated_at) \
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
@@ -71,8 +75,8 @@ async fn queue_backlog_plan_changes_nothing(w: &Workdir, url: &str, pg: bool) {
     assert_eq!(out.code, 0, "{out:?}");
     let stdout = &out.stdout;
     // The reads ran, on the data as it is.
-    assert!(stdout.contains("depth_by_priority  read: 3 rows"), "{out:?}");
-    assert!(stdout.contains("stuck  read: 20 rows"), "{out:?}");
+    assert!(stdout.contains("depth_by_priority  read 3 rows"), "{out:?}");
+    assert!(stdout.contains("stuck  read 20 rows"), "{out:?}");
     // The changes, with their arguments, in order.
     let scale = stdout
         .find("would scale workerConcurrency from 3 to 6")
@@ -90,15 +94,24 @@ async fn queue_backlog_plan_changes_nothing(w: &Workdir, url: &str, pg: bool) {
     let report = stdout
         .find("report  would notify `ops`")
         .unwrap_or_else(|| panic!("no report: {out:?}"));
-    assert!(scale < retry && retry < verify && verify < report, "{out:?}");
+    assert!(
+        scale < retry && retry < verify && verify < report,
+        "{out:?}"
+    );
     // What the report would say hinges on what the poll would find after the changes.
-    assert!(stdout.contains("<unknown: steps.verify.rows[0].n>"), "{out:?}");
+    assert!(
+        stdout.contains("<unknown: steps.verify.rows[0].n>"),
+        "{out:?}"
+    );
     assert!(stdout.contains("Nothing was changed"), "{out:?}");
 
     let after = snapshot(&db, pg).await;
     assert_eq!(before, after, "a plan changes nothing");
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM runbook_audit").await, 0);
-    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM runtime_settings").await, 0);
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM runtime_settings").await,
+        0
+    );
     // It is recorded as a dry run that planned, which no guard counts.
     let runs = rows(&db, "SELECT status, dry_run FROM runbook_runs").await;
     assert_eq!(runs.len(), 1, "{runs:?}");
@@ -240,7 +253,10 @@ steps:
     assert_eq!(announce["input"]["method"], "POST");
     assert_eq!(announce["input"]["headers"]["Authorization"], "***");
     assert_eq!(announce["input"]["headers"]["X-Request"], "plan");
-    assert_eq!(entry("recount")["unknown"], json!(["steps.purge.output.deleted"]));
+    assert_eq!(
+        entry("recount")["unknown"],
+        json!(["steps.purge.output.deleted"])
+    );
     assert!(
         entry("breathe")["would"]
             .as_str()
@@ -294,4 +310,80 @@ async fn plans_trip_no_guard() {
     // `--plan` and `--dry-run` do not go together.
     let both = w.run(&["run", "guarded", "--plan", "--dry-run"]);
     assert_eq!(both.code, 2, "{both:?}");
+}
+
+/// A `playbook:` call is planned in turn: the child's reads run and its changes are shown one
+/// level deeper; a `for_each` over what a call would produce is unknown.
+#[tokio::test]
+async fn a_call_is_planned_in_turn_and_changes_nothing() {
+    let w = Workdir::new();
+    w.playbook(
+        "child",
+        "name: child\nparams:\n  who: { type: string }\nsteps:\n  - id: look\n    sql: \"SELECT COUNT(*) AS n FROM command_queue WHERE entity_id = {{ params.who }}\"\n  - id: purge\n    runtime: { op: purge_completed, older_than: 1s }\n",
+    );
+    w.playbook(
+        "parent",
+        "name: parent\nsteps:\n  - id: ids\n    sql: \"SELECT entity_id FROM command_queue ORDER BY id\"\n  - id: each\n    for_each: \"steps.ids.rows | map(attribute='entity_id') | list\"\n    playbook: { name: child, params: { who: \"{{ item }}\" } }\n  - id: per_run\n    for_each: \"steps.each.output\"\n    sql: \"SELECT {{ item.run_id }} AS r\"\n",
+    );
+    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    let db = store(&w.sqlite_url()).await;
+    db.sql(
+        "INSERT INTO command_queue (entity, entity_id, command_type, status, updated_at) VALUES \
+         ('u', 'a', 't', 'completed', '2000-01-01T00:00:00.000Z'), ('u', 'b', 't', 'completed', '2000-01-01T00:00:00.000Z')",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let before = snapshot(&db, false).await;
+    let out = w.run(&["run", "parent", "--plan", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = out.json();
+    let entries: Vec<(String, u64, String)> = doc["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_owned(),
+                s["depth"].as_u64().unwrap(),
+                s["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let e = |s: &str, d: u64, a: &str| (s.to_owned(), d, a.to_owned());
+    assert_eq!(
+        entries,
+        [
+            e("ids", 0, "read"),
+            e("each", 0, "change"),
+            e("look", 1, "read"),
+            e("purge", 1, "change"),
+            e("each", 0, "change"),
+            e("look", 1, "read"),
+            e("purge", 1, "change"),
+            e("per_run", 0, "unknown"),
+        ],
+        "{doc:#}"
+    );
+    assert_eq!(
+        doc["plan"]["steps"][1]["input"]["params"],
+        json!({ "who": "a" })
+    );
+    assert_eq!(
+        doc["plan"]["steps"][2]["output"]["rows"],
+        json!([{ "n": 1 }])
+    );
+    assert_eq!(
+        before,
+        snapshot(&db, false).await,
+        "a planned call changes nothing"
+    );
+    // The children are recorded as plans of their own under the parent's.
+    let runs = rows(
+        &db,
+        "SELECT playbook, status, parent_id FROM runbook_runs ORDER BY id",
+    )
+    .await;
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert!(runs.iter().all(|r| r["status"] == "planned"), "{runs:?}");
 }

@@ -58,8 +58,9 @@ pub(super) async fn run(engine: Arc<Engine>, mut req: RunRequest, format: Format
 pub(super) fn dry_run_note(playbook: &str, format: Format) {
     if format == Format::Human {
         super::output::outln!(
-            "A dry run executes nothing, not even the reads, so every `when` is unknown to it. \
-             `runbook run {playbook} --plan` runs the reads and shows what the run would change."
+            "A dry run executes nothing, not even the reads: its `when`s saw no results, so a step \
+             skipped here may run for real. `runbook run {playbook} --plan` runs the reads and \
+             shows what the run would change."
         );
     }
 }
@@ -205,9 +206,6 @@ impl Observer for PlanPrinter {
                     PlanAction::WouldRunIf | PlanAction::Unknown => "?",
                 };
                 let mut t = format!("{mark} {}{item}  {}", e.step, n.would);
-                if n.action == PlanAction::Read && !n.would.starts_with("would") {
-                    t = format!("{mark} {}{item}  read: {}", e.step, n.would);
-                }
                 if !n.unknown.is_empty() {
                     t.push_str(&format!(
                         "\n{indent}    unknown until the run makes its changes: {}",

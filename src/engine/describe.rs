@@ -20,9 +20,7 @@ const SENSITIVE_WORDS: &[&str] = &["token", "secret", "password", "key", "auth",
 /// `input` as a plan shows it: an HTTP request's sensitive headers masked.
 pub(super) fn shown_input(kind: &StepKind, input: &Json) -> Json {
     let mut input = input.clone();
-    if let (StepKind::Http(_), Some(Json::Object(headers))) =
-        (kind, input.get_mut("headers"))
-    {
+    if let (StepKind::Http(_), Some(Json::Object(headers))) = (kind, input.get_mut("headers")) {
         for (name, value) in headers.iter_mut() {
             let lower = name.to_ascii_lowercase();
             if SENSITIVE_HEADERS.contains(&lower.as_str())
@@ -161,8 +159,9 @@ fn runtime_op(input: &Json, runtime: &Json) -> String {
                 .filter(|t| !t.is_null())
                 .map_or("the runtime's tables".into(), compact)
         ),
-        "prune_records" => "would delete run records, ticks and notifications past their retention"
-            .to_owned(),
+        "prune_records" => {
+            "would delete run records, ticks and notifications past their retention".to_owned()
+        }
         _ => format!("would run runtime op {}", compact(input)),
     }
 }
@@ -186,8 +185,7 @@ fn one_line(s: &str) -> String {
 /// An argv element as a shell would need it to be read back.
 fn quoted(a: &str) -> String {
     let plain = !a.is_empty()
-        && a
-            .chars()
+        && a.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
     if plain {
         a.to_owned()
@@ -209,7 +207,10 @@ mod tests {
             "would scale workerConcurrency from 3 to 6"
         );
         let ttl = json!({ "op": "set_lock_ttl", "ttl": "10m" });
-        assert_eq!(runtime_op(&ttl, &runtime), "would set lockTtl from 5m to 10m");
+        assert_eq!(
+            runtime_op(&ttl, &runtime),
+            "would set lockTtl from 5m to 10m"
+        );
         let retry = json!({ "op": "dlq_retry", "error_type": "TimeoutException" });
         assert_eq!(
             runtime_op(&retry, &runtime),

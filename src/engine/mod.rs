@@ -6,6 +6,7 @@ mod describe;
 mod events;
 mod plan;
 mod run;
+mod state;
 mod step;
 mod unknown;
 mod watch;

@@ -10,14 +10,17 @@ use serde_json::{json, Value as Json};
 use super::{
     describe,
     events::{event, summarize},
-    step::{Done, RunState, StepResult},
+    state::{RunState, StepResult},
+    step::Done,
     unknown::Touched,
     Engine,
 };
 use crate::{
     playbook::{ForEach, Step},
     status::StepEventStatus,
-    steps::{PlanAction, PlanNote, Rendered, RunMeta, StepCx, StepError, StepEvent, StepKind, StepOutput},
+    steps::{
+        PlanAction, PlanNote, Rendered, RunMeta, StepCx, StepError, StepEvent, StepKind, StepOutput,
+    },
     template::off_runtime,
 };
 
@@ -47,7 +50,10 @@ impl Engine {
         let runtime = state.ctx.get("runtime").cloned().unwrap_or(Json::Null);
         let mut would = describe::would(step, shown, &runtime);
         if let Some(u) = &step.until {
-            would.push_str(&format!("; then {}", describe::poll(u.every, u.within, &u.expr)));
+            would.push_str(&format!(
+                "; then {}",
+                describe::poll(u.every, u.within, &u.expr)
+            ));
         }
         would
     }
@@ -107,7 +113,10 @@ impl Engine {
             unknown,
             ..PlanNote::new(
                 PlanAction::Unknown,
-                format!("would run {} once for each item of {list}", step.kind.name()),
+                format!(
+                    "would run {} once for each item of {list}",
+                    step.kind.name()
+                ),
             )
         };
         self.plan_entry(meta, step, None, note);
@@ -128,7 +137,7 @@ impl Engine {
         let shown = describe::shown_input(&step.kind, input);
         let note = match done {
             Done::Ran(_) if step.kind.calls().is_some() => return,
-            Done::Ran(out) => self.read_note(out, summarize(out)),
+            Done::Ran(out) => self.read_note(out, format!("read {}", summarize(out))),
             Done::Described { unknown } if unknown.is_empty() && step.kind.calls().is_some() => {
                 return
             }
@@ -184,7 +193,12 @@ impl Engine {
             ..self.read_note(&out, would)
         };
         let note = PlanNote { action, ..note };
-        self.plan_entry(meta, step, Some(describe::shown_input(&step.kind, input)), note);
+        self.plan_entry(
+            meta,
+            step,
+            Some(describe::shown_input(&step.kind, input)),
+            note,
+        );
         Ok(if holds {
             Done::Ran(out)
         } else {
@@ -237,7 +251,12 @@ impl Engine {
         } else {
             PlanAction::Read
         };
-        self.plan_entry(meta, step, Some(input.clone()), PlanNote::new(action, would));
+        self.plan_entry(
+            meta,
+            step,
+            Some(input.clone()),
+            PlanNote::new(action, would),
+        );
         let outcome = self
             .run_child(&call.playbook, call.params, meta)
             .await
@@ -257,5 +276,60 @@ impl Engine {
         Ok(Done::Ran(StepOutput::value(json!({
             "run_id": outcome.run_id, "status": outcome.status, "steps": outcome.steps,
         }))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        engine::step::{disposition, Disposition},
+        playbook::{compile_source, CompileEnv},
+        steps::RunMode,
+    };
+
+    #[test]
+    fn a_plan_executes_the_reads_only_and_a_dry_run_nothing() {
+        let yaml = r#"name: p
+steps:
+  - { id: read, sql: "SELECT 1" }
+  - { id: write, sql: "DELETE FROM command_queue" }
+  - { id: get, http: { url: "http://127.0.0.1:9/" } }
+  - { id: post, http: { method: POST, url: "http://127.0.0.1:9/" } }
+  - { id: stats, runtime: { op: queue_stats } }
+  - { id: scale, runtime: { op: scale_workers, concurrency: 2 } }
+  - { id: pause, wait: 30s }
+  - { id: ask, approve: { text: go } }
+  - { id: call, playbook: other }
+  - { id: check, assert: "true" }
+"#;
+        let (pb, _) = compile_source(std::path::Path::new("p.yaml"), yaml, &CompileEnv::default())
+            .expect("compiles");
+        let plan: Vec<(&str, Disposition)> = pb
+            .steps
+            .iter()
+            .map(|s| (s.id.as_str(), disposition(RunMode::Plan, &s.kind, false)))
+            .collect();
+        use Disposition::*;
+        assert_eq!(
+            plan,
+            [
+                ("read", Execute),
+                ("write", Describe),
+                ("get", Execute),
+                ("post", Describe),
+                ("stats", Execute),
+                ("scale", Describe),
+                ("pause", Describe),
+                ("ask", Describe),
+                ("call", PlanCall),
+                ("check", Execute),
+            ]
+        );
+        for s in &pb.steps {
+            // A read whose input needs what a change would produce is not run.
+            assert_eq!(disposition(RunMode::Plan, &s.kind, true), Describe);
+            assert_eq!(disposition(RunMode::DryRun, &s.kind, false), Describe);
+            assert_eq!(disposition(RunMode::Execute, &s.kind, false), Execute);
+        }
     }
 }

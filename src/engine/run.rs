@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value as Json};
 
 use tracing::Instrument;
 
-use super::{step::RunState, Engine, EngineError};
+use super::{state::RunState, Engine, EngineError};
 use crate::{
     metrics::{run_trigger, RunLabels},
     playbook::{resolve_params, Catalog, Playbook},

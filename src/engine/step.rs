@@ -5,19 +5,16 @@
 //! in a plan) is decided in one place, [`disposition`]; what a plan says of each step is built
 //! in [`super::plan`].
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use serde::Serialize;
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
 use tracing::Instrument;
 
 use super::{
     events::{event, summarize},
-    unknown::{with_unknown_steps, Touched},
+    state::{provisional, Items, RunState, StepResult},
+    unknown::Touched,
     Engine,
 };
 use crate::{
@@ -25,78 +22,9 @@ use crate::{
     playbook::{ForEach, Step},
     status::{RunStatus, StepEventStatus, StepStatus},
     steps::{Rendered, RunMeta, RunMode, StepCx, StepError, StepEvent, StepKind, StepOutput},
-    store::runs::{self, Attempt},
-    template::{context_with_secrets, off_runtime, to_json},
+    store::runs,
+    template::{off_runtime, to_json},
 };
-
-/// One step's result as later steps read it: `steps.<id>.{status,rows,output,error,duration_ms}`.
-#[derive(Debug, Clone, Serialize)]
-pub(super) struct StepResult {
-    status: StepStatus,
-    rows: Vec<Json>,
-    output: Json,
-    error: Option<String>,
-    duration_ms: u64,
-    /// In a plan: what it would produce is unknown (it changes things, or needed what a
-    /// change would produce), so later templates read it as unknown.
-    #[serde(skip)]
-    unknown: bool,
-}
-
-impl StepResult {
-    fn skipped() -> Self {
-        StepResult {
-            status: StepStatus::Skipped,
-            rows: vec![],
-            output: Json::Null,
-            error: None,
-            duration_ms: 0,
-            unknown: false,
-        }
-    }
-    /// A step of a plan that was described, not run.
-    pub(super) fn unknown() -> Self {
-        StepResult {
-            status: StepStatus::Planned,
-            unknown: true,
-            ..Self::skipped()
-        }
-    }
-    fn failed(&self) -> bool {
-        self.status == StepStatus::Failed
-    }
-}
-
-pub(super) struct RunState {
-    pub ctx: Map<String, Json>,
-    /// The config's secret `env` entries: in templates as opaque values, never in `ctx`.
-    pub secrets: BTreeMap<String, String>,
-    /// In a plan, the steps whose results are unknown: templates see them as
-    /// [`super::unknown::Unknown`]s.
-    pub unknown: BTreeSet<String>,
-}
-
-impl RunState {
-    /// The template context, and what notes any unknown value read from it.
-    pub fn traced(&self) -> (minijinja::Value, Touched) {
-        let base = context_with_secrets(&Json::Object(self.ctx.clone()), &self.secrets);
-        let touched = Touched::default();
-        if self.unknown.is_empty() {
-            return (base, touched);
-        }
-        let value = with_unknown_steps(base, &self.ctx, &self.unknown, &touched);
-        (value, touched)
-    }
-    pub fn set_step(&mut self, id: &str, r: &StepResult) {
-        let steps = self.ctx.entry("steps").or_insert_with(|| json!({}));
-        steps[id] = serde_json::to_value(r).unwrap_or_default();
-        if r.unknown {
-            self.unknown.insert(id.to_owned());
-        } else {
-            self.unknown.remove(id);
-        }
-    }
-}
 
 /// What became of a step's input.
 pub(super) enum Done {
@@ -595,75 +523,6 @@ impl Engine {
         let holds = holds.map_err(|e| format!("`until` failed: {}", crate::template::message(&e)));
         Some((holds, touched))
     }
-
-    /// Records one attempt; `polled` for a poll of an `until` step whose condition did not hold.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn record_attempt(
-        &self,
-        meta: &RunMeta,
-        step: &Step,
-        (attempt, item): (u32, Option<usize>),
-        started_at: chrono::DateTime<Utc>,
-        duration_ms: u64,
-        input: &Json,
-        result: &Result<Done, StepError>,
-        polled: bool,
-    ) {
-        let masker = &self.services.masker;
-        let (status, output, error) = match result {
-            Ok(Done::Described { .. }) => (StepStatus::Planned, Json::Null, None),
-            Ok(Done::Ran(out)) => (
-                if polled {
-                    StepStatus::Polled
-                } else {
-                    StepStatus::Succeeded
-                },
-                masker.mask_json(&json!({ "rows": out.rows, "output": out.output })),
-                None,
-            ),
-            Err(e) => (
-                StepStatus::Failed,
-                Json::Null,
-                Some(masker.mask_str(&e.to_string())),
-            ),
-        };
-        let record = Attempt {
-            run_id: meta.id,
-            step_id: &step.id,
-            attempt,
-            item,
-            status,
-            input,
-            output: &output,
-            error: error.as_deref(),
-            started_at,
-            duration_ms,
-        };
-        if let Err(e) = runs::record_attempt(&self.services.store, record).await {
-            tracing::error!(run_id = meta.id, step = %step.id, error = %e, "Recording a step attempt failed.");
-        }
-    }
-}
-
-/// A poll's result as the `until` condition and later polls read it.
-fn provisional(out: &StepOutput) -> StepResult {
-    StepResult {
-        status: StepStatus::Succeeded,
-        rows: out.rows.clone(),
-        output: out.output.clone(),
-        error: None,
-        duration_ms: 0,
-        unknown: false,
-    }
-}
-
-/// The items a `for_each` step runs for.
-pub(super) enum Items {
-    /// The step has no `for_each`: it runs once.
-    One,
-    Each(Vec<Json>),
-    /// In a plan, the list needs what a change would produce (these values).
-    Unknown(Vec<String>),
 }
 
 /// How long to wait before attempt `attempt + 1`, or `None` when there is none: the error is

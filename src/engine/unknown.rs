@@ -95,7 +95,10 @@ impl Object for Unknown {
         false
     }
 
-    fn custom_cmp(self: &Arc<Self>, _other: &minijinja::value::DynObject) -> Option<std::cmp::Ordering> {
+    fn custom_cmp(
+        self: &Arc<Self>,
+        _other: &minijinja::value::DynObject,
+    ) -> Option<std::cmp::Ordering> {
         self.touched.note(&self.path);
         None
     }
@@ -185,12 +188,21 @@ mod tests {
         ] {
             let (_, t) = eval(expr, &["scale"]);
             assert!(!t.is_empty(), "{expr}: nothing noted");
-            assert!(t.iter().all(|p| p.starts_with("steps.scale")), "{expr}: {t:?}");
+            assert!(
+                t.iter().all(|p| p.starts_with("steps.scale")),
+                "{expr}: {t:?}"
+            );
         }
         let (_, t) = eval("steps.scale.output.after.workerConcurrency > 3", &["scale"]);
-        assert_eq!(t, vec!["steps.scale.output.after.workerConcurrency".to_owned()]);
+        assert_eq!(
+            t,
+            vec!["steps.scale.output.after.workerConcurrency".to_owned()]
+        );
         // A short cut that never reads it is not unknown.
-        let (r, t) = eval("params.threshold > 5000 and steps.scale.output.n > 0", &["scale"]);
+        let (r, t) = eval(
+            "params.threshold > 5000 and steps.scale.output.n > 0",
+            &["scale"],
+        );
         assert_eq!((r, t.len()), (Ok(false), 0));
     }
 
