@@ -301,6 +301,11 @@ async fn plans_trip_no_guard() {
             "{out:?}"
         );
     }
+    // The pause holds back runs that change things; a plan changes nothing and goes on.
+    assert_eq!(w.run(&["pause", "--reason", "failover"]).code, 0);
+    let paused = w.run(&["run", "guarded", "--plan"]);
+    assert_eq!(paused.code, 0, "{paused:?}");
+    assert_eq!(w.run(&["resume"]).code, 0);
     let out = w.run(&["run", "guarded", "-o", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.run()["status"], "succeeded");
