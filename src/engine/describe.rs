@@ -88,7 +88,39 @@ pub(super) fn would(step: &Step, input: &Json, runtime: &Json) -> String {
         StepKind::Promql(_) => format!("would query Prometheus: {}", text("query")),
         StepKind::TcpCheck(_) => format!("would connect to {}", text("address")),
         StepKind::Kafka(_) => format!("would run kafka {}", compact(input)),
+        StepKind::Silence(_) => silence(input),
     }
+}
+
+/// An Alertmanager silence: its matchers as Alertmanager writes them, and for how long.
+fn silence(input: &Json) -> String {
+    let matchers: Vec<String> = input["matchers"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    let op = match (m["isEqual"].as_bool(), m["isRegex"].as_bool()) {
+                        (Some(false), Some(true)) => "!~",
+                        (Some(false), _) => "!=",
+                        (_, Some(true)) => "=~",
+                        _ => "=",
+                    };
+                    format!(
+                        "{}{op}{:?}",
+                        m["name"].as_str().unwrap_or(""),
+                        m["value"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let secs = input["ends_in_secs"].as_u64().unwrap_or(0);
+    format!(
+        "would silence {{{}}} in Alertmanager {} for {} (until the run ends)",
+        matchers.join(", "),
+        input["alertmanager"].as_str().unwrap_or(""),
+        Dur(std::time::Duration::from_secs(secs))
+    )
 }
 
 /// `every`/`within`/`until` in words.
@@ -215,6 +247,24 @@ mod tests {
         assert_eq!(
             runtime_op(&retry, &runtime),
             "would retry every DLQ entry of error type TimeoutException"
+        );
+    }
+
+    #[test]
+    fn a_silence_shows_its_matchers_and_length() {
+        let input = json!({
+            "alertmanager": "http://127.0.0.1:9093",
+            "matchers": [
+                { "name": "alertname", "value": "QueueDepthHigh", "isRegex": false, "isEqual": true },
+                { "name": "env", "value": "dev|test", "isRegex": true, "isEqual": false },
+            ],
+            "ends_in_secs": 1800,
+            "comment": "run 7",
+        });
+        assert_eq!(
+            silence(&input),
+            "would silence {alertname=\"QueueDepthHigh\", env!~\"dev|test\"} in Alertmanager \
+             http://127.0.0.1:9093 for 30m (until the run ends)"
         );
     }
 
