@@ -86,7 +86,7 @@ async fn queue_backlog_plan_changes_nothing(w: &Workdir, url: &str, pg: bool) {
         "{out:?}"
     );
     let retry = stdout
-        .find("retry  would retry every DLQ entry")
+        .find("retry  would retry every DLQ entry (5 now)")
         .unwrap_or_else(|| panic!("no retry: {out:?}"));
     let verify = stdout
         .find("would poll every 30s for up to 10m until `steps.verify.rows[0].n < params.threshold`: false now (1 row")

@@ -21,6 +21,7 @@ use crate::{
     steps::{
         PlanAction, PlanNote, Rendered, RunMeta, StepCx, StepError, StepEvent, StepKind, StepOutput,
     },
+    stream::ops::{self, Op},
     template::off_runtime,
 };
 
@@ -125,7 +126,7 @@ impl Engine {
     /// The entry of one attempt of a step without `until`: a read with what it found, a change,
     /// or a step whose input needs what a change would produce. A planned call has its entry
     /// from [`Engine::plan_call`].
-    pub(super) fn plan_attempt(
+    pub(super) async fn plan_attempt(
         &self,
         step: &Step,
         meta: &RunMeta,
@@ -148,9 +149,13 @@ impl Engine {
                 } else {
                     PlanAction::Change
                 };
+                let mut would = self.would_text(step, state, &shown);
+                if let Some(n) = self.dlq_reach(step, &shown, unknown).await {
+                    would.push_str(&format!(" ({n} now)"));
+                }
                 PlanNote {
                     unknown: unknown.clone(),
-                    ..PlanNote::new(action, self.would_text(step, state, &shown))
+                    ..PlanNote::new(action, would)
                 }
             }
         };
@@ -204,6 +209,29 @@ impl Engine {
         } else {
             Done::Described { unknown }
         })
+    }
+
+    /// How many DLQ entries a `dlq_retry` would return to the queue now (read with `dlq_list`
+    /// and the same filter); `None` for other steps, or when it cannot be told.
+    async fn dlq_reach(&self, step: &Step, input: &Json, unknown: &[String]) -> Option<i64> {
+        if !matches!(step.kind, StepKind::Runtime(_)) || input["op"] != "dlq_retry" {
+            return None;
+        }
+        if !unknown.is_empty() {
+            return None;
+        }
+        let text = |k: &str| input[k].as_str().map(str::to_owned);
+        let list = Op::DlqList {
+            entity: text("entity"),
+            error_type: text("error_type"),
+            limit: Some(1),
+            offset: None,
+        };
+        let services = &self.services;
+        let out = ops::run(&services.store, &services.config.streaming, &list, "plan")
+            .await
+            .ok()?;
+        out["totalElements"].as_i64()
     }
 
     /// A read's entry: what it found, its first rows.

@@ -306,7 +306,8 @@ impl Engine {
         let Some(until) = &step.until else {
             let (input, done) = self.run_retried(step, meta, state, item).await?;
             if meta.mode == RunMode::Plan {
-                self.plan_attempt(step, meta, state, item, &input, &done);
+                self.plan_attempt(step, meta, state, item, &input, &done)
+                    .await;
             }
             return Ok(done);
         };
@@ -319,7 +320,8 @@ impl Engine {
                 Done::Ran(out) => out,
                 described => {
                     if meta.mode == RunMode::Plan {
-                        self.plan_attempt(step, meta, state, item, &input, &described);
+                        self.plan_attempt(step, meta, state, item, &input, &described)
+                            .await;
                     }
                     return Ok(described);
                 }
