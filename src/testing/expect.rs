@@ -19,7 +19,9 @@ pub struct Actual<'a> {
 /// `None` when the run meets the expectation, else the diff of expected and actual.
 pub fn compare(expect: &Expect, actual: &Actual<'_>) -> Option<String> {
     let expected = serde_json::to_value(expect).unwrap_or_default();
-    let got = project(&expected, &actual_doc(expect, actual), "");
+    let doc = actual_doc(expect, actual);
+    let mut got = project(&expected, &doc, "");
+    explain_status(&expected, &doc, &mut got);
     let expected = normalize(&expected, "");
     let (e, a) = (yaml(&expected), yaml(&got));
     if e == a {
@@ -32,6 +34,21 @@ pub fn compare(expect: &Expect, actual: &Actual<'_>) -> Option<String> {
             .header("expected", "actual")
             .to_string(),
     )
+}
+
+/// A step whose status differs from the expected one shows its error too: the why of the
+/// difference.
+fn explain_status(expected: &Json, doc: &Json, got: &mut Json) {
+    let Some(steps) = expected["steps"].as_object() else {
+        return;
+    };
+    for (id, e) in steps {
+        let actual = &doc["steps"][id];
+        let differs = e.get("status").is_some_and(|s| s != &actual["status"]);
+        if differs && e.get("error").is_none() && !actual["error"].is_null() {
+            got["steps"][id]["error"] = actual["error"].clone();
+        }
+    }
 }
 
 fn yaml(v: &Json) -> String {
