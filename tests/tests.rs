@@ -13,6 +13,7 @@ mod lifecycle;
 mod logs;
 mod migrations;
 mod plan;
+mod playbook_tests;
 mod postgres;
 mod reload;
 mod retention;
