@@ -12,6 +12,7 @@ mod layers;
 mod lifecycle;
 mod logs;
 mod migrations;
+mod playbook_tests;
 mod postgres;
 mod reload;
 mod retention;

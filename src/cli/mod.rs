@@ -7,6 +7,7 @@ mod output;
 mod playbooks;
 mod serve;
 mod streaming;
+mod test;
 mod triggers;
 
 pub use args::{
@@ -158,6 +159,7 @@ async fn command(cli: Cli) -> Result<i32> {
     }
     match cli.command {
         Command::Validate { path } => Ok(playbooks::validate(&setup, path.as_deref())),
+        Command::Test { path, output } => test::test(&setup, path.as_deref(), output).await,
         Command::Schema { of } => print_schema(of),
         Command::List { output } => playbooks::list(&setup, output),
         Command::Schedule { count, output } => playbooks::schedule(&setup, count, output).await,
@@ -197,6 +199,7 @@ fn print_schema(of: SchemaOf) -> Result<i32> {
     let schema = match of {
         SchemaOf::Playbook => crate::schema::playbook_schema(),
         SchemaOf::Config => crate::schema::config_schema(),
+        SchemaOf::Test => crate::testing::schema(),
     };
     println!("{}", serde_json::to_string_pretty(&schema)?);
     Ok(0)

@@ -56,6 +56,9 @@ pub struct RunRequest {
     /// Continue this interrupted run instead of starting a new one.
     #[serde(skip)]
     pub resume: Option<i64>,
+    /// Results for the steps instead of executing them (`runbook test`); child runs share them.
+    #[serde(skip)]
+    pub mocks: Option<Arc<dyn crate::steps::StepMocks>>,
 }
 
 /// How a run ended.
@@ -138,6 +141,7 @@ impl Engine {
             params,
             trigger: json!({ "kind": "playbook", "parent_run": parent.id, "parent_playbook": parent.playbook }),
             dry_run: parent.dry_run,
+            mocks: parent.mocks.clone(),
             ..Default::default()
         };
         Box::pin(self.run_at_depth(
@@ -226,6 +230,7 @@ impl Engine {
             observer,
             cancel,
             deadline: Some(Instant::now() + pb.timeout.as_std()),
+            mocks: req.mocks.clone(),
         };
         let store = &self.services.store;
         let lease = self.services.config.streaming.run_lease.as_std();
@@ -340,7 +345,8 @@ impl Engine {
         ctx.insert("steps".into(), Json::Object(done));
         ctx.insert("runtime".into(), settings.to_json());
         ctx.insert("run".into(), json!({ "id": run_id, "playbook": pb.name, "trigger": req.trigger, "dry_run": req.dry_run }));
-        ctx.insert("now".into(), json!(runs::timestamp(Utc::now())));
+        let now = req.mocks.as_ref().and_then(|m| m.now()).unwrap_or_else(Utc::now);
+        ctx.insert("now".into(), json!(runs::timestamp(now)));
         ctx.insert(
             "env".into(),
             Json::Object(self.services.config.template_env()),
