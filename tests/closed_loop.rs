@@ -406,9 +406,9 @@ async fn a_queue_backlog_fires_scales_the_workers_recovers_and_resolves() {
     assert_eq!(
         ran(&st),
         [
-            ("silence", "succeeded"),
             ("depth_by_priority", "succeeded"),
             ("stuck_count", "succeeded"),
+            ("silence", "succeeded"),
             ("stuck", "succeeded"),
             ("scale", "succeeded"),
             ("verify", "succeeded"),
@@ -598,12 +598,12 @@ async fn stale_locks_fire_lock_expiry_releases_them_and_no_more_expire() {
     assert_eq!(
         ran(&st),
         [
-            ("silence", "succeeded"),
             ("held", "succeeded"),
             ("slow_ops", "succeeded"),
             ("by_entity", "succeeded"),
             ("outliving", "succeeded"),
             ("orphaned", "succeeded"),
+            ("silence", "succeeded"),
             ("release", "succeeded"),
             ("verify_release", "succeeded"),
             ("report", "succeeded"),
@@ -762,5 +762,66 @@ async fn validation_errors_keep_the_alert_until_a_person_approves_the_cleanup() 
     assert_eq!(
         l.runs().await,
         [("dlq-rate".to_owned(), "succeeded".to_owned())]
+    );
+}
+
+/// A backlog the run cannot help: workers already at max_concurrency and nothing stuck. The run
+/// changes nothing, so it leaves the alert unsilenced (a person is paged at once), its verification
+/// fails, and it escalates to `oncall`; Prometheus then fires RunbookPlaybookFailing as well.
+#[tokio::test]
+async fn a_backlog_the_run_cannot_help_is_not_silenced_and_escalates() {
+    let _one = MONITORING.lock().await;
+    // Twelve workers (the cap) at 2 s a command: about 6 a second.
+    let l = Loop::start(
+        &[(
+            "queue-backlog",
+            &[("every: 30s", "every: 1s"), ("within: 10m", "within: 4s")],
+        )],
+        "  workerConcurrency: 12\n  workerBatchSize: 12\n  handlers:\n    demo.slow: { simulate: { latency: 2s } }\n",
+    )
+    .await;
+    let burst = l.w.run(&[
+        "queue",
+        "load",
+        "--type",
+        "demo.slow",
+        "--rate",
+        "1300/s",
+        "--duration",
+        "1s",
+        "--entities",
+        "1000000",
+    ]);
+    assert_eq!(burst.code, 0, "{burst:?}");
+
+    l.fires("StreamingQueueDepthHigh", 20).await;
+    let id = l.run_of("queue-backlog", 15).await;
+    let shown = l.finished(id, 30).await;
+    let st = steps(&shown);
+    assert_eq!(shown["status"], "failed", "{:?}\n{shown:#}", statuses(&st));
+    assert_eq!(shown["failed_step"], "verify", "{shown:#}");
+    assert!(skipped(&st, "silence"), "{:?}", statuses(&st));
+    assert!(skipped(&st, "scale"), "{:?}", statuses(&st));
+    assert!(l.silence_of(id).await.is_none());
+    let paged = eventually(10, "oncall to be paged", || async {
+        l.inbox.texts("oncall").into_iter().next()
+    })
+    .await;
+    assert!(
+        paged.contains("queue-backlog failed at step verify"),
+        "{paged}"
+    );
+    // The alert was never silenced: Alertmanager shows it active.
+    let held = l.am.alerts().await;
+    let ours = held
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "StreamingQueueDepthHigh")
+        .unwrap_or_else(|| panic!("{held:?}"));
+    assert_eq!(ours["status"]["state"], "active", "{ours}");
+    let failing = l.fires("RunbookPlaybookFailing", 15).await;
+    assert_eq!(failing["playbook"], "queue-backlog", "{failing}");
+    assert_eq!(
+        l.runs().await,
+        [("queue-backlog".to_owned(), "failed".to_owned())]
     );
 }
