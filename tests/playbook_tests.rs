@@ -72,16 +72,23 @@ fn shipped_playbooks_pass_their_cases_with_a_healthy_case_each() {
         .unwrap()
         .filter_map(|e| {
             let p = e.unwrap().path();
-            (p.extension()? == "yaml").then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
+            (p.extension()? == "yaml")
+                .then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
         })
         .collect();
     for pb in &shipped {
-        let cases: Vec<&&str> = names.iter().filter(|n| n.starts_with(&format!("{pb}::"))).collect();
+        let cases: Vec<&&str> = names
+            .iter()
+            .filter(|n| n.starts_with(&format!("{pb}::")))
+            .collect();
         assert!(
             cases.iter().any(|n| n.contains("::healthy")),
             "playbook {pb} has no healthy case: {cases:?}"
         );
-        assert!(cases.len() >= 2, "playbook {pb} has no incident case: {cases:?}");
+        assert!(
+            cases.len() >= 2,
+            "playbook {pb} has no incident case: {cases:?}"
+        );
     }
     // Nothing outside was touched: no store was created where the command ran.
     assert!(!w.path().join("runbook.db").exists());
@@ -101,7 +108,10 @@ cases:
     );
     let out = w.run(&["test"]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stdout.contains("test poller::forgot-verify ... FAILED"), "{out:?}");
+    assert!(
+        out.stdout.contains("test poller::forgot-verify ... FAILED"),
+        "{out:?}"
+    );
     assert!(
         out.stdout.contains("step `verify` executed without a mock"),
         "{out:?}"
@@ -127,15 +137,28 @@ cases:
     );
     let out = w.run(&["test"]);
     assert_eq!(out.code, 1, "{out:?}");
-    for line in ["--- expected", "+++ actual", "-status: failed", "+status: succeeded", "-- drain"] {
+    for line in [
+        "--- expected",
+        "+++ actual",
+        "-status: failed",
+        "+status: succeeded",
+        "-- drain",
+    ] {
         assert!(out.stdout.contains(line), "missing {line:?}: {out:?}");
     }
-    assert!(out.stdout.contains("test result: FAILED. 0 passed; 1 failed"), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("test result: FAILED. 0 passed; 1 failed"),
+        "{out:?}"
+    );
     let json = w.run(&["test", "-o", "json"]);
     assert_eq!(json.code, 1);
     let doc = json.json();
     assert_eq!(doc["cases"][0]["outcome"], "failed");
-    assert!(doc["cases"][0]["diff"].as_str().unwrap().contains("+status: succeeded"));
+    assert!(doc["cases"][0]["diff"]
+        .as_str()
+        .unwrap()
+        .contains("+status: succeeded"));
 }
 
 #[test]
@@ -198,7 +221,10 @@ cases:
     let out = w.run(&["test"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("test poller::drains ... ok"), "{out:?}");
-    assert!(out.stdout.contains("test result: ok. 3 passed; 0 failed"), "{out:?}");
+    assert!(
+        out.stdout.contains("test result: ok. 3 passed; 0 failed"),
+        "{out:?}"
+    );
     // Polls every 30s within 2m take no time under test.
     assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
 }
@@ -259,8 +285,14 @@ cases:
     .unwrap();
     let out = w.run(&["test", "runbooks"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("test parent::known-defect ... xfail"), "{out:?}");
-    assert!(out.stdout.contains("2 passed; 0 failed; 1 xfail"), "{out:?}");
+    assert!(
+        out.stdout.contains("test parent::known-defect ... xfail"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("2 passed; 0 failed; 1 xfail"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -294,13 +326,19 @@ fn testing_doc_names_every_key_of_the_test_schema() {
         }
     }
     walk(&schema, &mut keys);
-    assert!(keys.contains("by_item") && keys.contains("runtime_ops"), "{keys:?}");
+    assert!(
+        keys.contains("by_item") && keys.contains("runtime_ops"),
+        "{keys:?}"
+    );
     let doc = std::fs::read_to_string(root().join("docs/testing.md")).unwrap();
     let missing: Vec<&String> = keys
         .iter()
         .filter(|k| !doc.contains(&format!("`{k}`")) && !doc.contains(&format!("`{k}:")))
         .collect();
-    assert!(missing.is_empty(), "docs/testing.md does not name: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/testing.md does not name: {missing:?}"
+    );
     // The doc's key tables name only keys of the schema.
     let documented: Vec<String> = doc
         .lines()
@@ -310,5 +348,8 @@ fn testing_doc_names_every_key_of_the_test_schema() {
         .collect();
     assert!(documented.len() > 20, "{documented:?}");
     let unknown: Vec<&String> = documented.iter().filter(|k| !keys.contains(*k)).collect();
-    assert!(unknown.is_empty(), "docs/testing.md tables name keys the schema lacks: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "docs/testing.md tables name keys the schema lacks: {unknown:?}"
+    );
 }

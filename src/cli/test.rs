@@ -57,7 +57,10 @@ pub(super) async fn test(setup: &Setup, path: Option<&Path>, format: Format) -> 
         config: setup.config.clone(),
     };
     if format == Format::Human {
-        outln!("\nrunning {total} test{}", if total == 1 { "" } else { "s" });
+        outln!(
+            "\nrunning {total} test{}",
+            if total == 1 { "" } else { "s" }
+        );
     }
     let started = std::time::Instant::now();
     let mut reports = Vec::new();
@@ -75,9 +78,15 @@ pub(super) async fn test(setup: &Setup, path: Option<&Path>, format: Format) -> 
             reports.push(r);
         }
     }
-    let failed: Vec<&CaseReport> = reports.iter().filter(|r| r.outcome == Outcome::Failed).collect();
+    let failed: Vec<&CaseReport> = reports
+        .iter()
+        .filter(|r| r.outcome == Outcome::Failed)
+        .collect();
     let passed = reports.iter().filter(|r| r.outcome == Outcome::Ok).count();
-    let xfail = reports.iter().filter(|r| r.outcome == Outcome::Xfail).count();
+    let xfail = reports
+        .iter()
+        .filter(|r| r.outcome == Outcome::Xfail)
+        .count();
     match format {
         Format::Json => {
             let doc = json!({

@@ -345,8 +345,9 @@ impl Engine {
         ctx.insert("steps".into(), Json::Object(done));
         ctx.insert("runtime".into(), settings.to_json());
         ctx.insert("run".into(), json!({ "id": run_id, "playbook": pb.name, "trigger": req.trigger, "dry_run": req.dry_run }));
-        let now = req.mocks.as_ref().and_then(|m| m.now()).unwrap_or_else(Utc::now);
-        ctx.insert("now".into(), json!(runs::timestamp(now)));
+        let now = req.mocks.as_ref().and_then(|m| m.now());
+        let now = runs::timestamp(now.unwrap_or_else(Utc::now));
+        ctx.insert("now".into(), json!(now));
         ctx.insert(
             "env".into(),
             Json::Object(self.services.config.template_env()),

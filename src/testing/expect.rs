@@ -65,7 +65,12 @@ fn actual_doc(expect: &Expect, a: &Actual<'_>) -> Json {
     doc.insert("status".into(), json!(a.status));
     doc.insert("failed_step".into(), json!(a.failed_step));
     doc.insert("error".into(), json!(a.error));
-    let status_of = |id: &str| a.steps.iter().find(|(s, _)| s == id).map(|(_, r)| r["status"].clone());
+    let status_of = |id: &str| {
+        a.steps
+            .iter()
+            .find(|(s, _)| s == id)
+            .map(|(_, r)| r["status"].clone())
+    };
     doc.insert(
         "ran".into(),
         json!(a
@@ -102,7 +107,11 @@ fn actual_doc(expect: &Expect, a: &Actual<'_>) -> Json {
         .calls
         .iter()
         .filter(|c| {
-            c.changes && !matches!(c.kind, "notify" | "approve" | "wait" | "assert" | "playbook")
+            c.changes
+                && !matches!(
+                    c.kind,
+                    "notify" | "approve" | "wait" | "assert" | "playbook"
+                )
         })
         .collect();
     doc.insert(
@@ -146,12 +155,18 @@ fn actual_doc(expect: &Expect, a: &Actual<'_>) -> Json {
         );
         s.insert(
             "params".into(),
-            first.as_ref().map(|i| i["params"].clone()).unwrap_or_default(),
+            first
+                .as_ref()
+                .map(|i| i["params"].clone())
+                .unwrap_or_default(),
         );
         s.insert("input".into(), first.clone().unwrap_or_default());
         s.insert(
             "inputs".into(),
-            json!(calls.iter().map(|c| strip_nulls(&c.input)).collect::<Vec<_>>()),
+            json!(calls
+                .iter()
+                .map(|c| strip_nulls(&c.input))
+                .collect::<Vec<_>>()),
         );
         s.insert(
             "output".into(),
@@ -245,5 +260,35 @@ fn project(expected: &Json, actual: &Json, key: &str) -> Json {
         }
         (_, Json::String(a)) if matches!(key, "sql" | "text") => Json::String(squeeze(a)),
         _ => actual.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_compare_on_the_keys_given_and_texts_by_their_words() {
+        let expected =
+            json!({ "steps": { "s": { "sql": "SELECT  1\n FROM t", "status": "succeeded" } } });
+        let actual = json!({ "steps": { "s": { "sql": "SELECT 1 FROM t", "status": "succeeded", "output": 5 } } });
+        assert_eq!(project(&expected, &actual, ""), normalize(&expected, ""));
+    }
+
+    #[test]
+    fn an_error_matches_by_containing_and_missing_pieces_are_named() {
+        let expected = json!({ "error": "within 10m", "notify": [{ "contains": ["a b", "zz"] }] });
+        let actual = json!({ "error": "`x` still false after 21 checks within 10m", "notify": [{ "to": "ops", "text": "a\n b c" }] });
+        assert_eq!(
+            project(&expected, &actual, ""),
+            json!({ "error": "within 10m", "notify": [{ "contains": ["a b", "(not in the text) zz"] }] })
+        );
+    }
+
+    #[test]
+    fn a_longer_actual_list_shows_its_extra_items() {
+        let expected = json!({ "changes": ["scale"] });
+        let actual = json!({ "changes": ["scale", "retry"] });
+        assert_eq!(project(&expected, &actual, ""), actual);
     }
 }

@@ -70,7 +70,10 @@ impl CaseMocks {
 
     /// Every execution so far, in order.
     pub fn calls(&self) -> Vec<Call> {
-        self.state.lock().map(|s| s.calls.clone()).unwrap_or_default()
+        self.state
+            .lock()
+            .map(|s| s.calls.clone())
+            .unwrap_or_default()
     }
 
     /// Steps that executed without a mock.
@@ -296,4 +299,71 @@ fn shell(r: &MockResult, input: &Json) -> MockAnswer {
         rows: out.lines().map(|l| json!({ "line": l })).collect(),
         output: json!({ "exit_code": code, "stdout": out, "stderr": err }),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_are_named_by_themselves_or_their_telling_field() {
+        assert_eq!(item_key(&json!("TimeoutException")), "TimeoutException");
+        assert_eq!(item_key(&json!(7)), "7");
+        assert_eq!(
+            item_key(&json!({ "error_type": "NetworkException", "count": 2 })),
+            "NetworkException"
+        );
+        assert_eq!(item_key(&json!({ "topic": "user-events" })), "user-events");
+        assert_eq!(item_key(&json!({ "x": 1 })), r#"{"x":1}"#);
+    }
+
+    #[test]
+    fn an_http_answer_is_judged_by_the_steps_expect() {
+        let r = MockResult {
+            status: Some(200),
+            ..Default::default()
+        };
+        let input = json!({ "method": "GET", "url": "http://x/", "expect": [401] });
+        match http(&r, &input) {
+            MockAnswer::Result(Err(StepError::Fatal(m))) => {
+                assert_eq!(m, "GET http://x/ answered 200: ")
+            }
+            _ => panic!("a 200 where 401 is expected fails the step"),
+        }
+        let r = MockResult {
+            status: Some(503),
+            body: Some("busy".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            http(&r, &json!({ "method": "GET", "url": "u" })),
+            MockAnswer::Result(Err(StepError::Retryable { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_program_that_exits_non_zero_fails_the_step() {
+        let r = MockResult {
+            exit_code: Some(2),
+            stderr: Some("no such pod\n".into()),
+            ..Default::default()
+        };
+        match shell(&r, &json!({ "argv": ["kubectl", "get"] })) {
+            MockAnswer::Result(Err(e)) => {
+                assert_eq!(e.to_string(), "`kubectl` exited with 2: no such pod")
+            }
+            _ => panic!("exit 2 fails the step"),
+        }
+        let r = MockResult {
+            stdout: Some("a\nb".into()),
+            ..Default::default()
+        };
+        match shell(&r, &json!({ "argv": ["kubectl"] })) {
+            MockAnswer::Result(Ok(out)) => assert_eq!(
+                out.rows,
+                vec![json!({ "line": "a" }), json!({ "line": "b" })]
+            ),
+            _ => panic!("exit 0 succeeds"),
+        }
+    }
 }

@@ -168,7 +168,10 @@ async fn run_inner(env: &TestEnv, playbook: &str, case: &Case) -> Result<Option<
     let (mut catalog, diags) = Engine::load_playbooks(&env.runbooks, &env.config);
     if !diags.is_empty() {
         let problems: Vec<String> = diags.iter().map(ToString::to_string).collect();
-        return Err(format!("the playbooks have errors:\n{}", problems.join("\n")));
+        return Err(format!(
+            "the playbooks have errors:\n{}",
+            problems.join("\n")
+        ));
     }
     let pb = catalog.get(playbook).ok_or_else(|| {
         format!(
@@ -208,7 +211,10 @@ async fn run_inner(env: &TestEnv, playbook: &str, case: &Case) -> Result<Option<
     let limits = virtual_time(&mut catalog, playbook);
     let mocks = Arc::new(CaseMocks::new(
         playbook.to_owned(),
-        case.mocks.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        case.mocks
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         limits,
         dialect,
         now,
@@ -247,7 +253,11 @@ async fn run_inner(env: &TestEnv, playbook: &str, case: &Case) -> Result<Option<
                 .map(|s| format!("step `{s}`"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            if unmocked.len() == 1 { "its result" } else { "their results" }
+            if unmocked.len() == 1 {
+                "its result"
+            } else {
+                "their results"
+            }
         ));
     }
     let calls = mocks.calls();
@@ -267,12 +277,9 @@ async fn run_inner(env: &TestEnv, playbook: &str, case: &Case) -> Result<Option<
 /// A mock key must name a step: of the playbook, or `child/step` of a playbook it may call.
 fn check_mock_keys(catalog: &Catalog, playbook: &str, case: &Case) -> Result<(), String> {
     let has = |pb: &str, step: &str| {
-        catalog.get(pb).is_some_and(|p| {
-            p.steps
-                .iter()
-                .chain(&p.on_failure)
-                .any(|s| s.id == step)
-        })
+        catalog
+            .get(pb)
+            .is_some_and(|p| p.steps.iter().chain(&p.on_failure).any(|s| s.id == step))
     };
     let keys = case.mocks.keys().chain(case.expect.steps.keys());
     for key in keys {
@@ -296,7 +303,11 @@ fn check_mock_keys(catalog: &Catalog, playbook: &str, case: &Case) -> Result<(),
 fn virtual_time(catalog: &mut Catalog, root: &str) -> BTreeMap<String, PollLimit> {
     let mut limits = BTreeMap::new();
     for (name, pb) in catalog.playbooks.iter_mut() {
-        let steps: Vec<&mut Step> = pb.steps.iter_mut().chain(pb.on_failure.iter_mut()).collect();
+        let steps: Vec<&mut Step> = pb
+            .steps
+            .iter_mut()
+            .chain(pb.on_failure.iter_mut())
+            .collect();
         for step in steps {
             step.retry.backoff = Dur(Duration::ZERO);
             let Some(u) = step.until.as_mut() else {
@@ -327,9 +338,10 @@ fn virtual_time(catalog: &mut Catalog, root: &str) -> BTreeMap<String, PollLimit
 
 /// The alert as the receiver hands it to a run.
 fn alert_value(a: &spec::TestAlert, now: Option<chrono::DateTime<chrono::Utc>>) -> Json {
-    let starts = a.starts_at.clone().unwrap_or_else(|| {
-        crate::store::runs::timestamp(now.unwrap_or_else(chrono::Utc::now))
-    });
+    let starts = a
+        .starts_at
+        .clone()
+        .unwrap_or_else(|| crate::store::runs::timestamp(now.unwrap_or_else(chrono::Utc::now)));
     json!({
         "labels": a.labels, "annotations": a.annotations,
         "status": a.status.as_deref().unwrap_or("firing"),
@@ -383,7 +395,13 @@ impl Scratch {
         db.migrate()
             .await
             .map_err(|e| format!("the scratch store: {}", crate::text::error_chain(&e)))?;
-        let known = ["workerConcurrency", "workerBatchSize", "maxRetries", "maxBackoffMs", "lockTtl"];
+        let known = [
+            "workerConcurrency",
+            "workerBatchSize",
+            "maxRetries",
+            "maxBackoffMs",
+            "lockTtl",
+        ];
         for (k, v) in &case.runtime {
             if !known.contains(&k.as_str()) {
                 return Err(format!(

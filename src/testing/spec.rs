@@ -88,7 +88,7 @@ pub struct TestAlert {
 #[serde(untagged)]
 pub enum Mock {
     Each(Vec<MockResult>),
-    One(MockResult),
+    One(Box<MockResult>),
 }
 
 /// What one execution of a step gets. `rows`/`output`/`error` fit every kind; `status`, `json`,
