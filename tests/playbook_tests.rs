@@ -296,6 +296,19 @@ cases:
 }
 
 #[test]
+fn a_playbooks_folder_without_tests_is_a_usage_error() {
+    let w = Workdir::new();
+    w.config(CONFIG);
+    w.playbook("poller", POLLER);
+    let out = w.run(&["test"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("runbooks has no tests/ folder"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn bad_test_files_are_usage_errors_with_their_place() {
     let w = workdir("playbook: poller\ncases:\n  - name: x\n    mocks: {}\n    expct: {}\n");
     let out = w.run(&["test"]);

@@ -33,6 +33,13 @@ fn locate(setup: &Setup, path: Option<&Path>) -> (PathBuf, PathBuf) {
 }
 
 pub(super) async fn test(setup: &Setup, path: Option<&Path>, format: Format) -> Result<i32> {
+    if path.is_none() && !setup.runbooks.join("tests").is_dir() {
+        errln!(
+            "no test cases: {} has no tests/ folder (see docs/testing.md)",
+            setup.runbooks.display()
+        );
+        return Ok(EXIT_USAGE);
+    }
     let (tests, runbooks) = locate(setup, path);
     let files = match testing::load_files(&tests) {
         Ok(f) => f,
