@@ -4,6 +4,7 @@
 mod alerts;
 mod coverage;
 mod chaos;
+mod closed_loop;
 mod docs;
 mod engine;
 mod http;
@@ -21,6 +22,7 @@ mod robustness;
 mod runtime;
 mod runtime_faults;
 mod safety;
+mod services;
 mod scheduler;
 mod server_hardening;
 mod sql_hardening;
