@@ -10,7 +10,7 @@ use serde_json::{json, Value as Json};
 use super::{
     args::Format,
     output::{errln, outln},
-    parse_params, AlertCommand, Setup, EXIT_FAILED,
+    actor, parse_params, AlertCommand, Setup, EXIT_FAILED,
 };
 use crate::{
     engine::{Engine, RunRequest},
@@ -21,13 +21,6 @@ use crate::{
     },
     store::{alerts, guards, pause as store_pause, runs as store_runs},
 };
-
-fn actor() -> String {
-    format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    )
-}
 
 /// Admits a `runbook run` under its playbook's guards and the pause (or past them with
 /// `--force`, audited): the id of its `queued` record, now running, or the exit code when held.
@@ -92,7 +85,7 @@ pub(super) async fn resume(setup: &Setup) -> Result<i32> {
 }
 
 pub(super) async fn status(setup: &Setup, format: Format) -> Result<i32> {
-    let db = setup.store().await?;
+    let db = setup.existing_store().await?;
     let paused = store_pause::get(&db).await?;
     let open = admin_open_counts(&guards::open_runs(&db).await?);
     db.close().await;
