@@ -315,6 +315,25 @@ fn load_catalog(
     }
 }
 
+/// The problems of the playbooks that did not load, on stderr, by file: exit code 1 when there
+/// are any (the others were listed), 0 when there are none.
+fn broken_playbooks(diags: &[crate::diagnostics::Diagnostic]) -> i32 {
+    if diags.is_empty() {
+        return 0;
+    }
+    let mut files: Vec<&Path> = diags.iter().map(|d| d.path.as_path()).collect();
+    files.dedup();
+    errln!(
+        "warning: {} playbook file{} did not load (not listed above):",
+        files.len(),
+        if files.len() == 1 { "" } else { "s" }
+    );
+    for d in diags {
+        errln!("  {d}");
+    }
+    EXIT_FAILED
+}
+
 fn print_diags(diags: &[crate::diagnostics::Diagnostic]) -> i32 {
     for d in diags {
         errln!("{d}");
