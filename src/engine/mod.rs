@@ -161,6 +161,7 @@ impl Engine {
         CompileEnv {
             datasources: config.datasources.keys().cloned().collect(),
             channels: config.notify.keys().cloned().collect(),
+            shell_allow: config.shell.allow.iter().cloned().collect(),
         }
     }
 
