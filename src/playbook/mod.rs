@@ -5,6 +5,7 @@ mod lint;
 mod locate;
 mod matcher;
 mod params;
+mod recover;
 mod schedule;
 mod scope;
 pub mod raw;
