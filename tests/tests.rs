@@ -5,6 +5,7 @@ mod alerts;
 mod coverage;
 mod chaos;
 mod docs;
+mod edges;
 mod engine;
 mod http;
 mod kafka;
