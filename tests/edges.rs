@@ -380,7 +380,7 @@ fn settings_show_live_values_next_to_the_config_and_reset_returns_to_it() {
         "scale",
         "name: scale\nsteps:\n  - id: up\n    runtime: { op: scale_workers, concurrency: 7 }\n",
     );
-    assert_eq!(w.run(&["--actor", "alice", "run", "scale"]).code, 0);
+    assert_eq!(w.run(&["run", "scale"]).code, 0);
     let out = w.run(&["settings"]);
     assert_eq!(out.code, 0, "{out:?}");
     let line = out
@@ -390,7 +390,7 @@ fn settings_show_live_values_next_to_the_config_and_reset_returns_to_it() {
         .unwrap_or_default()
         .to_owned();
     assert!(
-        line.contains(" 7 ") && line.contains(" 3 ") && line.contains("by cli:alice"),
+        line.contains(" 7 ") && line.contains(" 3 ") && line.contains("by run:1:scale"),
         "{out:?}"
     );
     assert!(out.stdout.contains("scale_workers"), "{out:?}");

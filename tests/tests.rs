@@ -14,6 +14,7 @@ mod lifecycle;
 mod logs;
 mod migrations;
 mod postgres;
+mod readme;
 mod reload;
 mod retention;
 mod robustness;
