@@ -20,7 +20,10 @@ fn list_into_a_reader_that_stops_early_never_panics() {
     for i in 0..40 {
         w.playbook(
             &format!("p{i:02}"),
-            &format!("name: p{i:02}\ndescription: {}\nsteps:\n  - id: s\n    wait: 0s\n", "x".repeat(2000)),
+            &format!(
+                "name: p{i:02}\ndescription: {}\nsteps:\n  - id: s\n    wait: 0s\n",
+                "x".repeat(2000)
+            ),
         );
     }
     // `runbook list | head -1`: the reader takes one line and goes.
@@ -62,7 +65,9 @@ fn one_broken_playbook_does_not_hide_the_others_from_list() {
     assert!(!out.stdout.contains("broken"), "{out:?}");
     assert!(
         out.stderr.contains("1 playbook file did not load")
-            && out.stderr.contains("broken.yaml:4:5: steps[0]: unknown field `wiat`"),
+            && out
+                .stderr
+                .contains("broken.yaml:4:5: steps[0]: unknown field `wiat`"),
         "{out:?}"
     );
     let json = w.run(&["list", "-o", "json"]);
@@ -144,7 +149,12 @@ fn read_only_commands_in_the_wrong_folder_say_what_they_looked_for_and_create_no
     let dir = tempfile::tempdir().unwrap();
     let w = Workdir::new();
     let run = |args: &[&str]| {
-        let out = w.command().current_dir(dir.path()).args(args).output().unwrap();
+        let out = w
+            .command()
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -171,6 +181,19 @@ fn read_only_commands_in_the_wrong_folder_say_what_they_looked_for_and_create_no
             "{cmd:?} created a store"
         );
     }
+    // The schedule is shown without a store, and creates none.
+    w.playbook(
+        "nightly",
+        "name: nightly\non:\n  schedule: \"0 0 3 * * *\"\nsteps:\n  - id: s\n    wait: 0s\n",
+    );
+    let out = w.run(&["schedule"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("nightly"), "{out:?}");
+    assert!(
+        !w.path().join("runbook.db").exists(),
+        "schedule created a store"
+    );
+
     let (code, stderr) = run(&["list"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
@@ -199,8 +222,9 @@ fn a_duration_parameter_needs_a_unit_and_a_boolean_is_true_or_false() {
         let out = w.run(&["run", "p", "--param", &format!("f={not_bool}")]);
         assert_eq!(out.code, 2, "{out:?}");
         assert!(
-            out.stderr
-                .contains(&format!("parameter `f`: expected true or false, got `{not_bool}`")),
+            out.stderr.contains(&format!(
+                "parameter `f`: expected true or false, got `{not_bool}`"
+            )),
             "{out:?}"
         );
     }
@@ -262,7 +286,13 @@ async fn dlq_changes_show_a_preview_and_need_yes_without_a_terminal() {
     );
 
     let out = w.run(&[
-        "dlq", "retry", "--error-type", "TimeoutException", "--yes", "-o", "json",
+        "dlq",
+        "retry",
+        "--error-type",
+        "TimeoutException",
+        "--yes",
+        "-o",
+        "json",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
     let j = out.json();
@@ -300,7 +330,9 @@ async fn dlq_list_says_how_many_it_shows_and_how_to_see_more() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stdout.contains("showing 1-2 of 5")
-            && out.stdout.contains("more: runbook dlq list --offset 2 --limit 2"),
+            && out
+                .stdout
+                .contains("more: runbook dlq list --offset 2 --limit 2"),
         "{out:?}"
     );
     let out = w.run(&["dlq", "list", "--limit", "2", "--offset", "4"]);
@@ -347,25 +379,23 @@ async fn a_confirmed_dlq_retry_touches_only_the_entries_it_previewed() {
     assert!(seen.contains("would retry 3 DLQ entries"), "{seen}");
     // A new failure arrives between the preview and the answer.
     dead(&w, "late", 1, "TimeoutException").await;
-    child
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"y\n")
-        .unwrap();
+    child.stdin.as_mut().unwrap().write_all(b"y\n").unwrap();
     let status = child.wait().unwrap();
     while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(500)) {
         seen.push_str(&chunk);
     }
     assert!(status.success(), "{seen}");
-    assert!(seen.contains("3 DLQ entries sent back to the queue"), "{seen}");
+    assert!(
+        seen.contains("3 DLQ entries sent back to the queue"),
+        "{seen}"
+    );
     let db = store(&w.sqlite_url()).await;
-    let left = rows(
+    let left = rows(&db, "SELECT entity FROM command_queue WHERE status = 'dlq'").await;
+    let actor = rows(
         &db,
-        "SELECT entity FROM command_queue WHERE status = 'dlq'",
+        "SELECT actor FROM runbook_audit WHERE op = 'dlq_retry'",
     )
     .await;
-    let actor = rows(&db, "SELECT actor FROM runbook_audit WHERE op = 'dlq_retry'").await;
     db.close().await;
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0]["entity"], "late");
@@ -403,7 +433,10 @@ fn settings_show_live_values_next_to_the_config_and_reset_returns_to_it() {
         .find(|r| r["key"] == "workerConcurrency")
         .unwrap()
         .clone();
-    assert_eq!((row["live"].clone(), row["config"].clone()), (7.into(), 3.into()));
+    assert_eq!(
+        (row["live"].clone(), row["config"].clone()),
+        (7.into(), 3.into())
+    );
 
     let out = w.run(&["--actor", "bob", "settings", "reset"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -426,7 +459,14 @@ fn enqueue_says_what_it_enqueued_and_warns_without_a_handler() {
     let w = Workdir::new();
     w.config("streaming:\n  handlers:\n    known.type: { noop: {} }\n");
     let out = w.run(&[
-        "queue", "enqueue", "--entity", "user", "--entity-id", "42", "--type", "typo.type",
+        "queue",
+        "enqueue",
+        "--entity",
+        "user",
+        "--entity-id",
+        "42",
+        "--type",
+        "typo.type",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
@@ -435,20 +475,39 @@ fn enqueue_says_what_it_enqueued_and_warns_without_a_handler() {
         "{out:?}"
     );
     assert!(
-        out.stderr.contains("no handler for command type `typo.type`")
+        out.stderr
+            .contains("no handler for command type `typo.type`")
             && out.stderr.contains("(configured: known.type)")
             && out.stderr.contains("UnknownCommandTypeException"),
         "{out:?}"
     );
     let out = w.run(&[
-        "queue", "enqueue", "--entity", "user", "--entity-id", "42", "--type", "known.type",
+        "queue",
+        "enqueue",
+        "--entity",
+        "user",
+        "--entity-id",
+        "42",
+        "--type",
+        "known.type",
     ]);
     assert!(!out.stderr.contains("warning"), "{out:?}");
     let out = w.run(&[
-        "queue", "load", "--type", "typo.type", "--rate", "10/s", "--duration", "1s",
+        "queue",
+        "load",
+        "--type",
+        "typo.type",
+        "--rate",
+        "10/s",
+        "--duration",
+        "1s",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stderr.contains("no handler for command type `typo.type`"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("no handler for command type `typo.type`"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -497,7 +556,11 @@ async fn serve_says_what_it_serves_and_an_unset_token_is_disabled_not_fatal() {
     );
     w.playbook("broken", "name: broken\nstep: []\n");
     let server = w.serve(&[]);
-    let (status, body) = get_json(&format!("{}/api/playbooks", server.base), Some("ops-secret-4f9a2c71")).await;
+    let (status, body) = get_json(
+        &format!("{}/api/playbooks", server.base),
+        Some("ops-secret-4f9a2c71"),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let log = server.log();
     for expected in [
@@ -544,8 +607,7 @@ async fn api_errors_are_json_roles_are_spelled_as_configured_and_dry_run_is_a_bo
     .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(
-        body["error"]["message"],
-        "token `eyes` has role viewer; this call needs operator",
+        body["error"]["message"], "token `eyes` has role viewer; this call needs operator",
         "{body}"
     );
 }
@@ -554,11 +616,10 @@ async fn api_errors_are_json_roles_are_spelled_as_configured_and_dry_run_is_a_bo
 fn an_unreachable_prometheus_is_named_by_its_config_key() {
     let w = Workdir::new();
     let port = free_port();
-    w.config(&format!("prometheus: {{ url: \"http://127.0.0.1:{port}\" }}\n"));
-    w.playbook(
-        "q",
-        "name: q\nsteps:\n  - id: up\n    promql: up\n",
-    );
+    w.config(&format!(
+        "prometheus: {{ url: \"http://127.0.0.1:{port}\" }}\n"
+    ));
+    w.playbook("q", "name: q\nsteps:\n  - id: up\n    promql: up\n");
     let out = w.run(&["run", "q", "-o", "json"]);
     assert_eq!(out.code, 1, "{out:?}");
     crate::util::assert_run_error(

@@ -44,8 +44,15 @@ fn run_line(w: &Workdir, line: &str) -> (i32, String) {
     );
     let line = line.replace("--duration 1m", "--duration 1s");
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", &line]).current_dir(w.path()).env("PATH", path);
-    for var in ["RUNBOOK_CONFIG", "RUNBOOK_RUNBOOKS", "RUNBOOK_STORE", "RUNBOOK_ACTOR"] {
+    cmd.args(["-c", &line])
+        .current_dir(w.path())
+        .env("PATH", path);
+    for var in [
+        "RUNBOOK_CONFIG",
+        "RUNBOOK_RUNBOOKS",
+        "RUNBOOK_STORE",
+        "RUNBOOK_ACTOR",
+    ] {
         cmd.env_remove(var);
     }
     for (k, v) in &w.env {
@@ -108,7 +115,10 @@ fn marked_blocks_are_found_and_others_are_not() {
     assert_eq!(
         marked_blocks(md),
         [
-            (false, vec!["runbook a".to_owned(), "runbook b  # c".to_owned()]),
+            (
+                false,
+                vec!["runbook a".to_owned(), "runbook b  # c".to_owned()]
+            ),
             (true, vec!["runbook s".to_owned()])
         ]
     );

@@ -18,9 +18,7 @@ pub(super) fn set(given: Option<&str>) {
 
 /// `cli:NAME`, as set at the start of the command (or found now, in tests that set nothing).
 pub(crate) fn actor() -> String {
-    ACTOR
-        .get_or_init(|| format!("cli:{}", os_user()))
-        .clone()
+    ACTOR.get_or_init(|| format!("cli:{}", os_user())).clone()
 }
 
 /// `$USER` when set, else the name `/etc/passwd` gives the process's user id, else `uid:N`.
@@ -51,7 +49,8 @@ mod tests {
 
     #[test]
     fn finds_the_name_of_a_uid_in_passwd() {
-        let text = "root:x:0:0:root:/root:/bin/bash\n# comment\nops:x:1000:1000::/home/ops:/bin/sh\n";
+        let text =
+            "root:x:0:0:root:/root:/bin/bash\n# comment\nops:x:1000:1000::/home/ops:/bin/sh\n";
         assert_eq!(user_of(text, 1000).as_deref(), Some("ops"));
         assert_eq!(user_of(text, 0).as_deref(), Some("root"));
         assert_eq!(user_of(text, 7), None);

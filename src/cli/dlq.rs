@@ -152,7 +152,10 @@ async fn change(
                 "{}",
                 json!({ "preview": dlq::preview_json(&entries), "changed": 0, "hint": hint })
             ),
-            Format::Human => outln!("no DLQ entries match{}: nothing to {verb}", describe(&filter)),
+            Format::Human => outln!(
+                "no DLQ entries match{}: nothing to {verb}",
+                describe(&filter)
+            ),
         }
         if let Some(hint) = hint {
             errln!("{hint}");
@@ -167,7 +170,10 @@ async fn change(
         let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
         if !terminal {
             if format == Format::Json {
-                println!("{}", json!({ "preview": dlq::preview_json(&entries), "changed": 0 }));
+                println!(
+                    "{}",
+                    json!({ "preview": dlq::preview_json(&entries), "changed": 0 })
+                );
             }
             errln!(
                 "error: not on a terminal, so nothing was changed: add --yes to {verb} these {} \

@@ -12,11 +12,11 @@ mod settings;
 mod streaming;
 mod triggers;
 
+pub(crate) use actor::actor;
 pub use args::{
     AlertCommand, Cli, Command, DlqCommand, Format, Global, LogFormat, QueueCommand, RunsCommand,
     SchemaOf, SettingsCommand,
 };
-pub(crate) use actor::actor;
 
 use std::{
     collections::BTreeMap,
@@ -124,7 +124,8 @@ impl Setup {
             } else {
                 " (no such folder)"
             },
-            self.masker.mask_str(&self.store_url),
+            self.masker
+                .mask_str(&crate::store::redact_url(&self.store_url)),
         )
     }
 
@@ -136,7 +137,8 @@ impl Setup {
                 bail!(
                     "the store {} does not exist ({} is not there); run from the folder that \
                      holds it, or name it with --store\n{}",
-                    self.masker.mask_str(&self.store_url),
+                    self.masker
+                        .mask_str(&crate::store::redact_url(&self.store_url)),
                     file.display(),
                     self.looked_for()
                 );

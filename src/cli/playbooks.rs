@@ -119,6 +119,10 @@ pub(super) async fn schedule(setup: &Setup, count: usize, format: Format) -> Res
 }
 
 async fn last_ticks(setup: &Setup, names: &[String]) -> Result<BTreeMap<String, ticks::Tick>> {
+    // No store file, no recorded ticks: reading the schedule creates no store.
+    if crate::store::sqlite_file(&setup.store_url).is_some_and(|f| !f.exists()) {
+        return Ok(BTreeMap::new());
+    }
     let db = setup.store().await?;
     let latest = ticks::latest(&db, names).await;
     db.close().await;

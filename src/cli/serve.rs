@@ -93,7 +93,12 @@ fn summary(
     receiver: &server::receiver::ReceiverAuth,
     no_workers: bool,
 ) {
-    errln!("store: {}", setup.masker.mask_str(&setup.store_url));
+    errln!(
+        "store: {}",
+        setup
+            .masker
+            .mask_str(&crate::store::redact_url(&setup.store_url))
+    );
     let catalog = app.engine.catalog();
     let mut broken: Vec<&std::path::Path> = diags.iter().map(|d| d.path.as_path()).collect();
     broken.dedup();
@@ -119,7 +124,11 @@ fn summary(
         .collect();
     errln!(
         "workers: {}; command handlers: {} (and `{}` for playbook runs)",
-        if no_workers { "off (--no-workers)" } else { "on" },
+        if no_workers {
+            "off (--no-workers)"
+        } else {
+            "on"
+        },
         if handlers.is_empty() {
             "none in streaming.handlers".to_owned()
         } else {

@@ -5,9 +5,10 @@ use anyhow::Result;
 use serde_json::{json, Value as Json};
 
 use super::{
+    actor,
     args::{Format, OutboxCommand, QueueCommand, RunsCommand},
     output::{self, errln, outln},
-    actor, Setup, EXIT_USAGE,
+    Setup, EXIT_USAGE,
 };
 use crate::{
     store::{runs, Db},

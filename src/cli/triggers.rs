@@ -8,9 +8,10 @@ use chrono::Utc;
 use serde_json::{json, Value as Json};
 
 use super::{
+    actor,
     args::Format,
     output::{errln, outln},
-    actor, parse_params, AlertCommand, Setup, EXIT_FAILED,
+    parse_params, AlertCommand, Setup, EXIT_FAILED,
 };
 use crate::{
     engine::{Engine, RunRequest},

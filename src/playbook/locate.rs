@@ -100,7 +100,9 @@ fn is_child(container: &str, path: &str) -> bool {
         }
     };
     if let Some(index) = rest.strip_prefix('[') {
-        return index.strip_suffix(']').is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()));
+        return index
+            .strip_suffix(']')
+            .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()));
     }
     !rest.is_empty() && !rest.contains(['.', '['])
 }
@@ -351,10 +353,18 @@ mod tests {
         assert_eq!(spans, [("steps[0]", 7, 10), ("steps[1]", 10, 12)]);
         let params = loc.children("params").unwrap();
         assert_eq!(
-            params.iter().map(|u| (u.line, u.end_line)).collect::<Vec<_>>(),
+            params
+                .iter()
+                .map(|u| (u.line, u.end_line))
+                .collect::<Vec<_>>(),
             [(3, 4), (4, 6)]
         );
-        let top: Vec<String> = loc.children("").unwrap().into_iter().map(|u| u.path).collect();
+        let top: Vec<String> = loc
+            .children("")
+            .unwrap()
+            .into_iter()
+            .map(|u| u.path)
+            .collect();
         assert_eq!(top, ["name", "params", "steps", "on_failure"]);
         assert!(loc.children("steps[0]").is_some());
         let flow = Locations::index("steps: [{id: a, wait: 1s}, {id: b, wait: 1s}]\n");

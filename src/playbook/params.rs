@@ -17,9 +17,7 @@ pub enum ParamError {
     Yaml { expected: &'static str, got: String },
     #[error(transparent)]
     Duration(#[from] crate::duration::DurationError),
-    #[error(
-        "`{0}` has no unit: write a duration with one, like `{0}s`, `{0}m`, `{0}h` or `{0}d`"
-    )]
+    #[error("`{0}` has no unit: write a duration with one, like `{0}s`, `{0}m`, `{0}h` or `{0}d`")]
     NoUnit(String),
     #[error(
         "contains a NUL character (\\u0000), which PostgreSQL text cannot hold and no program \
@@ -191,10 +189,18 @@ mod tests {
         );
         for not_bool in ["yes", "1", "no", "0", "TRUE", "on"] {
             let err = coerce_text(ParamType::Boolean, not_bool).unwrap_err();
-            assert_eq!(err.to_string(), format!("expected true or false, got `{not_bool}`"));
+            assert_eq!(
+                err.to_string(),
+                format!("expected true or false, got `{not_bool}`")
+            );
         }
-        let err = coerce_text(ParamType::Duration, "30").unwrap_err().to_string();
-        assert!(err.contains("`30` has no unit") && err.contains("`30s`"), "{err}");
+        let err = coerce_text(ParamType::Duration, "30")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`30` has no unit") && err.contains("`30s`"),
+            "{err}"
+        );
         assert_eq!(
             coerce_text(ParamType::Duration, "30m").unwrap(),
             Json::from("30m")

@@ -34,7 +34,11 @@ enum Part {
 }
 
 /// Reads `text` again and again past each error; `first` is the error of the first reading.
-pub(super) fn recover(text: &str, first: serde_yaml::Error, message: impl Fn(&serde_yaml::Error) -> String) -> Recovered {
+pub(super) fn recover(
+    text: &str,
+    first: serde_yaml::Error,
+    message: impl Fn(&serde_yaml::Error) -> String,
+) -> Recovered {
     let mut out = Recovered {
         errors: Vec::new(),
         text: text.to_owned(),
@@ -135,10 +139,10 @@ fn patch(text: &str, unit: &Unit, part: &Part, ids: &[(String, String)]) -> Opti
             if !before[dash + 1..].trim().is_empty() {
                 return None;
             }
-            let id = ids
-                .iter()
-                .find(|(p, _)| p == path)
-                .map_or_else(|| format!("broken_step_{}", unit.line), |(_, id)| id.clone());
+            let id = ids.iter().find(|(p, _)| p == path).map_or_else(
+                || format!("broken_step_{}", unit.line),
+                |(_, id)| id.clone(),
+            );
             format!(
                 "{}- {{id: {}, wait: 0s}}",
                 " ".repeat(before[..dash].chars().count()),

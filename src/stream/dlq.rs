@@ -140,10 +140,8 @@ pub fn by_error_type(entries: &[Entry]) -> Vec<(String, usize)> {
     for e in entries {
         *counts.entry(e.error_type.as_str()).or_default() += 1;
     }
-    let mut out: Vec<(String, usize)> = counts
-        .into_iter()
-        .map(|(t, n)| (t.to_owned(), n))
-        .collect();
+    let mut out: Vec<(String, usize)> =
+        counts.into_iter().map(|(t, n)| (t.to_owned(), n)).collect();
     out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     out
 }
