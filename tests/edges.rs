@@ -627,3 +627,17 @@ fn an_unreachable_prometheus_is_named_by_its_config_key() {
         &format!("Prometheus at http://127.0.0.1:{port} (the config's `prometheus.url`)"),
     );
 }
+
+#[test]
+fn an_unreachable_kafka_is_named_by_its_config_key() {
+    let w = Workdir::new();
+    let port = free_port();
+    w.config(&format!("kafka: {{ brokers: \"127.0.0.1:{port}\" }}\n"));
+    w.playbook(
+        "down",
+        "name: down\nsteps:\n  - id: topics\n    timeout: 3s\n    kafka: { op: list_topics }\n",
+    );
+    let out = w.run(&["run", "down", "-o", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    crate::util::assert_run_error(&out.run(), "the config's `kafka.brokers`");
+}

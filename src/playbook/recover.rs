@@ -16,6 +16,11 @@ use super::{
 /// The most errors one file reports; the file is read once more for each.
 const MAX_ERRORS: usize = 100;
 
+/// Past this size a file is read again for at most [`MAX_ERRORS_LARGE`] errors, so the work
+/// stays bounded (a playbook is a page or two).
+const LARGE: usize = 64 * 1024;
+const MAX_ERRORS_LARGE: usize = 10;
+
 /// What recovery found.
 pub(super) struct Recovered {
     /// Every shape error, in the order found: position and message.
@@ -45,10 +50,27 @@ pub(super) fn recover(
         raw: None,
         placeholders: BTreeSet::new(),
     };
+    // Text nested deeper than a playbook ever is gets only its first error: the readers below
+    // recurse with the depth.
+    if super::locate::too_deep(text, super::MAX_DEPTH).is_some() {
+        let at = first
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        out.errors.push((at, message(&first)));
+        return out;
+    }
     let ids = step_ids(text);
+    // Patches keep every line where it was, so the original's positions hold throughout.
+    let loc = Locations::index(text);
     let mut removed: Vec<String> = Vec::new();
     let mut err = first;
-    for _ in 0..MAX_ERRORS {
+    let max = if text.len() > LARGE {
+        MAX_ERRORS_LARGE
+    } else {
+        MAX_ERRORS
+    };
+    for _ in 0..max {
         let at = err
             .location()
             .map(|l| (l.line(), l.column()))
@@ -65,7 +87,6 @@ pub(super) fn recover(
         if out.placeholders.contains(&at.0) {
             break;
         }
-        let loc = Locations::index(&out.text);
         let Some((unit, part)) = part_at(&loc, at.0) else {
             break;
         };
