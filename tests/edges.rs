@@ -451,7 +451,7 @@ fn settings_show_live_values_next_to_the_config_and_reset_returns_to_it() {
         "{json}"
     );
     assert_eq!(json["history"][0]["op"], "settings_reset");
-    assert_eq!(json["history"][0]["actor"], "cli:bob");
+    assert_eq!(json["history"][0]["actor"], "bob");
 }
 
 #[test]
@@ -534,7 +534,7 @@ fn the_audit_actor_is_a_real_name_without_user_and_actor_overrides_it() {
     let out = w.run(&["resume", "--actor", "carol"]);
     assert_eq!(out.code, 0, "{out:?}");
     let out = w.run(&["--actor", "dave", "pause"]);
-    assert!(out.stdout.contains("by cli:dave"), "{out:?}");
+    assert!(out.stdout.contains("by dave"), "{out:?}");
 }
 
 fn rustix_uid() -> u32 {

@@ -1,6 +1,6 @@
-//! Who the command line acts as, in audit records and run answers: `cli:NAME`, where NAME is
-//! `--actor` (or `RUNBOOK_ACTOR`), else `$USER`, else the operating system's name for the
-//! process's user (from `/etc/passwd`), else `uid:N`.
+//! Who the command line acts as, in audit records and run answers: `--actor NAME` (or
+//! `RUNBOOK_ACTOR`) as given, else `cli:USER` where USER is `$USER`, else the operating system's
+//! name for the process's user (from `/etc/passwd`), else `uid:N`.
 
 use std::sync::OnceLock;
 
@@ -8,15 +8,14 @@ static ACTOR: OnceLock<String> = OnceLock::new();
 
 /// Sets the actor from `--actor` once, at the start of a command.
 pub(super) fn set(given: Option<&str>) {
-    let name = given
+    let actor = given
         .map(str::trim)
         .filter(|n| !n.is_empty())
-        .map(ToOwned::to_owned)
-        .unwrap_or_else(os_user);
-    let _ = ACTOR.set(format!("cli:{name}"));
+        .map_or_else(|| format!("cli:{}", os_user()), ToOwned::to_owned);
+    let _ = ACTOR.set(actor);
 }
 
-/// `cli:NAME`, as set at the start of the command (or found now, in tests that set nothing).
+/// The actor, as set at the start of the command (or found now, in tests that set nothing).
 pub(crate) fn actor() -> String {
     ACTOR.get_or_init(|| format!("cli:{}", os_user())).clone()
 }

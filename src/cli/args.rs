@@ -38,8 +38,8 @@ pub struct Global {
         default_value_t
     )]
     pub log_format: LogFormat,
-    /// Who acts, as written in audit records and run answers (`cli:NAME`) [default: the
-    /// `USER` environment variable, else the operating system's name for the process's user].
+    /// Who acts, as written in audit records and run answers [default: `cli:USER`, USER being
+    /// the `USER` environment variable, else the operating system's name for the process's user].
     #[arg(long, global = true, env = "RUNBOOK_ACTOR", value_name = "NAME")]
     pub actor: Option<String>,
 }
