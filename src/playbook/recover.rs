@@ -50,9 +50,10 @@ pub(super) fn recover(
         raw: None,
         placeholders: BTreeSet::new(),
     };
-    // Text nested deeper than a playbook ever is gets only its first error: the readers below
-    // recurse with the depth.
-    if super::locate::too_deep(text, super::MAX_DEPTH).is_some() {
+    // Text nested deeper than a playbook ever is gets only its first error (the readers below
+    // recurse with the depth), and so does text whose aliases expand past the reader's limits
+    // (each reading would expand them again).
+    if super::locate::too_deep(text, super::MAX_DEPTH).is_some() || over_a_limit(&first) {
         let at = first
             .location()
             .map(|l| (l.line(), l.column()))
@@ -60,7 +61,7 @@ pub(super) fn recover(
         out.errors.push((at, message(&first)));
         return out;
     }
-    let ids = step_ids(text);
+    let mut ids: Option<Vec<(String, String)>> = None;
     // Patches keep every line where it was, so the original's positions hold throughout.
     let loc = Locations::index(text);
     let mut removed: Vec<String> = Vec::new();
@@ -76,6 +77,10 @@ pub(super) fn recover(
             .map(|l| (l.line(), l.column()))
             .unwrap_or((1, 1));
         let msg = message(&err);
+        if over_a_limit(&err) {
+            out.errors.push((at, msg));
+            break;
+        }
         // A key removed here is missing now: that is not the file's problem.
         if removed
             .iter()
@@ -90,7 +95,10 @@ pub(super) fn recover(
         let Some((unit, part)) = part_at(&loc, at.0) else {
             break;
         };
-        let Some(patched) = patch(&out.text, &unit, &part, &ids) else {
+        if matches!(part, Part::Step(_)) && ids.is_none() {
+            ids = Some(step_ids(text));
+        }
+        let Some(patched) = patch(&out.text, &unit, &part, ids.as_deref().unwrap_or(&[])) else {
             break;
         };
         out.text = patched;
@@ -109,6 +117,11 @@ pub(super) fn recover(
         }
     }
     out
+}
+
+/// Whether the reader gave up at one of its limits (recursion, alias expansion).
+fn over_a_limit(e: &serde_yaml::Error) -> bool {
+    e.to_string().contains("limit exceeded")
 }
 
 /// The ids of the steps, by path (`steps[2]`), from a reading that does not check the shape.
