@@ -20,6 +20,7 @@ pub(super) fn event(meta: &RunMeta, step: &Step, status: StepEventStatus) -> Ste
         summary: None,
         error: None,
         input: None,
+        plan: None,
     }
 }
 

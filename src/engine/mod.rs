@@ -2,9 +2,13 @@
 //! run loop in [`run`].
 
 mod alert;
+mod describe;
 mod events;
+mod plan;
 mod run;
+mod state;
 mod step;
+mod unknown;
 mod watch;
 
 use std::{
@@ -13,7 +17,7 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
-pub use crate::steps::{NullObserver, Observer, StepEvent};
+pub use crate::steps::{NullObserver, Observer, PlanAction, PlanNote, RunMode, StepEvent};
 pub use run::{RunOutcome, RunRequest};
 
 use crate::{
