@@ -275,7 +275,7 @@ fn has_sample(metrics: &str, series: &str, value: &str) -> bool {
 async fn queue_depth_dlq_size_runs_and_step_durations_are_exported() {
     let w = api_workdir();
     let url = w.sqlite_url();
-    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    w.create_store(&w.sqlite_url());
     let db = store(&url).await;
     // Four pending commands at priority 5 of a type no worker takes, and three in the DLQ.
     db.sql(
@@ -383,7 +383,7 @@ async fn queue_depth_dlq_size_runs_and_step_durations_are_exported() {
 async fn dlq_commands_list_retry_and_clean_up_by_their_filters() {
     let w = Workdir::new().env("USER", "carol");
     let url = w.sqlite_url();
-    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    w.create_store(&w.sqlite_url());
     let db = store(&url).await;
     db.sql(
         "INSERT INTO command_queue (entity, entity_id, command_type, status, error_type, attempts, updated_at) VALUES \
@@ -431,6 +431,7 @@ async fn dlq_commands_list_retry_and_clean_up_by_their_filters() {
         "user",
         "--error-type",
         "TimeoutException",
+        "--yes",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
     let state = rows(
@@ -448,7 +449,7 @@ async fn dlq_commands_list_retry_and_clean_up_by_their_filters() {
         ]
     );
 
-    let out = w.run(&["dlq", "cleanup", "--older-than", "7d"]);
+    let out = w.run(&["dlq", "cleanup", "--older-than", "7d", "--yes"]);
     assert_eq!(out.code, 0, "{out:?}");
     let left: Vec<Json> = rows(&db, "SELECT entity_id FROM command_queue ORDER BY id")
         .await
@@ -503,7 +504,7 @@ fn a_config_that_does_not_load_exits_2_naming_the_file() {
 async fn runtime_ops_change_the_stored_settings_and_release_stale_locks() {
     let w = Workdir::new();
     let url = w.sqlite_url();
-    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    w.create_store(&w.sqlite_url());
     let db = store(&url).await;
     db.sql(
         "INSERT INTO work_state (entity, entity_id, state, locked_at, locked_by) VALUES \

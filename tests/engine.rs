@@ -10,7 +10,7 @@ async fn weekly_vacuum_removes_old_completed_and_dlq_rows_and_reports_counts() {
     let w = Workdir::new();
     w.shipped("weekly-vacuum");
     // First use creates and migrates runbook.db.
-    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    w.create_store(&w.sqlite_url());
     assert!(w.path().join("runbook.db").exists());
     let db = store(&w.sqlite_url()).await;
     let old = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-8 days')";
@@ -118,7 +118,7 @@ steps:
     runtime: { op: purge_completed, older_than: 1s }
 "#,
     );
-    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    w.create_store(&w.sqlite_url());
     let db = store(&w.sqlite_url()).await;
     db.sql(
         "INSERT INTO command_queue (entity, entity_id, command_type, status, updated_at) VALUES ('u', 'o''brien', 't', 'completed', '2000-01-01T00:00:00.000Z')",
@@ -357,7 +357,7 @@ steps:
       FROM work_state WHERE state = 'updating' ORDER BY locked_at
 "#,
     );
-    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    w.create_store(&w.sqlite_url());
     let db = store(&w.sqlite_url()).await;
     db.sql(
         "INSERT INTO command_queue (entity, entity_id, command_type, priority, status, error_message, created_at) VALUES \
@@ -402,7 +402,7 @@ async fn approve_waits_for_an_operator_and_a_rejection_stops_the_run() {
         "gate",
         "name: gate\nsteps:\n  - id: ask\n    approve: { text: \"Retry the DLQ?\", timeout: 30s }\n  - id: after\n    sql: SELECT 1 AS done\n",
     );
-    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    w.create_store(&w.sqlite_url());
     let db = store(&w.sqlite_url()).await;
     for (run_id, reject) in [(1, false), (2, true)] {
         let child = w
@@ -473,7 +473,7 @@ async fn a_mutating_sql_step_and_its_audit_record_commit_together() {
         "bump",
         "name: bump\nparams:\n  who: { type: string }\nsteps:\n  - id: bump\n    sql: \"UPDATE command_queue SET priority = 9 WHERE entity_id = {{ params.who }} RETURNING id\"\n",
     );
-    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    w.create_store(&w.sqlite_url());
     let db = store(&w.sqlite_url()).await;
     for id in ["a", "a", "b"] {
         db.sql(

@@ -195,7 +195,7 @@ async fn cancels_stop_runs_where_they_wait<F, Fut>(
 async fn runs_cancel_stops_a_run_in_a_poll_a_wait_an_approval_and_a_backoff_on_sqlite() {
     let w = workdir();
     let url = w.sqlite_url();
-    assert_eq!(w.run(&["--store", &url, "queue", "stats"]).code, 0);
+    w.create_store(&url);
     let cancel = |id: i64| {
         let out = w.run(&["--store", &url, "runs", "cancel", &id.to_string()]);
         assert_eq!(out.code, 0, "{out:?}");

@@ -266,7 +266,8 @@ fn processes_starting_at_once_on_one_sqlite_file_each_migrate_safely() {
         }
         let outs: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| w.run(&["--store", &url, "runs", "list"])))
+                // A command that writes: one that only reads never creates a store.
+                .map(|_| s.spawn(|| w.run(&["--store", &url, "resume"])))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });

@@ -66,7 +66,7 @@ async fn backlog(db: &runbook::store::Db, pg: bool) {
 /// nothing: every table but the run records is the same before and after.
 async fn queue_backlog_plan_changes_nothing(w: &Workdir, url: &str, pg: bool) {
     w.shipped("queue-backlog");
-    assert_eq!(w.run(&["--store", url, "queue", "stats"]).code, 0);
+    w.create_store(url);
     let db = store(url).await;
     backlog(&db, pg).await;
     let before = snapshot(&db, pg).await;
@@ -201,7 +201,7 @@ steps:
     assert: { that: "steps.count.rows[0].n == 2", message: "{{ steps.count.rows[0].n }} completed" }
 "#,
     );
-    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    w.create_store(&w.sqlite_url());
     let db = store(&w.sqlite_url()).await;
     db.sql(
         "INSERT INTO command_queue (entity, entity_id, command_type, status, updated_at) VALUES \
@@ -336,7 +336,7 @@ async fn a_call_is_planned_in_turn_and_changes_nothing() {
         "parent",
         "name: parent\nsteps:\n  - id: ids\n    sql: \"SELECT entity_id FROM command_queue ORDER BY id\"\n  - id: each\n    for_each: \"steps.ids.rows | map(attribute='entity_id') | list\"\n    playbook: { name: child, params: { who: \"{{ item }}\" } }\n  - id: per_run\n    for_each: \"steps.each.output\"\n    sql: \"SELECT {{ item.run_id }} AS r\"\n",
     );
-    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    w.create_store(&w.sqlite_url());
     let db = store(&w.sqlite_url()).await;
     db.sql(
         "INSERT INTO command_queue (entity, entity_id, command_type, status, updated_at) VALUES \

@@ -130,7 +130,7 @@ async fn prunes_what_retention_says(url: &str) {
         1,
     );
     w.config(&config);
-    assert_eq!(w.run(&["--store", url, "queue", "stats"]).code, 0);
+    w.create_store(url);
     let db = store(url).await;
     let old = run(&db, "p", "succeeded", Some(40), "v-old").await;
     run(&db, "p", "failed", Some(31), "v-old").await;

@@ -608,7 +608,7 @@ async fn http_handler_maps_status_codes_to_error_types() {
 async fn an_entity_lock_holds_back_its_commands_and_an_expired_lock_is_taken_over() {
     let w = workdir();
     let url = w.sqlite_url();
-    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    w.create_store(&w.sqlite_url());
     let db = store(&url).await;
     // One live lock (held by a command elsewhere) and one left behind 10 minutes ago (lockTtl is 5m).
     db.sql(
@@ -812,7 +812,7 @@ async fn a_completion_and_its_outbox_event_commit_together() {
         "streaming:\n  maxRetries: 100\n  maxBackoffMs: 50\n  lease: 2s\n  poll_interval: 50ms\n  handlers:\n    user.update: { simulate: { latency: 1ms } }\n",
     );
     let url = w.sqlite_url();
-    assert_eq!(w.run(&["queue", "stats"]).code, 0);
+    w.create_store(&w.sqlite_url());
     let db = store(&url).await;
     // The outbox refuses the event of entity `bad`: its completion must not stay either.
     db.sql(

@@ -95,8 +95,11 @@ fn hostile_alert_text_in_a_shell_step_is_one_argv_element() {
         "name: rm\nsteps:\n  - id: p\n    shell: [rm, -rf, /nonexistent]\n",
     );
     let out = w.run(&["run", "rm", "-o", "json"]);
-    assert_eq!(out.code, 1);
-    assert_run_error(&out.run(), "`rm` is not allowed");
+    assert_eq!(out.code, 2, "a validation error: {out:?}");
+    assert!(
+        out.stderr.contains("shell program `rm` is not allowed"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]

@@ -107,7 +107,7 @@ async fn ticks_missed_while_no_server_ran_give_one_catch_up_run() {
         latest -= chrono::Duration::hours(1);
     }
     let recorded = latest - chrono::Duration::days(3);
-    assert_eq!(w.run(&["--store", &url, "queue", "stats"]).code, 0);
+    w.create_store(&url);
     let db = store(&url).await;
     db.sql(
         "INSERT INTO runbook_schedule_ticks (playbook, scheduled_at, fired_at, outcome, fired_by) \

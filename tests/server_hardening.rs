@@ -243,7 +243,7 @@ async fn sigterm_and_sighup_on_runbook_run_record_the_run_cancelled() {
         "name: nap\nsteps:\n  - id: first\n    sql: SELECT 1 AS one\n  - id: nap\n    wait: 1h\n  - id: after\n    sql: SELECT 2 AS two\n",
     );
     let url = w.sqlite_url();
-    let _ = w.run(&["--store", &url, "queue", "stats"]);
+    w.create_store(&url);
     let db = store(&url).await;
     for (n, (signal, name, code)) in [("-TERM", "SIGTERM", 143), ("-HUP", "SIGHUP", 129)]
         .into_iter()

@@ -137,6 +137,21 @@ impl Workdir {
         format!("sqlite://{}", self.path().join("runbook.db").display())
     }
 
+    /// Creates and migrates the store at `url`, as the first command that writes to it does
+    /// (a command that only reads a store never creates one).
+    pub fn create_store(&self, url: &str) {
+        let url = url.to_owned();
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                let db = runbook::store::Db::connect(&url, false, 2).await.unwrap();
+                db.migrate().await.unwrap();
+                db.close().await;
+            })
+        })
+        .join()
+        .unwrap();
+    }
+
     /// `runbook --store STORE queue enqueue ...`, which must succeed.
     pub fn enqueue(&self, store: &str, entity: &str, id: &str, ty: &str, payload: &str) {
         let out = self.run(&[

@@ -2,18 +2,22 @@
 //! one file per group of commands. This is the only layer that uses `anyhow`; everything below
 //! returns typed errors.
 
+mod actor;
 mod args;
+mod dlq;
 mod output;
 mod plan;
 mod playbooks;
 mod serve;
+mod settings;
 mod streaming;
 mod test;
 mod triggers;
 
+pub(crate) use actor::actor;
 pub use args::{
     AlertCommand, Cli, Command, DlqCommand, Format, Global, LogFormat, QueueCommand, RunsCommand,
-    SchemaOf,
+    SchemaOf, SettingsCommand,
 };
 
 use std::{
@@ -40,6 +44,8 @@ pub const EXIT_FAILED: i32 = 1;
 /// Resolved locations and config.
 pub struct Setup {
     pub config: Arc<Config>,
+    /// The config file read, if any.
+    pub config_path: Option<PathBuf>,
     pub runbooks: PathBuf,
     pub store_url: String,
     pub masker: Masker,
@@ -85,10 +91,62 @@ impl Setup {
         config.check_secrets(&store_url)?;
         Ok(Setup {
             config: Arc::new(config),
+            config_path,
             runbooks,
             store_url,
             masker,
         })
+    }
+
+    /// What was looked for where, for an error about the wrong folder: the playbooks folder,
+    /// the config file and the store, with where each came from.
+    pub fn looked_for(&self) -> String {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let abs = |p: &Path| {
+            if p.is_relative() {
+                cwd.join(p)
+            } else {
+                p.to_path_buf()
+            }
+        };
+        let config = match &self.config_path {
+            Some(p) => format!("config {}", abs(p).display()),
+            None => format!(
+                "config {} (not found; built-in defaults used; --config or RUNBOOK_CONFIG)",
+                cwd.join("runbook.yaml").display()
+            ),
+        };
+        format!(
+            "looked in {}: playbooks {}{} (--runbooks or RUNBOOK_RUNBOOKS), {config}, store {} \
+             (--store or RUNBOOK_STORE)",
+            cwd.display(),
+            abs(&self.runbooks).display(),
+            if self.runbooks.is_dir() {
+                ""
+            } else {
+                " (no such folder)"
+            },
+            self.masker
+                .mask_str(&crate::store::redact_url(&self.store_url)),
+        )
+    }
+
+    /// The store for a command that only reads it: a SQLite file that does not exist is an
+    /// error naming it (an empty store would report zeros), never created.
+    pub async fn existing_store(&self) -> Result<Db> {
+        if let Some(file) = crate::store::sqlite_file(&self.store_url) {
+            if !file.exists() {
+                bail!(
+                    "the store {} does not exist ({} is not there); run from the folder that \
+                     holds it, or name it with --store\n{}",
+                    self.masker
+                        .mask_str(&crate::store::redact_url(&self.store_url)),
+                    file.display(),
+                    self.looked_for()
+                );
+            }
+        }
+        self.store().await
     }
 
     pub async fn store(&self) -> Result<Db> {
@@ -137,6 +195,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
 }
 
 async fn command(cli: Cli) -> Result<i32> {
+    actor::set(cli.global.actor.as_deref());
     // The schemas need no config: the config's own schema helps most when the config is broken.
     if let Command::Schema { of } = cli.command {
         return print_schema(of);
@@ -159,10 +218,22 @@ async fn command(cli: Cli) -> Result<i32> {
         }
     }
     match cli.command {
-        Command::Validate { path } => Ok(playbooks::validate(&setup, path.as_deref())),
+        Command::Validate { path } => {
+            if path.is_none() && !setup.runbooks.is_dir() {
+                errln!("error: no playbooks folder; {}", setup.looked_for());
+                return Ok(EXIT_USAGE);
+            }
+            Ok(playbooks::validate(&setup, path.as_deref()))
+        }
         Command::Test { path, output } => test::test(&setup, path.as_deref(), output).await,
         Command::Schema { of } => print_schema(of),
-        Command::List { output } => playbooks::list(&setup, output),
+        Command::List { output } => {
+            if !setup.runbooks.is_dir() {
+                errln!("error: no playbooks folder; {}", setup.looked_for());
+                return Ok(EXIT_USAGE);
+            }
+            playbooks::list(&setup, output)
+        }
         Command::Schedule { count, output } => playbooks::schedule(&setup, count, output).await,
         Command::Run {
             name,
@@ -196,7 +267,8 @@ async fn command(cli: Cli) -> Result<i32> {
         }
         Command::Serve { listen, no_workers } => serve::serve(&setup, listen, no_workers).await,
         Command::Queue { command } => streaming::queue(&setup, command).await,
-        Command::Dlq { command } => streaming::dlq(&setup, command).await,
+        Command::Dlq { command } => dlq::dlq(&setup, command).await,
+        Command::Settings { command, output } => settings::settings(&setup, command, output).await,
         Command::Outbox { command } => streaming::outbox(&setup, command).await,
     }
 }
@@ -238,6 +310,10 @@ fn records(command: &Command) -> Option<(&'static str, &'static str)> {
         Command::Dlq {
             command: DlqCommand::Cleanup { .. },
         } => Some(("dlq cleanup", "changes the DLQ")),
+        Command::Settings {
+            command: Some(SettingsCommand::Reset),
+            ..
+        } => Some(("settings reset", "changes the runtime settings")),
         _ => None,
     }
 }
@@ -251,6 +327,25 @@ fn load_catalog(
     } else {
         Err(diags)
     }
+}
+
+/// The problems of the playbooks that did not load, on stderr, by file: exit code 1 when there
+/// are any (the others were listed), 0 when there are none.
+fn broken_playbooks(diags: &[crate::diagnostics::Diagnostic]) -> i32 {
+    if diags.is_empty() {
+        return 0;
+    }
+    let mut files: Vec<&Path> = diags.iter().map(|d| d.path.as_path()).collect();
+    files.dedup();
+    errln!(
+        "warning: {} playbook file{} did not load (not listed above):",
+        files.len(),
+        if files.len() == 1 { "" } else { "s" }
+    );
+    for d in diags {
+        errln!("  {d}");
+    }
+    EXIT_FAILED
 }
 
 fn print_diags(diags: &[crate::diagnostics::Diagnostic]) -> i32 {

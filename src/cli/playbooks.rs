@@ -56,13 +56,12 @@ pub(super) fn validate(setup: &Setup, path: Option<&Path>) -> i32 {
     }
 }
 
+/// The playbooks that load, on stdout; a broken file does not hide them: its problems follow
+/// on stderr, and the exit code is 1.
 pub(super) fn list(setup: &Setup, format: Format) -> Result<i32> {
-    let catalog = match load_catalog(setup) {
-        Ok(c) => c,
-        Err(diags) => return Ok(print_diags(&diags)),
-    };
+    let (catalog, diags) = Engine::load_playbooks(&setup.runbooks, &setup.config);
     output::list(&catalog, format);
-    Ok(0)
+    Ok(super::broken_playbooks(&diags))
 }
 
 pub(super) async fn schedule(setup: &Setup, count: usize, format: Format) -> Result<i32> {
@@ -120,6 +119,10 @@ pub(super) async fn schedule(setup: &Setup, count: usize, format: Format) -> Res
 }
 
 async fn last_ticks(setup: &Setup, names: &[String]) -> Result<BTreeMap<String, ticks::Tick>> {
+    // No store file, no recorded ticks: reading the schedule creates no store.
+    if crate::store::sqlite_file(&setup.store_url).is_some_and(|f| !f.exists()) {
+        return Ok(BTreeMap::new());
+    }
     let db = setup.store().await?;
     let latest = ticks::latest(&db, names).await;
     db.close().await;

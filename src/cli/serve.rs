@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use super::{parse_size, Setup};
+use super::{output::errln, parse_size, Setup};
 use crate::{process::app::App, server, status::RunStatus, store::runs};
 
 pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: bool) -> Result<i32> {
@@ -22,7 +22,6 @@ pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: boo
     )?;
     for d in &diags {
         tracing::error!(%d, "Playbook not loaded.");
-        eprintln!("{d}");
     }
 
     let addr = listen.unwrap_or_else(|| setup.config.server.listen.clone());
@@ -31,7 +30,7 @@ pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: boo
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     println!("listening on http://{local}");
-    eprintln!("{}", receiver.describe());
+    summary(setup, &app, &diags, &tokens, &receiver, no_workers);
     tracing::info!(receiver = %receiver.describe(), "Alert receiver.");
     tracing::info!(
         %local,
@@ -81,4 +80,104 @@ pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: boo
     }
     store.close().await;
     Ok(0)
+}
+
+/// What this server serves, said once at start on stderr: the store (password masked), the
+/// playbooks loaded and the broken ones with their problems, the command handlers, the API
+/// tokens (names and roles, never the tokens), the alert receiver and the schedule.
+fn summary(
+    setup: &Setup,
+    app: &App,
+    diags: &[crate::diagnostics::Diagnostic],
+    tokens: &server::Tokens,
+    receiver: &server::receiver::ReceiverAuth,
+    no_workers: bool,
+) {
+    errln!(
+        "store: {}",
+        setup
+            .masker
+            .mask_str(&crate::store::redact_url(&setup.store_url))
+    );
+    let catalog = app.engine.catalog();
+    let mut broken: Vec<&std::path::Path> = diags.iter().map(|d| d.path.as_path()).collect();
+    broken.dedup();
+    errln!(
+        "playbooks: {} loaded from {}{}",
+        catalog.playbooks.len(),
+        setup.runbooks.display(),
+        if broken.is_empty() {
+            String::new()
+        } else {
+            format!(", {} file(s) not loaded:", broken.len())
+        }
+    );
+    for d in diags {
+        errln!("  {d}");
+    }
+    let handlers: Vec<&str> = setup
+        .config
+        .streaming
+        .handlers
+        .keys()
+        .map(String::as_str)
+        .collect();
+    errln!(
+        "workers: {}; command handlers: {} (and `{}` for playbook runs)",
+        if no_workers {
+            "off (--no-workers)"
+        } else {
+            "on"
+        },
+        if handlers.is_empty() {
+            "none in streaming.handlers".to_owned()
+        } else {
+            handlers.join(", ")
+        },
+        crate::process::runs::RUN_COMMAND
+    );
+    let names: Vec<String> = tokens
+        .principals()
+        .map(|p| format!("{} ({})", p.name, p.role))
+        .collect();
+    let configured = setup.config.auth.tokens.len();
+    errln!(
+        "API tokens: {}{}",
+        if names.is_empty() {
+            "none usable, so the API refuses every protected call".to_owned()
+        } else {
+            names.join(", ")
+        },
+        if configured > names.len() {
+            format!(
+                "; {} configured token(s) disabled (see the warnings above)",
+                configured - names.len()
+            )
+        } else {
+            String::new()
+        }
+    );
+    errln!("{}", receiver.describe());
+    let now = chrono::Utc::now();
+    let scheduled: Vec<String> = catalog
+        .playbooks
+        .values()
+        .filter_map(|p| {
+            let s = p.triggers.schedule.as_ref()?;
+            let next = s
+                .upcoming(now, 1)
+                .first()
+                .map(|t| t.with_timezone(&s.tz).to_rfc3339())
+                .unwrap_or_else(|| "never".to_owned());
+            Some(format!("  {} `{}` next {next}", p.name, s.expr))
+        })
+        .collect();
+    if scheduled.is_empty() {
+        errln!("schedule: no playbook has on.schedule");
+    } else {
+        errln!("schedule:");
+        for line in scheduled {
+            errln!("{line}");
+        }
+    }
 }

@@ -5,14 +5,15 @@ use anyhow::Result;
 use serde_json::{json, Value as Json};
 
 use super::{
-    args::{DlqCommand, Format, OutboxCommand, QueueCommand, RunsCommand},
+    actor,
+    args::{Format, OutboxCommand, QueueCommand, RunsCommand},
     output::{self, errln, outln},
     Setup, EXIT_USAGE,
 };
 use crate::{
     store::{runs, Db},
     stream::{
-        ops::{self, Op},
+        ops,
         queue::{
             self,
             parked::{self, Action, ParkedError},
@@ -22,7 +23,10 @@ use crate::{
 };
 
 pub(super) async fn runs(setup: &Setup, cmd: RunsCommand) -> Result<i32> {
-    let db = setup.store().await?;
+    let db = match cmd {
+        RunsCommand::List { .. } | RunsCommand::Show { .. } => setup.existing_store().await?,
+        _ => setup.store().await?,
+    };
     match cmd {
         RunsCommand::List {
             playbook,
@@ -43,12 +47,10 @@ pub(super) async fn runs(setup: &Setup, cmd: RunsCommand) -> Result<i32> {
             id,
             reject,
             comment,
-            actor,
         } => {
-            let actor = actor.unwrap_or_else(cli_actor);
-            return decide(&db, id, reject, &actor, comment.as_deref()).await;
+            return decide(&db, id, reject, &actor(), comment.as_deref()).await;
         }
-        RunsCommand::Cancel { id } => match runs::cancel(&db, id, &cli_actor()).await {
+        RunsCommand::Cancel { id } => match runs::cancel(&db, id, &actor()).await {
             Ok(()) => outln!(
                 "run {id}: cancel requested; it stops within a second, where it is (a statement \
                  or request in flight finishes first)"
@@ -61,14 +63,6 @@ pub(super) async fn runs(setup: &Setup, cmd: RunsCommand) -> Result<i32> {
         },
     }
     Ok(0)
-}
-
-/// Who the CLI acts as in audit records: `cli:<user>`.
-fn cli_actor() -> String {
-    format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    )
 }
 
 /// `runs approve ID [--reject] [--comment TEXT]`.
@@ -87,47 +81,13 @@ async fn decide(db: &Db, id: i64, reject: bool, actor: &str, comment: Option<&st
     Ok(0)
 }
 
-pub(super) async fn dlq(setup: &Setup, cmd: DlqCommand) -> Result<i32> {
-    let db = setup.store().await?;
-    let (op, format) = match cmd {
-        DlqCommand::List {
-            entity,
-            error_type,
-            limit,
-            output,
-        } => (
-            Op::DlqList {
-                entity,
-                error_type,
-                limit: Some(limit),
-                offset: None,
-            },
-            output,
-        ),
-        DlqCommand::Retry { entity, error_type } => {
-            (Op::DlqRetry { entity, error_type }, Format::Human)
-        }
-        DlqCommand::Cleanup { older_than } => (
-            Op::DlqCleanup {
-                older_than,
-                error_type: None,
-            },
-            Format::Human,
-        ),
-    };
-    let out = ops::run(&db, &setup.config.streaming, &op, &cli_actor()).await?;
-    let out: Json = setup.masker.mask_json(&out);
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
-        Format::Human => output::dlq(&op, &out),
-    }
-    Ok(0)
-}
-
 /// `outbox parked|retry|drop`: the events the dispatcher parked; changes are audited as
 /// `cli:<user>`.
 pub(super) async fn outbox(setup: &Setup, cmd: OutboxCommand) -> Result<i32> {
-    let db = setup.store().await?;
+    let db = match cmd {
+        OutboxCommand::Parked { .. } => setup.existing_store().await?,
+        _ => setup.store().await?,
+    };
     let (id, action) = match cmd {
         OutboxCommand::Parked { limit, output } => {
             let rows: Json = setup
@@ -160,7 +120,7 @@ pub(super) async fn outbox(setup: &Setup, cmd: OutboxCommand) -> Result<i32> {
         OutboxCommand::Retry { id } => (id, Action::Retry),
         OutboxCommand::Drop { id } => (id, Action::Drop),
     };
-    match parked::act(&db, id, action, &cli_actor()).await {
+    match parked::act(&db, id, action, &actor()).await {
         Ok(()) => {
             let done = match action {
                 Action::Retry => "goes back to the dispatcher",
@@ -195,18 +155,23 @@ pub(super) async fn queue(setup: &Setup, cmd: QueueCommand) -> Result<i32> {
                 }
             };
             let db = setup.store().await?;
+            warn_without_handler(setup, &command_type);
             let ids = queue::enqueue(
                 &db,
                 &[NewCommand {
-                    entity,
-                    entity_id,
-                    command_type,
+                    entity: entity.clone(),
+                    entity_id: entity_id.clone(),
+                    command_type: command_type.clone(),
                     priority,
                     payload,
                 }],
             )
             .await?;
-            outln!("{}", ids[0]);
+            let id = ids.first().copied().unwrap_or_default();
+            outln!(
+                "enqueued command {id}: `{command_type}` for {entity} {entity_id}, priority \
+                 {priority}, pending (`runbook queue stats` shows the queue)"
+            );
             Ok(0)
         }
         QueueCommand::Load {
@@ -225,6 +190,7 @@ pub(super) async fn queue(setup: &Setup, cmd: QueueCommand) -> Result<i32> {
                 }
             };
             let db = setup.store().await?;
+            warn_without_handler(setup, &command_type);
             load(
                 &db,
                 &command_type,
@@ -237,12 +203,32 @@ pub(super) async fn queue(setup: &Setup, cmd: QueueCommand) -> Result<i32> {
             .await
         }
         QueueCommand::Stats { output } => {
-            let db = setup.store().await?;
+            let db = setup.existing_store().await?;
             let stats = ops::queue_stats(&db, &setup.config.streaming).await?;
             output::queue_stats(&stats, output);
             Ok(0)
         }
     }
+}
+
+/// A warning when no `streaming.handlers` entry takes `command_type`: a worker sends such a
+/// command to the DLQ as `UnknownCommandTypeException`.
+fn warn_without_handler(setup: &Setup, command_type: &str) {
+    let handlers = &setup.config.streaming.handlers;
+    if handlers.contains_key(command_type) || command_type == crate::process::runs::RUN_COMMAND {
+        return;
+    }
+    let known: Vec<&str> = handlers.keys().map(String::as_str).collect();
+    errln!(
+        "warning: no handler for command type `{command_type}` in the config's \
+         streaming.handlers (configured: {}); workers will send it to the DLQ as \
+         UnknownCommandTypeException",
+        if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        }
+    );
 }
 
 /// `--rate 200/s`: a finite number of commands per second above zero (`inf`, `NaN`, `0` and

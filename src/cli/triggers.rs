@@ -8,6 +8,7 @@ use chrono::Utc;
 use serde_json::{json, Value as Json};
 
 use super::{
+    actor,
     args::Format,
     output::{errln, outln},
     parse_params, AlertCommand, Setup, EXIT_FAILED,
@@ -21,13 +22,6 @@ use crate::{
     },
     store::{alerts, guards, pause as store_pause, runs as store_runs},
 };
-
-fn actor() -> String {
-    format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    )
-}
 
 /// Admits a `runbook run` under its playbook's guards and the pause (or past them with
 /// `--force`, audited): the id of its `queued` record, now running, or the exit code when held.
@@ -92,7 +86,7 @@ pub(super) async fn resume(setup: &Setup) -> Result<i32> {
 }
 
 pub(super) async fn status(setup: &Setup, format: Format) -> Result<i32> {
-    let db = setup.store().await?;
+    let db = setup.existing_store().await?;
     let paused = store_pause::get(&db).await?;
     let open = admin_open_counts(&guards::open_runs(&db).await?);
     db.close().await;

@@ -165,6 +165,7 @@ impl Engine {
         CompileEnv {
             datasources: config.datasources.keys().cloned().collect(),
             channels: config.notify.keys().cloned().collect(),
+            shell_allow: config.shell.allow.iter().cloned().collect(),
         }
     }
 

@@ -79,13 +79,7 @@ pub fn compile_source(
     }
     let raw: RawPlaybook = match serde_yaml::from_str(text) {
         Ok(r) => r,
-        Err(e) => {
-            let pos = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            return Err(vec![Diagnostic::new(path, pos, serde_message(&e))]);
-        }
+        Err(e) => return Err(every_error(path, text, e, env)),
     };
     let mut c = Compiler {
         path,
@@ -101,6 +95,40 @@ pub fn compile_source(
     } else {
         Err(c.diags)
     }
+}
+
+/// Every error of a file serde refused: each shape error (see [`super::recover`]), then what
+/// compiling the rest finds.
+fn every_error(
+    path: &Path,
+    text: &str,
+    first: serde_yaml::Error,
+    env: &CompileEnv,
+) -> Vec<Diagnostic> {
+    let found = super::recover::recover(text, first, serde_message);
+    let mut diags: Vec<Diagnostic> = found
+        .errors
+        .into_iter()
+        .map(|(at, msg)| Diagnostic::new(path, at, msg))
+        .collect();
+    if let Some(raw) = found.raw {
+        let mut c = Compiler {
+            path,
+            loc: Locations::index(&found.text),
+            diags: Vec::new(),
+            warnings: Vec::new(),
+            templates: Templates::new(),
+            env,
+        };
+        compile(&mut c, raw);
+        diags.extend(
+            c.diags
+                .into_iter()
+                .filter(|d| !found.placeholders.contains(&d.line)),
+        );
+    }
+    diags.sort_by_key(|d| (d.line, d.col));
+    diags
 }
 
 fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) {

@@ -16,6 +16,18 @@ use yaml_rust2::{
 #[derive(Debug, Default)]
 pub struct Locations {
     by_path: HashMap<String, (usize, usize)>,
+    /// The line where each map and list ends (where the next token after it starts).
+    end_line: HashMap<String, usize>,
+}
+
+/// A direct child of a map or list, by whole lines: its path, the line and column where it
+/// starts, and the first line after it (block style only; see [`Locations::children`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    pub path: String,
+    pub line: usize,
+    pub col: usize,
+    pub end_line: usize,
 }
 
 impl Locations {
@@ -25,7 +37,37 @@ impl Locations {
         let _ = Parser::new_from_str(text).load(&mut walker, false);
         Locations {
             by_path: walker.by_path,
+            end_line: walker.end_line,
         }
+    }
+
+    /// The direct children of the map or list at `container` (`""` is the top), in order, each
+    /// spanning whole lines up to the next child or the container's end. `None` when two
+    /// children share a line (flow style), where lines cannot separate them.
+    pub fn children(&self, container: &str) -> Option<Vec<Unit>> {
+        let end = *self.end_line.get(container)?;
+        let mut kids: Vec<Unit> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| is_child(container, p))
+            .map(|(p, &(line, col))| Unit {
+                path: p.clone(),
+                line,
+                col,
+                end_line: end,
+            })
+            .collect();
+        kids.sort_by_key(|u| (u.line, u.col));
+        for i in 1..kids.len() {
+            if kids[i].line == kids[i - 1].line {
+                return None;
+            }
+            kids[i - 1].end_line = kids[i].line;
+        }
+        if kids.last().is_some_and(|k| k.end_line < k.line) {
+            return None;
+        }
+        Some(kids)
     }
 
     /// The position of `path`, or of its nearest recorded ancestor, or the top of the file.
@@ -41,6 +83,28 @@ impl Locations {
             }
         }
     }
+}
+
+/// Whether `path` is a direct child of `container`: `container.key` or `container[i]`.
+fn is_child(container: &str, path: &str) -> bool {
+    let rest = if container.is_empty() {
+        path
+    } else {
+        match path.strip_prefix(container) {
+            Some(r) => match r.strip_prefix('.') {
+                Some(key) => key,
+                None if r.starts_with('[') => r,
+                None => return false,
+            },
+            None => return false,
+        }
+    };
+    if let Some(index) = rest.strip_prefix('[') {
+        return index
+            .strip_suffix(']')
+            .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()));
+    }
+    !rest.is_empty() && !rest.contains(['.', '['])
 }
 
 /// Where `text` first nests collections deeper than `max` (1-based line and column); `None`
@@ -161,6 +225,7 @@ enum Frame {
 struct Walker {
     stack: Vec<Frame>,
     by_path: HashMap<String, (usize, usize)>,
+    end_line: HashMap<String, usize>,
 }
 
 fn join(parent: &str, key: &str) -> String {
@@ -227,7 +292,16 @@ impl MarkedEventReceiver for Walker {
                 self.stack.push(Frame::Seq { path, next: 0 });
             }
             Event::MappingEnd | Event::SequenceEnd => {
-                self.stack.pop();
+                if let Some(Frame::Map { path, .. } | Frame::Seq { path, .. }) = self.stack.pop() {
+                    // A block collection ends where the next token starts: at the start of a
+                    // later line, or at the end of the text (the marker's line is then past it).
+                    let line = if mark.col() == 0 {
+                        mark.line()
+                    } else {
+                        mark.line() + 1
+                    };
+                    self.end_line.entry(path).or_insert(line);
+                }
             }
             _ => {}
         }
@@ -265,5 +339,35 @@ mod tests {
         assert_eq!(loc.at("steps[0]"), (3, 5));
         // Unknown deeper paths fall back to the nearest ancestor.
         assert_eq!(loc.at("steps[1].when.deeper"), (6, 5));
+    }
+
+    #[test]
+    fn children_span_whole_lines() {
+        let text = "name: x\nparams:\n  a: { type: integr }\n  b:\n    type: string\nsteps:\n  - id: a\n    sql: SELECT 1\n\n  - id: b\n    when: \"true\"\non_failure: []\n";
+        let loc = Locations::index(text);
+        let steps = loc.children("steps").unwrap();
+        let spans: Vec<(&str, usize, usize)> = steps
+            .iter()
+            .map(|u| (u.path.as_str(), u.line, u.end_line))
+            .collect();
+        assert_eq!(spans, [("steps[0]", 7, 10), ("steps[1]", 10, 12)]);
+        let params = loc.children("params").unwrap();
+        assert_eq!(
+            params
+                .iter()
+                .map(|u| (u.line, u.end_line))
+                .collect::<Vec<_>>(),
+            [(3, 4), (4, 6)]
+        );
+        let top: Vec<String> = loc
+            .children("")
+            .unwrap()
+            .into_iter()
+            .map(|u| u.path)
+            .collect();
+        assert_eq!(top, ["name", "params", "steps", "on_failure"]);
+        assert!(loc.children("steps[0]").is_some());
+        let flow = Locations::index("steps: [{id: a, wait: 1s}, {id: b, wait: 1s}]\n");
+        assert_eq!(flow.children("steps"), None);
     }
 }

@@ -5,6 +5,7 @@ mod lint;
 mod locate;
 mod matcher;
 mod params;
+mod recover;
 mod schedule;
 mod scope;
 pub mod raw;
@@ -357,6 +358,7 @@ mod changes_tests {
         let env = CompileEnv {
             datasources: config.datasources.keys().cloned().collect(),
             channels: config.notify.keys().cloned().collect(),
+            shell_allow: config.shell.allow.iter().cloned().collect(),
         };
         let (catalog, diags) = load(&root.join("runbooks"), &env);
         assert!(diags.is_empty(), "{diags:?}");

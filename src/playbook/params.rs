@@ -17,6 +17,8 @@ pub enum ParamError {
     Yaml { expected: &'static str, got: String },
     #[error(transparent)]
     Duration(#[from] crate::duration::DurationError),
+    #[error("`{0}` has no unit: write a duration with one, like `{0}s`, `{0}m`, `{0}h` or `{0}d`")]
+    NoUnit(String),
     #[error(
         "contains a NUL character (\\u0000), which PostgreSQL text cannot hold and no program \
          argument can carry: remove it"
@@ -59,7 +61,7 @@ pub fn coerce_yaml(ty: ParamType, v: &serde_yaml::Value) -> Result<Json, ParamEr
         (ParamType::Number, Y::Number(n)) => Ok(serde_json::to_value(n).unwrap_or_default()),
         (ParamType::Boolean, Y::Bool(b)) => Ok(Json::Bool(*b)),
         (ty, Y::String(s)) => coerce_text(ty, s),
-        (ParamType::Duration, Y::Number(n)) if n.is_u64() => Ok(Json::String(format!("{}s", n))),
+        (ParamType::Duration, Y::Number(n)) => Err(ParamError::NoUnit(n.to_string())),
         (ty, other) => Err(ParamError::Yaml {
             expected: type_name(ty),
             got: serde_yaml::to_string(other)
@@ -90,11 +92,15 @@ pub fn coerce_text(ty: ParamType, s: &str) -> Result<Json, ParamError> {
             .map(Json::Number)
             .ok_or_else(wrong),
         ParamType::Boolean => match s.trim() {
-            "true" | "yes" | "1" => Ok(Json::Bool(true)),
-            "false" | "no" | "0" => Ok(Json::Bool(false)),
+            "true" => Ok(Json::Bool(true)),
+            "false" => Ok(Json::Bool(false)),
             _ => Err(wrong()),
         },
         ParamType::Duration => {
+            let t = s.trim();
+            if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                return Err(ParamError::NoUnit(t.to_owned()));
+            }
             s.parse::<Dur>()?;
             Ok(Json::String(s.trim().to_owned()))
         }
@@ -178,8 +184,22 @@ mod tests {
             Json::from(42)
         );
         assert_eq!(
-            coerce_text(ParamType::Boolean, "yes").unwrap(),
+            coerce_text(ParamType::Boolean, "true").unwrap(),
             Json::Bool(true)
+        );
+        for not_bool in ["yes", "1", "no", "0", "TRUE", "on"] {
+            let err = coerce_text(ParamType::Boolean, not_bool).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("expected true or false, got `{not_bool}`")
+            );
+        }
+        let err = coerce_text(ParamType::Duration, "30")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`30` has no unit") && err.contains("`30s`"),
+            "{err}"
         );
         assert_eq!(
             coerce_text(ParamType::Duration, "30m").unwrap(),
@@ -191,10 +211,10 @@ mod tests {
         assert_eq!(err, "expected an integer, got `4x`");
         assert!(coerce_text(ParamType::Duration, "soon").is_err());
         let yaml: serde_yaml::Value = serde_yaml::from_str("300").unwrap();
-        assert_eq!(
-            coerce_yaml(ParamType::Duration, &yaml).unwrap(),
-            Json::from("300s")
-        );
+        let err = coerce_yaml(ParamType::Duration, &yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`300` has no unit"), "{err}");
         assert_eq!(
             coerce_yaml(ParamType::String, &yaml).unwrap(),
             Json::from("300")

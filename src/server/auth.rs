@@ -15,6 +15,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role as the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::PlatformAdmin => "PlatformAdmin",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Role> {
         match s {
             "viewer" => Some(Role::Viewer),
@@ -22,6 +31,12 @@ impl Role {
             "PlatformAdmin" | "platform_admin" | "admin" => Some(Role::PlatformAdmin),
             _ => None,
         }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -133,6 +148,11 @@ impl Tokens {
         Ok(Tokens { tokens })
     }
 
+    /// The tokens that can be used: their names and roles (never the tokens).
+    pub fn principals(&self) -> impl Iterator<Item = &Principal> {
+        self.tokens.iter().map(|(_, p)| p)
+    }
+
     /// The caller, if its token is known and its role reaches `need`.
     pub fn authorize(&self, headers: &HeaderMap, need: Role) -> Result<Principal, AppError> {
         if self.tokens.is_empty() {
@@ -155,7 +175,7 @@ impl Tokens {
             .ok_or_else(|| AppError::Unauthorized("unknown token".into()))?;
         if principal.role < need {
             return Err(AppError::Forbidden(format!(
-                "token `{}` has role {:?}; this call needs {:?}",
+                "token `{}` has role {}; this call needs {}",
                 principal.name, principal.role, need
             )));
         }

@@ -219,13 +219,13 @@ async fn a_role_below_the_route_is_forbidden() {
     assert_error(
         &a,
         StatusCode::FORBIDDEN,
-        "token `v` has role Viewer; this call needs PlatformAdmin",
+        "token `v` has role viewer; this call needs PlatformAdmin",
     );
     let a = fx.post(retry, Some(OPERATOR), "").await;
     assert_error(
         &a,
         StatusCode::FORBIDDEN,
-        "token `ops` has role Operator; this call needs PlatformAdmin",
+        "token `ops` has role operator; this call needs PlatformAdmin",
     );
     let a = fx.get("/api/admin/streaming/dlq", Some(OPERATOR)).await;
     assert_error(&a, StatusCode::FORBIDDEN, "needs PlatformAdmin");
@@ -241,7 +241,7 @@ async fn a_role_below_the_route_is_forbidden() {
     let a = fx
         .post("/api/runs", Some(VIEWER), r#"{"playbook": "hello"}"#)
         .await;
-    assert_error(&a, StatusCode::FORBIDDEN, "this call needs Operator");
+    assert_error(&a, StatusCode::FORBIDDEN, "this call needs operator");
     assert_eq!(
         fx.count("SELECT COUNT(*) AS n FROM command_queue WHERE status = 'dlq'")
             .await,
@@ -519,7 +519,7 @@ async fn cancel_needs_an_operator_and_a_run_that_has_not_ended() {
     let a = fx.post(&cancel(running), None, "").await;
     assert_error(&a, StatusCode::UNAUTHORIZED, "a bearer token is required");
     let a = fx.post(&cancel(running), Some(VIEWER), "").await;
-    assert_error(&a, StatusCode::FORBIDDEN, "this call needs Operator");
+    assert_error(&a, StatusCode::FORBIDDEN, "this call needs operator");
     let a = fx.post(&cancel(4242), Some(OPERATOR), "").await;
     assert_error(&a, StatusCode::NOT_FOUND, "no run 4242");
     let a = fx.post(&cancel(done), Some(OPERATOR), "").await;

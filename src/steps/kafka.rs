@@ -130,7 +130,9 @@ pub struct Input {
 }
 
 fn kerr(what: &str, e: impl std::fmt::Display) -> StepError {
-    StepError::retryable(format!("kafka {what}: {e}"))
+    StepError::retryable(format!(
+        "kafka {what}: {e} (brokers from the config's `kafka.brokers`)"
+    ))
 }
 
 pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {

@@ -225,6 +225,18 @@ impl StepError {
             after: None,
         }
     }
+    /// The same error, its message after `what` (the config key of a service that failed,
+    /// such as "Prometheus (prometheus.url http://...)").
+    pub fn about(self, what: &str) -> Self {
+        match self {
+            StepError::Retryable { message, after } => StepError::Retryable {
+                message: format!("{what}: {message}"),
+                after,
+            },
+            StepError::Fatal(message) => StepError::Fatal(format!("{what}: {message}")),
+        }
+    }
+
     pub fn template(e: minijinja::Error) -> Self {
         StepError::Fatal(crate::template::message(&e))
     }

@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 pub struct Names {
     pub datasources: BTreeSet<String>,
     pub channels: BTreeSet<String>,
+    /// The programs `shell.allow` lets a `shell` step run.
+    pub shell_allow: BTreeSet<String>,
 }
 
 /// A set for a message: `a, b` or `none`.

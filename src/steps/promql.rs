@@ -137,7 +137,14 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
                 ])
         }
     };
-    let (status, _, body) = send(req.timeout(cx.timeout), &cx.services.masker).await?;
+    let (status, _, body) = send(req.timeout(cx.timeout), &cx.services.masker)
+        .await
+        .map_err(|e| {
+            e.about(&format!(
+                "Prometheus at {} (the config's `prometheus.url`)",
+                cx.services.masker.mask_str(&i.prometheus)
+            ))
+        })?;
     let parsed: Json = serde_json::from_str(&body).map_err(|_| {
         StepError::retryable(format!(
             "Prometheus answered {status} with non-JSON: {}",

@@ -104,6 +104,21 @@ impl Kind for ShellStep {
         false
     }
 
+    fn check_names(&self, names: &super::Names) -> Vec<(String, String)> {
+        let program = &self.argv[0];
+        if names.shell_allow.contains(program) {
+            return vec![];
+        }
+        vec![(
+            "shell[0]".into(),
+            format!(
+                "shell program `{program}` is not allowed: add it to `shell.allow` in the config \
+                 (allowed: {})",
+                super::names::list(&names.shell_allow)
+            ),
+        )]
+    }
+
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
         self.argv
             .iter()

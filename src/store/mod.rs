@@ -516,6 +516,18 @@ pub fn is_read_only_url(url: &str) -> bool {
     url.starts_with("sqlite:") && sqlite_mode(url) == Some("ro")
 }
 
+/// The file of a SQLite store URL (`None` for PostgreSQL, an in-memory store or a URL that does
+/// not parse).
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    let opts = SqliteConnectOptions::from_str(url).ok()?;
+    let path = opts.get_filename();
+    (!path.as_os_str().is_empty() && path != std::path::Path::new(":memory:"))
+        .then(|| path.to_path_buf())
+}
+
 /// The `mode` of a SQLite URL's query (`sqlite://runbook.db?mode=ro`).
 fn sqlite_mode(url: &str) -> Option<&str> {
     let (_, query) = url.split_once('?')?;

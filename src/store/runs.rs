@@ -210,7 +210,18 @@ pub async fn list_runs(db: &Db, playbook: Option<&str>, limit: i64) -> Result<Ve
             vec![json!(playbook), json!(limit)],
         )
         .await?;
-    Ok(r.rows)
+    let mut rows = r.rows;
+    rows.iter_mut().for_each(booleans);
+    Ok(rows)
+}
+
+/// A run's boolean columns as JSON booleans: SQLite keeps them as 0 and 1.
+fn booleans(run: &mut Json) {
+    if let Some(v) = run.get_mut("dry_run") {
+        if let Some(n) = v.as_i64() {
+            *v = Json::Bool(n != 0);
+        }
+    }
 }
 
 /// A run with its step attempts and the answers to its `approve` steps, or `None`.
@@ -221,6 +232,7 @@ pub async fn get_run(db: &Db, id: i64) -> Result<Option<Json>, DbError> {
     let Some(mut run) = run.rows.into_iter().next() else {
         return Ok(None);
     };
+    booleans(&mut run);
     let steps = db
         .sql(
             "SELECT step_id, attempt, item, status, input, output, error, started_at, duration_ms \

@@ -4,7 +4,9 @@
 //! DLQ list/retry/cleanup, scaling, lock release, purge, maintenance) that `runtime:` steps, the CLI
 //! and the admin API call. Nothing here runs on its own: the processes above drive it.
 
+pub mod dlq;
 pub mod ops;
+pub mod overrides;
 pub mod queue;
 pub mod settings;
 
