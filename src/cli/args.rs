@@ -138,6 +138,7 @@ pub enum Command {
         /// A test file, a folder of test files, or a playbooks folder with a `tests/` folder
         /// [default: the runbooks folder].
         path: Option<PathBuf>,
+        /// Output for a person (`human`, like `cargo test`) or for CI (`json`, one document).
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Format,
     },
