@@ -5,6 +5,7 @@
 mod args;
 mod output;
 mod playbooks;
+mod progress;
 mod serve;
 mod streaming;
 mod triggers;

@@ -3,6 +3,7 @@
 
 mod alert;
 mod events;
+mod report;
 mod run;
 mod step;
 mod watch;

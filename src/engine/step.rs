@@ -9,14 +9,14 @@ use serde_json::{json, Map, Value as Json};
 use tracing::Instrument;
 
 use super::{
-    events::{event, summarize},
+    events::{event, found, max_polls, summarize},
     Engine,
 };
 use crate::{
     metrics::StepLabels,
     playbook::{ForEach, Step},
     status::{RunStatus, StepEventStatus, StepStatus},
-    steps::{RunMeta, StepCx, StepError, StepEvent, StepKind, StepOutput},
+    steps::{Poll, RunMeta, StepCx, StepError, StepEvent, StepKind, StepOutput},
     store::runs::{self, Attempt},
     template::{context_with_secrets, off_runtime, to_json},
 };
@@ -244,6 +244,7 @@ impl Engine {
                 meta.observer.step_event(&StepEvent {
                     duration_ms: Some(duration_ms),
                     summary: Some(self.services.masker.mask_str(&summarize(&out))),
+                    found: Some(found(&self.services.masker, &out)),
                     ..event(meta, step, status.into())
                 });
                 StepResult {
@@ -259,6 +260,7 @@ impl Engine {
                 meta.observer.step_event(&StepEvent {
                     duration_ms: Some(duration_ms),
                     error: Some(e.clone()),
+                    continued: step.continue_on_error && !meta.cancel.is_cancelled(),
                     ..event(meta, step, StepEventStatus::Failed)
                 });
                 StepResult {
@@ -299,6 +301,15 @@ impl Engine {
                 Some(Ok(false)) => {}
                 Some(Err(e)) => return Err(e),
             }
+            meta.observer.step_event(&StepEvent {
+                summary: Some(self.services.masker.mask_str(&summarize(&out))),
+                found: Some(found(&self.services.masker, &out)),
+                poll: Some(Poll {
+                    n: polls,
+                    of: max_polls(until.every.as_std(), until.within.as_std()),
+                }),
+                ..event(meta, step, StepEventStatus::Polled)
+            });
             if crate::duration::deadline_in(until.every.as_std()) > deadline {
                 return Err(format!(
                     "`{}` still false after {polls} checks within {}",
