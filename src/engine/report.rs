@@ -43,7 +43,7 @@ impl Engine {
         })
         .await;
         let text = match rendered {
-            Ok(t) => t.trim_end().to_owned(),
+            Ok(t) => t.trim_matches(|c: char| c.is_whitespace()).to_owned(),
             Err(e) => format!(
                 "the report could not be rendered: {}",
                 crate::template::message(&e)

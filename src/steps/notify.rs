@@ -97,7 +97,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
     if let Some(reason) = not_configured(channel) {
         // Nobody is told through the channel, so the message is said where the run is watched
         // (the CLI prints it) and kept on the run's record; the step goes on.
-        tracing::warn!(channel = %i.to, reason = %reason, text = %services.masker.mask_str(&i.text), "Notify channel not configured; message not sent.");
+        tracing::warn!(channel = %i.to, reason = %reason, "Notify channel not configured; the message is on the run's record.");
         return Ok(StepOutput::value(json!({
             "channel": i.to, "delivered": false, "reason": reason, "text": i.text,
         })));

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value as Json};
 
-use super::table::{cell, cut, one_line, table};
+use super::table::{cell, cut, one_line, table, wrap};
 
 /// The most rows (or series) shown; the rest are counted.
 pub const SHOWN_ROWS: usize = 10;
@@ -23,7 +23,7 @@ pub fn lines(kind: &str, found: &Json, width: usize) -> Vec<String> {
     match kind {
         "sql" => sql(rows, output, width),
         "promql" => promql(rows, width),
-        "assert" => text_lines(output["message"].as_str().unwrap_or(""), width, usize::MAX),
+        "assert" => wrap(output["message"].as_str().unwrap_or(""), width),
         "http" => http(output, width),
         "notify" => notify(output, width),
         "wait" | "approve" => Vec::new(),
@@ -129,11 +129,7 @@ fn notify(output: &Json, width: usize) -> Vec<String> {
             ),
             width,
         )];
-        lines.extend(text_lines(
-            output["text"].as_str().unwrap_or(""),
-            width,
-            usize::MAX,
-        ));
+        lines.extend(wrap(output["text"].as_str().unwrap_or(""), width));
         return lines;
     }
     vec![format!(

@@ -3,8 +3,8 @@
 
 use serde_json::Value as Json;
 
-/// The narrowest a column is cut to before columns are left off.
-const MIN_COLUMN: usize = 4;
+/// The narrowest a column is cut to before columns are left off (a narrower one keeps its width).
+const MIN_COLUMN: usize = 8;
 /// Spaces between columns.
 const GAP: usize = 2;
 /// The widest a column gets, however long its values.
@@ -48,6 +48,35 @@ pub fn cut(text: &str, width: usize) -> String {
     let mut out: String = text.chars().take(width - 1).collect();
     out.push('…');
     out
+}
+
+/// `text` wrapped at spaces into lines of at most `width` characters (a longer word is cut).
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(MIN_COLUMN);
+    let mut lines = Vec::new();
+    for para in text.lines() {
+        let mut line = String::new();
+        for word in para.split_whitespace() {
+            let word = one_line(word);
+            let len = line.chars().count();
+            if len > 0 && len + 1 + word.chars().count() > width {
+                lines.push(std::mem::take(&mut line));
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&word);
+            if line.chars().count() > width {
+                lines.push(cut(&line, width));
+                line.clear();
+            }
+        }
+        lines.push(line);
+    }
+    while lines.last().is_some_and(String::is_empty) {
+        lines.pop();
+    }
+    lines
 }
 
 /// The columns of `rows`: the keys of the first row in its order, then keys only later rows have.
@@ -140,6 +169,7 @@ fn fit(widths: &mut [usize], width: usize) -> usize {
         }
         widths[i] = w - 1;
     }
+    // Columns left off keep their width.
     let mut shown = widths.len();
     while shown > 1 && total(&widths[..shown]) > width {
         shown -= 1;
@@ -210,6 +240,14 @@ mod tests {
         let lines = table(&rows, 100);
         assert_eq!(lines[1], r"a\nb\u{1b}]0;x\u{7}");
         assert!(!lines.concat().contains('\u{1b}'));
+    }
+
+    #[test]
+    fn text_wraps_at_spaces_and_keeps_every_word() {
+        let text = "dlq-rate: 2001 UnknownCommandTypeException commands were not retried";
+        let lines = wrap(text, 30);
+        assert!(lines.iter().all(|l| l.chars().count() <= 30), "{lines:?}");
+        assert_eq!(lines.join(" "), text);
     }
 
     #[test]
