@@ -6,6 +6,7 @@ mod coverage;
 mod chaos;
 mod docs;
 mod engine;
+mod findings;
 mod http;
 mod kafka;
 mod layers;

@@ -72,7 +72,14 @@ impl Spinner {
     }
 
     /// The spinner of a polling step after its `n`th check of at most `of`, which saw `found`.
-    pub fn poll(&self, indent: &str, step: &str, found: &Json, (n, of): (u32, u32), since: Duration) {
+    pub fn poll(
+        &self,
+        indent: &str,
+        step: &str,
+        found: &Json,
+        (n, of): (u32, u32),
+        since: Duration,
+    ) {
         let value = poll_value(found);
         let mut active = self.lock();
         if active.as_ref().is_some_and(|a| a.step != step) {
@@ -89,15 +96,19 @@ impl Spinner {
         let seen = if first == value || value.is_empty() {
             value
         } else {
-            format!("{first} → {value}")
+            // `n 5,051 → 235`: the label once, when both polls saw one value under it.
+            let now = match (first.rsplit_once(' '), value.rsplit_once(' ')) {
+                (Some((a, _)), Some((b, v))) if a == b && !a.contains(',') => v.to_owned(),
+                _ => value,
+            };
+            format!("{first} → {now}")
         };
         let seen = if seen.is_empty() {
             String::new()
         } else {
             format!("{seen}, ")
         };
-        a.bar
-            .set_message(format!("{step}: {seen}poll {n} of {of}"));
+        a.bar.set_message(format!("{step}: {seen}poll {n} of {of}"));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Active>> {
@@ -160,8 +171,8 @@ pub fn load_bar(total: u64) -> ProgressBar {
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .with_key("secs", seconds);
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout())
-        .with_style(style);
+    let bar =
+        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout()).with_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
@@ -206,8 +217,20 @@ mod tests {
     #[test]
     fn a_spinner_off_a_terminal_draws_nothing_and_clears_cleanly() {
         let s = Spinner::default();
-        s.poll("  ", "verify", &json!({"rows": [{"n": 3}]}), (1, 20), Duration::ZERO);
-        s.poll("  ", "verify", &json!({"rows": [{"n": 1}]}), (2, 20), Duration::ZERO);
+        s.poll(
+            "  ",
+            "verify",
+            &json!({"rows": [{"n": 3}]}),
+            (1, 20),
+            Duration::ZERO,
+        );
+        s.poll(
+            "  ",
+            "verify",
+            &json!({"rows": [{"n": 1}]}),
+            (2, 20),
+            Duration::ZERO,
+        );
         let msg = s.lock().as_ref().map(|a| a.bar.message()).unwrap();
         assert_eq!(msg, "verify: n 3 → 1, poll 2 of 20");
         s.clear();

@@ -231,7 +231,10 @@ mod tests {
         let none = json!({"rows": [], "output": {"row_count": 0, "truncated": false}});
         assert_eq!(super::lines("sql", &none, 100), vec!["no rows"]);
         let change = json!({"rows": [], "output": {"rows_affected": 1200, "row_count": 0}});
-        assert_eq!(super::lines("sql", &change, 100), vec!["rows affected: 1,200"]);
+        assert_eq!(
+            super::lines("sql", &change, 100),
+            vec!["rows affected: 1,200"]
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 
 use serde_json::{json, Value as Json};
 
-use super::{findings, term, Format};
+use super::{findings, table, term, Format};
 use crate::{
     cli::progress::{Clock, Spinner},
     engine::{Observer, RunOutcome, StepEvent},
@@ -93,8 +93,8 @@ impl Printer {
                 let _ = writeln!(out, "{line}");
                 if let Some(report) = &o.report {
                     let _ = writeln!(out, "\nReport");
-                    for l in report.lines() {
-                        let _ = writeln!(out, "  {}", term(l));
+                    for l in table::wrap(report, self.width.saturating_sub(2)) {
+                        let _ = writeln!(out, "  {l}");
                     }
                 }
             }
@@ -137,10 +137,14 @@ impl Printer {
                 e.step,
                 e.summary.as_deref().unwrap_or("")
             )),
-            StepEventStatus::Skipped => lines.push(format!(
-                "{indent}↷ {} skipped ({})",
-                e.step,
-                e.summary.as_deref().unwrap_or("")
+            // The condition, cut to the width (`runs show` and `-o json` have it whole).
+            StepEventStatus::Skipped => lines.push(table::cut(
+                &format!(
+                    "{indent}↷ {} skipped ({})",
+                    e.step,
+                    table::one_line(e.summary.as_deref().unwrap_or(""))
+                ),
+                self.width,
             )),
             StepEventStatus::Plan => {
                 let input = e.input.clone().unwrap_or(Json::Null);
@@ -180,12 +184,10 @@ impl Printer {
             StepEventStatus::Started if e.kind == "wait" => {
                 self.spinner.wait(indent, &e.step, "waiting", since)
             }
-            StepEventStatus::Waiting => self.spinner.wait(
-                indent,
-                &e.step,
-                "waiting for approval",
-                since,
-            ),
+            StepEventStatus::Waiting => {
+                self.spinner
+                    .wait(indent, &e.step, "waiting for approval", since)
+            }
             StepEventStatus::Polled => {
                 if let (Some(found), Some(poll)) = (&e.found, e.poll) {
                     self.spinner
@@ -200,7 +202,11 @@ impl Printer {
 impl Observer for Printer {
     fn step_event(&self, e: &StepEvent) {
         if self.format == Format::Json {
-            let _ = writeln!(std::io::stdout().lock(), "{}", json!({ "event": "step", "step": e }));
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "{}",
+                json!({ "event": "step", "step": e })
+            );
             // A message to a channel that is not configured is still said, beside the JSON.
             if let Some(found) = &e.found {
                 if e.kind == "notify" && found["output"]["delivered"] == Json::Bool(false) {

@@ -225,7 +225,12 @@ mod tests {
             .collect();
         assert_eq!(
             n,
-            vec![("a".into(), 1), ("verify".into(), 1), ("verify".into(), 2), ("a".into(), 2)]
+            vec![
+                ("a".into(), 1),
+                ("verify".into(), 1),
+                ("verify".into(), 2),
+                ("a".into(), 2)
+            ]
         );
     }
 

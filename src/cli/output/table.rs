@@ -50,30 +50,34 @@ pub fn cut(text: &str, width: usize) -> String {
     out
 }
 
-/// `text` wrapped at spaces into lines of at most `width` characters (a longer word is cut).
+/// `text` wrapped at spaces into lines of at most `width` characters (a longer word is cut); a
+/// line's leading spaces indent the lines it wraps into as well.
 pub fn wrap(text: &str, width: usize) -> Vec<String> {
     let width = width.max(MIN_COLUMN);
     let mut lines = Vec::new();
     for para in text.lines() {
+        let lead = para.len() - para.trim_start_matches(' ').len();
+        let lead = " ".repeat(lead.min(width / 2));
+        let width = width - lead.len();
         let mut line = String::new();
         for word in para.split_whitespace() {
             let word = one_line(word);
             let len = line.chars().count();
             if len > 0 && len + 1 + word.chars().count() > width {
-                lines.push(std::mem::take(&mut line));
+                lines.push(format!("{lead}{}", std::mem::take(&mut line)));
             }
             if !line.is_empty() {
                 line.push(' ');
             }
             line.push_str(&word);
             if line.chars().count() > width {
-                lines.push(cut(&line, width));
+                lines.push(format!("{lead}{}", cut(&line, width)));
                 line.clear();
             }
         }
-        lines.push(line);
+        lines.push(format!("{lead}{line}"));
     }
-    while lines.last().is_some_and(String::is_empty) {
+    while lines.last().is_some_and(|l| l.trim().is_empty()) {
         lines.pop();
     }
     lines
@@ -128,10 +132,7 @@ pub fn table(rows: &[Json], width: usize) -> Vec<String> {
         .enumerate()
         .map(|(i, c)| {
             let widest = cells.iter().map(|r| r[i].chars().count()).max();
-            c.chars()
-                .count()
-                .max(widest.unwrap_or(0))
-                .min(MAX_COLUMN)
+            c.chars().count().max(widest.unwrap_or(0)).min(MAX_COLUMN)
         })
         .collect();
     let shown = fit(&mut widths, width);
@@ -248,6 +249,11 @@ mod tests {
         let lines = wrap(text, 30);
         assert!(lines.iter().all(|l| l.chars().count() <= 30), "{lines:?}");
         assert_eq!(lines.join(" "), text);
+        let indented = wrap("    2001 UnknownCommandTypeException and more words", 20);
+        assert!(
+            indented.iter().all(|l| l.starts_with("    ")),
+            "{indented:?}"
+        );
     }
 
     #[test]
