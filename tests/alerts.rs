@@ -1217,3 +1217,128 @@ async fn a_resolve_arriving_while_the_run_goes_on_is_visible_to_its_next_step() 
     let seen = messages(&db, "watch").await;
     assert!(seen[0].contains(&format!("ended {ends}")), "{seen:?}");
 }
+
+/// The silence for the alert being remediated: Alertmanager sends the alert, the run silences it
+/// (matchers from the alert's labels), Alertmanager shows it suppressed while the run goes on, and
+/// the silence is expired as the run ends, here by a failed verification. Its `endsAt` is bounded
+/// by the playbook's timeout (5m), not the step's `for: 2h`.
+#[tokio::test]
+async fn a_run_silences_its_alert_in_alertmanager_until_the_run_ends() {
+    let _one = ALERTMANAGERS.lock().await;
+    let port = free_port();
+    let am = Alertmanager::start(&format!(
+        "http://127.0.0.1:{port}/api/webhooks/alertmanager"
+    ))
+    .await;
+    let w = Workdir::new();
+    w.config(&format!(
+        "{CONFIG}alertmanager: {{ url: \"{}\" }}\n",
+        am.base
+    ));
+    w.playbook(
+        "mute-me",
+        r#"name: mute-me
+on:
+  alerts:
+    - alertname: MuteMe
+timeout: 5m
+steps:
+  - id: mute
+    silence: { for: 2h, comment: "fixing {{ alert.labels.instance }}" }
+  - id: hold
+    wait: 4s
+  - id: verify
+    assert: { that: "false", message: "the fix did not hold" }
+"#,
+    );
+    let server = w.serve_at(&[], &format!("127.0.0.1:{port}"));
+    let labels = json!({ "alertname": "MuteMe", "instance": "i1" });
+    am.post(&json!([{ "labels": labels, "annotations": {}, "startsAt": now() }]))
+        .await;
+
+    let silences = format!("{}/api/v2/silences", am.base);
+    let silence = eventually(20, "the run to silence its alert", || {
+        let silences = silences.clone();
+        async move {
+            let (_, list) = get_json(&silences, None).await;
+            list.as_array()?
+                .iter()
+                .find(|s| s["status"]["state"] == "active")
+                .cloned()
+        }
+    })
+    .await;
+    assert_eq!(silence["createdBy"], "runbook", "{silence}");
+    let comment = silence["comment"].as_str().unwrap();
+    assert!(
+        comment.contains("(mute-me): fixing i1; expires when the run ends"),
+        "{silence}"
+    );
+    let mut matchers: Vec<(String, String, bool, bool)> = silence["matchers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_owned(),
+                m["value"].as_str().unwrap().to_owned(),
+                m["isRegex"].as_bool().unwrap(),
+                m["isEqual"].as_bool().unwrap_or(true),
+            )
+        })
+        .collect();
+    matchers.sort();
+    assert_eq!(
+        matchers,
+        [
+            ("alertname".into(), "MuteMe".into(), false, true),
+            ("instance".into(), "i1".into(), false, true)
+        ]
+    );
+    let at = |k: &str| chrono::DateTime::parse_from_rfc3339(silence[k].as_str().unwrap()).unwrap();
+    let length = at("endsAt") - at("startsAt");
+    assert!(
+        length <= chrono::Duration::minutes(5) && length > chrono::Duration::minutes(4),
+        "the silence lasts {length}, not the run's 5m at most: {silence}"
+    );
+    // While it holds, Alertmanager suppresses the alert.
+    let (_, alerts) = get_json(&format!("{}/api/v2/alerts", am.base), None).await;
+    let ours = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "MuteMe")
+        .unwrap();
+    assert_eq!(ours["status"]["state"], "suppressed", "{ours}");
+    assert_eq!(ours["status"]["silencedBy"][0], silence["id"], "{ours}");
+
+    // The run fails its verification, and its silence is expired as it ends.
+    let db = store(&w.sqlite_url()).await;
+    until_scalar(
+        30,
+        "the run to fail its verification",
+        &db,
+        "SELECT COUNT(*) FROM runbook_runs WHERE playbook = 'mute-me' AND status = 'failed'",
+        |n| n == 1,
+    )
+    .await;
+    let id = silence["id"].as_str().unwrap().to_owned();
+    let one = format!("{}/api/v2/silence/{id}", am.base);
+    let state = eventually(10, "the silence to be expired", || {
+        let one = one.clone();
+        async move {
+            let (_, s) = get_json(&one, None).await;
+            (s["status"]["state"] == "expired").then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(state["id"], id.as_str());
+    let recorded = rows(
+        &db,
+        "SELECT s.output FROM runbook_step_attempts s JOIN runbook_runs r ON r.id = s.run_id \
+         WHERE r.playbook = 'mute-me' AND s.step_id = 'mute'",
+    )
+    .await;
+    assert_eq!(recorded[0]["output"]["output"]["silence_id"], id.as_str());
+    drop(server);
+}

@@ -345,6 +345,32 @@ steps:
         .clone();
     assert_eq!(lag["committed"], 4);
     assert_eq!(lag["lag"], 6);
+    assert_eq!(steps["lag"]["output"]["total_lag"], 6, "{steps}");
+
+    // A group that never committed an offset has an unknown lag, not a lag of 0.
+    let w = Workdir::new();
+    w.config(&format!("kafka: {{ brokers: \"{brokers}\" }}\n"));
+    w.playbook(
+        "fresh",
+        "name: fresh\nsteps:\n  - id: lag\n    kafka: { op: consumer_lag, group: never-committed }\n",
+    );
+    let out = tokio::task::spawn_blocking(move || w.run(&["run", "fresh", "-o", "json"]))
+        .await
+        .unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    let step = &out.run()["steps"]["lag"];
+    assert!(step["output"]["total_lag"].is_null(), "{step}");
+    let partitions = step["output"]["partitions"].as_u64().unwrap();
+    assert!(partitions >= 1, "{step}");
+    assert_eq!(step["output"]["partitions_without_offsets"], partitions, "{step}");
+    let p0 = step["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["topic"] == "lag-test" && r["partition"] == 0)
+        .unwrap();
+    assert!(p0["lag"].is_null() && p0["committed"].is_null(), "{p0}");
+    assert_eq!(p0["high_watermark"], 10, "{p0}");
 
     // Kafka down is a clear, retryable step error.
     drop(broker);

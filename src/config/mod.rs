@@ -45,7 +45,7 @@ pub struct Config {
     /// Prometheus for `promql` steps.
     #[serde(default)]
     pub prometheus: Option<Endpoint>,
-    /// Accepted, unused in this version.
+    /// Alertmanager, for `silence` steps (its API: `POST /api/v2/silences`).
     #[serde(default)]
     pub alertmanager: Option<Endpoint>,
     /// Named databases for `sql` steps (`sql: { datasource: NAME }`).

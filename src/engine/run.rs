@@ -252,6 +252,9 @@ impl Engine {
             self.run_on_failure(pb, &meta, &mut state, step, error)
                 .await;
         }
+        // Silences it made end with it (each also ends by itself, never past the deadline).
+        let silences = silence_ids(pb, &state.ctx["steps"]);
+        crate::steps::expire_silences(&self.services, &silences).await;
         let report = self
             .report(pb, &meta, &state, status, failed.as_ref())
             .await;
@@ -429,4 +432,22 @@ impl Launcher for Engine {
             })
         })
     }
+}
+
+/// The ids of the Alertmanager silences the run's `silence` steps created (one a step, or one an
+/// item under `for_each`).
+fn silence_ids(pb: &Playbook, steps: &Json) -> Vec<String> {
+    pb.steps
+        .iter()
+        .chain(&pb.on_failure)
+        .filter(|s| matches!(s.kind, crate::steps::StepKind::Silence(_)))
+        .flat_map(|s| {
+            let output = &steps[&s.id]["output"];
+            match output {
+                Json::Array(items) => items.iter().collect(),
+                one => vec![one],
+            }
+        })
+        .filter_map(|o| o["silence_id"].as_str().map(str::to_owned))
+        .collect()
 }

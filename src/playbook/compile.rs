@@ -58,31 +58,6 @@ fn serde_message(e: &serde_yaml::Error) -> String {
     re.replace(&text, "").into_owned()
 }
 
-/// How deep `[` and `{` may nest in a playbook's text. The YAML parser's work grows with the
-/// square of that depth (100,000 levels take minutes), and serde_yaml refuses values nested past
-/// 128 levels anyway; counting brackets in template text and strings too only lowers the bound.
-const MAX_FLOW_DEPTH: usize = 512;
-
-/// The line and column where brackets first nest deeper than [`MAX_FLOW_DEPTH`], if they do.
-fn too_deep(text: &str) -> Option<(usize, usize)> {
-    let (mut depth, mut line, mut col) = (0usize, 1usize, 0usize);
-    for c in text.chars() {
-        col += 1;
-        match c {
-            '\n' => (line, col) = (line + 1, 0),
-            '[' | '{' => {
-                depth += 1;
-                if depth > MAX_FLOW_DEPTH {
-                    return Some((line, col));
-                }
-            }
-            ']' | '}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    None
-}
-
 /// Compiles one playbook file's text. On success also returns the `playbook:` calls it makes,
 /// which [`super::load`] checks once every file is known.
 pub fn compile_source(
@@ -90,11 +65,16 @@ pub fn compile_source(
     text: &str,
     env: &CompileEnv,
 ) -> Result<(Playbook, Vec<PlaybookCall>), Vec<Diagnostic>> {
-    if let Some(pos) = too_deep(text) {
+    // Checked here rather than only when a file is read: a version pinned in the store is
+    // compiled from its text too.
+    if let Some(pos) = super::locate::too_deep(text, super::MAX_DEPTH) {
         return Err(vec![Diagnostic::new(
             path,
             pos,
-            format!("brackets nested more than {MAX_FLOW_DEPTH} deep (`[` and `{{`); a playbook needs a few levels: flatten this value"),
+            format!(
+                "maps and lists nest deeper than the limit of {} levels here",
+                super::MAX_DEPTH
+            ),
         )]);
     }
     let raw: RawPlaybook = match serde_yaml::from_str(text) {

@@ -241,8 +241,8 @@ pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// The deepest nesting of maps and lists in a playbook; the real ones stay under ten.
 pub const MAX_DEPTH: usize = 64;
 
-/// A playbook file's text, refused before it is parsed when it is larger than
-/// [`MAX_FILE_BYTES`] or nests deeper than [`MAX_DEPTH`].
+/// A playbook file's text, refused before it is read whole when it is larger than
+/// [`MAX_FILE_BYTES`]. (Compiling refuses text that nests deeper than [`MAX_DEPTH`].)
 pub fn read_source(file: &Path) -> Result<String, Diagnostic> {
     use std::io::Read;
     let unreadable =
@@ -268,13 +268,6 @@ pub fn read_source(file: &Path) -> Result<String, Diagnostic> {
             "the file is not UTF-8 text",
         ))
     })?;
-    if let Some(at) = locate::too_deep(&text, MAX_DEPTH) {
-        return Err(Diagnostic::new(
-            file,
-            at,
-            format!("maps and lists nest deeper than the limit of {MAX_DEPTH} levels here"),
-        ));
-    }
     Ok(text)
 }
 

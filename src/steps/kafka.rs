@@ -251,21 +251,35 @@ fn blocking(
             let committed = consumer
                 .committed_offsets(tpl, timeout)
                 .map_err(|e| kerr("committed offsets", e))?;
+            // A partition the group never committed an offset for has no lag to report: it is
+            // shown as unknown (null), never as 0, and so is the total when no partition has one.
             let mut rows = Vec::new();
-            let mut total: i64 = 0;
+            let mut total: Option<i64> = None;
+            let mut without_offsets = 0usize;
             for e in committed.elements() {
-                let Offset::Offset(c) = e.offset() else {
-                    continue;
-                };
                 let (_, high) = consumer
                     .fetch_watermarks(e.topic(), e.partition(), timeout)
                     .map_err(|x| kerr("watermarks", x))?;
-                let lag = (high - c).max(0);
-                total += lag;
-                rows.push(json!({ "topic": e.topic(), "partition": e.partition(), "committed": c, "high_watermark": high, "lag": lag }));
+                let (committed, lag) = match e.offset() {
+                    Offset::Offset(c) => {
+                        let lag = (high - c).max(0);
+                        total = Some(total.unwrap_or(0) + lag);
+                        (Json::from(c), Json::from(lag))
+                    }
+                    _ => {
+                        without_offsets += 1;
+                        (Json::Null, Json::Null)
+                    }
+                };
+                rows.push(json!({ "topic": e.topic(), "partition": e.partition(), "committed": committed, "high_watermark": high, "lag": lag }));
             }
             Ok(StepOutput {
-                output: json!({ "group": group, "total_lag": total, "partitions": rows.len() }),
+                output: json!({
+                    "group": group,
+                    "total_lag": total,
+                    "partitions": rows.len(),
+                    "partitions_without_offsets": without_offsets,
+                }),
                 rows,
             })
         }

@@ -17,6 +17,7 @@ mod promql;
 mod runtime;
 mod shell;
 mod short;
+mod silence;
 mod sql;
 mod tcp_check;
 mod wait;
@@ -37,11 +38,12 @@ pub use names::Names;
 use schemars::JsonSchema;
 use serde::Deserialize;
 pub use short::ShortOr;
+pub use silence::expire_for_run as expire_silences;
 
 use self::{
     approve::RawApprove, assert::RawAssert, call::RawCall, http::RawHttp, kafka::RawKafka,
-    notify::RawNotify, promql::RawPromql, runtime::RuntimeSchema, shell::RawShell, sql::RawSql,
-    tcp_check::RawTcpCheck,
+    notify::RawNotify, promql::RawPromql, runtime::RuntimeSchema, shell::RawShell,
+    silence::RawSilence, sql::RawSql, tcp_check::RawTcpCheck,
 };
 use std::collections::BTreeMap;
 
@@ -102,6 +104,9 @@ pub struct RawStep {
     pub notify: Option<RawNotify>,
     #[serde(default)]
     pub playbook: Option<ShortOr<RawCall>>,
+    /// Silences the alert in Alertmanager while the run goes on.
+    #[serde(default)]
+    pub silence: Option<RawSilence>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -175,6 +180,7 @@ pub enum StepKind {
     Approve(approve::ApproveStep),
     Notify(notify::NotifyStep),
     Playbook(call::CallStep),
+    Silence(silence::SilenceStep),
 }
 
 /// What a step kind produced: rows (tabular results) and any other output.
@@ -238,6 +244,7 @@ pub enum Rendered {
     Approve(approve::Input),
     Notify(notify::Input),
     Playbook(call::Input),
+    Silence(silence::Input),
 }
 
 /// Applies `$e` to the kind inside a `StepKind`, whatever it is.
@@ -256,6 +263,7 @@ macro_rules! each_kind {
             StepKind::Approve($s) => $e,
             StepKind::Notify($s) => $e,
             StepKind::Playbook($s) => $e,
+            StepKind::Silence($s) => $e,
         }
     };
 }
@@ -269,14 +277,14 @@ impl StepKind {
         }
         seen!(
             sql, promql, http, kafka, runtime, shell, tcp_check, wait, assert, approve, notify,
-            playbook
+            playbook, silence
         );
         match kinds.len() {
             0 => {
                 return Err((
                     String::new(),
                     format!(
-                        "step `{}` has no kind: add one of sql, promql, http, kafka, runtime, shell, tcp_check, wait, assert, approve, notify, playbook",
+                        "step `{}` has no kind: add one of sql, promql, http, kafka, runtime, shell, tcp_check, wait, assert, approve, notify, playbook, silence",
                         s.id
                     ),
                 ))
@@ -311,6 +319,9 @@ impl StepKind {
             RawStep {
                 playbook: Some(r), ..
             } => StepKind::Playbook(Kind::compile(r.0)?),
+            RawStep {
+                silence: Some(r), ..
+            } => StepKind::Silence(Kind::compile(r)?),
             _ => unreachable!("exactly one kind was counted above"),
         })
     }
@@ -329,6 +340,7 @@ impl StepKind {
             StepKind::Approve(_) => "approve",
             StepKind::Notify(_) => "notify",
             StepKind::Playbook(_) => "playbook",
+            StepKind::Silence(_) => "silence",
         }
     }
 
@@ -379,6 +391,7 @@ impl StepKind {
             StepKind::Approve(s) => Rendered::Approve(s.render(cx)?),
             StepKind::Notify(s) => Rendered::Notify(s.render(cx)?),
             StepKind::Playbook(s) => Rendered::Playbook(s.render(cx)?),
+            StepKind::Silence(s) => Rendered::Silence(s.render(cx)?),
         })
     }
 
@@ -397,6 +410,7 @@ impl StepKind {
             Rendered::Approve(i) => approve::ApproveStep::execute(i, cx).await,
             Rendered::Notify(i) => notify::NotifyStep::execute(i, cx).await,
             Rendered::Playbook(i) => call::CallStep::execute(i, cx).await,
+            Rendered::Silence(i) => silence::SilenceStep::execute(i, cx).await,
         }
     }
 }

@@ -679,6 +679,29 @@ mod tests {
         );
     }
 
+    /// Eight stores opening one fresh file at once, as eight processes starting together do, each
+    /// switching it to WAL and migrating it: every one opens, in every round. (Switching to WAL
+    /// takes the file's exclusive lock and SQLite's busy handler does not wait for it, so a plain
+    /// `journal_mode` connect option failed "database is locked" in some rounds.)
+    #[tokio::test]
+    async fn stores_opening_one_fresh_file_at_once_all_open_and_migrate() {
+        for round in 0..25 {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("runbook.db").display());
+            // sqlx runs each SQLite connection on a thread of its own, so these really race.
+            let opened = futures::future::join_all((0..8).map(|_| async {
+                let db = Db::connect(&url, false, 2).await?;
+                db.migrate().await?;
+                Ok::<_, DbError>(db)
+            }))
+            .await;
+            for (i, r) in opened.into_iter().enumerate() {
+                let db = r.unwrap_or_else(|e| panic!("round {round}, store {i}: {e:#}"));
+                db.close().await;
+            }
+        }
+    }
+
     #[test]
     fn placeholders_convert_outside_quotes() {
         assert_eq!(
