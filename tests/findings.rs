@@ -400,3 +400,38 @@ fn a_terminal_shows_a_spinner_with_the_polled_value_and_a_pipe_does_not() {
     assert!(!json.contains("poll 2 of"), "{json}");
     assert!(json.contains("\"status\":\"polled\""), "{json}");
 }
+
+#[test]
+fn a_secret_found_by_a_step_is_masked_in_the_table_the_report_and_the_record() {
+    let secret = "s3cr3t-token-value-42";
+    let w = Workdir::new().env("FINDINGS_DB_TOKEN", secret);
+    w.config("env:\n  - { name: FINDINGS_DB_TOKEN, secret: true }\n");
+    w.playbook(
+        "leak",
+        "name: leak\nsteps:\n  - id: q\n    sql: \"SELECT {{ env.FINDINGS_DB_TOKEN }} AS token, 1 AS n\"\nreport: \"token {{ steps.q.rows[0].token }}\"\n",
+    );
+    let out = w.run(&["run", "leak"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("****"), "{out:?}");
+    let show = w.run(&["runs", "show", "1"]);
+    let json = w.run(&["runs", "show", "1", "-o", "json"]);
+    for text in [&out.stdout, &out.stderr, &show.stdout, &json.stdout] {
+        assert!(!text.contains(secret), "{out:?}\n{show:?}\n{json:?}");
+    }
+    assert!(report_of(&out).contains("token ****"), "{out:?}");
+}
+
+#[test]
+fn queue_load_draws_a_progress_bar_on_a_terminal_only() {
+    let w = Workdir::new();
+    let args = "queue load --type demo.noop --rate 400/s --duration 2s";
+    let screen = on_a_terminal(&w, args);
+    assert!(screen.contains("/800 commands"), "{screen}");
+    assert!(
+        screen.contains("enqueued 800 `demo.noop` commands"),
+        "{screen}"
+    );
+    let piped = w.run(&args.split(' ').collect::<Vec<_>>());
+    assert_eq!(piped.code, 0, "{piped:?}");
+    assert!(!piped.stdout.contains("/800 commands"), "{piped:?}");
+}

@@ -146,6 +146,8 @@ fn generic(rows: &[Json], output: &Json, width: usize) -> Vec<String> {
     match output {
         Json::Object(map) => lines.extend(key_values(map, rows, width)),
         Json::Null => {}
+        // A `for_each` step's outputs, one an item.
+        Json::Array(items) if items.is_empty() && rows.is_empty() => lines.push("no items".into()),
         Json::Array(items) if items.iter().all(Json::is_object) && rows.is_empty() => {
             lines.extend(rows_table(items, None, width));
         }
