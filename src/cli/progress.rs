@@ -10,9 +10,6 @@ use std::{
 };
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use serde_json::Value as Json;
-
-use super::output::{findings::thousands, table::cell};
 
 /// How often the spinner turns and its clock moves.
 const TICK: Duration = Duration::from_millis(120);
@@ -71,16 +68,16 @@ impl Spinner {
         });
     }
 
-    /// The spinner of a polling step after its `n`th check of at most `of`, which saw `found`.
+    /// The spinner of a polling step after its `n`th check of at most `of`, which saw `value`
+    /// (`n 235`: a label and a value, or any short text).
     pub fn poll(
         &self,
         indent: &str,
         step: &str,
-        found: &Json,
+        value: String,
         (n, of): (u32, u32),
         since: Duration,
     ) {
-        let value = poll_value(found);
         let mut active = self.lock();
         if active.as_ref().is_some_and(|a| a.step != step) {
             if let Some(a) = active.take() {
@@ -131,36 +128,6 @@ fn new_bar(indent: &str, since: Duration) -> ProgressBar {
     bar
 }
 
-/// What one poll saw, in a few words: the columns of a one-row result (`n 5,051`), a single
-/// Prometheus value, or the row count.
-pub fn poll_value(found: &Json) -> String {
-    let empty = Vec::new();
-    let rows = found["rows"].as_array().unwrap_or(&empty);
-    match rows.as_slice() {
-        [] => String::new(),
-        [Json::Object(row)] => {
-            let parts: Vec<String> = row
-                .iter()
-                .filter(|(k, _)| k.as_str() != "timestamp")
-                .take(3)
-                .map(|(k, v)| {
-                    let v = match v.as_u64() {
-                        Some(n) => thousands(n),
-                        None => cell(v),
-                    };
-                    if k == "value" {
-                        v
-                    } else {
-                        format!("{} {v}", cell(&Json::String(k.clone())))
-                    }
-                })
-                .collect();
-            super::output::table::cut(&parts.join(", "), 60)
-        }
-        rows => format!("{} rows", thousands(rows.len() as u64)),
-    }
-}
-
 /// `queue load`'s bar: commands enqueued of `total`, with the rate; hidden off a terminal.
 pub fn load_bar(total: u64) -> ProgressBar {
     if !on_terminal() {
@@ -199,38 +166,13 @@ impl Clock {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-
-    #[test]
-    fn a_poll_is_summed_up_by_its_one_row_or_its_row_count() {
-        let one = json!({"rows": [{"n": 5051}], "output": {}});
-        assert_eq!(poll_value(&one), "n 5,051");
-        let prom = json!({"rows": [{"value": "0.5", "timestamp": 1.0}], "output": {}});
-        assert_eq!(poll_value(&prom), "0.5");
-        let many = json!({"rows": [{"a": 1}, {"a": 2}], "output": {}});
-        assert_eq!(poll_value(&many), "2 rows");
-        assert_eq!(poll_value(&json!({"rows": [], "output": null})), "");
-    }
 
     #[test]
     fn a_spinner_off_a_terminal_draws_nothing_and_clears_cleanly() {
         let s = Spinner::default();
-        s.poll(
-            "  ",
-            "verify",
-            &json!({"rows": [{"n": 3}]}),
-            (1, 20),
-            Duration::ZERO,
-        );
-        s.poll(
-            "  ",
-            "verify",
-            &json!({"rows": [{"n": 1}]}),
-            (2, 20),
-            Duration::ZERO,
-        );
+        s.poll("  ", "verify", "n 3".into(), (1, 20), Duration::ZERO);
+        s.poll("  ", "verify", "n 1".into(), (2, 20), Duration::ZERO);
         let msg = s.lock().as_ref().map(|a| a.bar.message()).unwrap();
         assert_eq!(msg, "verify: n 3 → 1, poll 2 of 20");
         s.clear();

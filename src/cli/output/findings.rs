@@ -203,6 +203,36 @@ fn text_lines(text: &str, width: usize, max: usize) -> Vec<String> {
     lines
 }
 
+/// What one poll saw, in a few words: the columns of a one-row result (`n 5,051`), a single
+/// Prometheus value, or the row count.
+pub fn poll_value(found: &Json) -> String {
+    let empty = Vec::new();
+    let rows = found["rows"].as_array().unwrap_or(&empty);
+    match rows.as_slice() {
+        [] => String::new(),
+        [Json::Object(row)] => {
+            let parts: Vec<String> = row
+                .iter()
+                .filter(|(k, _)| k.as_str() != "timestamp")
+                .take(3)
+                .map(|(k, v)| {
+                    let v = match v.as_u64() {
+                        Some(n) => thousands(n),
+                        None => cell(v),
+                    };
+                    if k == "value" {
+                        v
+                    } else {
+                        format!("{} {v}", cell(&Json::String(k.clone())))
+                    }
+                })
+                .collect();
+            cut(&parts.join(", "), 60)
+        }
+        rows => format!("{} rows", thousands(rows.len() as u64)),
+    }
+}
+
 /// `2001` as `2,001`.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -279,6 +309,17 @@ mod tests {
                 "2,001 UnknownCommandTypeException"
             ]
         );
+    }
+
+    #[test]
+    fn a_poll_is_summed_up_by_its_one_row_or_its_row_count() {
+        let one = json!({"rows": [{"n": 5051}], "output": {}});
+        assert_eq!(poll_value(&one), "n 5,051");
+        let prom = json!({"rows": [{"value": "0.5", "timestamp": 1.0}], "output": {}});
+        assert_eq!(poll_value(&prom), "0.5");
+        let many = json!({"rows": [{"a": 1}, {"a": 2}], "output": {}});
+        assert_eq!(poll_value(&many), "2 rows");
+        assert_eq!(poll_value(&json!({"rows": [], "output": null})), "");
     }
 
     #[test]

@@ -190,8 +190,9 @@ impl Printer {
             }
             StepEventStatus::Polled => {
                 if let (Some(found), Some(poll)) = (&e.found, e.poll) {
+                    let value = findings::poll_value(found);
                     self.spinner
-                        .poll(indent, &e.step, found, (poll.n, poll.of), since);
+                        .poll(indent, &e.step, value, (poll.n, poll.of), since);
                 }
             }
             _ => {}

@@ -4,8 +4,8 @@
 
 use serde_json::Value as Json;
 
+use super::findings::poll_value;
 use super::{outln, Format};
-use crate::cli::progress::poll_value;
 
 /// The most bytes of an attempt's input and output printed whole; past it, their start.
 pub const WHOLE_UP_TO: usize = 4 * 1024;
