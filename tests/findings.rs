@@ -435,3 +435,32 @@ fn queue_load_draws_a_progress_bar_on_a_terminal_only() {
     assert_eq!(piped.code, 0, "{piped:?}");
     assert!(!piped.stdout.contains("/800 commands"), "{piped:?}");
 }
+
+/// Needs the Prometheus that `scripts/test` starts (it scrapes itself, so `up` is 1).
+#[test]
+fn prometheus_values_are_shown_with_their_labels_and_an_http_answer_with_its_status_and_body() {
+    let prometheus = std::env::var("RUNBOOK_TEST_PROMETHEUS").expect(
+        "RUNBOOK_TEST_PROMETHEUS is not set: run the suite with scripts/test, which starts Prometheus",
+    );
+    let w = Workdir::new();
+    w.config(&format!("prometheus: {{ url: \"{prometheus}\" }}\n"));
+    w.playbook(
+        "prom",
+        &format!(
+            "name: prom\nsteps:\n  - id: up\n    promql: 'up{{job=\"prometheus\"}}'\n  - id: ready\n    http: {{ url: \"{prometheus}/-/ready\" }}\n"
+        ),
+    );
+    let out = w.run(&["run", "prom"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let address = prometheus.trim_start_matches("http://");
+    let series = format!(r#"      {{__name__="up", instance="{address}", job="prometheus"}}  1"#);
+    assert!(
+        out.stdout.lines().any(|l| l == series),
+        "no {series:?}\n{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains("      status 200\n      Prometheus Server is Ready."),
+        "{out:?}"
+    );
+}

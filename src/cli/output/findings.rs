@@ -87,10 +87,10 @@ fn promql(rows: &[Json], width: usize) -> Vec<String> {
             let value = match r.get("values").and_then(Json::as_array) {
                 Some(samples) => format!(
                     "{} (last of {} samples)",
-                    samples.last().map(|s| cell(&s[1])).unwrap_or_default(),
+                    samples.last().map(|s| sample(&s[1])).unwrap_or_default(),
                     samples.len()
                 ),
-                None => cell(&r["value"]),
+                None => sample(&r["value"]),
             };
             let line = if labels.is_empty() {
                 value
@@ -104,6 +104,14 @@ fn promql(rows: &[Json], width: usize) -> Vec<String> {
         lines.push(format!("and {} more series", rows.len() - SHOWN_ROWS));
     }
     lines
+}
+
+/// A Prometheus sample as Prometheus writes it: `1`, not `1.0`.
+fn sample(v: &Json) -> String {
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+        _ => cell(v),
+    }
 }
 
 fn http(output: &Json, width: usize) -> Vec<String> {
@@ -273,7 +281,7 @@ mod tests {
     fn prometheus_values_come_with_their_labels() {
         let found = json!({"rows": [
             {"instance": "w1", "job": "worker", "value": "0.42", "timestamp": 1.0},
-            {"instance": "w2", "values": [[1.0, "1"], [2.0, "3"]]},
+            {"instance": "w2", "values": [[1.0, 1.0], [2.0, 3.0]]},
         ], "output": {"resultType": "vector", "series": 2}});
         assert_eq!(
             lines("promql", &found, 100),
