@@ -427,3 +427,41 @@ steps:
     assert_eq!(out.code, 1, "{out:?}");
     crate::util::assert_run_error(&out.run(), "`42` is not a UUID");
 }
+
+/// A statement that passes for a read (it starts with `SELECT`) but carries a second statement
+/// that writes: the read runs read-only on both stores, so the write fails and nothing is
+/// deleted; on SQLite the connection takes writes again afterwards.
+#[tokio::test]
+async fn a_read_that_hides_a_write_writes_nothing_on_either_store() {
+    let pg = PgDb::new().await;
+    let w = Workdir::new();
+    let sqlite = w.sqlite_url();
+    w.playbook(
+        "sneaky",
+        "name: sneaky\nsteps:\n  - id: look\n    sql: \"SELECT 1 AS one; DELETE FROM command_queue\"\n",
+    );
+    w.playbook(
+        "honest",
+        "name: honest\nsteps:\n  - id: note\n    sql: \"UPDATE command_queue SET priority = 7\"\n",
+    );
+    for url in [sqlite.as_str(), pg.url.as_str()] {
+        w.enqueue(url, "user", "u1", "user.update", "{}");
+        let out = w.run(&["--store", url, "run", "sneaky", "-o", "json"]);
+        assert_eq!(out.code, 1, "{url}: {out:?}");
+        let db = store(url).await;
+        assert_eq!(
+            scalar(&db, "SELECT COUNT(*) FROM command_queue").await,
+            1,
+            "{url}: the hidden DELETE ran"
+        );
+        // A change after it writes as usual.
+        let out = w.run(&["--store", url, "run", "honest", "-o", "json"]);
+        assert_eq!(out.code, 0, "{url}: {out:?}");
+        assert_eq!(
+            scalar(&db, "SELECT COUNT(*) FROM command_queue WHERE priority = 7").await,
+            1,
+            "{url}"
+        );
+        db.close().await;
+    }
+}

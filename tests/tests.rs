@@ -13,6 +13,7 @@ mod layers;
 mod lifecycle;
 mod logs;
 mod migrations;
+mod plan;
 mod postgres;
 mod reload;
 mod retention;

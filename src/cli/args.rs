@@ -85,6 +85,10 @@ pub enum Command {
         /// Print what would run (rendered SQL with bound values, requests, argv) and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Run the steps that only read, then print what the run would change, on the data as
+        /// it is now (each change's rendered input, each skip with its `when`); change nothing.
+        #[arg(long, conflicts_with = "dry_run")]
+        plan: bool,
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Format,
         /// Start even when a guard (concurrency, cooldown, max_runs_per_hour) or the global pause

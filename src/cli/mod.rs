@@ -4,6 +4,7 @@
 
 mod args;
 mod output;
+mod plan;
 mod playbooks;
 mod progress;
 mod serve;
@@ -166,9 +167,17 @@ async fn command(cli: Cli) -> Result<i32> {
             name,
             params,
             dry_run,
+            plan,
             output,
             force,
-        } => playbooks::run(&setup, name, params, dry_run, output, force).await,
+        } => {
+            let mode = match (dry_run, plan) {
+                (true, _) => crate::engine::RunMode::DryRun,
+                (_, true) => crate::engine::RunMode::Plan,
+                _ => crate::engine::RunMode::Execute,
+            };
+            playbooks::run(&setup, name, params, mode, output, force).await
+        }
         Command::Pause { reason } => triggers::pause(&setup, &reason).await,
         Command::Resume => triggers::resume(&setup).await,
         Command::Status { output } => triggers::status(&setup, output).await,

@@ -12,7 +12,7 @@ use super::{
     parse_params, print_diags, Setup, EXIT_FAILED, EXIT_USAGE,
 };
 use crate::{
-    engine::{Engine, RunRequest},
+    engine::{Engine, RunMode, RunRequest},
     metrics::Metrics,
     playbook::Catalog,
     services::Services,
@@ -130,7 +130,7 @@ pub(super) async fn run(
     setup: &Setup,
     name: String,
     params: Vec<String>,
-    dry_run: bool,
+    mode: RunMode,
     format: Format,
     force: bool,
 ) -> Result<i32> {
@@ -150,10 +150,13 @@ pub(super) async fn run(
         playbook: name,
         params,
         trigger: json!({ "kind": "cli" }),
-        dry_run,
+        mode,
         ..Default::default()
     };
-    if !dry_run {
+    if mode == RunMode::Plan {
+        return super::plan::run(engine, req, format).await;
+    }
+    if mode == RunMode::Execute {
         match super::triggers::admit_cli(&engine, &req, force).await? {
             Ok(run_id) => req.resume = Some(run_id),
             Err(code) => return Ok(code),
@@ -169,6 +172,9 @@ pub(super) async fn run(
     match result {
         Ok(outcome) => {
             observer.outcome(&outcome);
+            if mode == RunMode::DryRun {
+                super::plan::dry_run_note(&outcome.playbook, format);
+            }
             Ok(if let Some(signal) = stopped {
                 signal.exit_code()
             } else if outcome.status.is_success() {

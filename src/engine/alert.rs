@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use super::{step::RunState, Engine};
+use super::{state::RunState, Engine};
 use crate::store::alerts;
 
 impl Engine {

@@ -28,6 +28,7 @@ pub(super) fn event(meta: &RunMeta, step: &Step, status: StepEventStatus) -> Ste
         found: None,
         continued: false,
         poll: None,
+        plan: None,
     }
 }
 

@@ -2,10 +2,14 @@
 //! run loop in [`run`].
 
 mod alert;
+mod describe;
 mod events;
+mod plan;
 mod report;
 mod run;
+mod state;
 mod step;
+mod unknown;
 mod watch;
 
 use std::{
@@ -14,7 +18,7 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
-pub use crate::steps::{NullObserver, Observer, StepEvent};
+pub use crate::steps::{NullObserver, Observer, PlanAction, PlanNote, RunMode, StepEvent};
 pub use run::{RunOutcome, RunRequest};
 
 use crate::{

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 
-use super::{step::RunState, Engine};
+use super::{state::RunState, Engine};
 use crate::{
     playbook::Playbook,
     status::{RunStatus, StepStatus},
@@ -18,7 +18,8 @@ use crate::{
 const RENDER_LIMIT: Duration = Duration::from_secs(10);
 
 impl Engine {
-    /// The run's report, masked, or `None` when the playbook has none (or the run only planned).
+    /// The run's report, masked, or `None` when the playbook has none (or the run only planned:
+    /// a dry run or a plan).
     /// A report that does not render says why instead; it never changes the run's status.
     pub(super) async fn report(
         &self,
@@ -28,7 +29,7 @@ impl Engine {
         status: RunStatus,
         failed: Option<&(String, String)>,
     ) -> Option<String> {
-        let src = pb.report.as_deref().filter(|_| !meta.dry_run)?;
+        let src = pb.report.as_deref().filter(|_| meta.mode.changes())?;
         let mut ctx = state.ctx.clone();
         fill_missing_steps(&mut ctx, pb);
         let failed_step = failed.map_or(Json::Null, |(s, e)| json!({ "id": s, "error": e }));

@@ -14,12 +14,12 @@ use serde_json::{json, Map, Value as Json};
 
 use tracing::Instrument;
 
-use super::{step::RunState, Engine, EngineError};
+use super::{state::RunState, Engine, EngineError};
 use crate::{
     metrics::{run_trigger, RunLabels},
     playbook::{resolve_params, Catalog, Playbook},
     status::RunStatus,
-    steps::{Cancel, ChildOutcome, Launcher, Observer, RunMeta},
+    steps::{Cancel, ChildOutcome, Launcher, Observer, RunMeta, RunMode},
     store::{
         runs::{self, NewRun},
         versions,
@@ -48,8 +48,9 @@ pub struct RunRequest {
     /// command queued before versions were kept, a direct run) the catalog's current version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Execute, dry run (`--dry-run`) or plan (`--plan`); never queued.
     #[serde(skip)]
-    pub dry_run: bool,
+    pub mode: RunMode,
     /// The queue command carrying this run, when a worker runs it.
     #[serde(skip)]
     pub command_id: Option<i64>,
@@ -63,7 +64,7 @@ pub struct RunRequest {
 pub struct RunOutcome {
     pub run_id: i64,
     pub playbook: String,
-    /// `succeeded`, `failed`, `timed_out`, `cancelled`, or `planned` for a dry run.
+    /// `succeeded`, `failed`, `timed_out`, `cancelled`, or `planned` for a dry run or a plan.
     pub status: RunStatus,
     pub failed_step: Option<String>,
     pub error: Option<String>,
@@ -129,8 +130,8 @@ impl Engine {
         self.live.cancel_all(reason);
     }
 
-    /// A `playbook:` step's child run.
-    async fn run_child(
+    /// A `playbook:` step's child run, in its parent's mode.
+    pub(super) async fn run_child(
         &self,
         name: &str,
         params: BTreeMap<String, String>,
@@ -140,7 +141,7 @@ impl Engine {
             playbook: name.to_owned(),
             params,
             trigger: json!({ "kind": "playbook", "parent_run": parent.id, "parent_playbook": parent.playbook }),
-            dry_run: parent.dry_run,
+            mode: parent.mode,
             ..Default::default()
         };
         Box::pin(self.run_at_depth(
@@ -224,7 +225,7 @@ impl Engine {
         let meta = RunMeta {
             id: run_id,
             playbook: pb.name.clone(),
-            dry_run: req.dry_run,
+            mode: req.mode,
             depth,
             observer,
             cancel,
@@ -237,7 +238,7 @@ impl Engine {
 
         let started = Instant::now();
         // run_id and playbook are the fields of the run's span, on every line logged inside it.
-        tracing::info!(dry_run = req.dry_run, "Run started.");
+        tracing::info!(mode = ?req.mode, "Run started.");
         let (status, failed) = self.run_body(pb, &meta, &mut state).await;
         if status == RunStatus::TimedOut {
             // The deadline dropped the step in progress, and a child run it waited for with it.
@@ -280,7 +281,8 @@ impl Engine {
             error.as_deref(),
         )
         .await?;
-        if !req.dry_run {
+        // A dry run and a plan changed nothing: they are not runs the metrics count.
+        if req.mode.changes() {
             let labels = RunLabels {
                 playbook: pb.name.clone(),
                 trigger: run_trigger(&req.trigger).to_owned(),
@@ -319,7 +321,8 @@ impl Engine {
             playbook: &pb.name,
             trigger: masker.mask_json(&req.trigger),
             params: masker.mask_json(&Json::Object(params.clone())),
-            dry_run: req.dry_run,
+            // A plan is recorded as a dry run: guards and counts of runs leave it out.
+            dry_run: !req.mode.changes(),
             parent_id: parent,
             command_id: req.command_id,
             status: RunStatus::Running,
@@ -351,7 +354,7 @@ impl Engine {
         ctx.insert("alerts".into(), Json::Array(req.alerts.clone()));
         ctx.insert("steps".into(), Json::Object(done));
         ctx.insert("runtime".into(), settings.to_json());
-        ctx.insert("run".into(), json!({ "id": run_id, "playbook": pb.name, "trigger": req.trigger, "dry_run": req.dry_run }));
+        ctx.insert("run".into(), json!({ "id": run_id, "playbook": pb.name, "trigger": req.trigger, "dry_run": !req.mode.changes() }));
         ctx.insert("now".into(), json!(runs::timestamp(Utc::now())));
         ctx.insert(
             "env".into(),
@@ -360,6 +363,7 @@ impl Engine {
         Ok(RunState {
             ctx,
             secrets: self.services.config.secret_env(),
+            unknown: Default::default(),
         })
     }
 
@@ -367,7 +371,7 @@ impl Engine {
     async fn run_body(&self, pb: &Playbook, meta: &RunMeta, state: &mut RunState) -> Ending {
         let body = self.run_steps(&pb.steps, meta, state);
         match tokio::time::timeout(pb.timeout.as_std(), body).await {
-            Ok(None) if meta.dry_run => (RunStatus::Planned, None),
+            Ok(None) if !meta.mode.changes() => (RunStatus::Planned, None),
             Ok(None) => (RunStatus::Succeeded, None),
             // Stopped where it was: the step it stopped in, and the cancel's reason.
             Ok(Some((step, error))) => match meta.cancel.reason() {

@@ -1,64 +1,64 @@
 //! The step loop: `when`, `for_each` (each item in turn), `until` (poll), `retry` (attempts with
 //! backoff), each attempt rendered, executed within its timeout and recorded.
+//!
+//! Whether an attempt executes or something stands in for it (a description, in a dry run and
+//! in a plan) is decided in one place, [`disposition`]; what a plan says of each step is built
+//! in [`super::plan`].
 
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use serde::Serialize;
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
 use tracing::Instrument;
 
 use super::{
     events::{event, found, max_polls, summarize},
+    state::{provisional, Items, RunState, StepResult},
+    unknown::Touched,
     Engine,
 };
 use crate::{
     metrics::StepLabels,
     playbook::{ForEach, Step},
     status::{RunStatus, StepEventStatus, StepStatus},
-    steps::{Poll, RunMeta, StepCx, StepError, StepEvent, StepKind, StepOutput},
-    store::runs::{self, Attempt},
-    template::{context_with_secrets, off_runtime, to_json},
+    steps::{Poll, Rendered, RunMeta, RunMode, StepCx, StepError, StepEvent, StepKind, StepOutput},
+    store::runs,
+    template::{off_runtime, to_json},
 };
 
-/// One step's result as later steps read it: `steps.<id>.{status,rows,output,error,duration_ms}`.
-#[derive(Debug, Clone, Serialize)]
-pub(super) struct StepResult {
-    status: StepStatus,
-    rows: Vec<Json>,
-    output: Json,
-    error: Option<String>,
-    duration_ms: u64,
+/// What became of a step's input.
+pub(super) enum Done {
+    /// It ran: what it produced.
+    Ran(StepOutput),
+    /// It was described instead of run (a dry run; in a plan, a change, or a step that needs
+    /// what a change would produce: `unknown` names those values).
+    Described { unknown: Vec<String> },
 }
 
-impl StepResult {
-    fn skipped() -> Self {
-        StepResult {
-            status: StepStatus::Skipped,
-            rows: vec![],
-            output: Json::Null,
-            error: None,
-            duration_ms: 0,
-        }
-    }
-    fn failed(&self) -> bool {
-        self.status == StepStatus::Failed
-    }
+/// What a run does with a step's rendered input. This is the one place that decides between
+/// executing a step and standing something in for it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Disposition {
+    Execute,
+    /// Described, not executed.
+    Describe,
+    /// A `playbook:` call in a plan: the callee is planned in turn, as a child run.
+    PlanCall,
 }
 
-pub(super) struct RunState {
-    pub ctx: Map<String, Json>,
-    /// The config's secret `env` entries: in templates as opaque values, never in `ctx`.
-    pub secrets: std::collections::BTreeMap<String, String>,
-}
-
-impl RunState {
-    pub fn value(&self) -> minijinja::Value {
-        context_with_secrets(&Json::Object(self.ctx.clone()), &self.secrets)
-    }
-    pub fn set_step(&mut self, id: &str, r: &StepResult) {
-        let steps = self.ctx.entry("steps").or_insert_with(|| json!({}));
-        steps[id] = serde_json::to_value(r).unwrap_or_default();
+/// How `mode` treats a step of `kind` whose input needs unknown values (`needs_unknown`).
+pub(super) fn disposition(mode: RunMode, kind: &StepKind, needs_unknown: bool) -> Disposition {
+    match mode {
+        RunMode::Execute => Disposition::Execute,
+        RunMode::DryRun => Disposition::Describe,
+        RunMode::Plan if needs_unknown => Disposition::Describe,
+        RunMode::Plan => match kind {
+            StepKind::Playbook(_) => Disposition::PlanCall,
+            // A wait only reads, but a plan does not sit through it.
+            StepKind::Wait(_) => Disposition::Describe,
+            k if k.is_read() => Disposition::Execute,
+            _ => Disposition::Describe,
+        },
     }
 }
 
@@ -119,13 +119,18 @@ impl Engine {
         if let Some(when) = &step.when {
             let deadline = meta.deadline_within(step.timeout.as_std());
             let templates = &self.services.templates;
-            let holds = off_runtime(deadline, || templates.eval_bool(when, &state.value())).await;
+            let (value, touched) = state.traced();
+            let holds = off_runtime(deadline, || templates.eval_bool(when, &value)).await;
+            if meta.mode == RunMode::Plan && touched.any() {
+                return self.would_run_if(step, meta, state, when, touched).await;
+            }
             match holds {
                 Ok(true) => {}
-                Err(_) if meta.dry_run => {}
+                Err(_) if meta.mode == RunMode::DryRun => {}
                 Ok(false) => {
                     meta.observer.step_event(&StepEvent {
                         summary: Some(format!("when: {when}")),
+                        plan: (meta.mode == RunMode::Plan).then(|| super::plan::skip_note(when)),
                         ..event(meta, step, StepEventStatus::Skipped)
                     });
                     return StepResult::skipped();
@@ -138,10 +143,8 @@ impl Engine {
                     });
                     return StepResult {
                         status: StepStatus::Failed,
-                        rows: vec![],
-                        output: Json::Null,
                         error: Some(error),
-                        duration_ms: 0,
+                        ..StepResult::skipped()
                     };
                 }
             }
@@ -152,55 +155,66 @@ impl Engine {
 
         let result = match self.for_each_items(step, meta, state).await {
             Err(e) => Err(e),
-            Ok(None) => self.run_polled(step, meta, state, None).await,
-            Ok(Some(items)) => self.run_items(step, meta, state, items).await,
+            Ok(Items::One) => self.run_polled(step, meta, state, None).await,
+            Ok(Items::Each(items)) => self.run_items(step, meta, state, items).await,
+            Ok(Items::Unknown(paths)) => {
+                self.plan_unknown_items(step, meta, paths);
+                Ok(Done::Described { unknown: vec![] })
+            }
         };
         self.finish(meta, step, started, result)
     }
 
-    /// The items of a `for_each` step, or `None` for a step without one.
+    /// The items of a `for_each` step.
     async fn for_each_items(
         &self,
         step: &Step,
         meta: &RunMeta,
         state: &RunState,
-    ) -> Result<Option<Vec<Json>>, String> {
+    ) -> Result<Items, String> {
         let Some(fe) = &step.for_each else {
-            return Ok(None);
+            return Ok(Items::One);
         };
         let templates = &self.services.templates;
         let deadline = meta.deadline_within(step.timeout.as_std());
+        let (value, touched) = state.traced();
         let list = off_runtime(deadline, || match fe {
-            ForEach::Expr(e) => templates.eval(e, &state.value()).map(|v| to_json(&v)),
-            ForEach::List(l) => templates.render_tree(l, &state.value()),
+            ForEach::Expr(e) => templates.eval(e, &value).map(|v| to_json(&v)),
+            ForEach::List(l) => templates.render_tree(l, &value),
         })
         .await;
+        if meta.mode == RunMode::Plan && touched.any() {
+            return Ok(Items::Unknown(touched.paths()));
+        }
         match list {
-            Ok(Json::Array(items)) => Ok(Some(items)),
+            Ok(Json::Array(items)) => Ok(Items::Each(items)),
             Ok(other) => Err(format!("for_each gave {other}, not a list")),
             Err(e) => Err(format!("for_each: {}", crate::template::message(&e))),
         }
     }
 
     /// Runs the step once per item (as `item`), stopping at the first failure; the rows of every
-    /// item are the step's rows, and its output is the list of their outputs.
+    /// item are the step's rows, and its output is the list of their outputs. When any item was
+    /// described rather than run, so is the step.
     async fn run_items(
         &self,
         step: &Step,
         meta: &RunMeta,
         state: &mut RunState,
         items: Vec<Json>,
-    ) -> Result<StepOutput, String> {
+    ) -> Result<Done, String> {
         let mut rows = Vec::new();
         let mut outputs = Vec::new();
         let mut error = None;
+        let mut described = false;
         for (i, item) in items.into_iter().enumerate() {
             state.ctx.insert("item".into(), item);
             match self.run_polled(step, meta, state, Some(i)).await {
-                Ok(out) => {
+                Ok(Done::Ran(out)) => {
                     rows.extend(out.rows);
                     outputs.push(out.output);
                 }
+                Ok(Done::Described { .. }) => described = true,
                 Err(e) => {
                     error = Some(format!("item {i}: {e}"));
                     break;
@@ -209,10 +223,11 @@ impl Engine {
         }
         state.ctx.remove("item");
         match error {
-            None => Ok(StepOutput {
+            None if described => Ok(Done::Described { unknown: vec![] }),
+            None => Ok(Done::Ran(StepOutput {
                 rows,
                 output: Json::Array(outputs),
-            }),
+            })),
             Some(e) => Err(e),
         }
     }
@@ -221,10 +236,10 @@ impl Engine {
         meta: &RunMeta,
         step: &Step,
         started: Instant,
-        result: Result<StepOutput, String>,
+        result: Result<Done, String>,
     ) -> StepResult {
         let duration_ms = started.elapsed().as_millis() as u64;
-        if !meta.dry_run {
+        if meta.mode.changes() {
             let labels = StepLabels {
                 playbook: meta.playbook.clone(),
                 kind: step.kind.name().to_owned(),
@@ -234,13 +249,21 @@ impl Engine {
                 .get_or_create(&labels)
                 .observe(started.elapsed().as_secs_f64());
         }
-        let status = if meta.dry_run {
-            StepStatus::Planned
-        } else {
-            StepStatus::Succeeded
-        };
         match result {
-            Ok(out) => {
+            Ok(Done::Described { .. }) => {
+                meta.observer.step_event(&StepEvent {
+                    duration_ms: Some(duration_ms),
+                    ..event(meta, step, StepEventStatus::Planned)
+                });
+                StepResult {
+                    duration_ms,
+                    // A dry run's steps read as planned and empty, as they always have.
+                    unknown: meta.mode == RunMode::Plan,
+                    ..StepResult::unknown()
+                }
+            }
+            Ok(Done::Ran(out)) => {
+                let status = StepStatus::Succeeded;
                 meta.observer.step_event(&StepEvent {
                     duration_ms: Some(duration_ms),
                     summary: Some(self.services.masker.mask_str(&summarize(&out))),
@@ -253,6 +276,7 @@ impl Engine {
                     output: out.output,
                     error: None,
                     duration_ms,
+                    unknown: false,
                 }
             }
             Err(e) => {
@@ -265,10 +289,9 @@ impl Engine {
                 });
                 StepResult {
                     status: StepStatus::Failed,
-                    rows: vec![],
-                    output: Json::Null,
                     error: Some(e),
                     duration_ms,
+                    ..StepResult::skipped()
                 }
             }
         }
@@ -281,23 +304,41 @@ impl Engine {
         meta: &RunMeta,
         state: &mut RunState,
         item: Option<usize>,
-    ) -> Result<StepOutput, String> {
+    ) -> Result<Done, String> {
         let Some(until) = &step.until else {
-            return self.run_retried(step, meta, state, item).await;
+            let (input, done) = self.run_retried(step, meta, state, item).await?;
+            if meta.mode == RunMode::Plan {
+                self.plan_attempt(step, meta, state, item, &input, &done)
+                    .await;
+            }
+            return Ok(done);
         };
         let deadline = crate::duration::deadline_in(until.within.as_std());
         let mut polls = 0u32;
         loop {
             polls += 1;
-            let out = self.run_retried(step, meta, state, item).await?;
-            if meta.dry_run {
-                return Ok(out);
-            }
+            let (input, done) = self.run_retried(step, meta, state, item).await?;
+            let out = match done {
+                Done::Ran(out) => out,
+                described => {
+                    if meta.mode == RunMode::Plan {
+                        self.plan_attempt(step, meta, state, item, &input, &described)
+                            .await;
+                    }
+                    return Ok(described);
+                }
+            };
             // The check was made, and recorded with the attempt, by `run_retried`; later polls
             // and steps read this poll's result.
             state.set_step(&step.id, &provisional(&out));
-            match self.check_until(step, meta, state, &out).await {
-                Some(Ok(true)) | None => return Ok(out),
+            let check = self.check_until(step, meta, state, &out).await;
+            if meta.mode == RunMode::Plan {
+                // The first poll reads what is there now; the ones after it would read what
+                // the changes the plan did not make left.
+                return self.plan_poll(step, meta, item, &input, out, check);
+            }
+            match check.map(|(holds, _)| holds) {
+                Some(Ok(true)) | None => return Ok(Done::Ran(out)),
                 Some(Ok(false)) => {}
                 Some(Err(e)) => return Err(e),
             }
@@ -328,8 +369,8 @@ impl Engine {
         meta: &RunMeta,
         state: &RunState,
         item: Option<usize>,
-    ) -> Result<StepOutput, String> {
-        let ctx = state.value();
+    ) -> Result<(Json, Done), String> {
+        let (ctx, touched) = state.traced();
         let cx = StepCx {
             services: &self.services,
             launcher: self,
@@ -347,15 +388,15 @@ impl Engine {
             attempt += 1;
             let started_at = Utc::now();
             let started = Instant::now();
-            let (input, result) = self.attempt(step, meta, &cx).await;
+            let (input, result) = self.attempt(step, meta, &cx, &touched).await;
             let duration_ms = started.elapsed().as_millis() as u64;
             // An `until` step's attempt is a poll: it is the step's success only when the
             // condition holds, and is recorded `polled` otherwise, so a resumed run runs the
             // step again instead of taking a poll for the step's end.
             let polled = match &result {
-                Ok(out) if !meta.dry_run => !matches!(
+                Ok(Done::Ran(out)) => !matches!(
                     self.check_until(step, meta, state, out).await,
-                    Some(Ok(true)) | None
+                    Some((Ok(true), _)) | None
                 ),
                 _ => false,
             };
@@ -371,7 +412,7 @@ impl Engine {
             )
             .await;
             let err = match result {
-                Ok(out) => return Ok(out),
+                Ok(done) => return Ok((input, done)),
                 Err(e) => e,
             };
             match retry_delay(step, attempt, &err) {
@@ -393,14 +434,16 @@ impl Engine {
         }
     }
 
-    /// One attempt: render, then execute within the step's timeout (or, in a dry run, report
-    /// the rendered input as planned). Returns the masked input and the result.
+    /// One attempt: render, then execute within the step's timeout, or stand a description in
+    /// for it (see [`disposition`]). `touched` notes the unknown values the rendering read.
+    /// Returns the masked input and the result.
     async fn attempt(
         &self,
         step: &Step,
         meta: &RunMeta,
         cx: &StepCx<'_>,
-    ) -> (Json, Result<StepOutput, StepError>) {
+        touched: &Touched,
+    ) -> (Json, Result<Done, StepError>) {
         // Rendering counts against the attempt's time, off the async threads. Its work stops at
         // the run's deadline too; the execution is cut there by the run's own timeout, which
         // ends the run `timed_out` rather than failing the step.
@@ -409,11 +452,15 @@ impl Engine {
         let rendered = match off_runtime(deadline, || step.kind.render(cx)).await {
             Ok(r) => r,
             // A dry run has no results of earlier steps, so a template that reads them cannot
-            // render yet; say so and go on planning.
-            Err(e) if meta.dry_run => {
+            // render yet; say so and go on planning. Nor can a plan's template that reads
+            // what a change would produce.
+            Err(e) if meta.mode == RunMode::DryRun || touched.any() => {
                 let input = json!({ "not_rendered": e.to_string() });
-                self.plan_event(meta, step, &input);
-                return (input, Ok(StepOutput::default()));
+                if meta.mode == RunMode::DryRun {
+                    self.plan_event(meta, step, &input);
+                }
+                let unknown = touched.paths();
+                return (input, Ok(Done::Described { unknown }));
             }
             Err(e) => return (Json::Null, Err(e)),
         };
@@ -421,10 +468,28 @@ impl Engine {
             .services
             .masker
             .mask_json(&serde_json::to_value(&rendered).unwrap_or_default());
-        if meta.dry_run {
-            self.plan_event(meta, step, &input);
-            return (input, Ok(StepOutput::default()));
-        }
+        let result = match disposition(meta.mode, &step.kind, touched.any()) {
+            Disposition::Execute => self.execute(step, cx, rendered, own).await,
+            Disposition::Describe => {
+                if meta.mode == RunMode::DryRun {
+                    self.plan_event(meta, step, &input);
+                }
+                let unknown = touched.paths();
+                return (input, Ok(Done::Described { unknown }));
+            }
+            Disposition::PlanCall => self.plan_call(step, meta, rendered, &input).await,
+        };
+        (input, result)
+    }
+
+    /// Executes a rendered input within the attempt's time (`own` is when it is up).
+    async fn execute(
+        &self,
+        step: &Step,
+        cx: &StepCx<'_>,
+        rendered: Rendered,
+        own: Instant,
+    ) -> Result<Done, StepError> {
         let left = own.saturating_duration_since(Instant::now());
         let result = match tokio::time::timeout(left, step.kind.execute(rendered, cx)).await {
             Ok(r) => r,
@@ -437,7 +502,7 @@ impl Engine {
                 })
             }
         };
-        (input, result)
+        result.map(Done::Ran)
     }
 
     fn plan_event(&self, meta: &RunMeta, step: &Step, input: &Json) {
@@ -448,83 +513,28 @@ impl Engine {
     }
 
     /// Whether an `until` step's condition holds on this poll's result (`None` for a step
-    /// without `until`); an error says why it could not be evaluated.
-    async fn check_until(
+    /// without `until`); an error says why it could not be evaluated. With it, what notes the
+    /// unknown values it read (in a plan).
+    pub(super) async fn check_until(
         &self,
         step: &Step,
         meta: &RunMeta,
         state: &RunState,
         out: &StepOutput,
-    ) -> Option<Result<bool, String>> {
+    ) -> Option<(Result<bool, String>, Touched)> {
         let until = step.until.as_ref()?;
-        let mut ctx = state.ctx.clone();
-        let steps = ctx.entry("steps").or_insert_with(|| json!({}));
-        steps[step.id.as_str()] = serde_json::to_value(provisional(out)).unwrap_or_default();
-        let value = crate::template::context(&Json::Object(ctx));
+        let mut probe = RunState {
+            ctx: state.ctx.clone(),
+            secrets: state.secrets.clone(),
+            unknown: state.unknown.clone(),
+        };
+        probe.set_step(&step.id, &provisional(out));
+        let (value, touched) = probe.traced();
         let eval_by = meta.deadline_within(step.timeout.as_std());
         let templates = &self.services.templates;
         let holds = off_runtime(eval_by, || templates.eval_bool(&until.expr, &value)).await;
-        Some(holds.map_err(|e| format!("`until` failed: {}", crate::template::message(&e))))
-    }
-
-    /// Records one attempt; `polled` for a poll of an `until` step whose condition did not hold.
-    #[allow(clippy::too_many_arguments)]
-    async fn record_attempt(
-        &self,
-        meta: &RunMeta,
-        step: &Step,
-        (attempt, item): (u32, Option<usize>),
-        started_at: chrono::DateTime<Utc>,
-        duration_ms: u64,
-        input: &Json,
-        result: &Result<StepOutput, StepError>,
-        polled: bool,
-    ) {
-        let masker = &self.services.masker;
-        let (status, output, error) = match result {
-            Ok(out) => (
-                if meta.dry_run {
-                    StepStatus::Planned
-                } else if polled {
-                    StepStatus::Polled
-                } else {
-                    StepStatus::Succeeded
-                },
-                masker.mask_json(&json!({ "rows": out.rows, "output": out.output })),
-                None,
-            ),
-            Err(e) => (
-                StepStatus::Failed,
-                Json::Null,
-                Some(masker.mask_str(&e.to_string())),
-            ),
-        };
-        let record = Attempt {
-            run_id: meta.id,
-            step_id: &step.id,
-            attempt,
-            item,
-            status,
-            input,
-            output: &output,
-            error: error.as_deref(),
-            started_at,
-            duration_ms,
-        };
-        if let Err(e) = runs::record_attempt(&self.services.store, record).await {
-            tracing::error!(run_id = meta.id, step = %step.id, error = %e, "Recording a step attempt failed.");
-        }
-    }
-}
-
-/// A poll's result as the `until` condition and later polls read it.
-fn provisional(out: &StepOutput) -> StepResult {
-    StepResult {
-        status: StepStatus::Succeeded,
-        rows: out.rows.clone(),
-        output: out.output.clone(),
-        error: None,
-        duration_ms: 0,
+        let holds = holds.map_err(|e| format!("`until` failed: {}", crate::template::message(&e)));
+        Some((holds, touched))
     }
 }
 

@@ -733,7 +733,7 @@ mod tests {
             alert: Some(json!({ "labels": { "alertname": "A" } })),
             alerts: vec![json!({ "labels": {} })],
             version: None,
-            dry_run: true,
+            mode: crate::steps::RunMode::Plan,
             command_id: Some(3),
             resume: Some(4),
         };
@@ -750,8 +750,8 @@ mod tests {
         );
         assert_eq!((&back.alert, &back.alerts), (&req.alert, &req.alerts));
         assert_eq!(
-            (back.dry_run, back.command_id, back.resume),
-            (false, None, None)
+            (back.mode, back.command_id, back.resume),
+            (crate::steps::RunMode::Execute, None, None)
         );
         // Without an alert (null or missing) and without alerts, as cron, the API and
         // `playbook:` handlers queue it.

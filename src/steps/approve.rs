@@ -97,6 +97,7 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         found: None,
         continued: false,
         poll: None,
+        plan: None,
     });
     let decision = wait_for_decision(cx, i.timeout.as_std()).await;
     let _ = runs::resume_waiting(db, run_id).await;

@@ -52,12 +52,33 @@ pub struct ChildOutcome {
     pub steps: Json,
 }
 
+/// What a run does with its steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunMode {
+    /// Every step executes.
+    #[default]
+    Execute,
+    /// No step executes: each is rendered and shown (`--dry-run`).
+    DryRun,
+    /// The steps that only read execute; the others are described, and what they would
+    /// produce is unknown to later steps (`--plan`).
+    Plan,
+}
+
+impl RunMode {
+    /// Whether the run may change anything (a dry run and a plan change nothing).
+    pub fn changes(self) -> bool {
+        self == RunMode::Execute
+    }
+}
+
 /// A running run, as steps see it.
 #[derive(Clone)]
 pub struct RunMeta {
     pub id: i64,
     pub playbook: String,
-    pub dry_run: bool,
+    pub mode: RunMode,
     pub depth: u32,
     pub observer: Arc<dyn Observer>,
     /// Fired when the run must stop where it is: an operator's cancel, a rejected approval,
@@ -90,8 +111,9 @@ pub struct StepEvent {
     pub step: String,
     pub kind: &'static str,
     pub depth: u32,
-    /// `started`, `succeeded`, `failed`, `skipped`, `planned`; `plan` (a dry run's input),
-    /// `waiting` (for an approval), `polled` (an `until` check that did not hold yet).
+    /// `started`, `succeeded`, `failed`, `skipped`, `planned`; `plan` (a dry run's input, or
+    /// an entry of a plan), `waiting` (for an approval), `polled` (an `until` check that did
+    /// not hold yet).
     pub status: StepEventStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
@@ -111,6 +133,70 @@ pub struct StepEvent {
     /// Which check of an `until` step a `polled` event reports.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll: Option<Poll>,
+    /// In a plan: what the step did or would do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanNote>,
+}
+
+/// What a plan says of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanAction {
+    /// It only reads, and ran: its output is real.
+    Read,
+    /// It would change something (or tell someone, or wait): described, not run.
+    Change,
+    /// Its `when` is false on what the reads found.
+    Skip,
+    /// Its `when` needs what a change would produce: it runs if that holds.
+    WouldRunIf,
+    /// What it would do, or what it would find, depends on a change that was not made.
+    Unknown,
+}
+
+impl PlanAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanAction::Read => "read",
+            PlanAction::Change => "change",
+            PlanAction::Skip => "skip",
+            PlanAction::WouldRunIf => "would_run_if",
+            PlanAction::Unknown => "unknown",
+        }
+    }
+}
+
+/// One entry of a plan: the action, in words, with the condition and the values it hinges on.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanNote {
+    pub action: PlanAction,
+    /// What it does or would do, in words: `would scale workerConcurrency from 3 to 6`.
+    pub would: String,
+    /// The `when` that is false (`skip`) or unknown (`would_run_if`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// The values it needs that only a change would produce (`steps.scale.output`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<String>,
+    /// For a read: what it found (`rows`, `row_count`, `output`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Json>,
+    /// The item of a `for_each` step it is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<usize>,
+}
+
+impl PlanNote {
+    pub fn new(action: PlanAction, would: impl Into<String>) -> Self {
+        PlanNote {
+            action,
+            would: would.into(),
+            when: None,
+            unknown: Vec::new(),
+            output: None,
+            item: None,
+        }
+    }
 }
 
 /// The count of an `until` step's checks: the `n`th of at most `of`.

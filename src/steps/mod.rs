@@ -29,8 +29,8 @@ use serde_json::Value as Json;
 
 pub use call::{close_tree, CHILD_GRACE};
 pub use context::{
-    Cancel, ChildOutcome, LaunchError, Launcher, NullObserver, Observer, Poll, RunMeta, StepCx,
-    StepEvent,
+    Cancel, ChildOutcome, LaunchError, Launcher, NullObserver, Observer, PlanAction, PlanNote,
+    Poll, RunMeta, RunMode, StepCx, StepEvent,
 };
 
 use crate::duration::Dur;

@@ -156,8 +156,13 @@ pub struct Input {
 /// Statements that read for the global pause: `SELECT`, `WITH` without a data-modifying
 /// statement, `SHOW`, `VALUES`, `TABLE`, and `EXPLAIN` without `ANALYZE` (which runs the
 /// statement); `SELECT ... INTO` creates a table. `PRAGMA` can write, so it is not a read here.
-/// A `SELECT` of a function that changes things (`pg_terminate_backend`) still counts as a read.
+/// A statement that calls a function which changes things, even through `SELECT`
+/// (`pg_terminate_backend`, `nextval`, ...: [`CHANGING_FUNCTIONS`]), is a change: a read-only
+/// transaction does not stop those.
 pub fn is_read_statement(sql: &str) -> bool {
+    if contains_word(sql, CHANGING_FUNCTIONS) {
+        return false;
+    }
     match first_word(sql).as_str() {
         "SELECT" => !contains_word(sql, &["INTO"]),
         "WITH" => !contains_word(sql, &["INSERT", "UPDATE", "DELETE", "MERGE", "INTO"]),
@@ -166,6 +171,33 @@ pub fn is_read_statement(sql: &str) -> bool {
         _ => false,
     }
 }
+
+/// PostgreSQL functions that act although called from a `SELECT` (and pass a `READ ONLY`
+/// transaction, or act outside it): ending or cancelling sessions, sequences, configuration,
+/// advisory locks, notifications, WAL and log switches, large objects, dblink.
+const CHANGING_FUNCTIONS: &[&str] = &[
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "nextval",
+    "setval",
+    "set_config",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_switch_wal",
+    "pg_notify",
+    "pg_advisory_lock",
+    "pg_advisory_xact_lock",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_xact_lock",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_all",
+    "lo_unlink",
+    "lo_import",
+    "lo_export",
+    "dblink_exec",
+    "pg_create_restore_point",
+    "pg_promote",
+];
 
 fn first_word(sql: &str) -> String {
     sql.lines()
@@ -395,6 +427,9 @@ mod tests {
             "PRAGMA journal_mode = DELETE",
             "VACUUM",
             "INSERT INTO t VALUES (1)",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state = 'idle in transaction'",
+            "select nextval('command_queue_id_seq')",
+            "SELECT set_config('work_mem', '1GB', false)",
         ] {
             assert!(!is_read_statement(change), "{change}");
         }

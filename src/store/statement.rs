@@ -465,6 +465,14 @@ async fn sqlite_work(
             .await
             .map_err(|e| failed(e, Outcome::RolledBack))?;
     }
+    // A read runs with the connection read-only, as PostgreSQL runs it in a `READ ONLY`
+    // transaction: text that passes for a read (`SELECT 1; DELETE ...`) cannot write. The setting
+    // is lifted once the read ends cleanly; a connection that ends otherwise is closed, not reused.
+    if !st.changes {
+        conn.execute("PRAGMA query_only = ON")
+            .await
+            .map_err(|e| failed(e, Outcome::RolledBack))?;
+    }
     if shared.stopped() {
         return Err(StatementError::Stopped {
             outcome: Outcome::RolledBack,
@@ -491,6 +499,9 @@ async fn sqlite_work(
                 }
             }
         }
+    }
+    if !st.changes {
+        conn.execute("PRAGMA query_only = OFF").await.map_err(fail)?;
     }
     if let Some(audit) = &st.audit {
         bind_sqlite(
