@@ -13,7 +13,7 @@
 //! | streaming data | [`stream`] | `command_queue`, `work_state`, `outbox_final` rows, DLQ and settings operations |
 //! | steps | [`steps`] | one file per step kind: its YAML form, compile, render, execute |
 //! | playbook | [`playbook`], [`schema`] | the YAML mirror, the pure compile phase, alert matchers, the catalog; the JSON Schema |
-//! | engine | [`engine`] | the run loop (open, context, deadline, `on_failure`, record) and the step loop (`when`, `for_each`, `until`, `retry`), events |
+//! | engine | [`engine`], [`testing`] | the run loop (open, context, deadline, `on_failure`, record) and the step loop (`when`, `for_each`, `until`, `retry`), events |
 //! | processes | [`process`] | workers and command handlers, playbook runs as commands, the cron scheduler, the outbox dispatcher, the app that wires them |
 //! | faces | [`server`], [`cli`] | the HTTP API (axum) and the command line (clap; the only `anyhow`) |
 //!
@@ -57,6 +57,8 @@ pub(crate) mod steps;
 pub(crate) mod playbook;
 pub(crate) mod schema;
 pub(crate) mod engine;
+// `runbook test`: playbooks run by the engine against a test's mocks.
+pub(crate) mod testing;
 // Processes: workers, handlers, the scheduler, the outbox dispatcher, the app that wires them.
 pub mod process;
 // Faces.

@@ -2,24 +2,19 @@
 //! started here), once per alert occurrence however often it arrives, guards enforced at
 //! admission across processes and replicas, and the global pause.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 
+use crate::services::{Alertmanager, MONITORING as ALERTMANAGERS};
 use crate::util::{
-    eventually, free_port, get_json, post_empty, post_json, rows, scalar, send, store,
-    until_scalar, PgDb, Server, Workdir,
+    eventually, free_port, get_json, post_empty, post_json, rows, scalar, store, until_scalar,
+    PgDb, Server, Workdir,
 };
 
 const RECEIVER: &str = "receiver-secret-123";
 const VIEWER: &str = "viewer-token-111";
 const OPERATOR: &str = "operator-token-222";
-
-/// The Alertmanager tests share the machine's two cores: one at a time.
-static ALERTMANAGERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CONFIG: &str = r#"
 auth:
@@ -112,79 +107,6 @@ async fn post_webhook(server: &Server, body: &Json) -> (u16, Json) {
     .await
 }
 
-/// A real Alertmanager on a free loopback port, without clustering, sending every alert at once
-/// to `webhook` with the receiver's token; stopped when dropped.
-struct Alertmanager {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Alertmanager {
-    async fn start(webhook: &str) -> Alertmanager {
-        let bin = std::env::var("RUNBOOK_TEST_ALERTMANAGER_BIN").expect(
-            "RUNBOOK_TEST_ALERTMANAGER_BIN names the Alertmanager binary (scripts/test sets it)",
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let config = format!(
-            "route:\n  receiver: runbook\n  group_by: ['...']\n  group_wait: 0s\n  group_interval: 100ms\n  repeat_interval: 1h\n\
-             receivers:\n  - name: runbook\n    webhook_configs:\n      - url: {webhook}\n        send_resolved: true\n\
-             \x20       http_config:\n          authorization: {{ type: Bearer, credentials: {RECEIVER} }}\n"
-        );
-        std::fs::write(dir.path().join("am.yml"), config).unwrap();
-        let port = free_port();
-        let child = Command::new(bin)
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("am.yml").display()
-            ))
-            .arg(format!(
-                "--storage.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("am.log")).unwrap())
-            .spawn()
-            .expect("start alertmanager");
-        let base = format!("http://127.0.0.1:{port}");
-        let ready = format!("{base}/-/ready");
-        eventually(15, "alertmanager to be ready", || {
-            let ready = ready.clone();
-            async move {
-                let r = reqwest::get(&ready).await.ok()?;
-                r.status().is_success().then_some(())
-            }
-        })
-        .await;
-        Alertmanager {
-            child,
-            base,
-            _dir: dir,
-        }
-    }
-
-    /// Posts alerts to its API (`/api/v2/alerts`), as Prometheus does.
-    async fn post(&self, alerts: &Json) {
-        let (status, text) = send(
-            reqwest::Method::POST,
-            &format!("{}/api/v2/alerts", self.base),
-            None,
-            Some(alerts),
-        )
-        .await;
-        assert_eq!(status, 200, "{text}");
-    }
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A step's recorded output text, per run, for runs of `playbook` in id order.
 async fn messages(db: &runbook::store::Db, playbook: &str) -> Vec<String> {
     rows(
@@ -213,7 +135,11 @@ async fn alertmanager_fires_and_resolves_and_the_right_runs_happen_once() {
             .then_some(())
     })
     .await;
-    let am = Alertmanager::start(&format!("{}/api/webhooks/alertmanager", server.base)).await;
+    let am = Alertmanager::start(
+        &format!("{}/api/webhooks/alertmanager", server.base),
+        RECEIVER,
+    )
+    .await;
     let starts = now();
     let labels = json!({ "alertname": "QueueDepthHigh", "instance": "a", "severity": "critical" });
     am.post(
@@ -383,8 +309,8 @@ async fn an_ha_pair_of_alertmanagers_delivering_to_two_replicas_starts_one_run()
     let w = no_workers();
     let a = w.serve(&["--store", &pg.url]);
     let b = w.serve(&["--store", &pg.url]);
-    let am1 = Alertmanager::start(&format!("{}/api/webhooks/alertmanager", a.base)).await;
-    let am2 = Alertmanager::start(&format!("{}/api/webhooks/alertmanager", b.base)).await;
+    let am1 = Alertmanager::start(&format!("{}/api/webhooks/alertmanager", a.base), RECEIVER).await;
+    let am2 = Alertmanager::start(&format!("{}/api/webhooks/alertmanager", b.base), RECEIVER).await;
     let starts = now();
     let alerts = json!([{ "labels": { "alertname": "QueueDepthHigh", "instance": "ha", "severity": "warning" }, "startsAt": starts }]);
     tokio::join!(am1.post(&alerts), am2.post(&alerts));
@@ -1226,9 +1152,10 @@ async fn a_resolve_arriving_while_the_run_goes_on_is_visible_to_its_next_step() 
 async fn a_run_silences_its_alert_in_alertmanager_until_the_run_ends() {
     let _one = ALERTMANAGERS.lock().await;
     let port = free_port();
-    let am = Alertmanager::start(&format!(
-        "http://127.0.0.1:{port}/api/webhooks/alertmanager"
-    ))
+    let am = Alertmanager::start(
+        &format!("http://127.0.0.1:{port}/api/webhooks/alertmanager"),
+        RECEIVER,
+    )
     .await;
     let w = Workdir::new();
     w.config(&format!(

@@ -466,3 +466,86 @@ async fn approvals_show_who_answered_and_a_timeout_says_how_to_answer() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["approvals"], show["approvals"]);
 }
+
+/// More runs than run slots: a process starts a run only with a slot free and leaves the rest
+/// on the queue, so no run waits `processing` without a heartbeat, none is claimed twice, and
+/// all of them end. (Runs claimed beyond the slots used to wait in memory holding their claim:
+/// under a backlog their leases expired, they were claimed again, and memory grew.)
+#[tokio::test]
+async fn runs_beyond_the_run_slots_wait_on_the_queue_not_in_memory() {
+    let w = Workdir::new().env("TEST_OPS_TOKEN", OPS_TOKEN);
+    w.config(
+        "auth:\n  tokens:\n    - { name: ops, role: operator, token_env: TEST_OPS_TOKEN }\n\
+         streaming:\n  workerConcurrency: 2\n  lease: 2s\n  run_lease: 2s\n  poll_interval: 50ms\n",
+    );
+    w.playbook(
+        "nap",
+        "name: nap\nguard: { concurrency: 100 }\nsteps:\n  - id: nap\n    wait: 1500ms\n",
+    );
+    let url = w.sqlite_url();
+    let server = w.serve(&[]);
+    for _ in 0..8 {
+        let (status, body) = crate::util::post_json(
+            &format!("{}/api/runs", server.base),
+            Some(OPS_TOKEN),
+            &json!({ "playbook": "nap" }),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let db = store(&url).await;
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let processing = scalar(
+            &db,
+            "SELECT COUNT(*) FROM command_queue WHERE command_type = 'runbook.run' AND status = 'processing'",
+        )
+        .await;
+        most = most.max(processing);
+        let done = scalar(
+            &db,
+            "SELECT COUNT(*) FROM runbook_runs WHERE playbook = 'nap' AND status = 'succeeded'",
+        )
+        .await;
+        if done == 8 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of 8 runs ended within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        most <= 2,
+        "{most} runs were claimed at once with 2 run slots"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM runbook_runs WHERE playbook = 'nap'"
+        )
+        .await,
+        8
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT MAX(attempts) FROM command_queue WHERE command_type = 'runbook.run'"
+        )
+        .await,
+        1,
+        "a run command was claimed again after its lease expired"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM runbook_step_attempts s JOIN runbook_runs r ON r.id = s.run_id \
+             WHERE r.playbook = 'nap'"
+        )
+        .await,
+        8,
+        "each run's step ran once"
+    );
+}

@@ -37,7 +37,7 @@ async fn snapshot(db: &runbook::store::Db, pg: bool) -> BTreeMap<String, Vec<Jso
 }
 
 /// A backlog as the seed's alert sees it: 1,100 pending commands, 30 of them two hours old
-/// (stuck), and 5 commands in the DLQ.
+/// (stuck), and 5 commands in the DLQ: 3 timed out (transient), 2 failed validation.
 async fn backlog(db: &runbook::store::Db, pg: bool) {
     let (old, now) = if pg {
         ("NOW() - INTERVAL '2 hours'", "NOW()")
@@ -47,15 +47,16 @@ async fn backlog(db: &runbook::store::Db, pg: bool) {
             "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
         )
     };
-    for (status, at, n) in [
-        ("pending", old, 30),
-        ("pending", now, 1070),
-        ("dlq", now, 5),
+    for (status, at, n, error_type) in [
+        ("pending", old, 30, "NULL"),
+        ("pending", now, 1070, "NULL"),
+        ("dlq", now, 3, "'TimeoutException'"),
+        ("dlq", now, 2, "'ValidationException'"),
     ] {
         let insert = format!(
-            "INSERT INTO command_queue (entity, entity_id, command_type, status, priority, created_at, updated_at) \
+            "INSERT INTO command_queue (entity, entity_id, command_type, status, priority, created_at, updated_at, error_type) \
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
-             SELECT 'user', CAST(i AS TEXT), 'user.update', '{status}', i % 3, {at}, {at} FROM n"
+             SELECT 'user', CAST(i AS TEXT), 'user.update', '{status}', i % 3, {at}, {at}, {error_type} FROM n"
         );
         db.sql(&insert, vec![]).await.unwrap();
     }
@@ -86,8 +87,13 @@ async fn queue_backlog_plan_changes_nothing(w: &Workdir, url: &str, pg: bool) {
         "{out:?}"
     );
     let retry = stdout
-        .find("retry  would retry every DLQ entry (5 now)")
+        .find("retry[0]  would retry every DLQ entry of error type TimeoutException (3 now)")
         .unwrap_or_else(|| panic!("no retry: {out:?}"));
+    assert!(
+        stdout.contains("retry[1]  would retry every DLQ entry of error type NetworkException (0 now)"),
+        "{out:?}"
+    );
+    assert!(!stdout.contains("ValidationException"), "{out:?}");
     let verify = stdout
         .find("would poll every 30s for up to 10m until `steps.verify.rows[0].n < params.threshold`: false now (1 row")
         .unwrap_or_else(|| panic!("no poll: {out:?}"));

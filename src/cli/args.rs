@@ -48,6 +48,8 @@ pub enum SchemaOf {
     Playbook,
     /// The config file, `runbook.yaml`.
     Config,
+    /// A test file of `runbook test` (`runbooks/tests/*.yaml`).
+    Test,
 }
 
 /// How log lines are written.
@@ -118,6 +120,15 @@ pub enum Command {
     Validate {
         /// A playbook file or folder [default: the runbooks folder].
         path: Option<PathBuf>,
+    },
+    /// Run the playbooks' test cases (`runbooks/tests/*.yaml`) against mocked step results;
+    /// nothing outside is touched.
+    Test {
+        /// A test file, a folder of test files, or a playbooks folder with a `tests/` folder
+        /// [default: the runbooks folder].
+        path: Option<PathBuf>,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
     },
     /// List playbooks with their triggers.
     List {

@@ -9,6 +9,7 @@ mod playbooks;
 mod progress;
 mod serve;
 mod streaming;
+mod test;
 mod triggers;
 
 pub use args::{
@@ -160,6 +161,7 @@ async fn command(cli: Cli) -> Result<i32> {
     }
     match cli.command {
         Command::Validate { path } => Ok(playbooks::validate(&setup, path.as_deref())),
+        Command::Test { path, output } => test::test(&setup, path.as_deref(), output).await,
         Command::Schema { of } => print_schema(of),
         Command::List { output } => playbooks::list(&setup, output),
         Command::Schedule { count, output } => playbooks::schedule(&setup, count, output).await,
@@ -207,6 +209,7 @@ fn print_schema(of: SchemaOf) -> Result<i32> {
     let schema = match of {
         SchemaOf::Playbook => crate::schema::playbook_schema(),
         SchemaOf::Config => crate::schema::config_schema(),
+        SchemaOf::Test => crate::testing::schema(),
     };
     println!("{}", serde_json::to_string_pretty(&schema)?);
     Ok(0)

@@ -106,7 +106,13 @@ pub(super) async fn dlq(setup: &Setup, cmd: DlqCommand) -> Result<i32> {
         DlqCommand::Retry { entity, error_type } => {
             (Op::DlqRetry { entity, error_type }, Format::Human)
         }
-        DlqCommand::Cleanup { older_than } => (Op::DlqCleanup { older_than }, Format::Human),
+        DlqCommand::Cleanup { older_than } => (
+            Op::DlqCleanup {
+                older_than,
+                error_type: None,
+            },
+            Format::Human,
+        ),
     };
     let out = ops::run(&db, &setup.config.streaming, &op, &cli_actor()).await?;
     let out: Json = setup.masker.mask_json(&out);

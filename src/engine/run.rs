@@ -57,6 +57,9 @@ pub struct RunRequest {
     /// Continue this interrupted run instead of starting a new one.
     #[serde(skip)]
     pub resume: Option<i64>,
+    /// Results for the steps instead of executing them (`runbook test`); child runs share them.
+    #[serde(skip)]
+    pub mocks: Option<Arc<dyn crate::steps::StepMocks>>,
 }
 
 /// How a run ended.
@@ -142,6 +145,7 @@ impl Engine {
             params,
             trigger: json!({ "kind": "playbook", "parent_run": parent.id, "parent_playbook": parent.playbook }),
             mode: parent.mode,
+            mocks: parent.mocks.clone(),
             ..Default::default()
         };
         Box::pin(self.run_at_depth(
@@ -230,6 +234,7 @@ impl Engine {
             observer,
             cancel,
             deadline: Some(Instant::now() + pb.timeout.as_std()),
+            mocks: req.mocks.clone(),
         };
         let store = &self.services.store;
         let lease = self.services.config.streaming.run_lease.as_std();
@@ -355,7 +360,9 @@ impl Engine {
         ctx.insert("steps".into(), Json::Object(done));
         ctx.insert("runtime".into(), settings.to_json());
         ctx.insert("run".into(), json!({ "id": run_id, "playbook": pb.name, "trigger": req.trigger, "dry_run": !req.mode.changes() }));
-        ctx.insert("now".into(), json!(runs::timestamp(Utc::now())));
+        let now = req.mocks.as_ref().and_then(|m| m.now());
+        let now = runs::timestamp(now.unwrap_or_else(Utc::now));
+        ctx.insert("now".into(), json!(now));
         ctx.insert(
             "env".into(),
             Json::Object(self.services.config.template_env()),

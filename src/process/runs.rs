@@ -736,6 +736,7 @@ mod tests {
             mode: crate::steps::RunMode::Plan,
             command_id: Some(3),
             resume: Some(4),
+            mocks: None,
         };
         // What enqueue wrote before the payload was a struct.
         let written = json!({

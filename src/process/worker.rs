@@ -35,6 +35,9 @@ pub struct WorkerCx {
 
 /// How long a command waits when another command of its entity holds the lock.
 const LOCK_WAIT: Duration = Duration::from_millis(200);
+/// How long a run claimed while every run slot was busy waits on the queue before it is claimed
+/// again.
+const RUN_SLOT_WAIT: Duration = Duration::from_millis(500);
 /// Claim loops at most (each with its own batch in hand).
 const MAX_LOOPS: usize = 16;
 
@@ -227,7 +230,17 @@ impl Workers {
         let (runs, commands): (Vec<Claimed>, Vec<Claimed>) = runnable
             .into_iter()
             .partition(|c| self.handlers.own_lane(&c.command_type));
+        // A run starts only with a free slot in hand. One claimed without a slot goes back to the
+        // queue at once (its attempt not counted): waiting here for a slot kept it `processing`
+        // with no heartbeat, so under a backlog every claim added a waiting task, their leases
+        // expired and were claimed again, memory grew without bound and the other commands
+        // starved.
+        let mut no_slot = Vec::new();
         for run in runs {
+            let Ok(slot) = self.run_slots.clone().try_acquire_owned() else {
+                no_slot.push(run.id);
+                continue;
+            };
             let locked = held.contains(&run.id);
             let (cx, handlers, id, s) = (
                 self.cx.clone(),
@@ -235,9 +248,8 @@ impl Workers {
                 self.id.clone(),
                 settings.clone(),
             );
-            let permits = self.run_slots.clone();
             self.runs.lock().expect("runs lock").spawn(async move {
-                let _slot = permits.acquire_owned().await;
+                let _slot = slot;
                 let held: HashSet<i64> = if locked {
                     [run.id].into()
                 } else {
@@ -246,6 +258,9 @@ impl Workers {
                 let ack = execute(&cx, &handlers, &id, vec![run], &held, &s, lease).await;
                 acknowledge(&cx, &id, ack).await;
             });
+        }
+        if let Err(e) = queue::defer(&cx.services.store, &self.id, &no_slot, RUN_SLOT_WAIT).await {
+            tracing::warn!(error = %e, "Returning runs to the queue failed; their lease will return them.");
         }
         execute(
             &self.cx,

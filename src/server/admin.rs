@@ -141,7 +141,10 @@ pub async fn dlq_cleanup(
     let older_than: Dur = text.parse().map_err(|e: crate::duration::DurationError| {
         AppError::BadRequest(format!("olderThan: {e}"))
     })?;
-    let op = Op::DlqCleanup { older_than };
+    let op = Op::DlqCleanup {
+        older_than,
+        error_type: None,
+    };
     let out = ops::run(
         &s.services.store,
         &s.services.config.streaming,

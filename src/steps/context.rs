@@ -87,6 +87,8 @@ pub struct RunMeta {
     /// When the run's time is up (its playbook's `timeout`, or `on_failure`'s own): templates
     /// get no more time than this.
     pub deadline: Option<Instant>,
+    /// Results a test gives for the run's steps instead of executing them (`runbook test`).
+    pub mocks: Option<Arc<dyn super::StepMocks>>,
 }
 
 impl RunMeta {

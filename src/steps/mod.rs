@@ -11,6 +11,7 @@ mod call;
 mod context;
 mod http;
 mod kafka;
+mod mock;
 mod names;
 mod notify;
 mod promql;
@@ -34,6 +35,7 @@ pub use context::{
 };
 
 use crate::duration::Dur;
+pub use mock::{MockAnswer, MockCall, StepMocks};
 pub use names::Names;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -395,8 +397,18 @@ impl StepKind {
         })
     }
 
-    /// Executes a rendered input.
+    /// Executes a rendered input; a run under test asks its mocks first.
     pub async fn execute(&self, input: Rendered, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
+        if let Some(mocks) = cx.run.mocks.as_deref() {
+            match mocks.answer(self.mock_call(&input, cx, mocks)) {
+                MockAnswer::Result(r) => return r,
+                MockAnswer::Cancel(reason) => {
+                    cx.run.cancel.cancel(reason.clone());
+                    return Err(StepError::Fatal(reason));
+                }
+                MockAnswer::Execute => {}
+            }
+        }
         match input {
             Rendered::Sql(i) => sql::SqlStep::execute(i, cx).await,
             Rendered::Promql(i) => promql::PromqlStep::execute(i, cx).await,
@@ -411,6 +423,41 @@ impl StepKind {
             Rendered::Notify(i) => notify::NotifyStep::execute(i, cx).await,
             Rendered::Playbook(i) => call::CallStep::execute(i, cx).await,
             Rendered::Silence(i) => silence::SilenceStep::execute(i, cx).await,
+        }
+    }
+}
+
+impl StepKind {
+    /// What a run under test tells its mocks about this execution.
+    fn mock_call<'a>(
+        &self,
+        input: &Rendered,
+        cx: &StepCx<'a>,
+        mocks: &dyn StepMocks,
+    ) -> MockCall<'a> {
+        let mut json = serde_json::to_value(input).unwrap_or_default();
+        // The dialect the test compares SQL in, whatever the throwaway store speaks.
+        if let (StepKind::Sql(s), Some(dialect)) = (self, mocks.dialect()) {
+            if let Ok(q) = cx.services.templates.render_sql(&s.query, cx.ctx, dialect) {
+                json["dialect"] = serde_json::to_value(dialect).unwrap_or_default();
+                json["sql"] = Json::String(q.sql);
+                json["params"] = Json::Array(q.params);
+            }
+        }
+        let item = cx
+            .ctx
+            .get_attr("item")
+            .ok()
+            .filter(|v| !v.is_undefined())
+            .map(|v| crate::template::to_json(&v));
+        MockCall {
+            run_id: cx.run.id,
+            playbook: &cx.run.playbook,
+            step: cx.step_id,
+            kind: self.name(),
+            input: cx.services.masker.mask_json(&json),
+            item,
+            changes: !self.is_read(),
         }
     }
 }

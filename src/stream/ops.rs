@@ -39,6 +39,9 @@ pub enum Op {
     },
     DlqCleanup {
         older_than: Dur,
+        /// Only DLQ commands of this error type (all types when absent).
+        #[serde(default, alias = "errorType")]
+        error_type: Option<String>,
     },
     PurgeCompleted {
         older_than: Dur,
@@ -90,7 +93,7 @@ pub const OPS: &[(&str, &[&str])] = &[
         &["entity", "error_type", "errorType", "limit", "offset"],
     ),
     ("dlq_retry", &["entity", "error_type", "errorType"]),
-    ("dlq_cleanup", &["older_than"]),
+    ("dlq_cleanup", &["older_than", "error_type", "errorType"]),
     ("purge_completed", &["older_than"]),
     ("release_stale_locks", &["older_than"]),
     ("scale_workers", &["concurrency", "batch_size"]),
@@ -185,10 +188,17 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
         Op::DlqRetry { entity, error_type } => {
             dlq_retry(db, entity, error_type, audit("dlq_retry")).await
         }
-        Op::DlqCleanup { older_than } => {
+        Op::DlqCleanup {
+            older_than,
+            error_type: None,
+        } => {
             let audit = audit("dlq_cleanup");
             delete_commands(db, CommandStatus::Dlq, *older_than, audit).await
         }
+        Op::DlqCleanup {
+            older_than,
+            error_type: Some(error_type),
+        } => dlq_cleanup_of_type(db, *older_than, error_type, audit("dlq_cleanup")).await,
         Op::PurgeCompleted { older_than } => {
             let audit = audit("purge_completed");
             delete_commands(db, CommandStatus::Completed, *older_than, audit).await
@@ -344,6 +354,21 @@ async fn delete_commands(
         ago(db.dialect(), older_than)
     );
     let params = vec![json!(status)];
+    Ok(json!({ "deleted": db.mutate_audited(&sql, params, audit).await? }))
+}
+
+/// Deletes DLQ commands of one error type not updated for `older_than`.
+async fn dlq_cleanup_of_type(
+    db: &Db,
+    older_than: Dur,
+    error_type: &str,
+    audit: Audit<'_>,
+) -> Result<Json, OpError> {
+    let sql = format!(
+        "DELETE FROM command_queue WHERE status = $1 AND error_type = $2 AND updated_at < {}",
+        ago(db.dialect(), older_than)
+    );
+    let params = vec![json!(CommandStatus::Dlq), json!(error_type)];
     Ok(json!({ "deleted": db.mutate_audited(&sql, params, audit).await? }))
 }
 
