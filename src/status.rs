@@ -145,6 +145,8 @@ status_enum! {
         Plan = "plan",
         /// An `approve` step waits for an operator.
         Waiting = "waiting",
+        /// A check of an `until` step whose condition did not hold yet; the step polls again.
+        Polled = "polled",
     }
 }
 

@@ -90,9 +90,15 @@ fn the_readme_examples_run() {
     let config = config.replace("url: http://127.0.0.1:9090", &format!("url: {prometheus}"))
         + &format!("\nserver: {{ listen: \"127.0.0.1:{port}\" }}\n");
     w.config(&config);
-    for entry in std::fs::read_dir(root.join("runbooks")).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, w.path().join("runbooks").join(p.file_name().unwrap())).unwrap();
+    // The playbooks and their test cases (runbooks/tests/), as a clone has them.
+    for dir in ["runbooks", "runbooks/tests"] {
+        std::fs::create_dir_all(w.path().join(dir)).unwrap();
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, w.path().join(dir).join(p.file_name().unwrap())).unwrap();
+            }
+        }
     }
 
     let mut ran = 0;

@@ -8,6 +8,7 @@ mod closed_loop;
 mod docs;
 mod edges;
 mod engine;
+mod findings;
 mod http;
 mod kafka;
 mod layers;

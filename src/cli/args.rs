@@ -256,13 +256,19 @@ pub enum RunsCommand {
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Format,
     },
-    /// One run with every step attempt.
+    /// One run with every step attempt, the polls of a step grouped, and its report.
     Show {
         /// The run's id (`runbook runs list` shows them).
         id: i64,
         /// Output for a person (`human`) or for a program (`json`).
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Format,
+        /// Only this step's attempts, each whole however long.
+        #[arg(long)]
+        step: Option<String>,
+        /// Only the step's Nth attempt (as `runs show` numbers them); needs --step.
+        #[arg(long, requires = "step")]
+        attempt: Option<usize>,
     },
     /// Approve (or with --reject, reject) a run waiting at an `approve` step.
     Approve {

@@ -8,6 +8,7 @@ mod dlq;
 mod output;
 mod plan;
 mod playbooks;
+mod progress;
 mod serve;
 mod settings;
 mod streaming;

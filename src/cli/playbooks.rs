@@ -1,4 +1,4 @@
-//! Commands on playbooks: `validate`, `list`, `schedule`, `run`.
+//! Commands on playbooks: `validate`, `list`, `schedule`, `run`, and `runs show`.
 
 use std::{collections::BTreeMap, io::Write, path::Path, sync::Arc};
 
@@ -16,7 +16,7 @@ use crate::{
     metrics::Metrics,
     playbook::Catalog,
     services::Services,
-    store::{runs, ticks},
+    store::{runs, ticks, Db},
 };
 
 pub(super) fn validate(setup: &Setup, path: Option<&Path>) -> i32 {
@@ -192,6 +192,33 @@ pub(super) async fn run(
         }
         Err(e) => Err(e).context("the run could not start"),
     }
+}
+
+/// `runs show ID [--step STEP [--attempt N]]`.
+pub(super) async fn runs_show(
+    db: &Db,
+    id: i64,
+    format: Format,
+    step: Option<String>,
+    attempt: Option<usize>,
+) -> Result<i32> {
+    let Some(run) = runs::get_run(db, id).await? else {
+        errln!("error: no run {id}");
+        return Ok(EXIT_USAGE);
+    };
+    let only = output::ShowOnly {
+        step: step.clone(),
+        attempt,
+    };
+    if output::run_show(&run, format, &only) {
+        return Ok(0);
+    }
+    let step = step.unwrap_or_default();
+    match attempt {
+        Some(n) => errln!("error: run {id} has no attempt #{n} of step `{step}`"),
+        None => errln!("error: run {id} has no attempts of step `{step}`"),
+    }
+    Ok(EXIT_USAGE)
 }
 
 /// Exit code of `run` after Ctrl-C (128 + SIGINT, as shells report it).

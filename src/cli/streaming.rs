@@ -36,13 +36,12 @@ pub(super) async fn runs(setup: &Setup, cmd: RunsCommand) -> Result<i32> {
             let rows = runs::list_runs(&db, playbook.as_deref(), limit).await?;
             output::runs_list(&rows, output);
         }
-        RunsCommand::Show { id, output } => match runs::get_run(&db, id).await? {
-            Some(run) => output::run_show(&run, output),
-            None => {
-                errln!("error: no run {id}");
-                return Ok(EXIT_USAGE);
-            }
-        },
+        RunsCommand::Show {
+            id,
+            output,
+            step,
+            attempt,
+        } => return super::playbooks::runs_show(&db, id, output, step, attempt).await,
         RunsCommand::Approve {
             id,
             reject,
@@ -257,6 +256,7 @@ pub(super) async fn load(
     let total = (rate * duration.as_secs_f64()).round() as u64;
     let mut sent: u64 = 0;
     let mut interval = tokio::time::interval(tick);
+    let bar = super::progress::load_bar(total);
     while sent < total {
         interval.tick().await;
         let due = ((rate * started.elapsed().as_secs_f64()).ceil() as u64).min(total);
@@ -275,7 +275,9 @@ pub(super) async fn load(
             .collect();
         queue::enqueue(db, &batch).await?;
         sent += n;
+        bar.set_position(sent);
     }
+    bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     outln!(
         "enqueued {sent} `{command_type}` commands in {secs:.1} s ({:.0}/s)",

@@ -1,8 +1,13 @@
 //! What a run tells whoever watches it (the CLI prints these): a step starting, planned,
 //! skipped, waiting or ending, and a one-line summary of what it found.
 
+use std::time::Duration;
+
+use serde_json::{json, Value as Json};
+
 use crate::{
     playbook::Step,
+    secrets::Masker,
     status::StepEventStatus,
     steps::{RunMeta, StepEvent, StepOutput},
 };
@@ -20,8 +25,24 @@ pub(super) fn event(meta: &RunMeta, step: &Step, status: StepEventStatus) -> Ste
         summary: None,
         error: None,
         input: None,
+        found: None,
+        continued: false,
+        poll: None,
         plan: None,
     }
+}
+
+/// What a step found, masked, for whoever watches: `{"rows": [...], "output": ...}`.
+pub(super) fn found(masker: &Masker, out: &StepOutput) -> Json {
+    masker.mask_json(&json!({ "rows": out.rows, "output": out.output }))
+}
+
+/// The most checks an `until` step makes: one at once, then one every `every` within `within`.
+pub(super) fn max_polls(every: Duration, within: Duration) -> u32 {
+    let every = every.as_millis().max(1);
+    u32::try_from(within.as_millis() / every)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1)
 }
 
 /// What a step found, in one line: its row count and the start of its output.
@@ -51,8 +72,6 @@ pub(super) fn summarize(out: &StepOutput) -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
     #[test]
@@ -66,5 +85,13 @@ mod tests {
         let s = summarize(&long);
         assert!(s.ends_with('…') && s.chars().count() <= 118, "{s}");
         assert_eq!(summarize(&StepOutput::default()), "");
+    }
+
+    #[test]
+    fn an_until_step_checks_once_at_once_then_once_every_period() {
+        let s = Duration::from_secs;
+        assert_eq!(max_polls(s(15), s(300)), 21);
+        assert_eq!(max_polls(s(10), s(5)), 1);
+        assert_eq!(max_polls(Duration::ZERO, s(1)), 1001);
     }
 }

@@ -73,6 +73,9 @@ pub struct RunOutcome {
     pub error: Option<String>,
     pub duration_ms: u64,
     pub steps: Json,
+    /// The playbook's `report:`, rendered (masked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
 }
 
 /// A run just recorded (or resumed): what [`Engine::run_opened`] goes on with.
@@ -258,6 +261,14 @@ impl Engine {
         // Silences it made end with it (each also ends by itself, never past the deadline).
         let silences = silence_ids(pb, &state.ctx["steps"]);
         crate::steps::expire_silences(&self.services, &silences).await;
+        let report = self
+            .report(pb, &meta, &state, status, failed.as_ref())
+            .await;
+        if let Some(text) = &report {
+            if let Err(e) = runs::set_report(&self.services.store, run_id, text).await {
+                tracing::error!(error = %e, "Recording the run's report failed.");
+            }
+        }
         // The run's own end is not news to its watcher.
         drop(watched);
         let (failed_step, error) = match failed {
@@ -293,6 +304,7 @@ impl Engine {
             error,
             duration_ms: started.elapsed().as_millis() as u64,
             steps: self.services.masker.mask_json(&state.ctx["steps"]),
+            report,
         })
     }
 

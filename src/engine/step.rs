@@ -12,7 +12,7 @@ use serde_json::{json, Value as Json};
 use tracing::Instrument;
 
 use super::{
-    events::{event, summarize},
+    events::{event, found, max_polls, summarize},
     state::{provisional, Items, RunState, StepResult},
     unknown::Touched,
     Engine,
@@ -21,7 +21,7 @@ use crate::{
     metrics::StepLabels,
     playbook::{ForEach, Step},
     status::{RunStatus, StepEventStatus, StepStatus},
-    steps::{Rendered, RunMeta, RunMode, StepCx, StepError, StepEvent, StepKind, StepOutput},
+    steps::{Poll, Rendered, RunMeta, RunMode, StepCx, StepError, StepEvent, StepKind, StepOutput},
     store::runs,
     template::{off_runtime, to_json},
 };
@@ -267,6 +267,7 @@ impl Engine {
                 meta.observer.step_event(&StepEvent {
                     duration_ms: Some(duration_ms),
                     summary: Some(self.services.masker.mask_str(&summarize(&out))),
+                    found: Some(found(&self.services.masker, &out)),
                     ..event(meta, step, status.into())
                 });
                 StepResult {
@@ -283,6 +284,7 @@ impl Engine {
                 meta.observer.step_event(&StepEvent {
                     duration_ms: Some(duration_ms),
                     error: Some(e.clone()),
+                    continued: step.continue_on_error && !meta.cancel.is_cancelled(),
                     ..event(meta, step, StepEventStatus::Failed)
                 });
                 StepResult {
@@ -340,6 +342,15 @@ impl Engine {
                 Some(Ok(false)) => {}
                 Some(Err(e)) => return Err(e),
             }
+            meta.observer.step_event(&StepEvent {
+                summary: Some(self.services.masker.mask_str(&summarize(&out))),
+                found: Some(found(&self.services.masker, &out)),
+                poll: Some(Poll {
+                    n: polls,
+                    of: max_polls(until.every.as_std(), until.within.as_std()),
+                }),
+                ..event(meta, step, StepEventStatus::Polled)
+            });
             if crate::duration::deadline_in(until.every.as_std()) > deadline {
                 return Err(format!(
                     "`{}` still false after {polls} checks within {}",

@@ -164,6 +164,19 @@ fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) 
     };
     let steps = section(c, "steps", raw.steps, false);
     let on_failure = section(c, "on_failure", raw.on_failure, true);
+    if let Some(report) = &raw.report {
+        // The report sees every step (one that did not run reads as skipped) and `failed_step`.
+        let scope = Scope {
+            params: &param_names,
+            earlier: &all_steps,
+            all_steps: &all_steps,
+            this_step: None,
+            self_visible: false,
+            item: false,
+            failed_step: true,
+        };
+        check(c, "report", report, Flavour::Text, &scope);
+    }
 
     let playbook = Playbook {
         name: raw.name,
@@ -178,6 +191,7 @@ fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) 
         warnings: std::mem::take(&mut c.warnings),
         steps,
         on_failure,
+        report: raw.report,
     };
     (playbook, calls)
 }

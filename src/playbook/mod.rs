@@ -43,6 +43,8 @@ pub struct Playbook {
     pub on_interrupt: OnInterrupt,
     pub steps: Vec<Step>,
     pub on_failure: Vec<Step>,
+    /// The `report:` template, rendered at the end of every run.
+    pub report: Option<String>,
     /// Whether a run may change something: some step (of `steps` or `on_failure`) is not a read
     /// (see `Kind::is_read`), or calls a playbook that changes things. Computed at load; the
     /// global pause holds runs of playbooks that change things.

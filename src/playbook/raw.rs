@@ -45,6 +45,11 @@ pub struct RawPlaybook {
     /// Steps run when a step fails; they see `failed_step`.
     #[serde(default)]
     pub on_failure: Vec<RawStep>,
+    /// Text printed at the end of every run (and kept on its record): what was wrong, what was
+    /// changed, what is left for a person. A template over `steps`, `params`, `alert`, `run` and
+    /// `failed_step` (null unless a step failed); a step that did not run reads as skipped.
+    #[serde(default)]
+    pub report: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq, serde::Serialize)]

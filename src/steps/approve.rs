@@ -94,6 +94,9 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         )),
         error: None,
         input: None,
+        found: None,
+        continued: false,
+        poll: None,
         plan: None,
     });
     let decision = wait_for_decision(cx, i.timeout.as_std()).await;

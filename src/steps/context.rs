@@ -114,7 +114,8 @@ pub struct StepEvent {
     pub kind: &'static str,
     pub depth: u32,
     /// `started`, `succeeded`, `failed`, `skipped`, `planned`; `plan` (a dry run's input, or
-    /// an entry of a plan), `waiting` (for an approval).
+    /// an entry of a plan), `waiting` (for an approval), `polled` (an `until` check that did
+    /// not hold yet).
     pub status: StepEventStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
@@ -124,6 +125,16 @@ pub struct StepEvent {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input: Option<Json>,
+    /// What the step found, masked: `{"rows": [...], "output": ...}` of a step that succeeded
+    /// or of a poll. Not in the JSON lines (the run's end carries every step's result).
+    #[serde(skip)]
+    pub found: Option<Json>,
+    /// A failure the run goes on after (`continue_on_error`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub continued: bool,
+    /// Which check of an `until` step a `polled` event reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll: Option<Poll>,
     /// In a plan: what the step did or would do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanNote>,
@@ -188,6 +199,13 @@ impl PlanNote {
             item: None,
         }
     }
+}
+
+/// The count of an `until` step's checks: the `n`th of at most `of`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Poll {
+    pub n: u32,
+    pub of: u32,
 }
 
 pub trait Observer: Send + Sync {

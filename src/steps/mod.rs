@@ -31,7 +31,7 @@ use serde_json::Value as Json;
 pub use call::{close_tree, CHILD_GRACE};
 pub use context::{
     Cancel, ChildOutcome, LaunchError, Launcher, NullObserver, Observer, PlanAction, PlanNote,
-    RunMeta, RunMode, StepCx, StepEvent,
+    Poll, RunMeta, RunMode, StepCx, StepEvent,
 };
 
 use crate::duration::Dur;

@@ -1,5 +1,7 @@
 //! `notify`: a message to a named channel from the config: a Slack-style or generic webhook, or
-//! PagerDuty Events v2.
+//! PagerDuty Events v2. A channel whose address is not set (its environment variable unset or
+//! empty) sends nothing: the step succeeds with `delivered: false` and the text, which
+//! `runbook run` prints. A channel that answers an error fails the step.
 
 use serde::Serialize;
 use serde_json::json;
@@ -9,7 +11,7 @@ use super::{
     names::{self, Names},
     CompileError, Flavour, Kind, StepCx, StepError, StepOutput,
 };
-use crate::config::WebhookFormat;
+use crate::config::{ChannelConfig, WebhookFormat};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -92,6 +94,14 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         .notify
         .get(&i.to)
         .ok_or_else(|| StepError::fatal(format!("unknown notify channel `{}`", i.to)))?;
+    if let Some(reason) = not_configured(channel) {
+        // Nobody is told through the channel, so the message is said where the run is watched
+        // (the CLI prints it) and kept on the run's record; the step goes on.
+        tracing::warn!(channel = %i.to, reason = %reason, "Notify channel not configured; the message is on the run's record.");
+        return Ok(StepOutput::value(json!({
+            "channel": i.to, "delivered": false, "reason": reason, "text": i.text,
+        })));
+    }
     let (url, body) = if let Some(w) = &channel.webhook {
         let url = w
             .url_ref()
@@ -144,6 +154,26 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         });
     }
     Ok(StepOutput::value(
-        json!({ "channel": i.to, "status": status }),
+        json!({ "channel": i.to, "delivered": true, "status": status }),
     ))
+}
+
+/// Why `channel` has no address to send to, when it has none: the environment variable that
+/// holds its URL (or PagerDuty routing key) is unset or empty.
+fn not_configured(channel: &ChannelConfig) -> Option<String> {
+    let unset = |var: &str| std::env::var(var).map_or(true, |v| v.trim().is_empty());
+    if let Some(w) = &channel.webhook {
+        let r = w.url_ref();
+        return match (&r.url, &r.url_env) {
+            (Some(u), _) if u.trim().is_empty() => Some("its `url` is empty".to_owned()),
+            (None, Some(var)) if unset(var) => Some(format!("{var} is not set")),
+            _ => None,
+        };
+    }
+    if let Some(pd) = &channel.pagerduty {
+        if unset(&pd.routing_key_env) {
+            return Some(format!("{} is not set", pd.routing_key_env));
+        }
+    }
+    None
 }

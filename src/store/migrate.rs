@@ -59,6 +59,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_playbook_versions"),
     migration!(6, "0006_runtime_order"),
     migration!(7, "0007_heartbeat"),
+    migration!(8, "0008_run_report"),
 ];
 
 /// The advisory lock that serialises PostgreSQL replicas migrating at once (the key the

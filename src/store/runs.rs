@@ -123,6 +123,16 @@ pub async fn finish_run(
     Ok(())
 }
 
+/// Keeps a run's rendered `report:` on its record.
+pub async fn set_report(db: &Db, id: i64, report: &str) -> Result<(), DbError> {
+    db.sql(
+        "UPDATE runbook_runs SET report = $2 WHERE id = $1",
+        vec![json!(id), json!(report)],
+    )
+    .await?;
+    Ok(())
+}
+
 /// The most bytes of one attempt's output (its rows and output as JSON) a run record keeps.
 pub const MAX_RECORDED_OUTPUT: usize = 4 * 1024 * 1024;
 

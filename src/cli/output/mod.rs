@@ -5,17 +5,20 @@
 //! terminal raw (`\e]0;title\a` retitles the window, others move the cursor or hide text). JSON
 //! output is printed as serde_json writes it, which escapes control characters in strings itself.
 
-use std::{borrow::Cow, io::Write};
+pub mod findings;
+mod printer;
+mod runs;
+pub mod table;
+
+use std::borrow::Cow;
 
 use serde_json::{json, Value as Json};
 
+pub use printer::Printer;
+pub use runs::{run_show, ShowOnly};
+
 use super::Format;
-use crate::{
-    engine::{Observer, RunOutcome, StepEvent},
-    playbook::Catalog,
-    status::{RunStatus, StepEventStatus},
-    stream::ops::Op,
-};
+use crate::{playbook::Catalog, stream::ops::Op};
 
 /// Text for a terminal: every control character (ESC, BEL, carriage return, DEL, the C1 codes)
 /// shown escaped as `\u{1b}`, except the newlines and tabs of multi-line text.
@@ -50,124 +53,6 @@ macro_rules! errln {
 }
 
 pub(super) use {errln, outln};
-
-/// Prints step events as they happen: a line per step for a person, a JSON object per line for a machine.
-pub struct Printer {
-    format: Format,
-}
-
-impl Printer {
-    pub fn new(format: Format) -> Self {
-        Printer { format }
-    }
-
-    pub fn outcome(&self, o: &RunOutcome) {
-        match self.format {
-            Format::Json => println!("{}", json!({ "event": "run", "run": o })),
-            Format::Human => {
-                let mark = match o.status {
-                    RunStatus::Succeeded => "✔",
-                    RunStatus::Planned => "○",
-                    _ => "✘",
-                };
-                let mut line = format!(
-                    "{mark} {} {} in {} ms (run {})",
-                    o.playbook, o.status, o.duration_ms, o.run_id
-                );
-                if let (Some(step), Some(err)) = (&o.failed_step, &o.error) {
-                    line.push_str(&format!(": step `{step}`: {err}"));
-                } else if let Some(err) = &o.error {
-                    line.push_str(&format!(": {err}"));
-                }
-                outln!("{line}");
-            }
-        }
-    }
-}
-
-impl Observer for Printer {
-    fn step_event(&self, e: &StepEvent) {
-        let mut out = std::io::stdout().lock();
-        if self.format == Format::Json {
-            let _ = writeln!(out, "{}", json!({ "event": "step", "step": e }));
-            return;
-        }
-        let indent = "  ".repeat(e.depth as usize + 1);
-        let dur = e
-            .duration_ms
-            .map(|d| format!(" {d} ms"))
-            .unwrap_or_default();
-        let mut out = Term(&mut out);
-        let _ = match e.status {
-            StepEventStatus::Started => writeln!(out, "{indent}▸ {} ({})", e.step, e.kind),
-            StepEventStatus::Succeeded => writeln!(
-                out,
-                "{indent}✔ {}{dur}  {}",
-                e.step,
-                e.summary.as_deref().unwrap_or("")
-            ),
-            StepEventStatus::Planned => Ok(()),
-            StepEventStatus::Waiting => writeln!(
-                out,
-                "{indent}⏸ {} waiting for approval: {}",
-                e.step,
-                e.summary.as_deref().unwrap_or("")
-            ),
-            StepEventStatus::Skipped => writeln!(
-                out,
-                "{indent}↷ {} skipped ({})",
-                e.step,
-                e.summary.as_deref().unwrap_or("")
-            ),
-            StepEventStatus::Plan => {
-                let input = e.input.clone().unwrap_or(Json::Null);
-                let text = plan_text(&input);
-                writeln!(out, "{indent}  would run: {text}")
-            }
-            StepEventStatus::Failed => writeln!(
-                out,
-                "{indent}✘ {}{dur}  {}",
-                e.step,
-                e.error.as_deref().unwrap_or("")
-            ),
-        };
-    }
-}
-
-/// A writer that passes what is written through [`term`] (one `writeln!` is one `write_fmt`).
-struct Term<W>(W);
-
-impl<W: Write> Term<W> {
-    fn write_fmt(&mut self, args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
-        self.0.write_all(term(&args.to_string()).as_bytes())
-    }
-}
-
-/// A rendered input as one readable line: SQL with its bound values, a request, an argv.
-fn plan_text(input: &Json) -> String {
-    if let Some(sql) = input.get("sql").and_then(Json::as_str) {
-        let params = input.get("params").cloned().unwrap_or(json!([]));
-        let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-        return format!(
-            "[{}] {sql}  -- bound: {params}",
-            input["datasource"].as_str().unwrap_or("store")
-        );
-    }
-    if let (Some(m), Some(u)) = (
-        input.get("method").and_then(Json::as_str),
-        input.get("url").and_then(Json::as_str),
-    ) {
-        let body = input
-            .get("json")
-            .map(|j| format!(" {j}"))
-            .unwrap_or_default();
-        return format!("{m} {u}{body}");
-    }
-    if let Some(argv) = input.get("argv") {
-        return format!("argv {argv}");
-    }
-    input.to_string()
-}
 
 pub fn list(catalog: &Catalog, format: Format) {
     let items: Vec<Json> = catalog
@@ -314,80 +199,6 @@ pub fn runs_list(rows: &[Json], format: Format) {
             r["trigger"]["kind"].as_str().unwrap_or(""),
             r["started_at"].as_str().unwrap_or(""),
             r["error"].as_str().unwrap_or("")
-        );
-    }
-}
-
-pub fn run_show(run: &Json, format: Format) {
-    if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(run).unwrap_or_default());
-        return;
-    }
-    outln!(
-        "run {}  {}  {}",
-        run["id"],
-        run["playbook"].as_str().unwrap_or(""),
-        run["status"].as_str().unwrap_or("")
-    );
-    outln!("trigger  {}", run["trigger"]);
-    outln!("params   {}", run["params"]);
-    outln!(
-        "started  {}  finished {}",
-        run["started_at"].as_str().unwrap_or("-"),
-        run["finished_at"].as_str().unwrap_or("-")
-    );
-    if let Some(e) = run["error"].as_str() {
-        outln!(
-            "error    {} (step {})",
-            e,
-            run["failed_step"].as_str().unwrap_or("-")
-        );
-    }
-    approvals(run);
-    for s in run["steps"].as_array().into_iter().flatten() {
-        let item = s["item"]
-            .as_i64()
-            .map(|i| format!("[{i}]"))
-            .unwrap_or_default();
-        outln!(
-            "  {}{} #{} {} {} ms",
-            s["step_id"].as_str().unwrap_or(""),
-            item,
-            s["attempt"],
-            s["status"].as_str().unwrap_or(""),
-            s["duration_ms"]
-        );
-        outln!("      input  {}", s["input"]);
-        if let Some(e) = s["error"].as_str() {
-            outln!("      error  {e}");
-        } else {
-            let mut out = s["output"].to_string();
-            if out.len() > 300 {
-                let mut end = 300;
-                while !out.is_char_boundary(end) {
-                    end -= 1;
-                }
-                out.truncate(end);
-                out.push('…');
-            }
-            outln!("      output {out}");
-        }
-    }
-}
-
-/// `approval  ask  rejected by alice at ...: not now`, one line per answer.
-fn approvals(run: &Json) {
-    for a in run["approvals"].as_array().into_iter().flatten() {
-        let comment = a["comment"]
-            .as_str()
-            .map(|c| format!(": {c}"))
-            .unwrap_or_default();
-        outln!(
-            "approval {}  {} by {} at {}{comment}",
-            a["step_id"].as_str().unwrap_or(""),
-            a["decision"].as_str().unwrap_or(""),
-            a["actor"].as_str().unwrap_or(""),
-            a["at"].as_str().unwrap_or("")
         );
     }
 }
