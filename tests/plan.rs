@@ -75,9 +75,18 @@ async fn queue_backlog_plan_changes_nothing(w: &Workdir, url: &str, pg: bool) {
     let out = w.run(&["--store", url, "run", "queue-backlog", "--plan"]);
     assert_eq!(out.code, 0, "{out:?}");
     let stdout = &out.stdout;
-    // The reads ran, on the data as it is.
-    assert!(stdout.contains("depth_by_priority  read 3 rows"), "{out:?}");
-    assert!(stdout.contains("stuck  read 20 rows"), "{out:?}");
+    // The reads ran, on the data as it is, and show what they found as a run does: the pending
+    // commands by priority (370 + 370 + 360 of 1,100 here, whatever the order of the lines), the
+    // true count of stuck commands, and a sample of them.
+    assert!(stdout.contains("depth_by_priority  read\n"), "{out:?}");
+    assert!(stdout.contains("count"), "{out:?}");
+    assert!(stdout.contains("stuck_count  read\n"), "{out:?}");
+    assert!(stdout.contains("\n      30\n"), "the stuck count: {out:?}");
+    assert!(stdout.contains("stuck  read\n"), "{out:?}");
+    assert!(
+        stdout.contains("and 10 more rows"),
+        "a sample of 20 shows 10: {out:?}"
+    );
     // The changes, with their arguments, in order.
     let scale = stdout
         .find("would scale workerConcurrency from 3 to 6")
@@ -90,7 +99,9 @@ async fn queue_backlog_plan_changes_nothing(w: &Workdir, url: &str, pg: bool) {
         .find("retry[0]  would retry every DLQ entry of error type TimeoutException (3 now)")
         .unwrap_or_else(|| panic!("no retry: {out:?}"));
     assert!(
-        stdout.contains("retry[1]  would retry every DLQ entry of error type NetworkException (0 now)"),
+        stdout.contains(
+            "retry[1]  would retry every DLQ entry of error type NetworkException (0 now)"
+        ),
         "{out:?}"
     );
     assert!(!stdout.contains("ValidationException"), "{out:?}");

@@ -70,13 +70,17 @@ pub(super) fn dry_run_note(playbook: &str, format: Format) {
 struct PlanPrinter {
     format: Format,
     entries: Mutex<Vec<Json>>,
+    /// The width a read's findings are fitted to.
+    width: usize,
 }
 
 impl PlanPrinter {
     fn new(format: Format) -> Self {
+        use std::io::IsTerminal;
         PlanPrinter {
             format,
             entries: Mutex::default(),
+            width: super::output::table_width(std::io::stdout().is_terminal()),
         }
     }
 
@@ -205,7 +209,25 @@ impl Observer for PlanPrinter {
                     PlanAction::Skip => "↷",
                     PlanAction::WouldRunIf | PlanAction::Unknown => "?",
                 };
-                let mut t = format!("{mark} {}{item}  {}", e.step, n.would);
+                // A read shows what it found, as `runbook run` does, in place of its summary.
+                let found = (n.action == PlanAction::Read)
+                    .then_some(e.found.as_ref())
+                    .flatten()
+                    .map(|f| {
+                        let width = self.width.saturating_sub(indent.len() + 4);
+                        super::output::findings::lines(e.kind, f, width)
+                    })
+                    .filter(|l| !l.is_empty());
+                let mut t = match &found {
+                    Some(lines) => {
+                        let mut t = format!("{mark} {}{item}  read", e.step);
+                        for l in lines {
+                            t.push_str(&format!("\n{indent}    {l}"));
+                        }
+                        t
+                    }
+                    None => format!("{mark} {}{item}  {}", e.step, n.would),
+                };
                 if !n.unknown.is_empty() {
                     t.push_str(&format!(
                         "\n{indent}    unknown until the run makes its changes: {}",

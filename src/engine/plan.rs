@@ -136,9 +136,22 @@ impl Engine {
         done: &Done,
     ) {
         let shown = describe::shown_input(&step.kind, input);
+        if let Done::Ran(out) = done {
+            if step.kind.calls().is_some() {
+                return;
+            }
+            // A read shows what it found, as in a run.
+            let note = self.read_note(out, format!("read {}", summarize(out)));
+            meta.observer.step_event(&StepEvent {
+                input: Some(shown),
+                plan: Some(PlanNote { item, ..note }),
+                found: Some(super::events::found(&self.services.masker, out)),
+                ..event(meta, step, StepEventStatus::Plan)
+            });
+            return;
+        }
         let note = match done {
-            Done::Ran(_) if step.kind.calls().is_some() => return,
-            Done::Ran(out) => self.read_note(out, format!("read {}", summarize(out))),
+            Done::Ran(_) => unreachable!("a read's entry is sent above"),
             Done::Described { unknown } if unknown.is_empty() && step.kind.calls().is_some() => {
                 return
             }

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 use serde_json::{json, Value as Json};
 
-pub use printer::Printer;
+pub use printer::{table_width, Printer};
 pub use runs::{run_show, ShowOnly};
 
 use super::Format;

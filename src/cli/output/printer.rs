@@ -16,6 +16,17 @@ use crate::{
 /// The width tables are fitted to when stdout is not a terminal.
 const PIPE_WIDTH: usize = 100;
 
+/// The width findings are fitted to: the terminal's, or [`PIPE_WIDTH`] off a terminal.
+pub fn table_width(terminal: bool) -> usize {
+    if terminal {
+        console::Term::stdout()
+            .size_checked()
+            .map_or(PIPE_WIDTH, |(_, cols)| usize::from(cols).max(40))
+    } else {
+        PIPE_WIDTH
+    }
+}
+
 /// Prints step events as they happen: a line per step for a person, a JSON object per line for a machine.
 pub struct Printer {
     format: Format,
@@ -35,13 +46,7 @@ enum Colour {
 impl Printer {
     pub fn new(format: Format) -> Self {
         let terminal = format == Format::Human && std::io::stdout().is_terminal();
-        let width = if terminal {
-            console::Term::stdout()
-                .size_checked()
-                .map_or(PIPE_WIDTH, |(_, cols)| usize::from(cols).max(40))
-        } else {
-            PIPE_WIDTH
-        };
+        let width = table_width(terminal);
         Printer {
             format,
             terminal,
