@@ -494,7 +494,10 @@ async fn runs_beyond_the_run_slots_wait_on_the_queue_not_in_memory() {
         assert_eq!(status, 202, "{body}");
     }
     let db = store(&url).await;
-    let mut most = 0;
+    // Samples that saw more runs claimed than there are slots: a claim beyond the slots is
+    // `processing` only for the moment before the worker hands it back, so such samples are
+    // rare; with runs waiting in memory they were nearly all of them.
+    let (mut samples, mut over) = (0u32, 0u32);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let processing = scalar(
@@ -502,7 +505,10 @@ async fn runs_beyond_the_run_slots_wait_on_the_queue_not_in_memory() {
             "SELECT COUNT(*) FROM command_queue WHERE command_type = 'runbook.run' AND status = 'processing'",
         )
         .await;
-        most = most.max(processing);
+        samples += 1;
+        if processing > 2 {
+            over += 1;
+        }
         let done = scalar(
             &db,
             "SELECT COUNT(*) FROM runbook_runs WHERE playbook = 'nap' AND status = 'succeeded'",
@@ -518,8 +524,8 @@ async fn runs_beyond_the_run_slots_wait_on_the_queue_not_in_memory() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        most <= 2,
-        "{most} runs were claimed at once with 2 run slots"
+        over * 5 < samples,
+        "more runs than the 2 run slots were held in {over} of {samples} samples"
     );
     assert_eq!(
         scalar(
