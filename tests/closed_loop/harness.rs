@@ -100,6 +100,7 @@ impl Loop {
              alertmanager: {{ url: \"{am}\" }}\n\
              notify:\n  ops: {{ webhook: {{ url: \"{hooks}/ops\", format: slack }} }}\n\
              \x20 oncall: {{ webhook: {{ url: \"{hooks}/oncall\", format: slack }} }}\n\
+             \x20 platform: {{ webhook: {{ url: \"{hooks}/platform\", format: slack }} }}\n\
              streaming:\n  poll_interval: 50ms\n{streaming}",
             am = am.base
         ));

@@ -392,6 +392,15 @@ async fn validation_errors_keep_the_alert_until_a_person_approves_the_cleanup() 
         "{:?}",
         l.inbox.texts("ops")
     );
+    // The seed's level 2: the platform team hears that the code needs a fix.
+    assert!(
+        l.inbox
+            .texts("platform")
+            .iter()
+            .any(|t| t.contains("6 ValidationException command(s) in the DLQ need a fix")),
+        "{:?}",
+        l.inbox.texts("platform")
+    );
     // The transient ones were retried; the alert is neither silenced nor resolved while the run
     // waits for the person.
     until_scalar(
