@@ -321,7 +321,9 @@ fn expansion_and_nesting_bombs_end_with_an_error() {
         if what == "nested flow sequences" {
             assert_eq!((diags[0].line, diags[0].col), (2, 8 + 64), "{diags:?}");
             assert!(
-                diags[0].message.contains("deeper than the limit of 64 levels"),
+                diags[0]
+                    .message
+                    .contains("deeper than the limit of 64 levels"),
                 "{diags:?}"
             );
         }

@@ -362,7 +362,10 @@ steps:
     assert!(step["output"]["total_lag"].is_null(), "{step}");
     let partitions = step["output"]["partitions"].as_u64().unwrap();
     assert!(partitions >= 1, "{step}");
-    assert_eq!(step["output"]["partitions_without_offsets"], partitions, "{step}");
+    assert_eq!(
+        step["output"]["partitions_without_offsets"], partitions,
+        "{step}"
+    );
     let p0 = step["rows"]
         .as_array()
         .unwrap()

@@ -501,7 +501,9 @@ async fn sqlite_work(
         }
     }
     if !st.changes {
-        conn.execute("PRAGMA query_only = OFF").await.map_err(fail)?;
+        conn.execute("PRAGMA query_only = OFF")
+            .await
+            .map_err(fail)?;
     }
     if let Some(audit) = &st.audit {
         bind_sqlite(
