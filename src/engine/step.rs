@@ -490,7 +490,7 @@ impl Engine {
         rendered: Rendered,
         own: Instant,
     ) -> Result<Done, StepError> {
-        let left = own.saturating_duration_since(Instant::now());
+        let left = own.saturating_duration_since(Instant::now()) + step.kind.wind_down(cx.timeout);
         let result = match tokio::time::timeout(left, step.kind.execute(rendered, cx)).await {
             Ok(r) => r,
             Err(_) => {

@@ -370,6 +370,16 @@ impl StepKind {
 
     /// Whether running the step again after a timeout or a transient failure is safe: not for
     /// a `sql` statement that changes things unless it says `idempotent: true`.
+    /// How long past its timeout the engine waits for a step that stops itself: an `sql` step
+    /// cancels its statement on the database at its deadline and then records the outcome (the
+    /// audit record of a change), which must not be cut short by the engine's own timer.
+    pub fn wind_down(&self, timeout: std::time::Duration) -> std::time::Duration {
+        match self {
+            StepKind::Sql(_) => sql::margin(timeout),
+            _ => std::time::Duration::ZERO,
+        }
+    }
+
     pub fn retries_safely(&self) -> bool {
         match self {
             StepKind::Sql(s) => s.retries_safely(),

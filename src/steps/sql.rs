@@ -236,7 +236,7 @@ fn value_with_nul(params: &[Json]) -> Option<usize> {
 /// Of an attempt's time, what is kept back from the database's limit: the database stops the
 /// statement at the deadline minus this, the step stops waiting for it at half of it before
 /// the deadline, and a cancel gets a quarter of it to be confirmed.
-fn margin(timeout: Duration) -> Duration {
+pub(crate) fn margin(timeout: Duration) -> Duration {
     (timeout / 5).clamp(Duration::from_millis(20), Duration::from_secs(2))
 }
 

@@ -137,9 +137,11 @@ async fn a_queue_backlog_fires_scales_the_workers_recovers_and_resolves() {
 
     // The metric recovers and the alert resolves, though the producer goes on.
     l.resolves("StreamingQueueDepthHigh", 20).await;
+    // The depth Prometheus saw when the alert resolved: the lowest of the last two minutes, since
+    // the producer goes on adding commands and a later sample may be back above the threshold.
     let depth = l
         .prom
-        .value("sum(max without(instance) (core_stream_cmd_queue_depth))")
+        .value("min_over_time(sum(max without(instance) (core_stream_cmd_queue_depth))[2m:1s])")
         .await
         .unwrap();
     // The rule fires above 1000 (`> 1000`): at or under it is recovered.
