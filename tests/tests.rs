@@ -13,6 +13,7 @@ mod http;
 mod kafka;
 mod layers;
 mod lifecycle;
+mod locks;
 mod logs;
 mod migrations;
 mod plan;

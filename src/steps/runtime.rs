@@ -17,7 +17,7 @@ use schemars::JsonSchema;
 #[allow(dead_code)]
 pub(crate) struct RuntimeSchema {
     /// queue_stats, dlq_list, dlq_retry, dlq_cleanup, scale_workers, set_retry_policy, set_lock_ttl,
-    /// release_stale_locks, purge_completed, maintenance
+    /// release_stale_locks, release_orphaned_locks, purge_completed, maintenance, prune_records
     op: String,
 }
 

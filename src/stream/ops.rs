@@ -49,6 +49,11 @@ pub enum Op {
     ReleaseStaleLocks {
         older_than: Dur,
     },
+    /// Releases only the locks whose holder is gone (the seed's force unlock): taken longer than
+    /// `older_than` ago, and held by no command that is processing under a lease still running.
+    ReleaseOrphanedLocks {
+        older_than: Dur,
+    },
     ScaleWorkers {
         #[serde(default)]
         concurrency: Option<u32>,
@@ -96,6 +101,7 @@ pub const OPS: &[(&str, &[&str])] = &[
     ("dlq_cleanup", &["older_than", "error_type", "errorType"]),
     ("purge_completed", &["older_than"]),
     ("release_stale_locks", &["older_than"]),
+    ("release_orphaned_locks", &["older_than"]),
     ("scale_workers", &["concurrency", "batch_size"]),
     (
         "set_retry_policy",
@@ -205,6 +211,10 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
         }
         Op::ReleaseStaleLocks { older_than } => {
             release_stale_locks(db, *older_than, audit("release_stale_locks")).await
+        }
+        Op::ReleaseOrphanedLocks { older_than } => {
+            let audit = audit("release_orphaned_locks");
+            release_orphaned_locks(db, *older_than, audit).await
         }
         Op::ScaleWorkers {
             concurrency,
@@ -377,6 +387,37 @@ async fn release_stale_locks(db: &Db, older_than: Dur, audit: Audit<'_>) -> Resu
     let sql = format!(
         "DELETE FROM work_state WHERE state = 'updating' AND locked_at < {}",
         ago(db.dialect(), older_than)
+    );
+    Ok(json!({ "released": db.mutate_audited(&sql, vec![], audit).await? }))
+}
+
+/// The condition of a `work_state` row whose lock no live command holds: no command of its id
+/// is `processing`, or the one that is has let its lease (`locked_until`) run out.
+pub fn orphaned_lock_sql(d: Dialect) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM command_queue c WHERE c.id = work_state.command_id \
+         AND c.status = '{processing}' AND c.locked_until > {now})",
+        processing = CommandStatus::Processing,
+        now = d.now()
+    )
+}
+
+/// Releases the work-state locks taken longer than `older_than` ago whose holder is gone (see
+/// [`orphaned_lock_sql`]); a lock of a command still processing under a live lease stays,
+/// however old. The rows stay, idle, with their expiry counts.
+async fn release_orphaned_locks(
+    db: &Db,
+    older_than: Dur,
+    audit: Audit<'_>,
+) -> Result<Json, OpError> {
+    let d = db.dialect();
+    let sql = format!(
+        "UPDATE work_state SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, \
+                takeover = FALSE, updated_at = {now} \
+         WHERE state = 'updating' AND locked_at < {ago} AND {orphaned}",
+        now = d.now(),
+        ago = ago(d, older_than),
+        orphaned = orphaned_lock_sql(d),
     );
     Ok(json!({ "released": db.mutate_audited(&sql, vec![], audit).await? }))
 }
