@@ -14,6 +14,7 @@ mod kafka;
 mod layers;
 mod lifecycle;
 mod locks;
+mod maintenance;
 mod logs;
 mod migrations;
 mod plan;

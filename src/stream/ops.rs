@@ -73,6 +73,14 @@ pub enum Op {
         action: MaintenanceAction,
         #[serde(default)]
         tables: Option<Vec<String>>,
+        /// `reindex` on PostgreSQL as `REINDEX TABLE CONCURRENTLY`, which lets writes go on
+        /// while it runs (SQLite has no such form: there it is a plain `REINDEX`).
+        #[serde(default)]
+        concurrently: bool,
+        /// On PostgreSQL, how long each statement waits for a table lock before it gives up
+        /// (`lock_timeout`), so maintenance fails rather than queueing workers behind it.
+        #[serde(default)]
+        lock_timeout: Option<Dur>,
     },
     /// Deletes records older than `streaming.retention` says (or `keep` overrides, by table).
     PruneRecords {
@@ -113,7 +121,10 @@ pub const OPS: &[(&str, &[&str])] = &[
         ],
     ),
     ("set_lock_ttl", &["ttl"]),
-    ("maintenance", &["action", "tables"]),
+    (
+        "maintenance",
+        &["action", "tables", "concurrently", "lock_timeout"],
+    ),
     ("prune_records", &["keep"]),
 ];
 
@@ -234,8 +245,17 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
             let changes = lock_ttl_changes(*ttl)?;
             set(db, base, &changes, audit("set_lock_ttl")).await
         }
-        Op::Maintenance { action, tables } => {
-            maintenance(db, *action, tables.as_deref(), actor).await
+        Op::Maintenance {
+            action,
+            tables,
+            concurrently,
+            lock_timeout,
+        } => {
+            let how = How {
+                concurrently: *concurrently,
+                lock_timeout: *lock_timeout,
+            };
+            maintenance(db, *action, tables.as_deref(), how, actor).await
         }
         Op::PruneRecords { keep } => {
             prune_records(db, prune_plan(&base.retention, keep)?, actor).await
@@ -508,10 +528,45 @@ async fn set(
     Ok(json!({ "before": before, "after": after }))
 }
 
+/// How `maintenance` runs its statements.
+#[derive(Clone, Copy, Debug, Default)]
+struct How {
+    concurrently: bool,
+    lock_timeout: Option<Dur>,
+}
+
+/// The statements of `action` on `tables` (names from [`TABLES`], never from a template).
+fn maintenance_statements(
+    dialect: Dialect,
+    action: MaintenanceAction,
+    tables: &[&str],
+    concurrently: bool,
+) -> Vec<String> {
+    let each = |f: &dyn Fn(&str) -> String| tables.iter().map(|t| f(t)).collect();
+    match (dialect, action) {
+        (Dialect::Postgres, MaintenanceAction::Analyze) => each(&|t| format!("ANALYZE {t}")),
+        (Dialect::Postgres, MaintenanceAction::Reindex) if concurrently => {
+            each(&|t| format!("REINDEX TABLE CONCURRENTLY {t}"))
+        }
+        (Dialect::Postgres, MaintenanceAction::Reindex) => each(&|t| format!("REINDEX TABLE {t}")),
+        (Dialect::Postgres, MaintenanceAction::Vacuum) => each(&|t| format!("VACUUM ANALYZE {t}")),
+        (Dialect::Postgres, MaintenanceAction::VacuumFull) => {
+            each(&|t| format!("VACUUM FULL ANALYZE {t}"))
+        }
+        (Dialect::Sqlite, MaintenanceAction::Analyze) => each(&|t| format!("ANALYZE {t}")),
+        (Dialect::Sqlite, MaintenanceAction::Reindex) => each(&|t| format!("REINDEX {t}")),
+        // SQLite vacuums the whole file.
+        (Dialect::Sqlite, MaintenanceAction::Vacuum | MaintenanceAction::VacuumFull) => {
+            vec!["VACUUM".into()]
+        }
+    }
+}
+
 async fn maintenance(
     db: &Db,
     action: MaintenanceAction,
     tables: Option<&[String]>,
+    how: How,
     actor: &str,
 ) -> Result<Json, OpError> {
     let tables: Vec<&str> = match tables {
@@ -524,48 +579,124 @@ async fn maintenance(
             TABLES.join(", ")
         )));
     }
-    // Table names come from the fixed list above, never from a template.
-    let statements: Vec<String> = match (db.dialect(), action) {
-        (Dialect::Postgres, MaintenanceAction::Analyze) => {
-            tables.iter().map(|t| format!("ANALYZE {t}")).collect()
-        }
-        (Dialect::Postgres, MaintenanceAction::Reindex) => tables
-            .iter()
-            .map(|t| format!("REINDEX TABLE {t}"))
-            .collect(),
-        (Dialect::Postgres, MaintenanceAction::Vacuum) => tables
-            .iter()
-            .map(|t| format!("VACUUM ANALYZE {t}"))
-            .collect(),
-        (Dialect::Postgres, MaintenanceAction::VacuumFull) => tables
-            .iter()
-            .map(|t| format!("VACUUM FULL ANALYZE {t}"))
-            .collect(),
-        (Dialect::Sqlite, MaintenanceAction::Analyze) => {
-            tables.iter().map(|t| format!("ANALYZE {t}")).collect()
-        }
-        (Dialect::Sqlite, MaintenanceAction::Reindex) => {
-            tables.iter().map(|t| format!("REINDEX {t}")).collect()
-        }
-        // SQLite vacuums the whole file.
-        (Dialect::Sqlite, MaintenanceAction::Vacuum | MaintenanceAction::VacuumFull) => {
-            vec!["VACUUM".into()]
+    if how.lock_timeout.is_some_and(|d| d.0.is_zero()) {
+        return Err(OpError::Invalid(
+            "maintenance: lock_timeout must be above zero (PostgreSQL reads 0 as no limit)".into(),
+        ));
+    }
+    let statements = maintenance_statements(db.dialect(), action, &tables, how.concurrently);
+    let started = std::time::Instant::now();
+    let ran = match db {
+        Db::Postgres(pool) => run_pg_maintenance(pool, &statements, how.lock_timeout).await,
+        Db::Sqlite(_) => {
+            let mut r = Ok(());
+            for s in &statements {
+                if let Err(e) = db.sql(s, vec![]).await {
+                    r = Err(OpError::from(e));
+                    break;
+                }
+            }
+            r
         }
     };
-    let started = std::time::Instant::now();
-    for s in &statements {
-        db.sql(s, vec![]).await?;
-    }
     let ms = started.elapsed().as_millis() as u64;
-    crate::store::runs::audit(
-        db,
-        actor,
-        "maintenance",
-        json!({ "action": action, "statements": statements }),
-        0,
+    let mut filter = json!({ "action": action, "statements": statements });
+    if let Some(t) = how.lock_timeout {
+        filter["lock_timeout"] = json!(t.to_string());
+    }
+    if let Err(e) = &ran {
+        filter["error"] = json!(crate::text::error_chain(e));
+    }
+    crate::store::runs::audit(db, actor, "maintenance", filter, 0).await?;
+    ran?;
+    Ok(json!({
+        "statements": statements,
+        "duration_ms": ms,
+        "lock_timeout": how.lock_timeout.map(|t| t.to_string()),
+    }))
+}
+
+/// Runs maintenance statements on one PostgreSQL connection, outside a transaction block
+/// (`VACUUM` and `REINDEX ... CONCURRENTLY` refuse one), with `lock_timeout` set for the
+/// session when given. The connection is closed afterwards, so its setting never reaches
+/// another user of the pool. Before a `REINDEX CONCURRENTLY`, and after one that failed, the
+/// invalid indexes failed attempts leave are dropped; those that cannot be (their table is
+/// locked) are named in the error for a person.
+async fn run_pg_maintenance(
+    pool: &sqlx::PgPool,
+    statements: &[String],
+    lock_timeout: Option<Dur>,
+) -> Result<(), OpError> {
+    use sqlx::Executor;
+    let mut conn = pool.acquire().await.map_err(DbError::from)?;
+    conn.close_on_drop();
+    if let Some(t) = lock_timeout {
+        sqlx::query("SELECT set_config('lock_timeout', $1, false)")
+            .bind(format!("{}ms", t.0.as_millis().max(1)))
+            .execute(&mut *conn)
+            .await
+            .map_err(DbError::from)?;
+    }
+    let concurrently = statements.iter().any(|s| s.contains("CONCURRENTLY"));
+    if concurrently {
+        drop_invalid_reindex_leftovers(&mut conn).await;
+    }
+    for s in statements {
+        if let Err(e) = conn.execute(s.as_str()).await {
+            let e = DbError::from(e);
+            if !concurrently {
+                return Err(e.into());
+            }
+            let left = drop_invalid_reindex_leftovers(&mut conn).await;
+            if left.is_empty() {
+                return Err(e.into());
+            }
+            // Not bad input, but the step's error must name what is left for a person; a
+            // database error could not carry it.
+            return Err(OpError::Invalid(format!(
+                "{s} failed: {}; it left invalid indexes that could not be dropped now: {} \
+                 (the next REINDEX CONCURRENTLY drops them, or DROP INDEX CONCURRENTLY each)",
+                crate::text::error_chain(&e),
+                left.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A `REINDEX CONCURRENTLY` that fails (a lock timeout, a cancel) leaves the new index it was
+/// building behind, invalid, named `<index>_ccnew` (`_ccnew1`, ...): it costs every write and
+/// serves no read. Drops those of the runtime's tables (their names come from the catalogue and
+/// are quoted by `format('%I')`), under the session's `lock_timeout`. Returns those it could not
+/// drop.
+async fn drop_invalid_reindex_leftovers(conn: &mut sqlx::PgConnection) -> Vec<String> {
+    let names: Result<Vec<String>, _> = sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i \
+         JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE NOT i.indisvalid AND c.relname ~ '_ccnew[0-9]*$' AND t.relname = ANY($1) \
+           AND t.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
+         ORDER BY 1",
     )
-    .await?;
-    Ok(json!({ "statements": statements, "duration_ms": ms }))
+    .bind(TABLES)
+    .fetch_all(&mut *conn)
+    .await;
+    let names = match names {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "Listing the indexes a failed REINDEX CONCURRENTLY left failed.");
+            return vec!["(could not be listed)".into()];
+        }
+    };
+    let mut left = vec![];
+    for name in names {
+        let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {name}");
+        if let Err(e) = sqlx::Executor::execute(&mut *conn, drop.as_str()).await {
+            tracing::warn!(index = %name, error = %e, "Dropping an index a failed REINDEX CONCURRENTLY left failed.");
+            left.push(name);
+        }
+    }
+    left
 }
 
 /// Depth per priority and status, oldest pending, DLQ by error type, unsent outbox, locks, settings.
@@ -723,6 +854,27 @@ mod tests {
         );
         assert!(
             matches!(plan_of(&[("runs", 0)]), Err(OpError::Invalid(m)) if m == "prune_records: keep.runs must be above zero")
+        );
+    }
+
+    #[test]
+    fn reindex_runs_concurrently_on_postgres_when_asked_and_plainly_on_sqlite() {
+        let tables = ["command_queue"];
+        assert_eq!(
+            maintenance_statements(Dialect::Postgres, MaintenanceAction::Reindex, &tables, true),
+            ["REINDEX TABLE CONCURRENTLY command_queue"]
+        );
+        assert_eq!(
+            maintenance_statements(Dialect::Postgres, MaintenanceAction::Reindex, &tables, false),
+            ["REINDEX TABLE command_queue"]
+        );
+        assert_eq!(
+            maintenance_statements(Dialect::Sqlite, MaintenanceAction::Reindex, &tables, true),
+            ["REINDEX command_queue"]
+        );
+        assert_eq!(
+            maintenance_statements(Dialect::Sqlite, MaintenanceAction::VacuumFull, &tables, false),
+            ["VACUUM"]
         );
     }
 
