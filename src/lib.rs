@@ -7,7 +7,7 @@
 //!
 //! | layer | modules | what it holds |
 //! |---|---|---|
-//! | leaf types | [`duration`], [`diagnostics`], [`status`], [`text`], [`secrets`], [`template`], [`metrics`], [`config`], [`kafka`] | durations, `path:line:col` problems, run/step/command statuses and error types (one spelling for Rust, SQL and JSON), masking, minijinja in text/SQL/URL flavours, Prometheus metrics, `runbook.yaml`, Kafka client settings |
+//! | leaf types | [`duration`], [`diagnostics`], [`status`], [`text`], [`window`], [`secrets`], [`template`], [`metrics`], [`config`], [`kafka`] | durations, `path:line:col` problems, run/step/command statuses and error types (one spelling for Rust, SQL and JSON), maintenance windows, masking, minijinja in text/SQL/URL flavours, Prometheus metrics, `runbook.yaml`, Kafka client settings |
 //! | store | [`store`] | SQLite or PostgreSQL pools, versioned migrations, rows as JSON, run records, schedule ticks and the audit log |
 //! | services | [`services`] | the clients built once per process: store, datasource pools, HTTP client, templates, masker |
 //! | streaming data | [`stream`] | `command_queue`, `work_state`, `outbox_final` rows, DLQ and settings operations |
@@ -42,6 +42,7 @@ pub(crate) mod duration;
 pub(crate) mod diagnostics;
 pub(crate) mod status;
 pub(crate) mod text;
+pub(crate) mod window;
 pub(crate) mod secrets;
 pub(crate) mod template;
 pub(crate) mod metrics;

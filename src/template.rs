@@ -695,6 +695,12 @@ fn base_env() -> Environment<'static> {
     env.add_filter("seconds", |v: Value| parse_dur(&v).map(|d| d.as_secs_f64()));
     env.add_filter("sum", sum_filter);
     add_typed_filters(&mut env, false);
+    // `in_window('Sun 02:00-06:00 Europe/Prague', now)`: see `crate::window`.
+    env.add_function("in_window", |spec: String, at: String| {
+        let bad = |m: String| Error::new(ErrorKind::InvalidOperation, m);
+        let window: crate::window::Window = spec.parse().map_err(bad)?;
+        Ok(window.contains(crate::window::parse_time(&at).map_err(bad)?))
+    });
     env.add_filter("tojson", tojson_filter);
     env.add_filter("join", join_filter);
     env.set_formatter(|out, state, value| {

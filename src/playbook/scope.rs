@@ -57,7 +57,7 @@ pub(super) fn check_var(var: &str, scope: &Scope) -> Option<String> {
         },
         r if ROOTS.contains(&r) => None,
         // minijinja reports functions and filters it does not know as variables too.
-        "ago" | "age" | "ident" | "range" | "dict" | "namespace" | "debug" => None,
+        "ago" | "age" | "ident" | "in_window" | "range" | "dict" | "namespace" | "debug" => None,
         other => Some(format!(
             "unknown variable `{other}` (available: {})",
             ROOTS.join(", ")
