@@ -5,6 +5,7 @@ mod alerts;
 mod coverage;
 mod chaos;
 mod closed_loop;
+mod dlq_retry;
 mod docs;
 mod edges;
 mod engine;

@@ -16,8 +16,9 @@ use schemars::JsonSchema;
 #[derive(JsonSchema)]
 #[allow(dead_code)]
 pub(crate) struct RuntimeSchema {
-    /// queue_stats, dlq_list, dlq_retry, dlq_cleanup, scale_workers, set_retry_policy, set_lock_ttl,
-    /// release_stale_locks, release_orphaned_locks, purge_completed, maintenance, prune_records
+    /// queue_stats, command_status, dlq_list, dlq_retry, dlq_cleanup, scale_workers,
+    /// set_retry_policy, set_lock_ttl, release_stale_locks, release_orphaned_locks,
+    /// purge_completed, maintenance, prune_records
     op: String,
 }
 
@@ -64,9 +65,9 @@ impl Kind for RuntimeStep {
         Ok(RuntimeStep { op, args })
     }
 
-    /// `queue_stats` and `dlq_list` read; every other op changes the runtime.
+    /// The ops of [`ops::READS`] read; every other op changes the runtime.
     fn is_read(&self) -> bool {
-        matches!(self.op.as_str(), "queue_stats" | "dlq_list")
+        ops::READS.contains(&self.op.as_str())
     }
 
     fn templates(&self) -> Vec<(String, &str, Flavour)> {

@@ -21,6 +21,12 @@ use crate::{
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
     QueueStats,
+    /// Where the commands of `ids` are now: counts by status (a read). `ids` may be a list of
+    /// lists, as a `for_each` step's outputs give them (`dlq_retry`'s `ids` per error type).
+    CommandStatus {
+        #[serde(deserialize_with = "flat_ids")]
+        ids: Vec<i64>,
+    },
     DlqList {
         #[serde(default)]
         entity: Option<String>,
@@ -101,6 +107,7 @@ pub enum MaintenanceAction {
 /// Operation names and the arguments each takes, for validation before anything runs.
 pub const OPS: &[(&str, &[&str])] = &[
     ("queue_stats", &[]),
+    ("command_status", &["ids"]),
     (
         "dlq_list",
         &["entity", "error_type", "errorType", "limit", "offset"],
@@ -127,6 +134,9 @@ pub const OPS: &[(&str, &[&str])] = &[
     ),
     ("prune_records", &["keep"]),
 ];
+
+/// The operations that only read.
+pub const READS: &[&str] = &["queue_stats", "command_status", "dlq_list"];
 
 /// A table `prune_records` prunes: its name (the key of `keep`), how long the config's
 /// `streaming.retention` keeps its rows, and its owning module's DELETE statement.
@@ -196,6 +206,7 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
     };
     match op {
         Op::QueueStats => Ok(queue_stats(db, base).await?),
+        Op::CommandStatus { ids } => command_status(db, ids).await,
         Op::DlqList {
             entity,
             error_type,
@@ -346,6 +357,8 @@ async fn dlq_list(
 }
 
 /// Returns DLQ commands (optionally of one entity or error type) to the queue with fresh attempts.
+/// The output names the ids retried (the first [`MAX_IDS`]), so a playbook can follow them
+/// (`command_status`).
 async fn dlq_retry(
     db: &Db,
     entity: &Option<String>,
@@ -353,23 +366,99 @@ async fn dlq_retry(
     audit: Audit<'_>,
 ) -> Result<Json, OpError> {
     let now = db.dialect().now();
-    let n = db
-        .mutate_audited(
-            &format!(
-                "UPDATE command_queue SET status = $3, attempts = 0, error_message = NULL, error_type = NULL, \
-                 run_at = {now}, updated_at = {now}, locked_by = NULL, locked_until = NULL \
-                 WHERE status = $4 AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT))"
-            ),
-            vec![
-                json!(entity),
-                json!(error_type),
-                json!(CommandStatus::Pending),
-                json!(CommandStatus::Dlq),
-            ],
-            audit,
-        )
-        .await?;
-    Ok(json!({ "retried": n }))
+    let sql = format!(
+        "UPDATE command_queue SET status = $3, attempts = 0, error_message = NULL, error_type = NULL, \
+         run_at = {now}, updated_at = {now}, locked_by = NULL, locked_until = NULL \
+         WHERE status = $4 AND (CAST($1 AS TEXT) IS NULL OR entity = CAST($1 AS TEXT)) AND (CAST($2 AS TEXT) IS NULL OR error_type = CAST($2 AS TEXT)) \
+         RETURNING id"
+    );
+    let q = crate::template::BoundSql {
+        sql: match db {
+            Db::Postgres(_) => sql,
+            Db::Sqlite(_) => store::dollar_to_question(&sql),
+        },
+        params: vec![
+            json!(entity),
+            json!(error_type),
+            json!(CommandStatus::Pending),
+            json!(CommandStatus::Dlq),
+        ],
+    };
+    let res = db.query_audited(&q, MAX_IDS, audit).await?;
+    let mut ids: Vec<i64> = res.rows.iter().filter_map(|r| r["id"].as_i64()).collect();
+    ids.sort_unstable();
+    Ok(json!({ "retried": res.rows_affected, "ids": ids, "ids_truncated": res.truncated }))
+}
+
+/// The most ids `dlq_retry` names in its output.
+pub const MAX_IDS: usize = 10_000;
+
+/// `ids` as one list: a list of ids, or of lists of ids.
+fn flat_ids<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ids {
+        One(i64),
+        Many(Vec<Ids>),
+    }
+    fn flatten(ids: Ids, out: &mut Vec<i64>) {
+        match ids {
+            Ids::One(id) => out.push(id),
+            Ids::Many(v) => v.into_iter().for_each(|i| flatten(i, out)),
+        }
+    }
+    let mut out = vec![];
+    flatten(
+        Ids::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("ids must be a list of command ids (integers), or of such lists")
+        })?,
+        &mut out,
+    );
+    Ok(out)
+}
+
+/// Counts by status of the commands of `ids` (an id no longer in the queue counts as `gone`):
+/// `in_flight` is pending plus processing.
+async fn command_status(db: &Db, ids: &[i64]) -> Result<Json, OpError> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows = match db {
+        Db::Postgres(_) => {
+            db.sql(
+                "SELECT status, COUNT(*) AS n FROM command_queue \
+                 WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) GROUP BY status",
+                vec![json!(ids).to_string().into()],
+            )
+            .await?
+        }
+        Db::Sqlite(_) => {
+            db.sql(
+                "SELECT status, COUNT(*) AS n FROM command_queue \
+                 WHERE id IN (SELECT value FROM json_each($1)) GROUP BY status",
+                vec![json!(ids).to_string().into()],
+            )
+            .await?
+        }
+    }
+    .rows;
+    let count = |s: CommandStatus| {
+        rows.iter()
+            .filter(|r| r["status"] == s.as_str())
+            .map(|r| r["n"].as_i64().unwrap_or(0))
+            .sum::<i64>()
+    };
+    let found: i64 = rows.iter().map(|r| r["n"].as_i64().unwrap_or(0)).sum();
+    let (pending, processing) = (count(CommandStatus::Pending), count(CommandStatus::Processing));
+    Ok(json!({
+        "total": ids.len(),
+        "pending": pending,
+        "processing": processing,
+        "in_flight": pending + processing,
+        "completed": count(CommandStatus::Completed),
+        "dlq": count(CommandStatus::Dlq),
+        "gone": ids.len() as i64 - found,
+    }))
 }
 
 /// Deletes the commands in `status` last updated longer than `older_than` ago.
