@@ -389,3 +389,152 @@ steps:
     assert_eq!(out.code, 1, "{out:?}");
     assert_run_error(&out.run(), "kafka metadata");
 }
+
+/// Issue 10: the seed's console consumer as `kafka: { op: tail }`: the last N messages of a topic,
+/// read without a group, payloads masked like DLQ payloads.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_tail_reads_the_last_messages_masked_and_commits_nothing() {
+    let broker = Broker::start(free_port());
+    let brokers = broker.addr();
+    let b2 = brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &b2)
+            .set("batch.num.messages", "1")
+            .create()
+            .unwrap();
+        for i in 0..15 {
+            let payload = if i == 14 {
+                "plain text, not JSON".to_owned()
+            } else {
+                json!({ "n": i, "email": format!("user{i}@example.com") }).to_string()
+            };
+            producer
+                .send(
+                    BaseRecord::to("user-events")
+                        .partition(0)
+                        .key("k")
+                        .payload(&payload),
+                )
+                .unwrap();
+            producer.flush(Duration::from_secs(10)).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let w = Workdir::new();
+    w.config(&format!(
+        "kafka: {{ brokers: \"{brokers}\" }}\nstreaming:\n  sensitive_fields: [email]\n"
+    ));
+    w.playbook(
+        "tail",
+        "name: tail\nsteps:\n  - id: last\n    kafka: { op: tail, topic: user-events, count: 5 }\n  - id: missing\n    continue_on_error: true\n    kafka: { op: tail, topic: no-such-topic }\n",
+    );
+    let out = tokio::task::spawn_blocking(move || w.run(&["run", "tail", "-o", "json"]))
+        .await
+        .unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = out.run();
+    let last = &run["steps"]["last"];
+    let rows = last["rows"].as_array().unwrap();
+    let offsets: Vec<i64> = rows.iter().map(|r| r["offset"].as_i64().unwrap()).collect();
+    assert_eq!(offsets, [10, 11, 12, 13, 14], "{last}");
+    assert_eq!(rows[0]["payload"]["n"], 10, "{last}");
+    assert_eq!(rows[0]["payload"]["email"], "****", "{last}");
+    assert_eq!(rows[4]["payload"], "plain text, not JSON", "{last}");
+    assert_eq!(last["output"]["complete"], true, "{last}");
+    assert!(
+        !run.to_string().contains("@example.com"),
+        "an address reached the run record: {run}"
+    );
+    assert!(
+        run["steps"]["missing"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("topic no-such-topic does not exist"),
+        "{run:#}"
+    );
+    // Nothing was committed for the group the reader used.
+    let b3 = brokers.clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &b3)
+            .set("group.id", "runbook-tail")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("user-events", 0);
+        c.committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap()
+            .elements()[0]
+            .offset()
+    })
+    .await
+    .unwrap();
+    assert!(!matches!(committed, Offset::Offset(_)), "{committed:?}");
+}
+
+/// Issue 10: producer throughput for the partition advisor, measured on a scratch topic the op
+/// creates and deletes; a topic that exists is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_produce_test_measures_throughput_on_a_scratch_topic_it_deletes() {
+    let broker = Broker::start(free_port());
+    let brokers = broker.addr();
+    let w = Workdir::new();
+    w.config(&format!("kafka: {{ brokers: \"{brokers}\" }}\n"));
+    w.playbook(
+        "throughput",
+        "name: throughput\nsteps:\n  - id: measure\n    kafka: { op: produce_test, topic: runbook-scratch-1, messages: 2000, size: 200, partitions: 2 }\n  - id: topics\n    kafka: { op: list_topics }\n",
+    );
+    let out = tokio::task::spawn_blocking(move || w.run(&["run", "throughput", "-o", "json"]))
+        .await
+        .unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    let run = out.run();
+    let m = &run["steps"]["measure"]["output"];
+    assert_eq!(m["delivered"], 2000, "{m}");
+    assert_eq!(m["failed"], 0, "{m}");
+    assert!(m["messages_per_s"].as_f64().unwrap() > 0.0, "{m}");
+    let (mps, bps) = (
+        m["messages_per_s"].as_f64().unwrap(),
+        m["bytes_per_s"].as_f64().unwrap(),
+    );
+    // Both rounded from the same rate: at most one message's bytes apart.
+    assert!((bps - mps * 200.0).abs() <= 200.0, "{m}");
+    assert_eq!(m["deleted"], true, "{m}");
+    let listed = run["steps"]["topics"]["rows"].as_array().unwrap();
+    assert!(
+        !listed.iter().any(|t| t["topic"] == "runbook-scratch-1"),
+        "the scratch topic is still there: {listed:?}"
+    );
+    println!(
+        "produce_test into the test broker: {} messages/s ({} bytes each)",
+        m["messages_per_s"], m["size"]
+    );
+
+    // A topic with data is never written to.
+    let b2 = brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &b2)
+            .create()
+            .unwrap();
+        producer
+            .send(BaseRecord::to("orders").key("k").payload("real"))
+            .unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+    })
+    .await
+    .unwrap();
+    let w = Workdir::new();
+    w.config(&format!("kafka: {{ brokers: \"{brokers}\" }}\n"));
+    w.playbook(
+        "refuse",
+        "name: refuse\nsteps:\n  - id: measure\n    kafka: { op: produce_test, topic: orders, messages: 10 }\n",
+    );
+    let out = tokio::task::spawn_blocking(move || w.run(&["run", "refuse", "-o", "json"]))
+        .await
+        .unwrap();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_run_error(&out.run(), "topic orders exists: produce_test writes only to a scratch topic");
+}

@@ -1,6 +1,12 @@
 //! `kafka`: the seed's Kafka admin checks: list topics, describe a topic (partitions, leaders,
 //! replicas), topic configs, and consumer-group lag per partition (committed offset against the
-//! high watermark). librdkafka's calls block, so they run on the blocking pool.
+//! high watermark); the seed's console consumer (`tail`: the last messages of a topic, masked,
+//! in `tail.rs`); and the producer throughput the partition advisor asks for (`produce_test`, on
+//! a scratch topic it creates and deletes, in `throughput.rs`). librdkafka's calls block, so they
+//! run on the blocking pool.
+
+mod tail;
+mod throughput;
 
 use std::time::Duration;
 
@@ -20,12 +26,24 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawKafka {
-    /// list_topics, describe_topic, topic_configs, consumer_lag, log_dirs
+    /// list_topics, describe_topic, topic_configs, consumer_lag, tail, produce_test
     pub op: String,
     #[serde(default)]
     pub topic: Option<String>,
     #[serde(default)]
     pub group: Option<String>,
+    /// `tail`: how many of the topic's last messages (default 10, at most 1000).
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// `produce_test`: how many messages to produce (default 10000, at most 1000000).
+    #[serde(default)]
+    pub messages: Option<u32>,
+    /// `produce_test`: bytes of each message (default 100, at most 1048576).
+    #[serde(default)]
+    pub size: Option<u32>,
+    /// `produce_test`: partitions of the scratch topic (default 1, at most 100).
+    #[serde(default)]
+    pub partitions: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -35,6 +53,8 @@ pub enum KafkaOp {
     DescribeTopic,
     TopicConfigs,
     ConsumerLag,
+    Tail,
+    ProduceTest,
 }
 
 #[derive(Debug)]
@@ -42,7 +62,14 @@ pub struct KafkaStep {
     pub op: KafkaOp,
     pub topic: Option<String>,
     pub group: Option<String>,
+    pub count: u32,
+    pub messages: u32,
+    pub size: u32,
+    pub partitions: u32,
 }
+
+/// The ops `runbook validate` names.
+const KNOWN: &str = "list_topics, describe_topic, topic_configs, consumer_lag, tail, produce_test";
 
 impl Kind for KafkaStep {
     type Raw = RawKafka;
@@ -54,6 +81,8 @@ impl Kind for KafkaStep {
             "describe_topic" => KafkaOp::DescribeTopic,
             "topic_configs" => KafkaOp::TopicConfigs,
             "consumer_lag" => KafkaOp::ConsumerLag,
+            "tail" => KafkaOp::Tail,
+            "produce_test" => KafkaOp::ProduceTest,
             "log_dirs" => {
                 return Err((
                     ".kafka.op".into(),
@@ -63,7 +92,7 @@ impl Kind for KafkaStep {
             other => {
                 return Err((
                     ".kafka.op".into(),
-                    format!("unknown kafka op `{other}` (known: list_topics, describe_topic, topic_configs, consumer_lag)"),
+                    format!("unknown kafka op `{other}` (known: {KNOWN})"),
                 ))
             }
         };
@@ -73,20 +102,57 @@ impl Kind for KafkaStep {
         if matches!(op, KafkaOp::ConsumerLag) && r.group.is_none() {
             return Err((".kafka".into(), "consumer_lag needs `group`".into()));
         }
+        if matches!(op, KafkaOp::Tail) && r.topic.is_none() {
+            return Err((".kafka".into(), "tail needs `topic`".into()));
+        }
+        let only = |key: &str, ops: &[KafkaOp], set: bool| -> Result<(), CompileError> {
+            if set && !ops.contains(&op) {
+                return Err((
+                    format!(".kafka.{key}"),
+                    format!("`{key}` is an argument of {}, not of `{}`", match key {
+                        "count" => "`tail`",
+                        _ => "`produce_test`",
+                    }, r.op),
+                ));
+            }
+            Ok(())
+        };
+        only("count", &[KafkaOp::Tail], r.count.is_some())?;
+        for (key, set) in [
+            ("messages", r.messages.is_some()),
+            ("size", r.size.is_some()),
+            ("partitions", r.partitions.is_some()),
+        ] {
+            only(key, &[KafkaOp::ProduceTest], set)?;
+        }
+        let within = |key: &str, v: Option<u32>, default: u32, max: u32| match v {
+            None => Ok(default),
+            Some(n) if (1..=max).contains(&n) => Ok(n),
+            Some(n) => Err((
+                format!(".kafka.{key}"),
+                format!("{key} {n} is out of range (1 to {max})"),
+            )),
+        };
         Ok(KafkaStep {
             op,
             topic: r.topic,
             group: r.group,
+            count: within("count", r.count, 10, tail::MAX_COUNT)?,
+            messages: within("messages", r.messages, 10_000, throughput::MAX_MESSAGES)?,
+            size: within("size", r.size, 100, throughput::MAX_SIZE)?,
+            partitions: within("partitions", r.partitions, 1, 100)?,
         })
     }
 
-    /// Every Kafka op this version has is an admin read.
+    /// The admin checks and `tail` read; `produce_test` writes (a scratch topic and its messages).
     fn is_read(&self) -> bool {
         match self.op {
             KafkaOp::ListTopics
             | KafkaOp::DescribeTopic
             | KafkaOp::TopicConfigs
-            | KafkaOp::ConsumerLag => true,
+            | KafkaOp::ConsumerLag
+            | KafkaOp::Tail => true,
+            KafkaOp::ProduceTest => false,
         }
     }
 
@@ -108,10 +174,20 @@ impl Kind for KafkaStep {
                 .transpose()
                 .map_err(StepError::template)
         };
+        let topic = match (self.op, r(&self.topic)?) {
+            // A name no topic has yet: the op creates it and refuses one that exists.
+            (KafkaOp::ProduceTest, None) => Some(format!("runbook-throughput-{}", cx.run.id)),
+            (_, t) => t,
+        };
+        let n = |v: u32, ops: &[KafkaOp]| ops.contains(&self.op).then_some(v);
         Ok(Input {
             op: self.op,
-            topic: r(&self.topic)?,
+            topic,
             group: r(&self.group)?,
+            count: n(self.count, &[KafkaOp::Tail]),
+            messages: n(self.messages, &[KafkaOp::ProduceTest]),
+            size: n(self.size, &[KafkaOp::ProduceTest]),
+            partitions: n(self.partitions, &[KafkaOp::ProduceTest]),
         })
     }
 
@@ -127,6 +203,14 @@ pub struct Input {
     pub topic: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
 }
 
 fn kerr(what: &str, e: impl std::fmt::Display) -> StepError {
@@ -145,6 +229,20 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         .map_err(|e| StepError::fatal(crate::text::error_chain(&e)))?;
     // Shorter than the step's own deadline, so an unreachable broker reports its error.
     let timeout = cx.timeout.mul_f64(0.8).min(Duration::from_secs(30));
+    match i.op {
+        KafkaOp::Tail => {
+            let masker = cx.services.masker.clone();
+            return tokio::task::spawn_blocking(move || tail::run(&i, config, timeout, &masker))
+                .await
+                .map_err(|e| StepError::fatal(e.to_string()))?;
+        }
+        KafkaOp::ProduceTest => {
+            // The producing itself may take most of the step's time; admin calls keep `timeout`.
+            let budget = cx.timeout.mul_f64(0.9);
+            return throughput::run(&i, config, timeout, budget).await;
+        }
+        _ => {}
+    }
     if i.op == KafkaOp::TopicConfigs {
         let admin: AdminClient<DefaultClientContext> =
             config.create().map_err(|e| kerr("client", e))?;
@@ -285,6 +383,8 @@ fn blocking(
                 rows,
             })
         }
-        KafkaOp::TopicConfigs => unreachable!("handled before"),
+        KafkaOp::TopicConfigs | KafkaOp::Tail | KafkaOp::ProduceTest => {
+            Err(StepError::fatal(format!("kafka op {:?} runs elsewhere", i.op)))
+        }
     }
 }
