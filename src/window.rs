@@ -181,14 +181,13 @@ mod tests {
 
     #[test]
     fn times_in_the_forms_templates_and_databases_give() {
-        assert_eq!(
-            at("2026-01-04 03:00:00"),
-            at("2026-01-04T03:00:00.000Z")
-        );
+        assert_eq!(at("2026-01-04 03:00:00"), at("2026-01-04T03:00:00.000Z"));
         assert_eq!(
             at("2026-01-04 04:00:00.5+01"),
             at("2026-01-04T03:00:00.500Z")
         );
-        assert!(parse_time("yesterday").unwrap_err().contains("is not a time"));
+        assert!(parse_time("yesterday")
+            .unwrap_err()
+            .contains("is not a time"));
     }
 }

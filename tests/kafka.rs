@@ -536,5 +536,8 @@ async fn kafka_produce_test_measures_throughput_on_a_scratch_topic_it_deletes() 
         .await
         .unwrap();
     assert_eq!(out.code, 1, "{out:?}");
-    assert_run_error(&out.run(), "topic orders exists: produce_test writes only to a scratch topic");
+    assert_run_error(
+        &out.run(),
+        "topic orders exists: produce_test writes only to a scratch topic",
+    );
 }

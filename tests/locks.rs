@@ -68,7 +68,14 @@ async fn only_orphaned_locks_are_released(url: &str) {
 
     let run_url = url.to_owned();
     let (out, _w) = tokio::task::spawn_blocking(move || {
-        let out = w.run(&["--store", &run_url, "run", "lock-expiry", "--output", "json"]);
+        let out = w.run(&[
+            "--store",
+            &run_url,
+            "run",
+            "lock-expiry",
+            "--output",
+            "json",
+        ]);
         (out, w)
     })
     .await
@@ -82,7 +89,10 @@ async fn only_orphaned_locks_are_released(url: &str) {
         "SELECT entity_id FROM work_state WHERE state = 'updating' ORDER BY entity_id",
     )
     .await;
-    let held: Vec<&str> = held.iter().filter_map(|r| r["entity_id"].as_str()).collect();
+    let held: Vec<&str> = held
+        .iter()
+        .filter_map(|r| r["entity_id"].as_str())
+        .collect();
     assert_eq!(held, ["live", "young"], "locks still held");
     // Released locks are idle rows, not deleted ones (their expiry counts stay).
     assert_eq!(
@@ -101,10 +111,7 @@ async fn only_orphaned_locks_are_released(url: &str) {
     .await;
     assert_eq!(audit.len(), 1, "{audit:?}");
     assert_eq!(audit[0]["rows"], 3, "{audit:?}");
-    assert!(
-        audit[0]["filter"].to_string().contains("10m"),
-        "{audit:?}"
-    );
+    assert!(audit[0]["filter"].to_string().contains("10m"), "{audit:?}");
     // release_stale_locks, which lock-expiry no longer uses, was not called.
     assert_eq!(
         scalar(

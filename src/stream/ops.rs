@@ -410,7 +410,9 @@ fn flat_ids<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error
     let mut out = vec![];
     flatten(
         Ids::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("ids must be a list of command ids (integers), or of such lists")
+            serde::de::Error::custom(
+                "ids must be a list of command ids (integers), or of such lists",
+            )
         })?,
         &mut out,
     );
@@ -449,7 +451,10 @@ async fn command_status(db: &Db, ids: &[i64]) -> Result<Json, OpError> {
             .sum::<i64>()
     };
     let found: i64 = rows.iter().map(|r| r["n"].as_i64().unwrap_or(0)).sum();
-    let (pending, processing) = (count(CommandStatus::Pending), count(CommandStatus::Processing));
+    let (pending, processing) = (
+        count(CommandStatus::Pending),
+        count(CommandStatus::Processing),
+    );
     Ok(json!({
         "total": ids.len(),
         "pending": pending,
@@ -954,7 +959,12 @@ mod tests {
             ["REINDEX TABLE CONCURRENTLY command_queue"]
         );
         assert_eq!(
-            maintenance_statements(Dialect::Postgres, MaintenanceAction::Reindex, &tables, false),
+            maintenance_statements(
+                Dialect::Postgres,
+                MaintenanceAction::Reindex,
+                &tables,
+                false
+            ),
             ["REINDEX TABLE command_queue"]
         );
         assert_eq!(
@@ -962,7 +972,12 @@ mod tests {
             ["REINDEX command_queue"]
         );
         assert_eq!(
-            maintenance_statements(Dialect::Sqlite, MaintenanceAction::VacuumFull, &tables, false),
+            maintenance_statements(
+                Dialect::Sqlite,
+                MaintenanceAction::VacuumFull,
+                &tables,
+                false
+            ),
             ["VACUUM"]
         );
     }

@@ -109,10 +109,14 @@ impl Kind for KafkaStep {
             if set && !ops.contains(&op) {
                 return Err((
                     format!(".kafka.{key}"),
-                    format!("`{key}` is an argument of {}, not of `{}`", match key {
-                        "count" => "`tail`",
-                        _ => "`produce_test`",
-                    }, r.op),
+                    format!(
+                        "`{key}` is an argument of {}, not of `{}`",
+                        match key {
+                            "count" => "`tail`",
+                            _ => "`produce_test`",
+                        },
+                        r.op
+                    ),
                 ));
             }
             Ok(())
@@ -383,8 +387,8 @@ fn blocking(
                 rows,
             })
         }
-        KafkaOp::TopicConfigs | KafkaOp::Tail | KafkaOp::ProduceTest => {
-            Err(StepError::fatal(format!("kafka op {:?} runs elsewhere", i.op)))
-        }
+        KafkaOp::TopicConfigs | KafkaOp::Tail | KafkaOp::ProduceTest => Err(StepError::fatal(
+            format!("kafka op {:?} runs elsewhere", i.op),
+        )),
     }
 }

@@ -65,10 +65,8 @@ pub fn run(
     if !ends.is_empty() {
         consumer.assign(&tpl).map_err(|e| kerr("assign", e))?;
         let deadline = Instant::now() + timeout;
-        let mut next: Vec<(i32, i64, i64)> = ends
-            .iter()
-            .map(|(p, high)| (*p, i64::MIN, *high))
-            .collect();
+        let mut next: Vec<(i32, i64, i64)> =
+            ends.iter().map(|(p, high)| (*p, i64::MIN, *high)).collect();
         while next.iter().any(|(_, seen, high)| *seen < high - 1) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -110,7 +108,10 @@ fn row(m: &rdkafka::message::BorrowedMessage<'_>, masker: &Masker) -> Json {
         Some(bytes) => match serde_json::from_slice::<Json>(bytes) {
             Ok(v) => masker.mask_json(&v),
             Err(_) => {
-                let text: String = String::from_utf8_lossy(bytes).chars().take(MAX_TEXT).collect();
+                let text: String = String::from_utf8_lossy(bytes)
+                    .chars()
+                    .take(MAX_TEXT)
+                    .collect();
                 Json::String(masker.mask_str(&text))
             }
         },

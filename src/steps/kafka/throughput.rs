@@ -138,9 +138,12 @@ async fn produce(
                 i += 1;
             }
             // The local queue is full: wait for what is in flight, then go on.
-            Err((rdkafka::error::KafkaError::MessageProduction(
-                rdkafka::types::RDKafkaErrorCode::QueueFull,
-            ), _)) => {
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                _,
+            )) => {
                 for d in pending.drain(..) {
                     match d.await {
                         Ok(Ok(_)) => out.delivered += 1,
