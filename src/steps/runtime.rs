@@ -109,7 +109,7 @@ pub struct Input {
 }
 
 pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
-    let out = ops::run(
+    let out = ops::run_for_step(
         &cx.services.store,
         &cx.services.config.streaming,
         &i.op,

@@ -196,6 +196,29 @@ fn ago(d: Dialect, dur: Dur) -> String {
     d.ago(dur)
 }
 
+/// Runs `op` on `db` as `actor`, for a playbook's `runtime` step: as [`run`], except that
+/// `dlq_retry` also names the ids it retried (`ids`, `ids_truncated`), so that the playbook can
+/// follow them (`command_status`). The CLI and the admin API answer with [`run`]'s shape.
+pub async fn run_for_step(
+    db: &Db,
+    base: &StreamingConfig,
+    op: &Op,
+    actor: &str,
+) -> Result<Json, OpError> {
+    match op {
+        Op::DlqRetry { entity, error_type } => {
+            let filter = serde_json::to_value(op).unwrap_or(Json::Null);
+            let audit = Audit {
+                actor,
+                op: "dlq_retry",
+                filter,
+            };
+            dlq_retry(db, entity, error_type, audit, true).await
+        }
+        _ => run(db, base, op, actor).await,
+    }
+}
+
 /// Runs `op` on `db` as `actor`.
 pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Result<Json, OpError> {
     let filter = serde_json::to_value(op).unwrap_or(Json::Null);
@@ -214,7 +237,7 @@ pub async fn run(db: &Db, base: &StreamingConfig, op: &Op, actor: &str) -> Resul
             offset,
         } => dlq_list(db, entity, error_type, *limit, *offset).await,
         Op::DlqRetry { entity, error_type } => {
-            dlq_retry(db, entity, error_type, audit("dlq_retry")).await
+            dlq_retry(db, entity, error_type, audit("dlq_retry"), false).await
         }
         Op::DlqCleanup {
             older_than,
@@ -357,13 +380,14 @@ async fn dlq_list(
 }
 
 /// Returns DLQ commands (optionally of one entity or error type) to the queue with fresh attempts.
-/// The output names the ids retried (the first [`MAX_IDS`]), so a playbook can follow them
-/// (`command_status`).
+/// With `with_ids` the output names the ids retried (the first [`MAX_IDS`]), so a playbook can
+/// follow them (`command_status`).
 async fn dlq_retry(
     db: &Db,
     entity: &Option<String>,
     error_type: &Option<String>,
     audit: Audit<'_>,
+    with_ids: bool,
 ) -> Result<Json, OpError> {
     let now = db.dialect().now();
     let sql = format!(
@@ -385,6 +409,9 @@ async fn dlq_retry(
         ],
     };
     let res = db.query_audited(&q, MAX_IDS, audit).await?;
+    if !with_ids {
+        return Ok(json!({ "retried": res.rows_affected }));
+    }
     let mut ids: Vec<i64> = res.rows.iter().filter_map(|r| r["id"].as_i64()).collect();
     ids.sort_unstable();
     Ok(json!({ "retried": res.rows_affected, "ids": ids, "ids_truncated": res.truncated }))

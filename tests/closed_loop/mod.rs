@@ -206,9 +206,34 @@ async fn transient_dlq_failures_fire_are_retried_and_the_alert_resolves() {
         .map(|s| s["output"]["output"]["retried"].as_i64().unwrap())
         .collect();
     assert_eq!(retried, [30, 10]);
+    // The run followed the 40 retried commands until none was in flight: all completed.
+    let polls: Vec<&serde_json::Value> = shown["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["step_id"] == "verify_retry")
+        .collect();
+    let last = &polls.last().expect("verify_retry ran")["output"]["output"];
+    assert_eq!(
+        (
+            &last["total"],
+            &last["completed"],
+            &last["dlq"],
+            &last["in_flight"]
+        ),
+        (&json!(40), &json!(40), &json!(0), &json!(0)),
+        "{last}"
+    );
+    assert_eq!(step(&st, "retry_held")["status"], "succeeded");
     let report = l.inbox.texts("ops");
     assert!(
         report.iter().any(|t| t.contains("Left in the DLQ: 0")),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .iter()
+            .any(|t| t.contains("Retried: 30 + 10 (40 completed, 0 failed again)")),
         "{report:?}"
     );
 
