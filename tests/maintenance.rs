@@ -115,3 +115,81 @@ async fn reindex_runs_concurrently_and_gives_up_after_lock_timeout_on_postgres()
     assert!(run.to_string().contains("lock timeout"), "{run:#}");
     db.close().await;
 }
+
+/// A window that is certainly not now: all of the day after tomorrow (UTC).
+fn another_day() -> String {
+    let day = (chrono::Utc::now() + chrono::Duration::days(2)).format("%a");
+    format!("{day} 00:00-00:00 UTC")
+}
+
+/// monthly-maintenance on `url`: VACUUM FULL runs in its window (with lock_timeout) and outside
+/// it nothing changes and the run says why.
+async fn monthly_maintenance_keeps_to_its_window(url: &str) {
+    let w = Workdir::new();
+    w.shipped("monthly-maintenance");
+    w.create_store(url);
+    let db = store(url).await;
+    let run = |w: Workdir, window: String| {
+        let url = url.to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let out = w.run(&[
+                    "--store",
+                    &url,
+                    "run",
+                    "monthly-maintenance",
+                    "--param",
+                    "require_approval=false",
+                    "--param",
+                    &format!("window={window}"),
+                    "--output",
+                    "json",
+                ]);
+                (out, w)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let maintenance = "SELECT COUNT(*) FROM runbook_audit WHERE op = 'maintenance'";
+
+    let (out, w) = run(w, another_day()).await;
+    let shown = out.run();
+    assert_eq!(shown["status"], "succeeded", "{shown:#}");
+    assert_eq!(scalar(&db, maintenance).await, 0, "{shown:#}");
+    assert!(
+        out.stdout.contains("is outside its window"),
+        "{}",
+        out.stdout
+    );
+
+    // Any time is in `00:00-00:00`.
+    let (out, _w) = run(w, "00:00-00:00 Europe/Prague".into()).await;
+    let shown = out.run();
+    assert_eq!(shown["status"], "succeeded", "{shown:#}");
+    let audit = rows(
+        &db,
+        "SELECT filter FROM runbook_audit WHERE op = 'maintenance'",
+    )
+    .await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    let filter = audit[0]["filter"].to_string();
+    assert!(
+        filter.contains("vacuum_full") && filter.contains("5s"),
+        "{filter}"
+    );
+    assert!(out.stdout.contains("VACUUM FULL done in"), "{}", out.stdout);
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn monthly_maintenance_keeps_to_its_window_on_postgres() {
+    let pg = PgDb::new().await;
+    monthly_maintenance_keeps_to_its_window(&pg.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn monthly_maintenance_keeps_to_its_window_on_sqlite() {
+    let w = Workdir::new();
+    monthly_maintenance_keeps_to_its_window(&w.sqlite_url()).await;
+}
