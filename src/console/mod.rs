@@ -43,40 +43,47 @@ pub const CSP: &str =
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// The console's routes, nested under `/ui`. `shutdown` ends the live event streams, so a
+/// The console's routes, all under `/ui` (not nested: a handler sees the whole path, which the
+/// sign-in page sends the user back to). `shutdown` ends the live event streams, so a
 /// server that stops is not held open by a browser watching a run.
 pub fn router(limits: &Limits, shutdown: CancellationToken) -> Router<Shared> {
-    let inner = Router::new()
-        .route("/", get(|| async { Redirect::to("/ui/runs") }))
-        .route("/login", get(session::login_page).post(session::login))
-        .route("/logout", post(session::logout))
-        .route("/assets/console.js", get(script))
-        .route("/assets/console.css", get(stylesheet))
-        .route("/runs", get(runs::list))
-        .route("/runs/{id}", get(runs::show))
-        .route("/runs/{id}/timeline", get(runs::timeline))
-        .route("/runs/{id}/events", get(runs::events))
-        .route("/runs/{id}/approve", post(runs::approve))
-        .route("/runs/{id}/cancel", post(runs::cancel))
-        .route("/runs/{id}/rerun", get(runs::rerun_form).post(runs::rerun))
-        .route("/approvals", get(approvals::page))
-        .route("/queue", get(queue::page))
-        .route("/dlq", get(queue::dlq))
-        .route("/dlq/retry", post(queue::dlq_retry))
-        .route("/dlq/cleanup", post(queue::dlq_cleanup))
-        .route("/playbooks", get(playbooks::list))
+    Router::new()
+        .route("/ui", get(|| async { Redirect::to("/ui/runs") }))
+        .route("/ui/login", get(session::login_page).post(session::login))
+        .route("/ui/logout", post(session::logout))
+        .route("/ui/assets/console.js", get(script))
+        .route("/ui/assets/console.css", get(stylesheet))
+        .route("/ui/runs", get(runs::list))
+        .route("/ui/runs/{id}", get(runs::show))
+        .route("/ui/runs/{id}/timeline", get(runs::timeline))
+        .route("/ui/runs/{id}/events", get(runs::events))
+        .route("/ui/runs/{id}/approve", post(runs::approve))
+        .route("/ui/runs/{id}/cancel", post(runs::cancel))
         .route(
-            "/playbooks/match",
+            "/ui/runs/{id}/rerun",
+            get(runs::rerun_form).post(runs::rerun),
+        )
+        .route("/ui/approvals", get(approvals::page))
+        .route("/ui/queue", get(queue::page))
+        .route("/ui/dlq", get(queue::dlq))
+        .route("/ui/dlq/retry", post(queue::dlq_retry))
+        .route("/ui/dlq/cleanup", post(queue::dlq_cleanup))
+        .route("/ui/playbooks", get(playbooks::list))
+        .route(
+            "/ui/playbooks/match",
             get(playbooks::match_form).post(playbooks::matched),
         )
-        .route("/alerts", get(alerts::page))
-        .route("/pause", post(alerts::pause))
-        .route("/resume", post(alerts::resume))
-        .fallback(|| async { ConsoleError::NotFound("no such page".into()) })
+        .route("/ui/alerts", get(alerts::page))
+        .route("/ui/pause", post(alerts::pause))
+        .route("/ui/resume", post(alerts::resume))
+        // Not `fallback`: the API's router has its own, and the two are merged.
+        .route(
+            "/ui/{*rest}",
+            get(|| async { ConsoleError::NotFound("no such page".into()) }),
+        )
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(middleware::from_fn(security_headers))
-        .layer(axum::Extension(Live(shutdown)));
-    Router::new().nest("/ui", inner)
+        .layer(axum::Extension(Live(shutdown)))
 }
 
 /// The server's shutdown, for the event streams.

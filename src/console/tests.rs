@@ -423,6 +423,9 @@ async fn signed_out_every_page_and_action_goes_to_the_sign_in_page() {
             a.location()
         );
     }
+    // The sign-in page sends the user back where they were going.
+    let a = f.get("/ui/runs/7?x=1", None).await;
+    assert_eq!(a.location(), "/ui/login?next=%2Fui%2Fruns%2F7%3Fx%3D1");
     for action in [
         "/ui/runs/1/approve",
         "/ui/runs/1/cancel",
