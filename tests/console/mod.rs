@@ -4,6 +4,7 @@
 //! Each test saves screenshots under `target/console-screenshots/`.
 
 mod browser;
+mod proxy;
 
 use serde_json::{json, Value as Json};
 
@@ -298,5 +299,98 @@ async fn an_alerts_deep_link_from_another_site_arrives_signed_in() {
     let url = b.url().await;
     assert!(url.ends_with(&format!("/ui/runs/{id}")), "{url}");
     b.screenshot("run-from-alert").await;
+    b.close().await;
+}
+
+/// Approves run `id` through the API, as the operator.
+async fn approve(base: &str, id: i64) {
+    let (status, body) = post_json(
+        &format!("{base}/api/runs/{id}/approve"),
+        Some(OPERATOR),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The run page after its end: three entries (no duplicate, none missed), the same document.
+async fn ended_whole(b: &Browser) {
+    b.wait_text("#run-status", "succeeded").await;
+    b.wait_text("#live-state", "ended").await;
+    let entries = b
+        .js("return document.querySelectorAll('#timeline li.step').length;")
+        .await;
+    assert_eq!(entries, json!(3), "look, ask and after, once each");
+    assert_eq!(b.js("return window.__sameDocument;").await, json!("yes"));
+}
+
+/// Cut every connection while the page follows a run: the browser reconnects with the resume
+/// point (`Last-Event-ID`), and the page reaches the end with every step once. Prints how long
+/// the page took to show the end after the approval.
+#[tokio::test]
+async fn the_live_view_resumes_after_the_stream_is_cut() {
+    let _one = BROWSERS.lock().await;
+    let s = setup();
+    let base = s.server.base.clone();
+    let proxy = proxy::Proxy::start(base.trim_start_matches("http://")).await;
+    let id = start_held(&base).await;
+    wait_status(&base, id, "waiting_approval").await;
+    let b = Browser::start().await;
+    b.sign_in(&proxy.base, VIEWER).await;
+    b.goto(&format!("{}/ui/runs/{id}", proxy.base)).await;
+    b.js("window.__sameDocument = 'yes'; return true;").await;
+    b.wait_present("#attempt-1").await;
+    b.wait_text("#live-state", "live").await;
+    let cut = std::time::Instant::now();
+    proxy.cut();
+    // The browser reconnects by itself and says where it was.
+    crate::util::eventually(60, "the event stream to reconnect", || async {
+        (proxy.stream_requests().len() >= 2).then_some(())
+    })
+    .await;
+    let reconnected = cut.elapsed();
+    assert_eq!(
+        proxy.stream_requests()[1].as_deref(),
+        Some("1"),
+        "the reconnect resumes after the one entry the page had: {:?}",
+        proxy.stream_requests()
+    );
+    let approved = std::time::Instant::now();
+    approve(&base, id).await;
+    ended_whole(&b).await;
+    eprintln!(
+        "stream cut: reconnected after {:.1} s with Last-Event-ID 1; the end showed {:.1} s after the approval",
+        reconnected.as_secs_f64(),
+        approved.elapsed().as_secs_f64()
+    );
+    b.close().await;
+}
+
+/// A proxy that holds back the event stream (it buffers): the page notices the silence, polls,
+/// and reaches the end with every step once. Prints how long it took to fall back.
+#[tokio::test]
+async fn the_live_view_polls_when_a_proxy_mutes_the_stream() {
+    let _one = BROWSERS.lock().await;
+    let s = setup();
+    let base = s.server.base.clone();
+    let proxy = proxy::Proxy::start(base.trim_start_matches("http://")).await;
+    proxy.mute_streams(true);
+    let id = start_held(&base).await;
+    wait_status(&base, id, "waiting_approval").await;
+    let b = Browser::start().await;
+    b.sign_in(&proxy.base, VIEWER).await;
+    let opened = std::time::Instant::now();
+    b.goto(&format!("{}/ui/runs/{id}", proxy.base)).await;
+    b.js("window.__sameDocument = 'yes'; return true;").await;
+    b.wait_text("#live-state", "polling").await;
+    let fell_back = opened.elapsed();
+    let approved = std::time::Instant::now();
+    approve(&base, id).await;
+    ended_whole(&b).await;
+    eprintln!(
+        "muted stream: polling after {:.1} s; the end showed {:.1} s after the approval",
+        fell_back.as_secs_f64(),
+        approved.elapsed().as_secs_f64()
+    );
     b.close().await;
 }
