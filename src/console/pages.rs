@@ -41,8 +41,20 @@ pub fn found(output: &Json) -> Json {
             let mut out = json!({
                 "table": { "columns": columns, "rows": shown, "more": rows.len().saturating_sub(SHOWN_ROWS) }
             });
-            if let Some(rest) = output.get("output").filter(|o| !o.is_null()) {
-                out["value"] = rest.clone();
+            // The row count the table already shows is not repeated; anything else is shown.
+            if let Some(rest) = output.get("output").and_then(Json::as_object) {
+                let said = |k: &str, v: &Json| {
+                    (k == "row_count" && v.as_u64() == Some(rows.len() as u64))
+                        || (k == "truncated" && v == &Json::Bool(false))
+                };
+                let more: serde_json::Map<String, Json> = rest
+                    .iter()
+                    .filter(|(k, v)| !said(k, v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if !more.is_empty() {
+                    out["value"] = Json::Object(more);
+                }
             }
             return out;
         }
@@ -72,11 +84,15 @@ mod tests {
     #[test]
     fn rows_become_a_table_with_the_union_of_their_columns() {
         let f = found(
-            &json!({ "rows": [{ "a": 1 }, { "a": 2, "b": "x" }], "output": { "row_count": 2 } }),
+            &json!({ "rows": [{ "a": 1 }, { "a": 2, "b": "x" }], "output": { "row_count": 2, "truncated": false } }),
         );
         assert_eq!(f["table"]["columns"], json!(["a", "b"]));
         assert_eq!(f["table"]["rows"], json!([[1, null], [2, "x"]]));
-        assert_eq!(f["value"]["row_count"], 2);
+        assert!(f.get("value").is_none(), "the count the table shows: {f}");
+        let f = found(
+            &json!({ "rows": [{ "a": 1 }], "output": { "row_count": 1000, "truncated": true } }),
+        );
+        assert_eq!(f["value"]["row_count"], 1000);
     }
 
     #[test]
