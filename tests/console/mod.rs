@@ -118,7 +118,8 @@ async fn a_run_held_at_its_approval_is_watched_live_to_its_end() {
     let base = s.server.base.clone();
     let id = start_held(&base).await;
     let b = Browser::start().await;
-    b.sign_in(&base, VIEWER).await;
+    // As an operator: the page offers approve, reject and cancel (the test answers through the API).
+    b.sign_in(&base, OPERATOR).await;
     b.goto(&format!("{base}/ui/runs/{id}")).await;
     // A mark on the page: still there at the end means the page was never reloaded by the browser.
     b.js("window.__sameDocument = 'yes'; return true;").await;
@@ -287,7 +288,7 @@ async fn an_alerts_deep_link_from_another_site_arrives_signed_in() {
     b.goto(&other).await;
     b.click("#go").await;
     b.wait_text("h1", "Sign in").await;
-    b.fill("#token", VIEWER).await;
+    b.fill("#token", OPERATOR).await;
     b.click("button[type=submit]").await;
     b.wait_text("h1", &format!("Run {id}")).await;
     // Signed in, the link from the other site arrives at the run directly (SameSite=Lax).
