@@ -320,18 +320,34 @@ pub async fn events(
             if c.done || c.live.0.is_cancelled() {
                 return None;
             }
-            let run = match record(&c.s, id).await {
-                Ok(run) => run,
-                Err(e) => {
+            // The status and the count first; the whole run only when one of them moved.
+            let (status, total) = match records::progress(&c.s.services.store, id).await {
+                Ok(Some((status, n))) => (Some(status), usize::try_from(n).unwrap_or(0)),
+                Ok(None) => {
                     c.done = true;
-                    let ev = Event::default().event("error").data(e.to_string());
+                    let ev = Event::default().event("error").data(format!("no run {id}"));
                     return Some((Ok::<Event, Infallible>(ev), c));
                 }
+                Err(e) => {
+                    tracing::warn!(run_id = id, error = %e, "Reading a run for its event stream failed.");
+                    c.done = true;
+                    let ev = Event::default()
+                        .event("error")
+                        .data("the store could not be read");
+                    return Some((Ok(ev), c));
+                }
             };
-            let total = run["steps"].as_array().map_or(0, Vec::len);
-            let status = run["status"].as_str().map(str::to_owned);
-            let ended = status_of(&run).is_none_or(RunStatus::is_final);
+            let ended = status
+                .as_deref()
+                .and_then(|s| s.parse::<RunStatus>().ok())
+                .is_none_or(RunStatus::is_final);
             if total > c.seen || status != c.status {
+                let Ok(run) = record(&c.s, id).await else {
+                    c.done = true;
+                    continue;
+                };
+                let total = run["steps"].as_array().map_or(0, Vec::len);
+                let status = run["status"].as_str().map(str::to_owned);
                 let Ok(up) = update(&c.me, &run, c.seen) else {
                     c.done = true;
                     continue;

@@ -147,6 +147,25 @@ fn parsed_trigger(mut row: Json) -> Json {
     row
 }
 
+/// Where a run stands, cheaply: its status and how many step attempts it has recorded (what the
+/// run page's event stream reads every half second, before it reads the whole run on a change).
+pub async fn progress(db: &Db, id: i64) -> Result<Option<(String, i64)>, DbError> {
+    let rows = db
+        .sql(
+            "SELECT status, (SELECT COUNT(*) FROM runbook_step_attempts WHERE run_id = $1) AS n \
+             FROM runbook_runs WHERE id = $1",
+            vec![json!(id)],
+        )
+        .await?
+        .rows;
+    Ok(rows.first().map(|r| {
+        (
+            r["status"].as_str().unwrap_or_default().to_owned(),
+            r["n"].as_i64().unwrap_or(0),
+        )
+    }))
+}
+
 /// Other runs started by the alert with this fingerprint, newest first.
 pub async fn runs_of_fingerprint(
     db: &Db,
