@@ -11,6 +11,7 @@
 
 mod alerts;
 mod approvals;
+mod live;
 mod pages;
 mod playbooks;
 mod queue;
@@ -55,8 +56,8 @@ pub fn router(limits: &Limits, shutdown: CancellationToken) -> Router<Shared> {
         .route("/ui/assets/console.css", get(stylesheet))
         .route("/ui/runs", get(runs::list))
         .route("/ui/runs/{id}", get(runs::show))
-        .route("/ui/runs/{id}/timeline", get(runs::timeline))
-        .route("/ui/runs/{id}/events", get(runs::events))
+        .route("/ui/runs/{id}/timeline", get(live::timeline))
+        .route("/ui/runs/{id}/events", get(live::events))
         .route("/ui/runs/{id}/approve", post(runs::approve))
         .route("/ui/runs/{id}/cancel", post(runs::cancel))
         .route(
