@@ -83,6 +83,9 @@ pub struct DlqQuery {
     #[serde(rename = "errorType")]
     error_type: Option<String>,
     entity: Option<String>,
+    /// After a bulk action: how many entries it changed, and how (`retried`, `deleted`).
+    done: Option<u64>,
+    did: Option<String>,
 }
 
 /// `GET /ui/dlq` (PlatformAdmin): the groups, and the entries of the group chosen.
@@ -118,6 +121,8 @@ pub async fn dlq(
             base(&me, "dlq", "DLQ"),
             minijinja::context! {
                 groups, entries, error_type => q.error_type, entity => q.entity,
+                done => q.done,
+                did => q.did.filter(|d| d == "retried" || d == "deleted"),
             },
         ),
     )
@@ -208,5 +213,9 @@ async fn bulk(s: &Shared, me: &Me, body: &[u8], action: Action) -> Result<Respon
         .await
         .map_err(ConsoleError::internal)?;
     tracing::info!(?action, changed, actor = %me.actor(), "DLQ bulk action from the console.");
-    Ok(Redirect::to(&format!("/ui/dlq?done={changed}")).into_response())
+    let did = match action {
+        Action::Retry => "retried",
+        Action::Delete => "deleted",
+    };
+    Ok(Redirect::to(&format!("/ui/dlq?done={changed}&did={did}")).into_response())
 }

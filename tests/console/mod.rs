@@ -230,7 +230,7 @@ async fn a_dlq_group_is_retried_after_its_confirmation() {
         "retried before the confirmation"
     );
     b.click("#confirm").await;
-    b.wait_text("h1", "DLQ").await;
+    b.wait_text("#done", "3 entries retried").await;
     let audit: Vec<Json> = rows(
         &db,
         "SELECT actor, rows FROM runbook_audit WHERE op = 'dlq_retry'",

@@ -183,6 +183,8 @@ async fn a_dlq_bulk_retry_shows_the_count_then_acts_on_confirmation() {
         .post("/ui/dlq/retry", &admin, &format!("{form}&confirm=2"))
         .await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text);
+    let done = f.get(a.location(), Some(&admin)).await.text;
+    assert!(done.contains("2 entries retried"), "{done}");
     assert_eq!(
         f.scalar("SELECT COUNT(*) AS n FROM command_queue WHERE status = 'pending'")
             .await,
