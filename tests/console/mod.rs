@@ -4,6 +4,7 @@
 //! Each test saves screenshots under `target/console-screenshots/`.
 
 mod browser;
+mod postgres;
 mod proxy;
 
 use serde_json::{json, Value as Json};
