@@ -6,6 +6,7 @@
 mod browser;
 mod postgres;
 mod proxy;
+mod shutdown;
 
 use serde_json::{json, Value as Json};
 

@@ -8,10 +8,10 @@ use super::{config, start_held, wait_status, ADMIN, HELD, OPERATOR};
 use crate::util::{rows, store, PgDb, Workdir};
 
 /// A signed-in client: the session cookie, sent by hand (no cookie jar), and the form's token.
-struct Session {
-    http: reqwest::Client,
+pub(super) struct Session {
+    pub http: reqwest::Client,
     base: String,
-    cookie: String,
+    pub cookie: String,
 }
 
 fn csrf_of(html: &str) -> String {
@@ -36,7 +36,7 @@ fn set_cookie(resp: &reqwest::Response, name: &str) -> String {
 }
 
 impl Session {
-    async fn sign_in(base: &str, token: &str) -> Session {
+    pub async fn sign_in(base: &str, token: &str) -> Session {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
