@@ -66,6 +66,7 @@ pub fn router(limits: &Limits, shutdown: CancellationToken) -> Router<Shared> {
         )
         .route("/ui/approvals", get(approvals::page))
         .route("/ui/queue", get(queue::page))
+        .route("/ui/settings", post(queue::settings))
         .route("/ui/dlq", get(queue::dlq))
         .route("/ui/dlq/retry", post(queue::dlq_retry))
         .route("/ui/dlq/cleanup", post(queue::dlq_cleanup))

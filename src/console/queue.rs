@@ -26,8 +26,12 @@ use crate::{
     },
 };
 
-/// `GET /ui/queue` (viewer).
-pub async fn page_queue(s: &Shared, me: &Me) -> Result<Response, ConsoleError> {
+/// `GET /ui/queue` (viewer; a PlatformAdmin also gets the settings form).
+pub async fn page_queue(
+    s: &Shared,
+    me: &Me,
+    changed: Option<&str>,
+) -> Result<Response, ConsoleError> {
     let store = &s.services.store;
     let stats = ops::queue_stats(store, &s.services.config.streaming)
         .await
@@ -69,13 +73,89 @@ pub async fn page_queue(s: &Shared, me: &Me) -> Result<Response, ConsoleError> {
             base(me, "queue", "Queue"),
             minijinja::context! {
                 stats, locks, oldest_age, bars, chart_height => bars.len() * 22,
+                changed => changed.filter(|c| *c == "yes"),
             },
         ),
     )
 }
 
-pub async fn page(State(s): State<Shared>, me: Me) -> Result<Response, ConsoleError> {
-    page_queue(&s, &me).await
+#[derive(Debug, Default, Deserialize)]
+pub struct QueueQuery {
+    changed: Option<String>,
+}
+
+pub async fn page(
+    State(s): State<Shared>,
+    me: Me,
+    Query(q): Query<QueueQuery>,
+) -> Result<Response, ConsoleError> {
+    page_queue(&s, &me, q.changed.as_deref()).await
+}
+
+/// A number of the settings form, `None` when left blank.
+fn number<T: std::str::FromStr>(form: &Form, key: &str) -> Result<Option<T>, ConsoleError> {
+    form.text(key)
+        .map(|v| {
+            v.parse::<T>().map_err(|_| {
+                ConsoleError::BadRequest(format!("{key}: `{v}` is not a whole number"))
+            })
+        })
+        .transpose()
+}
+
+/// `POST /ui/settings` (PlatformAdmin): the live worker settings, through the runtime ops a
+/// playbook uses (`scale_workers`, `set_retry_policy`, `set_lock_ttl`), each audited as
+/// `console:<token name>`. Blank fields stay as they are.
+pub async fn settings(
+    State(s): State<Shared>,
+    me: Me,
+    body: axum::body::Bytes,
+) -> Result<Response, ConsoleError> {
+    let form = Form::parse(&body)?;
+    me.check_csrf(&form)?;
+    me.need(Role::PlatformAdmin)?;
+    let concurrency = number::<u32>(&form, "workerConcurrency")?;
+    let batch_size = number::<u32>(&form, "workerBatchSize")?;
+    let max_retries = number::<u32>(&form, "maxRetries")?;
+    let max_backoff_ms = number::<u64>(&form, "maxBackoffMs")?;
+    let ttl = form
+        .text("lockTtl")
+        .map(|v| {
+            v.parse::<Dur>()
+                .map_err(|e| ConsoleError::BadRequest(format!("lockTtl: {e}")))
+        })
+        .transpose()?;
+    let mut ops = Vec::new();
+    if concurrency.is_some() || batch_size.is_some() {
+        ops.push(Op::ScaleWorkers {
+            concurrency,
+            batch_size,
+        });
+    }
+    if max_retries.is_some() || max_backoff_ms.is_some() {
+        ops.push(Op::SetRetryPolicy {
+            max_retries,
+            max_backoff_ms,
+        });
+    }
+    if let Some(ttl) = ttl {
+        ops.push(Op::SetLockTtl { ttl });
+    }
+    if ops.is_empty() {
+        return Err(ConsoleError::BadRequest("no setting was given".into()));
+    }
+    for op in &ops {
+        ops::run(
+            &s.services.store,
+            &s.services.config.streaming,
+            op,
+            &me.actor(),
+        )
+        .await
+        .map_err(op_error)?;
+    }
+    tracing::info!(actor = %me.actor(), changes = ops.len(), "Runtime settings changed from the console.");
+    Ok(Redirect::to("/ui/queue?changed=yes").into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -278,3 +278,62 @@ async fn the_match_page_plans_the_playbooks_an_alert_would_start_and_changes_not
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.text.contains("line 1"), "{}", a.text);
 }
+
+#[tokio::test]
+async fn a_platform_admin_changes_the_live_settings_an_operator_cannot() {
+    let f = fixture().await;
+    let ops = f.sign_in(OPERATOR).await;
+    let csrf = f.csrf(&ops).await;
+    let page = f.get("/ui/queue", Some(&ops)).await.text;
+    assert!(
+        !page.contains("action=\"/ui/settings\""),
+        "offered to an operator"
+    );
+    let a = f
+        .post(
+            "/ui/settings",
+            &ops,
+            &format!("csrf={csrf}&workerConcurrency=7"),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let admin = f.sign_in(ADMIN).await;
+    let csrf = f.csrf(&admin).await;
+    let page = f.get("/ui/queue", Some(&admin)).await.text;
+    assert!(page.contains("action=\"/ui/settings\""));
+    let a = f
+        .post(
+            "/ui/settings",
+            &admin,
+            &format!("csrf={csrf}&workerConcurrency=x"),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(
+        a.text
+            .contains("workerConcurrency: `x` is not a whole number"),
+        "{}",
+        a.text
+    );
+    let a = f
+        .post(
+            "/ui/settings",
+            &admin,
+            &format!("csrf={csrf}&workerConcurrency=7&workerBatchSize=&lockTtl=10m"),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text);
+    let page = f.get(a.location(), Some(&admin)).await.text;
+    assert!(page.contains("Settings changed"), "{page}");
+    let settings = crate::stream::Settings::load(&f.store, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(settings.worker_concurrency, 7);
+    assert_eq!(settings.lock_ttl.to_string(), "10m");
+    assert_eq!(
+        f.scalar("SELECT COUNT(*) AS n FROM runbook_audit WHERE actor = 'console:admin'")
+            .await,
+        json!(2),
+        "scale_workers and set_lock_ttl, each audited"
+    );
+}

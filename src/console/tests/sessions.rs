@@ -31,6 +31,7 @@ async fn signed_out_every_page_and_action_goes_to_the_sign_in_page() {
         "/ui/dlq/retry",
         "/ui/dlq/cleanup",
         "/ui/pause",
+        "/ui/settings",
         "/ui/resume",
         "/ui/playbooks/match",
         "/ui/logout",
