@@ -183,8 +183,30 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Stops chromedriver and the Chromium it started: a test that panicked never ended its
+    /// session, and killing chromedriver alone leaves the browser running. The browser's
+    /// processes are the ones whose command line names this test's own profile folder.
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        let profile = format!("--user-data-dir={}", self._profile.path().display());
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let ours: Vec<String> = procs
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|pid| pid.chars().all(|c| c.is_ascii_digit()))
+            .filter(|pid| {
+                // Chromium rewrites its processes' titles (the arguments joined by spaces), so
+                // the folder is looked for as text; its random name is fixed-length.
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&profile))
+                    .unwrap_or(false)
+            })
+            .collect();
+        if !ours.is_empty() {
+            let _ = Command::new("kill").arg("-KILL").args(&ours).status();
+        }
     }
 }
