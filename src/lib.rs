@@ -15,7 +15,7 @@
 //! | playbook | [`playbook`], [`schema`] | the YAML mirror, the pure compile phase, alert matchers, the catalog; the JSON Schema |
 //! | engine | [`engine`], [`testing`] | the run loop (open, context, deadline, `on_failure`, record) and the step loop (`when`, `for_each`, `until`, `retry`), events |
 //! | processes | [`process`] | workers and command handlers, playbook runs as commands, the cron scheduler, the outbox dispatcher, the app that wires them |
-//! | faces | [`server`], [`cli`] | the HTTP API (axum) and the command line (clap; the only `anyhow`) |
+//! | faces | [`server`], [`console`], [`cli`] | the HTTP API (axum), the web console under `/ui` (server-rendered HTML on the same router), and the command line (clap; the only `anyhow`) |
 //!
 //! # Two data paths
 //!
@@ -64,6 +64,7 @@ pub(crate) mod testing;
 pub mod process;
 // Faces.
 pub mod server;
+pub mod console;
 pub mod cli;
 // Properties of the input-facing code, checked over generated inputs.
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! real PostgreSQL server, and HTTP servers the tests start.
 
 mod alerts;
+mod console;
 mod coverage;
 mod chaos;
 mod closed_loop;

@@ -57,8 +57,10 @@ pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: boo
         ),
     });
     let http_shutdown = shutdown.clone();
+    // The web console under `/ui`; its event streams end when the server shuts down.
+    let console = crate::console::router(&limits, http_shutdown.clone());
     tasks.spawn(async move {
-        if let Err(e) = server::serve(listener, state, limits, http_shutdown).await {
+        if let Err(e) = server::serve(listener, state, limits, console, http_shutdown).await {
             tracing::error!(error = %e, "HTTP server stopped.");
         }
     });

@@ -153,6 +153,20 @@ impl Tokens {
         self.tokens.iter().map(|(_, p)| p)
     }
 
+    /// Who holds the token whose SHA-256 digest is `digest`, if it is still configured (the
+    /// console keeps sessions by the digest of the token they were opened with, never the token,
+    /// and drops a session whose token left the config). Constant time, like [`Tokens::authorize`].
+    pub fn holder_of(&self, digest: &[u8; 32]) -> Option<Principal> {
+        let wanted = Digest(*digest);
+        let mut found = None;
+        for (d, principal) in &self.tokens {
+            if d.matches(&wanted) && found.is_none() {
+                found = Some(principal);
+            }
+        }
+        found.cloned()
+    }
+
     /// The caller, if its token is known and its role reaches `need`.
     pub fn authorize(&self, headers: &HeaderMap, need: Role) -> Result<Principal, AppError> {
         if self.tokens.is_empty() {

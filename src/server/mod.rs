@@ -27,7 +27,7 @@ use axum::{
 use tokio_util::sync::CancellationToken;
 
 pub use admin::open_counts as admin_open_counts;
-pub use auth::{Role, Tokens};
+pub use auth::{Principal, Role, Tokens};
 pub use error::AppError;
 
 use crate::{
@@ -99,6 +99,13 @@ pub fn default_max_connections() -> usize {
 
 /// The router, without a listener (tests call it with `oneshot`).
 pub fn router(state: Shared, limits: &Limits) -> Router {
+    router_with(state, limits, Router::new())
+}
+
+/// The router with another face's routes beside the API (the web console under `/ui`, passed in
+/// by the binary so this module names no face above it). They are merged after the API's layers:
+/// their answers are their own (HTML, not the API's JSON errors) and they check their own sign-in.
+pub fn router_with(state: Shared, limits: &Limits, face: Router<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -143,6 +150,7 @@ pub fn router(state: Shared, limits: &Limits) -> Router {
             deadline,
         ))
         .layer(middleware::from_fn(json_errors))
+        .merge(face)
         .with_state(state)
 }
 
@@ -271,6 +279,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Shared,
     limits: Limits,
+    face: Router<Shared>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     use hyper_util::{
@@ -278,7 +287,7 @@ pub async fn serve(
         server::graceful::GracefulShutdown,
         service::TowerToHyperService,
     };
-    let app = router(state, &limits);
+    let app = router_with(state, &limits, face);
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())

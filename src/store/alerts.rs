@@ -255,7 +255,7 @@ pub async fn list(
             "SELECT fingerprint, starts_at, alertname, status, ends_at, labels, annotations, \
              generator_url, matched, notifications, first_received_at, last_received_at, resolved_at \
              FROM runbook_alerts WHERE (CAST($1 AS TEXT) IS NULL OR status = CAST($1 AS TEXT)) \
-             AND ($2 IS NULL OR matched = $2) ORDER BY last_received_at DESC LIMIT $3",
+             AND (CAST($2 AS BOOLEAN) IS NULL OR matched = CAST($2 AS BOOLEAN)) ORDER BY last_received_at DESC LIMIT $3",
             vec![json!(status), json!(matched), json!(limit)],
         )
         .await?

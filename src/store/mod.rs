@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod batch;
+pub mod console;
 mod decode;
 pub mod guards;
 pub mod migrate;
