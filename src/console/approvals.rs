@@ -1,6 +1,7 @@
 //! Approvals: a card for each run waiting for a person, with what the approver needs to decide:
-//! what the diagnosis found, the question, the changes that follow if approved (as the playbook
-//! version the run runs states them), who asked, and when the wait times out.
+//! what the diagnosis found, the question, the changes that follow if approved (the following
+//! steps rendered with the run's context when it stopped: SQL with its bound values, runtime ops
+//! with their arguments; see `engine/preview.rs`), who asked, and when the wait times out.
 
 use axum::{extract::State, response::Response};
 use chrono::{DateTime, Utc};
@@ -65,12 +66,18 @@ pub async fn page_(s: &Shared, me: &Me) -> Result<Response, ConsoleError> {
                 .map(|d| (at + d).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             _ => None,
         };
-        let changes = pb
-            .map(|pb| changes_after(pb, &step_id, text.as_deref()))
-            .unwrap_or_default();
+        // The following steps as rendered when the run stopped here; a run that stopped before
+        // they were kept shows their source text instead.
+        let rendered = run.get("waiting_changes").cloned().unwrap_or(Json::Null);
+        let changes = match &rendered {
+            Json::Null => pb
+                .map(|pb| changes_after(pb, &step_id, text.as_deref()))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
         cards.push(json!({
             "id": id, "playbook": name, "step": step_id, "trigger": run["trigger"],
-            "question": question, "evidence": evidence, "changes": changes,
+            "question": question, "evidence": evidence, "changes": changes, "rendered": rendered,
             "expires": expires, "created_at": run["created_at"],
         }));
     }

@@ -172,6 +172,10 @@ static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
             other => serde_json::to_string_pretty(&other).unwrap_or_default(),
         }
     });
+    // A value as JSON text (strings quoted), escaped like any text: bound values and arguments.
+    env.add_filter("literal", |v: minijinja::Value| -> String {
+        serde_json::to_value(&v).unwrap_or(Json::Null).to_string()
+    });
     env.add_filter("cell", |v: minijinja::Value| -> String {
         let json: Json = serde_json::to_value(&v).unwrap_or(Json::Null);
         match json {

@@ -5,6 +5,7 @@ mod alert;
 mod describe;
 mod events;
 mod plan;
+mod preview;
 mod report;
 mod run;
 mod state;

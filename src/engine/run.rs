@@ -93,7 +93,7 @@ type Ending = (RunStatus, Option<(String, String)>);
 
 /// The playbook a run runs: the catalog's current version, or the version the run was pinned to
 /// when the catalog has moved on since.
-enum Resolved {
+pub(super) enum Resolved {
     Current(Arc<Catalog>, String),
     Pinned(Arc<Playbook>),
 }
@@ -188,7 +188,10 @@ impl Engine {
     /// The playbook `req` runs and the hash of its version. A version the catalog holds is
     /// stored first if the request was not pinned (a direct run), so the run record's hash
     /// always leads to the text it ran.
-    async fn resolve(&self, req: &RunRequest) -> Result<(Resolved, Option<String>), EngineError> {
+    pub(super) async fn resolve(
+        &self,
+        req: &RunRequest,
+    ) -> Result<(Resolved, Option<String>), EngineError> {
         let catalog = self.catalog();
         let current = catalog.versions.get(&req.playbook);
         match &req.version {
@@ -442,6 +445,15 @@ impl Launcher for Engine {
                 steps: outcome.steps,
             })
         })
+    }
+
+    fn preview_after<'a>(
+        &'a self,
+        run: &'a RunMeta,
+        after: &'a str,
+        ctx: &'a minijinja::Value,
+    ) -> futures::future::BoxFuture<'a, Json> {
+        Box::pin(Engine::preview_after(self, run, after, ctx))
     }
 }
 

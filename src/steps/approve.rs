@@ -74,7 +74,9 @@ pub struct Input {
 pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError> {
     let db = &cx.services.store;
     let run_id = cx.run.id;
-    runs::set_waiting(db, run_id, cx.step_id)
+    // What approving lets happen, rendered now, on what the run has found so far.
+    let changes = cx.launcher.preview_after(cx.run, cx.step_id, cx.ctx).await;
+    runs::set_waiting(db, run_id, cx.step_id, &changes)
         .await
         .map_err(|e| StepError::fatal(e.to_string()))?;
     tracing::info!(run_id, step = cx.step_id, text = %i.text, "Waiting for approval.");

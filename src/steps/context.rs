@@ -38,6 +38,16 @@ pub trait Launcher: Send + Sync {
         params: BTreeMap<String, String>,
         parent: &'a RunMeta,
     ) -> BoxFuture<'a, Result<ChildOutcome, LaunchError>>;
+
+    /// The steps after the `approve` step `after` of run `run`, up to the next `approve` or
+    /// the end, rendered on `ctx` and described, masked: what approving lets happen. Nothing
+    /// runs. A JSON list (empty when there is nothing to show).
+    fn preview_after<'a>(
+        &'a self,
+        run: &'a RunMeta,
+        after: &'a str,
+        ctx: &'a Value,
+    ) -> BoxFuture<'a, Json>;
 }
 
 /// Why a child run could not start (an unknown playbook, bad parameters, the store).

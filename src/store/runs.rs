@@ -234,6 +234,20 @@ fn booleans(run: &mut Json) {
     }
 }
 
+/// The content hash of the playbook version run `id` runs, if it has one.
+pub async fn get_run_version(db: &Db, id: i64) -> Result<Option<String>, DbError> {
+    let r = db
+        .sql(
+            "SELECT version FROM runbook_runs WHERE id = $1",
+            vec![json!(id)],
+        )
+        .await?;
+    Ok(r.rows
+        .first()
+        .and_then(|row| row["version"].as_str())
+        .map(str::to_owned))
+}
+
 /// A run with its step attempts and the answers to its `approve` steps, or `None`.
 pub async fn get_run(db: &Db, id: i64) -> Result<Option<Json>, DbError> {
     let run = db
@@ -243,6 +257,10 @@ pub async fn get_run(db: &Db, id: i64) -> Result<Option<Json>, DbError> {
         return Ok(None);
     };
     booleans(&mut run);
+    // Stored as JSON text on both backends.
+    if let Some(text) = run.get("waiting_changes").and_then(Json::as_str) {
+        run["waiting_changes"] = serde_json::from_str(text).unwrap_or(Json::Null);
+    }
     let steps = db
         .sql(
             "SELECT step_id, attempt, item, status, input, output, error, started_at, duration_ms \
@@ -398,11 +416,17 @@ pub fn prune_sql(d: Dialect, older_than: Dur) -> (String, Vec<Json>) {
     (sql, finals)
 }
 
-/// Marks run `id` as waiting for an operator's answer at `step`.
-pub async fn set_waiting(db: &Db, id: i64, step: &str) -> Result<(), DbError> {
+/// Marks run `id` as waiting for an operator's answer at `step`, with what approving it lets
+/// happen (`changes`: the following steps rendered; kept after the answer).
+pub async fn set_waiting(db: &Db, id: i64, step: &str, changes: &Json) -> Result<(), DbError> {
     db.sql(
-        "UPDATE runbook_runs SET status = $3, waiting_step = $2 WHERE id = $1",
-        vec![json!(id), json!(step), json!(RunStatus::WaitingApproval)],
+        "UPDATE runbook_runs SET status = $3, waiting_step = $2, waiting_changes = $4 WHERE id = $1",
+        vec![
+            json!(id),
+            json!(step),
+            json!(RunStatus::WaitingApproval),
+            json!(changes.to_string()),
+        ],
     )
     .await?;
     Ok(())

@@ -316,7 +316,7 @@ pub(super) async fn waiting_run(store: &Db) -> i64 {
     )
     .await
     .unwrap();
-    runs::set_waiting(store, id, "ask").await.unwrap();
+    runs::set_waiting(store, id, "ask", &Value::Null).await.unwrap();
     id
 }
 

@@ -124,6 +124,56 @@ async fn approvals_show_the_evidence_the_question_and_the_change() {
 }
 
 #[tokio::test]
+async fn an_approval_card_shows_the_rendered_sql_its_bound_values_and_the_runtime_op() {
+    let f = fixture().await;
+    let id = waiting_run(&f.store).await;
+    // As `engine/preview.rs` stores them when a run reaches its `approve` step.
+    let changes = json!([
+        {
+            "id": "requeue", "kind": "sql", "changes": true,
+            "when": "steps.look.rows[0].n > 0", "when_now": true,
+            "input": {
+                "datasource": "store", "dialect": "sqlite",
+                "sql": "UPDATE command_queue SET status = 'pending' WHERE entity = ? AND attempts < ?",
+                "params": ["user<script>", 5],
+            },
+            "would": "would run on store: UPDATE command_queue SET status = 'pending' WHERE entity = ? AND attempts < ?  -- bound: [\"user<script>\",5]",
+        },
+        {
+            "id": "scale", "kind": "runtime", "changes": true, "when": null, "when_now": null,
+            "input": { "op": "scale_workers", "concurrency": 6, "batch_size": null },
+            "would": "would scale workerConcurrency from 3 to 6",
+        },
+        {
+            "id": "later", "kind": "sql", "changes": false, "when": null, "when_now": null,
+            "not_rendered": "template: undefined value (steps.requeue.rows)",
+        },
+    ]);
+    runs::set_waiting(&f.store, id, "ask", &changes).await.unwrap();
+    let cookie = f.sign_in(VIEWER).await;
+    for page in [
+        f.get("/ui/approvals", Some(&cookie)).await.text,
+        f.get(&format!("/ui/runs/{id}"), Some(&cookie)).await.text,
+    ] {
+        assert!(page.contains("What approving lets happen"), "{page}");
+        assert!(page.contains(
+            "<pre class=\"value sql\">UPDATE command_queue SET status = &#x27;pending&#x27; WHERE entity = ? AND attempts &lt; ?</pre>"
+        ), "{page}");
+        // The bound values, in order, escaped.
+        let first = page.find("<li><code>&quot;user&lt;script&gt;&quot;</code></li>").unwrap_or_else(|| panic!("the first bound value: {page}"));
+        let second = page.find("<li><code>5</code></li>").expect("the second bound value");
+        assert!(first < second);
+        assert!(!page.contains("user<script>"));
+        assert!(page.contains("Runtime operation <code>scale_workers</code>"));
+        assert!(page.contains("<dt>concurrency</dt><dd><code>6</code></dd>"));
+        assert!(!page.contains("<dt>batch_size</dt>"), "an argument not given is not shown");
+        assert!(page.contains("would scale workerConcurrency from 3 to 6"));
+        assert!(page.contains("(true now)"));
+        assert!(page.contains("Rendered when the run gets there"));
+    }
+}
+
+#[tokio::test]
 async fn bad_filters_are_named_and_unknown_pages_are_html_404s() {
     let f = fixture().await;
     let cookie = f.sign_in(VIEWER).await;
