@@ -3,6 +3,7 @@
 //! `chromium-driver`), against a real `runbook serve` with its workers. One browser at a time.
 //! Each test saves screenshots under `target/console-screenshots/`.
 
+mod approval;
 mod browser;
 mod postgres;
 mod proxy;

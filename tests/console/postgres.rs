@@ -14,7 +14,7 @@ pub(super) struct Session {
     pub cookie: String,
 }
 
-fn csrf_of(html: &str) -> String {
+pub(super) fn csrf_of(html: &str) -> String {
     let at = html
         .find("name=\"csrf\" value=\"")
         .unwrap_or_else(|| panic!("no csrf field:\n{html}"));
@@ -60,7 +60,7 @@ impl Session {
         }
     }
 
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub(super) async fn get(&self, path: &str) -> (u16, String) {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
@@ -71,7 +71,7 @@ impl Session {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
-    async fn post(&self, path: &str, form: &str) -> u16 {
+    pub(super) async fn post(&self, path: &str, form: &str) -> u16 {
         self.http
             .post(format!("{}{path}", self.base))
             .header("cookie", &self.cookie)

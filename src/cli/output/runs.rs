@@ -103,6 +103,9 @@ pub fn run_show(run: &Json, format: Format, only: &ShowOnly) -> bool {
         attempt(id, &attempts[i], filtered);
         i += 1;
     }
+    if !filtered && run["status"] == "waiting_approval" {
+        waiting_changes(run);
+    }
     if !filtered {
         if let Some(report) = run["report"].as_str() {
             outln!("\nReport");
@@ -112,6 +115,40 @@ pub fn run_show(run: &Json, format: Format, only: &ShowOnly) -> bool {
         }
     }
     true
+}
+
+/// What approving the step the run waits at lets happen: each following step as rendered when
+/// the run stopped there (see `engine/preview.rs`).
+fn waiting_changes(run: &Json) {
+    let Some(list) = run["waiting_changes"].as_array() else {
+        return;
+    };
+    outln!(
+        "\nApproving {} lets happen",
+        run["waiting_step"].as_str().unwrap_or("?")
+    );
+    if list.is_empty() {
+        outln!("  nothing: no step follows");
+    }
+    for ch in list {
+        let id = ch["id"].as_str().unwrap_or("?");
+        let when = match (ch["when"].as_str(), &ch["when_now"]) {
+            (Some(w), Json::Bool(b)) => format!(" when `{w}` ({b} now)"),
+            (Some(w), _) => format!(" when `{w}`"),
+            _ => String::new(),
+        };
+        let what = ch["would"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| ch["for_each"].as_str().map(|f| format!("runs {f}")))
+            .or_else(|| {
+                ch["not_rendered"]
+                    .as_str()
+                    .map(|e| format!("rendered when the run gets there ({e})"))
+            })
+            .unwrap_or_default();
+        outln!("  {id}{when}: {what}");
+    }
 }
 
 fn header(run: &Json) {

@@ -316,7 +316,9 @@ pub(super) async fn waiting_run(store: &Db) -> i64 {
     )
     .await
     .unwrap();
-    runs::set_waiting(store, id, "ask", &Value::Null).await.unwrap();
+    runs::set_waiting(store, id, "ask", &Value::Null)
+        .await
+        .unwrap();
     id
 }
 

@@ -149,7 +149,9 @@ async fn an_approval_card_shows_the_rendered_sql_its_bound_values_and_the_runtim
             "not_rendered": "template: undefined value (steps.requeue.rows)",
         },
     ]);
-    runs::set_waiting(&f.store, id, "ask", &changes).await.unwrap();
+    runs::set_waiting(&f.store, id, "ask", &changes)
+        .await
+        .unwrap();
     let cookie = f.sign_in(VIEWER).await;
     for page in [
         f.get("/ui/approvals", Some(&cookie)).await.text,
@@ -160,13 +162,20 @@ async fn an_approval_card_shows_the_rendered_sql_its_bound_values_and_the_runtim
             "<pre class=\"value sql\">UPDATE command_queue SET status = &#x27;pending&#x27; WHERE entity = ? AND attempts &lt; ?</pre>"
         ), "{page}");
         // The bound values, in order, escaped.
-        let first = page.find("<li><code>&quot;user&lt;script&gt;&quot;</code></li>").unwrap_or_else(|| panic!("the first bound value: {page}"));
-        let second = page.find("<li><code>5</code></li>").expect("the second bound value");
+        let first = page
+            .find("<li><code>&quot;user&lt;script&gt;&quot;</code></li>")
+            .unwrap_or_else(|| panic!("the first bound value: {page}"));
+        let second = page
+            .find("<li><code>5</code></li>")
+            .expect("the second bound value");
         assert!(first < second);
         assert!(!page.contains("user<script>"));
         assert!(page.contains("Runtime operation <code>scale_workers</code>"));
         assert!(page.contains("<dt>concurrency</dt><dd><code>6</code></dd>"));
-        assert!(!page.contains("<dt>batch_size</dt>"), "an argument not given is not shown");
+        assert!(
+            !page.contains("<dt>batch_size</dt>"),
+            "an argument not given is not shown"
+        );
         assert!(page.contains("would scale workerConcurrency from 3 to 6"));
         assert!(page.contains("(true now)"));
         assert!(page.contains("Rendered when the run gets there"));
