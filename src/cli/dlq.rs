@@ -37,6 +37,7 @@ pub(super) async fn dlq(setup: &Setup, cmd: DlqCommand) -> Result<i32> {
                 entity,
                 error_type,
                 older_than: None,
+                no_error_type: false,
             };
             change(setup, Action::Retry, filter, yes, output).await
         }
@@ -51,6 +52,7 @@ pub(super) async fn dlq(setup: &Setup, cmd: DlqCommand) -> Result<i32> {
                 entity,
                 error_type,
                 older_than: Some(older_than),
+                no_error_type: false,
             };
             change(setup, Action::Delete, filter, yes, output).await
         }

@@ -227,10 +227,13 @@ fn filter(form: &Form, older: bool) -> Result<Filter, ConsoleError> {
     } else {
         None
     };
+    let no_error_type = form.get("errorTypeNull") == Some("yes");
     Ok(Filter {
         entity: form.text("entity"),
-        error_type: form.text("errorType"),
+        // A group without an error type is matched as NULL, not by a name it does not have.
+        error_type: form.text("errorType").filter(|_| !no_error_type),
         older_than,
+        no_error_type,
     })
 }
 
@@ -282,6 +285,7 @@ async fn bulk(s: &Shared, me: &Me, body: &[u8], action: Action) -> Result<Respon
                     verb, count => entries.len(), changed_since,
                     by_error_type => dlq::preview_json(&entries)["by_error_type"].clone(),
                     error_type => f.error_type, entity => f.entity,
+                    no_error_type => f.no_error_type,
                     older_than => form.text("older_than"),
                     action => if action == Action::Retry { "/ui/dlq/retry" } else { "/ui/dlq/cleanup" },
                 },

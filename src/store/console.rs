@@ -231,14 +231,15 @@ pub async fn run_inputs(db: &Db, id: i64) -> Result<Option<Json>, DbError> {
 }
 
 /// DLQ entries by error type and entity, largest group first: `{error_type, entity, count,
-/// oldest, newest}`, counted with `COUNT(*)` over the whole DLQ.
+/// oldest, newest}`, counted with `COUNT(*)` over the whole DLQ. Entries without an error type
+/// form their own group, with `error_type` null.
 pub async fn dlq_groups(db: &Db) -> Result<Vec<Json>, DbError> {
     Ok(db
         .sql(
-            "SELECT COALESCE(error_type, 'Unknown') AS error_type, entity, COUNT(*) AS count, \
+            "SELECT error_type, entity, COUNT(*) AS count, \
                     MIN(updated_at) AS oldest, MAX(updated_at) AS newest \
              FROM command_queue WHERE status = 'dlq' \
-             GROUP BY COALESCE(error_type, 'Unknown'), entity ORDER BY count DESC, error_type, entity",
+             GROUP BY error_type, entity ORDER BY count DESC, error_type, entity",
             vec![],
         )
         .await?

@@ -16,6 +16,10 @@ pub struct Filter {
     pub entity: Option<String>,
     pub error_type: Option<String>,
     pub older_than: Option<Dur>,
+    /// Only the entries without an error type (NULL); `error_type` is then `None`. The console's
+    /// group of such entries sends it, since no error type names them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_error_type: bool,
 }
 
 /// One selected entry.
@@ -30,6 +34,11 @@ pub async fn select(db: &Db, filter: &Filter) -> Result<Vec<Entry>, DbError> {
     let age = match filter.older_than {
         Some(d) => format!(" AND updated_at < {}", db.dialect().ago(d)),
         None => String::new(),
+    };
+    let age = if filter.no_error_type {
+        format!(" AND error_type IS NULL{age}")
+    } else {
+        age
     };
     let rows = db
         .sql(

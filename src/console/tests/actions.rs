@@ -215,6 +215,88 @@ async fn a_dlq_bulk_retry_shows_the_count_then_acts_on_confirmation() {
 }
 
 #[tokio::test]
+async fn a_dlq_group_without_an_error_type_is_retried_and_deleted_as_null() {
+    let f = fixture().await;
+    dlq_entries(&f.store).await;
+    for id in ["a", "b"] {
+        f.store
+            .sql(
+                "INSERT INTO command_queue (entity, entity_id, command_type, payload, status, error_type, error_message, attempts) \
+                 VALUES ('user', $1, 'user.update', '{}', 'dlq', NULL, 'no type', 5)",
+                vec![json!(id)],
+            )
+            .await
+            .unwrap();
+    }
+    let admin = f.sign_in(ADMIN).await;
+    let page = f.get("/ui/dlq", Some(&admin)).await.text;
+    assert!(
+        page.contains("<td><em>none</em></td><td>user</td><td>2</td>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("name=\"errorTypeNull\" value=\"yes\""),
+        "{page}"
+    );
+    let csrf = f.csrf(&admin).await;
+    let form = format!("csrf={csrf}&errorTypeNull=yes&entity=user");
+    let preview = f.post("/ui/dlq/retry", &admin, &form).await;
+    assert!(
+        preview.text.contains("Retry 2 DLQ entries?"),
+        "{}",
+        preview.text
+    );
+    assert!(preview.text.contains("none (no error type recorded)"));
+    assert!(preview
+        .text
+        .contains("name=\"errorTypeNull\" value=\"yes\""));
+    let a = f
+        .post("/ui/dlq/retry", &admin, &format!("{form}&confirm=2"))
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text);
+    // Only the two without a type went back; the three typed entries are still in the DLQ.
+    assert_eq!(
+        f.scalar("SELECT COUNT(*) AS n FROM command_queue WHERE status = 'pending' AND entity_id IN ('a', 'b')")
+            .await,
+        json!(2)
+    );
+    assert_eq!(
+        f.scalar("SELECT COUNT(*) AS n FROM command_queue WHERE status = 'dlq'")
+            .await,
+        json!(3)
+    );
+    let audit = f
+        .scalar("SELECT filter FROM runbook_audit WHERE op = 'dlq_retry'")
+        .await;
+    assert!(audit.to_string().contains("no_error_type"), "{audit}");
+    // A delete of the NULL group touches nothing else either.
+    f.store
+        .sql(
+            "INSERT INTO command_queue (entity, entity_id, command_type, payload, status, error_type, error_message, attempts) \
+             VALUES ('user', 'c', 'user.update', '{}', 'dlq', NULL, 'no type', 5)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let form = format!("csrf={csrf}&errorTypeNull=yes&entity=user&older_than=0s");
+    let preview = f.post("/ui/dlq/cleanup", &admin, &form).await;
+    assert!(
+        preview.text.contains("Delete 1 DLQ entry?"),
+        "{}",
+        preview.text
+    );
+    let a = f
+        .post("/ui/dlq/cleanup", &admin, &format!("{form}&confirm=1"))
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        f.scalar("SELECT COUNT(*) AS n FROM command_queue WHERE status = 'dlq'")
+            .await,
+        json!(3)
+    );
+}
+
+#[tokio::test]
 async fn pause_and_resume_need_an_operator() {
     let f = fixture().await;
     let viewer = f.sign_in(VIEWER).await;
