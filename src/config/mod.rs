@@ -57,6 +57,9 @@ pub struct Config {
     /// What `shell` steps may run.
     #[serde(default)]
     pub shell: ShellConfig,
+    /// The web console of `runbook serve` (`/ui`).
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// Environment variables templates may read as `env.NAME`: a name, or
     /// `{ name: NAME, secret: true }` for a secret (masked, and only placed whole).
     #[serde(default)]
@@ -136,6 +139,59 @@ impl Default for ServerConfig {
             max_connections: None,
         }
     }
+}
+
+/// The web console: how long a sign-in lasts, and how often the queue's depth is sampled for
+/// its chart.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// How long a console session lasts from sign-in (default 12h; at least 1m).
+    #[serde(default = "d_session")]
+    pub session: Dur,
+    /// How often `runbook serve` records the queue's depth per priority and its oldest pending
+    /// age, once per interval across replicas (default 1m; at least 1s).
+    #[serde(default = "d_sample_every")]
+    pub queue_sample_every: Dur,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            session: d_session(),
+            queue_sample_every: d_sample_every(),
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// A session shorter than a minute, or samples more often than each second, are refused:
+    /// `(key, message)`.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.session.as_std() < std::time::Duration::from_secs(60) {
+            return Err((
+                "session",
+                format!("console.session: {} is shorter than 1m", self.session),
+            ));
+        }
+        if self.queue_sample_every.as_std() < std::time::Duration::from_secs(1) {
+            return Err((
+                "queue_sample_every",
+                format!(
+                    "console.queue_sample_every: {} is shorter than 1s",
+                    self.queue_sample_every
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn d_session() -> Dur {
+    Dur::from_secs(12 * 3600)
+}
+fn d_sample_every() -> Dur {
+    Dur::from_secs(60)
 }
 
 fn default_listen() -> String {
@@ -643,7 +699,7 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_yaml::from_str(text).map_err(|e| {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| {
             let pos = e
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -651,7 +707,19 @@ impl Config {
             let msg = e.to_string();
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
             Diagnostic::new(path, pos, msg)
-        })
+        })?;
+        config.console.check().map_err(|(key, msg)| {
+            // The key's line, when it is written on one of its own.
+            let line = text
+                .lines()
+                .position(|l| {
+                    l.trim_start().starts_with(&format!("{key}:"))
+                        || l.contains(&format!(" {key}:"))
+                })
+                .map_or(1, |i| i + 1);
+            Diagnostic::new(path, (line, 1), msg)
+        })?;
+        Ok(config)
     }
 
     /// Reads every secret the config names and registers it for masking, so that a secret
@@ -789,6 +857,26 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_keys_default_and_refuse_too_short_values() {
+        let c = Config::parse(Path::new("runbook.yaml"), "").unwrap();
+        assert_eq!(c.console.session, Dur::from_secs(12 * 3600));
+        assert_eq!(c.console.queue_sample_every, Dur::from_secs(60));
+        let text = "store: sqlite://x.db\nconsole:\n  session: 30s\n";
+        let e = Config::parse(Path::new("runbook.yaml"), text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "runbook.yaml:3:1: console.session: 30s is shorter than 1m"
+        );
+        let text = "console: { queue_sample_every: 100ms }\n";
+        let e = Config::parse(Path::new("runbook.yaml"), text).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("console.queue_sample_every: 100ms is shorter than 1s"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn empty_config_is_defaults() {

@@ -28,8 +28,6 @@ use crate::{
 pub const SESSION_COOKIE: &str = "rb_session";
 /// The sign-in form's double-submit cookie.
 const LOGIN_COOKIE: &str = "rb_login";
-/// How long a session lasts from sign-in.
-pub const SESSION_SECONDS: i64 = 12 * 3600;
 
 /// A signed-in request: who, with which role (from the config as it is now), and the session's
 /// CSRF token for the forms of the page.
@@ -346,12 +344,14 @@ pub async fn login(
     };
     let id = random_token()?;
     let now = now();
+    let session_seconds =
+        i64::try_from(s.services.config.console.session.as_std().as_secs()).unwrap_or(i64::MAX / 2);
     let session = Session {
         token_digest: hex_digest(&token),
         token_name: principal.name.clone(),
         role: principal.role.as_str().to_owned(),
         csrf: random_token()?,
-        expires_at: now + SESSION_SECONDS,
+        expires_at: now + session_seconds,
     };
     records::create_session(&s.services.store, &hex_digest(&id), &session, now)
         .await
@@ -359,7 +359,7 @@ pub async fn login(
     tracing::info!(token = %principal.name, role = %principal.role, "Console session opened.");
     let mut resp = Redirect::to(&next).into_response();
     let set = format!(
-        "{SESSION_COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Lax; Max-Age={SESSION_SECONDS}{}",
+        "{SESSION_COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Lax; Max-Age={session_seconds}{}",
         secure(&headers)
     );
     let h = resp.headers_mut();

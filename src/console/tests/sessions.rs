@@ -243,3 +243,37 @@ async fn every_action_needs_the_sessions_csrf_token_and_the_same_origin() {
         "nothing was decided"
     );
 }
+
+#[tokio::test]
+async fn the_session_length_comes_from_the_config() {
+    let mut f = fixture().await;
+    f.router = build(
+        &f.store,
+        f.dir.path(),
+        &format!("{CONFIG}console: {{ session: 2h }}\n"),
+    );
+    let cookie = f.sign_in(VIEWER).await;
+    assert!(cookie.starts_with("rb_session="));
+    let form = f.get("/ui/login", None).await;
+    let login_cookie = form.cookies()[0].split(';').next().unwrap().to_owned();
+    let body = format!("csrf={}&next=%2Fui%2Fruns&token={VIEWER}", form.csrf());
+    let a = f
+        .call(
+            Method::POST,
+            "/ui/login",
+            Some(&login_cookie),
+            Some(&body),
+            &[],
+        )
+        .await;
+    let set = a
+        .cookies()
+        .into_iter()
+        .find(|c| c.starts_with("rb_session="))
+        .unwrap();
+    assert!(set.contains("Max-Age=7200"), "{set}");
+    let span = f
+        .scalar("SELECT MAX(expires_at - created_at) AS span FROM runbook_console_sessions")
+        .await;
+    assert_eq!(span, serde_json::json!(7200));
+}
