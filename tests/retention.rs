@@ -141,6 +141,16 @@ async fn prunes_what_retention_says(url: &str) {
     }
     notification(&db, "old-alert", 6, old).await;
     notification(&db, "new-alert", 1, recent).await;
+    // Queue samples (Unix seconds) kept as long as ticks: the 4-day-old one goes.
+    let now = chrono::Utc::now().timestamp();
+    for days in [4, 2] {
+        db.sql(
+            "INSERT INTO runbook_queue_samples (at, depths, total, oldest_age_secs) VALUES ($1, '{}', 0, NULL)",
+            vec![json!(now - days * 86_400)],
+        )
+        .await
+        .unwrap();
+    }
     for (hash, days) in [
         ("v-old", 40),
         ("v-kept", 40),
@@ -162,7 +172,7 @@ async fn prunes_what_retention_says(url: &str) {
     let pruned = &out.run()["steps"]["prune_records"]["output"];
     assert_eq!(
         pruned["deleted"],
-        json!({ "runs": 2, "ticks": 3, "playbook_versions": 1, "notifications": 1, "alerts": 1, "alert_runs": 1 }),
+        json!({ "runs": 2, "ticks": 3, "playbook_versions": 1, "notifications": 1, "alerts": 1, "alert_runs": 1, "queue_samples": 1 }),
         "{out:?}"
     );
     assert!(
@@ -209,6 +219,11 @@ async fn prunes_what_retention_says(url: &str) {
         let n = scalar(&db, &format!("SELECT COUNT(*) FROM {table}")).await;
         assert_eq!(n, 1, "{table}");
     }
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM runbook_queue_samples").await,
+        1,
+        "the 2-day-old sample stays"
+    );
     let kept = strings(&db, "SELECT fingerprint FROM runbook_alert_runs").await;
     assert_eq!(kept, [json!("new-alert")]);
     // Each table's deletion is audited with its row count.
@@ -229,7 +244,8 @@ async fn prunes_what_retention_says(url: &str) {
             (json!("playbook_versions"), json!(1)),
             (json!("notifications"), json!(1)),
             (json!("alerts"), json!(1)),
-            (json!("alert_runs"), json!(1))
+            (json!("alert_runs"), json!(1)),
+            (json!("queue_samples"), json!(1))
         ]
     );
     assert_eq!(audits[1]["filter"]["older_than"], "3days");

@@ -44,6 +44,8 @@ pub(super) async fn serve(setup: &Setup, listen: Option<String>, no_workers: boo
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     app.start(!no_workers, &mut tasks, &shutdown);
+    // The queue's depth over time, for the console's chart.
+    crate::console::sampler::spawn(app.services.clone(), &mut tasks, shutdown.clone());
     let state = Arc::new(server::AppState {
         engine: app.engine.clone(),
         services: app.services.clone(),

@@ -11,11 +11,13 @@
 
 mod alerts;
 mod approvals;
+mod chart;
 mod live;
 mod pages;
 mod playbooks;
 mod queue;
 mod runs;
+pub mod sampler;
 mod session;
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,9 @@ use crate::{
     },
 };
 
+/// How far back the queue page's history chart reaches.
+const HISTORY_HOURS: u32 = 6;
+
 /// `GET /ui/queue` (viewer; a PlatformAdmin also gets the settings form).
 pub async fn page_queue(
     s: &Shared,
@@ -67,12 +70,21 @@ pub async fn page_queue(
             })
         })
         .collect();
+    // The depth over the last hours, from the sampler's records.
+    let to = chrono::Utc::now().timestamp();
+    let from = to - i64::from(HISTORY_HOURS) * 3600;
+    let samples = crate::store::queue_samples::since(store, from)
+        .await
+        .map_err(ConsoleError::internal)?;
+    let history = super::chart::draw(&samples, from, to, HISTORY_HOURS);
+    let every = s.services.config.console.queue_sample_every.to_string();
     html_page(
         "queue.html",
         with(
             base(me, "queue", "Queue"),
             minijinja::context! {
                 stats, locks, oldest_age, bars, chart_height => bars.len() * 22,
+                history, every,
                 changed => changed.filter(|c| *c == "yes"),
             },
         ),

@@ -8,6 +8,7 @@ mod decode;
 pub mod guards;
 pub mod migrate;
 pub mod pause;
+pub mod queue_samples;
 pub mod runs;
 pub mod statement;
 pub mod ticks;

@@ -179,6 +179,11 @@ const PRUNED: &[Pruned] = &[
         kept: |r| r.notifications,
         statement: store::alerts::prune_alert_runs_sql,
     },
+    Pruned {
+        name: "queue_samples",
+        kept: |r| r.ticks,
+        statement: store::queue_samples::prune_sql,
+    },
 ];
 
 /// The runtime's own tables, the only ones maintenance touches.
@@ -961,7 +966,8 @@ mod tests {
                 ("playbook_versions", 30 * day),
                 ("notifications", 7 * day),
                 ("alerts", 7 * day),
-                ("alert_runs", 7 * day)
+                ("alert_runs", 7 * day),
+                ("queue_samples", 7 * day)
             ]
         );
         assert_eq!(plan_of(&[("ticks", 60)]).unwrap()[1], ("ticks", 60));
@@ -971,7 +977,7 @@ mod tests {
         };
         assert_eq!(
             unknown,
-            "prune_records: unknown table `notes` in keep (known: runs, ticks, playbook_versions, notifications, alerts, alert_runs)"
+            "prune_records: unknown table `notes` in keep (known: runs, ticks, playbook_versions, notifications, alerts, alert_runs, queue_samples)"
         );
         assert!(
             matches!(plan_of(&[("runs", 0)]), Err(OpError::Invalid(m)) if m == "prune_records: keep.runs must be above zero")

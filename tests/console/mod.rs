@@ -7,6 +7,7 @@ mod approval;
 mod browser;
 mod postgres;
 mod proxy;
+mod sampler;
 mod shutdown;
 
 use serde_json::{json, Value as Json};
