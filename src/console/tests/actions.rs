@@ -269,16 +269,17 @@ async fn a_dlq_group_without_an_error_type_is_retried_and_deleted_as_null() {
         .scalar("SELECT filter FROM runbook_audit WHERE op = 'dlq_retry'")
         .await;
     assert!(audit.to_string().contains("no_error_type"), "{audit}");
-    // A delete of the NULL group touches nothing else either.
+    // A delete of the NULL group touches nothing else either (the entry is a day old, so the
+    // age filter does not race the clock).
     f.store
         .sql(
-            "INSERT INTO command_queue (entity, entity_id, command_type, payload, status, error_type, error_message, attempts) \
-             VALUES ('user', 'c', 'user.update', '{}', 'dlq', NULL, 'no type', 5)",
+            "INSERT INTO command_queue (entity, entity_id, command_type, payload, status, error_type, error_message, attempts, updated_at) \
+             VALUES ('user', 'c', 'user.update', '{}', 'dlq', NULL, 'no type', 5, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 days'))",
             vec![],
         )
         .await
         .unwrap();
-    let form = format!("csrf={csrf}&errorTypeNull=yes&entity=user&older_than=0s");
+    let form = format!("csrf={csrf}&errorTypeNull=yes&entity=user&older_than=1h");
     let preview = f.post("/ui/dlq/cleanup", &admin, &form).await;
     assert!(
         preview.text.contains("Delete 1 DLQ entry?"),

@@ -183,6 +183,58 @@ async fn an_approval_card_shows_the_rendered_sql_its_bound_values_and_the_runtim
 }
 
 #[tokio::test]
+async fn the_queue_page_draws_the_sampled_depth_with_its_values() {
+    use crate::store::queue_samples::{record, Sample};
+    let f = fixture().await;
+    let cookie = f.sign_in(VIEWER).await;
+    let page = f.get("/ui/queue", Some(&cookie)).await.text;
+    assert!(page.contains("No samples yet"), "{page}");
+    assert!(page.contains("every 1m"), "{page}");
+    let now = chrono::Utc::now().timestamp();
+    for (ago, five, nine) in [(7200, 4, 0), (3600, 12, 3), (60, 7, 1)] {
+        let depths = [("5".to_owned(), five), ("9".to_owned(), nine)].into();
+        let s = Sample {
+            at: now - ago,
+            depths,
+            total: five + nine,
+            oldest_age_secs: Some(ago),
+        };
+        assert!(record(&f.store, &s).await.unwrap());
+        // A second replica's sample of the same interval is not recorded.
+        assert!(!record(&f.store, &Sample { total: 99, ..s }).await.unwrap());
+    }
+    // A sample older than the chart's window is left out.
+    let old = Sample {
+        at: now - 7 * 3600,
+        depths: [("1".to_owned(), 50)].into(),
+        total: 50,
+        oldest_age_secs: None,
+    };
+    assert!(record(&f.store, &old).await.unwrap());
+    let page = f.get("/ui/queue", Some(&cookie)).await.text;
+    assert!(
+        page.contains("role=\"img\" aria-labelledby=\"history-title history-desc\""),
+        "{page}"
+    );
+    assert!(page.contains(
+        "<title id=\"history-title\">Pending commands per priority, last 6 hours</title>"
+    ));
+    assert!(
+        page.contains("priority 9 now 1 (peak 3), priority 5 now 7 (peak 12)"),
+        "{page}"
+    );
+    assert!(page.contains("oldest pending now 1m."), "{page}");
+    assert_eq!(page.matches("<polyline class=\"depth\"").count(), 2);
+    assert!(page.contains("<th>Priority 9</th><th>Priority 5</th><th>Total</th>"));
+    assert!(
+        page.contains("<td>3</td><td>12</td><td>15</td><td>1h</td>"),
+        "{page}"
+    );
+    assert!(!page.contains("Priority 1<"), "outside the window");
+    assert!(!page.contains("<script>"), "no script draws it");
+}
+
+#[tokio::test]
 async fn bad_filters_are_named_and_unknown_pages_are_html_404s() {
     let f = fixture().await;
     let cookie = f.sign_in(VIEWER).await;
