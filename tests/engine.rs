@@ -69,7 +69,9 @@ async fn weekly_vacuum_removes_old_completed_and_dlq_rows_and_reports_counts() {
             json!({ "op": "purge_completed", "rows": 3 }),
             json!({ "op": "dlq_cleanup", "rows": 1 }),
             // Retention (tests/retention.rs): nothing old enough in a fresh store; one record per
-            // table (runs, ticks, playbook versions, notifications, alerts, alert run keys).
+            // table (runs, ticks, playbook versions, notifications, alerts, alert run keys,
+            // queue samples).
+            json!({ "op": "prune_records", "rows": 0 }),
             json!({ "op": "prune_records", "rows": 0 }),
             json!({ "op": "prune_records", "rows": 0 }),
             json!({ "op": "prune_records", "rows": 0 }),
