@@ -37,7 +37,11 @@ impl Engine {
         let Ok((pb, _)) = self.resolve(&req).await else {
             return json!([]);
         };
-        let Some(at) = pb.steps.iter().position(|s| s.id == after) else {
+        // The approve step is in the steps, or in `on_failure`.
+        let Some((list, at)) = [&pb.steps, &pb.on_failure]
+            .into_iter()
+            .find_map(|list| Some((list, list.iter().position(|s| s.id == after)?)))
+        else {
             return json!([]);
         };
         let runtime = ctx
@@ -46,7 +50,7 @@ impl Engine {
             .map(|v| to_json(&v))
             .unwrap_or(Json::Null);
         let mut out = Vec::new();
-        for step in pb.steps[at + 1..]
+        for step in list[at + 1..]
             .iter()
             .take_while(|s| !matches!(s.kind, StepKind::Approve(_)))
         {

@@ -30,11 +30,24 @@ steps:
       WHERE status = 'dlq' AND entity = {{ params.entity }}
   - id: scale
     runtime: { op: scale_workers, concurrency: "{{ params.workers }}" }
+  - id: tell
+    continue_on_error: true
+    timeout: 2s
+    http:
+      method: POST
+      url: "http://127.0.0.1:9/hook"
+      headers: { X-Note: "{{ env.APPROVAL_TEST_SECRET }}" }
 "#;
 
+/// A secret a following step reads: masked on every page that shows the change.
+const SECRET: &str = "approval-test-secret-value-0042";
+
 async fn approval_shows_the_change(url: &str) {
-    let w = Workdir::new();
-    w.config(&config());
+    let w = Workdir::new().env("APPROVAL_TEST_SECRET", SECRET);
+    w.config(&format!(
+        "{}env: [{{ name: APPROVAL_TEST_SECRET, secret: true }}]\n",
+        config()
+    ));
     w.playbook("requeue", REQUEUE);
     let server = w.serve(&["--store", url]);
     let base = server.base.clone();
@@ -88,6 +101,8 @@ async fn approval_shows_the_change(url: &str) {
             html.contains("would scale workerConcurrency from 3 to 5"),
             "{html}"
         );
+        assert!(html.contains("id=\"change-tell\""), "{html}");
+        assert!(!html.contains(SECRET), "the secret is shown: {html}");
     }
 
     let shown = w.run(&["--store", url, "runs", "show", &id.to_string()]);
@@ -109,6 +124,14 @@ async fn approval_shows_the_change(url: &str) {
         "{}",
         shown.stdout
     );
+    assert!(
+        shown
+            .stdout
+            .contains("tell: would send POST http://127.0.0.1:9/hook"),
+        "{}",
+        shown.stdout
+    );
+    assert!(!shown.stdout.contains(SECRET), "{}", shown.stdout);
 
     // Approved from the card, the change happens as shown.
     let answered = ops
