@@ -266,3 +266,84 @@ pub(super) enum Items {
     /// In a plan, the list needs what a change would produce (these values).
     Unknown(Vec<String>),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(n: i64) -> StepResult {
+        StepResult {
+            status: StepStatus::Succeeded,
+            rows: vec![json!({ "n": n })],
+            output: json!(n),
+            error: None,
+            duration_ms: 1,
+            unknown: false,
+        }
+    }
+
+    fn eval(value: &Value, expr: &str) -> String {
+        let env = minijinja::Environment::new();
+        env.compile_expression(expr)
+            .and_then(|e| e.eval(value))
+            .map(|v| v.to_string())
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    fn state() -> RunState {
+        let ctx = json!({
+            "params": { "limit": 3 },
+            "steps": { "resumed": { "status": "succeeded", "rows": [], "output": 7 } },
+            "env": { "REGION": "eu" },
+        });
+        let secrets = BTreeMap::from([("TOKEN".to_owned(), "s3cret".to_owned())]);
+        RunState::new(ctx.as_object().unwrap().clone(), secrets)
+    }
+
+    #[test]
+    fn templates_read_every_step_result_params_and_env() {
+        let mut state = state();
+        state.set_step("a", &result(1));
+        state.set_step("b", &result(2));
+        let (value, _) = state.traced();
+        assert_eq!(eval(&value, "steps.resumed.output"), "7");
+        assert_eq!(eval(&value, "steps.a.rows[0].n + steps.b.output"), "3");
+        assert_eq!(eval(&value, "steps | length"), "3");
+        assert_eq!(eval(&value, "params.limit"), "3");
+        assert_eq!(eval(&value, "env.REGION"), "eu");
+        // A secret is in the context as an opaque value, not as its text.
+        assert!(!eval(&value, "env.TOKEN").contains("s3cret"));
+        assert_eq!(state.ctx["steps"]["b"]["output"], json!(2));
+    }
+
+    #[test]
+    fn a_context_taken_before_a_result_is_set_keeps_what_it_saw() {
+        let mut state = state();
+        state.set_step("a", &result(1));
+        let (before, _) = state.traced();
+        state.set_step("a", &result(5));
+        state.set_step("b", &result(2));
+        let (after, _) = state.traced();
+        assert_eq!(eval(&before, "steps.a.output"), "1");
+        assert_eq!(eval(&before, "steps.b is defined"), "False");
+        assert_eq!(eval(&after, "steps.a.output"), "5");
+        assert_eq!(eval(&after, "steps.b.output"), "2");
+    }
+
+    #[test]
+    fn a_poll_is_read_as_its_steps_result_without_changing_the_run() {
+        let mut state = state();
+        state.set_step("a", &result(1));
+        let (polled, _) = state.traced_with("check", &result(9));
+        assert_eq!(eval(&polled, "steps.check.output"), "9");
+        assert_eq!(eval(&polled, "steps.a.output"), "1");
+        assert_eq!(eval(&polled, "steps | length"), "3");
+        // Read in place of an earlier result, it hides that one.
+        let (again, _) = state.traced_with("a", &result(4));
+        assert_eq!(eval(&again, "steps.a.output"), "4");
+        assert_eq!(eval(&again, "steps | length"), "2");
+        let (value, _) = state.traced();
+        assert_eq!(eval(&value, "steps.check is defined"), "False");
+        assert_eq!(eval(&value, "steps.a.output"), "1");
+    }
+}
