@@ -144,7 +144,9 @@ fn picked_batch(picked: &str) -> Result<Vec<Claimed>, DbError> {
 /// Which candidates took their lock is read back in one row: the `updating` locks whose
 /// `command_id` is a candidate's. A command holds its lock only while it is `processing` (its
 /// acknowledgement, or the rescue of its lease, releases it in the transaction that ends that),
-/// so a candidate, pending until this claim, holds one only if this statement gave it.
+/// so a candidate, pending until this claim, holds one only if this statement gave it. (Were a
+/// pending command ever to keep its lock, it would be read as holding it, which it does: the
+/// lock names it.)
 async fn lock(
     tx: &mut SqliteConnection,
     candidates: &[&Claimed],
