@@ -16,35 +16,22 @@ use super::{
 use crate::status::RunStatus;
 
 /// A transaction in which the guards of `playbooks` are decided: nobody else decides for them
-/// until it ends. Locks are taken in key order, so two deciders never wait on each other; all of
-/// them in one statement (one round trip however many playbooks a batch touches): the function
-/// scan of `unnest` takes them in the array's order.
+/// until it ends. Locks are taken in key order, so two deciders never wait on each other. On
+/// PostgreSQL the locks go in the `BEGIN` itself (one simple query, one round trip however many
+/// playbooks a batch touches); the keys spliced there are numbers this process computed from
+/// the names, never text.
 pub async fn begin(db: &Db, playbooks: &[&str]) -> Result<Tx, DbError> {
     match db {
         Db::Sqlite(pool) => Ok(Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)),
         Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
             let mut keys: Vec<i64> = playbooks.iter().map(|p| lock_key(p)).collect();
             keys.sort_unstable();
             keys.dedup();
-            match keys[..] {
-                [] => {}
-                [key] => {
-                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                _ => {
-                    sqlx::query(
-                        "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST($1 AS INT8[])) AS k",
-                    )
-                    .bind(keys)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+            let mut begin = String::from("BEGIN");
+            for key in keys {
+                begin.push_str(&format!("; SELECT pg_advisory_xact_lock({key})"));
             }
-            Ok(Tx::Postgres(tx))
+            Ok(Tx::Postgres(pool.begin_with(begin).await?))
         }
     }
 }

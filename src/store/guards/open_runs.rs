@@ -198,9 +198,10 @@ async fn walk(db: &Db) {
 
     // Interrupted: a running run whose lease ran out, ended by the reaper's store call.
     let d = create(db, "beta", RunStatus::Running, false).await;
+    let long_ago = db.dialect().ago("2d".parse::<Dur>().unwrap());
     db.sql(
-        "UPDATE runbook_runs SET lease_until = $2 WHERE id = $1",
-        vec![json!(d), json!("2000-01-01T00:00:00.000Z")],
+        &format!("UPDATE runbook_runs SET lease_until = {long_ago} WHERE id = $1"),
+        vec![json!(d)],
     )
     .await
     .unwrap();
@@ -244,12 +245,8 @@ async fn walk(db: &Db) {
     assert_eq!(open_counter(db, "alpha").await, 2);
     assert_eq!(open_counter(db, "gamma").await, 0);
     db.sql(
-        "UPDATE runbook_runs SET status = $1, finished_at = $2 WHERE status = $3",
-        vec![
-            json!(RunStatus::Failed),
-            json!("2000-01-01T00:00:00.000Z"),
-            json!(RunStatus::Queued),
-        ],
+        &format!("UPDATE runbook_runs SET status = $1, finished_at = {long_ago} WHERE status = $2"),
+        vec![json!(RunStatus::Failed), json!(RunStatus::Queued)],
     )
     .await
     .unwrap();
