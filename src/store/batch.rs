@@ -101,7 +101,7 @@ fn unnest_sql(
     columns: &Columns,
     tail: &str,
 ) -> Option<String> {
-    let head = head.trim_end().strip_suffix("VALUES")?;
+    let head = head.trim_end().strip_suffix("VALUES")?.trim_end();
     let mut select = Vec::with_capacity(cols.len());
     let mut arrays = Vec::with_capacity(cols.len());
     let mut names = Vec::with_capacity(cols.len());
@@ -226,5 +226,54 @@ pub fn ids(rows: &[Json], expected: usize) -> Result<Vec<i64>, DbError> {
             "a multi-row insert returned {} ids for {expected} rows",
             ids.len()
         ))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn text(cols: &[Col], rows: &[Vec<Json>]) -> Option<String> {
+        let columns = Columns::of(cols, rows)?;
+        unnest_sql("INSERT INTO t (a, b, c) VALUES", 1, cols, &columns, "RETURNING id")
+    }
+
+    #[test]
+    fn a_batch_goes_as_one_typed_array_per_column_whatever_its_length() {
+        use Col::{Json as J, Plain as P, Timestamp as T};
+        let cols = [P, J, T];
+        let row = |i: i64| vec![json!(i), json!("{}"), json!("2026-11-29T03:00:00Z")];
+        let one = text(&cols, &[row(1)]).unwrap();
+        assert_eq!(
+            one,
+            "INSERT INTO t (a, b, c) SELECT u.c1 AS column1, CAST(u.c2 AS JSONB) AS column2, \
+             CAST(u.c3 AS TIMESTAMPTZ) AS column3 FROM UNNEST(CAST($2 AS INT8[]), \
+             CAST($3 AS TEXT[]), CAST($4 AS TEXT[])) AS u(c1, c2, c3) RETURNING id"
+        );
+        // The same text for 64 rows: prepared once, not once per length.
+        let many: Vec<_> = (0..64).map(row).collect();
+        assert_eq!(text(&cols, &many).unwrap(), one);
+    }
+
+    #[test]
+    fn columns_are_typed_by_their_values_and_nulls_fit_any_type() {
+        let rows = vec![
+            vec![json!("a"), Json::Null, json!(true), json!(1), Json::Null],
+            vec![Json::Null, Json::Null, json!(false), json!(2.5), json!(7)],
+        ];
+        let columns = Columns::of(&[Col::Plain; 5], &rows).unwrap();
+        let types: Vec<_> = columns.0.iter().map(Array::sql_type).collect();
+        assert_eq!(types, ["TEXT", "TEXT", "BOOL", "FLOAT8", "INT8"]);
+        // A column of NULLs only is selected as a bare NULL, typed by its target column.
+        let sql = unnest_sql("INSERT INTO t VALUES", 0, &[Col::Plain; 5], &columns, "").unwrap();
+        assert!(sql.contains("NULL AS column2"), "{sql}");
+        // Mixed kinds, or objects, keep the `VALUES` form.
+        assert!(Columns::of(&[Col::Plain], &[vec![json!("a")], vec![json!(1)]]).is_none());
+        assert!(Columns::of(&[Col::Plain], &[vec![json!({ "a": 1 })]]).is_none());
+        assert!(Columns::of(&[Col::Json], &[vec![json!(1)]]).is_none());
+        // A head that does not end with VALUES is not rewritten.
+        assert!(unnest_sql("SELECT 1", 0, &[Col::Plain; 5], &columns, "").is_none());
     }
 }
