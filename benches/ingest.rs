@@ -371,7 +371,11 @@ async fn count(url: &str, sql: &str) -> i64 {
 }
 
 /// One transaction per notification writing what the receiver writes for it: the notification,
-/// the alert, its run key, the run record and the run's queue command.
+/// the alert, its run key, the run record and the run's queue command. Each client records its
+/// runs under a playbook of its own: a run counts in its playbook's open-run counter
+/// (`runbook_open_runs`), whose row a transaction holds until it commits, and raw inserts take no
+/// guard lock, so clients sharing one playbook would wait on each other's commits there. The
+/// receiver decides a playbook's runs one batch at a time under its guard lock anyway.
 async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
     let db = Db::connect(url, false, 2).await.unwrap();
     db.migrate().await.unwrap();
@@ -390,7 +394,7 @@ async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
             .connect_with(opts)
             .await
             .unwrap();
-        for _ in 0..clients {
+        for client in 0..clients {
             let (pool, next) = (pool.clone(), next.clone());
             tasks.spawn(async move {
                 loop {
@@ -398,7 +402,7 @@ async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
                     if i >= N {
                         break;
                     }
-                    raw_sqlite(&pool, i).await;
+                    raw_sqlite(&pool, i, client).await;
                 }
             });
         }
@@ -408,7 +412,7 @@ async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
             .connect(url)
             .await
             .unwrap();
-        for _ in 0..clients {
+        for client in 0..clients {
             let (pool, next) = (pool.clone(), next.clone());
             tasks.spawn(async move {
                 loop {
@@ -416,7 +420,7 @@ async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
                     if i >= N {
                         break;
                     }
-                    raw_pg(&pool, i).await;
+                    raw_pg(&pool, i, client).await;
                 }
             });
         }
@@ -436,7 +440,7 @@ fn raw_rows(i: usize) -> (String, Json, Json, Json) {
     (fingerprint, alert, outcomes, payload)
 }
 
-async fn raw_sqlite(pool: &sqlx::SqlitePool, i: usize) {
+async fn raw_sqlite(pool: &sqlx::SqlitePool, i: usize, client: usize) {
     const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
     let (fp, alert, outcomes, payload) = raw_rows(i);
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
@@ -446,14 +450,14 @@ async fn raw_sqlite(pool: &sqlx::SqlitePool, i: usize) {
         .bind(&fp).bind(alert["labels"].to_string()).bind(alert["annotations"].to_string()).execute(&mut *tx).await.unwrap();
     let command: i64 = sqlx::query_scalar("INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) VALUES ('runbook', 'ingest', 'runbook.run', 5, ?1) RETURNING id")
         .bind(payload.to_string()).fetch_one(&mut *tx).await.unwrap();
-    let run: i64 = sqlx::query_scalar("INSERT INTO runbook_runs (playbook, trigger, params, status, command_id) VALUES ('ingest', ?1, '{}', 'queued', ?2) RETURNING id")
-        .bind(payload["trigger"].to_string()).bind(command).fetch_one(&mut *tx).await.unwrap();
+    let run: i64 = sqlx::query_scalar("INSERT INTO runbook_runs (playbook, trigger, params, status, command_id) VALUES (?3, ?1, '{}', 'queued', ?2) RETURNING id")
+        .bind(payload["trigger"].to_string()).bind(command).bind(format!("ingest-{client}")).fetch_one(&mut *tx).await.unwrap();
     sqlx::query(&format!("INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) VALUES ('ingest', ?1, '2026-11-29T03:00:00Z', 'firing', ?2, {NOW})"))
         .bind(&fp).bind(run).execute(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
 }
 
-async fn raw_pg(pool: &sqlx::PgPool, i: usize) {
+async fn raw_pg(pool: &sqlx::PgPool, i: usize, client: usize) {
     let (fp, alert, outcomes, payload) = raw_rows(i);
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("INSERT INTO runbook_alert_notifications (received_at, receiver, status, group_key, external_url, alerts, outcomes) VALUES (NOW(), 'runbook', 'firing', $1, 'http://alertmanager:9093', 1, $2::jsonb)")
@@ -462,8 +466,8 @@ async fn raw_pg(pool: &sqlx::PgPool, i: usize) {
         .bind(&fp).bind(alert["labels"].to_string()).bind(alert["annotations"].to_string()).execute(&mut *tx).await.unwrap();
     let command: i64 = sqlx::query_scalar("INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) VALUES ('runbook', 'ingest', 'runbook.run', 5, $1::jsonb) RETURNING id")
         .bind(payload.to_string()).fetch_one(&mut *tx).await.unwrap();
-    let run: i64 = sqlx::query_scalar("INSERT INTO runbook_runs (playbook, trigger, params, status, command_id) VALUES ('ingest', $1::jsonb, '{}'::jsonb, 'queued', $2) RETURNING id")
-        .bind(payload["trigger"].to_string()).bind(command).fetch_one(&mut *tx).await.unwrap();
+    let run: i64 = sqlx::query_scalar("INSERT INTO runbook_runs (playbook, trigger, params, status, command_id) VALUES ($3, $1::jsonb, '{}'::jsonb, 'queued', $2) RETURNING id")
+        .bind(payload["trigger"].to_string()).bind(command).bind(format!("ingest-{client}")).fetch_one(&mut *tx).await.unwrap();
     sqlx::query("INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) VALUES ('ingest', $1, '2026-11-29T03:00:00Z', 'firing', $2, NOW())")
         .bind(&fp).bind(run).execute(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
