@@ -219,7 +219,8 @@ impl Conn {
                     .lines()
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
                     })
                     .expect("the server answers with a Content-Length");
                 while self.buf.len() < end + 4 + length {
@@ -285,7 +286,10 @@ async fn flood(
                     break;
                 };
                 let t = Instant::now();
-                let ok = conn.post(request).await.is_some_and(|s| (200..300).contains(&s));
+                let ok = conn
+                    .post(request)
+                    .await
+                    .is_some_and(|s| (200..300).contains(&s));
                 lat.push(t.elapsed());
                 failed += usize::from(!ok);
             }
@@ -334,7 +338,10 @@ async fn steady(base: &str, first: usize, starts_at: &str, playbooks: usize) -> 
             loop {
                 let next = due_rx.lock().await.recv().await;
                 let Some((k, due)) = next else { break };
-                let ok = conn.post(&requests[k]).await.is_some_and(|s| (200..300).contains(&s));
+                let ok = conn
+                    .post(&requests[k])
+                    .await
+                    .is_some_and(|s| (200..300).contains(&s));
                 out.push((due.elapsed(), ok));
             }
             out

@@ -572,7 +572,8 @@ impl GuardState {
         let mut wanted = Vec::with_capacity(names.len());
         let mut cooling = Vec::new();
         for (pb, limits) in names.iter().zip(&all_limits) {
-            let mine = || (0..triggers.len()).filter(|&j| deciding(j) && triggers[j].0.name == pb.name);
+            let mine =
+                || (0..triggers.len()).filter(|&j| deciding(j) && triggers[j].0.name == pb.name);
             let by_playbook = mine().any(|i| triggers[i].1.alert.is_none());
             wanted.push(guards::Wanted {
                 playbook: &pb.name,
@@ -580,7 +581,8 @@ impl GuardState {
                 window: if by_playbook { limits.cooldown } else { None },
             });
             if let Some(w) = guards::window(limits, scope) {
-                let since = runs::timestamp(now - chrono::Duration::from_std(w).unwrap_or_default());
+                let since =
+                    runs::timestamp(now - chrono::Duration::from_std(w).unwrap_or_default());
                 for k in mine().filter_map(|i| triggers[i].1.alert) {
                     let key = CoolKey {
                         playbook: pb.name.clone(),

@@ -237,7 +237,13 @@ mod tests {
 
     fn text(cols: &[Col], rows: &[Vec<Json>]) -> Option<String> {
         let columns = Columns::of(cols, rows)?;
-        unnest_sql("INSERT INTO t (a, b, c) VALUES", 1, cols, &columns, "RETURNING id")
+        unnest_sql(
+            "INSERT INTO t (a, b, c) VALUES",
+            1,
+            cols,
+            &columns,
+            "RETURNING id",
+        )
     }
 
     #[test]

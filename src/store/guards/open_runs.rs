@@ -42,7 +42,9 @@ impl PgDb {
             .await
             .unwrap();
         admin.close().await;
-        let base = server.rsplit_once('/').map_or(server.clone(), |(b, _)| b.to_owned());
+        let base = server
+            .rsplit_once('/')
+            .map_or(server.clone(), |(b, _)| b.to_owned());
         PgDb {
             url: format!("{base}/{name}"),
             server,
@@ -53,10 +55,13 @@ impl PgDb {
     async fn drop_db(self, db: Db) {
         db.close().await;
         let admin = sqlx::PgPool::connect(&self.server).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&admin)
-            .await
-            .unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&admin)
+        .await
+        .unwrap();
     }
 }
 
@@ -180,15 +185,29 @@ async fn walk(db: &Db) {
     runs::resume_waiting(db, a).await.unwrap();
     runs::cancel(db, a, "cli:test").await.unwrap();
     assert_counted(db, "asking to cancel").await;
-    assert_eq!(open_counter(db, "alpha").await, 2, "cancel_requested is still open");
-    runs::finish_run(db, a, RunStatus::Cancelled, None, Some("cancelled by cli:test"))
-        .await
-        .unwrap();
+    assert_eq!(
+        open_counter(db, "alpha").await,
+        2,
+        "cancel_requested is still open"
+    );
+    runs::finish_run(
+        db,
+        a,
+        RunStatus::Cancelled,
+        None,
+        Some("cancelled by cli:test"),
+    )
+    .await
+    .unwrap();
     assert_counted(db, "cancelling").await;
     assert_eq!(open_counter(db, "alpha").await, 1);
     runs::cancel(db, b, "cli:test").await.unwrap();
-    runs::finish_run(db, b, RunStatus::Cancelled, None, None).await.unwrap();
-    runs::finish_run(db, c, RunStatus::Succeeded, None, None).await.unwrap();
+    runs::finish_run(db, b, RunStatus::Cancelled, None, None)
+        .await
+        .unwrap();
+    runs::finish_run(db, c, RunStatus::Succeeded, None, None)
+        .await
+        .unwrap();
     assert_counted(db, "finishing").await;
     assert_eq!(open_counter(db, "alpha").await, 0);
     assert_eq!(open_counter(db, "beta").await, 0);
@@ -238,7 +257,9 @@ async fn walk(db: &Db) {
             (run, None)
         })
         .collect();
-    let mut tx = guards::begin(db, &["alpha", "beta", "gamma"]).await.unwrap();
+    let mut tx = guards::begin(db, &["alpha", "beta", "gamma"])
+        .await
+        .unwrap();
     runs::create_runs_in(&mut tx, &batch, now).await.unwrap();
     tx.commit().await.unwrap();
     assert_counted(db, "a batch").await;
@@ -308,7 +329,11 @@ async fn runs_open_before_the_migration_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("runbook.db").display());
     let db = Db::connect(&url, false, 4).await.unwrap();
-    let before: Vec<_> = MIGRATIONS.iter().copied().filter(|m| m.version < 10).collect();
+    let before: Vec<_> = MIGRATIONS
+        .iter()
+        .copied()
+        .filter(|m| m.version < 10)
+        .collect();
     migrate::run(&db, &before).await.unwrap();
     for status in [RunStatus::Queued, RunStatus::Running, RunStatus::Succeeded] {
         create(&db, "old", status, false).await;
