@@ -3,7 +3,9 @@
 //! that records the run, after [`begin`] has serialised every decider of the playbook:
 //! PostgreSQL takes a transaction-scoped advisory lock per playbook name (so replicas sharing the
 //! database decide one at a time), SQLite starts the transaction with `BEGIN IMMEDIATE` (the
-//! file's write lock, so processes sharing the file decide one at a time).
+//! file's write lock, so processes sharing the file decide one at a time). A playbook's open runs
+//! are its row of `runbook_open_runs`, which triggers on `runbook_runs` keep (migration 0010) and
+//! which only this module reads.
 
 use std::{collections::HashSet, time::Duration};
 
