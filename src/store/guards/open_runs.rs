@@ -54,14 +54,27 @@ impl PgDb {
 
     async fn drop_db(self, db: Db) {
         db.close().await;
-        let admin = sqlx::PgPool::connect(&self.server).await.unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&admin)
-        .await
-        .unwrap();
+    }
+}
+
+impl Drop for PgDb {
+    /// Drops the database however the test ended (a failed assertion too), on a thread of its own
+    /// because `Drop` cannot await.
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(admin) = sqlx::PgPool::connect(&server).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(&drop).execute(&admin).await;
+                }
+            })
+        })
+        .join();
     }
 }
 
