@@ -61,6 +61,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007_heartbeat"),
     migration!(8, "0008_run_report"),
     migration!(9, "0009_console_sessions"),
+    migration!(10, "0010_open_runs"),
 ];
 
 /// The advisory lock that serialises PostgreSQL replicas migrating at once (the key the
