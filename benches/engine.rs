@@ -7,7 +7,9 @@
 //! printed beside it.
 //!
 //! Run it with `cargo bench --bench engine` (or `scripts/bench engine`); sizes can be narrowed with
-//! `RUNBOOK_ENGINE_SIZES=10,100`.
+//! `RUNBOOK_ENGINE_SIZES=10,100`. `RUNBOOK_BENCH_BASE=PATH` also runs another build of runbook
+//! (the one to compare with) in the same rounds, each of its runs next to this build's, and
+//! prints its table too.
 
 #[allow(dead_code)] // the store helpers this benchmark does not need
 mod common;
@@ -28,10 +30,10 @@ fn playbook(dir: &Path, steps: usize) -> String {
 
 /// The run's own milliseconds and the whole command's seconds, for one `runbook run NAME` on a
 /// fresh SQLite store.
-async fn once(dir: &Path, name: &str) -> (f64, f64) {
+async fn once(bin: &str, dir: &Path, name: &str) -> (f64, f64) {
     let store = fresh("sqlite").await;
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_runbook"))
+    let out = Command::new(bin)
         .args(["--store", &store.url, "run", name, "-o", "json"])
         .current_dir(dir)
         .env("RUNBOOK_LOG", "error")
@@ -73,31 +75,46 @@ async fn main() {
     std::fs::write(dir.path().join("runbook.yaml"), "{}\n").unwrap();
     let names: Vec<String> = sizes.iter().map(|&n| playbook(dir.path(), n)).collect();
 
-    // Three rounds, each running every size once, so a slow moment hits all sizes alike.
-    let mut per_step: Vec<Vec<f64>> = vec![Vec::new(); sizes.len()];
-    let mut wall: Vec<Vec<f64>> = vec![Vec::new(); sizes.len()];
+    let mut builds = vec![("this build", env!("CARGO_BIN_EXE_runbook").to_owned())];
+    if let Ok(base) = std::env::var("RUNBOOK_BENCH_BASE") {
+        builds.push(("RUNBOOK_BENCH_BASE", base));
+    }
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at the start: {}", load().trim());
+
+    // Three rounds, each running every size once (with every build), so a slow moment hits all
+    // sizes alike.
+    let mut per_step: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); sizes.len()]; builds.len()];
+    let mut wall: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); sizes.len()]; builds.len()];
     for _ in 0..3 {
         for (i, name) in names.iter().enumerate() {
-            let (run_ms, secs) = once(dir.path(), name).await;
-            per_step[i].push(run_ms / sizes[i] as f64);
-            wall[i].push(secs);
+            for (b, (_, bin)) in builds.iter().enumerate() {
+                let (run_ms, secs) = once(bin, dir.path(), name).await;
+                per_step[b][i].push(run_ms / sizes[i] as f64);
+                wall[b][i].push(secs);
+            }
         }
     }
-    println!("engine: `runbook run` of N trivial assert steps on SQLite, 3 runs each, interleaved");
-    println!();
-    println!("| steps | ms per step (median) | min–max | vs the first size | command wall time (median) |");
-    println!("|---:|---:|---:|---:|---:|");
-    let mut reference = None;
-    for (i, &n) in sizes.iter().enumerate() {
-        let med = median(per_step[i].clone());
-        let (lo, hi) = per_step[i]
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), &p| (lo.min(p), hi.max(p)));
-        let r = *reference.get_or_insert(med);
-        println!(
-            "| {n} | {med:.3} | {lo:.3}–{hi:.3} | {:.2}× | {:.2} s |",
-            med / r,
-            median(wall[i].clone())
-        );
+    for (b, (build, bin)) in builds.iter().enumerate() {
+        println!();
+        println!("engine ({build}: {bin}): `runbook run` of N trivial assert steps on SQLite, 3 runs each, interleaved");
+        println!();
+        println!("| steps | ms per step (median) | min–max | vs the first size | command wall time (median) |");
+        println!("|---:|---:|---:|---:|---:|");
+        let mut reference = None;
+        for (i, &n) in sizes.iter().enumerate() {
+            let med = median(per_step[b][i].clone());
+            let (lo, hi) = per_step[b][i]
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+            let r = *reference.get_or_insert(med);
+            println!(
+                "| {n} | {med:.3} | {lo:.3}–{hi:.3} | {:.2}× | {:.2} s |",
+                med / r,
+                median(wall[b][i].clone())
+            );
+        }
     }
+    println!();
+    println!("load average at the end: {}", load().trim());
 }

@@ -185,7 +185,77 @@ impl Load {
     }
 }
 
-/// Posts `n` notifications, numbered from `first`, from `CLIENTS` clients as fast as answers come.
+/// One keep-alive HTTP/1.1 connection that posts prebuilt requests and reads the status of each
+/// answer: the load generator shares the two cores with the server and the database, so it does
+/// no more per request than write the bytes and read the answer (no client library, no JSON
+/// built or encoded while the clock runs).
+struct Conn {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(base: &str) -> Conn {
+        let addr = base.trim_start_matches("http://");
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            stream,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Sends one request and reads its answer; the status, or `None` when the connection failed.
+    async fn post(&mut self, request: &[u8]) -> Option<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream.write_all(request).await.ok()?;
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).ok()?;
+                let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .expect("the server answers with a Content-Length");
+                while self.buf.len() < end + 4 + length {
+                    let n = self.stream.read(&mut chunk).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                return Some(status);
+            }
+            let n = self.stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// The bytes of the HTTP request posting notification `i`, built before the clock starts.
+fn request(i: usize, starts_at: &str, playbooks: usize) -> Vec<u8> {
+    let body = notification(i, starts_at, playbooks).to_string();
+    let mut r = format!(
+        "POST /api/webhooks/alertmanager HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body.as_bytes());
+    r
+}
+
+/// Posts `n` notifications, numbered from `first`, from `clients` connections as fast as answers
+/// come.
 async fn flood(
     base: &str,
     clients: usize,
@@ -194,32 +264,32 @@ async fn flood(
     starts_at: &str,
     playbooks: usize,
 ) -> Load {
-    let client = reqwest::Client::new();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(first));
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        (first..first + n)
+            .map(|i| request(i, starts_at, playbooks))
+            .collect(),
+    );
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(Conn::open(base).await);
+    }
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..clients {
-        let (client, next, url, starts_at) = (
-            client.clone(),
-            next.clone(),
-            format!("{base}/api/webhooks/alertmanager"),
-            starts_at.to_owned(),
-        );
+    for mut conn in conns {
+        let (next, requests) = (next.clone(), requests.clone());
         tasks.spawn(async move {
             let (mut lat, mut failed) = (Vec::new(), 0);
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= first + n {
+                let Some(request) = requests.get(i) else {
                     break;
-                }
+                };
                 let t = Instant::now();
-                let ok = client
-                    .post(&url)
-                    .bearer_auth(TOKEN)
-                    .json(&notification(i, &starts_at, playbooks))
-                    .send()
+                let ok = conn
+                    .post(request)
                     .await
-                    .is_ok_and(|r| r.status().is_success());
+                    .is_some_and(|s| (200..300).contains(&s));
                 lat.push(t.elapsed());
                 failed += usize::from(!ok);
             }
@@ -240,43 +310,59 @@ async fn flood(
     load
 }
 
-/// Posts at a fixed rate, each request on its own task (so a slow answer does not delay the next).
+/// Connections the fixed-rate measurement keeps open: more than it ever needs at once.
+const STEADY_CONNS: usize = 64;
+
+/// Posts at a fixed rate: request `k` is handed out `k / RATE` seconds after the start, and its
+/// latency runs from then (so time spent waiting for a free connection counts, and a slow answer
+/// does not hide the requests it delays).
 async fn steady(base: &str, first: usize, starts_at: &str, playbooks: usize) -> Load {
-    let client = reqwest::Client::new();
-    let url = format!("{base}/api/webhooks/alertmanager");
     let total = (RATE * RATE_SECS) as usize;
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = tokio::task::JoinSet::new();
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        (first..first + total)
+            .map(|i| request(i, starts_at, playbooks))
+            .collect(),
+    );
+    let mut conns = Vec::with_capacity(STEADY_CONNS);
+    for _ in 0..STEADY_CONNS {
+        conns.push(Conn::open(base).await);
+    }
+    let (due_tx, due_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let due_rx = Arc::new(tokio::sync::Mutex::new(due_rx));
     let started = Instant::now();
-    for i in first..first + total {
-        tick.tick().await;
-        let (client, url, body) = (
-            client.clone(),
-            url.clone(),
-            notification(i, starts_at, playbooks),
-        );
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut conn in conns {
+        let (due_rx, requests) = (due_rx.clone(), requests.clone());
         tasks.spawn(async move {
-            let t = Instant::now();
-            let ok = client
-                .post(&url)
-                .bearer_auth(TOKEN)
-                .json(&body)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            (t.elapsed(), ok)
+            let mut out = Vec::new();
+            loop {
+                let next = due_rx.lock().await.recv().await;
+                let Some((k, due)) = next else { break };
+                let ok = conn
+                    .post(&requests[k])
+                    .await
+                    .is_some_and(|s| (200..300).contains(&s));
+                out.push((due.elapsed(), ok));
+            }
+            out
         });
     }
+    for k in 0..total {
+        let due = started + Duration::from_micros(k as u64 * 1_000_000 / RATE);
+        tokio::time::sleep_until(due.into()).await;
+        due_tx.send((k, Instant::now())).unwrap();
+    }
+    drop(due_tx);
     let mut load = Load {
         per_sec: 0.0,
         latencies: Vec::new(),
         failed: 0,
     };
     while let Some(r) = tasks.join_next().await {
-        let (lat, ok) = r.unwrap();
-        load.latencies.push(lat);
-        load.failed += usize::from(!ok);
+        for (lat, ok) in r.unwrap() {
+            load.latencies.push(lat);
+            load.failed += usize::from(!ok);
+        }
     }
     load.per_sec = total as f64 / started.elapsed().as_secs_f64();
     load
@@ -292,7 +378,11 @@ async fn count(url: &str, sql: &str) -> i64 {
 }
 
 /// One transaction per notification writing what the receiver writes for it: the notification,
-/// the alert, its run key, the run record and the run's queue command.
+/// the alert, its run key, the run record and the run's queue command. Each client records its
+/// runs under a playbook of its own: a run counts in its playbook's open-run counter
+/// (`runbook_open_runs`), whose row a transaction holds until it commits, and raw inserts take no
+/// guard lock, so clients sharing one playbook would wait on each other's commits there. The
+/// receiver decides a playbook's runs one batch at a time under its guard lock anyway.
 async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
     let db = Db::connect(url, false, 2).await.unwrap();
     db.migrate().await.unwrap();
@@ -311,7 +401,7 @@ async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
             .connect_with(opts)
             .await
             .unwrap();
-        for _ in 0..clients {
+        for client in 0..clients {
             let (pool, next) = (pool.clone(), next.clone());
             tasks.spawn(async move {
                 loop {
@@ -319,7 +409,7 @@ async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
                     if i >= N {
                         break;
                     }
-                    raw_sqlite(&pool, i).await;
+                    raw_sqlite(&pool, i, client).await;
                 }
             });
         }
@@ -329,7 +419,7 @@ async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
             .connect(url)
             .await
             .unwrap();
-        for _ in 0..clients {
+        for client in 0..clients {
             let (pool, next) = (pool.clone(), next.clone());
             tasks.spawn(async move {
                 loop {
@@ -337,7 +427,7 @@ async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
                     if i >= N {
                         break;
                     }
-                    raw_pg(&pool, i).await;
+                    raw_pg(&pool, i, client).await;
                 }
             });
         }
@@ -357,7 +447,7 @@ fn raw_rows(i: usize) -> (String, Json, Json, Json) {
     (fingerprint, alert, outcomes, payload)
 }
 
-async fn raw_sqlite(pool: &sqlx::SqlitePool, i: usize) {
+async fn raw_sqlite(pool: &sqlx::SqlitePool, i: usize, client: usize) {
     const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
     let (fp, alert, outcomes, payload) = raw_rows(i);
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
@@ -367,14 +457,14 @@ async fn raw_sqlite(pool: &sqlx::SqlitePool, i: usize) {
         .bind(&fp).bind(alert["labels"].to_string()).bind(alert["annotations"].to_string()).execute(&mut *tx).await.unwrap();
     let command: i64 = sqlx::query_scalar("INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) VALUES ('runbook', 'ingest', 'runbook.run', 5, ?1) RETURNING id")
         .bind(payload.to_string()).fetch_one(&mut *tx).await.unwrap();
-    let run: i64 = sqlx::query_scalar("INSERT INTO runbook_runs (playbook, trigger, params, status, command_id) VALUES ('ingest', ?1, '{}', 'queued', ?2) RETURNING id")
-        .bind(payload["trigger"].to_string()).bind(command).fetch_one(&mut *tx).await.unwrap();
+    let run: i64 = sqlx::query_scalar("INSERT INTO runbook_runs (playbook, trigger, params, status, command_id) VALUES (?3, ?1, '{}', 'queued', ?2) RETURNING id")
+        .bind(payload["trigger"].to_string()).bind(command).bind(format!("ingest-{client}")).fetch_one(&mut *tx).await.unwrap();
     sqlx::query(&format!("INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) VALUES ('ingest', ?1, '2026-11-29T03:00:00Z', 'firing', ?2, {NOW})"))
         .bind(&fp).bind(run).execute(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
 }
 
-async fn raw_pg(pool: &sqlx::PgPool, i: usize) {
+async fn raw_pg(pool: &sqlx::PgPool, i: usize, client: usize) {
     let (fp, alert, outcomes, payload) = raw_rows(i);
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("INSERT INTO runbook_alert_notifications (received_at, receiver, status, group_key, external_url, alerts, outcomes) VALUES (NOW(), 'runbook', 'firing', $1, 'http://alertmanager:9093', 1, $2::jsonb)")
@@ -383,14 +473,16 @@ async fn raw_pg(pool: &sqlx::PgPool, i: usize) {
         .bind(&fp).bind(alert["labels"].to_string()).bind(alert["annotations"].to_string()).execute(&mut *tx).await.unwrap();
     let command: i64 = sqlx::query_scalar("INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) VALUES ('runbook', 'ingest', 'runbook.run', 5, $1::jsonb) RETURNING id")
         .bind(payload.to_string()).fetch_one(&mut *tx).await.unwrap();
-    let run: i64 = sqlx::query_scalar("INSERT INTO runbook_runs (playbook, trigger, params, status, command_id) VALUES ('ingest', $1::jsonb, '{}'::jsonb, 'queued', $2) RETURNING id")
-        .bind(payload["trigger"].to_string()).bind(command).fetch_one(&mut *tx).await.unwrap();
+    let run: i64 = sqlx::query_scalar("INSERT INTO runbook_runs (playbook, trigger, params, status, command_id) VALUES ($3, $1::jsonb, '{}'::jsonb, 'queued', $2) RETURNING id")
+        .bind(payload["trigger"].to_string()).bind(command).bind(format!("ingest-{client}")).fetch_one(&mut *tx).await.unwrap();
     sqlx::query("INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) VALUES ('ingest', $1, '2026-11-29T03:00:00Z', 'firing', $2, NOW())")
         .bind(&fp).bind(run).execute(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
 }
 
-#[tokio::main]
+// One thread for the load generator (and the raw inserts, which it drives the same way): on two
+// cores it should not take more than one from the server and the database.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     println!("webhook ingest: {N} notifications from {CLIENTS:?} clients, one alert each, each alert recording its run (workers off)");
     println!("raw: the same rows (a queued run and its command), one transaction per notification, same clients (SQLite: synchronous=FULL)\n");

@@ -2,13 +2,25 @@
 //!
 //! For each backend (SQLite file, PostgreSQL): 20,000 commands with a no-op handler, claimed and
 //! completed by `runbook serve` (the real binary, in its own process, so its peak RSS is its own)
-//! at batch sizes 1, 20, 100 and 500, next to the equivalent raw SQL (claim a batch with
-//! `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n) RETURNING id`, complete by
-//! id array, two commits a batch) and, on PostgreSQL, graphile-worker 0.17.3 with its batching on.
-//! Then outbox events per second delivered to the broker next to a raw rdkafka producer sending
-//! the same messages. Run it with `scripts/bench` (which starts the services).
+//! at batch sizes 1, 20, 100 and 500, with entity locks (the default) and without
+//! (`exclusive: false`), next to two raw SQL loops on a pool opened the same way as runbook's
+//! ([`Db::connect`]: the same pings and pragmas): "raw" claims a batch with `UPDATE ... WHERE id
+//! IN (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n) RETURNING id` and completes it by id array, two
+//! commits a batch; "raw locked" does the same work as runbook's locked path: it also takes each
+//! claimed command's entity lock (the same `work_state` upsert) and releases it with the
+//! completion. On PostgreSQL, graphile-worker 0.17.3 with its batching on.
+//!
+//! Every configuration runs `RUNBOOK_BENCH_ROUNDS` times (default 3), interleaved (each round
+//! runs every configuration once), so a slow moment of this shared machine hits them alike; the
+//! table prints medians with min–max, and ratios taken within a round. The load average is
+//! printed at the start and the end. Then outbox events per second delivered to the broker next
+//! to a raw rdkafka producer sending the same messages. Run it with `scripts/bench queue` (which
+//! starts the services); `RUNBOOK_BENCH_ONLY=sqlite|postgres|outbox` and
+//! `RUNBOOK_BENCH_BATCHES=100,500` narrow it, `RUNBOOK_BENCH_BIN` measures another build of
+//! runbook (the one to compare with) with the same harness.
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -26,6 +38,8 @@ use serde_json::json;
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "raw/mod.rs"]
+mod raw;
 
 use common::{drop_store, fresh, proc_mib};
 
@@ -75,12 +89,17 @@ async fn unfinished(db: &Db) -> i64 {
         .unwrap()
 }
 
+/// The runbook binary measured: this build, or `RUNBOOK_BENCH_BIN`.
+fn runbook_bin() -> String {
+    std::env::var("RUNBOOK_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_runbook").into())
+}
+
 /// Starts `runbook serve` on `url` with `config`; returns the child once it listens.
 fn serve(url: &str, config: &str) -> (std::process::Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("runbook.yaml"), config).unwrap();
     std::fs::create_dir(dir.path().join("runbooks")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runbook"))
+    let mut child = Command::new(runbook_bin())
         .args(["--store", url, "serve", "--listen", "127.0.0.1:0"])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
@@ -132,74 +151,6 @@ async fn runbook_rate(url: &str, batch: u32, exclusive: bool) -> (f64, f64) {
     let rate = completion_rate(&db, batch).await;
     db.close().await;
     (rate, rss)
-}
-
-/// The raw-SQL baseline on the same table: claim a batch, commit, complete by ids, commit.
-async fn raw_rate(url: &str, batch: u32) -> f64 {
-    let db = Db::connect(url, false, 2).await.unwrap();
-    db.migrate().await.unwrap();
-    db.sql("DELETE FROM command_queue", vec![]).await.unwrap();
-    fill(&db).await;
-    let mut done = 0usize;
-    match &db {
-        Db::Postgres(pool) => loop {
-            let mut tx = pool.begin().await.unwrap();
-            let ids: Vec<i64> = sqlx::query_scalar(
-                "UPDATE command_queue SET status = 'processing', locked_by = 'raw', locked_until = NOW() + interval '30 seconds', \
-                        attempts = attempts + 1 \
-                 WHERE id IN (SELECT id FROM command_queue WHERE status = 'pending' AND run_at <= NOW() \
-                              ORDER BY priority DESC, run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id",
-            )
-            .bind(batch as i64)
-            .fetch_all(&mut *tx)
-            .await
-            .unwrap();
-            tx.commit().await.unwrap();
-            if ids.is_empty() {
-                break;
-            }
-            let mut tx = pool.begin().await.unwrap();
-            sqlx::query("UPDATE command_queue SET status = 'completed', completed_at = NOW(), updated_at = NOW() WHERE id = ANY($1)")
-                .bind(&ids)
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
-            done += ids.len();
-        },
-        Db::Sqlite(pool) => loop {
-            let mut tx = pool.begin().await.unwrap();
-            let ids: Vec<i64> = sqlx::query_scalar(
-                "UPDATE command_queue SET status = 'processing', locked_by = 'raw', \
-                        locked_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+30 seconds'), attempts = attempts + 1 \
-                 WHERE id IN (SELECT id FROM command_queue WHERE status = 'pending' AND run_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-                              ORDER BY priority DESC, run_at, id LIMIT ?1) RETURNING id",
-            )
-            .bind(batch as i64)
-            .fetch_all(&mut *tx)
-            .await
-            .unwrap();
-            tx.commit().await.unwrap();
-            if ids.is_empty() {
-                break;
-            }
-            let mut tx = pool.begin().await.unwrap();
-            sqlx::query(
-                "UPDATE command_queue SET status = 'completed', completed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), \
-                        updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id IN (SELECT value FROM json_each(?1))",
-            )
-            .bind(json!(ids).to_string())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-            tx.commit().await.unwrap();
-            done += ids.len();
-        },
-    }
-    assert_eq!(done, N);
-    let rate = completion_rate(&db, batch).await;
-    db.close().await;
-    rate
 }
 
 /// graphile-worker 0.17.3 through benches/graphile/bench.mjs: (jobs/s, peak RSS MiB).
@@ -312,65 +263,210 @@ async fn outbox_rates(backend: &str, brokers: &str) -> (f64, f64) {
     (ours, raw)
 }
 
+/// What one measurement runs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Kind {
+    /// runbook's workers, every command holding its entity's lock (the default).
+    Locked,
+    /// runbook's workers, `exclusive: false`.
+    Unlocked,
+    /// The raw loop taking and releasing the same locks.
+    RawLocked,
+    Raw,
+}
+
+const KINDS: [Kind; 4] = [Kind::Locked, Kind::RawLocked, Kind::Unlocked, Kind::Raw];
+
+/// One measurement on a fresh store: (commands/s, runbook's peak RSS in MiB or NaN).
+async fn measure(backend: &str, batch: u32, kind: Kind) -> (f64, f64) {
+    let store = fresh(backend).await;
+    let out = match kind {
+        Kind::Locked => runbook_rate(&store.url, batch, true).await,
+        Kind::Unlocked => runbook_rate(&store.url, batch, false).await,
+        Kind::RawLocked => (raw::rate(&store.url, batch, true).await, f64::NAN),
+        Kind::Raw => (raw::rate(&store.url, batch, false).await, f64::NAN),
+    };
+    drop_store(store).await;
+    out
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn range(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// `median× (min–max)` of ratios.
+fn ratio_cell(v: &[f64]) -> String {
+    let (lo, hi) = range(v);
+    format!("{:.2}× ({lo:.2}–{hi:.2})", median(v))
+}
+
+/// `median (min–max)` of rates.
+fn rate_cell(v: &[f64]) -> String {
+    let (lo, hi) = range(v);
+    format!("{:.0} ({lo:.0}–{hi:.0})", median(v))
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn backend_name(backend: &str) -> &'static str {
+    if backend == "sqlite" {
+        "SQLite"
+    } else {
+        "PostgreSQL"
+    }
+}
+
+type Rates<'a> = HashMap<(&'a str, u32, Kind), Vec<f64>>;
+
+/// Each round's `a` at `batch` over the same round's `b` at `b_batch`.
+fn per_round(rates: &Rates, backend: &str, batch: u32, a: Kind, b: Kind, b_batch: u32) -> Vec<f64> {
+    let (x, y) = (&rates[&(backend, batch, a)], &rates[&(backend, b_batch, b)]);
+    x.iter().zip(y).map(|(x, y)| x / y).collect()
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
-    println!("{N} commands, no-op handler, workerConcurrency {CONCURRENCY}; commands/s (higher is better)");
-    println!("runbook: commands hold entity locks (the default); unlocked: `exclusive: false`, the same work as the raw SQL\n");
-    println!(
-        "{:<9} {:>6} {:>10} {:>10} {:>10} {:>7} {:>7} {:>12}",
-        "backend", "batch", "runbook/s", "unlocked/s", "raw SQL/s", "ratio", "ratio*", "peak RSS"
-    );
-    let mut best_pg_runbook: (f64, f64) = (0.0, 0.0);
     let only = std::env::var("RUNBOOK_BENCH_ONLY").ok();
+    let rounds: usize = std::env::var("RUNBOOK_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let batches: Vec<u32> = std::env::var("RUNBOOK_BENCH_BATCHES")
+        .map(|b| {
+            b.split(',')
+                .map(|x| {
+                    x.trim()
+                        .parse()
+                        .expect("RUNBOOK_BENCH_BATCHES: whole numbers")
+                })
+                .collect()
+        })
+        .unwrap_or_else(|_| BATCHES.to_vec());
     // RUNBOOK_BENCH_ONLY=sqlite|postgres|outbox narrows a run while tuning.
     let backends: Vec<&str> = ["sqlite", "postgres"]
         .into_iter()
         .filter(|b| only.as_deref().is_none_or(|o| o == *b))
         .collect();
-    for &backend in &backends {
-        for batch in BATCHES {
-            let s1 = fresh(backend).await;
-            let (ours, rss) = runbook_rate(&s1.url, batch, true).await;
-            drop_store(s1).await;
-            let s1 = fresh(backend).await;
-            let (unlocked, rss2) = runbook_rate(&s1.url, batch, false).await;
-            drop_store(s1).await;
-            let s2 = fresh(backend).await;
-            let raw = raw_rate(&s2.url, batch).await;
-            drop_store(s2).await;
-            if backend == "postgres" && unlocked > best_pg_runbook.0 {
-                best_pg_runbook = (unlocked, rss2.max(rss));
+    println!("{N} commands, no-op handler, workerConcurrency {CONCURRENCY}; commands/s (higher is better)");
+    println!(
+        "{rounds} rounds, every configuration once a round; load average at the start: {}",
+        load_average()
+    );
+    println!("runbook: commands hold entity locks (the default); unlocked: `exclusive: false`");
+    println!("raw: claim by id, complete by ids; raw locked: the same, taking and releasing the same entity locks\n");
+
+    let mut rates: Rates = HashMap::new();
+    let mut rss: HashMap<(&str, u32), f64> = HashMap::new();
+    let mut gw: Vec<(f64, f64)> = Vec::new();
+    for round in 1..=rounds {
+        for &backend in &backends {
+            for &batch in &batches {
+                for kind in KINDS {
+                    let (rate, mib) = measure(backend, batch, kind).await;
+                    eprintln!("round {round} {backend} batch {batch} {kind:?}: {rate:.0}/s");
+                    rates.entry((backend, batch, kind)).or_default().push(rate);
+                    if mib.is_finite() {
+                        let peak = rss.entry((backend, batch)).or_insert(0.0);
+                        *peak = peak.max(mib);
+                    }
+                }
             }
+            if backend == "postgres" {
+                if let Some(g) = graphile_rate().await {
+                    eprintln!("round {round} graphile-worker: {:.0}/s", g.0);
+                    gw.push(g);
+                }
+            }
+        }
+    }
+
+    // Ratios are taken within a round, whose configurations ran a minute apart.
+    println!("| backend | batch | runbook/s | raw locked/s | runbook / raw locked | unlocked/s | raw/s | unlocked / raw | runbook / raw | peak RSS |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &backend in &backends {
+        for &batch in &batches {
+            let r = |k| &rates[&(backend, batch, k)];
+            let ratio = |a, b| ratio_cell(&per_round(&rates, backend, batch, a, b, batch));
             println!(
-                "{backend:<9} {batch:>6} {ours:>10.0} {unlocked:>10.0} {raw:>10.0} {:>6.2}x {:>6.2}x {:>8.1} MiB",
-                ours / raw,
-                unlocked / raw,
-                rss.max(rss2)
+                "| {} | {batch} | {} | {} | {} | {} | {} | {} | {} | {:.1} MiB |",
+                backend_name(backend),
+                rate_cell(r(Kind::Locked)),
+                rate_cell(r(Kind::RawLocked)),
+                ratio(Kind::Locked, Kind::RawLocked),
+                rate_cell(r(Kind::Unlocked)),
+                rate_cell(r(Kind::Raw)),
+                ratio(Kind::Unlocked, Kind::Raw),
+                ratio(Kind::Locked, Kind::Raw),
+                rss.get(&(backend, batch)).copied().unwrap_or(f64::NAN),
             );
         }
     }
-    println!("ratio: runbook / raw SQL; ratio*: unlocked / raw SQL");
+    println!("ratios: median (min–max) of the rounds' own ratios; rates: median (min–max)");
     println!();
     if backends.contains(&"postgres") {
-        graphile(best_pg_runbook).await;
+        postgres_against_peers(&rates, &batches, &gw);
     }
+    println!("load average at the end: {}", load_average());
+    println!();
     if only.is_none() || only.as_deref() == Some("outbox") {
         outbox().await;
     }
 }
 
-async fn graphile(best_pg_runbook: (f64, f64)) {
-    match graphile_rate().await {
-        Some((gw, gw_rss)) => {
-            println!("graphile-worker 0.17.3 (localQueue 500, batch delays 0, concurrency {CONCURRENCY}): {gw:.0} jobs/s, peak RSS {gw_rss:.1} MiB");
-            println!(
-                "runbook (unlocked) best on PostgreSQL vs graphile-worker: {:.2}x the throughput, {:.2}x the peak RSS",
-                best_pg_runbook.0 / gw,
-                best_pg_runbook.1 / gw_rss
-            );
+/// PostgreSQL at each batch against the raw loop at batch 100 (claim-100) and graphile-worker,
+/// round by round.
+fn postgres_against_peers(rates: &Rates, batches: &[u32], gw: &[(f64, f64)]) {
+    let gw_rates: Vec<f64> = gw.iter().map(|g| g.0).collect();
+    let vs_gw = |kind, batch| -> String {
+        let ours = &rates[&("postgres", batch, kind)];
+        if gw_rates.len() != ours.len() {
+            return "not measured".into();
         }
-        None => println!("graphile-worker: not measured (see above)"),
+        let v: Vec<f64> = ours.iter().zip(&gw_rates).map(|(x, g)| x / g).collect();
+        ratio_cell(&v)
+    };
+    println!("PostgreSQL against the raw loop at batch 100 (claim-100) and graphile-worker, ratios per round:");
+    println!("| batch | runbook / raw claim-100 | unlocked / raw claim-100 | runbook / graphile-worker | unlocked / graphile-worker |");
+    println!("|---:|---:|---:|---:|---:|");
+    for &batch in batches {
+        let vs_raw = |kind| {
+            if batches.contains(&100) {
+                ratio_cell(&per_round(rates, "postgres", batch, kind, Kind::Raw, 100))
+            } else {
+                "not measured".into()
+            }
+        };
+        println!(
+            "| {batch} | {} | {} | {} | {} |",
+            vs_raw(Kind::Locked),
+            vs_raw(Kind::Unlocked),
+            vs_gw(Kind::Locked, batch),
+            vs_gw(Kind::Unlocked, batch),
+        );
+    }
+    println!();
+    if gw.is_empty() {
+        println!("graphile-worker: not measured (see above)");
+    } else {
+        let mib: Vec<f64> = gw.iter().map(|g| g.1).collect();
+        println!(
+            "graphile-worker 0.17.3 (localQueue 500, batch delays 0, concurrency {CONCURRENCY}): {} jobs/s, peak RSS {:.1} MiB",
+            rate_cell(&gw_rates),
+            range(&mib).1
+        );
     }
     println!();
 }

@@ -370,11 +370,7 @@ impl Engine {
             "env".into(),
             Json::Object(self.services.config.template_env()),
         );
-        Ok(RunState {
-            ctx,
-            secrets: self.services.config.secret_env(),
-            unknown: Default::default(),
-        })
+        Ok(RunState::new(ctx, self.services.config.secret_env()))
     }
 
     /// The playbook's steps within its deadline.

@@ -1,9 +1,16 @@
 //! What a run knows of its steps while it runs: the template context with each step's result
 //! (in a plan, which results are unknown), and the record of each attempt.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use chrono::Utc;
+use minijinja::{
+    value::{Enumerator, Object, ObjectRepr},
+    Value,
+};
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 
@@ -65,27 +72,127 @@ pub(super) struct RunState {
     /// In a plan, the steps whose results are unknown: templates see them as
     /// [`super::unknown::Unknown`]s.
     pub unknown: BTreeSet<String>,
+    /// `ctx["steps"]` as templates read it, each result converted once, when it is set. The
+    /// context a template gets shares this map instead of a copy, so a step's context costs the
+    /// same at the 10,000th step as at the first (a copy of every earlier result, made for each
+    /// step, made long playbooks quadratic). Changed copy-on-write: a context still held keeps
+    /// what it saw.
+    steps: Arc<BTreeMap<String, Value>>,
 }
 
 impl RunState {
-    /// The template context, and what notes any unknown value read from it.
-    pub fn traced(&self) -> (minijinja::Value, Touched) {
-        let base = context_with_secrets(&Json::Object(self.ctx.clone()), &self.secrets);
-        let touched = Touched::default();
-        if self.unknown.is_empty() {
-            return (base, touched);
+    /// A run's state on its context; the results already in `ctx["steps"]` (a resumed run's)
+    /// are read as they are.
+    pub fn new(ctx: Map<String, Json>, secrets: BTreeMap<String, String>) -> Self {
+        let steps = match ctx.get("steps") {
+            Some(Json::Object(done)) => done
+                .iter()
+                .map(|(id, r)| (id.clone(), Value::from_serialize(r)))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        RunState {
+            ctx,
+            secrets,
+            unknown: BTreeSet::new(),
+            steps: Arc::new(steps),
         }
+    }
+
+    /// The template context, and what notes any unknown value read from it.
+    pub fn traced(&self) -> (Value, Touched) {
+        let touched = Touched::default();
+        let steps = Value::from_dyn_object(self.steps.clone());
+        if self.unknown.is_empty() {
+            return (self.context(steps), touched);
+        }
+        let base = self.context(steps);
         let value = with_unknown_steps(base, &self.ctx, &self.unknown, &touched);
         (value, touched)
     }
+
+    /// The template context with `steps.<id>` read as `result` (an `until` step's poll, which
+    /// its condition reads before it is the step's result), and what notes any unknown value
+    /// read from it.
+    pub fn traced_with(&self, id: &str, result: &StepResult) -> (Value, Touched) {
+        if !self.unknown.is_empty() {
+            // A plan: the unknown steps are marked from `ctx`, so the poll goes there too.
+            let mut probe = RunState::new(self.ctx.clone(), self.secrets.clone());
+            probe.unknown = self.unknown.clone();
+            probe.set_step(id, result);
+            return probe.traced();
+        }
+        let steps = Value::from_object(StepsWith {
+            steps: self.steps.clone(),
+            id: id.to_owned(),
+            result: Value::from_serialize(serde_json::to_value(result).unwrap_or_default()),
+        });
+        (self.context(steps), Touched::default())
+    }
+
+    /// Everything of `ctx` but its steps (a few small values: converted each time), with
+    /// `steps` and the secret `env` entries.
+    fn context(&self, steps: Value) -> Value {
+        let mut top: BTreeMap<String, Value> = self
+            .ctx
+            .iter()
+            .filter(|(k, _)| *k != "steps")
+            .map(|(k, v)| (k.clone(), Value::from_serialize(v)))
+            .collect();
+        if !self.secrets.is_empty() {
+            let env = self.ctx.get("env").cloned().unwrap_or_else(|| json!({}));
+            let with = context_with_secrets(&json!({ "env": env }), &self.secrets);
+            if let Ok(env) = with.get_attr("env") {
+                top.insert("env".into(), env);
+            }
+        }
+        top.insert("steps".into(), steps);
+        Value::from(top)
+    }
+
     pub fn set_step(&mut self, id: &str, r: &StepResult) {
+        let json = serde_json::to_value(r).unwrap_or_default();
+        Arc::make_mut(&mut self.steps).insert(id.to_owned(), Value::from_serialize(&json));
         let steps = self.ctx.entry("steps").or_insert_with(|| json!({}));
-        steps[id] = serde_json::to_value(r).unwrap_or_default();
+        steps[id] = json;
         if r.unknown {
             self.unknown.insert(id.to_owned());
         } else {
             self.unknown.remove(id);
         }
+    }
+}
+
+/// The steps' results with one of them read as another value (see [`RunState::traced_with`]),
+/// without copying the others.
+#[derive(Debug)]
+struct StepsWith {
+    steps: Arc<BTreeMap<String, Value>>,
+    id: String,
+    result: Value,
+}
+
+impl Object for StepsWith {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let key = key.as_str()?;
+        if key == self.id {
+            return Some(self.result.clone());
+        }
+        self.steps.get(key).cloned()
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        let mut keys: BTreeSet<&str> = self.steps.keys().map(String::as_str).collect();
+        keys.insert(&self.id);
+        Enumerator::Values(keys.into_iter().map(Value::from).collect())
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        Some(self.steps.len() + usize::from(!self.steps.contains_key(&self.id)))
     }
 }
 
@@ -158,4 +265,85 @@ pub(super) enum Items {
     Each(Vec<Json>),
     /// In a plan, the list needs what a change would produce (these values).
     Unknown(Vec<String>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(n: i64) -> StepResult {
+        StepResult {
+            status: StepStatus::Succeeded,
+            rows: vec![json!({ "n": n })],
+            output: json!(n),
+            error: None,
+            duration_ms: 1,
+            unknown: false,
+        }
+    }
+
+    fn eval(value: &Value, expr: &str) -> String {
+        let env = minijinja::Environment::new();
+        env.compile_expression(expr)
+            .and_then(|e| e.eval(value))
+            .map(|v| v.to_string())
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    fn state() -> RunState {
+        let ctx = json!({
+            "params": { "limit": 3 },
+            "steps": { "resumed": { "status": "succeeded", "rows": [], "output": 7 } },
+            "env": { "REGION": "eu" },
+        });
+        let secrets = BTreeMap::from([("TOKEN".to_owned(), "s3cret".to_owned())]);
+        RunState::new(ctx.as_object().unwrap().clone(), secrets)
+    }
+
+    #[test]
+    fn templates_read_every_step_result_params_and_env() {
+        let mut state = state();
+        state.set_step("a", &result(1));
+        state.set_step("b", &result(2));
+        let (value, _) = state.traced();
+        assert_eq!(eval(&value, "steps.resumed.output"), "7");
+        assert_eq!(eval(&value, "steps.a.rows[0].n + steps.b.output"), "3");
+        assert_eq!(eval(&value, "steps | length"), "3");
+        assert_eq!(eval(&value, "params.limit"), "3");
+        assert_eq!(eval(&value, "env.REGION"), "eu");
+        // A secret is in the context as an opaque value, not as its text.
+        assert!(!eval(&value, "env.TOKEN").contains("s3cret"));
+        assert_eq!(state.ctx["steps"]["b"]["output"], json!(2));
+    }
+
+    #[test]
+    fn a_context_taken_before_a_result_is_set_keeps_what_it_saw() {
+        let mut state = state();
+        state.set_step("a", &result(1));
+        let (before, _) = state.traced();
+        state.set_step("a", &result(5));
+        state.set_step("b", &result(2));
+        let (after, _) = state.traced();
+        assert_eq!(eval(&before, "steps.a.output"), "1");
+        assert_eq!(eval(&before, "steps.b is defined"), "False");
+        assert_eq!(eval(&after, "steps.a.output"), "5");
+        assert_eq!(eval(&after, "steps.b.output"), "2");
+    }
+
+    #[test]
+    fn a_poll_is_read_as_its_steps_result_without_changing_the_run() {
+        let mut state = state();
+        state.set_step("a", &result(1));
+        let (polled, _) = state.traced_with("check", &result(9));
+        assert_eq!(eval(&polled, "steps.check.output"), "9");
+        assert_eq!(eval(&polled, "steps.a.output"), "1");
+        assert_eq!(eval(&polled, "steps | length"), "3");
+        // Read in place of an earlier result, it hides that one.
+        let (again, _) = state.traced_with("a", &result(4));
+        assert_eq!(eval(&again, "steps.a.output"), "4");
+        assert_eq!(eval(&again, "steps | length"), "2");
+        let (value, _) = state.traced();
+        assert_eq!(eval(&value, "steps.check is defined"), "False");
+        assert_eq!(eval(&value, "steps.a.output"), "1");
+    }
 }

@@ -523,13 +523,7 @@ impl Engine {
         out: &StepOutput,
     ) -> Option<(Result<bool, String>, Touched)> {
         let until = step.until.as_ref()?;
-        let mut probe = RunState {
-            ctx: state.ctx.clone(),
-            secrets: state.secrets.clone(),
-            unknown: state.unknown.clone(),
-        };
-        probe.set_step(&step.id, &provisional(out));
-        let (value, touched) = probe.traced();
+        let (value, touched) = state.traced_with(&step.id, &provisional(out));
         let eval_by = meta.deadline_within(step.timeout.as_std());
         let templates = &self.services.templates;
         let holds = off_runtime(eval_by, || templates.eval_bool(&until.expr, &value)).await;

@@ -261,12 +261,14 @@ async fn handle_config(
     runs: &Arc<dyn CommandHandler>,
     cmd: &Claimed,
 ) -> Result<Vec<Event>, HandlerError> {
+    // The large futures (an HTTP request, a statement, a run) are boxed on their own, so this
+    // one, allocated for every command, stays the size of the small ones.
     match handler {
         Handler::Noop => Ok(Vec::new()),
         Handler::Simulate(h) => simulate_handler(h, cmd).await,
-        Handler::Http(h) => http_handler(h, services, cmd).await,
-        Handler::Sql(h) => sql_handler(h, services, cmd).await,
-        Handler::Playbook(h) => playbook_handler(h, runs, cmd).await,
+        Handler::Http(h) => Box::pin(http_handler(h, services, cmd)).await,
+        Handler::Sql(h) => Box::pin(sql_handler(h, services, cmd)).await,
+        Handler::Playbook(h) => Box::pin(playbook_handler(h, runs, cmd)).await,
     }
 }
 

@@ -25,7 +25,7 @@ use crate::{
     status::{ErrorType, RunStatus},
     store::{
         alerts::{self, RunKey},
-        guards::{self, Counts, Limits, Scope},
+        guards::{self, CoolKey, Counts, Limits, Scope},
         pause,
         runs::{self, NewRun},
         Audit, Db, DbError, Tx, AUDIT,
@@ -380,16 +380,7 @@ pub async fn admit_all_in(
             && triggers[i].1.forced_by.is_none()
             && keys[i].as_ref().is_none_or(|k| !taken.contains_key(k))
     };
-    let mut states = HashMap::new();
-    for (i, (pb, a)) in triggers.iter().enumerate() {
-        if deciding(i) && !states.contains_key(pb.name.as_str()) {
-            let mine: Vec<usize> = (0..triggers.len())
-                .filter(|&j| deciding(j) && triggers[j].0.name == pb.name)
-                .collect();
-            let state = GuardState::count(tx, pb, &mine, triggers, a.now).await?;
-            states.insert(pb.name.as_str(), state);
-        }
-    }
+    let states = GuardState::count_all(tx, triggers, &deciding).await?;
     let paused = if states.is_empty() {
         None
     } else {
@@ -397,6 +388,7 @@ pub async fn admit_all_in(
     };
 
     // Decided one after the other, in memory.
+    let mut states = states;
     let mut decisions = Vec::with_capacity(triggers.len());
     let mut records: Vec<Record> = Vec::new();
     let mut in_batch: HashMap<&RunKey, usize> = HashMap::new();
@@ -556,42 +548,76 @@ struct GuardState {
 }
 
 impl GuardState {
-    /// Counts for the triggers `mine` of `pb`.
-    async fn count(
+    /// Counts for every playbook with a trigger to decide (`deciding`), all of them at once: one
+    /// statement reads the playbooks' open runs, one the alerts inside their cooldown windows.
+    async fn count_all<'t>(
         tx: &mut Tx,
-        pb: &Playbook,
-        mine: &[usize],
-        triggers: &[(&Playbook, &Admit<'_>)],
-        now: DateTime<Utc>,
-    ) -> Result<GuardState, DbError> {
-        let limits = limits(pb);
-        let by_playbook = mine.iter().any(|&i| triggers[i].1.alert.is_none());
-        let window = if by_playbook { limits.cooldown } else { None };
-        let counts = guards::counts(tx, &pb.name, &limits, window, now).await?;
-        let mut alerts: Vec<(String, String)> = mine
-            .iter()
-            .filter_map(|&i| triggers[i].1.alert)
-            .map(|k| (k.fingerprint.to_owned(), k.kind.to_owned()))
-            .collect();
-        alerts.sort_unstable();
-        alerts.dedup();
+        triggers: &[(&'t Playbook, &Admit<'_>)],
+        deciding: &(dyn Fn(usize) -> bool + Sync),
+    ) -> Result<HashMap<&'t str, GuardState>, DbError> {
+        let mut names: Vec<&'t Playbook> = Vec::new();
+        for (i, (pb, _)) in triggers.iter().enumerate() {
+            if deciding(i) && !names.iter().any(|p| p.name == pb.name) {
+                names.push(pb);
+            }
+        }
+        let Some(now) = triggers.first().map(|(_, a)| a.now) else {
+            return Ok(HashMap::new());
+        };
+        let all_limits: Vec<Limits> = names.iter().map(|pb| limits(pb)).collect();
         let scope = Scope::Alert {
             fingerprint: "",
             kind: "",
         };
-        let cooled = match guards::window(&limits, scope).filter(|_| !alerts.is_empty()) {
-            Some(w) => {
+        let mut wanted = Vec::with_capacity(names.len());
+        let mut cooling = Vec::new();
+        for (pb, limits) in names.iter().zip(&all_limits) {
+            let mine =
+                || (0..triggers.len()).filter(|&j| deciding(j) && triggers[j].0.name == pb.name);
+            let by_playbook = mine().any(|i| triggers[i].1.alert.is_none());
+            wanted.push(guards::Wanted {
+                playbook: &pb.name,
+                limits,
+                window: if by_playbook { limits.cooldown } else { None },
+            });
+            if let Some(w) = guards::window(limits, scope) {
                 let since =
                     runs::timestamp(now - chrono::Duration::from_std(w).unwrap_or_default());
-                guards::alerts_in_cooldown(tx, &pb.name, &alerts, &since).await?
+                for k in mine().filter_map(|i| triggers[i].1.alert) {
+                    let key = CoolKey {
+                        playbook: pb.name.clone(),
+                        fingerprint: k.fingerprint.to_owned(),
+                        kind: k.kind.to_owned(),
+                    };
+                    cooling.push((key, since.clone()));
+                }
             }
-            None => HashSet::new(),
-        };
-        Ok(GuardState {
-            limits,
-            counts,
-            cooled,
-        })
+        }
+        if wanted.is_empty() {
+            return Ok(HashMap::new());
+        }
+        cooling.sort_unstable();
+        cooling.dedup();
+        let counts = guards::counts_all(tx, &wanted, now).await?;
+        let mut cooled = guards::alerts_in_cooldown(tx, &cooling).await?;
+        let mut states = HashMap::with_capacity(names.len());
+        for ((pb, limits), counts) in names.iter().zip(all_limits).zip(counts) {
+            let mine: HashSet<(String, String)> = cooled
+                .iter()
+                .filter(|k| k.playbook == pb.name)
+                .map(|k| (k.fingerprint.clone(), k.kind.clone()))
+                .collect();
+            cooled.retain(|k| k.playbook != pb.name);
+            states.insert(
+                pb.name.as_str(),
+                GuardState {
+                    limits,
+                    counts,
+                    cooled: mine,
+                },
+            );
+        }
+        Ok(states)
     }
 
     /// The guards and the pause, for one trigger.

@@ -28,7 +28,7 @@ use crate::{
     config::Config,
     engine::{Engine, RunRequest},
     metrics::{Metrics, OutcomeLabel},
-    playbook::{ParamProblems, Playbook, ResolvedPolicy},
+    playbook::{Catalog, ParamProblems, Playbook, ResolvedPolicy},
     process::runs::{self, priority_for, Admission, Admit, AlertKey},
     secrets::Masker,
     services::Services,
@@ -253,47 +253,90 @@ pub fn parse(body: &[u8]) -> Result<Notification, String> {
     Ok(n)
 }
 
-/// One alert, prepared: its key, the playbooks it matched, and its template value.
-struct Prepared<'a> {
-    alert: &'a Alert,
+/// A notification made ready for the writer by the request that brought it: matched against the
+/// playbooks served now, its alerts' rows masked, each trigger's run request built. That is most
+/// of the work per notification, and the requests do it side by side (on every core) while the
+/// one writer records the batch before theirs: the writer keeps only what must be serial, the
+/// store's statements and the guards' decisions.
+struct Ready {
+    n: Notification,
+    /// The playbooks it was matched against (a reload meanwhile does not change its runs).
+    catalog: Arc<Catalog>,
+    alerts: Vec<ReadyAlert>,
+}
+
+/// One alert of a [`Ready`] notification.
+struct ReadyAlert {
     fingerprint: String,
     starts_at: String,
     ends_at: Option<String>,
-    matched: Vec<&'a Playbook>,
-    value: Value,
+    /// The playbooks it matched, in catalog order, each with the request of the run it
+    /// triggers; `None` for a resolve the playbook's `on.resolved: skip` does not run.
+    matched: Vec<(String, Option<RunRequest>)>,
+    /// Its labels and annotations, masked, as recorded.
+    labels: Value,
+    annotations: Value,
+    priority: i32,
 }
 
-fn prepare<'a>(n: &'a Notification, catalog: &'a crate::playbook::Catalog) -> Vec<Prepared<'a>> {
-    n.alerts
-        .iter()
-        .map(|a| {
-            let fingerprint = if a.fingerprint.is_empty() {
-                fingerprint(&a.labels)
-            } else {
-                a.fingerprint.clone()
-            };
-            let ends_at = a.ends_at.filter(|t| t.timestamp() > 0).map(rfc3339);
-            let value = json!({
-                "labels": a.labels, "annotations": a.annotations, "status": a.status,
-                "startsAt": rfc3339(a.starts_at),
-                "endsAt": a.ends_at.map(rfc3339).unwrap_or_default(),
-                "fingerprint": fingerprint, "generatorURL": a.generator_url,
-                "externalURL": n.external_url,
-            });
-            Prepared {
-                alert: a,
-                starts_at: rfc3339(a.starts_at),
-                ends_at,
-                matched: catalog.matching(&a.labels).collect(),
-                fingerprint,
-                value,
-            }
-        })
-        .collect()
+impl Ready {
+    fn new(n: Notification, catalog: Arc<Catalog>, masker: &Masker) -> Ready {
+        let values: Vec<(String, Value)> = n
+            .alerts
+            .iter()
+            .map(|a| {
+                let fingerprint = if a.fingerprint.is_empty() {
+                    fingerprint(&a.labels)
+                } else {
+                    a.fingerprint.clone()
+                };
+                let value = json!({
+                    "labels": a.labels, "annotations": a.annotations, "status": a.status,
+                    "startsAt": rfc3339(a.starts_at),
+                    "endsAt": a.ends_at.map(rfc3339).unwrap_or_default(),
+                    "fingerprint": fingerprint, "generatorURL": a.generator_url,
+                    "externalURL": n.external_url,
+                });
+                (fingerprint, value)
+            })
+            .collect();
+        let group: Vec<Value> = values.iter().map(|(_, v)| v.clone()).collect();
+        let alerts = n
+            .alerts
+            .iter()
+            .zip(values)
+            .map(|(a, (fingerprint, value))| {
+                let starts_at = rfc3339(a.starts_at);
+                let matched = catalog
+                    .matching(&a.labels)
+                    .map(|pb| {
+                        let runs = a.status == AlertStatus::Firing
+                            || pb.triggers.resolved != ResolvedPolicy::Skip;
+                        let req = runs.then(|| {
+                            let version = catalog.versions.get(&pb.name).map(|v| v.hash.clone());
+                            request(&n, a, &fingerprint, &starts_at, &value, pb, &group, version)
+                        });
+                        (pb.name.clone(), req)
+                    })
+                    .collect();
+                ReadyAlert {
+                    ends_at: a.ends_at.filter(|t| t.timestamp() > 0).map(rfc3339),
+                    matched,
+                    labels: masker.mask_json(&json!(a.labels)),
+                    annotations: masker.mask_json(&json!(a.annotations)),
+                    priority: priority_for(a.labels.get("severity").map(String::as_str)),
+                    fingerprint,
+                    starts_at,
+                }
+            })
+            .collect();
+        Ready { n, catalog, alerts }
+    }
 }
 
-/// Notifications a batch takes at most.
-const MAX_BATCH: usize = 64;
+/// Notifications a batch takes at most: while the writer records one batch, the notifications
+/// arriving wait for the next, so the busier the receiver, the more each commit carries.
+const MAX_BATCH: usize = 256;
 
 /// The process's one writer of notifications. Requests queue here and are recorded in batches,
 /// each batch in one transaction (under the guard locks of every playbook its alerts match), so a
@@ -301,18 +344,26 @@ const MAX_BATCH: usize = 64;
 /// hold no store connection. A quiet receiver records each notification on its own.
 pub struct Ingest {
     jobs: mpsc::Sender<Job>,
+    engine: Arc<Engine>,
+    services: Arc<Services>,
+    metrics: Arc<Metrics>,
 }
 
 struct Job {
-    notification: Notification,
-    reply: oneshot::Sender<Result<Value, String>>,
+    ready: Ready,
+    reply: oneshot::Sender<Result<Recorded, String>>,
+}
+
+/// What the writer answers a recorded notification: the answer, and the admissions the metrics
+/// count.
+struct Recorded {
+    answer: Value,
+    admitted: Vec<(String, Admission)>,
 }
 
 /// What the writer uses.
 struct Writer {
-    engine: Arc<Engine>,
     services: Arc<Services>,
-    metrics: Arc<Metrics>,
 }
 
 impl Ingest {
@@ -320,24 +371,49 @@ impl Ingest {
     pub fn start(engine: Arc<Engine>, services: Arc<Services>, metrics: Arc<Metrics>) -> Ingest {
         let (jobs, rx) = mpsc::channel(4096);
         let writer = Writer {
+            services: services.clone(),
+        };
+        tokio::spawn(writer.run(rx));
+        Ingest {
+            jobs,
             engine,
             services,
             metrics,
-        };
-        tokio::spawn(writer.run(rx));
-        Ingest { jobs }
+        }
     }
 
     /// Records a notification: its answer once committed, or why it was not recorded.
     async fn submit(&self, notification: Notification) -> Result<Value, String> {
+        let ready = Ready::new(notification, self.engine.catalog(), &self.services.masker);
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-            notification,
-            reply,
-        };
         let gone = || "the receiver's writer has stopped".to_owned();
-        self.jobs.send(job).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        self.jobs
+            .send(Job { ready, reply })
+            .await
+            .map_err(|_| gone())?;
+        let recorded = answer.await.map_err(|_| gone())??;
+        self.publish(&recorded);
+        Ok(recorded.answer)
+    }
+
+    /// After the commit: the metrics and the log line of one notification.
+    fn publish(&self, r: &Recorded) {
+        for (playbook, admission) in &r.admitted {
+            runs::note(&self.metrics, playbook, admission);
+        }
+        for o in r.answer["alerts"].as_array().into_iter().flatten() {
+            let outcome = o["outcome"].as_str().unwrap_or("error").to_owned();
+            self.metrics
+                .alerts_received
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc();
+        }
+        tracing::info!(
+            notification = r.answer["notification_id"].as_i64(),
+            alerts = r.answer["alerts"].as_array().map_or(0, Vec::len),
+            status = r.answer["status"].as_str(),
+            "Alert notification recorded."
+        );
     }
 }
 
@@ -351,11 +427,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let notifications: Vec<&Notification> = batch.iter().map(|j| &j.notification).collect();
-            match self.record(&notifications).await {
-                Ok(answers) => {
-                    for (job, answer) in batch.into_iter().zip(answers) {
-                        let _ = job.reply.send(Ok(answer));
+            let ready: Vec<&Ready> = batch.iter().map(|j| &j.ready).collect();
+            match self.record(&ready).await {
+                Ok(recorded) => {
+                    for (job, r) in batch.into_iter().zip(recorded) {
+                        let _ = job.reply.send(Ok(r));
                     }
                 }
                 Err(e) => {
@@ -371,123 +447,129 @@ impl Writer {
     /// Records a batch of notifications and starts their runs in one transaction; the answers.
     /// The store sees a fixed number of statements per batch, whatever its size (see
     /// [`runs::admit_all_in`]): a burst costs a few round trips and one commit per batch.
-    async fn record(&self, batch: &[&Notification]) -> Result<Vec<Value>, DbError> {
-        let catalog = self.engine.catalog();
-        let prepared: Vec<Vec<Prepared>> = batch.iter().map(|n| prepare(n, &catalog)).collect();
-        let mut names: Vec<&str> = prepared
+    async fn record(&self, batch: &[&Ready]) -> Result<Vec<Recorded>, DbError> {
+        let mut names: Vec<&str> = batch
             .iter()
-            .flatten()
-            .flat_map(|p| p.matched.iter().map(|pb| pb.name.as_str()))
+            .flat_map(|r| &r.alerts)
+            .flat_map(|a| a.matched.iter().map(|(name, _)| name.as_str()))
             .collect();
         names.sort_unstable();
         names.dedup();
-        // Each run is pinned to the version of its playbook served now, stored with it.
-        let versions: Vec<&versions::Version> = names
+        // Each run is pinned to the version of its playbook it was matched with, stored with it.
+        let mut versions: Vec<&versions::Version> = batch
             .iter()
-            .filter_map(|n| catalog.versions.get(*n))
+            .flat_map(|r| {
+                r.alerts
+                    .iter()
+                    .flat_map(|a| &a.matched)
+                    .filter_map(|(name, _)| r.catalog.versions.get(name))
+            })
             .collect();
+        versions.sort_unstable_by(|a, b| a.hash.cmp(&b.hash));
+        versions.dedup_by(|a, b| a.hash == b.hash);
         let now = Utc::now();
         let mut tx = guards::begin(&self.services.store, &names).await?;
         versions::save_all_in(&mut tx, &versions).await?;
-        alerts::upsert_all_in(&mut tx, &self.alert_rows(&prepared), now).await?;
+        alerts::upsert_all_in(&mut tx, &alert_rows(batch), now).await?;
 
         // Every (notification, alert, playbook) that is a trigger, admitted as one batch.
-        let groups: Vec<Vec<Value>> = prepared
-            .iter()
-            .map(|p| p.iter().map(|a| a.value.clone()).collect())
-            .collect();
-        let mut plans = Vec::new();
-        for (k, (n, alerts)) in batch.iter().zip(&prepared).enumerate() {
-            for p in alerts {
-                for pb in &p.matched {
-                    if p.alert.status == AlertStatus::Resolved
-                        && pb.triggers.resolved == ResolvedPolicy::Skip
-                    {
+        let mut pairs: Vec<(&Playbook, Admit)> = Vec::new();
+        for r in batch {
+            for (a, alert) in r.alerts.iter().zip(&r.n.alerts) {
+                for (name, req) in &a.matched {
+                    let (Some(req), Some(pb)) = (req, r.catalog.get(name)) else {
                         continue;
-                    }
-                    let version = catalog.versions.get(&pb.name).map(|v| v.hash.clone());
-                    plans.push((p, *pb, request(n, p, pb, &groups[k], version)));
+                    };
+                    let admit = Admit {
+                        req,
+                        priority: a.priority,
+                        alert: Some(AlertKey {
+                            fingerprint: &a.fingerprint,
+                            starts_at: &a.starts_at,
+                            kind: alert.status.as_str(),
+                        }),
+                        queue: true,
+                        forced_by: None,
+                        now,
+                    };
+                    pairs.push((pb, admit));
                 }
             }
         }
-        let admits: Vec<Admit> = plans
-            .iter()
-            .map(|(p, _, req)| Admit {
-                req,
-                priority: priority_for(p.alert.labels.get("severity").map(String::as_str)),
-                alert: Some(AlertKey {
-                    fingerprint: &p.fingerprint,
-                    starts_at: &p.starts_at,
-                    kind: p.alert.status.as_str(),
-                }),
-                queue: true,
-                forced_by: None,
-                now,
-            })
-            .collect();
-        let pairs: Vec<(&Playbook, &Admit)> =
-            plans.iter().map(|(_, pb, _)| *pb).zip(&admits).collect();
+        let pairs: Vec<(&Playbook, &Admit)> = pairs.iter().map(|(pb, a)| (*pb, a)).collect();
         let mut decided = runs::admit_all_in(&mut tx, &self.services, &pairs)
             .await?
             .into_iter();
 
         // The answers, in the order the triggers were planned.
-        let mut answers = Vec::new();
-        let mut records = Vec::new();
-        let mut noted = Vec::new();
-        for (n, alerts) in batch.iter().zip(&prepared) {
-            let mut outcomes = Vec::new();
+        let mut recorded = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len());
+        for r in batch {
+            let mut outcomes = Vec::with_capacity(r.alerts.len());
             let mut admitted = Vec::new();
-            for p in alerts {
-                let mut playbooks = Vec::new();
-                for pb in &p.matched {
-                    if p.alert.status == AlertStatus::Resolved
-                        && pb.triggers.resolved == ResolvedPolicy::Skip
-                    {
-                        playbooks.push(json!({ "playbook": pb.name, "outcome": "resolved_skip",
+            for (a, alert) in r.alerts.iter().zip(&r.n.alerts) {
+                let mut playbooks = Vec::with_capacity(a.matched.len());
+                for (name, req) in &a.matched {
+                    if req.is_none() || r.catalog.get(name).is_none() {
+                        playbooks.push(json!({ "playbook": name, "outcome": "resolved_skip",
                             "reason": "the playbook's on.resolved is skip" }));
                         continue;
                     }
                     let admission = decided.next().expect("one admission per trigger");
-                    let answer = answer(&pb.name, &admission);
+                    let answer = answer(name, &admission);
                     if let Ok(a) = admission {
-                        admitted.push((pb.name.clone(), a));
+                        admitted.push((name.clone(), a));
                     }
                     playbooks.push(answer);
                 }
                 outcomes.push(json!({
-                    "fingerprint": p.fingerprint, "alertname": p.alert.labels.get("alertname"),
-                    "status": p.alert.status, "starts_at": p.starts_at,
+                    "fingerprint": a.fingerprint, "alertname": alert.labels.get("alertname"),
+                    "status": alert.status, "starts_at": a.starts_at,
                     "outcome": alert_outcome(&playbooks), "playbooks": playbooks,
                 }));
             }
+            let outcomes = Value::Array(outcomes);
             records.push(alerts::NewNotification {
-                receiver: &n.receiver,
-                status: n.status.as_str(),
-                group_key: &n.group_key,
-                external_url: &n.external_url,
-                alerts: n.alerts.len(),
-                truncated_alerts: n.truncated_alerts,
-                outcomes: json!(outcomes),
+                receiver: &r.n.receiver,
+                status: r.n.status.as_str(),
+                group_key: &r.n.group_key,
+                external_url: &r.n.external_url,
+                alerts: r.n.alerts.len(),
+                truncated_alerts: r.n.truncated_alerts,
+                outcomes: outcomes.clone(),
             });
-            answers.push(json!({ "status": n.status, "alerts": outcomes }));
-            noted.push(admitted);
+            recorded.push(Recorded {
+                answer: json!({ "status": r.n.status, "alerts": outcomes }),
+                admitted,
+            });
         }
         let ids = alerts::record_notifications(&mut tx, &records, now).await?;
         tx.commit().await?;
-        for (((n, answer), id), admitted) in batch.iter().zip(&mut answers).zip(ids).zip(noted) {
-            answer["notification_id"] = json!(id);
-            self.publish(n, answer, &admitted);
+        for (r, id) in recorded.iter_mut().zip(ids) {
+            r.answer["notification_id"] = json!(id);
         }
-        Ok(answers)
+        Ok(recorded)
     }
+}
 
-    /// The batch's alert occurrences, one row each (the repeats of a batch merged as the store
-    /// would merge them one after the other), in key order.
-    fn alert_rows<'a>(&self, prepared: &'a [Vec<Prepared<'_>>]) -> Vec<alerts::AlertRow<'a>> {
-        let mut rows: BTreeMap<(&str, &str), alerts::AlertRow<'a>> = BTreeMap::new();
-        for p in prepared.iter().flatten() {
-            let new = alert_row(self, p);
+/// The batch's alert occurrences, one row each (the repeats of a batch merged as the store would
+/// merge them one after the other), in key order.
+fn alert_rows<'a>(batch: &[&'a Ready]) -> Vec<alerts::AlertRow<'a>> {
+    let mut rows: BTreeMap<(&str, &str), alerts::AlertRow<'a>> = BTreeMap::new();
+    for r in batch {
+        for (p, alert) in r.alerts.iter().zip(&r.n.alerts) {
+            let new = alerts::AlertRow {
+                fingerprint: &p.fingerprint,
+                starts_at: &p.starts_at,
+                alertname: alert.labels.get("alertname").map_or("", String::as_str),
+                labels: p.labels.clone(),
+                annotations: p.annotations.clone(),
+                status: alert.status.as_str(),
+                ends_at: p.ends_at.as_deref(),
+                generator_url: &alert.generator_url,
+                matched: !p.matched.is_empty(),
+                seen: 1,
+            };
             match rows.entry((&p.fingerprint, &p.starts_at)) {
                 std::collections::btree_map::Entry::Vacant(v) => {
                     v.insert(new);
@@ -508,49 +590,18 @@ impl Writer {
                 }
             }
         }
-        rows.into_values().collect()
     }
-
-    /// After the commit: the metrics and the log line of one notification.
-    fn publish(&self, n: &Notification, answer: &Value, noted: &[(String, Admission)]) {
-        for (playbook, admission) in noted {
-            runs::note(&self.metrics, playbook, admission);
-        }
-        for o in answer["alerts"].as_array().into_iter().flatten() {
-            let outcome = o["outcome"].as_str().unwrap_or("error").to_owned();
-            self.metrics
-                .alerts_received
-                .get_or_create(&OutcomeLabel { outcome })
-                .inc();
-        }
-        tracing::info!(
-            notification = answer["notification_id"].as_i64(),
-            alerts = n.alerts.len(),
-            status = n.status.as_str(),
-            "Alert notification recorded."
-        );
-    }
-}
-
-fn alert_row<'a>(s: &Writer, p: &'a Prepared<'_>) -> alerts::AlertRow<'a> {
-    alerts::AlertRow {
-        fingerprint: &p.fingerprint,
-        starts_at: &p.starts_at,
-        alertname: p.alert.labels.get("alertname").map_or("", String::as_str),
-        labels: s.services.masker.mask_json(&json!(p.alert.labels)),
-        annotations: s.services.masker.mask_json(&json!(p.alert.annotations)),
-        status: p.alert.status.as_str(),
-        ends_at: p.ends_at.as_deref(),
-        generator_url: &p.alert.generator_url,
-        matched: !p.matched.is_empty(),
-        seen: 1,
-    }
+    rows.into_values().collect()
 }
 
 /// The run request of one alert's trigger of one playbook.
+#[allow(clippy::too_many_arguments)]
 fn request(
     n: &Notification,
-    p: &Prepared<'_>,
+    a: &Alert,
+    fingerprint: &str,
+    starts_at: &str,
+    value: &Value,
     pb: &Playbook,
     group: &[Value],
     version: Option<String>,
@@ -558,11 +609,11 @@ fn request(
     RunRequest {
         playbook: pb.name.clone(),
         trigger: json!({
-            "kind": "alert", "fingerprint": p.fingerprint, "starts_at": p.starts_at,
-            "status": p.alert.status, "alertname": p.alert.labels.get("alertname"),
+            "kind": "alert", "fingerprint": fingerprint, "starts_at": starts_at,
+            "status": a.status, "alertname": a.labels.get("alertname"),
             "receiver": n.receiver, "group_key": n.group_key,
         }),
-        alert: Some(p.value.clone()),
+        alert: Some(value.clone()),
         alerts: group.to_vec(),
         version,
         ..Default::default()

@@ -257,10 +257,17 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
     let db = if on_store {
         cx.services.store.clone()
     } else {
-        cx.services
-            .datasource(&i.datasource)
-            .await
-            .map_err(|e| StepError::retryable(crate::text::error_chain(&e)))?
+        // Connecting counts against the step's time like the statement does.
+        match tokio::time::timeout_at(deadline, cx.services.datasource(&i.datasource)).await {
+            Ok(db) => db.map_err(|e| StepError::retryable(crate::text::error_chain(&e)))?,
+            Err(_) => {
+                return Err(StepError::retryable(format!(
+                    "timed out after {} connecting to datasource {}",
+                    crate::duration::Dur(cx.timeout),
+                    i.datasource
+                )))
+            }
+        }
     };
     let q = crate::template::BoundSql {
         sql: i.sql.clone(),

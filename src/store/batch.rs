@@ -1,10 +1,17 @@
 //! Multi-row statements: a batch of rows written or looked up in one round trip instead of one
 //! per row. The webhook receiver admits a burst of notifications with a fixed number of these per
 //! batch, whatever the batch's size.
+//!
+//! On PostgreSQL the rows travel as one array per column (`SELECT ... FROM UNNEST($1::text[],
+//! $2::int8[], ...)`), so a statement's text is the same whatever the number of rows: the server
+//! parses and plans it once per connection and the client keeps it prepared, where a `VALUES`
+//! list of a new length would be a new statement each time (a parse, a plan and an extra round
+//! trip, and the connection's statement cache churning through every length). On SQLite, where
+//! preparing costs no round trip, the rows go as a `VALUES` list.
 
 use serde_json::Value as Json;
 
-use super::{guards::tx_sql, DbError, Tx};
+use super::{bind_pg, decode, guards::tx_sql, DbError, Tx};
 
 /// Parameters of one statement at most, under both backends' limits (SQLite 32,766, PostgreSQL
 /// 65,535): longer batches are split into several statements.
@@ -35,10 +42,12 @@ impl Col {
 }
 
 /// Runs `{head} ({row}), ({row}), ... {tail}` inside `tx` for `rows` (each with one value per
-/// entry of `cols`), split into statements under the parameter limit. `head` may use `$1` to
-/// `$k` for the `k` values of `fixed`, which every statement binds first; the rows every statement
-/// returned, in order. With `RETURNING`, both backends return an `INSERT ... VALUES` statement's
-/// rows in the order of its `VALUES` list, which is what callers that pair ids with rows rely on
+/// entry of `cols`); `head` ends with `VALUES`. `head` and `tail` may use `$1` to `$k` for the `k`
+/// values of `fixed`, which every statement binds first. A `VALUES` list used as a table names
+/// its columns `column1`, `column2`, ... on both backends (SQLite takes no column aliases), and
+/// so does its PostgreSQL form. Returns the rows every statement returned, in order. With
+/// `RETURNING`, both backends return an `INSERT` statement's rows in the order of its rows
+/// (the `VALUES` list's, or the arrays'), which is what callers that pair ids with rows rely on
 /// (and check by count).
 pub async fn values(
     tx: &mut Tx,
@@ -48,10 +57,19 @@ pub async fn values(
     rows: &[Vec<Json>],
     tail: &str,
 ) -> Result<Vec<Json>, DbError> {
-    let mut out = Vec::new();
-    if cols.is_empty() {
-        return Ok(out);
+    if cols.is_empty() || rows.is_empty() {
+        return Ok(Vec::new());
     }
+    if let Tx::Postgres(pg) = tx {
+        if let Some(columns) = Columns::of(cols, rows) {
+            if let Some(sql) = unnest_sql(head, fixed.len(), cols, &columns, tail) {
+                let q = columns.bind(bind_pg(sqlx::query(&sql), fixed));
+                let found = q.fetch_all(&mut **pg).await?;
+                return Ok(found.iter().map(decode::pg_row).collect());
+            }
+        }
+    }
+    let mut out = Vec::new();
     let per_statement = (MAX_PARAMS.saturating_sub(fixed.len()) / cols.len()).max(1);
     for chunk in rows.chunks(per_statement) {
         let mut list = Vec::with_capacity(chunk.len());
@@ -72,6 +90,132 @@ pub async fn values(
     Ok(out)
 }
 
+/// The PostgreSQL text of a [`values`] statement with one array parameter per column:
+/// `{head without VALUES} SELECT u.c1 AS column1, ... FROM UNNEST($k+1::type[], ...) AS u(c1, ...)
+/// {tail}`. A column whose values are all NULL is selected as a bare `NULL`, typed by where it
+/// goes as a `VALUES` NULL is. `None` when `head` does not end with `VALUES`.
+fn unnest_sql(
+    head: &str,
+    fixed: usize,
+    cols: &[Col],
+    columns: &Columns,
+    tail: &str,
+) -> Option<String> {
+    let head = head.trim_end().strip_suffix("VALUES")?.trim_end();
+    let mut select = Vec::with_capacity(cols.len());
+    let mut arrays = Vec::with_capacity(cols.len());
+    let mut names = Vec::with_capacity(cols.len());
+    for (i, (col, array)) in cols.iter().zip(&columns.0).enumerate() {
+        let n = i + 1;
+        arrays.push(format!("CAST(${} AS {}[])", fixed + n, array.sql_type()));
+        names.push(format!("c{n}"));
+        let value = match (array, col) {
+            (Array::Null(_), _) => "NULL".to_owned(),
+            (_, Col::Json) => format!("CAST(u.c{n} AS JSONB)"),
+            (_, Col::Timestamp) => format!("CAST(u.c{n} AS TIMESTAMPTZ)"),
+            (_, Col::Plain) => format!("u.c{n}"),
+        };
+        select.push(format!("{value} AS column{n}"));
+    }
+    Some(format!(
+        "{head} SELECT {} FROM UNNEST({}) AS u({}) {tail}",
+        select.join(", "),
+        arrays.join(", "),
+        names.join(", ")
+    ))
+}
+
+/// One column of a batch as a typed array.
+enum Array {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Bool(Vec<Option<bool>>),
+    /// Every value NULL (how many).
+    Null(usize),
+}
+
+impl Array {
+    fn sql_type(&self) -> &'static str {
+        match self {
+            Array::Text(_) | Array::Null(_) => "TEXT",
+            Array::Int(_) => "INT8",
+            Array::Float(_) => "FLOAT8",
+            Array::Bool(_) => "BOOL",
+        }
+    }
+}
+
+/// A batch's columns as arrays, one per column.
+struct Columns(Vec<Array>);
+
+impl Columns {
+    /// The columns of `rows`, each typed by its values; `None` when a column mixes kinds (text
+    /// and numbers, say) or holds arrays or objects, which the `VALUES` form then binds as before.
+    fn of(cols: &[Col], rows: &[Vec<Json>]) -> Option<Columns> {
+        let mut out = Vec::with_capacity(cols.len());
+        for (i, col) in cols.iter().enumerate() {
+            let values = rows.iter().map(|r| r.get(i).unwrap_or(&Json::Null));
+            let kind = values
+                .clone()
+                .filter(|v| !v.is_null())
+                .try_fold(None, |kind, v| {
+                    let this = match v {
+                        Json::String(_) => Kind::Text,
+                        Json::Bool(_) => Kind::Bool,
+                        Json::Number(n) if n.as_i64().is_some() => Kind::Int,
+                        Json::Number(_) => Kind::Float,
+                        _ => return Err(()),
+                    };
+                    match (kind, this) {
+                        (None, t) => Ok(Some(t)),
+                        (Some(k), t) if k == t => Ok(Some(k)),
+                        (Some(Kind::Int | Kind::Float), Kind::Int | Kind::Float) => {
+                            Ok(Some(Kind::Float))
+                        }
+                        _ => Err(()),
+                    }
+                })
+                .ok()?;
+            // JSON and timestamps go as text and are cast where they are selected.
+            if *col != Col::Plain && !matches!(kind, None | Some(Kind::Text)) {
+                return None;
+            }
+            out.push(match kind {
+                None => Array::Null(rows.len()),
+                Some(Kind::Text) => {
+                    Array::Text(values.map(|v| v.as_str().map(str::to_owned)).collect())
+                }
+                Some(Kind::Int) => Array::Int(values.map(Json::as_i64).collect()),
+                Some(Kind::Float) => Array::Float(values.map(Json::as_f64).collect()),
+                Some(Kind::Bool) => Array::Bool(values.map(Json::as_bool).collect()),
+            });
+        }
+        Some(Columns(out))
+    }
+
+    fn bind<'q>(self, mut q: super::PgQuery<'q>) -> super::PgQuery<'q> {
+        for array in self.0 {
+            q = match array {
+                Array::Text(v) => q.bind(v),
+                Array::Int(v) => q.bind(v),
+                Array::Float(v) => q.bind(v),
+                Array::Bool(v) => q.bind(v),
+                Array::Null(n) => q.bind(vec![None::<String>; n]),
+            };
+        }
+        q
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Int,
+    Float,
+    Bool,
+}
+
 /// The `id` column of rows a `RETURNING id` statement gave, checked to be one per row written.
 pub fn ids(rows: &[Json], expected: usize) -> Result<Vec<i64>, DbError> {
     let ids: Vec<i64> = rows.iter().filter_map(|r| r["id"].as_i64()).collect();
@@ -82,5 +226,60 @@ pub fn ids(rows: &[Json], expected: usize) -> Result<Vec<i64>, DbError> {
             "a multi-row insert returned {} ids for {expected} rows",
             ids.len()
         ))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn text(cols: &[Col], rows: &[Vec<Json>]) -> Option<String> {
+        let columns = Columns::of(cols, rows)?;
+        unnest_sql(
+            "INSERT INTO t (a, b, c) VALUES",
+            1,
+            cols,
+            &columns,
+            "RETURNING id",
+        )
+    }
+
+    #[test]
+    fn a_batch_goes_as_one_typed_array_per_column_whatever_its_length() {
+        use Col::{Json as J, Plain as P, Timestamp as T};
+        let cols = [P, J, T];
+        let row = |i: i64| vec![json!(i), json!("{}"), json!("2026-11-29T03:00:00Z")];
+        let one = text(&cols, &[row(1)]).unwrap();
+        assert_eq!(
+            one,
+            "INSERT INTO t (a, b, c) SELECT u.c1 AS column1, CAST(u.c2 AS JSONB) AS column2, \
+             CAST(u.c3 AS TIMESTAMPTZ) AS column3 FROM UNNEST(CAST($2 AS INT8[]), \
+             CAST($3 AS TEXT[]), CAST($4 AS TEXT[])) AS u(c1, c2, c3) RETURNING id"
+        );
+        // The same text for 64 rows: prepared once, not once per length.
+        let many: Vec<_> = (0..64).map(row).collect();
+        assert_eq!(text(&cols, &many).unwrap(), one);
+    }
+
+    #[test]
+    fn columns_are_typed_by_their_values_and_nulls_fit_any_type() {
+        let rows = vec![
+            vec![json!("a"), Json::Null, json!(true), json!(1), Json::Null],
+            vec![Json::Null, Json::Null, json!(false), json!(2.5), json!(7)],
+        ];
+        let columns = Columns::of(&[Col::Plain; 5], &rows).unwrap();
+        let types: Vec<_> = columns.0.iter().map(Array::sql_type).collect();
+        assert_eq!(types, ["TEXT", "TEXT", "BOOL", "FLOAT8", "INT8"]);
+        // A column of NULLs only is selected as a bare NULL, typed by its target column.
+        let sql = unnest_sql("INSERT INTO t VALUES", 0, &[Col::Plain; 5], &columns, "").unwrap();
+        assert!(sql.contains("NULL AS column2"), "{sql}");
+        // Mixed kinds, or objects, keep the `VALUES` form.
+        assert!(Columns::of(&[Col::Plain], &[vec![json!("a")], vec![json!(1)]]).is_none());
+        assert!(Columns::of(&[Col::Plain], &[vec![json!({ "a": 1 })]]).is_none());
+        assert!(Columns::of(&[Col::Json], &[vec![json!(1)]]).is_none());
+        // A head that does not end with VALUES is not rewritten.
+        assert!(unnest_sql("SELECT 1", 0, &[Col::Plain; 5], &columns, "").is_none());
     }
 }

@@ -1,9 +1,11 @@
 //! Guards: whether a new run of a playbook may start. The rule is one pure function
-//! ([`decide`]); the numbers it decides on are counted here ([`counts`]) inside the transaction
+//! ([`decide`]); the numbers it decides on are read here ([`counts_all`]) inside the transaction
 //! that records the run, after [`begin`] has serialised every decider of the playbook:
 //! PostgreSQL takes a transaction-scoped advisory lock per playbook name (so replicas sharing the
 //! database decide one at a time), SQLite starts the transaction with `BEGIN IMMEDIATE` (the
-//! file's write lock, so processes sharing the file decide one at a time).
+//! file's write lock, so processes sharing the file decide one at a time). A playbook's open runs
+//! are its row of `runbook_open_runs`, which triggers on `runbook_runs` keep (migration 0010) and
+//! which only this module reads.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -16,22 +18,22 @@ use super::{
 use crate::status::RunStatus;
 
 /// A transaction in which the guards of `playbooks` are decided: nobody else decides for them
-/// until it ends. Locks are taken in name order, so two deciders never wait on each other.
+/// until it ends. Locks are taken in key order, so two deciders never wait on each other. On
+/// PostgreSQL the locks go in the `BEGIN` itself (one simple query, one round trip however many
+/// playbooks a batch touches); the keys spliced there are numbers this process computed from
+/// the names, never text.
 pub async fn begin(db: &Db, playbooks: &[&str]) -> Result<Tx, DbError> {
     match db {
         Db::Sqlite(pool) => Ok(Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)),
         Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
             let mut keys: Vec<i64> = playbooks.iter().map(|p| lock_key(p)).collect();
             keys.sort_unstable();
             keys.dedup();
+            let mut begin = String::from("BEGIN");
             for key in keys {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
+                begin.push_str(&format!("; SELECT pg_advisory_xact_lock({key})"));
             }
-            Ok(Tx::Postgres(tx))
+            Ok(Tx::Postgres(pool.begin_with(begin).await?))
         }
     }
 }
@@ -211,10 +213,17 @@ pub fn open_statuses() -> Vec<RunStatus> {
         .collect()
 }
 
+/// What [`counts_all`] counts for one playbook.
+#[derive(Clone, Copy, Debug)]
+pub struct Wanted<'a> {
+    pub playbook: &'a str,
+    pub limits: &'a Limits,
+    /// The cooldown per playbook, when a trigger of the batch is not an alert.
+    pub window: Option<Duration>,
+}
+
 /// Counts what [`decide`] needs for `playbook` as a whole (the cooldown per playbook; the per-alert
 /// cooldown of a batch is [`alerts_in_cooldown`]), at time `now`, inside the deciding transaction.
-/// Each count stops at the limit it is compared with (a cooldown at 1), so deciding costs the
-/// same however many runs the playbook has.
 pub async fn counts(
     tx: &mut Tx,
     playbook: &str,
@@ -222,31 +231,60 @@ pub async fn counts(
     window: Option<Duration>,
     now: DateTime<Utc>,
 ) -> Result<Counts, DbError> {
-    let open = open_statuses();
-    let list: Vec<String> = (0..open.len()).map(|i| format!("${}", i + 2)).collect();
-    let mut params = vec![json!(playbook)];
-    params.extend(open.iter().map(|s| json!(s)));
-    let sql = format!(
-        "SELECT 1 FROM runbook_runs WHERE playbook = $1 AND NOT dry_run AND status IN ({})",
-        list.join(", ")
-    );
-    let open = count(tx, &sql, params, limits.concurrency).await?;
-    let last_hour = match limits.max_runs_per_hour {
-        None => 0,
-        Some(max) => started_since(tx, playbook, now - chrono::Duration::hours(1), max).await?,
+    let wanted = Wanted {
+        playbook,
+        limits,
+        window,
     };
-    let in_cooldown = match window {
-        None => 0,
-        Some(w) => {
-            let since = now - chrono::Duration::from_std(w).unwrap_or_default();
-            started_since(tx, playbook, since, 1).await?
-        }
-    };
-    Ok(Counts {
-        open,
-        in_cooldown,
-        last_hour,
-    })
+    Ok(counts_all(tx, &[wanted], now).await?.remove(0))
+}
+
+/// [`counts`] for several playbooks, in order. The open runs are the playbooks' counters
+/// (`runbook_open_runs`, kept by the store's triggers as runs start and end), read in one
+/// statement for them all, so deciding costs the same however many runs are open; the runs of
+/// the last hour and the cooldown per playbook are counted only for the playbooks whose guard
+/// has them, each count stopping at the limit it is compared with (a cooldown at 1).
+pub async fn counts_all(
+    tx: &mut Tx,
+    wanted: &[Wanted<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<Counts>, DbError> {
+    let names: Vec<Vec<Json>> = wanted.iter().map(|w| vec![json!(w.playbook)]).collect();
+    let found = super::batch::values(
+        tx,
+        "SELECT o.playbook, o.open FROM runbook_open_runs o JOIN (VALUES",
+        &[],
+        &[Col::Plain],
+        &names,
+        ") k ON o.playbook = k.column1",
+    )
+    .await?;
+    let open: std::collections::HashMap<&str, i64> = found
+        .iter()
+        .filter_map(|r| Some((r["playbook"].as_str()?, r["open"].as_i64()?)))
+        .collect();
+    let mut out = Vec::with_capacity(wanted.len());
+    for w in wanted {
+        let last_hour = match w.limits.max_runs_per_hour {
+            None => 0,
+            Some(max) => {
+                started_since(tx, w.playbook, now - chrono::Duration::hours(1), max).await?
+            }
+        };
+        let in_cooldown = match w.window {
+            None => 0,
+            Some(d) => {
+                let since = now - chrono::Duration::from_std(d).unwrap_or_default();
+                started_since(tx, w.playbook, since, 1).await?
+            }
+        };
+        out.push(Counts {
+            open: open.get(w.playbook).copied().unwrap_or(0),
+            in_cooldown,
+            last_hour,
+        });
+    }
+    Ok(out)
 }
 
 /// Runs of `playbook` (not skipped) created since `since`, counted up to `cap`.
@@ -269,29 +307,52 @@ async fn started_since(
     count(tx, &sql, params, cap).await
 }
 
-/// Of the alerts `keys` (fingerprint, kind), those with a run of `playbook` (not skipped) decided
-/// since `since`: the per-alert cooldown of a whole batch in one statement.
+/// An alert (fingerprint, kind) asked about for a playbook's cooldown: whether it has a run of
+/// the playbook (not skipped) decided since `since` (a timestamp's text).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CoolKey {
+    pub playbook: String,
+    pub fingerprint: String,
+    pub kind: String,
+}
+
+/// Of the alerts `keys` (each with the start of its playbook's cooldown window), those with a run
+/// of their playbook (not skipped) decided since then: the per-alert cooldown of a whole batch,
+/// every playbook at once, in one statement.
 pub async fn alerts_in_cooldown(
     tx: &mut Tx,
-    playbook: &str,
-    keys: &[(String, String)],
-    since: &str,
-) -> Result<HashSet<(String, String)>, DbError> {
-    if keys.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let head = format!(
-        "SELECT DISTINCT a.fingerprint, a.kind FROM runbook_alert_runs a JOIN runbook_runs r ON r.id = a.run_id \
-         WHERE a.playbook = $1 AND r.status <> $2 AND a.decided_at >= {} AND (a.fingerprint, a.kind) IN (VALUES",
-        ts_param(tx, 3)
-    );
-    let fixed = [json!(playbook), json!(RunStatus::Skipped), json!(since)];
-    let rows: Vec<Vec<Json>> = keys.iter().map(|(f, k)| vec![json!(f), json!(k)]).collect();
-    let found = super::batch::values(tx, &head, &fixed, &[Col::Plain; 2], &rows, ")").await?;
+    keys: &[(CoolKey, String)],
+) -> Result<HashSet<CoolKey>, DbError> {
+    let rows: Vec<Vec<Json>> = keys
+        .iter()
+        .map(|(k, since)| {
+            vec![
+                json!(k.playbook),
+                json!(k.fingerprint),
+                json!(k.kind),
+                json!(since),
+            ]
+        })
+        .collect();
+    let found = super::batch::values(
+        tx,
+        "SELECT DISTINCT a.playbook, a.fingerprint, a.kind FROM (VALUES",
+        &[json!(RunStatus::Skipped)],
+        &[Col::Plain, Col::Plain, Col::Plain, Col::Timestamp],
+        &rows,
+        ") k JOIN runbook_alert_runs a ON a.playbook = k.column1 AND a.fingerprint = k.column2 \
+         AND a.kind = k.column3 AND a.decided_at >= k.column4 \
+         JOIN runbook_runs r ON r.id = a.run_id WHERE r.status <> $1",
+    )
+    .await?;
     let text = |v: &Json| v.as_str().unwrap_or_default().to_owned();
     Ok(found
         .iter()
-        .map(|r| (text(&r["fingerprint"]), text(&r["kind"])))
+        .map(|r| CoolKey {
+            playbook: text(&r["playbook"]),
+            fingerprint: text(&r["fingerprint"]),
+            kind: text(&r["kind"]),
+        })
         .collect())
 }
 
@@ -419,3 +480,6 @@ mod tests {
         assert_ne!(lock_key("queue-backlog"), lock_key("dlq-rate"));
     }
 }
+
+#[cfg(test)]
+mod open_runs;

@@ -61,6 +61,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007_heartbeat"),
     migration!(8, "0008_run_report"),
     migration!(9, "0009_console_sessions"),
+    migration!(10, "0010_open_runs"),
     migration!(11, "0011_approval_changes_queue_samples"),
 ];
 

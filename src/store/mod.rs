@@ -280,9 +280,13 @@ impl Db {
         if !read_only {
             create_private(opts.get_filename())?;
         }
+        // No ping before each acquire: a SQLite connection is a file handle on a thread of this
+        // process, with no server to lose; the ping was a round trip to that thread on every
+        // statement. (sqlx still tests a connection when it goes back to the pool.)
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if !read_only {

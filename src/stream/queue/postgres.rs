@@ -113,8 +113,8 @@ pub(super) async fn ack(
     }
 }
 
-/// Completes the commands whose lease is still `worker`'s; returns their ids. Alone, or in the
-/// batch's transaction.
+/// Completes the commands whose lease is still `worker`'s; returns their ids (as one array, in
+/// one row, not a row each). Alone, or in the batch's transaction.
 async fn complete<'e>(
     db: impl PgExecutor<'e>,
     ids: &[i64],
@@ -122,20 +122,21 @@ async fn complete<'e>(
 ) -> Result<Vec<i64>, DbError> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "UPDATE command_queue SET status = '{COMPLETED}', completed_at = NOW(), updated_at = NOW(), \
+            "WITH done AS (UPDATE command_queue SET status = '{COMPLETED}', completed_at = NOW(), updated_at = NOW(), \
                     locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
-             WHERE id = ANY($1) AND locked_by = $2 AND status = '{PROCESSING}' RETURNING id"
+             WHERE id = ANY($1) AND locked_by = $2 AND status = '{PROCESSING}' RETURNING id) \
+             SELECT COALESCE(array_agg(id), '{{}}') FROM done"
         )
     });
     Ok(sqlx::query_scalar(&SQL)
         .bind(ids)
         .bind(worker)
-        .fetch_all(db)
+        .fetch_one(db)
         .await?)
 }
 
 /// Completes the commands whose lease is still `worker`'s and releases the locks those hold, in
-/// one statement; returns the accepted ids.
+/// one statement; returns the accepted ids (one array, in one row).
 async fn complete_releasing(pool: &PgPool, ids: &[i64], worker: &str) -> Result<Vec<i64>, DbError> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
@@ -146,13 +147,13 @@ async fn complete_releasing(pool: &PgPool, ids: &[i64], worker: &str) -> Result<
              released AS ( \
                UPDATE work_state w SET state = 'idle', locked_at = NULL, locked_by = NULL, command_id = NULL, updated_at = NOW() \
                FROM done WHERE w.entity = done.entity AND w.entity_id = done.entity_id AND w.command_id = done.id RETURNING 1) \
-             SELECT id FROM done"
+             SELECT COALESCE(array_agg(id), '{{}}') FROM done"
         )
     });
     Ok(sqlx::query_scalar(&SQL)
         .bind(ids)
         .bind(worker)
-        .fetch_all(pool)
+        .fetch_one(pool)
         .await?)
 }
 

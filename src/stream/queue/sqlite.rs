@@ -7,15 +7,15 @@ use std::{collections::HashMap, sync::LazyLock, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{SqliteConnection, SqlitePool};
 
 use super::{
-    columns, lock_candidates, lock_outcomes, sort_batch, AckPlan, Claimed, Disposition, Event,
-    Failure, Lock, COMPLETED, DLQ, PENDING, PROCESSING,
+    lock_candidates, lock_outcomes, sort_batch, AckPlan, Claimed, Disposition, Event, Failure,
+    Lock, COMPLETED, DLQ, PENDING, PROCESSING,
 };
 use crate::{
     status::ErrorType,
-    store::DbError,
+    store::{DbError, SqlxError},
     template::{sqlite_now_plus, SQLITE_NOW},
 };
 
@@ -43,6 +43,11 @@ pub(super) fn parse_ts(s: &str) -> DateTime<Utc> {
 
 /// Claims a batch, then takes the locks of its candidates (see `lock_candidates`), in one
 /// transaction.
+///
+/// The transaction takes the write lock first (`BEGIN IMMEDIATE`), so that the batch it picks
+/// with a read is the batch it updates: no other writer comes between. Each statement answers
+/// with at most one row (the batch, then its locks, as JSON): rows cross from SQLite's thread to
+/// the worker one at a time, and a hundred of them cost more than the statements themselves.
 pub(super) async fn claim_locked(
     pool: &SqlitePool,
     worker: &str,
@@ -51,31 +56,39 @@ pub(super) async fn claim_locked(
     ttl: Duration,
     shared: &[String],
 ) -> Result<Vec<(Claimed, Lock)>, DbError> {
+    // The commands as they will be once claimed: `attempts` counts this one.
+    static PICK: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT json_group_array(json_array(id, entity, entity_id, command_type, priority, payload, attempts + 1, created_at)) \
+             FROM (SELECT id, entity, entity_id, command_type, priority, payload, attempts, created_at FROM command_queue \
+                   WHERE status = '{PENDING}' AND run_at <= {SQLITE_NOW} ORDER BY priority DESC, run_at, id LIMIT ?1)"
+        )
+    });
     static CLAIM: LazyLock<String> = LazyLock::new(|| {
         format!(
             "UPDATE command_queue SET status = '{PROCESSING}', locked_by = ?1, \
                     locked_until = {until}, attempts = attempts + 1, updated_at = {SQLITE_NOW} \
-             WHERE id IN (SELECT id FROM command_queue WHERE status = '{PENDING}' AND run_at <= {SQLITE_NOW} \
-                          ORDER BY priority DESC, run_at, id LIMIT ?2) \
-             RETURNING id, entity, entity_id, command_type, priority, payload, attempts, created_at",
+             WHERE id IN (SELECT value FROM json_each(?2))",
             until = sqlite_now_plus("?3"),
         )
     });
-    let mut tx = pool.begin().await?;
-    let rows = sqlx::query(&CLAIM)
-        .bind(worker)
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let picked: String = sqlx::query_scalar(&PICK)
         .bind(limit as i64)
-        .bind(later(lease))
-        .fetch_all(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-    let mut batch: Vec<Claimed> = rows
-        .iter()
-        .map(|r| Claimed {
-            payload: serde_json::from_str(r.get::<&str, _>(5)).unwrap_or(Json::Null),
-            created_at: parse_ts(r.get::<&str, _>(7)),
-            ..columns(r)
-        })
-        .collect();
+    let mut batch = picked_batch(&picked)?;
+    if batch.is_empty() {
+        tx.rollback().await?;
+        return Ok(Vec::new());
+    }
+    let claimed_ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
+    sqlx::query(&CLAIM)
+        .bind(worker)
+        .bind(ids(&claimed_ids))
+        .bind(later(lease))
+        .execute(&mut *tx)
+        .await?;
     sort_batch(&mut batch);
     let candidates = lock_candidates(&batch, shared);
     let held = if candidates.is_empty() {
@@ -87,10 +100,53 @@ pub(super) async fn claim_locked(
     Ok(lock_outcomes(batch, shared, &held))
 }
 
+/// The batch `PICK` answered: `[[id, entity, entity_id, command_type, priority, payload text,
+/// attempts, created_at], ...]`.
+fn picked_batch(picked: &str) -> Result<Vec<Claimed>, DbError> {
+    type Row = (
+        i64,
+        String,
+        String,
+        String,
+        i32,
+        Option<String>,
+        i32,
+        String,
+    );
+    let rows: Vec<Row> = serde_json::from_str(picked)
+        .map_err(|e| DbError::Query(SqlxError(sqlx::Error::Decode(Box::new(e)))))?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, entity, entity_id, command_type, priority, payload, attempts, created_at)| {
+                Claimed {
+                    id,
+                    entity,
+                    entity_id,
+                    command_type,
+                    priority,
+                    payload: payload
+                        .and_then(|p| serde_json::from_str(&p).ok())
+                        .unwrap_or(Json::Null),
+                    attempts,
+                    created_at: parse_ts(&created_at),
+                }
+            },
+        )
+        .collect())
+}
+
 /// Takes the candidates' entity locks where they are free or expired (older than `ttl`), and no
 /// older exclusive command of the entity with at least the candidate's priority is pending
 /// (deferred behind the lock, or waiting for a retry: it goes first); returns the ids that took theirs, each with whether it was a takeover.
 /// The batch's own commands are `processing` by now, so only commands outside it hold one back.
+///
+/// Which candidates took their lock is read back in one row: the `updating` locks whose
+/// `command_id` is a candidate's. A command holds its lock only while it is `processing` (its
+/// acknowledgement, or the rescue of its lease, releases it in the transaction that ends that),
+/// so a candidate, pending until this claim, holds one only if this statement gave it. (Were a
+/// pending command ever to keep its lock, it would be read as holding it, which it does: the
+/// lock names it.)
 async fn lock(
     tx: &mut SqliteConnection,
     candidates: &[&Claimed],
@@ -108,40 +164,55 @@ async fn lock(
              ON CONFLICT (entity, entity_id) DO UPDATE SET state = 'updating', locked_at = {SQLITE_NOW}, locked_by = excluded.locked_by, \
                 command_id = excluded.command_id, takeover = (work_state.state = 'updating'), \
                 expiries = work_state.expiries + CASE WHEN work_state.state = 'updating' THEN 1 ELSE 0 END, updated_at = {SQLITE_NOW} \
-             WHERE work_state.state <> 'updating' OR work_state.locked_at < {expired} \
-             RETURNING command_id, takeover",
+             WHERE work_state.state <> 'updating' OR work_state.locked_at < {expired}",
             expired = sqlite_now_plus("?3"),
         )
     });
+    static HELD: &str = "SELECT json_group_array(json_array(command_id, takeover)) FROM work_state \
+         WHERE state = 'updating' AND command_id IN (SELECT json_extract(value, '$[2]') FROM json_each(?1))";
     let items: Vec<Json> = candidates
         .iter()
         .map(|c| serde_json::json!([c.entity, c.entity_id, c.id, c.priority]))
         .collect();
-    Ok(sqlx::query(&SQL)
-        .bind(Json::Array(items).to_string())
+    let items = Json::Array(items).to_string();
+    sqlx::query(&SQL)
+        .bind(&items)
         .bind(worker)
         .bind(earlier(ttl))
         .bind(serde_json::to_string(shared).unwrap_or_default())
-        .fetch_all(tx)
-        .await?
-        .iter()
-        .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1) != 0))
-        .collect())
+        .execute(&mut *tx)
+        .await?;
+    let held: String = sqlx::query_scalar(HELD)
+        .bind(&items)
+        .fetch_one(&mut *tx)
+        .await?;
+    let held: Vec<(i64, i64)> = serde_json::from_str(&held)
+        .map_err(|e| DbError::Query(SqlxError(sqlx::Error::Decode(Box::new(e)))))?;
+    Ok(held.into_iter().map(|(id, t)| (id, t != 0)).collect())
 }
 
 /// Writes an acknowledgement in one transaction (whatever its shape: SQLite has one writer, and
 /// no round trip to save); returns the accepted completions.
+///
+/// The completions are counted, not returned (a hundred ids would cross from SQLite's thread one
+/// row at a time): when every one of them is accepted, the common case, the count says so. When
+/// some were refused (another worker took their lease over), the transaction is rolled back and
+/// written again, learning this time which completions stand.
 pub(super) async fn ack(
     pool: &SqlitePool,
     worker: &str,
     plan: &AckPlan<'_>,
 ) -> Result<Vec<i64>, DbError> {
     let mut tx = pool.begin().await?;
-    let accepted = if plan.complete.is_empty() {
-        Vec::new()
-    } else {
-        complete(&mut tx, &plan.complete, worker).await?
-    };
+    let mut accepted = plan.complete.clone();
+    if !plan.complete.is_empty() {
+        let n = complete_counted(&mut tx, &plan.complete, worker).await?;
+        if n != plan.complete.len() {
+            tx.rollback().await?;
+            tx = pool.begin().await?;
+            accepted = complete_returning(&mut tx, &plan.complete, worker).await?;
+        }
+    }
     let events = plan.outbox(&accepted);
     if !events.is_empty() {
         insert_events(&mut tx, &events).await?;
@@ -156,19 +227,37 @@ pub(super) async fn ack(
     Ok(accepted)
 }
 
+/// The completion of the commands whose lease is still `worker`'s (`?1` the ids, `?2` the worker).
+static COMPLETE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE command_queue SET status = '{COMPLETED}', completed_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW}, \
+                locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
+         WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND status = '{PROCESSING}'"
+    )
+});
+
+/// Completes the commands whose lease is still `worker`'s; returns how many.
+async fn complete_counted(
+    tx: &mut SqliteConnection,
+    done: &[i64],
+    worker: &str,
+) -> Result<usize, DbError> {
+    let n = sqlx::query(&COMPLETE)
+        .bind(ids(done))
+        .bind(worker)
+        .execute(tx)
+        .await?
+        .rows_affected();
+    Ok(n as usize)
+}
+
 /// Completes the commands whose lease is still `worker`'s; returns their ids.
-async fn complete(
+async fn complete_returning(
     tx: &mut SqliteConnection,
     done: &[i64],
     worker: &str,
 ) -> Result<Vec<i64>, DbError> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "UPDATE command_queue SET status = '{COMPLETED}', completed_at = {SQLITE_NOW}, updated_at = {SQLITE_NOW}, \
-                    locked_by = NULL, locked_until = NULL, error_message = NULL, error_type = NULL \
-             WHERE id IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND status = '{PROCESSING}' RETURNING id"
-        )
-    });
+    static SQL: LazyLock<String> = LazyLock::new(|| format!("{} RETURNING id", *COMPLETE));
     Ok(sqlx::query_scalar(&SQL)
         .bind(ids(done))
         .bind(worker)
@@ -268,4 +357,127 @@ pub(super) async fn rescue(pool: &SqlitePool, max_retries: u32) -> Result<(u64, 
     };
     tx.commit().await?;
     Ok((returned.len() as u64, released))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::{json, Value as Json};
+
+    use super::super::{ack, claim_locked, enqueue, rescue, Ack, Event, Lock, NewCommand};
+    use crate::store::Db;
+
+    const LEASE: Duration = Duration::from_secs(30);
+    const TTL: Duration = Duration::from_secs(300);
+
+    fn command(entity_id: &str) -> NewCommand {
+        NewCommand {
+            entity: "user".into(),
+            entity_id: entity_id.into(),
+            command_type: "user.update".into(),
+            priority: 0,
+            payload: json!({ "n": entity_id }),
+        }
+    }
+
+    fn event(command_id: i64, entity_id: &str) -> Event {
+        Event {
+            command_id,
+            entity: "user".into(),
+            entity_id: entity_id.into(),
+            event_type: "user.update.completed".into(),
+            topic: "user-events".into(),
+            payload: json!({}),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_batch_whose_lease_was_partly_taken_over_completes_the_rest_with_their_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("q.db").display());
+        let db = Db::connect(&url, false, 2).await.unwrap();
+        db.migrate().await.unwrap();
+        let ids = enqueue(&db, &[command("1"), command("2")]).await.unwrap();
+        let a = claim_locked(&db, "worker-a", 10, LEASE, TTL, &[])
+            .await
+            .unwrap();
+        let claimed: Vec<(i64, Lock, i32, Json)> = a
+            .iter()
+            .map(|(c, l)| (c.id, *l, c.attempts, c.payload.clone()))
+            .collect();
+        let held = Lock::Held { takeover: false };
+        assert_eq!(
+            claimed,
+            vec![
+                (ids[0], held, 1, json!({ "n": "1" })),
+                (ids[1], held, 1, json!({ "n": "2" })),
+            ]
+        );
+        // The first command's lease runs out and worker B claims it again.
+        db.sql(
+            "UPDATE command_queue SET locked_until = '2000-01-01T00:00:00.000Z' WHERE id = $1",
+            vec![json!(ids[0])],
+        )
+        .await
+        .unwrap();
+        assert_eq!(rescue(&db, 5).await.unwrap(), (1, 1));
+        let b = claim_locked(&db, "worker-b", 10, LEASE, TTL, &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            b.iter()
+                .map(|(c, l)| (c.id, *l, c.attempts))
+                .collect::<Vec<_>>(),
+            vec![(ids[0], held, 2)]
+        );
+        // Worker A's acknowledgement of both: its completion of the first is refused, with its
+        // event; the second completes with its event.
+        let late = Ack {
+            completed: vec![
+                (ids[0], "user".into(), "1".into()),
+                (ids[1], "user".into(), "2".into()),
+            ],
+            events: vec![event(ids[0], "1"), event(ids[1], "2")],
+            locked: vec![ids[1]],
+            ..Ack::default()
+        };
+        assert_eq!(ack(&db, "worker-a", &late).await.unwrap(), vec![ids[1]]);
+        let rows = db
+            .sql(
+                "SELECT id, status, locked_by FROM command_queue ORDER BY id",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .rows;
+        assert_eq!(
+            rows,
+            vec![
+                json!({ "id": ids[0], "status": "processing", "locked_by": "worker-b" }),
+                json!({ "id": ids[1], "status": "completed", "locked_by": null }),
+            ]
+        );
+        let events = db
+            .sql("SELECT command_id FROM outbox_final", vec![])
+            .await
+            .unwrap()
+            .rows;
+        assert_eq!(events, vec![json!({ "command_id": ids[1] })]);
+        let locks = db
+            .sql(
+                "SELECT entity_id, state, command_id FROM work_state ORDER BY entity_id",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .rows;
+        assert_eq!(
+            locks,
+            vec![
+                json!({ "entity_id": "1", "state": "updating", "command_id": ids[0] }),
+                json!({ "entity_id": "2", "state": "idle", "command_id": null }),
+            ]
+        );
+    }
 }
