@@ -193,7 +193,9 @@ async fn walk(db: &Db) {
 
     assert!(runs::start_queued(db, a).await.unwrap());
     assert_counted(db, "starting").await;
-    runs::set_waiting(db, a, "approve").await.unwrap();
+    runs::set_waiting(db, a, "approve", &serde_json::Value::Null)
+        .await
+        .unwrap();
     assert_counted(db, "waiting for approval").await;
     runs::resume_waiting(db, a).await.unwrap();
     runs::cancel(db, a, "cli:test").await.unwrap();
