@@ -2,7 +2,13 @@
 //! started here), once per alert occurrence however often it arrives, guards enforced at
 //! admission across processes and replicas, and the global pause.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use serde_json::{json, Value as Json};
 
@@ -366,7 +372,8 @@ async fn an_ha_pair_of_alertmanagers_delivering_to_two_replicas_starts_one_run()
 }
 
 /// A client that retries like Alertmanager: on a connection error or a 5xx, again after a pause.
-async fn deliver(url: &str, body: &Json) -> usize {
+/// Each failed attempt is counted in `retries`.
+async fn deliver(url: &str, body: &Json, retries: &AtomicUsize) {
     let client = reqwest::Client::new();
     for attempt in 1.. {
         let sent = client
@@ -377,15 +384,17 @@ async fn deliver(url: &str, body: &Json) -> usize {
             .send()
             .await;
         match sent {
-            Ok(r) if r.status().is_success() => return attempt,
+            Ok(r) if r.status().is_success() => return,
             Ok(r) if r.status().is_client_error() => {
                 panic!("{url} refused: {}", r.text().await.unwrap_or_default())
             }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => {
+                retries.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
         }
         assert!(attempt < 400, "{url} did not come back");
     }
-    unreachable!()
 }
 
 #[tokio::test]
@@ -403,12 +412,21 @@ async fn a_server_killed_during_a_burst_of_1000_alerts_loses_none_and_doubles_no
             notification((0..10).map(|i| alert(json!({"alertname": "QueueDepthHigh", "instance": format!("i{}", n * 10 + i), "severity": "info"}), &starts, None)).collect())
         })
         .collect();
-    let client = tokio::spawn(async move {
-        let mut retried = 0;
-        for b in &bodies {
-            retried += deliver(&webhook, b).await - 1;
+    // The kill lands inside the burst whatever the machine's speed: the test kills the server
+    // once a third of the alerts are recorded, and the client, should it get ahead, waits after
+    // the 40th notification until the server has been killed, then goes on against the dead one.
+    let retries = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(tokio::sync::Notify::new());
+    let client = tokio::spawn({
+        let (retries, killed) = (retries.clone(), killed.clone());
+        async move {
+            for (n, b) in bodies.iter().enumerate() {
+                if n == 40 {
+                    killed.notified().await;
+                }
+                deliver(&webhook, b, &retries).await;
+            }
         }
-        retried
     });
     let db = store(&url).await;
     until_scalar(
@@ -420,12 +438,18 @@ async fn a_server_killed_during_a_burst_of_1000_alerts_loses_none_and_doubles_no
     )
     .await;
     server.kill_hard();
+    killed.notify_one();
+    // Restarted only once the client has met the dead server.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while retries.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client never met the killed server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _restarted = w.serve_at(&["--store", &url], &listen);
-    let retried = client.await.unwrap();
-    assert!(
-        retried > 0,
-        "the client never had to retry: the kill landed after the burst"
-    );
+    client.await.unwrap();
     assert_eq!(
         scalar(&db, "SELECT COUNT(*) AS n FROM runbook_alert_runs").await,
         1000
