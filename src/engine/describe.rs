@@ -4,7 +4,11 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::{duration::Dur, playbook::Step, steps::StepKind};
+use crate::{
+    duration::Dur,
+    playbook::Step,
+    steps::{DurSpec, StepKind},
+};
 
 /// Header names whose values a plan never shows, whatever they hold.
 const SENSITIVE_HEADERS: &[&str] = &[
@@ -124,7 +128,7 @@ fn silence(input: &Json) -> String {
 }
 
 /// `every`/`within`/`until` in words.
-pub(super) fn poll(every: Dur, within: Dur, until: &str) -> String {
+pub(super) fn poll(every: &DurSpec, within: &DurSpec, until: &str) -> String {
     format!("would poll every {every} for up to {within} until `{until}`")
 }
 

@@ -53,7 +53,7 @@ impl Engine {
         if let Some(u) = &step.until {
             would.push_str(&format!(
                 "; then {}",
-                describe::poll(u.every, u.within, &u.expr)
+                describe::poll(&u.every, &u.within, &u.expr)
             ));
         }
         would
@@ -191,7 +191,7 @@ impl Engine {
         let Some(until) = &step.until else {
             return Ok(Done::Ran(out));
         };
-        let poll = describe::poll(until.every, until.within, &until.expr);
+        let poll = describe::poll(&until.every, &until.within, &until.expr);
         let found = summarize(&out);
         let (now, unknown, holds) = match check {
             Some((_, touched)) if touched.any() => ("unknown", touched.paths(), false),

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     diagnostics::Diagnostic,
     duration::Dur,
-    steps::{Flavour, RawRetry, RawStep, StepKind},
+    steps::{DurSpec, Flavour, RawRetry, RawStep, StepKind},
     template::Templates,
 };
 
@@ -464,17 +464,23 @@ fn compile_for_each(
 }
 
 fn compile_until(c: &mut Compiler, at: &str, s: &RawStep, base: &Scope) -> Option<Until> {
-    match (&s.until, s.every, s.within) {
+    match (&s.until, &s.every, &s.within) {
         (Some(expr), every, within) => {
             let scope = Scope {
                 self_visible: true,
                 ..*base
             };
             check(c, &format!("{at}.until"), expr, Flavour::Expr, &scope);
+            // A templated duration is rendered before the first poll: it sees what the step does.
+            for (key, spec) in [("every", every), ("within", within)] {
+                if let Some(t) = spec.as_ref().and_then(|d| d.template()) {
+                    check(c, &format!("{at}.{key}"), t, Flavour::Text, base);
+                }
+            }
             Some(Until {
                 expr: expr.clone(),
-                every: every.unwrap_or(Dur::from_secs(10)),
-                within: within.unwrap_or(Dur::from_secs(300)),
+                every: every.clone().unwrap_or(DurSpec::Fixed(Dur::from_secs(10))),
+                within: within.clone().unwrap_or(DurSpec::Fixed(Dur::from_secs(300))),
             })
         }
         (None, Some(_), _) | (None, _, Some(_)) => {

@@ -26,7 +26,7 @@ pub use schedule::Schedule;
 use crate::{
     diagnostics::Diagnostic,
     duration::Dur,
-    steps::StepKind,
+    steps::{DurSpec, StepKind},
     store::versions::{self, Version},
 };
 
@@ -114,8 +114,9 @@ pub enum ForEach {
 #[derive(Debug, Clone)]
 pub struct Until {
     pub expr: String,
-    pub every: Dur,
-    pub within: Dur,
+    /// Literal, or a template the engine renders when the step starts polling.
+    pub every: DurSpec,
+    pub within: DurSpec,
 }
 
 /// Default step deadline when a step names none.

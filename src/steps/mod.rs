@@ -9,6 +9,7 @@ mod approve;
 mod assert;
 mod call;
 mod context;
+mod dur_spec;
 mod http;
 mod kafka;
 mod mock;
@@ -36,6 +37,7 @@ pub use context::{
 
 use crate::duration::Dur;
 pub use mock::{MockAnswer, MockCall, StepMocks};
+pub use dur_spec::DurSpec;
 pub use names::Names;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -76,10 +78,12 @@ pub struct RawStep {
     /// Expression; the step is repeated every `every` until it is true, for at most `within`.
     #[serde(default)]
     pub until: Option<String>,
+    /// A duration, or a template rendered when the step runs (`"{{ params.poll_every }}"`).
     #[serde(default)]
-    pub every: Option<Dur>,
+    pub every: Option<DurSpec>,
+    /// A duration, or a template rendered when the step runs (`"{{ params.verify_within }}"`).
     #[serde(default)]
-    pub within: Option<Dur>,
+    pub within: Option<DurSpec>,
 
     #[serde(default)]
     pub sql: Option<ShortOr<RawSql>>,
@@ -96,8 +100,9 @@ pub struct RawStep {
     pub shell: Option<RawShell>,
     #[serde(default)]
     pub tcp_check: Option<ShortOr<RawTcpCheck>>,
+    /// A duration, or a template rendered when the step runs (`"{{ params.recovery_wait }}"`).
     #[serde(default)]
-    pub wait: Option<Dur>,
+    pub wait: Option<DurSpec>,
     #[serde(default)]
     pub assert: Option<ShortOr<RawAssert>>,
     #[serde(default)]
