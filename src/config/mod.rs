@@ -57,6 +57,14 @@ pub struct Config {
     /// What `shell` steps may run.
     #[serde(default)]
     pub shell: ShellConfig,
+    /// Named changes outside runbook that `action` steps perform (`action: { name: NAME }`):
+    /// a command (argv list, its program in `shell.allow`) or an HTTP request.
+    #[serde(default)]
+    pub actions: BTreeMap<String, ActionConfig>,
+    /// Per playbook, param values every run of it gets (alert, schedule, CLI, API, a calling
+    /// playbook) unless the run gives the param itself: they replace the playbook's defaults.
+    #[serde(default)]
+    pub playbooks: BTreeMap<String, PlaybookConfig>,
     /// Environment variables templates may read as `env.NAME`: a name, or
     /// `{ name: NAME, secret: true }` for a secret (masked, and only placed whole).
     #[serde(default)]
@@ -503,6 +511,53 @@ pub struct ShellConfig {
     pub allow: Vec<String>,
 }
 
+/// `playbooks.NAME`: what the config sets for one playbook.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaybookConfig {
+    /// Param values, checked against the playbook's declared params and their types.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    pub params: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// `actions.NAME`: one change outside runbook, exactly one of `argv` or `http`. Its strings are
+/// templates over `args` (what the step passes), rendered one by one.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionConfig {
+    /// A program and its arguments, e.g. `[docker, compose, restart, kafka]`; never a shell
+    /// line. The program (literal) must be in `shell.allow`.
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
+    /// An HTTP request.
+    #[serde(default)]
+    pub http: Option<ActionHttp>,
+    /// How long the action may take (default 5m).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
+/// An HTTP action: values interpolated into the URL are percent-encoded.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionHttp {
+    /// Default `POST`.
+    #[serde(default)]
+    pub method: Option<String>,
+    pub url: String,
+    /// A JSON body; strings inside are templates over `args`.
+    #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub json: Option<serde_yaml::Value>,
+    /// An environment variable holding a bearer token sent as `Authorization` (masked).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Accepted status codes (default any 2xx).
+    #[serde(default)]
+    pub expect: Vec<u16>,
+}
+
 /// The streaming runtime's settings, with the seed's metamodel names.
 #[derive(Debug, Deserialize, Clone, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -643,7 +698,7 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_yaml::from_str(text).map_err(|e| {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| {
             let pos = e
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -651,7 +706,49 @@ impl Config {
             let msg = e.to_string();
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
             Diagnostic::new(path, pos, msg)
-        })
+        })?;
+        if let Some((name, problem)) = config.action_problem() {
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().starts_with(&format!("{name}:")))
+                .map_or(1, |i| i + 1);
+            return Err(Diagnostic::new(
+                path,
+                (line, 1),
+                format!("actions.{name}: {problem}"),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The first action that is not exactly one runnable command or request, and why.
+    fn action_problem(&self) -> Option<(&str, String)> {
+        for (name, a) in &self.actions {
+            let problem = match (&a.argv, &a.http) {
+                (None, None) | (Some(_), Some(_)) => {
+                    Some("give exactly one of `argv` (a command) or `http` (a request)".to_owned())
+                }
+                (Some(argv), None) => match argv.first() {
+                    None => Some("`argv` needs at least the program".to_owned()),
+                    Some(p) if p.contains("{{") || p.contains("{%") => {
+                        Some("the program (argv[0]) must be literal, not a template".to_owned())
+                    }
+                    Some(p) if !self.shell.allow.contains(p) => Some(format!(
+                        "program `{p}` is not allowed: add it to `shell.allow`"
+                    )),
+                    Some(_) => None,
+                },
+                (None, Some(h)) => h
+                    .method
+                    .as_deref()
+                    .filter(|m| reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err())
+                    .map(|m| format!("unknown HTTP method `{m}`")),
+            };
+            if let Some(p) = problem {
+                return Some((name, p));
+            }
+        }
+        None
     }
 
     /// Reads every secret the config names and registers it for masking, so that a secret
@@ -691,6 +788,13 @@ impl Config {
         }
         for value in self.secret_env().values() {
             masker.add(value);
+        }
+        for a in self.actions.values() {
+            if let Some(var) = a.http.as_ref().and_then(|h| h.token_env.as_ref()) {
+                if let Ok(token) = std::env::var(var) {
+                    masker.add(&token);
+                }
+            }
         }
     }
 

@@ -133,7 +133,7 @@ fn every_error(
 
 fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) {
     check_name(c, &raw.name);
-    let params = compile_params(c, &raw.params);
+    let params = compile_params(c, &raw.name, &raw.params);
     let triggers = compile_triggers(c, &raw.triggers);
     let guard = compile_guard(c, raw.guard.as_ref());
     if raw.steps.is_empty() {
@@ -214,7 +214,11 @@ fn check_name(c: &mut Compiler, name: &str) {
     }
 }
 
-fn compile_params(c: &mut Compiler, raw: &BTreeMap<String, RawParam>) -> Vec<ParamSpec> {
+fn compile_params(
+    c: &mut Compiler,
+    playbook: &str,
+    raw: &BTreeMap<String, RawParam>,
+) -> Vec<ParamSpec> {
     let mut params = Vec::new();
     for (name, p) in raw {
         let at = format!("params.{name}");
@@ -244,7 +248,30 @@ fn compile_params(c: &mut Compiler, raw: &BTreeMap<String, RawParam>) -> Vec<Par
             description: p.description.clone(),
         });
     }
+    configured_params(c, playbook, &mut params);
     params
+}
+
+/// The config's `playbooks.NAME.params` replace the defaults: each must name a declared param
+/// and have its type. Problems are reported at the playbook's `params`, naming the config key.
+fn configured_params(c: &mut Compiler, playbook: &str, params: &mut [ParamSpec]) {
+    let Some(values) = c.env.playbook_params.get(playbook) else {
+        return;
+    };
+    for (name, value) in values {
+        let key = format!("the config's `playbooks.{playbook}.params.{name}`");
+        match params.iter_mut().find(|p| &p.name == name) {
+            None => {
+                let known: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+                let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+                c.err("params", format!("{key}: playbook `{playbook}` has no param `{name}` (it has: {known})"));
+            }
+            Some(spec) => match coerce_yaml(spec.ty, value) {
+                Ok(v) => spec.default = Some(v),
+                Err(e) => c.err(&format!("params.{name}"), format!("{key}: {e}")),
+            },
+        }
+    }
 }
 
 fn compile_triggers(c: &mut Compiler, raw: &RawTriggers) -> Triggers {

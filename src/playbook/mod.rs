@@ -326,6 +326,15 @@ pub fn load(path: &Path, env: &CompileEnv) -> (Catalog, Vec<Diagnostic>) {
             }
         }
     }
+    for name in env.playbook_params.keys() {
+        if !seen.contains_key(name) {
+            diags.push(Diagnostic::new(
+                path,
+                (0, 0),
+                format!("the config's `playbooks.{name}` names no playbook in this folder"),
+            ));
+        }
+    }
     for call in calls {
         if !seen.contains_key(&call.target) {
             diags.push(Diagnostic::new(
@@ -362,6 +371,7 @@ mod changes_tests {
             datasources: config.datasources.keys().cloned().collect(),
             channels: config.notify.keys().cloned().collect(),
             shell_allow: config.shell.allow.iter().cloned().collect(),
+            ..CompileEnv::default()
         };
         let (catalog, diags) = load(&root.join("runbooks"), &env);
         assert!(diags.is_empty(), "{diags:?}");

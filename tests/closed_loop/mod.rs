@@ -1,7 +1,7 @@
 //! The closed loop, end to end: an incident is created on the streaming runtime, a real Prometheus
 //! scrapes `runbook serve`'s `/metrics` and evaluates the repository's alert rules (their `for:` and
 //! ranges shortened), a real Alertmanager posts the alert to the server's receiver, the shipped
-//! playbook (its waits shortened) diagnoses, silences its alert, remediates and verifies, the metric
+//! playbook (its waits shortened by params the test's config sets) diagnoses, silences its alert, remediates and verifies, the metric
 //! recovers and the alert resolves. `promtool test rules` keeps testing the rules as they are.
 //!
 //! What is asserted is what an on-call engineer checks: the run's status and steps, the metric back
@@ -29,7 +29,7 @@ async fn a_queue_backlog_fires_scales_the_workers_recovers_and_resolves() {
     let mut l = Loop::start(
         &[(
             "queue-backlog",
-            &[("every: 30s", "every: 1s"), ("within: 10m", "within: 50s")],
+            &[("poll_every", "1s"), ("poll_within", "50s")],
         )],
         "  workerConcurrency: 3\n  workerBatchSize: 12\n  handlers:\n    demo.slow: { simulate: { latency: 200ms } }\n",
     )
@@ -161,7 +161,7 @@ async fn a_queue_backlog_fires_scales_the_workers_recovers_and_resolves() {
 async fn transient_dlq_failures_fire_are_retried_and_the_alert_resolves() {
     let _one = MONITORING.lock().await;
     let l = Loop::start(
-        &[("dlq-rate", &[])],
+        &[("dlq-rate", &[("poll_every", "1s")])],
         "  handlers:\n    user.update: { noop: {} }\n",
     )
     .await;
@@ -273,7 +273,7 @@ async fn stale_locks_fire_lock_expiry_releases_them_and_no_more_expire() {
     let l = Loop::start(
         &[(
             "lock-expiry",
-            &[("every: 5s", "every: 1s"), ("within: 1m", "within: 15s")],
+            &[("poll_every", "1s"), ("poll_within", "15s")],
         )],
         "  handlers:\n    user.update: { noop: {} }\n",
     )
@@ -373,7 +373,7 @@ async fn stale_locks_fire_lock_expiry_releases_them_and_no_more_expire() {
 async fn validation_errors_keep_the_alert_until_a_person_approves_the_cleanup() {
     let _one = MONITORING.lock().await;
     let l = Loop::start(
-        &[("dlq-rate", &[])],
+        &[("dlq-rate", &[("poll_every", "1s")])],
         "  handlers:\n    user.update: { noop: {} }\n",
     )
     .await;
@@ -499,7 +499,7 @@ async fn a_backlog_the_run_cannot_help_is_not_silenced_and_escalates() {
     let l = Loop::start(
         &[(
             "queue-backlog",
-            &[("every: 30s", "every: 1s"), ("within: 10m", "within: 4s")],
+            &[("poll_every", "1s"), ("poll_within", "4s")],
         )],
         "  workerConcurrency: 12\n  workerBatchSize: 12\n  handlers:\n    demo.slow: { simulate: { latency: 2s } }\n",
     )
