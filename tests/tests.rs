@@ -20,6 +20,7 @@ mod maintenance;
 mod logs;
 mod migrations;
 mod plan;
+mod param_durations;
 mod playbook_tests;
 mod postgres;
 mod readme;

@@ -5,6 +5,7 @@
 //! `--dry-run` prints and what the run record keeps as the step's input) and executed
 //! ([`StepKind::execute`]).
 
+mod action;
 mod approve;
 mod assert;
 mod call;
@@ -45,6 +46,7 @@ pub use short::ShortOr;
 pub use silence::expire_for_run as expire_silences;
 
 use self::{
+    action::RawAction,
     approve::RawApprove, assert::RawAssert, call::RawCall, http::RawHttp, kafka::RawKafka,
     notify::RawNotify, promql::RawPromql, runtime::RuntimeSchema, shell::RawShell,
     silence::RawSilence, sql::RawSql, tcp_check::RawTcpCheck,
@@ -114,6 +116,9 @@ pub struct RawStep {
     /// Silences the alert in Alertmanager while the run goes on.
     #[serde(default)]
     pub silence: Option<RawSilence>,
+    /// Runs an action the config names (`actions:`): a command or an HTTP request.
+    #[serde(default)]
+    pub action: Option<RawAction>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -188,6 +193,7 @@ pub enum StepKind {
     Notify(notify::NotifyStep),
     Playbook(call::CallStep),
     Silence(silence::SilenceStep),
+    Action(action::ActionStep),
 }
 
 /// What a step kind produced: rows (tabular results) and any other output.
@@ -264,6 +270,7 @@ pub enum Rendered {
     Notify(notify::Input),
     Playbook(call::Input),
     Silence(silence::Input),
+    Action(action::Input),
 }
 
 /// Applies `$e` to the kind inside a `StepKind`, whatever it is.
@@ -283,6 +290,7 @@ macro_rules! each_kind {
             StepKind::Notify($s) => $e,
             StepKind::Playbook($s) => $e,
             StepKind::Silence($s) => $e,
+            StepKind::Action($s) => $e,
         }
     };
 }
@@ -296,14 +304,14 @@ impl StepKind {
         }
         seen!(
             sql, promql, http, kafka, runtime, shell, tcp_check, wait, assert, approve, notify,
-            playbook, silence
+            playbook, silence, action
         );
         match kinds.len() {
             0 => {
                 return Err((
                     String::new(),
                     format!(
-                        "step `{}` has no kind: add one of sql, promql, http, kafka, runtime, shell, tcp_check, wait, assert, approve, notify, playbook, silence",
+                        "step `{}` has no kind: add one of sql, promql, http, kafka, runtime, shell, tcp_check, wait, assert, approve, notify, playbook, silence, action",
                         s.id
                     ),
                 ))
@@ -341,6 +349,9 @@ impl StepKind {
             RawStep {
                 silence: Some(r), ..
             } => StepKind::Silence(Kind::compile(r)?),
+            RawStep {
+                action: Some(r), ..
+            } => StepKind::Action(Kind::compile(r)?),
             _ => unreachable!("exactly one kind was counted above"),
         })
     }
@@ -360,6 +371,7 @@ impl StepKind {
             StepKind::Notify(_) => "notify",
             StepKind::Playbook(_) => "playbook",
             StepKind::Silence(_) => "silence",
+            StepKind::Action(_) => "action",
         }
     }
 
@@ -421,6 +433,7 @@ impl StepKind {
             StepKind::Notify(s) => Rendered::Notify(s.render(cx)?),
             StepKind::Playbook(s) => Rendered::Playbook(s.render(cx)?),
             StepKind::Silence(s) => Rendered::Silence(s.render(cx)?),
+            StepKind::Action(s) => Rendered::Action(s.render(cx)?),
         })
     }
 
@@ -450,6 +463,7 @@ impl StepKind {
             Rendered::Notify(i) => notify::NotifyStep::execute(i, cx).await,
             Rendered::Playbook(i) => call::CallStep::execute(i, cx).await,
             Rendered::Silence(i) => silence::SilenceStep::execute(i, cx).await,
+            Rendered::Action(i) => action::ActionStep::execute(i, cx).await,
         }
     }
 }

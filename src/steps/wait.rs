@@ -42,11 +42,13 @@ impl Kind for WaitStep {
             .0
             .resolve("wait", &cx.services.templates, cx.ctx)
             .map_err(StepError::fatal)?;
-        if self.0.fixed().is_none() && wait.as_std() > cx.timeout {
+        // The engine gives a wait step a second past its timeout to finish sleeping.
+        let timeout = cx.timeout.saturating_sub(std::time::Duration::from_secs(1));
+        if self.0.fixed().is_none() && wait.as_std() > timeout {
             return Err(StepError::fatal(format!(
                 "`wait`: `{}` rendered {wait}, longer than the step's timeout of {}: raise the step's `timeout`",
                 self.0,
-                Dur(cx.timeout)
+                Dur(timeout)
             )));
         }
         Ok(Input { wait })

@@ -104,6 +104,14 @@ impl CaseMocks {
                 "notify" => MockAnswer::Result(Ok(StepOutput::value(
                     json!({ "to": call.input["to"], "sent": false }),
                 ))),
+                // An action the config does not name changes nothing: it tells a person.
+                "action" if call.input["configured"] == json!(false) => {
+                    MockAnswer::Result(Ok(StepOutput::value(json!({
+                        "configured": false,
+                        "action": call.input["action"],
+                        "manual": call.input["manual"],
+                    }))))
+                }
                 kind => MockAnswer::Result(Err(StepError::fatal(format!(
                     "step `{key}` ({kind}) has no mock in this case: give its result under `mocks: {{ {key}: ... }}`"
                 )))),
@@ -156,7 +164,8 @@ impl StepMocks for CaseMocks {
         }
         let answer = self.result(&key, n, &call);
         let unmocked = !self.mocks.contains_key(&key)
-            && !matches!(call.kind, "assert" | "playbook" | "wait" | "notify");
+            && !matches!(call.kind, "assert" | "playbook" | "wait" | "notify")
+            && !(call.kind == "action" && call.input["configured"] == json!(false));
         let error = match &answer {
             MockAnswer::Result(Err(e)) => Some(e.to_string()),
             MockAnswer::Cancel(reason) => Some(reason.clone()),
