@@ -20,7 +20,7 @@ pub const DEFAULT_STORE: &str = "sqlite://runbook.db";
 
 /// `runbook.yaml`: where the store is, which outside systems playbooks may reach, who may call
 /// the API, and the streaming runtime's settings. Every key is optional.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The store's URL: `sqlite://FILE` or `postgres://USER@HOST/DB` (default
@@ -110,7 +110,7 @@ impl EnvEntry {
 )]
 pub struct SecretTooShort(pub String, pub usize);
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// The address `runbook serve` listens on (`--listen` wins). Default `127.0.0.1:8080`.
@@ -150,7 +150,7 @@ fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// API tokens; with none every protected API call is refused.
@@ -194,7 +194,7 @@ impl ReceiverConfig {
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// Shown as the actor in audit records: `api:<name>`.
@@ -335,7 +335,7 @@ impl UrlRef {
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatasourceConfig {
     /// The URL itself; a password in it is masked.
@@ -368,14 +368,14 @@ impl WebhookChannel {
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     /// The service's base URL.
     pub url: String,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// librdkafka's `bootstrap.servers`, e.g. `kafka-1:9093,kafka-2:9093`.
@@ -455,7 +455,7 @@ impl EnvOrFile {
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     /// A webhook (Slack, Mattermost or generic JSON); used when both are given.
@@ -466,7 +466,7 @@ pub struct ChannelConfig {
     pub pagerduty: Option<PagerDutyChannel>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookChannel {
     /// The URL itself; a password in it is masked.
@@ -490,7 +490,7 @@ pub enum WebhookFormat {
     Generic,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PagerDutyChannel {
     /// The environment variable that holds the Events API v2 routing key.
@@ -503,7 +503,7 @@ pub struct PagerDutyChannel {
     pub severity: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShellConfig {
     /// Program names (argv[0]) a shell step may run.

@@ -498,7 +498,9 @@ impl StepKind {
             kind: self.name(),
             input: cx.services.masker.mask_json(&json),
             item,
-            changes: !self.is_read(),
+            // An action the config does not name only tells a person what to do.
+            changes: !self.is_read()
+                && !(matches!(self, StepKind::Action(_)) && json["configured"] == Json::Bool(false)),
         }
     }
 }

@@ -227,7 +227,14 @@ async fn run_inner(env: &TestEnv, playbook: &str, case: &Case) -> Result<Option<
     ));
     let store = Scratch::new(case).await?;
     let masker = Masker::new(env.config.streaming.sensitive_fields.clone());
-    let services = Arc::new(Services::new(store.db.clone(), env.config.clone(), masker));
+    let config = if case.actions.is_empty() {
+        env.config.clone()
+    } else {
+        let mut config = (*env.config).clone();
+        config.actions.extend(case.actions.clone());
+        Arc::new(config)
+    };
+    let services = Arc::new(Services::new(store.db.clone(), config, masker));
     let engine = Engine::new(services, Arc::new(Metrics::new()), catalog);
     let req = RunRequest {
         playbook: playbook.to_owned(),

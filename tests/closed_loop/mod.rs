@@ -523,7 +523,15 @@ async fn a_backlog_the_run_cannot_help_is_not_silenced_and_escalates() {
     let shown = l.finished(id, 30).await;
     let st = steps(&shown);
     assert_eq!(shown["status"], "failed", "{:?}\n{shown:#}", statuses(&st));
-    assert_eq!(shown["failed_step"], "verify", "{shown:#}");
+    // The depth did not fall and `scale_backend` is not configured: the run fails saying what a
+    // person should run.
+    assert_eq!(shown["failed_step"], "depth_recovered", "{shown:#}");
+    assert!(
+        shown["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("docker compose up -d --scale backend=3")),
+        "{shown:#}"
+    );
     assert!(skipped(&st, "silence"), "{:?}", statuses(&st));
     assert!(skipped(&st, "scale"), "{:?}", statuses(&st));
     assert!(l.silence_of(id).await.is_none());
@@ -532,7 +540,7 @@ async fn a_backlog_the_run_cannot_help_is_not_silenced_and_escalates() {
     })
     .await;
     assert!(
-        paged.contains("queue-backlog failed at step verify"),
+        paged.contains("queue-backlog failed at step depth_recovered"),
         "{paged}"
     );
     // The alert was never silenced: Alertmanager shows it active.
