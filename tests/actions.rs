@@ -31,7 +31,9 @@ async fn audited(w: &Workdir, name: &str) -> Vec<Json> {
     let db = store(&w.sqlite_url()).await;
     rows(
         &db,
-        &format!("SELECT actor, op, filter FROM runbook_audit WHERE op = 'action:{name}' ORDER BY id"),
+        &format!(
+            "SELECT actor, op, filter FROM runbook_audit WHERE op = 'action:{name}' ORDER BY id"
+        ),
     )
     .await
 }
@@ -67,7 +69,9 @@ async fn a_configured_command_runs_with_each_argument_whole_and_is_audited() {
     // The plan shows the command as a change, and runs nothing.
     let plan = w.run(&["run", "act", "--plan"]);
     assert!(
-        plan.stdout.contains(&format!("would run action `scale_backend`: {program} --replicas=3")),
+        plan.stdout.contains(&format!(
+            "would run action `scale_backend`: {program} --replicas=3"
+        )),
         "{plan:?}"
     );
     assert!(!out_file.exists(), "the plan ran the action");
@@ -96,7 +100,13 @@ async fn a_configured_command_runs_with_each_argument_whole_and_is_audited() {
     let out = w.run(&["run", "act", "--output", "json"]);
     let run = out.run();
     assert_eq!(run["status"], "failed", "{out:?}");
-    assert!(run["error"].as_str().unwrap().contains("exited with 3: no such service"), "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with 3: no such service"),
+        "{run}"
+    );
     let records = audited(&w, "scale_backend").await;
     assert_eq!(records.len(), 4, "{records:?}");
     assert!(filter(&records[3])["outcome"]["failed"]
@@ -113,18 +123,27 @@ async fn a_configured_http_action_sends_its_request_with_a_masked_token_and_is_a
         let seen = seen.clone();
         Router::new().route(
             "/scale/{service}",
-            post(move |Path(service): Path<String>, headers: HeaderMap, AxJson(body): AxJson<Json>| {
-                let seen = seen.clone();
-                async move {
-                    let auth = headers
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned();
-                    seen.lock().unwrap().push(json!({ "service": service, "auth": auth, "body": body }));
-                    (axum::http::StatusCode::ACCEPTED, AxJson(json!({ "accepted": true })))
-                }
-            }),
+            post(
+                move |Path(service): Path<String>,
+                      headers: HeaderMap,
+                      AxJson(body): AxJson<Json>| {
+                    let seen = seen.clone();
+                    async move {
+                        let auth = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        seen.lock()
+                            .unwrap()
+                            .push(json!({ "service": service, "auth": auth, "body": body }));
+                        (
+                            axum::http::StatusCode::ACCEPTED,
+                            AxJson(json!({ "accepted": true })),
+                        )
+                    }
+                },
+            ),
         )
     };
     let base = listen(app).await;
@@ -134,24 +153,44 @@ async fn a_configured_http_action_sends_its_request_with_a_masked_token_and_is_a
     w.config(&format!(
         "actions:\n  scale_backend:\n    http:\n      url: \"{base}/scale/{{{{ args.service }}}}\"\n      json: {{ replicas: \"{{{{ args.replicas }}}}\" }}\n      token_env: DEPLOY_TOKEN\n      expect: [202]\n"
     ));
-    let out = w.run(&["run", "act", "-p", "service=back end", "-p", "replicas=5", "--output", "json"]);
+    let out = w.run(&[
+        "run",
+        "act",
+        "-p",
+        "service=back end",
+        "-p",
+        "replicas=5",
+        "--output",
+        "json",
+    ]);
     let run = out.run();
     assert_eq!(run["status"], "succeeded", "{out:?}");
     assert_eq!(run["steps"]["scale"]["output"]["status"], 202, "{run}");
     let got = seen.lock().unwrap().clone();
     assert_eq!(
         got,
-        [json!({ "service": "back end", "auth": format!("Bearer {token}"), "body": { "replicas": 5 } })]
+        [
+            json!({ "service": "back end", "auth": format!("Bearer {token}"), "body": { "replicas": 5 } })
+        ]
     );
     let records = audited(&w, "scale_backend").await;
     assert_eq!(records.len(), 2, "{records:?}");
     assert_eq!(filter(&records[1])["outcome"], "succeeded");
-    assert_eq!(filter(&records[1])["url"], format!("{base}/scale/back%20end"));
+    assert_eq!(
+        filter(&records[1])["url"],
+        format!("{base}/scale/back%20end")
+    );
     assert_eq!(filter(&records[1])["method"], "POST");
     // The token is in no record and no output.
     let all = format!("{records:?}{}{}", out.stdout, out.stderr);
     assert!(!all.contains(token), "the token leaked: {all}");
-    let shown = w.run(&["runs", "show", &run["run_id"].to_string(), "--output", "json"]);
+    let shown = w.run(&[
+        "runs",
+        "show",
+        &run["run_id"].to_string(),
+        "--output",
+        "json",
+    ]);
     assert!(!shown.stdout.contains(token), "{shown:?}");
 }
 
@@ -176,7 +215,8 @@ async fn an_unconfigured_action_tells_a_person_and_changes_nothing() {
     let out = w.run(&["validate"]);
     assert_ne!(out.code, 0, "{out:?}");
     assert!(
-        format!("{}{}", out.stdout, out.stderr).contains("action `scale_backend` is not configured"),
+        format!("{}{}", out.stdout, out.stderr)
+            .contains("action `scale_backend` is not configured"),
         "{out:?}"
     );
     // A command action's program must be allowed.
@@ -184,8 +224,9 @@ async fn an_unconfigured_action_tells_a_person_and_changes_nothing() {
     let out = w.run(&["validate"]);
     assert_ne!(out.code, 0, "{out:?}");
     assert!(
-        format!("{}{}", out.stdout, out.stderr)
-            .contains("actions.scale_backend: program `docker` is not allowed: add it to `shell.allow`"),
+        format!("{}{}", out.stdout, out.stderr).contains(
+            "actions.scale_backend: program `docker` is not allowed: add it to `shell.allow`"
+        ),
         "{out:?}"
     );
 }

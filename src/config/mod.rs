@@ -741,7 +741,9 @@ impl Config {
                 (None, Some(h)) => h
                     .method
                     .as_deref()
-                    .filter(|m| reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err())
+                    .filter(|m| {
+                        reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err()
+                    })
                     .map(|m| format!("unknown HTTP method `{m}`")),
             };
             if let Some(p) = problem {

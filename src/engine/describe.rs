@@ -108,7 +108,10 @@ fn action(input: &Json) -> String {
         );
     }
     if let Some(argv) = input["argv"].as_array() {
-        let argv: Vec<String> = argv.iter().map(|x| quoted(x.as_str().unwrap_or(""))).collect();
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|x| quoted(x.as_str().unwrap_or("")))
+            .collect();
         return format!("would run action `{name}`: {}", argv.join(" "));
     }
     let mut s = format!(

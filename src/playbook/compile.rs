@@ -263,8 +263,15 @@ fn configured_params(c: &mut Compiler, playbook: &str, params: &mut [ParamSpec])
         match params.iter_mut().find(|p| &p.name == name) {
             None => {
                 let known: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
-                let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
-                c.err("params", format!("{key}: playbook `{playbook}` has no param `{name}` (it has: {known})"));
+                let known = if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                c.err(
+                    "params",
+                    format!("{key}: playbook `{playbook}` has no param `{name}` (it has: {known})"),
+                );
             }
             Some(spec) => match coerce_yaml(spec.ty, value) {
                 Ok(v) => spec.default = Some(v),
@@ -507,7 +514,9 @@ fn compile_until(c: &mut Compiler, at: &str, s: &RawStep, base: &Scope) -> Optio
             Some(Until {
                 expr: expr.clone(),
                 every: every.clone().unwrap_or(DurSpec::Fixed(Dur::from_secs(10))),
-                within: within.clone().unwrap_or(DurSpec::Fixed(Dur::from_secs(300))),
+                within: within
+                    .clone()
+                    .unwrap_or(DurSpec::Fixed(Dur::from_secs(300))),
             })
         }
         (None, Some(_), _) | (None, _, Some(_)) => {

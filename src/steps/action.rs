@@ -47,7 +47,10 @@ impl Kind for ActionStep {
 
     fn compile(r: RawAction) -> Result<Self, CompileError> {
         if r.name.is_empty() {
-            return Err((".action.name".into(), "an action step needs the action's name".into()));
+            return Err((
+                ".action.name".into(),
+                "an action step needs the action's name".into(),
+            ));
         }
         Ok(ActionStep {
             name: r.name,
@@ -215,8 +218,12 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         async move {
             match task.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(StepError::fatal(format!("audit record could not be written: {e}"))),
-                Err(e) => Err(StepError::fatal(format!("audit record could not be written: {e}"))),
+                Ok(Err(e)) => Err(StepError::fatal(format!(
+                    "audit record could not be written: {e}"
+                ))),
+                Err(e) => Err(StepError::fatal(format!(
+                    "audit record could not be written: {e}"
+                ))),
             }
         }
     };
@@ -235,7 +242,10 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
         } else {
             let mut headers = BTreeMap::new();
             let config = cx.services.config.actions.get(&i.action);
-            if let Some(var) = config.and_then(|a| a.http.as_ref()).and_then(|h| h.token_env.as_ref()) {
+            if let Some(var) = config
+                .and_then(|a| a.http.as_ref())
+                .and_then(|h| h.token_env.as_ref())
+            {
                 let token = std::env::var(var).map_err(|_| {
                     StepError::fatal(format!(
                         "action `{}`: the token variable {var} is not set",
@@ -276,7 +286,10 @@ pub async fn execute(i: Input, cx: &StepCx<'_>) -> Result<StepOutput, StepError>
             audit(json!("succeeded")).await?;
             let mut output = json!({ "configured": true, "action": i.action });
             if let Json::Object(m) = std::mem::take(&mut out.output) {
-                output.as_object_mut().into_iter().for_each(|o| o.extend(m.clone()));
+                output
+                    .as_object_mut()
+                    .into_iter()
+                    .for_each(|o| o.extend(m.clone()));
             }
             out.output = output;
             Ok(out)

@@ -49,9 +49,9 @@ impl DurSpec {
         match self {
             DurSpec::Fixed(d) => Ok(*d),
             DurSpec::Template(t) => {
-                let text = templates.render(t, ctx).map_err(|e| {
-                    format!("`{key}`: {}", crate::template::message(&e))
-                })?;
+                let text = templates
+                    .render(t, ctx)
+                    .map_err(|e| format!("`{key}`: {}", crate::template::message(&e)))?;
                 text.trim().parse::<Dur>().map_err(|e| {
                     format!("`{key}`: `{t}` rendered `{text}`, which is not a duration: {e}")
                 })
@@ -157,9 +157,13 @@ mod tests {
     fn a_template_that_renders_no_duration_names_the_key_and_the_text() {
         let spec = parse("\"{{ params.every }}\"").unwrap();
         let t = Templates::new();
-        let ctx = minijinja::Value::from_serialize(serde_json::json!({"params": {"every": "often"}}));
+        let ctx =
+            minijinja::Value::from_serialize(serde_json::json!({"params": {"every": "often"}}));
         let e = spec.resolve("every", &t, &ctx).unwrap_err();
-        assert!(e.starts_with("`every`: `{{ params.every }}` rendered `often`"), "{e}");
+        assert!(
+            e.starts_with("`every`: `{{ params.every }}` rendered `often`"),
+            "{e}"
+        );
         assert!(e.contains("not a duration"), "{e}");
     }
 }

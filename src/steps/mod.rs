@@ -37,8 +37,8 @@ pub use context::{
 };
 
 use crate::duration::Dur;
-pub use mock::{MockAnswer, MockCall, StepMocks};
 pub use dur_spec::DurSpec;
+pub use mock::{MockAnswer, MockCall, StepMocks};
 pub use names::Names;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -46,9 +46,8 @@ pub use short::ShortOr;
 pub use silence::expire_for_run as expire_silences;
 
 use self::{
-    action::RawAction,
-    approve::RawApprove, assert::RawAssert, call::RawCall, http::RawHttp, kafka::RawKafka,
-    notify::RawNotify, promql::RawPromql, runtime::RuntimeSchema, shell::RawShell,
+    action::RawAction, approve::RawApprove, assert::RawAssert, call::RawCall, http::RawHttp,
+    kafka::RawKafka, notify::RawNotify, promql::RawPromql, runtime::RuntimeSchema, shell::RawShell,
     silence::RawSilence, sql::RawSql, tcp_check::RawTcpCheck,
 };
 use std::collections::BTreeMap;
@@ -499,8 +498,12 @@ impl StepKind {
             input: cx.services.masker.mask_json(&json),
             item,
             // An action the config does not name only tells a person what to do.
-            changes: !self.is_read()
-                && !(matches!(self, StepKind::Action(_)) && json["configured"] == Json::Bool(false)),
+            changes: !self.is_read() && !unconfigured_action(self, &json),
         }
     }
+}
+
+/// Whether `kind` is an `action` the config does not name: it tells a person, and changes nothing.
+fn unconfigured_action(kind: &StepKind, input: &Json) -> bool {
+    matches!(kind, StepKind::Action(_)) && input["configured"] == Json::Bool(false)
 }

@@ -320,9 +320,10 @@ fn virtual_time(
     let mut limits = BTreeMap::new();
     for (name, pb) in catalog.playbooks.iter_mut() {
         let none = BTreeMap::new();
-        let params = crate::playbook::resolve_params(&pb.params, if name == root { given } else { &none })
-            .map(Json::Object)
-            .unwrap_or(Json::Null);
+        let params =
+            crate::playbook::resolve_params(&pb.params, if name == root { given } else { &none })
+                .map(Json::Object)
+                .unwrap_or(Json::Null);
         let ctx = minijinja::Value::from_serialize(json!({ "params": params }));
         let steps: Vec<&mut Step> = pb
             .steps
@@ -339,7 +340,8 @@ fn virtual_time(
                     .map_err(|e| format!("playbook `{name}`, step `{}`: {e}", step.id))
             };
             let (every, within) = (resolve("every", &u.every)?, resolve("within", &u.within)?);
-            let polls = (within.as_std().as_millis() / every.as_std().as_millis().max(1)) as usize + 1;
+            let polls =
+                (within.as_std().as_millis() / every.as_std().as_millis().max(1)) as usize + 1;
             let key = if name == root {
                 step.id.clone()
             } else {

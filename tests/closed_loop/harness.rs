@@ -84,7 +84,10 @@ impl Loop {
             w.playbook(name, &std::fs::read_to_string(&path).unwrap());
             if !values.is_empty() {
                 let values: Vec<String> = values.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-                params.push_str(&format!("  {name}: {{ params: {{ {} }} }}\n", values.join(", ")));
+                params.push_str(&format!(
+                    "  {name}: {{ params: {{ {} }} }}\n",
+                    values.join(", ")
+                ));
             }
         }
         if !params.is_empty() {
