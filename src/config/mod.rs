@@ -517,8 +517,21 @@ pub struct ShellConfig {
 pub struct PlaybookConfig {
     /// Param values, checked against the playbook's declared params and their types.
     #[serde(default)]
-    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    #[schemars(with = "BTreeMap<String, AnyValue>")]
     pub params: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// Any value: what a param or a request body's field may be.
+pub struct AnyValue;
+
+impl JsonSchema for AnyValue {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AnyValue".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "description": "Any value." })
+    }
 }
 
 /// `actions.NAME`: one change outside runbook, exactly one of `argv` or `http`. Its strings are
@@ -546,9 +559,9 @@ pub struct ActionHttp {
     #[serde(default)]
     pub method: Option<String>,
     pub url: String,
-    /// A JSON body; strings inside are templates over `args`.
+    /// A JSON object body; strings inside are templates over `args`.
     #[serde(default)]
-    #[schemars(with = "Option<serde_json::Value>")]
+    #[schemars(with = "Option<BTreeMap<String, AnyValue>>")]
     pub json: Option<serde_yaml::Value>,
     /// An environment variable holding a bearer token sent as `Authorization` (masked).
     #[serde(default)]
