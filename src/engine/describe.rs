@@ -4,11 +4,7 @@
 
 use serde_json::{json, Value as Json};
 
-use crate::{
-    duration::Dur,
-    playbook::Step,
-    steps::{DurSpec, StepKind},
-};
+use crate::{duration::Dur, playbook::Step, steps::StepKind};
 
 /// Header names whose values a plan never shows, whatever they hold.
 const SENSITIVE_HEADERS: &[&str] = &[
@@ -157,7 +153,11 @@ fn silence(input: &Json) -> String {
 }
 
 /// `every`/`within`/`until` in words.
-pub(super) fn poll(every: &DurSpec, within: &DurSpec, until: &str) -> String {
+pub(super) fn poll(
+    every: impl std::fmt::Display,
+    within: impl std::fmt::Display,
+    until: &str,
+) -> String {
     format!("would poll every {every} for up to {within} until `{until}`")
 }
 

@@ -337,7 +337,7 @@ impl Engine {
             if meta.mode == RunMode::Plan {
                 // The first poll reads what is there now; the ones after it would read what
                 // the changes the plan did not make left.
-                return self.plan_poll(step, meta, item, &input, out, check);
+                return self.plan_poll(step, meta, (every, within), item, &input, out, check);
             }
             match check.map(|(holds, _)| holds) {
                 Some(Ok(true)) | None => return Ok(Done::Ran(out)),
@@ -365,7 +365,7 @@ impl Engine {
 
     /// An `until` step's `every` and `within`, templates rendered in the run's context as the
     /// step starts polling.
-    fn poll_times(&self, step: &Step, state: &RunState) -> Result<(Dur, Dur), String> {
+    pub(super) fn poll_times(&self, step: &Step, state: &RunState) -> Result<(Dur, Dur), String> {
         let Some(until) = &step.until else {
             return Ok((Dur::default(), Dur::default()));
         };

@@ -99,6 +99,7 @@ async fn a_queue_backlog_fires_scales_the_workers_recovers_and_resolves() {
             ("stuck", "succeeded"),
             ("scale", "succeeded"),
             ("verify", "succeeded"),
+            ("depth_recovered", "succeeded"),
             ("report", "succeeded"),
         ]
     );
