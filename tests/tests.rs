@@ -1,6 +1,7 @@
 //! Integration tests: the `runbook` binary run as a user runs it, against real SQLite files, the
 //! real PostgreSQL server, and HTTP servers the tests start.
 
+mod actions;
 mod alerts;
 mod console;
 mod coverage;
@@ -20,6 +21,7 @@ mod maintenance;
 mod logs;
 mod migrations;
 mod plan;
+mod param_durations;
 mod playbook_tests;
 mod postgres;
 mod readme;

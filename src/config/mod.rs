@@ -20,7 +20,7 @@ pub const DEFAULT_STORE: &str = "sqlite://runbook.db";
 
 /// `runbook.yaml`: where the store is, which outside systems playbooks may reach, who may call
 /// the API, and the streaming runtime's settings. Every key is optional.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The store's URL: `sqlite://FILE` or `postgres://USER@HOST/DB` (default
@@ -60,6 +60,14 @@ pub struct Config {
     /// The web console of `runbook serve` (`/ui`).
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Named changes outside runbook that `action` steps perform (`action: { name: NAME }`):
+    /// a command (argv list, its program in `shell.allow`) or an HTTP request.
+    #[serde(default)]
+    pub actions: BTreeMap<String, ActionConfig>,
+    /// Per playbook, param values every run of it gets (alert, schedule, CLI, API, a calling
+    /// playbook) unless the run gives the param itself: they replace the playbook's defaults.
+    #[serde(default)]
+    pub playbooks: BTreeMap<String, PlaybookConfig>,
     /// Environment variables templates may read as `env.NAME`: a name, or
     /// `{ name: NAME, secret: true }` for a secret (masked, and only placed whole).
     #[serde(default)]
@@ -105,7 +113,7 @@ impl EnvEntry {
 )]
 pub struct SecretTooShort(pub String, pub usize);
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// The address `runbook serve` listens on (`--listen` wins). Default `127.0.0.1:8080`.
@@ -198,7 +206,7 @@ fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// API tokens; with none every protected API call is refused.
@@ -242,7 +250,7 @@ impl ReceiverConfig {
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// Shown as the actor in audit records: `api:<name>`.
@@ -383,7 +391,7 @@ impl UrlRef {
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatasourceConfig {
     /// The URL itself; a password in it is masked.
@@ -416,14 +424,14 @@ impl WebhookChannel {
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     /// The service's base URL.
     pub url: String,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// librdkafka's `bootstrap.servers`, e.g. `kafka-1:9093,kafka-2:9093`.
@@ -503,7 +511,7 @@ impl EnvOrFile {
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     /// A webhook (Slack, Mattermost or generic JSON); used when both are given.
@@ -514,7 +522,7 @@ pub struct ChannelConfig {
     pub pagerduty: Option<PagerDutyChannel>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookChannel {
     /// The URL itself; a password in it is masked.
@@ -538,7 +546,7 @@ pub enum WebhookFormat {
     Generic,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PagerDutyChannel {
     /// The environment variable that holds the Events API v2 routing key.
@@ -551,12 +559,72 @@ pub struct PagerDutyChannel {
     pub severity: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShellConfig {
     /// Program names (argv[0]) a shell step may run.
     #[serde(default)]
     pub allow: Vec<String>,
+}
+
+/// `playbooks.NAME`: what the config sets for one playbook.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaybookConfig {
+    /// Param values, checked against the playbook's declared params and their types.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, AnyValue>")]
+    pub params: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// Any value: what a param or a request body's field may be.
+pub struct AnyValue;
+
+impl JsonSchema for AnyValue {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AnyValue".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "description": "Any value." })
+    }
+}
+
+/// `actions.NAME`: one change outside runbook, exactly one of `argv` or `http`. Its strings are
+/// templates over `args` (what the step passes), rendered one by one.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionConfig {
+    /// A program and its arguments, e.g. `[docker, compose, restart, kafka]`; never a shell
+    /// line. The program (literal) must be in `shell.allow`.
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
+    /// An HTTP request.
+    #[serde(default)]
+    pub http: Option<ActionHttp>,
+    /// How long the action may take (default 5m).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
+/// An HTTP action: values interpolated into the URL are percent-encoded.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionHttp {
+    /// Default `POST`.
+    #[serde(default)]
+    pub method: Option<String>,
+    pub url: String,
+    /// A JSON object body; strings inside are templates over `args`.
+    #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, AnyValue>>")]
+    pub json: Option<serde_yaml::Value>,
+    /// An environment variable holding a bearer token sent as `Authorization` (masked).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Accepted status codes (default any 2xx).
+    #[serde(default)]
+    pub expect: Vec<u16>,
 }
 
 /// The streaming runtime's settings, with the seed's metamodel names.
@@ -719,7 +787,50 @@ impl Config {
                 .map_or(1, |i| i + 1);
             Diagnostic::new(path, (line, 1), msg)
         })?;
+        if let Some((name, problem)) = config.action_problem() {
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().starts_with(&format!("{name}:")))
+                .map_or(1, |i| i + 1);
+            return Err(Diagnostic::new(
+                path,
+                (line, 1),
+                format!("actions.{name}: {problem}"),
+            ));
+        }
         Ok(config)
+    }
+
+    /// The first action that is not exactly one runnable command or request, and why.
+    fn action_problem(&self) -> Option<(&str, String)> {
+        for (name, a) in &self.actions {
+            let problem = match (&a.argv, &a.http) {
+                (None, None) | (Some(_), Some(_)) => {
+                    Some("give exactly one of `argv` (a command) or `http` (a request)".to_owned())
+                }
+                (Some(argv), None) => match argv.first() {
+                    None => Some("`argv` needs at least the program".to_owned()),
+                    Some(p) if p.contains("{{") || p.contains("{%") => {
+                        Some("the program (argv[0]) must be literal, not a template".to_owned())
+                    }
+                    Some(p) if !self.shell.allow.contains(p) => Some(format!(
+                        "program `{p}` is not allowed: add it to `shell.allow`"
+                    )),
+                    Some(_) => None,
+                },
+                (None, Some(h)) => h
+                    .method
+                    .as_deref()
+                    .filter(|m| {
+                        reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err()
+                    })
+                    .map(|m| format!("unknown HTTP method `{m}`")),
+            };
+            if let Some(p) = problem {
+                return Some((name, p));
+            }
+        }
+        None
     }
 
     /// Reads every secret the config names and registers it for masking, so that a secret
@@ -759,6 +870,13 @@ impl Config {
         }
         for value in self.secret_env().values() {
             masker.add(value);
+        }
+        for a in self.actions.values() {
+            if let Some(var) = a.http.as_ref().and_then(|h| h.token_env.as_ref()) {
+                if let Ok(token) = std::env::var(var) {
+                    masker.add(&token);
+                }
+            }
         }
     }
 

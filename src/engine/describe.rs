@@ -89,7 +89,36 @@ pub(super) fn would(step: &Step, input: &Json, runtime: &Json) -> String {
         StepKind::TcpCheck(_) => format!("would connect to {}", text("address")),
         StepKind::Kafka(_) => format!("would run kafka {}", compact(input)),
         StepKind::Silence(_) => silence(input),
+        StepKind::Action(_) => action(input),
     }
+}
+
+/// A configured action: the command or request it would make; an unconfigured one: what a person
+/// would be told to do.
+fn action(input: &Json) -> String {
+    let name = input["action"].as_str().unwrap_or("");
+    if input["configured"] == json!(false) {
+        return format!(
+            "would tell a person (action `{name}` is not configured): {}",
+            input["manual"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(argv) = input["argv"].as_array() {
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|x| quoted(x.as_str().unwrap_or("")))
+            .collect();
+        return format!("would run action `{name}`: {}", argv.join(" "));
+    }
+    let mut s = format!(
+        "would run action `{name}`: {} {}",
+        input["method"].as_str().unwrap_or(""),
+        input["url"].as_str().unwrap_or("")
+    );
+    if let Some(j) = input.get("json").filter(|j| !j.is_null()) {
+        s.push_str(&format!(" json {j}"));
+    }
+    s
 }
 
 /// An Alertmanager silence: its matchers as Alertmanager writes them, and for how long.
@@ -124,7 +153,11 @@ fn silence(input: &Json) -> String {
 }
 
 /// `every`/`within`/`until` in words.
-pub(super) fn poll(every: Dur, within: Dur, until: &str) -> String {
+pub(super) fn poll(
+    every: impl std::fmt::Display,
+    within: impl std::fmt::Display,
+    until: &str,
+) -> String {
     format!("would poll every {every} for up to {within} until `{until}`")
 }
 

@@ -168,6 +168,10 @@ impl Engine {
             datasources: config.datasources.keys().cloned().collect(),
             channels: config.notify.keys().cloned().collect(),
             shell_allow: config.shell.allow.iter().cloned().collect(),
+            actions: config.actions.keys().cloned().collect(),
+            playbook_params: (config.playbooks.iter())
+                .map(|(name, p)| (name.clone(), p.params.clone()))
+                .collect(),
         }
     }
 

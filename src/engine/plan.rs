@@ -51,10 +51,11 @@ impl Engine {
         let runtime = state.ctx.get("runtime").cloned().unwrap_or(Json::Null);
         let mut would = describe::would(step, shown, &runtime);
         if let Some(u) = &step.until {
-            would.push_str(&format!(
-                "; then {}",
-                describe::poll(u.every, u.within, &u.expr)
-            ));
+            let poll = match self.poll_times(step, state) {
+                Ok((every, within)) => describe::poll(every, within, &u.expr),
+                Err(_) => describe::poll(&u.every, &u.within, &u.expr),
+            };
+            would.push_str(&format!("; then {poll}"));
         }
         would
     }
@@ -179,10 +180,12 @@ impl Engine {
     /// condition holds on it. When it does not (or cannot be known), later polls would read
     /// what the changes the plan did not make left: the step's result is unknown.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn plan_poll(
         &self,
         step: &Step,
         meta: &RunMeta,
+        (every, within): (crate::duration::Dur, crate::duration::Dur),
         item: Option<usize>,
         input: &Json,
         out: StepOutput,
@@ -191,7 +194,7 @@ impl Engine {
         let Some(until) = &step.until else {
             return Ok(Done::Ran(out));
         };
-        let poll = describe::poll(until.every, until.within, &until.expr);
+        let poll = describe::poll(every, within, &until.expr);
         let found = summarize(&out);
         let (now, unknown, holds) = match check {
             Some((_, touched)) if touched.any() => ("unknown", touched.paths(), false),

@@ -340,7 +340,7 @@ impl Engine {
     }
 
     /// What the run's templates see: `params`, `alert`, `alerts`, `steps` (those already done,
-    /// for a resumed run), `runtime`, `run`, `now`, `env`.
+    /// for a resumed run), `runtime`, `run`, `now`, `env`, `actions`.
     async fn context(
         &self,
         pb: &Playbook,
@@ -370,6 +370,9 @@ impl Engine {
             "env".into(),
             Json::Object(self.services.config.template_env()),
         );
+        // The names of the config's `actions`: a playbook asks for approval only for one it can run.
+        let actions: Vec<&String> = self.services.config.actions.keys().collect();
+        ctx.insert("actions".into(), json!(actions));
         Ok(RunState::new(ctx, self.services.config.secret_env()))
     }
 

@@ -18,6 +18,7 @@ use super::{
     Engine,
 };
 use crate::{
+    duration::Dur,
     metrics::StepLabels,
     playbook::{ForEach, Step},
     status::{RunStatus, StepEventStatus, StepStatus},
@@ -313,7 +314,8 @@ impl Engine {
             }
             return Ok(done);
         };
-        let deadline = crate::duration::deadline_in(until.within.as_std());
+        let (every, within) = self.poll_times(step, state)?;
+        let deadline = crate::duration::deadline_in(within.as_std());
         let mut polls = 0u32;
         loop {
             polls += 1;
@@ -335,7 +337,7 @@ impl Engine {
             if meta.mode == RunMode::Plan {
                 // The first poll reads what is there now; the ones after it would read what
                 // the changes the plan did not make left.
-                return self.plan_poll(step, meta, item, &input, out, check);
+                return self.plan_poll(step, meta, (every, within), item, &input, out, check);
             }
             match check.map(|(holds, _)| holds) {
                 Some(Ok(true)) | None => return Ok(Done::Ran(out)),
@@ -347,18 +349,35 @@ impl Engine {
                 found: Some(found(&self.services.masker, &out)),
                 poll: Some(Poll {
                     n: polls,
-                    of: max_polls(until.every.as_std(), until.within.as_std()),
+                    of: max_polls(every.as_std(), within.as_std()),
                 }),
                 ..event(meta, step, StepEventStatus::Polled)
             });
-            if crate::duration::deadline_in(until.every.as_std()) > deadline {
+            if crate::duration::deadline_in(every.as_std()) > deadline {
                 return Err(format!(
-                    "`{}` still false after {polls} checks within {}",
-                    until.expr, until.within
+                    "`{}` still false after {polls} checks within {within}",
+                    until.expr
                 ));
             }
-            meta.cancel.sleep(until.every.as_std()).await?;
+            meta.cancel.sleep(every.as_std()).await?;
         }
+    }
+
+    /// An `until` step's `every` and `within`, templates rendered in the run's context as the
+    /// step starts polling.
+    pub(super) fn poll_times(&self, step: &Step, state: &RunState) -> Result<(Dur, Dur), String> {
+        let Some(until) = &step.until else {
+            return Ok((Dur::default(), Dur::default()));
+        };
+        if let (Some(every), Some(within)) = (until.every.fixed(), until.within.fixed()) {
+            return Ok((every, within));
+        }
+        let (ctx, _) = state.traced();
+        let templates = &self.services.templates;
+        Ok((
+            until.every.resolve("every", templates, &ctx)?,
+            until.within.resolve("within", templates, &ctx)?,
+        ))
     }
 
     /// `retry`: attempts with exponential backoff while the error is retryable. Every attempt is
@@ -558,9 +577,9 @@ fn step_timeout(step: &Step) -> Duration {
         StepKind::Approve(a) => {
             (a.timeout.as_std().max(step.timeout.as_std())).saturating_add(Duration::from_secs(5))
         }
-        StepKind::Wait(w) => {
-            (w.0.as_std().max(step.timeout.as_std())).saturating_add(Duration::from_secs(1))
-        }
+        StepKind::Wait(w) => (w.0.fixed().unwrap_or_default().as_std())
+            .max(step.timeout.as_std())
+            .saturating_add(Duration::from_secs(1)),
         // The step stops its child run at its own timeout and waits for it to record its end.
         StepKind::Playbook(_) => step
             .timeout

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     diagnostics::Diagnostic,
     duration::Dur,
-    steps::{Flavour, RawRetry, RawStep, StepKind},
+    steps::{DurSpec, Flavour, RawRetry, RawStep, StepKind},
     template::Templates,
 };
 
@@ -133,7 +133,7 @@ fn every_error(
 
 fn compile(c: &mut Compiler, raw: RawPlaybook) -> (Playbook, Vec<PlaybookCall>) {
     check_name(c, &raw.name);
-    let params = compile_params(c, &raw.params);
+    let params = compile_params(c, &raw.name, &raw.params);
     let triggers = compile_triggers(c, &raw.triggers);
     let guard = compile_guard(c, raw.guard.as_ref());
     if raw.steps.is_empty() {
@@ -214,7 +214,11 @@ fn check_name(c: &mut Compiler, name: &str) {
     }
 }
 
-fn compile_params(c: &mut Compiler, raw: &BTreeMap<String, RawParam>) -> Vec<ParamSpec> {
+fn compile_params(
+    c: &mut Compiler,
+    playbook: &str,
+    raw: &BTreeMap<String, RawParam>,
+) -> Vec<ParamSpec> {
     let mut params = Vec::new();
     for (name, p) in raw {
         let at = format!("params.{name}");
@@ -244,7 +248,37 @@ fn compile_params(c: &mut Compiler, raw: &BTreeMap<String, RawParam>) -> Vec<Par
             description: p.description.clone(),
         });
     }
+    configured_params(c, playbook, &mut params);
     params
+}
+
+/// The config's `playbooks.NAME.params` replace the defaults: each must name a declared param
+/// and have its type. Problems are reported at the playbook's `params`, naming the config key.
+fn configured_params(c: &mut Compiler, playbook: &str, params: &mut [ParamSpec]) {
+    let Some(values) = c.env.playbook_params.get(playbook) else {
+        return;
+    };
+    for (name, value) in values {
+        let key = format!("the config's `playbooks.{playbook}.params.{name}`");
+        match params.iter_mut().find(|p| &p.name == name) {
+            None => {
+                let known: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+                let known = if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                c.err(
+                    "params",
+                    format!("{key}: playbook `{playbook}` has no param `{name}` (it has: {known})"),
+                );
+            }
+            Some(spec) => match coerce_yaml(spec.ty, value) {
+                Ok(v) => spec.default = Some(v),
+                Err(e) => c.err(&format!("params.{name}"), format!("{key}: {e}")),
+            },
+        }
+    }
 }
 
 fn compile_triggers(c: &mut Compiler, raw: &RawTriggers) -> Triggers {
@@ -464,17 +498,25 @@ fn compile_for_each(
 }
 
 fn compile_until(c: &mut Compiler, at: &str, s: &RawStep, base: &Scope) -> Option<Until> {
-    match (&s.until, s.every, s.within) {
+    match (&s.until, &s.every, &s.within) {
         (Some(expr), every, within) => {
             let scope = Scope {
                 self_visible: true,
                 ..*base
             };
             check(c, &format!("{at}.until"), expr, Flavour::Expr, &scope);
+            // A templated duration is rendered before the first poll: it sees what the step does.
+            for (key, spec) in [("every", every), ("within", within)] {
+                if let Some(t) = spec.as_ref().and_then(|d| d.template()) {
+                    check(c, &format!("{at}.{key}"), t, Flavour::Text, base);
+                }
+            }
             Some(Until {
                 expr: expr.clone(),
-                every: every.unwrap_or(Dur::from_secs(10)),
-                within: within.unwrap_or(Dur::from_secs(300)),
+                every: every.clone().unwrap_or(DurSpec::Fixed(Dur::from_secs(10))),
+                within: within
+                    .clone()
+                    .unwrap_or(DurSpec::Fixed(Dur::from_secs(300))),
             })
         }
         (None, Some(_), _) | (None, _, Some(_)) => {

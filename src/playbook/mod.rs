@@ -26,7 +26,7 @@ pub use schedule::Schedule;
 use crate::{
     diagnostics::Diagnostic,
     duration::Dur,
-    steps::StepKind,
+    steps::{DurSpec, StepKind},
     store::versions::{self, Version},
 };
 
@@ -114,8 +114,9 @@ pub enum ForEach {
 #[derive(Debug, Clone)]
 pub struct Until {
     pub expr: String,
-    pub every: Dur,
-    pub within: Dur,
+    /// Literal, or a template the engine renders when the step starts polling.
+    pub every: DurSpec,
+    pub within: DurSpec,
 }
 
 /// Default step deadline when a step names none.
@@ -325,6 +326,15 @@ pub fn load(path: &Path, env: &CompileEnv) -> (Catalog, Vec<Diagnostic>) {
             }
         }
     }
+    for name in env.playbook_params.keys() {
+        if !seen.contains_key(name) {
+            diags.push(Diagnostic::new(
+                path,
+                (0, 0),
+                format!("the config's `playbooks.{name}` names no playbook in this folder"),
+            ));
+        }
+    }
     for call in calls {
         if !seen.contains_key(&call.target) {
             diags.push(Diagnostic::new(
@@ -361,6 +371,7 @@ mod changes_tests {
             datasources: config.datasources.keys().cloned().collect(),
             channels: config.notify.keys().cloned().collect(),
             shell_allow: config.shell.allow.iter().cloned().collect(),
+            ..CompileEnv::default()
         };
         let (catalog, diags) = load(&root.join("runbooks"), &env);
         assert!(diags.is_empty(), "{diags:?}");

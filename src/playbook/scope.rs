@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 /// Template roots a playbook may read.
 pub(super) const ROOTS: &[&str] = &[
-    "alert", "alerts", "params", "steps", "runtime", "run", "now", "env", "loop",
+    "alert", "alerts", "params", "steps", "runtime", "run", "now", "env", "actions", "loop",
 ];
 
 /// Variables visible to one template.

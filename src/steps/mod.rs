@@ -5,10 +5,12 @@
 //! `--dry-run` prints and what the run record keeps as the step's input) and executed
 //! ([`StepKind::execute`]).
 
+mod action;
 mod approve;
 mod assert;
 mod call;
 mod context;
+mod dur_spec;
 mod http;
 mod kafka;
 mod mock;
@@ -35,6 +37,7 @@ pub use context::{
 };
 
 use crate::duration::Dur;
+pub use dur_spec::DurSpec;
 pub use mock::{MockAnswer, MockCall, StepMocks};
 pub use names::Names;
 use schemars::JsonSchema;
@@ -43,8 +46,8 @@ pub use short::ShortOr;
 pub use silence::expire_for_run as expire_silences;
 
 use self::{
-    approve::RawApprove, assert::RawAssert, call::RawCall, http::RawHttp, kafka::RawKafka,
-    notify::RawNotify, promql::RawPromql, runtime::RuntimeSchema, shell::RawShell,
+    action::RawAction, approve::RawApprove, assert::RawAssert, call::RawCall, http::RawHttp,
+    kafka::RawKafka, notify::RawNotify, promql::RawPromql, runtime::RuntimeSchema, shell::RawShell,
     silence::RawSilence, sql::RawSql, tcp_check::RawTcpCheck,
 };
 use std::collections::BTreeMap;
@@ -76,10 +79,12 @@ pub struct RawStep {
     /// Expression; the step is repeated every `every` until it is true, for at most `within`.
     #[serde(default)]
     pub until: Option<String>,
+    /// A duration, or a template rendered when the step runs (`"{{ params.poll_every }}"`).
     #[serde(default)]
-    pub every: Option<Dur>,
+    pub every: Option<DurSpec>,
+    /// A duration, or a template rendered when the step runs (`"{{ params.verify_within }}"`).
     #[serde(default)]
-    pub within: Option<Dur>,
+    pub within: Option<DurSpec>,
 
     #[serde(default)]
     pub sql: Option<ShortOr<RawSql>>,
@@ -96,8 +101,9 @@ pub struct RawStep {
     pub shell: Option<RawShell>,
     #[serde(default)]
     pub tcp_check: Option<ShortOr<RawTcpCheck>>,
+    /// A duration, or a template rendered when the step runs (`"{{ params.recovery_wait }}"`).
     #[serde(default)]
-    pub wait: Option<Dur>,
+    pub wait: Option<DurSpec>,
     #[serde(default)]
     pub assert: Option<ShortOr<RawAssert>>,
     #[serde(default)]
@@ -109,6 +115,9 @@ pub struct RawStep {
     /// Silences the alert in Alertmanager while the run goes on.
     #[serde(default)]
     pub silence: Option<RawSilence>,
+    /// Runs an action the config names (`actions:`): a command or an HTTP request.
+    #[serde(default)]
+    pub action: Option<RawAction>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -183,6 +192,7 @@ pub enum StepKind {
     Notify(notify::NotifyStep),
     Playbook(call::CallStep),
     Silence(silence::SilenceStep),
+    Action(action::ActionStep),
 }
 
 /// What a step kind produced: rows (tabular results) and any other output.
@@ -259,6 +269,7 @@ pub enum Rendered {
     Notify(notify::Input),
     Playbook(call::Input),
     Silence(silence::Input),
+    Action(action::Input),
 }
 
 /// Applies `$e` to the kind inside a `StepKind`, whatever it is.
@@ -278,6 +289,7 @@ macro_rules! each_kind {
             StepKind::Notify($s) => $e,
             StepKind::Playbook($s) => $e,
             StepKind::Silence($s) => $e,
+            StepKind::Action($s) => $e,
         }
     };
 }
@@ -291,14 +303,14 @@ impl StepKind {
         }
         seen!(
             sql, promql, http, kafka, runtime, shell, tcp_check, wait, assert, approve, notify,
-            playbook, silence
+            playbook, silence, action
         );
         match kinds.len() {
             0 => {
                 return Err((
                     String::new(),
                     format!(
-                        "step `{}` has no kind: add one of sql, promql, http, kafka, runtime, shell, tcp_check, wait, assert, approve, notify, playbook, silence",
+                        "step `{}` has no kind: add one of sql, promql, http, kafka, runtime, shell, tcp_check, wait, assert, approve, notify, playbook, silence, action",
                         s.id
                     ),
                 ))
@@ -336,6 +348,9 @@ impl StepKind {
             RawStep {
                 silence: Some(r), ..
             } => StepKind::Silence(Kind::compile(r)?),
+            RawStep {
+                action: Some(r), ..
+            } => StepKind::Action(Kind::compile(r)?),
             _ => unreachable!("exactly one kind was counted above"),
         })
     }
@@ -355,6 +370,7 @@ impl StepKind {
             StepKind::Notify(_) => "notify",
             StepKind::Playbook(_) => "playbook",
             StepKind::Silence(_) => "silence",
+            StepKind::Action(_) => "action",
         }
     }
 
@@ -417,6 +433,7 @@ impl StepKind {
             StepKind::Notify(s) => Rendered::Notify(s.render(cx)?),
             StepKind::Playbook(s) => Rendered::Playbook(s.render(cx)?),
             StepKind::Silence(s) => Rendered::Silence(s.render(cx)?),
+            StepKind::Action(s) => Rendered::Action(s.render(cx)?),
         })
     }
 
@@ -446,6 +463,7 @@ impl StepKind {
             Rendered::Notify(i) => notify::NotifyStep::execute(i, cx).await,
             Rendered::Playbook(i) => call::CallStep::execute(i, cx).await,
             Rendered::Silence(i) => silence::SilenceStep::execute(i, cx).await,
+            Rendered::Action(i) => action::ActionStep::execute(i, cx).await,
         }
     }
 }
@@ -480,7 +498,13 @@ impl StepKind {
             kind: self.name(),
             input: cx.services.masker.mask_json(&json),
             item,
-            changes: !self.is_read(),
+            // An action the config does not name only tells a person what to do.
+            changes: !self.is_read() && !unconfigured_action(self, &json),
         }
     }
+}
+
+/// Whether `kind` is an `action` the config does not name: it tells a person, and changes nothing.
+fn unconfigured_action(kind: &StepKind, input: &Json) -> bool {
+    matches!(kind, StepKind::Action(_)) && input["configured"] == Json::Bool(false)
 }

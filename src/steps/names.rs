@@ -1,7 +1,8 @@
-//! The names a playbook may refer to that the config defines: datasources and notify channels.
+//! The names a playbook may refer to that the config defines: datasources, notify channels,
+//! actions; and the param values the config sets per playbook.
 //! Compile checks steps against them; empty sets mean "the config names none".
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Default, Clone)]
 pub struct Names {
@@ -9,6 +10,10 @@ pub struct Names {
     pub channels: BTreeSet<String>,
     /// The programs `shell.allow` lets a `shell` step run.
     pub shell_allow: BTreeSet<String>,
+    /// The config's `actions` names.
+    pub actions: BTreeSet<String>,
+    /// The config's `playbooks.NAME.params`: values that replace the playbook's defaults.
+    pub playbook_params: BTreeMap<String, BTreeMap<String, serde_yaml::Value>>,
 }
 
 /// A set for a message: `a, b` or `none`.

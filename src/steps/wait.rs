@@ -1,13 +1,14 @@
-//! `wait`: pause the run for a fixed time (`wait: 30s`), or until it is cancelled.
+//! `wait`: pause the run for a time (`wait: 30s`, or a template such as
+//! `wait: "{{ params.recovery_wait }}"` rendered when the step runs), or until it is cancelled.
 
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::{CompileError, Flavour, Kind, StepCx, StepError, StepOutput};
+use super::{CompileError, DurSpec, Flavour, Kind, StepCx, StepError, StepOutput};
 use crate::duration::Dur;
 
 #[derive(Debug)]
-pub struct WaitStep(pub Dur);
+pub struct WaitStep(pub DurSpec);
 
 #[derive(Debug, Serialize)]
 pub struct Input {
@@ -15,10 +16,10 @@ pub struct Input {
 }
 
 impl Kind for WaitStep {
-    type Raw = Dur;
+    type Raw = DurSpec;
     type Input = Input;
 
-    fn compile(d: Dur) -> Result<Self, CompileError> {
+    fn compile(d: DurSpec) -> Result<Self, CompileError> {
         Ok(WaitStep(d))
     }
 
@@ -27,11 +28,30 @@ impl Kind for WaitStep {
     }
 
     fn templates(&self) -> Vec<(String, &str, Flavour)> {
-        Vec::new()
+        self.0
+            .template()
+            .map(|t| ("wait".to_owned(), t, Flavour::Text))
+            .into_iter()
+            .collect()
     }
 
-    fn render(&self, _cx: &StepCx<'_>) -> Result<Input, StepError> {
-        Ok(Input { wait: self.0 })
+    /// A templated wait is rendered and parsed here; it must fit in the step's timeout, which a
+    /// literal one stretches to its own length when the playbook is read.
+    fn render(&self, cx: &StepCx<'_>) -> Result<Input, StepError> {
+        let wait = self
+            .0
+            .resolve("wait", &cx.services.templates, cx.ctx)
+            .map_err(StepError::fatal)?;
+        // The engine gives a wait step a second past its timeout to finish sleeping.
+        let timeout = cx.timeout.saturating_sub(std::time::Duration::from_secs(1));
+        if self.0.fixed().is_none() && wait.as_std() > timeout {
+            return Err(StepError::fatal(format!(
+                "`wait`: `{}` rendered {wait}, longer than the step's timeout of {}: raise the step's `timeout`",
+                self.0,
+                Dur(timeout)
+            )));
+        }
+        Ok(Input { wait })
     }
 
     /// Sleeps, unless the run is cancelled first: then the step fails with the reason.

@@ -104,6 +104,14 @@ impl CaseMocks {
                 "notify" => MockAnswer::Result(Ok(StepOutput::value(
                     json!({ "to": call.input["to"], "sent": false }),
                 ))),
+                // An action the config does not name changes nothing: it tells a person.
+                "action" if call.input["configured"] == json!(false) => {
+                    MockAnswer::Result(Ok(StepOutput::value(json!({
+                        "configured": false,
+                        "action": call.input["action"],
+                        "manual": call.input["manual"],
+                    }))))
+                }
                 kind => MockAnswer::Result(Err(StepError::fatal(format!(
                     "step `{key}` ({kind}) has no mock in this case: give its result under `mocks: {{ {key}: ... }}`"
                 )))),
@@ -155,8 +163,11 @@ impl StepMocks for CaseMocks {
             return MockAnswer::Result(Err(StepError::fatal(limit.error.clone())));
         }
         let answer = self.result(&key, n, &call);
+        // An action the config does not name needs no mock: it only tells a person.
+        let tells_a_person = call.kind == "action" && call.input["configured"] == json!(false);
         let unmocked = !self.mocks.contains_key(&key)
-            && !matches!(call.kind, "assert" | "playbook" | "wait" | "notify");
+            && !matches!(call.kind, "assert" | "playbook" | "wait" | "notify")
+            && !tells_a_person;
         let error = match &answer {
             MockAnswer::Result(Err(e)) => Some(e.to_string()),
             MockAnswer::Cancel(reason) => Some(reason.clone()),

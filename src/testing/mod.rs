@@ -36,6 +36,7 @@ use crate::{
     playbook::{Catalog, Step},
     secrets::Masker,
     services::Services,
+    steps::DurSpec,
     store::Db,
     template::Dialect,
 };
@@ -208,7 +209,12 @@ async fn run_inner(env: &TestEnv, playbook: &str, case: &Case) -> Result<Option<
         .map(|s| s.id.clone())
         .collect();
 
-    let limits = virtual_time(&mut catalog, playbook);
+    let params: BTreeMap<String, String> = case
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), yaml_text(v)))
+        .collect();
+    let limits = virtual_time(&mut catalog, playbook, &params)?;
     let mocks = Arc::new(CaseMocks::new(
         playbook.to_owned(),
         case.mocks
@@ -221,15 +227,18 @@ async fn run_inner(env: &TestEnv, playbook: &str, case: &Case) -> Result<Option<
     ));
     let store = Scratch::new(case).await?;
     let masker = Masker::new(env.config.streaming.sensitive_fields.clone());
-    let services = Arc::new(Services::new(store.db.clone(), env.config.clone(), masker));
+    let config = if case.actions.is_empty() {
+        env.config.clone()
+    } else {
+        let mut config = (*env.config).clone();
+        config.actions.extend(case.actions.clone());
+        Arc::new(config)
+    };
+    let services = Arc::new(Services::new(store.db.clone(), config, masker));
     let engine = Engine::new(services, Arc::new(Metrics::new()), catalog);
     let req = RunRequest {
         playbook: playbook.to_owned(),
-        params: case
-            .params
-            .iter()
-            .map(|(k, v)| (k.clone(), yaml_text(v)))
-            .collect(),
+        params,
         trigger,
         alerts: alert.iter().cloned().collect(),
         alert,
@@ -299,10 +308,23 @@ fn check_mock_keys(catalog: &Catalog, playbook: &str, case: &Case) -> Result<(),
 
 /// Makes polls and backoffs take no time, and returns how many polls each `until` step gets
 /// before the engine would give up in the case's virtual time: a poll every `every` from the
-/// start, while the next one still falls within `within`.
-fn virtual_time(catalog: &mut Catalog, root: &str) -> BTreeMap<String, PollLimit> {
+/// start, while the next one still falls within `within`. A templated `every` or `within` is
+/// rendered with the params: the case's (over the defaults) for the playbook under test, the
+/// defaults for the playbooks it calls.
+fn virtual_time(
+    catalog: &mut Catalog,
+    root: &str,
+    given: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, PollLimit>, String> {
+    let templates = crate::template::Templates::new();
     let mut limits = BTreeMap::new();
     for (name, pb) in catalog.playbooks.iter_mut() {
+        let none = BTreeMap::new();
+        let params =
+            crate::playbook::resolve_params(&pb.params, if name == root { given } else { &none })
+                .map(Json::Object)
+                .unwrap_or(Json::Null);
+        let ctx = minijinja::Value::from_serialize(json!({ "params": params }));
         let steps: Vec<&mut Step> = pb
             .steps
             .iter_mut()
@@ -313,8 +335,13 @@ fn virtual_time(catalog: &mut Catalog, root: &str) -> BTreeMap<String, PollLimit
             let Some(u) = step.until.as_mut() else {
                 continue;
             };
-            let every = u.every.as_std().as_millis().max(1);
-            let polls = (u.within.as_std().as_millis() / every) as usize + 1;
+            let resolve = |key: &str, spec: &DurSpec| {
+                spec.resolve(key, &templates, &ctx)
+                    .map_err(|e| format!("playbook `{name}`, step `{}`: {e}", step.id))
+            };
+            let (every, within) = (resolve("every", &u.every)?, resolve("within", &u.within)?);
+            let polls =
+                (within.as_std().as_millis() / every.as_std().as_millis().max(1)) as usize + 1;
             let key = if name == root {
                 step.id.clone()
             } else {
@@ -326,14 +353,14 @@ fn virtual_time(catalog: &mut Catalog, root: &str) -> BTreeMap<String, PollLimit
                     polls,
                     error: format!(
                         "`{}` still false after {polls} checks within {}",
-                        u.expr, u.within
+                        u.expr, within
                     ),
                 },
             );
-            u.every = Dur(Duration::ZERO);
+            u.every = DurSpec::Fixed(Dur(Duration::ZERO));
         }
     }
-    limits
+    Ok(limits)
 }
 
 /// The alert as the receiver hands it to a run.

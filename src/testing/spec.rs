@@ -52,6 +52,11 @@ pub struct Case {
     /// The dialect `sql` steps' rendered SQL is compared in: `sqlite` (default) or `postgres`.
     #[serde(default)]
     pub dialect: Option<TestDialect>,
+    /// Actions the case's config names, over the config's (`actions:` as in runbook.yaml): an
+    /// `action` step naming one renders its command or request, and takes its result from
+    /// `mocks`; one named nowhere tells a person what to do, and needs no mock.
+    #[serde(default)]
+    pub actions: BTreeMap<String, crate::config::ActionConfig>,
     /// Results by step id (`child-playbook/step` for a step of a `playbook:` call's child run).
     #[serde(default)]
     pub mocks: BTreeMap<String, Mock>,

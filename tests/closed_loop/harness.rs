@@ -72,19 +72,26 @@ pub(super) struct Loop {
 }
 
 impl Loop {
-    /// Copies each shipped playbook with its `(from, to)` substitutions (each must match), writes a
-    /// config with `streaming` (indented YAML under `streaming:`), and starts everything.
+    /// Copies each shipped playbook as it is, writes a config that sets its `(param, value)` pairs
+    /// (`playbooks: { NAME: { params: ... } }`, what shortens its waits and polls) and `streaming`
+    /// (indented YAML under `streaming:`), and starts everything.
     pub(super) async fn start(playbooks: &[(&str, &[(&str, &str)])], streaming: &str) -> Loop {
         let w = Workdir::new();
-        for (name, subs) in playbooks {
+        let mut params = String::new();
+        for (name, values) in playbooks {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join(format!("runbooks/{name}.yaml"));
-            let mut text = std::fs::read_to_string(&path).unwrap();
-            for (from, to) in *subs {
-                assert!(text.contains(from), "{name}.yaml has no `{from}`");
-                text = text.replace(from, to);
+            w.playbook(name, &std::fs::read_to_string(&path).unwrap());
+            if !values.is_empty() {
+                let values: Vec<String> = values.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                params.push_str(&format!(
+                    "  {name}: {{ params: {{ {} }} }}\n",
+                    values.join(", ")
+                ));
             }
-            w.playbook(name, &text);
+        }
+        if !params.is_empty() {
+            params.insert_str(0, "playbooks:\n");
         }
         let (inbox, hooks) = inbox().await;
         let port = free_port();
@@ -101,7 +108,7 @@ impl Loop {
              notify:\n  ops: {{ webhook: {{ url: \"{hooks}/ops\", format: slack }} }}\n\
              \x20 oncall: {{ webhook: {{ url: \"{hooks}/oncall\", format: slack }} }}\n\
              \x20 platform: {{ webhook: {{ url: \"{hooks}/platform\", format: slack }} }}\n\
-             streaming:\n  poll_interval: 50ms\n{streaming}",
+             {params}streaming:\n  poll_interval: 50ms\n{streaming}",
             am = am.base
         ));
         let server = w.serve_at(&[], &format!("127.0.0.1:{port}"));

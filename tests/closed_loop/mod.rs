@@ -1,7 +1,7 @@
 //! The closed loop, end to end: an incident is created on the streaming runtime, a real Prometheus
 //! scrapes `runbook serve`'s `/metrics` and evaluates the repository's alert rules (their `for:` and
 //! ranges shortened), a real Alertmanager posts the alert to the server's receiver, the shipped
-//! playbook (its waits shortened) diagnoses, silences its alert, remediates and verifies, the metric
+//! playbook (its waits shortened by params the test's config sets) diagnoses, silences its alert, remediates and verifies, the metric
 //! recovers and the alert resolves. `promtool test rules` keeps testing the rules as they are.
 //!
 //! What is asserted is what an on-call engineer checks: the run's status and steps, the metric back
@@ -29,7 +29,7 @@ async fn a_queue_backlog_fires_scales_the_workers_recovers_and_resolves() {
     let mut l = Loop::start(
         &[(
             "queue-backlog",
-            &[("every: 30s", "every: 1s"), ("within: 10m", "within: 50s")],
+            &[("poll_every", "1s"), ("poll_within", "50s")],
         )],
         "  workerConcurrency: 3\n  workerBatchSize: 12\n  handlers:\n    demo.slow: { simulate: { latency: 200ms } }\n",
     )
@@ -99,6 +99,7 @@ async fn a_queue_backlog_fires_scales_the_workers_recovers_and_resolves() {
             ("stuck", "succeeded"),
             ("scale", "succeeded"),
             ("verify", "succeeded"),
+            ("depth_recovered", "succeeded"),
             ("report", "succeeded"),
         ]
     );
@@ -161,7 +162,7 @@ async fn a_queue_backlog_fires_scales_the_workers_recovers_and_resolves() {
 async fn transient_dlq_failures_fire_are_retried_and_the_alert_resolves() {
     let _one = MONITORING.lock().await;
     let l = Loop::start(
-        &[("dlq-rate", &[])],
+        &[("dlq-rate", &[("poll_every", "1s")])],
         "  handlers:\n    user.update: { noop: {} }\n",
     )
     .await;
@@ -273,7 +274,7 @@ async fn stale_locks_fire_lock_expiry_releases_them_and_no_more_expire() {
     let l = Loop::start(
         &[(
             "lock-expiry",
-            &[("every: 5s", "every: 1s"), ("within: 1m", "within: 15s")],
+            &[("poll_every", "1s"), ("poll_within", "15s")],
         )],
         "  handlers:\n    user.update: { noop: {} }\n",
     )
@@ -373,7 +374,7 @@ async fn stale_locks_fire_lock_expiry_releases_them_and_no_more_expire() {
 async fn validation_errors_keep_the_alert_until_a_person_approves_the_cleanup() {
     let _one = MONITORING.lock().await;
     let l = Loop::start(
-        &[("dlq-rate", &[])],
+        &[("dlq-rate", &[("poll_every", "1s")])],
         "  handlers:\n    user.update: { noop: {} }\n",
     )
     .await;
@@ -499,7 +500,7 @@ async fn a_backlog_the_run_cannot_help_is_not_silenced_and_escalates() {
     let l = Loop::start(
         &[(
             "queue-backlog",
-            &[("every: 30s", "every: 1s"), ("within: 10m", "within: 4s")],
+            &[("poll_every", "1s"), ("poll_within", "4s")],
         )],
         "  workerConcurrency: 12\n  workerBatchSize: 12\n  handlers:\n    demo.slow: { simulate: { latency: 2s } }\n",
     )
@@ -523,7 +524,15 @@ async fn a_backlog_the_run_cannot_help_is_not_silenced_and_escalates() {
     let shown = l.finished(id, 30).await;
     let st = steps(&shown);
     assert_eq!(shown["status"], "failed", "{:?}\n{shown:#}", statuses(&st));
-    assert_eq!(shown["failed_step"], "verify", "{shown:#}");
+    // The depth did not fall and `scale_backend` is not configured: the run fails saying what a
+    // person should run.
+    assert_eq!(shown["failed_step"], "depth_recovered", "{shown:#}");
+    assert!(
+        shown["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("docker compose up -d --scale backend=3")),
+        "{shown:#}"
+    );
     assert!(skipped(&st, "silence"), "{:?}", statuses(&st));
     assert!(skipped(&st, "scale"), "{:?}", statuses(&st));
     assert!(l.silence_of(id).await.is_none());
@@ -532,7 +541,7 @@ async fn a_backlog_the_run_cannot_help_is_not_silenced_and_escalates() {
     })
     .await;
     assert!(
-        paged.contains("queue-backlog failed at step verify"),
+        paged.contains("queue-backlog failed at step depth_recovered"),
         "{paged}"
     );
     // The alert was never silenced: Alertmanager shows it active.
