@@ -268,23 +268,7 @@ async fn kafka_step_lists_describes_and_reports_consumer_lag() {
     // Produce one message a batch (the broker's high watermark is exact then) to partition 0.
     let b2 = brokers.clone();
     tokio::task::spawn_blocking(move || {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &b2)
-            .set("batch.num.messages", "1")
-            .create()
-            .unwrap();
-        for i in 0..10 {
-            let payload = format!("m{i}");
-            producer
-                .send(
-                    BaseRecord::to("lag-test")
-                        .partition(0)
-                        .key("k")
-                        .payload(&payload),
-                )
-                .unwrap();
-            producer.flush(Duration::from_secs(10)).unwrap();
-        }
+        produce_one_at_a_time(&b2, "lag-test", (0..10).map(|i| format!("m{i}")));
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &b2)
             .set("group.id", "core-platform-events")
@@ -398,27 +382,14 @@ async fn kafka_tail_reads_the_last_messages_masked_and_commits_nothing() {
     let brokers = broker.addr();
     let b2 = brokers.clone();
     tokio::task::spawn_blocking(move || {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &b2)
-            .set("batch.num.messages", "1")
-            .create()
-            .unwrap();
-        for i in 0..15 {
-            let payload = if i == 14 {
+        let payloads = (0..15).map(|i| {
+            if i == 14 {
                 "plain text, not JSON".to_owned()
             } else {
                 json!({ "n": i, "email": format!("user{i}@example.com") }).to_string()
-            };
-            producer
-                .send(
-                    BaseRecord::to("user-events")
-                        .partition(0)
-                        .key("k")
-                        .payload(&payload),
-                )
-                .unwrap();
-            producer.flush(Duration::from_secs(10)).unwrap();
-        }
+            }
+        });
+        produce_one_at_a_time(&b2, "user-events", payloads);
     })
     .await
     .unwrap();
@@ -515,14 +486,7 @@ async fn kafka_produce_test_measures_throughput_on_a_scratch_topic_it_deletes() 
     // A topic with data is never written to.
     let b2 = brokers.clone();
     tokio::task::spawn_blocking(move || {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &b2)
-            .create()
-            .unwrap();
-        producer
-            .send(BaseRecord::to("orders").key("k").payload("real"))
-            .unwrap();
-        producer.flush(Duration::from_secs(10)).unwrap();
+        produce_one_at_a_time(&b2, "orders", ["real".to_owned()]);
     })
     .await
     .unwrap();
@@ -540,4 +504,26 @@ async fn kafka_produce_test_measures_throughput_on_a_scratch_topic_it_deletes() 
         &out.run(),
         "topic orders exists: produce_test writes only to a scratch topic",
     );
+}
+
+/// Produces each payload to partition 0 of `topic` with key `k`, one message a batch and flushed
+/// before the next (the broker's high watermark is exact then). Blocking: call it from
+/// `spawn_blocking`.
+fn produce_one_at_a_time(brokers: &str, topic: &str, payloads: impl IntoIterator<Item = String>) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("batch.num.messages", "1")
+        .create()
+        .unwrap();
+    for payload in payloads {
+        producer
+            .send(
+                BaseRecord::to(topic)
+                    .partition(0)
+                    .key("k")
+                    .payload(&payload),
+            )
+            .unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
 }
