@@ -30,7 +30,7 @@ use serde_json::{json, Value as Json};
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{drop_store, fresh, proc_mib};
+use common::{cpu_secs, cpu_secs_of, drop_store, fresh, proc_mib};
 
 /// Notifications per throughput measurement.
 const N: usize = 4_000;
@@ -487,7 +487,7 @@ async fn main() {
     println!("webhook ingest: {N} notifications from {CLIENTS:?} clients, one alert each, each alert recording its run (workers off)");
     println!("raw: the same rows (a queued run and its command), one transaction per notification, same clients (SQLite: synchronous=FULL)\n");
     println!(
-        "{:<9} {:<10} {:>7} {:>10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:<9} {:<10} {:>7} {:>10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
         "backend",
         "scenario",
         "clients",
@@ -500,7 +500,8 @@ async fn main() {
         "@1k p99",
         "idle RSS",
         "load RSS",
-        "ready"
+        "ready",
+        "CPU µs/notification: server / PostgreSQL / client"
     );
     let only = std::env::var("RUNBOOK_BENCH_ONLY").ok();
     for backend in ["sqlite", "postgres"] {
@@ -526,7 +527,12 @@ async fn measure(backend: &str, scenario: Scenario, clients: usize, raw: f64) {
     let pid = server.child.id();
     let idle = proc_mib(pid, "VmRSS:");
     let starts_at = "2026-11-29T03:00:00Z";
+    let cpu = |pid| [cpu_secs(pid), cpu_secs_of("postgres"), cpu_secs(std::process::id())];
+    let before = cpu(pid);
     let load = flood(&server.base, clients, 0, N, starts_at, scenario.playbooks).await;
+    let after = cpu(pid);
+    // CPU per notification of the server, PostgreSQL's backends and this load generator.
+    let per = |i: usize| (after[i] - before[i]) * 1e6 / N as f64;
     let fixed = steady(&server.base, N, starts_at, scenario.playbooks).await;
     let peak = proc_mib(pid, "VmHWM:");
     let ready = server.ready;
@@ -544,7 +550,7 @@ async fn measure(backend: &str, scenario: Scenario, clients: usize, raw: f64) {
     );
     drop_store(store).await;
     println!(
-        "{backend:<9} {:<10} {clients:>7} {:>10.0} {:>8.1} {:>8.1} {:>10.0} {:>6.2}x {:>9.1} {:>9.1} {:>5.1} MiB {:>5.1} MiB {:>6.0} ms",
+        "{backend:<9} {:<10} {clients:>7} {:>10.0} {:>8.1} {:>8.1} {:>10.0} {:>6.2}x {:>9.1} {:>9.1} {:>5.1} MiB {:>5.1} MiB {:>6.0} ms  {:>4.0} / {:>4.0} / {:>4.0}",
         scenario.name,
         load.per_sec,
         load.percentile(0.5),
@@ -556,5 +562,8 @@ async fn measure(backend: &str, scenario: Scenario, clients: usize, raw: f64) {
         idle,
         peak,
         ready.as_secs_f64() * 1000.0,
+        per(0),
+        per(1),
+        per(2),
     );
 }
