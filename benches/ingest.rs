@@ -89,7 +89,10 @@ async fn serve(url: &str, scenario: Scenario) -> Server {
     db.migrate().await.unwrap();
     db.close().await;
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runbook"))
+    // `RUNBOOK_BENCH_BIN=PATH` measures another build of runbook with the same harness.
+    let bin = std::env::var("RUNBOOK_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_runbook").to_owned());
+    let mut child = Command::new(bin)
         .args([
             "--store",
             url,
@@ -487,7 +490,7 @@ async fn main() {
     println!("webhook ingest: {N} notifications from {CLIENTS:?} clients, one alert each, each alert recording its run (workers off)");
     println!("raw: the same rows (a queued run and its command), one transaction per notification, same clients (SQLite: synchronous=FULL)\n");
     println!(
-        "{:<9} {:<10} {:>7} {:>10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
+        "{:<9} {:<10} {:>7} {:>10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}  CPU µs/notification: server / PostgreSQL / client",
         "backend",
         "scenario",
         "clients",
@@ -501,7 +504,6 @@ async fn main() {
         "idle RSS",
         "load RSS",
         "ready",
-        "CPU µs/notification: server / PostgreSQL / client"
     );
     let only = std::env::var("RUNBOOK_BENCH_ONLY").ok();
     for backend in ["sqlite", "postgres"] {
@@ -527,7 +529,13 @@ async fn measure(backend: &str, scenario: Scenario, clients: usize, raw: f64) {
     let pid = server.child.id();
     let idle = proc_mib(pid, "VmRSS:");
     let starts_at = "2026-11-29T03:00:00Z";
-    let cpu = |pid| [cpu_secs(pid), cpu_secs_of("postgres"), cpu_secs(std::process::id())];
+    let cpu = |pid| {
+        [
+            cpu_secs(pid),
+            cpu_secs_of("postgres"),
+            cpu_secs(std::process::id()),
+        ]
+    };
     let before = cpu(pid);
     let load = flood(&server.base, clients, 0, N, starts_at, scenario.playbooks).await;
     let after = cpu(pid);

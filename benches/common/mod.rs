@@ -61,18 +61,25 @@ pub fn proc_mib(pid: u32, field: &str) -> f64 {
 
 /// CPU time (user and system) that process `pid` has used so far, in seconds, from
 /// /proc/PID/stat (in clock ticks of 1/100 s: USER_HZ on Linux).
+#[allow(dead_code)] // the ingest benchmark's
 pub fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the line; 12 and 13 after the name and state.
     (ticks(11) + ticks(12)) / 100.0
 }
 
 /// CPU time used so far by every running process whose command is `comm` (PostgreSQL's
 /// backends, say), in seconds.
+#[allow(dead_code)] // the ingest benchmark's
 pub fn cpu_secs_of(comm: &str) -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;

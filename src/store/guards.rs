@@ -334,8 +334,9 @@ pub async fn alerts_in_cooldown(
             ]
         })
         .collect();
-    let found = super::batch::values(
+    let found = super::batch::values_planned(
         tx,
+        super::batch::Plan::EachCall,
         "SELECT DISTINCT a.playbook, a.fingerprint, a.kind FROM (VALUES",
         &[json!(RunStatus::Skipped)],
         &[Col::Plain, Col::Plain, Col::Plain, Col::Timestamp],

@@ -63,6 +63,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(9, "0009_console_sessions"),
     migration!(10, "0010_open_runs"),
     migration!(11, "0011_approval_changes_queue_samples"),
+    migration!(12, "0012_run_by_command"),
 ];
 
 /// The advisory lock that serialises PostgreSQL replicas migrating at once (the key the

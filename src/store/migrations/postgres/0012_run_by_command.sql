@@ -1,0 +1,8 @@
+-- A queue command that runs a playbook finds its run by `command_id` when it starts
+-- (`runs::latest_for_command`): without an index that read scanned every run ever recorded, so
+-- each run's start cost more as the store aged.
+CREATE INDEX runbook_runs_command ON runbook_runs (command_id) WHERE command_id IS NOT NULL;
+
+-- The open runs of a playbook are its row of runbook_open_runs (0010); nothing reads runs by
+-- (playbook, status) any more, and every recorded run wrote this index.
+DROP INDEX runbook_runs_playbook_status;
