@@ -262,8 +262,11 @@ impl Db {
     }
 
     /// Opens a SQLite pool on `opts` with the store's settings: WAL (switched to under a busy
-    /// wait, so processes opening a fresh file at once do not fail), a busy timeout, foreign
-    /// keys, and connections that never go back to the pool inside a transaction. A new file is
+    /// wait, so processes opening a fresh file at once do not fail), every commit synced to disk
+    /// before it returns (`synchronous=FULL`: with `NORMAL`, a commit in WAL mode survives the
+    /// process but may be lost with the machine, and a notification answered 2xx, a command
+    /// accepted or an approval given must survive both), a busy timeout, foreign keys, and
+    /// connections that never go back to the pool inside a transaction. A new file is
     /// created readable by its owner only (queue payloads can hold secrets); its `-wal` and
     /// `-shm` files take the same permissions from it.
     pub async fn connect_sqlite(
@@ -274,7 +277,7 @@ impl Db {
         let opts = opts
             .create_if_missing(!read_only)
             .read_only(read_only)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         if !read_only {
