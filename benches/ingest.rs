@@ -14,7 +14,9 @@
 //! notification (the "raw" rate; on SQLite with `synchronous=FULL`). Then the same server at a fixed
 //! 1,000 notifications/s for its latency, its RSS idle and under load, and its time from start to
 //! `/readyz` answering 200. Run it with `scripts/bench` (which starts the services) or
-//! `cargo bench --bench ingest` with PostgreSQL on `RUNBOOK_TEST_PG`.
+//! `cargo bench --bench ingest` with PostgreSQL on `RUNBOOK_TEST_PG`. `RUNBOOK_BENCH_ONLY=sqlite|postgres`
+//! measures one backend, `RUNBOOK_BENCH_CLIENTS=8,64,256` other numbers of clients, and
+//! `RUNBOOK_BENCH_BIN=PATH` another build of runbook.
 
 use std::{
     io::{BufRead, BufReader},
@@ -487,7 +489,12 @@ async fn raw_pg(pool: &sqlx::PgPool, i: usize, client: usize) {
 // cores it should not take more than one from the server and the database.
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    println!("webhook ingest: {N} notifications from {CLIENTS:?} clients, one alert each, each alert recording its run (workers off)");
+    // `RUNBOOK_BENCH_CLIENTS=8,64,256` measures other numbers of clients.
+    let client_counts: Vec<usize> = std::env::var("RUNBOOK_BENCH_CLIENTS").map_or_else(
+        |_| CLIENTS.to_vec(),
+        |list| list.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
+    );
+    println!("webhook ingest: {N} notifications from {client_counts:?} clients, one alert each, each alert recording its run (workers off)");
     println!("raw: the same rows (a queued run and its command), one transaction per notification, same clients (SQLite: synchronous=FULL)\n");
     println!(
         "{:<9} {:<10} {:>7} {:>10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}  CPU µs/notification: server / PostgreSQL / client",
@@ -510,7 +517,7 @@ async fn main() {
         if only.as_deref().is_some_and(|o| o != backend) {
             continue;
         }
-        for clients in CLIENTS {
+        for &clients in &client_counts {
             let raw_store = fresh(backend).await;
             let raw = raw_rate(backend, &raw_store.url, clients).await;
             drop_store(raw_store).await;
