@@ -116,9 +116,8 @@ pub async fn runs_for(tx: &mut Tx, keys: &[RunKey]) -> Result<HashMap<RunKey, i6
         return Ok(HashMap::new());
     }
     let rows: Vec<Vec<Json>> = keys.iter().map(RunKey::params).collect();
-    let found = batch::values_planned(
+    let found = batch::values(
         tx,
-        batch::Plan::EachCall,
         "SELECT playbook, fingerprint, starts_at, kind, run_id FROM runbook_alert_runs \
          WHERE (playbook, fingerprint, starts_at, kind) IN (VALUES",
         &[],

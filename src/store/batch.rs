@@ -57,40 +57,13 @@ pub async fn values(
     rows: &[Vec<Json>],
     tail: &str,
 ) -> Result<Vec<Json>, DbError> {
-    values_planned(tx, Plan::Cached, head, fixed, cols, rows, tail).await
-}
-
-/// When PostgreSQL plans a statement of a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Plan {
-    /// Prepared once per connection, its plan kept (an insert: no plan to get wrong).
-    Cached,
-    /// Planned at each call for the tables as they are then: a lookup in a table that grows.
-    /// A cached plan is made after a statement's fifth call and kept until the table is next
-    /// analysed, so one made while the table was nearly empty scans it whole (a hash join over
-    /// every row) for as long as that takes: on a fresh store taking a burst of alerts, a
-    /// minute of batches each reading the whole table. Costs one round trip more (the parse).
-    EachCall,
-}
-
-/// [`values`], planned as `plan` says.
-pub async fn values_planned(
-    tx: &mut Tx,
-    plan: Plan,
-    head: &str,
-    fixed: &[Json],
-    cols: &[Col],
-    rows: &[Vec<Json>],
-    tail: &str,
-) -> Result<Vec<Json>, DbError> {
     if cols.is_empty() || rows.is_empty() {
         return Ok(Vec::new());
     }
     if let Tx::Postgres(pg) = tx {
         if let Some(columns) = Columns::of(cols, rows) {
             if let Some(sql) = unnest_sql(head, fixed.len(), cols, &columns, tail) {
-                let q = sqlx::query(&sql).persistent(plan == Plan::Cached);
-                let q = columns.bind(bind_pg(q, fixed));
+                let q = columns.bind(bind_pg(sqlx::query(&sql), fixed));
                 let found = q.fetch_all(&mut **pg).await?;
                 return Ok(found.iter().map(decode::pg_row).collect());
             }
