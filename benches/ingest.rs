@@ -492,7 +492,11 @@ async fn main() {
     // `RUNBOOK_BENCH_CLIENTS=8,64,256` measures other numbers of clients.
     let client_counts: Vec<usize> = std::env::var("RUNBOOK_BENCH_CLIENTS").map_or_else(
         |_| CLIENTS.to_vec(),
-        |list| list.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
+        |list| {
+            list.split(',')
+                .filter_map(|c| c.trim().parse().ok())
+                .collect()
+        },
     );
     println!("webhook ingest: {N} notifications from {client_counts:?} clients, one alert each, each alert recording its run (workers off)");
     println!("raw: the same rows (a queued run and its command), one transaction per notification, same clients (SQLite: synchronous=FULL)\n");
