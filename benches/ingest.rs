@@ -32,7 +32,7 @@ use serde_json::{json, Value as Json};
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{cpu_secs, cpu_secs_of, drop_store, fresh, proc_mib};
+use common::{cpu_secs, cpu_secs_of, drop_store, fresh, proc_mib, runbook_bin};
 
 /// Notifications per throughput measurement.
 const N: usize = 4_000;
@@ -91,10 +91,7 @@ async fn serve(url: &str, scenario: Scenario) -> Server {
     db.migrate().await.unwrap();
     db.close().await;
     let started = Instant::now();
-    // `RUNBOOK_BENCH_BIN=PATH` measures another build of runbook with the same harness.
-    let bin = std::env::var("RUNBOOK_BENCH_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_runbook").to_owned());
-    let mut child = Command::new(bin)
+    let mut child = Command::new(runbook_bin())
         .args([
             "--store",
             url,

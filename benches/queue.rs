@@ -41,7 +41,7 @@ mod common;
 #[path = "raw/mod.rs"]
 mod raw;
 
-use common::{drop_store, fresh, proc_mib};
+use common::{drop_store, fresh, proc_mib, runbook_bin};
 
 const N: usize = 20_000;
 const BATCHES: [u32; 4] = [1, 20, 100, 500];
@@ -87,11 +87,6 @@ async fn unfinished(db: &Db) -> i64 {
     .rows[0]["n"]
         .as_i64()
         .unwrap()
-}
-
-/// The runbook binary measured: this build, or `RUNBOOK_BENCH_BIN`.
-fn runbook_bin() -> String {
-    std::env::var("RUNBOOK_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_runbook").into())
 }
 
 /// Starts `runbook serve` on `url` with `config`; returns the child once it listens.

@@ -47,6 +47,12 @@ pub async fn drop_store(s: Store) {
     }
 }
 
+/// The runbook binary measured: this build, or `RUNBOOK_BENCH_BIN`.
+#[allow(dead_code)] // the queue and ingest benchmarks'
+pub fn runbook_bin() -> String {
+    std::env::var("RUNBOOK_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_runbook").into())
+}
+
 /// A field of /proc/PID/status (`VmRSS:`, `VmHWM:`) in MiB.
 pub fn proc_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
