@@ -15,7 +15,10 @@
 //! 1,000 notifications/s for its latency, its RSS idle and under load, and its time from start to
 //! `/readyz` answering 200. Run it with `scripts/bench` (which starts the services) or
 //! `cargo bench --bench ingest` with PostgreSQL on `RUNBOOK_TEST_PG`. `RUNBOOK_BENCH_ONLY=sqlite|postgres`
-//! measures one backend, `RUNBOOK_BENCH_CLIENTS=8,64,256` other numbers of clients, and
+//! measures one backend, `RUNBOOK_BENCH_CLIENTS=8,64,256` other numbers of clients,
+//! `RUNBOOK_BENCH_N=40000` more notifications per measurement (4,000 by default),
+//! `RUNBOOK_BENCH_SERVER_LOG=error,runbook::server::receiver=debug` the server's log on stderr
+//! (there: each batch the receiver recorded, with its size and time), and
 //! `RUNBOOK_BENCH_BIN=PATH` another build of runbook.
 
 use std::{
@@ -34,8 +37,13 @@ mod common;
 
 use common::{cpu_secs, cpu_secs_of, drop_store, fresh, proc_mib, runbook_bin};
 
-/// Notifications per throughput measurement.
-const N: usize = 4_000;
+/// Notifications per throughput measurement (`RUNBOOK_BENCH_N` for more, for a profile).
+static N: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    std::env::var("RUNBOOK_BENCH_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(4_000)
+});
 /// Concurrent clients, for runbook and the raw inserts alike: a few, as one Alertmanager pair
 /// sends, and many, as a storm from several sends.
 const CLIENTS: [usize; 2] = [8, 64];
@@ -90,6 +98,8 @@ async fn serve(url: &str, scenario: Scenario) -> Server {
     let db = Db::connect(url, false, 2).await.unwrap();
     db.migrate().await.unwrap();
     db.close().await;
+    // `RUNBOOK_BENCH_SERVER_LOG=<RUNBOOK_LOG directives>` shows the server's log on stderr.
+    let server_log = std::env::var("RUNBOOK_BENCH_SERVER_LOG").ok();
     let started = Instant::now();
     let mut child = Command::new(runbook_bin())
         .args([
@@ -101,9 +111,13 @@ async fn serve(url: &str, scenario: Scenario) -> Server {
             "--no-workers",
         ])
         .current_dir(dir.path())
-        .env("RUNBOOK_LOG", "error")
+        .env("RUNBOOK_LOG", server_log.as_deref().unwrap_or("error"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(if server_log.is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -408,7 +422,7 @@ async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
             tasks.spawn(async move {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= N {
+                    if i >= *N {
                         break;
                     }
                     raw_sqlite(&pool, i, client).await;
@@ -426,7 +440,7 @@ async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
             tasks.spawn(async move {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= N {
+                    if i >= *N {
                         break;
                     }
                     raw_pg(&pool, i, client).await;
@@ -435,7 +449,7 @@ async fn raw_rate(backend: &str, url: &str, clients: usize) -> f64 {
         }
     }
     while tasks.join_next().await.is_some() {}
-    N as f64 / started.elapsed().as_secs_f64()
+    *N as f64 / started.elapsed().as_secs_f64()
 }
 
 fn raw_rows(i: usize) -> (String, Json, Json, Json) {
@@ -495,7 +509,7 @@ async fn main() {
                 .collect()
         },
     );
-    println!("webhook ingest: {N} notifications from {client_counts:?} clients, one alert each, each alert recording its run (workers off)");
+    println!("webhook ingest: {} notifications from {client_counts:?} clients, one alert each, each alert recording its run (workers off)", *N);
     println!("raw: the same rows (a queued run and its command), one transaction per notification, same clients (SQLite: synchronous=FULL)\n");
     println!(
         "{:<9} {:<10} {:>7} {:>10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}  CPU µs/notification: server / PostgreSQL / client",
@@ -545,16 +559,16 @@ async fn measure(backend: &str, scenario: Scenario, clients: usize, raw: f64) {
         ]
     };
     let before = cpu(pid);
-    let load = flood(&server.base, clients, 0, N, starts_at, scenario.playbooks).await;
+    let load = flood(&server.base, clients, 0, *N, starts_at, scenario.playbooks).await;
     let after = cpu(pid);
     // CPU per notification of the server, PostgreSQL's backends and this load generator.
-    let per = |i: usize| (after[i] - before[i]) * 1e6 / N as f64;
-    let fixed = steady(&server.base, N, starts_at, scenario.playbooks).await;
+    let per = |i: usize| (after[i] - before[i]) * 1e6 / *N as f64;
+    let fixed = steady(&server.base, *N, starts_at, scenario.playbooks).await;
     let peak = proc_mib(pid, "VmHWM:");
     let ready = server.ready;
     stop(server.child);
     let runs = count(&store.url, "SELECT COUNT(*) AS n FROM runbook_runs").await;
-    let expected = (N + (RATE * RATE_SECS) as usize) as i64;
+    let expected = (*N + (RATE * RATE_SECS) as usize) as i64;
     assert_eq!(
         load.failed + fixed.failed,
         0,

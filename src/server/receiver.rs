@@ -428,7 +428,15 @@ impl Writer {
                 }
             }
             let ready: Vec<&Ready> = batch.iter().map(|j| &j.ready).collect();
-            match self.record(&ready).await {
+            let started = std::time::Instant::now();
+            let recorded = self.record(&ready).await;
+            tracing::debug!(
+                notifications = ready.len(),
+                micros = started.elapsed().as_micros() as u64,
+                ok = recorded.is_ok(),
+                "Notification batch recorded."
+            );
+            match recorded {
                 Ok(recorded) => {
                     for (job, r) in batch.into_iter().zip(recorded) {
                         let _ = job.reply.send(Ok(r));
