@@ -496,6 +496,129 @@ async fn raw_pg(pool: &sqlx::PgPool, i: usize, client: usize) {
     tx.commit().await.unwrap();
 }
 
+/// Notifications per transaction of the ceiling measurement: as many as the receiver's batches
+/// carry at 64 clients.
+const CEILING_BATCH: i64 = 64;
+/// How long each ceiling measurement writes.
+const CEILING_SECS: u64 = 5;
+
+/// The rows of `CEILING_BATCH` notifications of a scenario, as statements over
+/// `generate_series` from `$1`: what the receiver writes for them (the notification with its
+/// outcomes, the alert occurrence, the run and its alert key; for `admit-all` also the queue
+/// command with the run's request), each JSON value different per row so PostgreSQL parses each.
+fn ceiling_statements(scenario: &str) -> Vec<String> {
+    let b = CEILING_BATCH;
+    let mut all = vec![
+        format!("INSERT INTO runbook_alert_notifications (received_at, receiver, status, group_key, external_url, alerts, truncated_alerts, outcomes) \
+         SELECT now(), 'runbook', 'firing', 'k' || g, 'http://alertmanager:9093', 1, 0, \
+         replace('[{{\"fingerprint\":\"X\",\"alertname\":\"IngestBench0\",\"status\":\"firing\",\"starts_at\":\"2026-11-29T03:00:00Z\",\"outcome\":\"started\",\"playbooks\":[{{\"playbook\":\"ingest-0\",\"outcome\":\"started\",\"run_id\":1,\"command_id\":1}}]}}]', 'X', g::text)::jsonb \
+         FROM generate_series($1::int8, $1::int8 + {b} - 1) g"),
+        format!("INSERT INTO runbook_alerts (fingerprint, starts_at, alertname, labels, annotations, status, generator_url, matched, first_received_at, last_received_at, notifications) \
+         SELECT md5(g::text), '2026-11-29T03:00:00Z', 'IngestBench0', replace('{{\"alertname\":\"IngestBench0\",\"n\":\"X\",\"severity\":\"warning\"}}', 'X', g::text)::jsonb, \
+         '{{\"summary\":\"bench\"}}'::jsonb, 'firing', 'http://prometheus:9090/graph', true, now(), now(), 1 \
+         FROM generate_series($1::int8, $1::int8 + {b} - 1) g"),
+    ];
+    let trigger = "{\"kind\":\"alert\",\"fingerprint\":\"X\",\"starts_at\":\"2026-11-29T03:00:00Z\",\"status\":\"firing\",\"alertname\":\"IngestBench0\",\"receiver\":\"runbook\",\"group_key\":\"kX\"}";
+    if scenario == "admit-all" {
+        let alert = "{\"labels\":{\"alertname\":\"IngestBench0\",\"n\":\"X\",\"severity\":\"warning\"},\"annotations\":{\"summary\":\"bench\"},\"status\":\"firing\",\"startsAt\":\"2026-11-29T03:00:00Z\",\"endsAt\":\"\",\"fingerprint\":\"X\",\"generatorURL\":\"http://prometheus:9090/graph\",\"externalURL\":\"http://alertmanager:9093\"}";
+        let payload = format!("{{\"playbook\":\"ingest-0\",\"params\":{{}},\"trigger\":{trigger},\"alert\":{alert},\"alerts\":[{alert}],\"version\":\"0123456789abcdef\"}}");
+        all.push(format!(
+            "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) \
+         SELECT 'runbook', 'ingest-0', 'runbook.run', 5, replace('{payload}', 'X', g::text)::jsonb \
+         FROM generate_series($1::int8, $1::int8 + {b} - 1) g"
+        ));
+        all.push(format!("INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, command_id, created_at, version) \
+         SELECT 'ingest-0', replace('{trigger}', 'X', g::text)::jsonb, '{{}}'::jsonb, 'queued', false, g, now(), '0123456789abcdef' \
+         FROM generate_series($1::int8, $1::int8 + {b} - 1) g"));
+    } else {
+        all.push(format!("INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, created_at, finished_at, error, version) \
+         SELECT 'ingest-0', replace('{trigger}', 'X', g::text)::jsonb, '{{}}'::jsonb, 'skipped', false, now(), now(), \
+         'guard.concurrency: 1 run(s) of this playbook already queued or running (limit 1)', '0123456789abcdef' \
+         FROM generate_series($1::int8, $1::int8 + {b} - 1) g"));
+    }
+    all.push(format!("INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) \
+     SELECT 'ingest-0', md5(g::text), '2026-11-29T03:00:00Z', 'firing', g, now() \
+     FROM generate_series($1::int8, $1::int8 + {b} - 1) g"));
+    all
+}
+
+/// PostgreSQL alone writing a scenario's rows, `CEILING_BATCH` notifications per transaction,
+/// from `connections` connections for `CEILING_SECS`: no HTTP, no reads, no guards, no runbook.
+/// Notifications per second, and the CPU each cost PostgreSQL's backends, in µs.
+async fn ceiling(url: &str, scenario: &str, connections: usize) -> (f64, f64) {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(connections as u32)
+        .connect(url)
+        .await
+        .unwrap();
+    let statements = Arc::new(ceiling_statements(scenario));
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(1));
+    let written = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    // Every connection open (its backend running) before the CPU is read.
+    let mut open = Vec::new();
+    for _ in 0..connections {
+        open.push(pool.acquire().await.unwrap());
+    }
+    drop(open);
+    let cpu_before = cpu_secs_of("postgres");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(CEILING_SECS);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (pool, statements, next, written) = (
+            pool.clone(),
+            statements.clone(),
+            next.clone(),
+            written.clone(),
+        );
+        tasks.spawn(async move {
+            while Instant::now() < deadline {
+                let first = next.fetch_add(CEILING_BATCH, std::sync::atomic::Ordering::Relaxed);
+                let mut tx = pool.begin().await.unwrap();
+                for sql in statements.iter() {
+                    sqlx::query(sql)
+                        .bind(first)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                }
+                tx.commit().await.unwrap();
+                written.fetch_add(CEILING_BATCH, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs_of("postgres") - cpu_before;
+    pool.close().await;
+    let n = written.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    (n / elapsed, cpu * 1e6 / n)
+}
+
+/// The ceiling table: what PostgreSQL alone can write of each scenario on this machine, with one
+/// connection (as the receiver's one writer) and with two.
+async fn ceilings() {
+    println!("\nceiling: PostgreSQL alone writing the same rows, {CEILING_BATCH} notifications per transaction, for {CEILING_SECS} s (no HTTP, no reads, no guards)");
+    println!(
+        "{:<10} {:>11} {:>10} {:>14}",
+        "scenario", "connections", "notif./s", "CPU µs/notif."
+    );
+    for scenario in SCENARIOS {
+        for connections in [1, 2] {
+            let store = fresh("postgres").await;
+            let db = Db::connect(&store.url, false, 2).await.unwrap();
+            db.migrate().await.unwrap();
+            db.close().await;
+            let (rate, cpu) = ceiling(&store.url, scenario.name, connections).await;
+            drop_store(store).await;
+            println!(
+                "{:<10} {connections:>11} {rate:>10.0} {cpu:>14.0}",
+                scenario.name
+            );
+        }
+    }
+}
+
 // One thread for the load generator (and the raw inserts, which it drives the same way): on two
 // cores it should not take more than one from the server and the database.
 #[tokio::main(flavor = "current_thread")]
@@ -542,6 +665,9 @@ async fn main() {
         }
     }
     println!("\nratio: runbook / raw; @1k: latency at a fixed {RATE} notifications/s for {RATE_SECS} s; ready: start to /readyz 200 on an existing store");
+    if only.as_deref() != Some("sqlite") {
+        ceilings().await;
+    }
 }
 
 async fn measure(backend: &str, scenario: Scenario, clients: usize, raw: f64) {
