@@ -351,7 +351,14 @@ pub struct Ingest {
 
 struct Job {
     ready: Ready,
-    reply: oneshot::Sender<Result<Recorded, String>>,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// The writer's reply to a request: what became of its notification, and the notification
+/// itself, handed back so that the request frees it and the writer goes on to the next batch.
+struct Reply {
+    recorded: Result<Recorded, String>,
+    _ready: Ready,
 }
 
 /// What the writer answers a recorded notification: the answer, and the admissions the metrics
@@ -391,7 +398,7 @@ impl Ingest {
             .send(Job { ready, reply })
             .await
             .map_err(|_| gone())?;
-        let recorded = answer.await.map_err(|_| gone())??;
+        let recorded = answer.await.map_err(|_| gone())?.recorded?;
         self.publish(&recorded);
         Ok(recorded.answer)
     }
@@ -420,13 +427,7 @@ impl Ingest {
 impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Job>) {
         while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
+            let batch = collect(first, &mut rx).await;
             let ready: Vec<&Ready> = batch.iter().map(|j| &j.ready).collect();
             let started = std::time::Instant::now();
             let recorded = self.record(&ready).await;
@@ -439,13 +440,19 @@ impl Writer {
             match recorded {
                 Ok(recorded) => {
                     for (job, r) in batch.into_iter().zip(recorded) {
-                        let _ = job.reply.send(Ok(r));
+                        let _ = job.reply.send(Reply {
+                            recorded: Ok(r),
+                            _ready: job.ready,
+                        });
                     }
                 }
                 Err(e) => {
                     let message = self.services.masker.mask_str(&crate::text::error_chain(&e));
                     for job in batch {
-                        let _ = job.reply.send(Err(message.clone()));
+                        let _ = job.reply.send(Reply {
+                            recorded: Err(message.clone()),
+                            _ready: job.ready,
+                        });
                     }
                 }
             }
@@ -558,6 +565,38 @@ impl Writer {
         }
         Ok(recorded)
     }
+}
+
+/// Rounds the writer lets the requests run while notifications are still arriving.
+const MAX_ROUNDS: usize = 64;
+
+/// The batch that starts with `first`: every notification waiting, and those still arriving.
+/// When a batch is answered, its clients send their next notifications together, and the
+/// requests take a while to parse theirs: a writer that took only what was waiting would record
+/// the first few on their own (a commit and the batch's round trips for a handful) and leave the
+/// rest for the batch after, so batches alternated between a few and many. Instead the writer
+/// yields to the requests, round after round, for as long as each round brings more (up to
+/// [`MAX_ROUNDS`] rounds and [`MAX_BATCH`] notifications). A quiet receiver's notification finds
+/// nothing arriving after it and goes at once.
+async fn collect(first: Job, rx: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+    let mut batch = vec![first];
+    for _ in 0..MAX_ROUNDS {
+        let before = batch.len();
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if batch.len() >= MAX_BATCH {
+            break;
+        }
+        tokio::task::yield_now().await;
+        if batch.len() == before && rx.is_empty() {
+            break;
+        }
+    }
+    batch
 }
 
 /// The batch's alert occurrences, one row each (the repeats of a batch merged as the store would
