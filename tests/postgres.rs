@@ -253,3 +253,60 @@ async fn maintenance_ops_run_the_backends_own_statements_and_are_audited() {
     assert_eq!(audited, 3);
     pool.close().await;
 }
+
+#[tokio::test]
+async fn a_command_finds_its_run_by_index_however_many_runs_came_after_it() {
+    // A `runbook.run` command that comes back (a retry, a resume after a crash) first looks up
+    // its run by command id (`runs::latest_for_command`). Without an index on the command id the
+    // database could only read the runs, all of them or newest first until it met the one: here
+    // a queued run is followed by 100,000 newer ones, and its command finds it without a
+    // whole-table scan (without migration 0012's index this read all 100,001 rows).
+    const FILL: i64 = 100_000;
+    let pg = PgDb::new().await;
+    let db = store(&pg.url).await;
+    db.migrate().await.unwrap();
+    db.sql(
+        "INSERT INTO runbook_runs (playbook, trigger, params, status, command_id) \
+         VALUES ('p', '{}', '{}', 'queued', 42)",
+        vec![],
+    )
+    .await
+    .unwrap();
+    db.sql(
+        &format!(
+            "INSERT INTO runbook_runs (playbook, trigger, params, status, command_id, finished_at) \
+             SELECT 'filler', '{{}}', '{{}}', 'succeeded', 1000000000 + i, NOW() \
+             FROM generate_series(1, {FILL}) AS i"
+        ),
+        vec![],
+    )
+    .await
+    .unwrap();
+    db.sql("ANALYZE runbook_runs", vec![]).await.unwrap();
+    let found = runbook::store::runs::latest_for_command(&db, 42)
+        .await
+        .unwrap();
+    assert_eq!(
+        found.map(|(_, status)| status.to_string()).as_deref(),
+        Some("queued")
+    );
+    assert_eq!(
+        runbook::store::runs::latest_for_command(&db, 7)
+            .await
+            .unwrap(),
+        None
+    );
+    // A connection's statistics are written as it ends.
+    db.close().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let db = store(&pg.url).await;
+    let read = scalar(
+        &db,
+        "SELECT COALESCE(seq_tup_read, 0) AS n FROM pg_stat_user_tables WHERE relname = 'runbook_runs'",
+    )
+    .await;
+    assert!(
+        read < FILL,
+        "{read} runs read by whole-table scans to find two commands' runs among {FILL}"
+    );
+}
