@@ -804,9 +804,23 @@ async fn runbook_run_is_guarded_and_force_is_audited() {
 #[tokio::test]
 async fn the_pause_holds_only_changing_runs_and_alerts_are_still_recorded() {
     let w = no_workers();
+    let url = w.sqlite_url();
+    the_pause_holds(&w, &url).await;
+}
+
+#[tokio::test]
+async fn the_pause_holds_only_changing_runs_and_alerts_are_still_recorded_on_postgres() {
+    // On PostgreSQL the receiver reads the pause in the one statement that also reads the alert
+    // keys, the open runs and the cooldowns (`store::admission`).
+    let pg = PgDb::new().await;
+    let w = no_workers();
+    the_pause_holds(&w, &pg.url).await;
+}
+
+async fn the_pause_holds(w: &Workdir, url: &str) {
     w.playbook("one", ONE);
     w.playbook("hourly", HOURLY);
-    let url = w.sqlite_url();
+    let url = url.to_owned();
     let server = w.serve(&["--store", &url]);
     let out = w.run(&["--store", &url, "pause", "--reason", "database failover"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -840,6 +854,13 @@ async fn the_pause_holds_only_changing_runs_and_alerts_are_still_recorded() {
     assert!(
         reason.starts_with("runs are paused: database failover (by cli:"),
         "{answer}"
+    );
+    // The pause as the receiver read it is the pause as the store shows it.
+    let (_, st) = get_json(&format!("{}/api/status", server.base), Some(OPERATOR)).await;
+    let since = st["paused"]["since"].as_str().unwrap();
+    assert!(
+        reason.ends_with(&format!(" since {since}); `runbook resume` ends the pause")),
+        "{reason} / {st}"
     );
     // The CLI too: a changing playbook is skipped, a read-only one runs.
     let out = w.run(&["--store", &url, "run", "one"]);

@@ -24,9 +24,9 @@ use crate::{
     services::Services,
     status::{ErrorType, RunStatus},
     store::{
+        admission,
         alerts::{self, RunKey},
         guards::{self, CoolKey, Counts, Limits, Scope},
-        pause,
         runs::{self, NewRun},
         Audit, Db, DbError, Tx, AUDIT,
     },
@@ -374,18 +374,17 @@ pub async fn admit_all_in(
     let mut wanted: Vec<RunKey> = keys.iter().flatten().cloned().collect();
     wanted.sort_unstable();
     wanted.dedup();
-    let taken = alerts::runs_for(tx, &wanted).await?;
-    let deciding = |i: usize| {
-        params[i].is_ok()
-            && triggers[i].1.forced_by.is_none()
-            && keys[i].as_ref().is_none_or(|k| !taken.contains_key(k))
-    };
-    let states = GuardState::count_all(tx, triggers, &deciding).await?;
-    let paused = if states.is_empty() {
-        None
-    } else {
-        pause::get_in(tx).await?
-    };
+    // What the guards decide on, read in one go for every trigger that may be decided (whether
+    // its alert key is taken is part of the same read).
+    let candidate = |i: usize| params[i].is_ok() && triggers[i].1.forced_by.is_none();
+    let (playbooks, cooling) = GuardState::cooling(triggers, &candidate);
+    let playbooks: Vec<&str> = playbooks.iter().map(|pb| pb.name.as_str()).collect();
+    let found = admission::read(tx, &wanted, &playbooks, &cooling).await?;
+    let taken = found.taken;
+    let deciding =
+        |i: usize| candidate(i) && keys[i].as_ref().is_none_or(|k| !taken.contains_key(k));
+    let states = GuardState::count_all(tx, triggers, &deciding, &found.open, found.cooled).await?;
+    let paused = found.paused;
 
     // Decided one after the other, in memory.
     let mut states = states;
@@ -548,58 +547,80 @@ struct GuardState {
 }
 
 impl GuardState {
-    /// Counts for every playbook with a trigger to decide (`deciding`), all of them at once: one
-    /// statement reads the playbooks' open runs, one the alerts inside their cooldown windows.
-    async fn count_all<'t>(
-        tx: &mut Tx,
+    /// The playbooks with a trigger that `include` takes, in trigger order, and the alerts whose
+    /// cooldown those triggers ask about, each with the start of its playbook's window.
+    fn cooling<'t>(
         triggers: &[(&'t Playbook, &Admit<'_>)],
-        deciding: &(dyn Fn(usize) -> bool + Sync),
-    ) -> Result<HashMap<&'t str, GuardState>, DbError> {
+        include: &(dyn Fn(usize) -> bool + Sync),
+    ) -> (Vec<&'t Playbook>, Vec<(CoolKey, String)>) {
         let mut names: Vec<&'t Playbook> = Vec::new();
         for (i, (pb, _)) in triggers.iter().enumerate() {
-            if deciding(i) && !names.iter().any(|p| p.name == pb.name) {
+            if include(i) && !names.iter().any(|p| p.name == pb.name) {
                 names.push(pb);
             }
         }
+        let mut cooling = Vec::new();
         let Some(now) = triggers.first().map(|(_, a)| a.now) else {
-            return Ok(HashMap::new());
+            return (names, cooling);
         };
-        let all_limits: Vec<Limits> = names.iter().map(|pb| limits(pb)).collect();
         let scope = Scope::Alert {
             fingerprint: "",
             kind: "",
         };
-        let mut wanted = Vec::with_capacity(names.len());
-        let mut cooling = Vec::new();
-        for (pb, limits) in names.iter().zip(&all_limits) {
-            let mine =
-                || (0..triggers.len()).filter(|&j| deciding(j) && triggers[j].0.name == pb.name);
-            let by_playbook = mine().any(|i| triggers[i].1.alert.is_none());
-            wanted.push(guards::Wanted {
-                playbook: &pb.name,
-                limits,
-                window: if by_playbook { limits.cooldown } else { None },
-            });
-            if let Some(w) = guards::window(limits, scope) {
-                let since =
-                    runs::timestamp(now - chrono::Duration::from_std(w).unwrap_or_default());
-                for k in mine().filter_map(|i| triggers[i].1.alert) {
-                    let key = CoolKey {
-                        playbook: pb.name.clone(),
-                        fingerprint: k.fingerprint.to_owned(),
-                        kind: k.kind.to_owned(),
-                    };
-                    cooling.push((key, since.clone()));
-                }
+        for pb in &names {
+            let Some(w) = guards::window(&limits(pb), scope) else {
+                continue;
+            };
+            let since = runs::timestamp(now - chrono::Duration::from_std(w).unwrap_or_default());
+            let mine = (0..triggers.len()).filter(|&j| include(j) && triggers[j].0.name == pb.name);
+            for k in mine.filter_map(|i| triggers[i].1.alert) {
+                let key = CoolKey {
+                    playbook: pb.name.clone(),
+                    fingerprint: k.fingerprint.to_owned(),
+                    kind: k.kind.to_owned(),
+                };
+                cooling.push((key, since.clone()));
             }
-        }
-        if wanted.is_empty() {
-            return Ok(HashMap::new());
         }
         cooling.sort_unstable();
         cooling.dedup();
-        let counts = guards::counts_all(tx, &wanted, now).await?;
-        let mut cooled = guards::alerts_in_cooldown(tx, &cooling).await?;
+        (names, cooling)
+    }
+
+    /// The state of every playbook with a trigger to decide (`deciding`), from what the batch
+    /// read ([`admission::read`]: the open runs, the alerts inside their cooldown windows), and
+    /// for the playbooks whose guard has them, their runs of the last hour and their cooldown per
+    /// playbook.
+    async fn count_all<'t>(
+        tx: &mut Tx,
+        triggers: &[(&'t Playbook, &Admit<'_>)],
+        deciding: &(dyn Fn(usize) -> bool + Sync),
+        open: &HashMap<String, i64>,
+        mut cooled: HashSet<CoolKey>,
+    ) -> Result<HashMap<&'t str, GuardState>, DbError> {
+        let (names, _) = Self::cooling(triggers, deciding);
+        let Some(now) = triggers.first().map(|(_, a)| a.now) else {
+            return Ok(HashMap::new());
+        };
+        if names.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let all_limits: Vec<Limits> = names.iter().map(|pb| limits(pb)).collect();
+        let wanted: Vec<guards::Wanted> = names
+            .iter()
+            .zip(&all_limits)
+            .map(|(pb, limits)| {
+                let by_playbook = (0..triggers.len()).any(|i| {
+                    deciding(i) && triggers[i].0.name == pb.name && triggers[i].1.alert.is_none()
+                });
+                guards::Wanted {
+                    playbook: &pb.name,
+                    limits,
+                    window: if by_playbook { limits.cooldown } else { None },
+                }
+            })
+            .collect();
+        let counts = guards::counts_from(tx, &wanted, open, now).await?;
         let mut states = HashMap::with_capacity(names.len());
         for ((pb, limits), counts) in names.iter().zip(all_limits).zip(counts) {
             let mine: HashSet<(String, String)> = cooled

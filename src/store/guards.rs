@@ -7,7 +7,10 @@
 //! are its row of `runbook_open_runs`, which triggers on `runbook_runs` keep (migration 0010) and
 //! which only this module reads.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value as Json};
@@ -250,15 +253,21 @@ pub async fn counts(
 
 /// [`counts`] for several playbooks, in order. The open runs are the playbooks' counters
 /// (`runbook_open_runs`, kept by the store's triggers as runs start and end), read in one
-/// statement for them all, so deciding costs the same however many runs are open; the runs of
-/// the last hour and the cooldown per playbook are counted only for the playbooks whose guard
-/// has them, each count stopping at the limit it is compared with (a cooldown at 1).
+/// statement for them all ([`open_counts`]), so deciding costs the same however many runs are
+/// open; the rest is [`counts_from`].
 pub async fn counts_all(
     tx: &mut Tx,
     wanted: &[Wanted<'_>],
     now: DateTime<Utc>,
 ) -> Result<Vec<Counts>, DbError> {
-    let names: Vec<Vec<Json>> = wanted.iter().map(|w| vec![json!(w.playbook)]).collect();
+    let names: Vec<&str> = wanted.iter().map(|w| w.playbook).collect();
+    let open = open_counts(tx, &names).await?;
+    counts_from(tx, wanted, &open, now).await
+}
+
+/// The open runs of `playbooks` (those with none are absent), in one statement.
+pub async fn open_counts(tx: &mut Tx, playbooks: &[&str]) -> Result<HashMap<String, i64>, DbError> {
+    let names: Vec<Vec<Json>> = playbooks.iter().map(|p| vec![json!(p)]).collect();
     let found = super::batch::values(
         tx,
         "SELECT o.playbook, o.open FROM runbook_open_runs o JOIN (VALUES",
@@ -268,10 +277,22 @@ pub async fn counts_all(
         ") k ON o.playbook = k.column1",
     )
     .await?;
-    let open: std::collections::HashMap<&str, i64> = found
+    Ok(found
         .iter()
-        .filter_map(|r| Some((r["playbook"].as_str()?, r["open"].as_i64()?)))
-        .collect();
+        .filter_map(|r| Some((r["playbook"].as_str()?.to_owned(), r["open"].as_i64()?)))
+        .collect())
+}
+
+/// [`counts`] for several playbooks, in order, given their open runs (`open`, from
+/// [`open_counts`]): the runs of the last hour and the cooldown per playbook are counted only for
+/// the playbooks whose guard has them, each count stopping at the limit it is compared with (a
+/// cooldown at 1).
+pub async fn counts_from(
+    tx: &mut Tx,
+    wanted: &[Wanted<'_>],
+    open: &HashMap<String, i64>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Counts>, DbError> {
     let mut out = Vec::with_capacity(wanted.len());
     for w in wanted {
         let last_hour = match w.limits.max_runs_per_hour {

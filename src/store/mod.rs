@@ -1,6 +1,7 @@
 //! Databases: the embedded store (SQLite by default, PostgreSQL when the URL says so) and named
 //! datasources, behind one [`Db`] handle that runs bound SQL and returns rows as JSON.
 
+pub mod admission;
 pub mod alerts;
 pub mod batch;
 pub mod console;

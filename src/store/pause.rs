@@ -21,7 +21,7 @@ fn paused(rows: Vec<Json>) -> Option<Paused> {
 }
 
 /// A stored timestamp (RFC 3339 text from either backend) in the records' format.
-fn normalise(v: &Json) -> String {
+pub(super) fn normalise(v: &Json) -> String {
     let text = v.as_str().unwrap_or_default();
     DateTime::parse_from_rfc3339(text)
         .map(|t| timestamp(t.with_timezone(&Utc)))

@@ -1,0 +1,123 @@
+//! What an admission reads before it decides, in one go: the alert keys that already have runs,
+//! the playbooks' open runs, the alerts inside their cooldown windows and the global pause. On
+//! PostgreSQL the four reads are one statement (one round trip for the batch's writer instead of
+//! four); on SQLite, where a statement costs no round trip, they are the four statements of
+//! [`super::alerts`], [`super::guards`] and [`super::pause`].
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value as Json;
+
+use super::{
+    alerts::{self, RunKey},
+    decode,
+    guards::{self, CoolKey, Paused},
+    pause, DbError, Tx,
+};
+use crate::status::RunStatus;
+
+/// What [`read`] found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// The run each alert key already has.
+    pub taken: HashMap<RunKey, i64>,
+    /// The open runs of each playbook that has any.
+    pub open: HashMap<String, i64>,
+    /// The alerts with a run of their playbook inside their cooldown window.
+    pub cooled: HashSet<CoolKey>,
+    pub paused: Option<Paused>,
+}
+
+/// Reads, inside the deciding transaction, the runs of `keys`, the open runs of `playbooks`, which
+/// of `cooling` (each with the start of its window) are inside their cooldown, and the pause.
+pub async fn read(
+    tx: &mut Tx,
+    keys: &[RunKey],
+    playbooks: &[&str],
+    cooling: &[(CoolKey, String)],
+) -> Result<Found, DbError> {
+    let Tx::Postgres(pg) = tx else {
+        return Ok(Found {
+            taken: alerts::runs_for(tx, keys).await?,
+            open: guards::open_counts(tx, playbooks).await?,
+            cooled: guards::alerts_in_cooldown(tx, cooling).await?,
+            paused: pause::get_in(tx).await?,
+        });
+    };
+    let column = |f: fn(&RunKey) -> &str| keys.iter().map(|k| f(k).to_owned()).collect::<Vec<_>>();
+    let cool = |f: fn(&(CoolKey, String)) -> &str| {
+        cooling.iter().map(|k| f(k).to_owned()).collect::<Vec<_>>()
+    };
+    let rows = sqlx::query(READ)
+        .bind(column(|k| &k.playbook))
+        .bind(column(|k| &k.fingerprint))
+        .bind(column(|k| &k.starts_at))
+        .bind(column(|k| &k.kind))
+        .bind(playbooks)
+        .bind(cool(|(k, _)| &k.playbook))
+        .bind(cool(|(k, _)| &k.fingerprint))
+        .bind(cool(|(k, _)| &k.kind))
+        .bind(cool(|(_, since)| since))
+        .bind(RunStatus::Skipped.as_str())
+        .fetch_all(&mut **pg)
+        .await?;
+    let mut found = Found::default();
+    let text = |v: &Json| v.as_str().unwrap_or_default().to_owned();
+    for row in rows.iter().map(decode::pg_row) {
+        match row["what"].as_str() {
+            Some("taken") => {
+                let key = RunKey {
+                    playbook: text(&row["a"]),
+                    fingerprint: text(&row["b"]),
+                    starts_at: text(&row["c"]),
+                    kind: text(&row["d"]),
+                };
+                if let Some(run) = row["n"].as_i64() {
+                    found.taken.insert(key, run);
+                }
+            }
+            Some("open") => {
+                if let Some(n) = row["n"].as_i64() {
+                    found.open.insert(text(&row["a"]), n);
+                }
+            }
+            Some("cool") => {
+                found.cooled.insert(CoolKey {
+                    playbook: text(&row["a"]),
+                    fingerprint: text(&row["b"]),
+                    kind: text(&row["d"]),
+                });
+            }
+            Some("paused") => {
+                found.paused = Some(Paused {
+                    reason: text(&row["a"]),
+                    by: text(&row["b"]),
+                    since: pause::normalise(&row["c"]),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+/// The four reads of [`read`] on PostgreSQL, as one statement: each row says which it answers
+/// (`what`), in the columns `a` to `d` and `n`. The keys travel as one array per column; the
+/// lookups are the same as the separate statements' (by the alert keys' primary key, the open-run
+/// counters' and the cooldown index), and the transaction plans them without sequential scans.
+const READ: &str = "\
+SELECT 'taken' AS what, r.playbook AS a, r.fingerprint AS b, r.starts_at AS c, r.kind AS d, r.run_id AS n \
+FROM UNNEST(CAST($1 AS TEXT[]), CAST($2 AS TEXT[]), CAST($3 AS TEXT[]), CAST($4 AS TEXT[])) AS k(p, f, s, kd) \
+JOIN runbook_alert_runs r ON r.playbook = k.p AND r.fingerprint = k.f AND r.starts_at = k.s AND r.kind = k.kd \
+UNION ALL \
+SELECT 'open', o.playbook, NULL, NULL, NULL, o.open FROM runbook_open_runs o \
+WHERE o.playbook = ANY(CAST($5 AS TEXT[])) \
+UNION ALL \
+SELECT DISTINCT 'cool', a.playbook, a.fingerprint, NULL, a.kind, CAST(NULL AS BIGINT) \
+FROM UNNEST(CAST($6 AS TEXT[]), CAST($7 AS TEXT[]), CAST($8 AS TEXT[]), CAST($9 AS TEXT[])) AS k(p, f, kd, s) \
+JOIN runbook_alert_runs a ON a.playbook = k.p AND a.fingerprint = k.f AND a.kind = k.kd \
+AND a.decided_at >= CAST(k.s AS TIMESTAMPTZ) \
+JOIN runbook_runs r ON r.id = a.run_id WHERE r.status <> $10 \
+UNION ALL \
+SELECT 'paused', reason, paused_by, to_char(since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), NULL, NULL \
+FROM runbook_pause WHERE id = 1";
