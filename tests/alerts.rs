@@ -14,8 +14,8 @@ use serde_json::{json, Value as Json};
 
 use crate::services::{Alertmanager, MONITORING as ALERTMANAGERS};
 use crate::util::{
-    eventually, free_port, get_json, post_empty, post_json, rows, scalar, store, until_scalar,
-    PgDb, Server, Workdir,
+    eventually, filler_runs, free_port, get_json, post_empty, post_json, rows, scalar, seq_scanned,
+    store, until_scalar, PgDb, Server, Workdir,
 };
 
 const RECEIVER: &str = "receiver-secret-123";
@@ -1375,16 +1375,7 @@ async fn alerts_and_runs_are_found_by_index_after_their_tables_grew_under_a_runn
     // statements and runs them past the fifth time, when PostgreSQL settles on a plan.
     every_alerts(&webhook, &starts, 0, WARM, 1).await;
     until_scalar(60, "the first runs", &db, succeeded, |n| n == WARM as i64).await;
-    db.sql(
-        &format!(
-            "INSERT INTO runbook_runs (playbook, trigger, params, status, command_id, finished_at) \
-             SELECT 'filler', '{{}}', '{{}}', 'succeeded', 1000000000 + i, NOW() \
-             FROM generate_series(1, {FILL}) AS i"
-        ),
-        vec![],
-    )
-    .await
-    .unwrap();
+    filler_runs(&db, FILL).await;
     db.sql(
         &format!(
             "INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) \
@@ -1404,13 +1395,7 @@ async fn alerts_and_runs_are_found_by_index_after_their_tables_grew_under_a_runn
     server.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
     for table in ["runbook_alert_runs", "runbook_runs"] {
-        let read = scalar(
-            &db,
-            &format!(
-                "SELECT COALESCE(seq_tup_read, 0) AS n FROM pg_stat_user_tables WHERE relname = '{table}'"
-            ),
-        )
-        .await;
+        let read = seq_scanned(&db, table).await;
         assert!(
             read < FILL,
             "{table}: {read} rows read by whole-table scans for 260 alerts (one scan reads {FILL})"

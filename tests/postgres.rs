@@ -3,7 +3,9 @@
 
 use serde_json::json;
 
-use crate::util::{assert_run_error, eventually, rows, scalar, store, PgDb, Workdir};
+use crate::util::{
+    assert_run_error, eventually, filler_runs, rows, scalar, seq_scanned, store, PgDb, Workdir,
+};
 
 #[tokio::test]
 async fn rows_are_decoded_by_column_type() {
@@ -272,16 +274,7 @@ async fn a_command_finds_its_run_by_index_however_many_runs_came_after_it() {
     )
     .await
     .unwrap();
-    db.sql(
-        &format!(
-            "INSERT INTO runbook_runs (playbook, trigger, params, status, command_id, finished_at) \
-             SELECT 'filler', '{{}}', '{{}}', 'succeeded', 1000000000 + i, NOW() \
-             FROM generate_series(1, {FILL}) AS i"
-        ),
-        vec![],
-    )
-    .await
-    .unwrap();
+    filler_runs(&db, FILL).await;
     db.sql("ANALYZE runbook_runs", vec![]).await.unwrap();
     let found = runbook::store::runs::latest_for_command(&db, 42)
         .await
@@ -300,11 +293,7 @@ async fn a_command_finds_its_run_by_index_however_many_runs_came_after_it() {
     db.close().await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let db = store(&pg.url).await;
-    let read = scalar(
-        &db,
-        "SELECT COALESCE(seq_tup_read, 0) AS n FROM pg_stat_user_tables WHERE relname = 'runbook_runs'",
-    )
-    .await;
+    let read = seq_scanned(&db, "runbook_runs").await;
     assert!(
         read < FILL,
         "{read} runs read by whole-table scans to find two commands' runs among {FILL}"

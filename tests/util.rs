@@ -449,3 +449,30 @@ pub fn assert_run_error(run: &Json, needle: &str) {
         .unwrap_or_else(|| panic!("the run has no error: {run}"));
     assert!(error.contains(needle), "error without `{needle}`: {run}");
 }
+
+/// Adds `n` finished runs of a playbook `filler`, with command ids from 1,000,000,001 on: the runs
+/// of a store that has been running a while.
+pub async fn filler_runs(db: &runbook::store::Db, n: i64) {
+    db.sql(
+        &format!(
+            "INSERT INTO runbook_runs (playbook, trigger, params, status, command_id, finished_at) \
+             SELECT 'filler', '{{}}', '{{}}', 'succeeded', 1000000000 + i, NOW() \
+             FROM generate_series(1, {n}) AS i"
+        ),
+        vec![],
+    )
+    .await
+    .unwrap();
+}
+
+/// The rows of `table` that whole-table scans read on PostgreSQL (a connection's statistics are
+/// written as it ends).
+pub async fn seq_scanned(db: &runbook::store::Db, table: &str) -> i64 {
+    scalar(
+        db,
+        &format!(
+            "SELECT COALESCE(seq_tup_read, 0) AS n FROM pg_stat_user_tables WHERE relname = '{table}'"
+        ),
+    )
+    .await
+}
