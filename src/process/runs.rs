@@ -349,8 +349,10 @@ pub async fn admit_in(
 /// its problems and records nothing). The batch is decided as if its triggers came one after the
 /// other: each run admitted counts for the guards of the triggers after it, and a repeat of an
 /// alert occurrence within the batch is a duplicate of the first. Whatever the batch's size, the
-/// store sees a fixed number of statements: the keys already taken, per playbook what its guards
-/// count, the pause, then the commands, the runs and the keys, each written in one statement.
+/// store sees a fixed number of statements: one read of what the guards decide on (the keys
+/// already taken, the open runs, the cooldowns and the pause: [`admission::read`], one statement
+/// on PostgreSQL), a count per playbook whose guard limits runs per hour or has a cooldown per
+/// playbook, then the commands, the runs and the keys, each written in one statement.
 pub async fn admit_all_in(
     tx: &mut Tx,
     services: &Services,

@@ -1,5 +1,6 @@
 //! Guards: whether a new run of a playbook may start. The rule is one pure function
-//! ([`decide`]); the numbers it decides on are read here ([`counts_all`]) inside the transaction
+//! ([`decide`]); the numbers it decides on are read here ([`counts_all`]; for a batch of
+//! admissions, with the alert keys and the pause, [`super::admission::read`]) inside the transaction
 //! that records the run, after [`begin`] has serialised every decider of the playbook:
 //! PostgreSQL takes a transaction-scoped advisory lock per playbook name (so replicas sharing the
 //! database decide one at a time), SQLite starts the transaction with `BEGIN IMMEDIATE` (the
