@@ -79,6 +79,13 @@ const SCENARIOS: [Scenario; 2] = [
     },
 ];
 
+/// Creates runbook's tables in the store at `url`.
+async fn migrate(url: &str) {
+    let db = Db::connect(url, false, 2).await.unwrap();
+    db.migrate().await.unwrap();
+    db.close().await;
+}
+
 /// Starts `runbook serve` without workers on `url`; returns once `/readyz` answers 200.
 async fn serve(url: &str, scenario: Scenario) -> Server {
     let dir = tempfile::tempdir().unwrap();
@@ -95,9 +102,7 @@ async fn serve(url: &str, scenario: Scenario) -> Server {
         std::fs::write(dir.path().join(format!("runbooks/ingest-{k}.yaml")), text).unwrap();
     }
     // The store is migrated before the clock starts: start-up is measured on a store that exists.
-    let db = Db::connect(url, false, 2).await.unwrap();
-    db.migrate().await.unwrap();
-    db.close().await;
+    migrate(url).await;
     // `RUNBOOK_BENCH_SERVER_LOG=<RUNBOOK_LOG directives>` shows the server's log on stderr.
     let server_log = std::env::var("RUNBOOK_BENCH_SERVER_LOG").ok();
     let started = Instant::now();
@@ -507,16 +512,16 @@ const CEILING_SECS: u64 = 5;
 /// outcomes, the alert occurrence, the run and its alert key; for `admit-all` also the queue
 /// command with the run's request), each JSON value different per row so PostgreSQL parses each.
 fn ceiling_statements(scenario: &str) -> Vec<String> {
-    let b = CEILING_BATCH;
+    let rows = format!("FROM generate_series($1::int8, $1::int8 + {CEILING_BATCH} - 1) g");
     let mut all = vec![
         format!("INSERT INTO runbook_alert_notifications (received_at, receiver, status, group_key, external_url, alerts, truncated_alerts, outcomes) \
          SELECT now(), 'runbook', 'firing', 'k' || g, 'http://alertmanager:9093', 1, 0, \
          replace('[{{\"fingerprint\":\"X\",\"alertname\":\"IngestBench0\",\"status\":\"firing\",\"starts_at\":\"2026-11-29T03:00:00Z\",\"outcome\":\"started\",\"playbooks\":[{{\"playbook\":\"ingest-0\",\"outcome\":\"started\",\"run_id\":1,\"command_id\":1}}]}}]', 'X', g::text)::jsonb \
-         FROM generate_series($1::int8, $1::int8 + {b} - 1) g"),
+         {rows}"),
         format!("INSERT INTO runbook_alerts (fingerprint, starts_at, alertname, labels, annotations, status, generator_url, matched, first_received_at, last_received_at, notifications) \
          SELECT md5(g::text), '2026-11-29T03:00:00Z', 'IngestBench0', replace('{{\"alertname\":\"IngestBench0\",\"n\":\"X\",\"severity\":\"warning\"}}', 'X', g::text)::jsonb, \
          '{{\"summary\":\"bench\"}}'::jsonb, 'firing', 'http://prometheus:9090/graph', true, now(), now(), 1 \
-         FROM generate_series($1::int8, $1::int8 + {b} - 1) g"),
+         {rows}"),
     ];
     let trigger = "{\"kind\":\"alert\",\"fingerprint\":\"X\",\"starts_at\":\"2026-11-29T03:00:00Z\",\"status\":\"firing\",\"alertname\":\"IngestBench0\",\"receiver\":\"runbook\",\"group_key\":\"kX\"}";
     if scenario == "admit-all" {
@@ -525,20 +530,20 @@ fn ceiling_statements(scenario: &str) -> Vec<String> {
         all.push(format!(
             "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) \
          SELECT 'runbook', 'ingest-0', 'runbook.run', 5, replace('{payload}', 'X', g::text)::jsonb \
-         FROM generate_series($1::int8, $1::int8 + {b} - 1) g"
+         {rows}"
         ));
         all.push(format!("INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, command_id, created_at, version) \
          SELECT 'ingest-0', replace('{trigger}', 'X', g::text)::jsonb, '{{}}'::jsonb, 'queued', false, g, now(), '0123456789abcdef' \
-         FROM generate_series($1::int8, $1::int8 + {b} - 1) g"));
+         {rows}"));
     } else {
         all.push(format!("INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, created_at, finished_at, error, version) \
          SELECT 'ingest-0', replace('{trigger}', 'X', g::text)::jsonb, '{{}}'::jsonb, 'skipped', false, now(), now(), \
          'guard.concurrency: 1 run(s) of this playbook already queued or running (limit 1)', '0123456789abcdef' \
-         FROM generate_series($1::int8, $1::int8 + {b} - 1) g"));
+         {rows}"));
     }
     all.push(format!("INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) \
      SELECT 'ingest-0', md5(g::text), '2026-11-29T03:00:00Z', 'firing', g, now() \
-     FROM generate_series($1::int8, $1::int8 + {b} - 1) g"));
+     {rows}"));
     all
 }
 
@@ -606,9 +611,7 @@ async fn ceilings() {
     for scenario in SCENARIOS {
         for connections in [1, 2] {
             let store = fresh("postgres").await;
-            let db = Db::connect(&store.url, false, 2).await.unwrap();
-            db.migrate().await.unwrap();
-            db.close().await;
+            migrate(&store.url).await;
             let (rate, cpu) = ceiling(&store.url, scenario.name, connections).await;
             drop_store(store).await;
             println!(

@@ -549,18 +549,27 @@ struct GuardState {
 }
 
 impl GuardState {
-    /// The playbooks with a trigger that `include` takes, in trigger order, and the alerts whose
-    /// cooldown those triggers ask about, each with the start of its playbook's window.
-    fn cooling<'t>(
+    /// The playbooks with a trigger that `include` takes, in trigger order.
+    fn playbooks<'t>(
         triggers: &[(&'t Playbook, &Admit<'_>)],
         include: &(dyn Fn(usize) -> bool + Sync),
-    ) -> (Vec<&'t Playbook>, Vec<(CoolKey, String)>) {
+    ) -> Vec<&'t Playbook> {
         let mut names: Vec<&'t Playbook> = Vec::new();
         for (i, (pb, _)) in triggers.iter().enumerate() {
             if include(i) && !names.iter().any(|p| p.name == pb.name) {
                 names.push(pb);
             }
         }
+        names
+    }
+
+    /// The [`playbooks`](Self::playbooks) of the triggers `include` takes, and the alerts whose
+    /// cooldown those triggers ask about, each with the start of its playbook's window.
+    fn cooling<'t>(
+        triggers: &[(&'t Playbook, &Admit<'_>)],
+        include: &(dyn Fn(usize) -> bool + Sync),
+    ) -> (Vec<&'t Playbook>, Vec<(CoolKey, String)>) {
+        let names = Self::playbooks(triggers, include);
         let mut cooling = Vec::new();
         let Some(now) = triggers.first().map(|(_, a)| a.now) else {
             return (names, cooling);
@@ -600,7 +609,7 @@ impl GuardState {
         open: &HashMap<String, i64>,
         mut cooled: HashSet<CoolKey>,
     ) -> Result<HashMap<&'t str, GuardState>, DbError> {
-        let (names, _) = Self::cooling(triggers, deciding);
+        let names = Self::playbooks(triggers, deciding);
         let Some(now) = triggers.first().map(|(_, a)| a.now) else {
             return Ok(HashMap::new());
         };

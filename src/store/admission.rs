@@ -89,11 +89,7 @@ pub async fn read(
                 });
             }
             Some("paused") => {
-                found.paused = Some(Paused {
-                    reason: text(&row["a"]),
-                    by: text(&row["b"]),
-                    since: pause::normalise(&row["c"]),
-                });
+                found.paused = Some(pause::from_columns(&row["a"], &row["b"], &row["c"]));
             }
             _ => {}
         }

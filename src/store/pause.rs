@@ -13,15 +13,22 @@ use super::{
 const SELECT: &str = "SELECT reason, paused_by, since FROM runbook_pause WHERE id = 1";
 
 fn paused(rows: Vec<Json>) -> Option<Paused> {
-    rows.into_iter().next().map(|r| Paused {
-        reason: r["reason"].as_str().unwrap_or_default().to_owned(),
-        by: r["paused_by"].as_str().unwrap_or_default().to_owned(),
-        since: normalise(&r["since"]),
-    })
+    rows.into_iter()
+        .next()
+        .map(|r| from_columns(&r["reason"], &r["paused_by"], &r["since"]))
+}
+
+/// The pause from its row's columns (`since` as RFC 3339 text from either backend).
+pub(super) fn from_columns(reason: &Json, by: &Json, since: &Json) -> Paused {
+    Paused {
+        reason: reason.as_str().unwrap_or_default().to_owned(),
+        by: by.as_str().unwrap_or_default().to_owned(),
+        since: normalise(since),
+    }
 }
 
 /// A stored timestamp (RFC 3339 text from either backend) in the records' format.
-pub(super) fn normalise(v: &Json) -> String {
+fn normalise(v: &Json) -> String {
     let text = v.as_str().unwrap_or_default();
     DateTime::parse_from_rfc3339(text)
         .map(|t| timestamp(t.with_timezone(&Utc)))
