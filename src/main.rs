@@ -10,7 +10,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// each arena more is more memory held), and freed pages handed back to the system after a
 /// second instead of ten, so an idle server stays small.
 #[export_name = "_rjem_malloc_conf"]
-static MALLOC_CONF: MallocConf = MallocConf(c"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+static MALLOC_CONF: MallocConf =
+    MallocConf(c"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
 
 /// jemalloc's `malloc_conf`: a C string pointer.
 #[repr(transparent)]

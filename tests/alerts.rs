@@ -626,6 +626,39 @@ async fn one_batch_decides_in_order(url: &str, w: &Workdir) {
     )
     .await;
     assert_eq!(shard1, [json!({"status": "resolved", "notifications": 3})]);
+    // The ids the answer gives are the stored rows' (on PostgreSQL they are drawn before the
+    // rows are written, all in one statement): the notification with its outcomes, each started
+    // run with its command, the skipped run.
+    let notification = answer["notification_id"].as_i64().unwrap();
+    let stored = rows(
+        &db,
+        &format!(
+            "SELECT alerts, outcomes FROM runbook_alert_notifications WHERE id = {notification}"
+        ),
+    )
+    .await;
+    assert_eq!(stored.len(), 1, "notification {notification}");
+    assert_eq!(stored[0]["alerts"], 5);
+    let outcomes = match &stored[0]["outcomes"] {
+        Json::String(text) => serde_json::from_str(text).unwrap(),
+        v => v.clone(),
+    };
+    assert_eq!(outcomes, answer["alerts"]);
+    for i in [0, 2, 3] {
+        let p = &answer["alerts"][i]["playbooks"][0];
+        let run = p["run_id"].as_i64().unwrap();
+        let found = rows(
+            &db,
+            &format!("SELECT status, command_id FROM runbook_runs WHERE id = {run}"),
+        )
+        .await;
+        let status = if i == 3 { "skipped" } else { "queued" };
+        assert_eq!(
+            found,
+            [json!({"status": status, "command_id": p["command_id"]})],
+            "{p}"
+        );
+    }
 }
 
 #[tokio::test]

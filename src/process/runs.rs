@@ -26,6 +26,7 @@ use crate::{
     store::{
         admission,
         alerts::{self, RunKey},
+        batch::Writes,
         guards::{self, CoolKey, Counts, Limits, Scope},
         runs::{self, NewRun},
         Audit, Db, DbError, Tx, AUDIT,
@@ -340,7 +341,9 @@ pub async fn admit_in(
     pb: &Playbook,
     a: &Admit<'_>,
 ) -> Result<Admission, AdmitError> {
-    let mut decided = admit_all_in(tx, services, &[(pb, a)]).await?;
+    let mut writes = Writes::default();
+    let mut decided = admit_all_in(tx, services, &[(pb, a)], &mut writes).await?;
+    writes.flush(tx).await?;
     Ok(decided.pop().expect("one admission per trigger")?)
 }
 
@@ -352,11 +355,14 @@ pub async fn admit_in(
 /// store sees a fixed number of statements: one read of what the guards decide on (the keys
 /// already taken, the open runs, the cooldowns and the pause: [`admission::read`], one statement
 /// on PostgreSQL), a count per playbook whose guard limits runs per hour or has a cooldown per
-/// playbook, then the commands, the runs and the keys, each written in one statement.
+/// playbook, then the commands, the runs and the keys, each written in one statement; on
+/// PostgreSQL their ids are drawn in the one read and the rows go with `writes`, which the caller
+/// flushes (with its own writes) before it commits.
 pub async fn admit_all_in(
     tx: &mut Tx,
     services: &Services,
     triggers: &[(&Playbook, &Admit<'_>)],
+    writes: &mut Writes,
 ) -> Result<Vec<Result<Admission, ParamProblems>>, DbError> {
     let params: Vec<_> = triggers
         .iter()
@@ -381,7 +387,10 @@ pub async fn admit_all_in(
     let candidate = |i: usize| params[i].is_ok() && triggers[i].1.forced_by.is_none();
     let (playbooks, cooling) = GuardState::cooling(triggers, &candidate);
     let playbooks: Vec<&str> = playbooks.iter().map(|pb| pb.name.as_str()).collect();
-    let found = admission::read(tx, &wanted, &playbooks, &cooling).await?;
+    // At most a command and a run per trigger; the ids left over are never used.
+    writes.want(queue::COMMAND_IDS, triggers.len());
+    writes.want(runs::RUN_IDS, triggers.len());
+    let found = admission::read(tx, &wanted, &playbooks, &cooling, writes).await?;
     let taken = found.taken;
     let deciding =
         |i: usize| candidate(i) && keys[i].as_ref().is_none_or(|k| !taken.contains_key(k));
@@ -441,7 +450,7 @@ pub async fn admit_all_in(
             command(a.req, a.priority)
         })
         .collect();
-    let command_ids = queue::enqueue_all_in(tx, &commands).await?;
+    let command_ids = queue::enqueue_all_in(tx, writes, &commands).await?;
     let mut command_of = vec![None; records.len()];
     for (&r, id) in queued.iter().zip(command_ids) {
         command_of[r] = Some(id);
@@ -472,7 +481,7 @@ pub async fn admit_all_in(
     let run_ids = if runs.is_empty() {
         Vec::new()
     } else {
-        runs::create_runs_in(tx, &runs, triggers[0].1.now).await?
+        runs::create_runs_in(tx, writes, &runs, triggers[0].1.now).await?
     };
     let keyed: Vec<(RunKey, i64)> = records
         .iter()
@@ -480,7 +489,7 @@ pub async fn admit_all_in(
         .filter_map(|(rec, &id)| Some((keys[rec.trigger].clone()?, id)))
         .collect();
     if !keyed.is_empty() {
-        alerts::record_runs(tx, &keyed, triggers[0].1.now).await?;
+        alerts::record_runs(tx, writes, &keyed, triggers[0].1.now).await?;
     }
     for rec in &records {
         let (pb, a) = triggers[rec.trigger];

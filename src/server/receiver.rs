@@ -32,7 +32,7 @@ use crate::{
     process::runs::{self, priority_for, Admission, Admit, AlertKey},
     secrets::Masker,
     services::Services,
-    store::{alerts, guards, versions, DbError},
+    store::{alerts, batch::Writes, guards, versions, DbError},
 };
 
 /// Alertmanager's webhook payload, version 4.
@@ -483,9 +483,11 @@ impl Writer {
         versions.sort_unstable_by(|a, b| a.hash.cmp(&b.hash));
         versions.dedup_by(|a, b| a.hash == b.hash);
         let now = Utc::now();
+        let mut writes = Writes::default();
+        writes.want(alerts::NOTIFICATION_IDS, batch.len());
         let mut tx = guards::begin(&self.services.store, &names).await?;
-        versions::save_all_in(&mut tx, &versions).await?;
-        alerts::upsert_all_in(&mut tx, &alert_rows(batch), now).await?;
+        versions::save_all_in(&mut tx, &mut writes, &versions).await?;
+        alerts::upsert_all_in(&mut tx, &mut writes, &alert_rows(batch), now).await?;
 
         // Every (notification, alert, playbook) that is a trigger, admitted as one batch.
         let mut pairs: Vec<(&Playbook, Admit)> = Vec::new();
@@ -512,7 +514,7 @@ impl Writer {
             }
         }
         let pairs: Vec<(&Playbook, &Admit)> = pairs.iter().map(|(pb, a)| (*pb, a)).collect();
-        let mut decided = runs::admit_all_in(&mut tx, &self.services, &pairs)
+        let mut decided = runs::admit_all_in(&mut tx, &self.services, &pairs, &mut writes)
             .await?
             .into_iter();
 
@@ -558,7 +560,8 @@ impl Writer {
                 admitted,
             });
         }
-        let ids = alerts::record_notifications(&mut tx, &records, now).await?;
+        let ids = alerts::record_notifications(&mut tx, &mut writes, &records, now).await?;
+        writes.flush(&mut tx).await?;
         tx.commit().await?;
         for (r, id) in recorded.iter_mut().zip(ids) {
             r.answer["notification_id"] = json!(id);

@@ -2,7 +2,8 @@
 //! the playbooks' open runs, the alerts inside their cooldown windows and the global pause. On
 //! PostgreSQL the four reads are one statement (one round trip for the batch's writer instead of
 //! four); on SQLite, where a statement costs no round trip, they are the four statements of
-//! [`super::alerts`], [`super::guards`] and [`super::pause`].
+//! [`super::alerts`], [`super::guards`] and [`super::pause`]. On PostgreSQL the same statement
+//! draws the ids the batch's writes asked for ([`Writes::want`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,6 +11,7 @@ use serde_json::Value as Json;
 
 use super::{
     alerts::{self, RunKey},
+    batch::Writes,
     decode,
     guards::{self, CoolKey, Paused},
     pause, DbError, Tx,
@@ -29,13 +31,16 @@ pub struct Found {
 }
 
 /// Reads, inside the deciding transaction, the runs of `keys`, the open runs of `playbooks`, which
-/// of `cooling` (each with the start of its window) are inside their cooldown, and the pause.
+/// of `cooling` (each with the start of its window) are inside their cooldown, and the pause; on
+/// PostgreSQL also the ids `writes` wants, handed to it.
 pub async fn read(
     tx: &mut Tx,
     keys: &[RunKey],
     playbooks: &[&str],
     cooling: &[(CoolKey, String)],
+    writes: &mut Writes,
 ) -> Result<Found, DbError> {
+    let (sequences, counts) = writes.take_wanted();
     let Tx::Postgres(pg) = tx else {
         return Ok(Found {
             taken: alerts::runs_for(tx, keys).await?,
@@ -59,6 +64,8 @@ pub async fn read(
         .bind(cool(|(k, _)| &k.kind))
         .bind(cool(|(_, since)| since))
         .bind(RunStatus::Skipped.as_str())
+        .bind(sequences.clone())
+        .bind(counts)
         .fetch_all(&mut **pg)
         .await?;
     let mut found = Found::default();
@@ -88,6 +95,13 @@ pub async fn read(
                     kind: text(&row["d"]),
                 });
             }
+            Some("id") => {
+                let sequence = row["a"].as_str().unwrap_or_default();
+                let drawn = sequences.iter().find(|s| **s == sequence);
+                if let (Some(sequence), Some(id)) = (drawn, row["n"].as_i64()) {
+                    writes.drawn(sequence, id);
+                }
+            }
             Some("paused") => {
                 found.paused = Some(pause::from_columns(&row["a"], &row["b"], &row["c"]));
             }
@@ -101,6 +115,8 @@ pub async fn read(
 /// (`what`), in the columns `a` to `d` and `n`. The keys travel as one array per column; the
 /// lookups are the same as the separate statements' (by the alert keys' primary key, the open-run
 /// counters' and the cooldown index), and the transaction plans them without sequential scans.
+/// The last part draws `$12[i]` ids from the sequence named `$11[i]` (names this process gives,
+/// bound as values).
 const READ: &str = "\
 SELECT 'taken' AS what, r.playbook AS a, r.fingerprint AS b, r.starts_at AS c, r.kind AS d, r.run_id AS n \
 FROM UNNEST(CAST($1 AS TEXT[]), CAST($2 AS TEXT[]), CAST($3 AS TEXT[]), CAST($4 AS TEXT[])) AS k(p, f, s, kd) \
@@ -116,4 +132,7 @@ AND a.decided_at >= CAST(k.s AS TIMESTAMPTZ) \
 JOIN runbook_runs r ON r.id = a.run_id WHERE r.status <> $10 \
 UNION ALL \
 SELECT 'paused', reason, paused_by, to_char(since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), NULL, NULL \
-FROM runbook_pause WHERE id = 1";
+FROM runbook_pause WHERE id = 1 \
+UNION ALL \
+SELECT 'id', k.s, NULL, NULL, NULL, nextval(CAST(k.s AS REGCLASS)) \
+FROM UNNEST(CAST($11 AS TEXT[]), CAST($12 AS INT8[])) AS k(s, c) CROSS JOIN LATERAL generate_series(1, k.c) AS g";

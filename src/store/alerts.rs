@@ -11,7 +11,7 @@ use serde_json::{json, Value as Json};
 use crate::{duration::Dur, template::Dialect};
 
 use super::{
-    batch::{self, Col},
+    batch::{self, Col, Insert, Writes},
     runs::timestamp,
     Db, DbError, Tx,
 };
@@ -37,9 +37,11 @@ pub struct AlertRow<'a> {
 /// Records alert occurrences, or updates those seen before, in one statement per batch. Each
 /// occurrence appears once in `rows` (the caller merges the repeats of a batch into one row whose
 /// `seen` counts them), in key order, so two writers never wait on each other's rows. A resolve is
-/// kept: an older firing notification delivered late does not make it firing again.
+/// kept: an older firing notification delivered late does not make it firing again. The rows go
+/// with `writes`.
 pub async fn upsert_all_in(
     tx: &mut Tx,
+    writes: &mut Writes,
     rows: &[AlertRow<'_>],
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
@@ -71,23 +73,20 @@ pub async fn upsert_all_in(
             ]
         })
         .collect();
-    batch::values(
-        tx,
-        "INSERT INTO runbook_alerts (fingerprint, starts_at, alertname, labels, annotations, status, \
+    let insert = Insert {
+        head: "INSERT INTO runbook_alerts (fingerprint, starts_at, alertname, labels, annotations, status, \
          ends_at, generator_url, matched, first_received_at, last_received_at, resolved_at, notifications) VALUES",
-        &[],
-        &cols,
-        &values,
-        "ON CONFLICT (fingerprint, starts_at) DO UPDATE SET \
+        cols: cols.to_vec(),
+        rows: values,
+        tail: "ON CONFLICT (fingerprint, starts_at) DO UPDATE SET \
          status = CASE WHEN runbook_alerts.resolved_at IS NULL THEN excluded.status ELSE runbook_alerts.status END, \
          ends_at = CASE WHEN runbook_alerts.resolved_at IS NULL THEN excluded.ends_at ELSE runbook_alerts.ends_at END, \
          resolved_at = COALESCE(runbook_alerts.resolved_at, excluded.resolved_at), \
          labels = excluded.labels, annotations = excluded.annotations, matched = excluded.matched, \
          last_received_at = excluded.last_received_at, \
          notifications = runbook_alerts.notifications + excluded.notifications",
-    )
-    .await?;
-    Ok(())
+    };
+    writes.push(tx, insert).await
 }
 
 /// The key of an alert occurrence's one run per playbook and kind (`firing`/`resolved`).
@@ -142,9 +141,11 @@ pub async fn runs_for(tx: &mut Tx, keys: &[RunKey]) -> Result<HashMap<RunKey, i6
 }
 
 /// Takes each occurrence's key for its run. Fails on a key already taken: the caller checked
-/// [`runs_for`] under the guard's lock, so that cannot happen unless the lock was not held.
+/// [`runs_for`] under the guard's lock, so that cannot happen unless the lock was not held. The
+/// rows go with `writes`.
 pub async fn record_runs(
     tx: &mut Tx,
+    writes: &mut Writes,
     taken: &[(RunKey, i64)],
     now: DateTime<Utc>,
 ) -> Result<(), DbError> {
@@ -159,16 +160,13 @@ pub async fn record_runs(
         .collect();
     let mut cols = vec![Col::Plain; 5];
     cols.push(Col::Timestamp);
-    batch::values(
-        tx,
-        "INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) VALUES",
-        &[],
-        &cols,
-        &rows,
-        "",
-    )
-    .await?;
-    Ok(())
+    let insert = Insert {
+        head: "INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) VALUES",
+        cols,
+        rows,
+        tail: "",
+    };
+    writes.push(tx, insert).await
 }
 
 /// A notification about to be recorded.
@@ -183,15 +181,17 @@ pub struct NewNotification<'a> {
     pub outcomes: Json,
 }
 
-/// Records notifications, each with its alerts' outcomes; their ids, in order.
+/// Records notifications, each with its alerts' outcomes; their ids, in order. With ids drawn for
+/// them ([`NOTIFICATION_IDS`]) the rows go with `writes`; otherwise at once, ids from `RETURNING`.
 pub async fn record_notifications(
     tx: &mut Tx,
+    writes: &mut Writes,
     all: &[NewNotification<'_>],
     now: DateTime<Utc>,
 ) -> Result<Vec<i64>, DbError> {
     use Col::{Json as J, Plain as P, Timestamp as T};
     let now = timestamp(now);
-    let rows: Vec<Vec<Json>> = all
+    let mut rows: Vec<Vec<Json>> = all
         .iter()
         .map(|n| {
             vec![
@@ -206,18 +206,36 @@ pub async fn record_notifications(
             ]
         })
         .collect();
+    let cols = vec![T, P, P, P, P, P, P, J];
+    if let Some(ids) = writes.ids(NOTIFICATION_IDS, all.len()) {
+        for (row, id) in rows.iter_mut().zip(&ids) {
+            row.push(json!(id));
+        }
+        let insert = Insert {
+            head: "INSERT INTO runbook_alert_notifications (received_at, receiver, status, group_key, \
+             external_url, alerts, truncated_alerts, outcomes, id) VALUES",
+            cols: [cols, vec![P]].concat(),
+            rows,
+            tail: "",
+        };
+        writes.push(tx, insert).await?;
+        return Ok(ids);
+    }
     let returned = batch::values(
         tx,
         "INSERT INTO runbook_alert_notifications (received_at, receiver, status, group_key, \
          external_url, alerts, truncated_alerts, outcomes) VALUES",
         &[],
-        &[T, P, P, P, P, P, P, J],
+        &cols,
         &rows,
         "RETURNING id",
     )
     .await?;
     batch::ids(&returned, all.len())
 }
+
+/// The sequence of the notifications' ids, for [`Writes::want`].
+pub const NOTIFICATION_IDS: &str = "runbook_alert_notifications_id_seq";
 
 /// The current `status` and `ends_at` of an occurrence (one primary-key read), for a run it
 /// started: a resolve that arrives while the run goes on is visible to its next step.

@@ -90,6 +90,136 @@ pub async fn values(
     Ok(out)
 }
 
+/// The rows of one multi-row insert, for [`Writes`]: `{head} (row), (row), ... {tail}` as
+/// [`values`] writes them (`head` ends with `VALUES`), returning nothing.
+pub struct Insert {
+    pub head: &'static str,
+    pub cols: Vec<Col>,
+    pub rows: Vec<Vec<Json>>,
+    pub tail: &'static str,
+}
+
+/// The writes of a transaction that nothing in it reads back: on PostgreSQL kept, with ids drawn
+/// ahead from their tables' sequences, and written by [`Writes::flush`] as one statement of
+/// data-modifying `WITH` clauses, one round trip for all of them; on SQLite, where a statement
+/// costs no round trip, each is written when pushed and its ids come back from `RETURNING`.
+///
+/// The receiver's batch so goes in four round trips on PostgreSQL (`BEGIN` with the guard locks,
+/// the one read that also draws the ids, the one write, `COMMIT`) where it took nine. The clauses
+/// of one statement share a snapshot and their constraints and triggers are checked when the
+/// statement ends, so the order of the clauses does not matter, and none of them reads what
+/// another writes.
+#[derive(Default)]
+pub struct Writes {
+    kept: Vec<Insert>,
+    /// Ids to draw from each sequence, by [`Writes::want`], for the next read that draws them.
+    wanted: Vec<(&'static str, usize)>,
+    /// Ids drawn, by sequence, in drawing order.
+    drawn: std::collections::HashMap<&'static str, std::collections::VecDeque<i64>>,
+}
+
+impl Writes {
+    /// Asks for `n` ids of `sequence` (on PostgreSQL; on SQLite nothing is drawn).
+    pub fn want(&mut self, sequence: &'static str, n: usize) {
+        if n > 0 {
+            self.wanted.push((sequence, n));
+        }
+    }
+
+    /// The ids to draw, as the two arrays (sequence names, counts) a read binds; emptied.
+    pub fn take_wanted(&mut self) -> (Vec<&'static str>, Vec<i64>) {
+        std::mem::take(&mut self.wanted)
+            .into_iter()
+            .map(|(s, n)| (s, n as i64))
+            .unzip()
+    }
+
+    /// An id drawn from `sequence`, as the read returned it.
+    pub fn drawn(&mut self, sequence: &'static str, id: i64) {
+        self.drawn.entry(sequence).or_default().push_back(id);
+    }
+
+    /// `n` ids drawn from `sequence`, lowest first; `None` when fewer were drawn (on SQLite, none
+    /// ever are), and the insert then takes its ids from `RETURNING`.
+    pub fn ids(&mut self, sequence: &'static str, n: usize) -> Option<Vec<i64>> {
+        let drawn = self.drawn.get_mut(sequence)?;
+        if drawn.len() < n {
+            return None;
+        }
+        let mut ids: Vec<i64> = drawn.drain(..n).collect();
+        ids.sort_unstable();
+        Some(ids)
+    }
+
+    /// Keeps `insert` for [`Writes::flush`] on PostgreSQL; writes it now on SQLite.
+    pub async fn push(&mut self, tx: &mut Tx, insert: Insert) -> Result<(), DbError> {
+        if insert.rows.is_empty() {
+            return Ok(());
+        }
+        match tx {
+            Tx::Postgres(_) => self.kept.push(insert),
+            Tx::Sqlite(_) => {
+                values(
+                    tx,
+                    insert.head,
+                    &[],
+                    &insert.cols,
+                    &insert.rows,
+                    insert.tail,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what was kept: one statement on PostgreSQL (each insert on its own when one has
+    /// columns that do not go as typed arrays).
+    pub async fn flush(&mut self, tx: &mut Tx) -> Result<(), DbError> {
+        let kept = std::mem::take(&mut self.kept);
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let typed: Option<Vec<Columns>> =
+            kept.iter().map(|i| Columns::of(&i.cols, &i.rows)).collect();
+        let (Tx::Postgres(pg), Some(columns)) = (&mut *tx, typed) else {
+            for i in &kept {
+                values(tx, i.head, &[], &i.cols, &i.rows, i.tail).await?;
+            }
+            return Ok(());
+        };
+        let mut clauses = Vec::with_capacity(kept.len());
+        let mut bound = 0;
+        for (i, c) in kept.iter().zip(&columns) {
+            let sql = unnest_sql(i.head, bound, &i.cols, c, i.tail).ok_or_else(|| {
+                DbError::from(sqlx::Error::Protocol(format!(
+                    "not a VALUES insert: {}",
+                    i.head
+                )))
+            })?;
+            bound += i.cols.len();
+            clauses.push(sql);
+        }
+        let last = clauses.pop().unwrap_or_default();
+        let sql = if clauses.is_empty() {
+            last
+        } else {
+            let with: Vec<String> = clauses
+                .iter()
+                .enumerate()
+                .map(|(n, c)| format!("w{n} AS ({c})"))
+                .collect();
+            format!("WITH {} {last}", with.join(", "))
+        };
+        let mut q = sqlx::query(&sql);
+        for c in columns {
+            q = c.bind(q);
+        }
+        q.execute(&mut **pg).await?;
+        Ok(())
+    }
+}
+
 /// The PostgreSQL text of a [`values`] statement with one array parameter per column:
 /// `{head without VALUES} SELECT u.c1 AS column1, ... FROM UNNEST($k+1::type[], ...) AS u(c1, ...)
 /// {tail}`. A column whose values are all NULL is selected as a bare `NULL`, typed by where it

@@ -482,15 +482,18 @@ pub async fn latest_for_command(
 }
 
 /// Records runs decided in `tx` (queued or skipped: a final status gets `finished_at`), each with
-/// its error (a skipped run's reason), in one statement per batch; their ids, in order.
+/// its error (a skipped run's reason), in one statement per batch; their ids, in order. With ids
+/// drawn for them ([`RUN_IDS`]) the rows go with `writes`; otherwise at once, ids from
+/// `RETURNING`.
 pub async fn create_runs_in(
     tx: &mut super::Tx,
+    writes: &mut super::batch::Writes,
     runs: &[(NewRun<'_>, Option<String>)],
     now: DateTime<Utc>,
 ) -> Result<Vec<i64>, DbError> {
-    use super::batch::{self, Col};
+    use super::batch::{self, Col, Insert};
     let now = timestamp(now);
-    let rows: Vec<Vec<Json>> = runs
+    let mut rows: Vec<Vec<Json>> = runs
         .iter()
         .map(|(run, error)| {
             let finished = if run.status.is_final() {
@@ -514,18 +517,37 @@ pub async fn create_runs_in(
         })
         .collect();
     use Col::{Json as J, Plain as P, Timestamp as T};
+    let cols = vec![P, J, J, P, P, P, P, T, T, P, P];
+    if let Some(ids) = writes.ids(RUN_IDS, runs.len()) {
+        for (row, id) in rows.iter_mut().zip(&ids) {
+            row.push(json!(id));
+        }
+        let insert = Insert {
+            head:
+                "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, \
+             command_id, created_at, finished_at, error, version, id) VALUES",
+            cols: [cols, vec![P]].concat(),
+            rows,
+            tail: "",
+        };
+        writes.push(tx, insert).await?;
+        return Ok(ids);
+    }
     let returned = batch::values(
         tx,
         "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, command_id, \
          created_at, finished_at, error, version) VALUES",
         &[],
-        &[P, J, J, P, P, P, P, T, T, P, P],
+        &cols,
         &rows,
         "RETURNING id",
     )
     .await?;
     batch::ids(&returned, runs.len())
 }
+
+/// The sequence of the runs' ids, for [`super::batch::Writes::want`].
+pub const RUN_IDS: &str = "runbook_runs_id_seq";
 
 /// Marks a queued run as running; `false` when it is not queued any more (cancelled meanwhile).
 pub async fn start_queued(db: &Db, id: i64) -> Result<bool, DbError> {

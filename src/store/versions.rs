@@ -9,7 +9,10 @@
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 
-use super::{Db, DbError};
+use super::{
+    batch::{Col, Insert, Writes},
+    Db, DbError,
+};
 use crate::{duration::Dur, template::Dialect};
 
 /// A stored playbook version.
@@ -39,10 +42,14 @@ pub async fn save(db: &Db, v: &Version) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Stores the versions not stored yet inside `tx`, in one statement: the transaction that records
-/// the runs pinned to them, so a run never names a version the store lacks.
-pub async fn save_all_in(tx: &mut super::Tx, all: &[&Version]) -> Result<(), DbError> {
-    use super::batch::{self, Col};
+/// Stores the versions not stored yet inside `tx`, in one statement (with `writes`'): the
+/// transaction that records the runs pinned to them, so a run never names a version the store
+/// lacks.
+pub async fn save_all_in(
+    tx: &mut super::Tx,
+    writes: &mut Writes,
+    all: &[&Version],
+) -> Result<(), DbError> {
     let mut rows: Vec<Vec<Json>> = all
         .iter()
         .map(|v| vec![json!(v.hash), json!(v.name), json!(v.text)])
@@ -50,16 +57,13 @@ pub async fn save_all_in(tx: &mut super::Tx, all: &[&Version]) -> Result<(), DbE
     // In hash order, so two writers never wait on each other's rows.
     rows.sort_by(|a, b| a[0].as_str().cmp(&b[0].as_str()));
     rows.dedup_by(|a, b| a[0] == b[0]);
-    batch::values(
-        tx,
-        "INSERT INTO runbook_playbook_versions (hash, name, text) VALUES",
-        &[],
-        &[Col::Plain; 3],
-        &rows,
-        "ON CONFLICT DO NOTHING",
-    )
-    .await?;
-    Ok(())
+    let insert = Insert {
+        head: "INSERT INTO runbook_playbook_versions (hash, name, text) VALUES",
+        cols: vec![Col::Plain; 3],
+        rows,
+        tail: "ON CONFLICT DO NOTHING",
+    };
+    writes.push(tx, insert).await
 }
 
 /// The version with content hash `hash`, if it is stored.

@@ -275,7 +275,10 @@ async fn walk(db: &Db) {
     let mut tx = guards::begin(db, &["alpha", "beta", "gamma"])
         .await
         .unwrap();
-    runs::create_runs_in(&mut tx, &batch, now).await.unwrap();
+    let mut writes = crate::store::batch::Writes::default();
+    runs::create_runs_in(&mut tx, &mut writes, &batch, now)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_counted(db, "a batch").await;
     assert_eq!(open_counter(db, "alpha").await, 2);

@@ -33,7 +33,7 @@ use sqlx::Row;
 
 use crate::{
     status::{CommandStatus, ErrorType},
-    store::{Db, DbError, Tx},
+    store::{batch::Writes, Db, DbError, Tx},
     template::{sqlite_now_plus, SQLITE_NOW},
 };
 
@@ -340,11 +340,19 @@ pub async fn enqueue(db: &Db, commands: &[NewCommand]) -> Result<Vec<i64>, DbErr
     }
 }
 
+/// The sequence of the commands' ids, for [`Writes::want`].
+pub const COMMAND_IDS: &str = "command_queue_id_seq";
+
 /// Enqueues commands inside `tx` (the transaction that records what they are for), in one
-/// statement per batch; their ids, in order.
-pub async fn enqueue_all_in(tx: &mut Tx, commands: &[NewCommand]) -> Result<Vec<i64>, DbError> {
-    use crate::store::batch::{self, Col};
-    let rows: Vec<Vec<Json>> = commands
+/// statement per batch; their ids, in order. With ids drawn for them ([`COMMAND_IDS`]) the rows
+/// go with `writes`; otherwise at once, ids from `RETURNING`.
+pub async fn enqueue_all_in(
+    tx: &mut Tx,
+    writes: &mut Writes,
+    commands: &[NewCommand],
+) -> Result<Vec<i64>, DbError> {
+    use crate::store::batch::{self, Col, Insert};
+    let mut rows: Vec<Vec<Json>> = commands
         .iter()
         .map(|c| {
             vec![
@@ -356,6 +364,19 @@ pub async fn enqueue_all_in(tx: &mut Tx, commands: &[NewCommand]) -> Result<Vec<
             ]
         })
         .collect();
+    if let Some(ids) = writes.ids(COMMAND_IDS, commands.len()) {
+        for (row, id) in rows.iter_mut().zip(&ids) {
+            row.push(json!(id));
+        }
+        let insert = Insert {
+            head: "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload, id) VALUES",
+            cols: vec![Col::Plain, Col::Plain, Col::Plain, Col::Plain, Col::Json, Col::Plain],
+            rows,
+            tail: "",
+        };
+        writes.push(tx, insert).await?;
+        return Ok(ids);
+    }
     let returned = batch::values(
         tx,
         "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) VALUES",
