@@ -191,7 +191,7 @@ pub async fn record_notifications(
 ) -> Result<Vec<i64>, DbError> {
     use Col::{Json as J, Plain as P, Timestamp as T};
     let now = timestamp(now);
-    let mut rows: Vec<Vec<Json>> = all
+    let rows: Vec<Vec<Json>> = all
         .iter()
         .map(|n| {
             vec![
@@ -208,17 +208,11 @@ pub async fn record_notifications(
         .collect();
     let cols = vec![T, P, P, P, P, P, P, J];
     if let Some(ids) = writes.ids(NOTIFICATION_IDS, all.len()) {
-        for (row, id) in rows.iter_mut().zip(&ids) {
-            row.push(json!(id));
-        }
-        let insert = Insert {
-            head: "INSERT INTO runbook_alert_notifications (received_at, receiver, status, group_key, \
-             external_url, alerts, truncated_alerts, outcomes, id) VALUES",
-            cols: [cols, vec![P]].concat(),
-            rows,
-            tail: "",
-        };
-        writes.push(tx, insert).await?;
+        let head = "INSERT INTO runbook_alert_notifications (received_at, receiver, status, \
+                    group_key, external_url, alerts, truncated_alerts, outcomes, id) VALUES";
+        writes
+            .push(tx, Insert::with_ids(head, cols, rows, &ids))
+            .await?;
         return Ok(ids);
     }
     let returned = batch::values(

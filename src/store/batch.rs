@@ -99,6 +99,28 @@ pub struct Insert {
     pub tail: &'static str,
 }
 
+impl Insert {
+    /// `rows` with the ids drawn for them ([`Writes::ids`]) as their last column, which `head`
+    /// names last.
+    pub fn with_ids(
+        head: &'static str,
+        mut cols: Vec<Col>,
+        mut rows: Vec<Vec<Json>>,
+        ids: &[i64],
+    ) -> Insert {
+        cols.push(Col::Plain);
+        for (row, id) in rows.iter_mut().zip(ids) {
+            row.push(Json::from(*id));
+        }
+        Insert {
+            head,
+            cols,
+            rows,
+            tail: "",
+        }
+    }
+}
+
 /// The writes of a transaction that nothing in it reads back: on PostgreSQL kept, with ids drawn
 /// ahead from their tables' sequences, and written by [`Writes::flush`] as one statement of
 /// data-modifying `WITH` clauses, one round trip for all of them; on SQLite, where a statement

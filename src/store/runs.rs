@@ -493,7 +493,7 @@ pub async fn create_runs_in(
 ) -> Result<Vec<i64>, DbError> {
     use super::batch::{self, Col, Insert};
     let now = timestamp(now);
-    let mut rows: Vec<Vec<Json>> = runs
+    let rows: Vec<Vec<Json>> = runs
         .iter()
         .map(|(run, error)| {
             let finished = if run.status.is_final() {
@@ -519,18 +519,12 @@ pub async fn create_runs_in(
     use Col::{Json as J, Plain as P, Timestamp as T};
     let cols = vec![P, J, J, P, P, P, P, T, T, P, P];
     if let Some(ids) = writes.ids(RUN_IDS, runs.len()) {
-        for (row, id) in rows.iter_mut().zip(&ids) {
-            row.push(json!(id));
-        }
-        let insert = Insert {
-            head:
-                "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, \
-             command_id, created_at, finished_at, error, version, id) VALUES",
-            cols: [cols, vec![P]].concat(),
-            rows,
-            tail: "",
-        };
-        writes.push(tx, insert).await?;
+        let head =
+            "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, \
+                    command_id, created_at, finished_at, error, version, id) VALUES";
+        writes
+            .push(tx, Insert::with_ids(head, cols, rows, &ids))
+            .await?;
         return Ok(ids);
     }
     let returned = batch::values(

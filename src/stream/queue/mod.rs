@@ -352,7 +352,7 @@ pub async fn enqueue_all_in(
     commands: &[NewCommand],
 ) -> Result<Vec<i64>, DbError> {
     use crate::store::batch::{self, Col, Insert};
-    let mut rows: Vec<Vec<Json>> = commands
+    let rows: Vec<Vec<Json>> = commands
         .iter()
         .map(|c| {
             vec![
@@ -364,24 +364,19 @@ pub async fn enqueue_all_in(
             ]
         })
         .collect();
+    let cols = vec![Col::Plain, Col::Plain, Col::Plain, Col::Plain, Col::Json];
     if let Some(ids) = writes.ids(COMMAND_IDS, commands.len()) {
-        for (row, id) in rows.iter_mut().zip(&ids) {
-            row.push(json!(id));
-        }
-        let insert = Insert {
-            head: "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload, id) VALUES",
-            cols: vec![Col::Plain, Col::Plain, Col::Plain, Col::Plain, Col::Json, Col::Plain],
-            rows,
-            tail: "",
-        };
-        writes.push(tx, insert).await?;
+        let head = "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload, id) VALUES";
+        writes
+            .push(tx, Insert::with_ids(head, cols, rows, &ids))
+            .await?;
         return Ok(ids);
     }
     let returned = batch::values(
         tx,
         "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) VALUES",
         &[],
-        &[Col::Plain, Col::Plain, Col::Plain, Col::Plain, Col::Json],
+        &cols,
         &rows,
         "RETURNING id",
     )
