@@ -385,6 +385,31 @@ async fn settled(db: &Db, server: &crate::util::Server, when: &str) {
     }
 }
 
+/// Waits up to 45 s for every run to end; else fails with the runs still open, their commands'
+/// states and the server's log.
+async fn runs_ended(db: &Db, server: &crate::util::Server) {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let open = "SELECT COUNT(*) FROM runbook_runs WHERE status IN ('queued', 'running')";
+    while scalar(db, open).await > 0 {
+        if Instant::now() > deadline {
+            let left = rows(
+                db,
+                "SELECT r.id, r.status, r.command_id, c.status AS command_status, c.attempts, \
+                 c.error_message, CAST(r.created_at AS TEXT) AS created_at \
+                 FROM runbook_runs r LEFT JOIN command_queue c ON c.id = r.command_id \
+                 WHERE r.status IN ('queued', 'running') ORDER BY r.id LIMIT 20",
+            )
+            .await;
+            let n = scalar(db, open).await;
+            let log = server.log();
+            let tail: Vec<&str> = log.lines().rev().take(150).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!("{n} runs not ended: {left:?}\n{}", tail.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Terminates every connection of the server to its database (ours are spared).
 async fn terminate_server_connections(admin: &Db, database: &str) -> i64 {
     let r = admin
@@ -511,14 +536,7 @@ async fn serve_keeps_its_promises_through_store_broker_and_process_failures() {
     // The load ends; everything settles.
     let accepted = load.finish().await;
     settled(&db, &server, "after the load").await;
-    until_scalar(
-        45,
-        "every run to end",
-        &db,
-        "SELECT COUNT(*) FROM runbook_runs WHERE status IN ('queued', 'running')",
-        |n| n == 0,
-    )
-    .await;
+    runs_ended(&db, &server).await;
     until_scalar(
         45,
         "the outbox to drain",
