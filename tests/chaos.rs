@@ -369,42 +369,40 @@ async fn progress(db: &Db, what: &str, more: i64) {
 
 /// Waits until every command has completed; otherwise fails naming where the others stand.
 async fn settled(db: &Db, server: &crate::util::Server, when: &str) {
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let open = "SELECT COUNT(*) FROM command_queue WHERE status <> 'completed' AND command_type = 'chaos.touch'";
-    while scalar(db, open).await > 0 {
-        if Instant::now() > deadline {
-            let left = rows(
-                db,
-                "SELECT status, error_type, error_message, COUNT(*) AS n FROM command_queue \
-                 WHERE status <> 'completed' AND command_type = 'chaos.touch' GROUP BY 1, 2, 3",
-            )
-            .await;
-            panic!("commands not completed {when}: {left:?}\n{}", server.log());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    drained(
+        db,
+        server,
+        &format!("commands not completed {when}"),
+        "SELECT COUNT(*) FROM command_queue WHERE status <> 'completed' AND command_type = 'chaos.touch'",
+        "SELECT status, error_type, error_message, COUNT(*) AS n FROM command_queue \
+         WHERE status <> 'completed' AND command_type = 'chaos.touch' GROUP BY 1, 2, 3",
+    )
+    .await;
 }
 
-/// Waits up to 45 s for every run to end; else fails with the runs still open, their commands'
-/// states and the server's log.
+/// Waits until every run has ended; otherwise fails with the runs still open and their commands.
 async fn runs_ended(db: &Db, server: &crate::util::Server) {
+    drained(
+        db,
+        server,
+        "runs not ended",
+        "SELECT COUNT(*) FROM runbook_runs WHERE status IN ('queued', 'running')",
+        "SELECT r.id, r.status, r.command_id, c.status AS command_status, c.attempts, \
+         c.error_message, CAST(r.created_at AS TEXT) AS created_at \
+         FROM runbook_runs r LEFT JOIN command_queue c ON c.id = r.command_id \
+         WHERE r.status IN ('queued', 'running') ORDER BY r.id LIMIT 20",
+    )
+    .await;
+}
+
+/// Waits up to 45 s for `count` to reach 0; otherwise fails with `what`, the rows of `detail` and
+/// the server's log.
+async fn drained(db: &Db, server: &crate::util::Server, what: &str, count: &str, detail: &str) {
     let deadline = Instant::now() + Duration::from_secs(45);
-    let open = "SELECT COUNT(*) FROM runbook_runs WHERE status IN ('queued', 'running')";
-    while scalar(db, open).await > 0 {
+    while scalar(db, count).await > 0 {
         if Instant::now() > deadline {
-            let left = rows(
-                db,
-                "SELECT r.id, r.status, r.command_id, c.status AS command_status, c.attempts, \
-                 c.error_message, CAST(r.created_at AS TEXT) AS created_at \
-                 FROM runbook_runs r LEFT JOIN command_queue c ON c.id = r.command_id \
-                 WHERE r.status IN ('queued', 'running') ORDER BY r.id LIMIT 20",
-            )
-            .await;
-            let n = scalar(db, open).await;
-            let log = server.log();
-            let tail: Vec<&str> = log.lines().rev().take(150).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            panic!("{n} runs not ended: {left:?}\n{}", tail.join("\n"));
+            let left = rows(db, detail).await;
+            panic!("{what}: {left:?}\n{}", server.log());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
