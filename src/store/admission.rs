@@ -113,8 +113,9 @@ pub async fn read(
 
 /// The four reads of [`read`] on PostgreSQL, as one statement: each row says which it answers
 /// (`what`), in the columns `a` to `d` and `n`. The keys travel as one array per column; the
-/// lookups are the same as the separate statements' (by the alert keys' primary key, the open-run
-/// counters' and the cooldown index), and the transaction plans them without sequential scans.
+/// lookups are the same as the separate statements' (by the alert keys' primary key, whose leading
+/// columns and included decision time also answer the cooldown, and the open-run counters'), and
+/// the transaction plans them without sequential scans.
 /// The last part draws `$12[i]` ids from the sequence named `$11[i]` (names this process gives,
 /// bound as values).
 const READ: &str = "\

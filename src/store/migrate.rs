@@ -64,6 +64,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(10, "0010_open_runs"),
     migration!(11, "0011_approval_changes_queue_samples"),
     migration!(12, "0012_run_by_command"),
+    migration!(13, "0013_fewer_index_entries"),
 ];
 
 /// The advisory lock that serialises PostgreSQL replicas migrating at once (the key the
