@@ -35,7 +35,9 @@ use serde_json::{json, Value as Json};
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{cpu_secs, cpu_secs_of, drop_store, fresh, proc_mib, runbook_bin};
+use common::{
+    cpu_secs, cpu_secs_of, cpu_ticks, drop_store, fresh, proc_mib, runbook_bin, steal_pct,
+};
 
 /// Notifications per throughput measurement (`RUNBOOK_BENCH_N` for more, for a profile).
 static N: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
@@ -638,7 +640,7 @@ async fn main() {
     println!("webhook ingest: {} notifications from {client_counts:?} clients, one alert each, each alert recording its run (workers off)", *N);
     println!("raw: the same rows (a queued run and its command), one transaction per notification, same clients (SQLite: synchronous=FULL)\n");
     println!(
-        "{:<9} {:<10} {:>7} {:>10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}  CPU µs/notification: server / PostgreSQL / client",
+        "{:<9} {:<10} {:>7} {:>10} {:>8} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}  CPU µs/notification: server / PostgreSQL / client  steal",
         "backend",
         "scenario",
         "clients",
@@ -668,6 +670,7 @@ async fn main() {
         }
     }
     println!("\nratio: runbook / raw; @1k: latency at a fixed {RATE} notifications/s for {RATE_SECS} s; ready: start to /readyz 200 on an existing store");
+    println!("steal: the machine's CPU time the hypervisor gave to other guests during the flood (/proc/stat); above a few %, the host slowed the measurement");
     if only.as_deref() != Some("sqlite") {
         ceilings().await;
     }
@@ -688,7 +691,9 @@ async fn measure(backend: &str, scenario: Scenario, clients: usize, raw: f64) {
         ]
     };
     let before = cpu(pid);
+    let ticks = cpu_ticks();
     let load = flood(&server.base, clients, 0, *N, starts_at, scenario.playbooks).await;
+    let steal = steal_pct(ticks, cpu_ticks());
     let after = cpu(pid);
     // CPU per notification of the server, PostgreSQL's backends and this load generator.
     let per = |i: usize| (after[i] - before[i]) * 1e6 / *N as f64;
@@ -709,7 +714,7 @@ async fn measure(backend: &str, scenario: Scenario, clients: usize, raw: f64) {
     );
     drop_store(store).await;
     println!(
-        "{backend:<9} {:<10} {clients:>7} {:>10.0} {:>8.1} {:>8.1} {:>10.0} {:>6.2}x {:>9.1} {:>9.1} {:>5.1} MiB {:>5.1} MiB {:>6.0} ms  {:>4.0} / {:>4.0} / {:>4.0}",
+        "{backend:<9} {:<10} {clients:>7} {:>10.0} {:>8.1} {:>8.1} {:>10.0} {:>6.2}x {:>9.1} {:>9.1} {:>5.1} MiB {:>5.1} MiB {:>6.0} ms  {:>4.0} / {:>4.0} / {:>4.0}  {:>5.1}%",
         scenario.name,
         load.per_sec,
         load.percentile(0.5),
@@ -724,5 +729,6 @@ async fn measure(backend: &str, scenario: Scenario, clients: usize, raw: f64) {
         per(0),
         per(1),
         per(2),
+        steal,
     );
 }

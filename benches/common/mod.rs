@@ -97,3 +97,33 @@ pub fn cpu_secs_of(comm: &str) -> f64 {
         .map(cpu_secs)
         .sum()
 }
+
+/// The machine's CPU time so far from /proc/stat, in clock ticks: (all of it, the part the
+/// hypervisor gave to other guests: "steal"). On a shared virtual machine, steal during a
+/// measurement says the host, not the build, made it slow.
+#[allow(dead_code)] // the ingest benchmark's
+pub fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is counted in user already).
+    let total = fields.iter().take(8).sum();
+    (total, fields.get(7).copied().unwrap_or(0))
+}
+
+/// The share of the machine's CPU time stolen by the hypervisor between two [`cpu_ticks`], in %.
+#[allow(dead_code)] // the ingest benchmark's
+pub fn steal_pct(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.0.saturating_sub(before.0);
+    let steal = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    steal as f64 * 100.0 / total as f64
+}
