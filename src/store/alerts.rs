@@ -75,7 +75,7 @@ pub async fn upsert_all_in(
         .collect();
     let insert = Insert {
         head: "INSERT INTO runbook_alerts (fingerprint, starts_at, alertname, labels, annotations, status, \
-         ends_at, generator_url, matched, first_received_at, last_received_at, resolved_at, notifications) VALUES",
+         ends_at, generator_url, matched, first_received_at, last_received_at, resolved_at, notifications) VALUES".into(),
         cols: cols.to_vec(),
         rows: values,
         tail: "ON CONFLICT (fingerprint, starts_at) DO UPDATE SET \
@@ -161,7 +161,7 @@ pub async fn record_runs(
     let mut cols = vec![Col::Plain; 5];
     cols.push(Col::Timestamp);
     let insert = Insert {
-        head: "INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) VALUES",
+        head: "INSERT INTO runbook_alert_runs (playbook, fingerprint, starts_at, kind, run_id, decided_at) VALUES".into(),
         cols,
         rows,
         tail: "",
@@ -207,25 +207,10 @@ pub async fn record_notifications(
         })
         .collect();
     let cols = vec![T, P, P, P, P, P, P, J];
-    if let Some(ids) = writes.ids(NOTIFICATION_IDS, all.len()) {
-        let head = "INSERT INTO runbook_alert_notifications (received_at, receiver, status, \
-                    group_key, external_url, alerts, truncated_alerts, outcomes, id) VALUES";
-        writes
-            .push(tx, Insert::with_ids(head, cols, rows, &ids))
-            .await?;
-        return Ok(ids);
-    }
-    let returned = batch::values(
-        tx,
+    let head =
         "INSERT INTO runbook_alert_notifications (received_at, receiver, status, group_key, \
-         external_url, alerts, truncated_alerts, outcomes) VALUES",
-        &[],
-        &cols,
-        &rows,
-        "RETURNING id",
-    )
-    .await?;
-    batch::ids(&returned, all.len())
+                external_url, alerts, truncated_alerts, outcomes) VALUES";
+    batch::insert_ids(tx, writes, NOTIFICATION_IDS, head, cols, rows).await
 }
 
 /// The sequence of the notifications' ids, for [`Writes::want`].

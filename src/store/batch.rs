@@ -9,6 +9,8 @@
 //! trip, and the connection's statement cache churning through every length). On SQLite, where
 //! preparing costs no round trip, the rows go as a `VALUES` list.
 
+use std::borrow::Cow;
+
 use serde_json::Value as Json;
 
 use super::{bind_pg, decode, guards::tx_sql, DbError, Tx};
@@ -93,32 +95,45 @@ pub async fn values(
 /// The rows of one multi-row insert, for [`Writes`]: `{head} (row), (row), ... {tail}` as
 /// [`values`] writes them (`head` ends with `VALUES`), returning nothing.
 pub struct Insert {
-    pub head: &'static str,
+    pub head: Cow<'static, str>,
     pub cols: Vec<Col>,
     pub rows: Vec<Vec<Json>>,
     pub tail: &'static str,
 }
 
-impl Insert {
-    /// `rows` with the ids drawn for them ([`Writes::ids`]) as their last column, which `head`
-    /// names last.
-    pub fn with_ids(
-        head: &'static str,
-        mut cols: Vec<Col>,
-        mut rows: Vec<Vec<Json>>,
-        ids: &[i64],
-    ) -> Insert {
-        cols.push(Col::Plain);
-        for (row, id) in rows.iter_mut().zip(ids) {
-            row.push(Json::from(*id));
-        }
-        Insert {
-            head,
-            cols,
-            rows,
-            tail: "",
-        }
+/// Inserts `rows` inside `tx`; their ids, in order. With ids drawn for them from `sequence`
+/// ([`Writes::ids`]) each row is given its id and the rows go with `writes`; otherwise they are
+/// written at once and the ids come from `RETURNING`. `head` (`INSERT INTO t (a, b) VALUES`) names
+/// every column but `id`.
+pub async fn insert_ids(
+    tx: &mut Tx,
+    writes: &mut Writes,
+    sequence: &'static str,
+    head: &'static str,
+    mut cols: Vec<Col>,
+    mut rows: Vec<Vec<Json>>,
+) -> Result<Vec<i64>, DbError> {
+    let Some(ids) = writes.ids(sequence, rows.len()) else {
+        let returned = values(tx, head, &[], &cols, &rows, "RETURNING id").await?;
+        return self::ids(&returned, rows.len());
+    };
+    let Some(columns) = head.strip_suffix(") VALUES") else {
+        return Err(DbError::from(sqlx::Error::Protocol(format!(
+            "not a VALUES insert: {head}"
+        ))));
+    };
+    cols.push(Col::Plain);
+    for (row, id) in rows.iter_mut().zip(&ids) {
+        row.push(Json::from(*id));
     }
+    let insert = Insert {
+        head: format!("{columns}, id) VALUES").into(),
+        cols,
+        rows,
+        tail: "",
+    };
+    writes.push(tx, insert).await?;
+    Ok(ids)
 }
 
 /// The writes of a transaction that nothing in it reads back: on PostgreSQL kept, with ids drawn
@@ -183,7 +198,7 @@ impl Writes {
             Tx::Sqlite(_) => {
                 values(
                     tx,
-                    insert.head,
+                    &insert.head,
                     &[],
                     &insert.cols,
                     &insert.rows,
@@ -206,14 +221,14 @@ impl Writes {
             kept.iter().map(|i| Columns::of(&i.cols, &i.rows)).collect();
         let (Tx::Postgres(pg), Some(columns)) = (&mut *tx, typed) else {
             for i in &kept {
-                values(tx, i.head, &[], &i.cols, &i.rows, i.tail).await?;
+                values(tx, &i.head, &[], &i.cols, &i.rows, i.tail).await?;
             }
             return Ok(());
         };
         let mut clauses = Vec::with_capacity(kept.len());
         let mut bound = 0;
         for (i, c) in kept.iter().zip(&columns) {
-            let sql = unnest_sql(i.head, bound, &i.cols, c, i.tail).ok_or_else(|| {
+            let sql = unnest_sql(&i.head, bound, &i.cols, c, i.tail).ok_or_else(|| {
                 DbError::from(sqlx::Error::Protocol(format!(
                     "not a VALUES insert: {}",
                     i.head

@@ -491,7 +491,7 @@ pub async fn create_runs_in(
     runs: &[(NewRun<'_>, Option<String>)],
     now: DateTime<Utc>,
 ) -> Result<Vec<i64>, DbError> {
-    use super::batch::{self, Col, Insert};
+    use super::batch::{self, Col};
     let now = timestamp(now);
     let rows: Vec<Vec<Json>> = runs
         .iter()
@@ -518,26 +518,9 @@ pub async fn create_runs_in(
         .collect();
     use Col::{Json as J, Plain as P, Timestamp as T};
     let cols = vec![P, J, J, P, P, P, P, T, T, P, P];
-    if let Some(ids) = writes.ids(RUN_IDS, runs.len()) {
-        let head =
-            "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, \
-                    command_id, created_at, finished_at, error, version, id) VALUES";
-        writes
-            .push(tx, Insert::with_ids(head, cols, rows, &ids))
-            .await?;
-        return Ok(ids);
-    }
-    let returned = batch::values(
-        tx,
-        "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, command_id, \
-         created_at, finished_at, error, version) VALUES",
-        &[],
-        &cols,
-        &rows,
-        "RETURNING id",
-    )
-    .await?;
-    batch::ids(&returned, runs.len())
+    let head = "INSERT INTO runbook_runs (playbook, trigger, params, status, dry_run, parent_id, \
+                command_id, created_at, finished_at, error, version) VALUES";
+    batch::insert_ids(tx, writes, RUN_IDS, head, cols, rows).await
 }
 
 /// The sequence of the runs' ids, for [`super::batch::Writes::want`].

@@ -58,7 +58,7 @@ pub async fn save_all_in(
     rows.sort_by(|a, b| a[0].as_str().cmp(&b[0].as_str()));
     rows.dedup_by(|a, b| a[0] == b[0]);
     let insert = Insert {
-        head: "INSERT INTO runbook_playbook_versions (hash, name, text) VALUES",
+        head: "INSERT INTO runbook_playbook_versions (hash, name, text) VALUES".into(),
         cols: vec![Col::Plain; 3],
         rows,
         tail: "ON CONFLICT DO NOTHING",

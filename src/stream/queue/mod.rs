@@ -351,7 +351,7 @@ pub async fn enqueue_all_in(
     writes: &mut Writes,
     commands: &[NewCommand],
 ) -> Result<Vec<i64>, DbError> {
-    use crate::store::batch::{self, Col, Insert};
+    use crate::store::batch::{self, Col};
     let rows: Vec<Vec<Json>> = commands
         .iter()
         .map(|c| {
@@ -365,23 +365,9 @@ pub async fn enqueue_all_in(
         })
         .collect();
     let cols = vec![Col::Plain, Col::Plain, Col::Plain, Col::Plain, Col::Json];
-    if let Some(ids) = writes.ids(COMMAND_IDS, commands.len()) {
-        let head = "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload, id) VALUES";
-        writes
-            .push(tx, Insert::with_ids(head, cols, rows, &ids))
-            .await?;
-        return Ok(ids);
-    }
-    let returned = batch::values(
-        tx,
-        "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) VALUES",
-        &[],
-        &cols,
-        &rows,
-        "RETURNING id",
-    )
-    .await?;
-    batch::ids(&returned, commands.len())
+    let head =
+        "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) VALUES";
+    batch::insert_ids(tx, writes, COMMAND_IDS, head, cols, rows).await
 }
 
 /// Claims up to `limit` commands and takes their entities' work-state locks in one go: on
