@@ -426,8 +426,10 @@ impl Ingest {
 
 impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let mut last = 0;
         while let Some(first) = rx.recv().await {
-            let batch = collect(first, &mut rx).await;
+            let batch = collect(first, &mut rx, last).await;
+            last = batch.len();
             let ready: Vec<&Ready> = batch.iter().map(|j| &j.ready).collect();
             let started = std::time::Instant::now();
             let recorded = self.record(&ready).await;
@@ -573,18 +575,35 @@ impl Writer {
 /// Rounds the writer lets the requests run while notifications are still arriving.
 const MAX_ROUNDS: usize = 64;
 
+/// How long a batch waits at most for the clients of the batch before it to send again.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The smallest batch whose clients the next batch waits for.
+const LINGER_AFTER: usize = 4;
+
 /// The batch that starts with `first`: every notification waiting, and those still arriving.
+///
 /// When a batch is answered, its clients send their next notifications together, and the
 /// requests take a while to parse theirs: a writer that took only what was waiting started the
 /// next batch with the first few, and paid a commit and the batch's round trips for fewer
-/// notifications (with 64 clients sending, its batches held 24 to 48; collected this way, 56 to
-/// 64, and with 8 clients the rate rose by a tenth or more). So the writer yields to the
-/// requests, round after round, for as long as each round brings more (up to [`MAX_ROUNDS`]
-/// rounds and [`MAX_BATCH`] notifications). A quiet receiver's notification finds nothing
-/// arriving after it and goes at once.
-async fn collect(first: Job, rx: &mut mpsc::Receiver<Job>) -> Vec<Job> {
+/// notifications. So the writer yields to the requests, round after round, for as long as each
+/// round brings more (up to [`MAX_ROUNDS`] rounds and [`MAX_BATCH`] notifications). A quiet
+/// receiver's notification finds nothing arriving after it and goes at once.
+///
+/// Yielding is not enough when the clients are on the other side of a network, or on a core
+/// busy with the database: the writer found the few notifications that had come while it wrote
+/// (with 64 clients sending, the 8 whose clients were not in the batch before), recorded them
+/// as a batch of their own, and the 56 coming back waited behind it. Batches so went big, small,
+/// big, and the small one cost the fixed part of a batch (its round trips and its commit, about
+/// 2 ms) for a few notifications. So a batch also waits, up to [`LINGER`], until it holds as
+/// many as the batch before it (`last`): the clients that batch answered are those sending
+/// now. After a batch of fewer than [`LINGER_AFTER`] nothing waits: a receiver at ease (at 1,000
+/// notifications a second a batch holds one or two) answers each notification at once.
+async fn collect(first: Job, rx: &mut mpsc::Receiver<Job>, last: usize) -> Vec<Job> {
+    let deadline = tokio::time::Instant::now() + LINGER;
     let mut batch = vec![first];
-    for _ in 0..MAX_ROUNDS {
+    let mut rounds = 0;
+    loop {
         let before = batch.len();
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -593,6 +612,19 @@ async fn collect(first: Job, rx: &mut mpsc::Receiver<Job>) -> Vec<Job> {
             }
         }
         if batch.len() >= MAX_BATCH {
+            break;
+        }
+        if last >= LINGER_AFTER && batch.len() < last {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(job)) => {
+                    batch.push(job);
+                    continue;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        rounds += 1;
+        if rounds > MAX_ROUNDS {
             break;
         }
         tokio::task::yield_now().await;
