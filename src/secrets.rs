@@ -182,27 +182,27 @@ impl Masker {
     }
 
     pub fn mask_str(&self, text: &str) -> String {
-        let secrets = self.secrets.read().expect("masker lock");
-        let mut out = text.to_owned();
-        for s in secrets.iter() {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), MASK);
-            }
-        }
-        out
+        mask_with(text, &self.secrets.read().expect("masker lock"))
     }
 
     /// Masks secret values anywhere in a JSON tree, credential headers by name, and fields
-    /// configured as sensitive (`streaming.sensitive_fields`).
+    /// configured as sensitive (`streaming.sensitive_fields`). The secrets are read once for the
+    /// whole tree (the receiver masks every alert's labels and annotations and every run's
+    /// trigger, from every request at once).
     pub fn mask_json(&self, v: &Json) -> Json {
+        self.mask_tree(v, &self.secrets.read().expect("masker lock"))
+    }
+
+    fn mask_tree(&self, v: &Json, secrets: &[String]) -> Json {
         match v {
-            Json::String(s) => Json::String(self.mask_str(s)),
-            Json::Array(items) => Json::Array(items.iter().map(|i| self.mask_json(i)).collect()),
+            Json::String(s) => Json::String(mask_with(s, secrets)),
+            Json::Array(items) => {
+                Json::Array(items.iter().map(|i| self.mask_tree(i, secrets)).collect())
+            }
             Json::Object(map) => Json::Object(
                 map.iter()
                     .map(|(k, v)| {
-                        let lower = k.to_ascii_lowercase();
-                        let hide = SECRET_HEADERS.contains(&lower.as_str())
+                        let hide = SECRET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(k))
                             || self
                                 .sensitive_fields
                                 .iter()
@@ -212,7 +212,7 @@ impl Masker {
                             if hide && !v.is_null() {
                                 Json::String(MASK.into())
                             } else {
-                                self.mask_json(v)
+                                self.mask_tree(v, secrets)
                             },
                         )
                     })
@@ -221,6 +221,17 @@ impl Masker {
             other => other.clone(),
         }
     }
+}
+
+/// `text` with every one of `secrets` (longest first) replaced by the mask.
+fn mask_with(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), MASK);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -433,6 +433,11 @@ impl Writer {
             let ready: Vec<&Ready> = batch.iter().map(|j| &j.ready).collect();
             let started = std::time::Instant::now();
             let recorded = self.record(&ready).await;
+            // Its rows are freed once the batch is answered.
+            let (recorded, written) = match recorded {
+                Ok((recorded, written)) => (Ok(recorded), Some(written)),
+                Err(e) => (Err(e), None),
+            };
             tracing::debug!(
                 notifications = ready.len(),
                 micros = started.elapsed().as_micros() as u64,
@@ -458,13 +463,15 @@ impl Writer {
                     }
                 }
             }
+            drop(written);
         }
     }
 
     /// Records a batch of notifications and starts their runs in one transaction; the answers.
     /// The store sees a fixed number of statements per batch, whatever its size (see
     /// [`runs::admit_all_in`]): a burst costs a few round trips and one commit per batch.
-    async fn record(&self, batch: &[&Ready]) -> Result<Vec<Recorded>, DbError> {
+    /// The rows written come back with the answers, for the writer to free after answering.
+    async fn record(&self, batch: &[&Ready]) -> Result<(Vec<Recorded>, Writes), DbError> {
         let mut names: Vec<&str> = batch
             .iter()
             .flat_map(|r| &r.alerts)
@@ -568,7 +575,7 @@ impl Writer {
         for (r, id) in recorded.iter_mut().zip(ids) {
             r.answer["notification_id"] = json!(id);
         }
-        Ok(recorded)
+        Ok((recorded, writes))
     }
 }
 

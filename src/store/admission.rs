@@ -8,11 +8,11 @@
 use std::collections::{HashMap, HashSet};
 
 use serde_json::Value as Json;
+use sqlx::Row;
 
 use super::{
     alerts::{self, RunKey},
     batch::Writes,
-    decode,
     guards::{self, CoolKey, Paused},
     pause, DbError, Tx,
 };
@@ -68,42 +68,49 @@ pub async fn read(
         .bind(counts)
         .fetch_all(&mut **pg)
         .await?;
+    // Decoded by column, not through `decode::pg_row`: a batch of 64 reads some 200 rows (most of
+    // them drawn ids), and a JSON object per row was a tenth of the writer's time inside the
+    // guard locks.
     let mut found = Found::default();
-    let text = |v: &Json| v.as_str().unwrap_or_default().to_owned();
-    for row in rows.iter().map(decode::pg_row) {
-        match row["what"].as_str() {
-            Some("taken") => {
+    for row in &rows {
+        let text = |i: usize| -> Result<String, DbError> {
+            Ok(row.try_get::<Option<String>, _>(i)?.unwrap_or_default())
+        };
+        let n: Option<i64> = row.try_get(5)?;
+        match row.try_get::<&str, _>(0)? {
+            "taken" => {
                 let key = RunKey {
-                    playbook: text(&row["a"]),
-                    fingerprint: text(&row["b"]),
-                    starts_at: text(&row["c"]),
-                    kind: text(&row["d"]),
+                    playbook: text(1)?,
+                    fingerprint: text(2)?,
+                    starts_at: text(3)?,
+                    kind: text(4)?,
                 };
-                if let Some(run) = row["n"].as_i64() {
+                if let Some(run) = n {
                     found.taken.insert(key, run);
                 }
             }
-            Some("open") => {
-                if let Some(n) = row["n"].as_i64() {
-                    found.open.insert(text(&row["a"]), n);
+            "open" => {
+                if let Some(n) = n {
+                    found.open.insert(text(1)?, n);
                 }
             }
-            Some("cool") => {
+            "cool" => {
                 found.cooled.insert(CoolKey {
-                    playbook: text(&row["a"]),
-                    fingerprint: text(&row["b"]),
-                    kind: text(&row["d"]),
+                    playbook: text(1)?,
+                    fingerprint: text(2)?,
+                    kind: text(4)?,
                 });
             }
-            Some("id") => {
-                let sequence = row["a"].as_str().unwrap_or_default();
+            "id" => {
+                let sequence = row.try_get::<Option<&str>, _>(1)?.unwrap_or_default();
                 let drawn = sequences.iter().find(|s| **s == sequence);
-                if let (Some(sequence), Some(id)) = (drawn, row["n"].as_i64()) {
+                if let (Some(sequence), Some(id)) = (drawn, n) {
                     writes.drawn(sequence, id);
                 }
             }
-            Some("paused") => {
-                found.paused = Some(pause::from_columns(&row["a"], &row["b"], &row["c"]));
+            "paused" => {
+                let [reason, by, since] = [text(1)?, text(2)?, text(3)?].map(Json::from);
+                found.paused = Some(pause::from_columns(&reason, &by, &since));
             }
             _ => {}
         }

@@ -149,6 +149,9 @@ pub async fn insert_ids(
 #[derive(Default)]
 pub struct Writes {
     kept: Vec<Insert>,
+    /// What [`Writes::flush`] wrote, kept until the [`Writes`] is dropped: its rows are the
+    /// biggest thing a batch frees, and the receiver's writer frees them after it has answered.
+    written: Vec<Insert>,
     /// Ids to draw from each sequence, by [`Writes::want`], for the next read that draws them.
     wanted: Vec<(&'static str, usize)>,
     /// Ids drawn, by sequence, in drawing order.
@@ -253,6 +256,7 @@ impl Writes {
             q = c.bind(q);
         }
         q.execute(&mut **pg).await?;
+        self.written.extend(kept);
         Ok(())
     }
 }
