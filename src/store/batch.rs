@@ -149,8 +149,9 @@ pub async fn insert_ids(
 #[derive(Default)]
 pub struct Writes {
     kept: Vec<Insert>,
-    /// What [`Writes::flush`] wrote, kept until the [`Writes`] is dropped: its rows are the
-    /// biggest thing a batch frees, and the receiver's writer frees them after it has answered.
+    /// What [`Writes::flush`] wrote as one statement (PostgreSQL), kept until the [`Writes`] is
+    /// dropped: its rows are the biggest thing a batch frees, and the receiver's writer frees
+    /// them after it has answered. On SQLite each insert is written and freed when pushed.
     written: Vec<Insert>,
     /// Ids to draw from each sequence, by [`Writes::want`], for the next read that draws them.
     wanted: Vec<(&'static str, usize)>,
