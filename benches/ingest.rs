@@ -17,6 +17,7 @@
 //! `cargo bench --bench ingest` with PostgreSQL on `RUNBOOK_TEST_PG`. `RUNBOOK_BENCH_ONLY=sqlite|postgres`
 //! measures one backend, `RUNBOOK_BENCH_CLIENTS=8,64,256` other numbers of clients,
 //! `RUNBOOK_BENCH_N=40000` more notifications per measurement (4,000 by default),
+//! `RUNBOOK_BENCH_RATE=4000` another fixed rate for the latency columns (1,000 by default),
 //! `RUNBOOK_BENCH_SERVER_LOG=error,runbook::server::receiver=debug` the server's log on stderr
 //! (there: each batch the receiver recorded, with its size and time), and
 //! `RUNBOOK_BENCH_BIN=PATH` another build of runbook.
@@ -49,8 +50,15 @@ static N: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
 /// Concurrent clients, for runbook and the raw inserts alike: a few, as one Alertmanager pair
 /// sends, and many, as a storm from several sends.
 const CLIENTS: [usize; 2] = [8, 64];
-/// The fixed rate of the latency measurement, and for how long.
-const RATE: u64 = 1_000;
+/// The fixed rate of the latency measurement (`RUNBOOK_BENCH_RATE` for another), and for how
+/// long.
+static RATE: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    std::env::var("RUNBOOK_BENCH_RATE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(1_000)
+});
 const RATE_SECS: u64 = 3;
 const TOKEN: &str = "bench-receiver-token-0123456789";
 
@@ -340,7 +348,7 @@ const STEADY_CONNS: usize = 64;
 /// latency runs from then (so time spent waiting for a free connection counts, and a slow answer
 /// does not hide the requests it delays).
 async fn steady(base: &str, first: usize, starts_at: &str, playbooks: usize) -> Load {
-    let total = (RATE * RATE_SECS) as usize;
+    let total = (*RATE * RATE_SECS) as usize;
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(
         (first..first + total)
             .map(|i| request(i, starts_at, playbooks))
@@ -371,7 +379,7 @@ async fn steady(base: &str, first: usize, starts_at: &str, playbooks: usize) -> 
         });
     }
     for k in 0..total {
-        let due = started + Duration::from_micros(k as u64 * 1_000_000 / RATE);
+        let due = started + Duration::from_micros(k as u64 * 1_000_000 / *RATE);
         tokio::time::sleep_until(due.into()).await;
         due_tx.send((k, Instant::now())).unwrap();
     }
@@ -669,7 +677,10 @@ async fn main() {
             }
         }
     }
-    println!("\nratio: runbook / raw; @1k: latency at a fixed {RATE} notifications/s for {RATE_SECS} s; ready: start to /readyz 200 on an existing store");
+    println!(
+        "\nratio: runbook / raw; @1k: latency at a fixed {} notifications/s for {RATE_SECS} s; ready: start to /readyz 200 on an existing store",
+        *RATE
+    );
     println!("steal: the machine's CPU time the hypervisor gave to other guests during the flood (/proc/stat); above a few %, the host slowed the measurement");
     if only.as_deref() != Some("sqlite") {
         ceilings().await;
@@ -702,7 +713,7 @@ async fn measure(backend: &str, scenario: Scenario, clients: usize, raw: f64) {
     let ready = server.ready;
     stop(server.child);
     let runs = count(&store.url, "SELECT COUNT(*) AS n FROM runbook_runs").await;
-    let expected = (*N + (RATE * RATE_SECS) as usize) as i64;
+    let expected = (*N + (*RATE * RATE_SECS) as usize) as i64;
     assert_eq!(
         load.failed + fixed.failed,
         0,
