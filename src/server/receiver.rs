@@ -439,11 +439,6 @@ impl Writer {
             let ready: Vec<&Ready> = batch.iter().map(|j| &j.ready).collect();
             let started = std::time::Instant::now();
             let recorded = self.record(&ready).await;
-            // Its rows are freed once the batch is answered.
-            let (recorded, written) = match recorded {
-                Ok((recorded, written)) => (Ok(recorded), Some(written)),
-                Err(e) => (Err(e), None),
-            };
             tracing::debug!(
                 notifications = ready.len(),
                 micros = started.elapsed().as_micros() as u64,
@@ -451,13 +446,15 @@ impl Writer {
                 "Notification batch recorded."
             );
             match recorded {
-                Ok(recorded) => {
+                Ok((recorded, written)) => {
                     for (job, r) in batch.into_iter().zip(recorded) {
                         let _ = job.reply.send(Reply {
                             recorded: Ok(r),
                             _ready: job.ready,
                         });
                     }
+                    // Its rows are freed once the batch is answered.
+                    drop(written);
                 }
                 Err(e) => {
                     let message = self.services.masker.mask_str(&crate::text::error_chain(&e));
@@ -469,7 +466,6 @@ impl Writer {
                     }
                 }
             }
-            drop(written);
             answered = tokio::time::Instant::now();
         }
     }
@@ -633,7 +629,11 @@ async fn collect(first: Job, rx: &mut mpsc::Receiver<Job>, last: usize) -> Vec<J
     // How many to wait for, decided on what was waiting already: fewer than half the batch
     // before means its clients are still to send. A steady stream has had the batch's time to
     // arrive, and about as many wait as the batch before held.
-    let mut target = None;
+    let target = if last >= LINGER_AFTER && (1 + rx.len()) * 2 < last {
+        last
+    } else {
+        0
+    };
     loop {
         let before = batch.len();
         while batch.len() < MAX_BATCH {
@@ -645,13 +645,6 @@ async fn collect(first: Job, rx: &mut mpsc::Receiver<Job>, last: usize) -> Vec<J
         if batch.len() >= MAX_BATCH {
             break;
         }
-        let target = *target.get_or_insert_with(|| {
-            if last >= LINGER_AFTER && batch.len() * 2 < last {
-                last
-            } else {
-                0
-            }
-        });
         if batch.len() < target {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(job)) => {
