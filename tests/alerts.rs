@@ -1435,3 +1435,101 @@ async fn alerts_and_runs_are_found_by_index_after_their_tables_grew_under_a_runn
         );
     }
 }
+
+/// Every alert of a notification starts a run, and each run sees the whole group as `alerts`.
+const GROUP_PLAYBOOK: &str = r#"name: group-look
+on:
+  alerts:
+    - alertname: GroupBig
+guard: { concurrency: 100000 }
+steps:
+  - id: seen
+    assert:
+      that: "alerts | length == 300 and alerts[299].labels.n == '299'"
+      message: "{{ alert.labels.n }} of {{ alerts | length }}"
+"#;
+
+/// A notification of 300 alerts that all start runs stores its group once: the runs' queue
+/// commands refer to it instead of each carrying all 300 (300 × 300 alerts, and a 1 MiB
+/// notification of 3,000 alerts wrote gigabytes), and every run still reads the 300.
+async fn a_group_is_stored_once(url: &str) {
+    let w = Workdir::new();
+    w.config(&CONFIG.replace("max_body: 8KiB", "max_body: 1MiB"));
+    w.playbook("group-look", GROUP_PLAYBOOK);
+    let server = w.serve(&["--store", url]);
+    let starts = now();
+    let alerts = (0..300)
+        .map(|n| {
+            alert(
+                json!({ "alertname": "GroupBig", "n": n.to_string() }),
+                &starts,
+                None,
+            )
+        })
+        .collect();
+    let (status, answer) = post_webhook(&server, &notification(alerts)).await;
+    assert_eq!(status, 200, "{answer}");
+    let started = answer["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["outcome"] == "started")
+        .count();
+    assert_eq!(started, 300, "{answer}");
+    let db = store(url).await;
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) AS n FROM runbook_alert_groups").await,
+        1
+    );
+    // Each command carries its own alert and the group's hash: a kilobyte or so, where the
+    // group itself is some 80 kB.
+    let payloads = rows(
+        &db,
+        "SELECT payload FROM command_queue WHERE command_type = 'runbook.run'",
+    )
+    .await;
+    assert_eq!(payloads.len(), 300);
+    for p in &payloads {
+        let text = p["payload"].to_string();
+        assert!(text.len() < 2_000, "{text}");
+        assert!(text.contains("alerts_ref"), "{text}");
+    }
+    until_scalar(
+        120,
+        "every run",
+        &db,
+        "SELECT COUNT(*) AS n FROM runbook_runs WHERE status IN ('succeeded', 'failed')",
+        |n| n == 300,
+    )
+    .await;
+    let failed = rows(
+        &db,
+        "SELECT a.error FROM runbook_step_attempts a JOIN runbook_runs r ON r.id = a.run_id \
+         WHERE r.status <> 'succeeded' LIMIT 3",
+    )
+    .await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let seen = messages(&db, "group-look").await;
+    assert_eq!(seen.len(), 300);
+    assert!(seen.iter().all(|m| m.contains(" of 300")), "{seen:?}");
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) AS n FROM runbook_runs WHERE status = 'succeeded'"
+        )
+        .await,
+        300
+    );
+}
+
+#[tokio::test]
+async fn a_group_is_stored_once_on_sqlite() {
+    let w = Workdir::new();
+    a_group_is_stored_once(&w.sqlite_url()).await;
+}
+
+#[tokio::test]
+async fn a_group_is_stored_once_on_postgres() {
+    let pg = PgDb::new().await;
+    a_group_is_stored_once(&pg.url).await;
+}

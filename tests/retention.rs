@@ -75,6 +75,19 @@ async fn version(db: &Db, hash: &str, days: u32) {
     .unwrap();
 }
 
+/// An alert group first seen `days` ago.
+async fn group(db: &Db, hash: &str, days: u32) {
+    let at = ago(db, days);
+    db.sql(
+        &format!(
+            "INSERT INTO runbook_alert_groups (hash, alerts, first_seen) VALUES ($1, '[]', {at})"
+        ),
+        vec![json!(hash)],
+    )
+    .await
+    .unwrap();
+}
+
 /// A notification received `days` ago carrying one alert occurrence (fingerprint `fp`), last
 /// received then, with the key of the run it started (`run_id`).
 async fn notification(db: &Db, fp: &str, days: u32, run_id: i64) {
@@ -159,12 +172,15 @@ async fn prunes_what_retention_says(url: &str) {
     ] {
         version(&db, hash, days).await;
     }
+    for (hash, days) in [("g-old", 6), ("g-queued", 6), ("g-new", 1)] {
+        group(&db, hash, days).await;
+    }
     w.enqueue(
         url,
         "runbook",
         "p",
         "runbook.run",
-        r#"{"playbook": "p", "version": "v-queued"}"#,
+        r#"{"playbook": "p", "version": "v-queued", "alerts_ref": "g-queued"}"#,
     );
 
     let out = w.run(&["--store", url, "run", "weekly-vacuum", "-o", "json"]);
@@ -172,7 +188,7 @@ async fn prunes_what_retention_says(url: &str) {
     let pruned = &out.run()["steps"]["prune_records"]["output"];
     assert_eq!(
         pruned["deleted"],
-        json!({ "runs": 2, "ticks": 3, "playbook_versions": 1, "notifications": 1, "alerts": 1, "alert_runs": 1, "queue_samples": 1 }),
+        json!({ "runs": 2, "ticks": 3, "playbook_versions": 1, "notifications": 1, "alerts": 1, "alert_runs": 1, "alert_groups": 1, "queue_samples": 1 }),
         "{out:?}"
     );
     assert!(
@@ -226,6 +242,10 @@ async fn prunes_what_retention_says(url: &str) {
     );
     let kept = strings(&db, "SELECT fingerprint FROM runbook_alert_runs").await;
     assert_eq!(kept, [json!("new-alert")]);
+    // Alert groups: the old one no command refers to went; the one a queued command's run will
+    // read, and a recent one, stay.
+    let groups = strings(&db, "SELECT hash FROM runbook_alert_groups ORDER BY hash").await;
+    assert_eq!(groups, [json!("g-new"), json!("g-queued")]);
     // Each table's deletion is audited with its row count.
     let audits = rows(
         &db,
@@ -245,6 +265,7 @@ async fn prunes_what_retention_says(url: &str) {
             (json!("notifications"), json!(1)),
             (json!("alerts"), json!(1)),
             (json!("alert_runs"), json!(1)),
+            (json!("alert_groups"), json!(1)),
             (json!("queue_samples"), json!(1))
         ]
     );

@@ -28,8 +28,8 @@ use crate::{
 };
 
 /// What starts a run. Serialized, it is the payload of a `runbook.run` queue command:
-/// `{"playbook", "params", "trigger", "alert", "alerts", "version"}`; the other fields are not
-/// queued.
+/// `{"playbook", "params", "trigger", "alert", "alerts", "alerts_ref", "version"}`; the other
+/// fields are not queued.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunRequest {
     pub playbook: String,
@@ -42,8 +42,15 @@ pub struct RunRequest {
     /// The alert that matched, and its group.
     #[serde(default)]
     pub alert: Option<Json>,
+    /// The group (the notification's alerts, [`RunRequest::group`]) when it is carried here;
+    /// empty when it is `[alert]` or stored by reference (`alerts_ref`).
     #[serde(default)]
     pub alerts: Vec<Json>,
+    /// The content hash of the group in the store (`store::alert_groups`), for a notification of
+    /// several alerts: each of its runs refers to one stored copy, which the worker reads back
+    /// into `alerts`, instead of carrying all of them (N runs of N alerts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts_ref: Option<String>,
     /// The content hash of the playbook version to run ([`Engine::pin`]); without one (a
     /// command queued before versions were kept, a direct run) the catalog's current version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,6 +67,17 @@ pub struct RunRequest {
     /// Results for the steps instead of executing them (`runbook test`); child runs share them.
     #[serde(skip)]
     pub mocks: Option<Arc<dyn crate::steps::StepMocks>>,
+}
+
+impl RunRequest {
+    /// The alerts of the notification that started the run (`alerts` in templates): those
+    /// carried, or else the one alert, or else none.
+    pub fn group(&self) -> Vec<Json> {
+        match (&self.alerts[..], &self.alert) {
+            ([], Some(alert)) => vec![alert.clone()],
+            (alerts, _) => alerts.to_vec(),
+        }
+    }
 }
 
 /// How a run ended.
@@ -359,7 +377,7 @@ impl Engine {
                 .clone()
                 .unwrap_or_else(|| json!({ "labels": {}, "annotations": {} })),
         );
-        ctx.insert("alerts".into(), Json::Array(req.alerts.clone()));
+        ctx.insert("alerts".into(), Json::Array(req.group()));
         ctx.insert("steps".into(), Json::Object(done));
         ctx.insert("runtime".into(), settings.to_json());
         ctx.insert("run".into(), json!({ "id": run_id, "playbook": pb.name, "trigger": req.trigger, "dry_run": !req.mode.changes() }));

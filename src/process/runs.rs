@@ -24,7 +24,7 @@ use crate::{
     services::Services,
     status::{ErrorType, RunStatus},
     store::{
-        admission,
+        admission, alert_groups,
         alerts::{self, RunKey},
         batch::Writes,
         guards::{self, CoolKey, Counts, Limits, Scope},
@@ -103,6 +103,18 @@ async fn handle(engine: &Engine, cmd: &Claimed) -> Result<Json, HandlerError> {
     let transient =
         |e: DbError| HandlerError::new(ErrorType::NetworkException, e.to_string(), true);
     let store = &engine.services().store;
+    if let (Some(hash), []) = (&req.alerts_ref, &req.alerts[..]) {
+        match alert_groups::get(store, hash).await.map_err(transient)? {
+            Some(alerts) => req.alerts = alerts,
+            // Kept while its command is queued or running, so only an edit of the store gets
+            // here: the run goes on with its own alert as its group.
+            None => tracing::warn!(
+                command_id = cmd.id,
+                group = %hash,
+                "The run's alert group is not in the store; its `alerts` hold only its own alert."
+            ),
+        }
+    }
     let existing = runs::latest_for_command(store, cmd.id)
         .await
         .map_err(transient)?;
@@ -799,6 +811,7 @@ mod tests {
             trigger: json!({ "kind": "api", "by": "x" }),
             alert: Some(json!({ "labels": { "alertname": "A" } })),
             alerts: vec![json!({ "labels": {} })],
+            alerts_ref: None,
             version: None,
             mode: crate::steps::RunMode::Plan,
             command_id: Some(3),
@@ -827,7 +840,21 @@ mod tests {
             json!({ "playbook": "p", "params": {}, "trigger": { "kind": "schedule" }, "alert": null }),
         )
         .unwrap();
-        assert_eq!((bare.alert, bare.alerts.len()), (None, 0));
+        assert_eq!((&bare.alert, bare.alerts.len()), (&None, 0));
+        assert_eq!(bare.group(), Vec::<Json>::new());
+        // An alert's run: its group is carried, or stored by hash, or only the alert itself.
+        assert_eq!(req.group(), req.alerts);
+        let one = RunRequest {
+            alerts: Vec::new(),
+            alerts_ref: Some("abc".into()),
+            ..req.clone()
+        };
+        assert_eq!(one.group(), [req.alert.clone().unwrap()]);
+        let queued = serde_json::to_value(&one).unwrap();
+        assert_eq!(
+            (&queued["alerts_ref"], &queued["alerts"]),
+            (&json!("abc"), &json!([]))
+        );
         assert!(serde_json::from_value::<RunRequest>(json!({ "params": {} })).is_err());
     }
 }

@@ -32,7 +32,7 @@ use crate::{
     process::runs::{self, priority_for, Admission, Admit, AlertKey},
     secrets::Masker,
     services::Services,
-    store::{alerts, batch::Writes, guards, versions, DbError},
+    store::{alert_groups, alerts, batch::Writes, guards, versions, DbError},
 };
 
 /// Alertmanager's webhook payload, version 4.
@@ -263,6 +263,8 @@ struct Ready {
     /// The playbooks it was matched against (a reload meanwhile does not change its runs).
     catalog: Arc<Catalog>,
     alerts: Vec<ReadyAlert>,
+    /// Its alerts as the group its runs refer to, when it has more than one.
+    group: Option<alert_groups::Group>,
 }
 
 /// One alert of a [`Ready`] notification.
@@ -300,7 +302,12 @@ impl Ready {
                 (fingerprint, value)
             })
             .collect();
-        let group: Vec<Value> = values.iter().map(|(_, v)| v.clone()).collect();
+        // The group, serialized once and stored once for all the runs it starts: carried by
+        // each, a notification of N alerts wrote N squared.
+        let group = (values.len() > 1).then(|| {
+            let alerts: Vec<Value> = values.iter().map(|(_, v)| v.clone()).collect();
+            alert_groups::Group::of(&alerts)
+        });
         let alerts = n
             .alerts
             .iter()
@@ -314,7 +321,8 @@ impl Ready {
                             || pb.triggers.resolved != ResolvedPolicy::Skip;
                         let req = runs.then(|| {
                             let version = catalog.versions.get(&pb.name).map(|v| v.hash.clone());
-                            request(&n, a, &fingerprint, &starts_at, &value, pb, &group, version)
+                            let group = group.as_ref().map(|g| g.hash.clone());
+                            request(&n, a, &fingerprint, &starts_at, &value, pb, group, version)
                         });
                         (pb.name.clone(), req)
                     })
@@ -330,7 +338,12 @@ impl Ready {
                 }
             })
             .collect();
-        Ready { n, catalog, alerts }
+        Ready {
+            n,
+            catalog,
+            alerts,
+            group,
+        }
     }
 }
 
@@ -533,6 +546,7 @@ impl Writer {
         // The answers, in the order the triggers were planned.
         let mut recorded = Vec::with_capacity(batch.len());
         let mut records = Vec::with_capacity(batch.len());
+        let mut groups = Vec::new();
         for r in batch {
             let mut outcomes = Vec::with_capacity(r.alerts.len());
             let mut admitted = Vec::new();
@@ -557,6 +571,12 @@ impl Writer {
                     "outcome": alert_outcome(&playbooks), "playbooks": playbooks,
                 }));
             }
+            let queued = admitted
+                .iter()
+                .any(|(_, a)| matches!(a, Admission::Queued { .. }));
+            if let (Some(group), true) = (&r.group, queued) {
+                groups.push(group);
+            }
             let outcomes = Value::Array(outcomes);
             records.push(alerts::NewNotification {
                 receiver: &r.n.receiver,
@@ -572,6 +592,7 @@ impl Writer {
                 admitted,
             });
         }
+        alert_groups::save_all_in(&mut tx, &mut writes, &groups).await?;
         let ids = alerts::record_notifications(&mut tx, &mut writes, &records, now).await?;
         writes.flush(&mut tx).await?;
         tx.commit().await?;
@@ -717,7 +738,7 @@ fn request(
     starts_at: &str,
     value: &Value,
     pb: &Playbook,
-    group: &[Value],
+    group: Option<String>,
     version: Option<String>,
 ) -> RunRequest {
     RunRequest {
@@ -728,7 +749,7 @@ fn request(
             "receiver": n.receiver, "group_key": n.group_key,
         }),
         alert: Some(value.clone()),
-        alerts: group.to_vec(),
+        alerts_ref: group,
         version,
         ..Default::default()
     }

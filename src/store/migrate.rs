@@ -65,6 +65,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(11, "0011_approval_changes_queue_samples"),
     migration!(12, "0012_run_by_command"),
     migration!(13, "0013_fewer_index_entries"),
+    migration!(14, "0014_alert_groups"),
 ];
 
 /// The advisory lock that serialises PostgreSQL replicas migrating at once (the key the

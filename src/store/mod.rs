@@ -2,6 +2,7 @@
 //! datasources, behind one [`Db`] handle that runs bound SQL and returns rows as JSON.
 
 pub mod admission;
+pub mod alert_groups;
 pub mod alerts;
 pub mod batch;
 pub mod console;

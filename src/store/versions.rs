@@ -110,7 +110,7 @@ pub fn prune_sql(d: Dialect, older_than: Dur) -> (String, Vec<Json>) {
 }
 
 /// The command type of a queued playbook run (`process::runs::RUN_COMMAND`, which sits above).
-const RUN_COMMAND: &str = "runbook.run";
+pub(super) const RUN_COMMAND: &str = "runbook.run";
 
 #[cfg(test)]
 mod tests {

@@ -180,6 +180,11 @@ const PRUNED: &[Pruned] = &[
         statement: store::alerts::prune_alert_runs_sql,
     },
     Pruned {
+        name: "alert_groups",
+        kept: |r| r.notifications,
+        statement: store::alert_groups::prune_sql,
+    },
+    Pruned {
         name: "queue_samples",
         kept: |r| r.ticks,
         statement: store::queue_samples::prune_sql,
@@ -967,6 +972,7 @@ mod tests {
                 ("notifications", 7 * day),
                 ("alerts", 7 * day),
                 ("alert_runs", 7 * day),
+                ("alert_groups", 7 * day),
                 ("queue_samples", 7 * day)
             ]
         );
@@ -977,7 +983,7 @@ mod tests {
         };
         assert_eq!(
             unknown,
-            "prune_records: unknown table `notes` in keep (known: runs, ticks, playbook_versions, notifications, alerts, alert_runs, queue_samples)"
+            "prune_records: unknown table `notes` in keep (known: runs, ticks, playbook_versions, notifications, alerts, alert_runs, alert_groups, queue_samples)"
         );
         assert!(
             matches!(plan_of(&[("runs", 0)]), Err(OpError::Invalid(m)) if m == "prune_records: keep.runs must be above zero")
