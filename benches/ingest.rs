@@ -474,7 +474,7 @@ fn raw_rows(i: usize) -> (String, Json, Json, Json) {
     let outcomes = json!([{ "fingerprint": fingerprint, "outcome": "started",
         "playbooks": [{ "playbook": "ingest", "outcome": "started" }] }]);
     let payload = json!({ "playbook": "ingest", "params": {}, "trigger": { "kind": "alert",
-        "fingerprint": fingerprint }, "alert": alert, "alerts": [alert] });
+        "fingerprint": fingerprint }, "alert": alert, "alerts": [] });
     (fingerprint, alert, outcomes, payload)
 }
 
@@ -536,7 +536,7 @@ fn ceiling_statements(scenario: &str) -> Vec<String> {
     let trigger = "{\"kind\":\"alert\",\"fingerprint\":\"X\",\"starts_at\":\"2026-11-29T03:00:00Z\",\"status\":\"firing\",\"alertname\":\"IngestBench0\",\"receiver\":\"runbook\",\"group_key\":\"kX\"}";
     if scenario == "admit-all" {
         let alert = "{\"labels\":{\"alertname\":\"IngestBench0\",\"n\":\"X\",\"severity\":\"warning\"},\"annotations\":{\"summary\":\"bench\"},\"status\":\"firing\",\"startsAt\":\"2026-11-29T03:00:00Z\",\"endsAt\":\"\",\"fingerprint\":\"X\",\"generatorURL\":\"http://prometheus:9090/graph\",\"externalURL\":\"http://alertmanager:9093\"}";
-        let payload = format!("{{\"playbook\":\"ingest-0\",\"params\":{{}},\"trigger\":{trigger},\"alert\":{alert},\"alerts\":[{alert}],\"version\":\"0123456789abcdef\"}}");
+        let payload = format!("{{\"playbook\":\"ingest-0\",\"params\":{{}},\"trigger\":{trigger},\"alert\":{alert},\"alerts\":[],\"version\":\"0123456789abcdef\"}}");
         all.push(format!(
             "INSERT INTO command_queue (entity, entity_id, command_type, priority, payload) \
          SELECT 'runbook', 'ingest-0', 'runbook.run', 5, replace('{payload}', 'X', g::text)::jsonb \

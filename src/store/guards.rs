@@ -373,12 +373,16 @@ pub async fn alerts_in_cooldown(
     let found = super::batch::values(
         tx,
         "SELECT DISTINCT a.playbook, a.fingerprint, a.kind FROM (VALUES",
-        &[json!(RunStatus::Skipped)],
+        &[],
         &[Col::Plain, Col::Plain, Col::Plain, Col::Timestamp],
         &rows,
-        ") k JOIN runbook_alert_runs a ON a.playbook = k.column1 AND a.fingerprint = k.column2 \
-         AND a.kind = k.column3 AND a.decided_at >= k.column4 \
-         JOIN runbook_runs r ON r.id = a.run_id WHERE r.status <> $1",
+        // The status is this program's constant, written in; the keys are bound.
+        &format!(
+            ") k JOIN runbook_alert_runs a ON a.playbook = k.column1 AND a.fingerprint = k.column2 \
+             AND a.kind = k.column3 AND a.decided_at >= k.column4 \
+             JOIN runbook_runs r ON r.id = a.run_id WHERE r.status <> '{}'",
+            RunStatus::Skipped.as_str()
+        ),
     )
     .await?;
     let text = |v: &Json| v.as_str().unwrap_or_default().to_owned();
