@@ -70,7 +70,8 @@ async fn weekly_vacuum_removes_old_completed_and_dlq_rows_and_reports_counts() {
             json!({ "op": "dlq_cleanup", "rows": 1 }),
             // Retention (tests/retention.rs): nothing old enough in a fresh store; one record per
             // table (runs, ticks, playbook versions, notifications, alerts, alert run keys,
-            // queue samples).
+            // alert groups, queue samples).
+            json!({ "op": "prune_records", "rows": 0 }),
             json!({ "op": "prune_records", "rows": 0 }),
             json!({ "op": "prune_records", "rows": 0 }),
             json!({ "op": "prune_records", "rows": 0 }),

@@ -80,21 +80,12 @@ pub async fn get(db: &Db, hash: &str) -> Result<Option<Vec<Json>>, DbError> {
 /// running `runbook.run` command refers to (a run that started has its group in memory; one
 /// resumed after a crash is still its command's, which is still `processing`).
 pub fn prune_sql(d: Dialect, older_than: Dur) -> (String, Vec<Json>) {
-    let queued_ref = match d {
-        Dialect::Postgres => "c.payload->>'alerts_ref'",
-        Dialect::Sqlite => "json_extract(c.payload, '$.alerts_ref')",
-    };
+    let (waiting, params) =
+        super::versions::no_open_run_refers(d, "alerts_ref", "runbook_alert_groups.hash");
     let sql = format!(
-        "DELETE FROM runbook_alert_groups WHERE first_seen < {ago} \
-         AND NOT EXISTS (SELECT 1 FROM command_queue c WHERE c.command_type = $1 \
-             AND c.status IN ($2, $3) AND {queued_ref} = runbook_alert_groups.hash)",
+        "DELETE FROM runbook_alert_groups WHERE first_seen < {ago} AND {waiting}",
         ago = d.ago(older_than),
     );
-    let params = vec![
-        json!(super::versions::RUN_COMMAND),
-        json!(crate::status::CommandStatus::Pending),
-        json!(crate::status::CommandStatus::Processing),
-    ];
     (sql, params)
 }
 

@@ -90,16 +90,27 @@ fn text(v: &Json) -> String {
 /// run ran and no queued `runbook.run` command is waiting to run (run it after the runs are
 /// pruned). A version still in `runbooks/` is stored again by its next run.
 pub fn prune_sql(d: Dialect, older_than: Dur) -> (String, Vec<Json>) {
-    let queued_version = match d {
-        Dialect::Postgres => "c.payload->>'version'",
-        Dialect::Sqlite => "json_extract(c.payload, '$.version')",
-    };
+    let (waiting, params) = no_open_run_refers(d, "version", "runbook_playbook_versions.hash");
     let sql = format!(
         "DELETE FROM runbook_playbook_versions WHERE first_seen < {ago} \
          AND NOT EXISTS (SELECT 1 FROM runbook_runs r WHERE r.version = runbook_playbook_versions.hash) \
-         AND NOT EXISTS (SELECT 1 FROM command_queue c WHERE c.command_type = $1 \
-             AND c.status IN ($2, $3) AND {queued_version} = runbook_playbook_versions.hash)",
+         AND {waiting}",
         ago = d.ago(older_than),
+    );
+    (sql, params)
+}
+
+/// The condition that no queued or running `runbook.run` command's payload has `field` equal to
+/// `value` (an SQL expression), with its parameters (`$1` to `$3`): what a run reads by hash
+/// when it starts is kept while it waits.
+pub(super) fn no_open_run_refers(d: Dialect, field: &str, value: &str) -> (String, Vec<Json>) {
+    let referred = match d {
+        Dialect::Postgres => format!("c.payload->>'{field}'"),
+        Dialect::Sqlite => format!("json_extract(c.payload, '$.{field}')"),
+    };
+    let sql = format!(
+        "NOT EXISTS (SELECT 1 FROM command_queue c WHERE c.command_type = $1 \
+         AND c.status IN ($2, $3) AND {referred} = {value})"
     );
     let params = vec![
         json!(RUN_COMMAND),
@@ -110,7 +121,7 @@ pub fn prune_sql(d: Dialect, older_than: Dur) -> (String, Vec<Json>) {
 }
 
 /// The command type of a queued playbook run (`process::runs::RUN_COMMAND`, which sits above).
-pub(super) const RUN_COMMAND: &str = "runbook.run";
+const RUN_COMMAND: &str = "runbook.run";
 
 #[cfg(test)]
 mod tests {
