@@ -119,7 +119,6 @@ pub async fn runs_for(tx: &mut Tx, keys: &[RunKey]) -> Result<HashMap<RunKey, i6
         tx,
         "SELECT playbook, fingerprint, starts_at, kind, run_id FROM runbook_alert_runs \
          WHERE (playbook, fingerprint, starts_at, kind) IN (VALUES",
-        &[],
         &[Col::Plain; 4],
         &rows,
         ")",

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 use serde_json::Value as Json;
 
-use super::{bind_pg, decode, guards::tx_sql, DbError, Tx};
+use super::{decode, guards::tx_sql, DbError, Tx};
 
 /// Parameters of one statement at most, under both backends' limits (SQLite 32,766, PostgreSQL
 /// 65,535): longer batches are split into several statements.
@@ -38,14 +38,19 @@ impl Col {
             (Col::Timestamp, Tx::Postgres(_)) => {
                 format!("CAST(CAST(${n} AS TEXT) AS TIMESTAMPTZ)")
             }
-            _ => format!("${n}"),
+            (Col::Plain, Tx::Postgres(_)) => format!("${n}"),
+            // Anonymous, numbered by its place: for every parameter bound, SQLite looks a
+            // numbered one (`?N`) up in the list of all the statement's numbered parameters,
+            // and a batch of 3,000 rows of 11 columns spent 3 of its 3.7 s there
+            // (`sqlite3VListNumToName`).
+            (_, Tx::Sqlite(_)) => "?".to_owned(),
         }
     }
 }
 
 /// Runs `{head} ({row}), ({row}), ... {tail}` inside `tx` for `rows` (each with one value per
-/// entry of `cols`); `head` ends with `VALUES`. `head` and `tail` may use `$1` to `$k` for the `k`
-/// values of `fixed`, which every statement binds first. A `VALUES` list used as a table names
+/// entry of `cols`); `head` ends with `VALUES`, and neither it nor `tail` binds a value. A `VALUES`
+/// list used as a table names
 /// its columns `column1`, `column2`, ... on both backends (SQLite takes no column aliases), and
 /// so does its PostgreSQL form. Returns the rows every statement returned, in order. With
 /// `RETURNING`, both backends return an `INSERT` statement's rows in the order of its rows
@@ -54,7 +59,6 @@ impl Col {
 pub async fn values(
     tx: &mut Tx,
     head: &str,
-    fixed: &[Json],
     cols: &[Col],
     rows: &[Vec<Json>],
     tail: &str,
@@ -64,33 +68,24 @@ pub async fn values(
     }
     if let Tx::Postgres(pg) = tx {
         if let Some(columns) = Columns::of(cols, rows) {
-            if let Some(sql) = unnest_sql(head, fixed.len(), cols, &columns, tail) {
-                let q = columns.bind(bind_pg(sqlx::query(&sql), fixed));
+            if let Some(sql) = unnest_sql(head, 0, cols, &columns, tail) {
+                let q = columns.bind(sqlx::query(&sql));
                 let found = q.fetch_all(&mut **pg).await?;
                 return Ok(found.iter().map(decode::pg_row).collect());
             }
         }
     }
     let mut out = Vec::new();
-    let per_statement = (MAX_PARAMS.saturating_sub(fixed.len()) / cols.len()).max(1);
-    // On SQLite the rows' values go as anonymous `?`, each numbered by its place: for every
-    // parameter bound, SQLite looks a numbered one (`?N`) up in the list of all the statement's
-    // numbered parameters, and a batch of 3,000 rows of 11 columns spent 3 of its 3.7 s there
-    // (`sqlite3VListNumToName`). Not with `fixed` values, which `head` and `tail` refer to by
-    // number wherever they stand.
-    let anonymous = fixed.is_empty() && matches!(tx, Tx::Sqlite(_));
+    let per_statement = (MAX_PARAMS / cols.len()).max(1);
     for chunk in rows.chunks(per_statement) {
         let mut list = Vec::with_capacity(chunk.len());
-        let mut params = fixed.to_vec();
+        let mut params = Vec::with_capacity(chunk.len() * cols.len());
         for row in chunk {
             debug_assert_eq!(row.len(), cols.len(), "a row of {head}");
             let placed: Vec<String> = cols
                 .iter()
                 .enumerate()
-                .map(|(i, c)| match anonymous {
-                    true => "?".to_owned(),
-                    false => c.place(tx, params.len() + i + 1),
-                })
+                .map(|(i, c)| c.place(tx, params.len() + i + 1))
                 .collect();
             list.push(format!("({})", placed.join(", ")));
             params.extend(row.iter().cloned());
@@ -123,7 +118,7 @@ pub async fn insert_ids(
     mut rows: Vec<Vec<Json>>,
 ) -> Result<Vec<i64>, DbError> {
     let Some(ids) = writes.ids(sequence, rows.len()) else {
-        let returned = values(tx, head, &[], &cols, &rows, "RETURNING id").await?;
+        let returned = values(tx, head, &cols, &rows, "RETURNING id").await?;
         return self::ids(&returned, rows.len());
     };
     let Some(columns) = head.strip_suffix(") VALUES") else {
@@ -209,15 +204,7 @@ impl Writes {
         match tx {
             Tx::Postgres(_) => self.kept.push(insert),
             Tx::Sqlite(_) => {
-                values(
-                    tx,
-                    &insert.head,
-                    &[],
-                    &insert.cols,
-                    &insert.rows,
-                    insert.tail,
-                )
-                .await?;
+                values(tx, &insert.head, &insert.cols, &insert.rows, insert.tail).await?;
             }
         }
         Ok(())
@@ -234,7 +221,7 @@ impl Writes {
             kept.iter().map(|i| Columns::of(&i.cols, &i.rows)).collect();
         let (Tx::Postgres(pg), Some(columns)) = (&mut *tx, typed) else {
             for i in &kept {
-                values(tx, &i.head, &[], &i.cols, &i.rows, i.tail).await?;
+                values(tx, &i.head, &i.cols, &i.rows, i.tail).await?;
             }
             return Ok(());
         };

@@ -277,7 +277,6 @@ pub async fn open_counts(tx: &mut Tx, playbooks: &[&str]) -> Result<HashMap<Stri
     let found = super::batch::values(
         tx,
         "SELECT o.playbook, o.open FROM runbook_open_runs o JOIN (VALUES",
-        &[],
         &[Col::Plain],
         &names,
         ") k ON o.playbook = k.column1",
@@ -373,7 +372,6 @@ pub async fn alerts_in_cooldown(
     let found = super::batch::values(
         tx,
         "SELECT DISTINCT a.playbook, a.fingerprint, a.kind FROM (VALUES",
-        &[],
         &[Col::Plain, Col::Plain, Col::Plain, Col::Timestamp],
         &rows,
         // The status is this program's constant, written in; the keys are bound.
