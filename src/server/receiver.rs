@@ -307,10 +307,8 @@ impl Ready {
             .collect();
         // The group, serialized once and stored once for all the runs it starts: carried by
         // each, a notification of N alerts wrote N squared.
-        let group = (values.len() > 1).then(|| {
-            let alerts: Vec<Value> = values.iter().map(|(_, v)| v.clone()).collect();
-            alert_groups::Group::of(&alerts)
-        });
+        let group =
+            (values.len() > 1).then(|| alert_groups::Group::of(values.iter().map(|(_, v)| v)));
         let alerts = n
             .alerts
             .iter()

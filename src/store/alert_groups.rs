@@ -10,10 +10,7 @@
 
 use serde_json::{json, Value as Json};
 
-use super::{
-    batch::{Col, Insert, Writes},
-    Db, DbError,
-};
+use super::{batch::Writes, Db, DbError};
 use crate::{duration::Dur, template::Dialect};
 
 /// A group as stored: its JSON text (an array of alerts) and that text's hash.
@@ -24,9 +21,10 @@ pub struct Group {
 }
 
 impl Group {
-    /// The group of `alerts`, serialized once.
-    pub fn of(alerts: &[Json]) -> Group {
-        let text = Json::from(alerts.to_vec()).to_string();
+    /// The group of `alerts`, serialized once (as a JSON array, without copying them).
+    pub fn of<'a>(alerts: impl IntoIterator<Item = &'a Json>) -> Group {
+        let alerts: Vec<&Json> = alerts.into_iter().collect();
+        let text = serde_json::to_string(&alerts).expect("JSON values always serialize");
         Group {
             hash: super::versions::hash(&text),
             text,
@@ -41,20 +39,11 @@ pub async fn save_all_in(
     writes: &mut Writes,
     groups: &[&Group],
 ) -> Result<(), DbError> {
-    let mut rows: Vec<Vec<Json>> = groups
+    let rows = groups
         .iter()
         .map(|g| vec![json!(g.hash), json!(g.text)])
         .collect();
-    // In hash order, so two writers never wait on each other's rows.
-    rows.sort_by(|a, b| a[0].as_str().cmp(&b[0].as_str()));
-    rows.dedup_by(|a, b| a[0] == b[0]);
-    let insert = Insert {
-        head: "INSERT INTO runbook_alert_groups (hash, alerts) VALUES".into(),
-        cols: vec![Col::Plain; 2],
-        rows,
-        tail: "ON CONFLICT DO NOTHING",
-    };
-    writes.push(tx, insert).await
+    super::versions::save_new_by_hash(tx, writes, "runbook_alert_groups (hash, alerts)", rows).await
 }
 
 /// The alerts of the group with hash `hash`, if it is stored.

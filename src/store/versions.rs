@@ -50,16 +50,35 @@ pub async fn save_all_in(
     writes: &mut Writes,
     all: &[&Version],
 ) -> Result<(), DbError> {
-    let mut rows: Vec<Vec<Json>> = all
+    let rows = all
         .iter()
         .map(|v| vec![json!(v.hash), json!(v.name), json!(v.text)])
         .collect();
+    save_new_by_hash(
+        tx,
+        writes,
+        "runbook_playbook_versions (hash, name, text)",
+        rows,
+    )
+    .await
+}
+
+/// Stores content-addressed `rows` (each led by its hash) into `table_columns` inside `tx`, one
+/// row per hash and none already stored, in one statement (with `writes`'). Shared by the
+/// playbook versions and the alert groups.
+pub(super) async fn save_new_by_hash(
+    tx: &mut super::Tx,
+    writes: &mut Writes,
+    table_columns: &str,
+    mut rows: Vec<Vec<Json>>,
+) -> Result<(), DbError> {
     // In hash order, so two writers never wait on each other's rows.
     rows.sort_by(|a, b| a[0].as_str().cmp(&b[0].as_str()));
     rows.dedup_by(|a, b| a[0] == b[0]);
+    let width = rows.first().map_or(1, Vec::len);
     let insert = Insert {
-        head: "INSERT INTO runbook_playbook_versions (hash, name, text) VALUES".into(),
-        cols: vec![Col::Plain; 3],
+        head: format!("INSERT INTO {table_columns} VALUES").into(),
+        cols: vec![Col::Plain; width],
         rows,
         tail: "ON CONFLICT DO NOTHING",
     };
